@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh (Python 3 stdlib only).
+
+  freeport                              print a free loopback TCP port
+  wait URL [TIMEOUT] [--pid PID]        wait until URL answers 200 (fail early if PID dies)
+  logcount LOG START [--method M] [--uri-contains S] [--json]
+                                        count Distribution "response completed" lines written
+                                        to LOG after byte offset START
+  wrkparse FILE                         print the BENCHJSON object of a wrk run (see wrk-report.lua)
+  wrkresult FILE BLOBSIZE UPSTREAM      summarise a wrk run as JSON (rps, MiB/s, upstream per request)
+  set RESULTS KEY VALUE / get RESULTS KEY   edit/read the results JSON (KEY dotted, "x[]" appends)
+  rss PID OUT                           sample VmRSS of PID every 50 ms until SIGTERM/PID exit,
+                                        then write JSON {max_rss_kib, hwm_kib, samples} to OUT
+  report RESULTS.json OUT.md            print the table and write the markdown report
+"""
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import sys
+import time
+import urllib.error
+import urllib.request
+
+MiB = 1 << 20
+
+
+def freeport():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+    s.close()
+
+
+def wait(url, timeout=30.0, pid=None):
+    deadline = time.time() + float(timeout)
+    last = None
+    while time.time() < deadline:
+        if pid and not os.path.exists(f"/proc/{pid}"):
+            sys.exit(f"process {pid} exited while waiting for {url}")
+        if pid:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(") ", 1)[1].startswith("Z"):
+                        sys.exit(f"process {pid} exited while waiting for {url}")
+            except OSError:
+                sys.exit(f"process {pid} exited while waiting for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+                last = r.status
+        except urllib.error.HTTPError as e:
+            last = e.code
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    sys.exit(f"timeout waiting for {url}: {last}")
+
+
+LINE_RE = re.compile(r'msg="response completed"')
+FIELD_RE = re.compile(r'(http\.request\.method|http\.request\.uri|http\.response\.status)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def classify(uri):
+    path = uri.split("?", 1)[0]
+    if path.rstrip("/") == "/v2":
+        return "ping"
+    for kind in ("manifests", "blobs/uploads", "blobs", "tags"):
+        if f"/{kind}/" in path:
+            return kind
+    return "other"
+
+
+def logcount(log, start, method=None, uri_contains=None, as_json=False):
+    total = 0
+    by = {}
+    with open(log, "rb") as f:
+        f.seek(int(start))
+        for raw in f:
+            line = raw.decode("utf-8", "replace")
+            if not LINE_RE.search(line):
+                continue
+            fields = {k: v.strip('"') for k, v in FIELD_RE.findall(line)}
+            m = fields.get("http.request.method", "?")
+            uri = fields.get("http.request.uri", "")
+            if method and m != method:
+                continue
+            if uri_contains and uri_contains not in uri:
+                continue
+            total += 1
+            key = f"{m} {classify(uri)} {fields.get('http.response.status', '?')}"
+            by[key] = by.get(key, 0) + 1
+    if as_json:
+        print(json.dumps({"total": total, "by": by}, sort_keys=True))
+    else:
+        print(total)
+
+
+def wrkparse(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("BENCHJSON "):
+                print(line[len("BENCHJSON "):].strip())
+                return
+    sys.exit(f"no BENCHJSON line in {path}")
+
+
+def wrkresult(path, size, upstream):
+    """Summarise a wrk run: rates from successful responses; upstream = count or logcount JSON."""
+    w = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith("BENCHJSON "):
+                w = json.loads(line[len("BENCHJSON "):])
+    if w is None or w["requests"] == 0:
+        sys.exit(f"no requests in wrk run {path}")
+    secs = w["duration_us"] / 1e6
+    ok = w["requests"] - w["err_status"]
+    errs = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_status"] + w["err_timeout"]
+    up = json.loads(upstream)
+    up_total = up["total"] if isinstance(up, dict) else int(up)
+    out = {"requests": w["requests"], "ok": ok, "errors": errs, "duration_s": round(secs, 2),
+           "rps": round(ok / secs, 1), "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"],
+           "upstream": up_total, "upstream_per_req": round(up_total / w["requests"], 4)}
+    if isinstance(up, dict):
+        out["upstream_by"] = up["by"]
+    size = int(size)
+    if size:
+        out["mib_s"] = round(ok * size / secs / MiB, 1)
+        out["bytes_per_req"] = round(w["bytes"] / w["requests"])
+        if w["bytes"] < ok * size:
+            out["short_bodies"] = True
+    print(json.dumps(out, sort_keys=True))
+
+
+def read_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0])
+    return out
+
+
+def rss(pid, out):
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__(0, True))
+    mx = hwm = n = 0
+    while not stop[0]:
+        try:
+            st = read_status(pid)
+        except (OSError, ValueError):
+            break
+        mx = max(mx, st.get("VmRSS", 0))
+        hwm = max(hwm, st.get("VmHWM", 0))
+        n += 1
+        time.sleep(0.05)
+    with open(out, "w") as f:
+        json.dump({"max_rss_kib": mx, "hwm_kib": hwm, "samples": n}, f)
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(v, spec="{:.0f}"):
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    return spec.format(v)
+
+
+def ratio(a, b, spec="{:.2f}x"):
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str) or b == 0:
+        return "n/a"
+    return spec.format(a / b)
+
+
+def check(ok):
+    if ok is None:
+        return ""
+    return " — met" if ok else " — **not met**"
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def build_rows(r):
+    om, di = r.get("ocimirror", {}), r.get("distribution", {})
+    rows = []
+
+    def g(d, *keys):
+        for k in keys:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return d
+
+    a_om, a_di = g(om, "blob", "mib_s"), g(di, "blob", "mib_s")
+    rr = None if a_om is None or a_di in (None, 0) else a_om / a_di
+    rows.append(("a. warm 2 MiB blob GET, MiB/s (wrk -t2 -c32)", fmt(a_om), fmt(a_di), ratio(a_om, a_di),
+                 "≥ 2x" + check(None if rr is None else rr >= 2)))
+    rows.append(("a. warm blob: p99 latency, ms", fmt(g(om, "blob", "p99_ms"), "{:.1f}"),
+                 fmt(g(di, "blob", "p99_ms"), "{:.1f}"), ratio(g(om, "blob", "p99_ms"), g(di, "blob", "p99_ms")), ""))
+    rows.append(("a. warm blob: upstream requests during the run", fmt(g(om, "blob", "upstream")),
+                 fmt(g(di, "blob", "upstream")), "", "0"))
+    b_om, b_di = g(om, "manifest", "rps"), g(di, "manifest", "rps")
+    rr = None if b_om is None or b_di in (None, 0) else b_om / b_di
+    rows.append(("b. warm manifest GET by tag, requests/s (wrk -t2 -c32)", fmt(b_om), fmt(b_di), ratio(b_om, b_di),
+                 "≥ 10x" + check(None if rr is None else rr >= 10)))
+    u_om, u_di = g(om, "manifest", "upstream_per_req"), g(di, "manifest", "upstream_per_req")
+    rows.append(("b. upstream requests per client manifest request", fmt(u_om, "{:.3f}"), fmt(u_di, "{:.3f}"), "",
+                 "ocimirror 0 (inside tag_ttl)" + check(None if u_om is None else u_om == 0)))
+    direct = median(r.get("direct", {}).get("pull_s", []))
+    c_om, c_di = median(g(om, "pull", "pull_s") or []), median(g(di, "pull", "pull_s") or [])
+    n = len(r.get("direct", {}).get("pull_s", []))
+    rows.append((f"c. cold pull, 60 MiB in 6 blobs (skopeo), s, median of {n}", fmt(c_om, "{:.2f}"),
+                 fmt(c_di, "{:.2f}"), ratio(c_om, c_di), ""))
+    rows.append(("c. same pull directly from the upstream (baseline), s", fmt(direct, "{:.2f}"),
+                 fmt(direct, "{:.2f}"), "", ""))
+    cr = None if c_om is None or not direct else c_om / direct
+    rows.append(("c. cold pull time / direct pull time", ratio(c_om, direct), ratio(c_di, direct), "",
+                 "ocimirror ≤ 1.1x" + check(None if cr is None else cr <= 1.1)))
+    rows.append(("c. upstream blob GETs per cold pull (image has 6 blobs)", fmt(g(om, "pull", "upstream_blob_gets")),
+                 fmt(g(di, "pull", "upstream_blob_gets")), "", "6"))
+    d_om, d_di = g(om, "concurrent", "upstream_gets"), g(di, "concurrent", "upstream_gets")
+    nc = r.get("meta", {}).get("clients", 16)
+    rows.append((f"d. {nc} concurrent cold GETs of a 256 MiB blob: upstream GETs of it", fmt(d_om), fmt(d_di), "",
+                 "ocimirror 1" + check(None if d_om is None else d_om == 1)))
+    p_om, p_di = g(om, "concurrent", "peak_rss_mib"), g(di, "concurrent", "peak_rss_mib")
+    rows.append(("d. mirror peak RSS during it, MiB (VmHWM of a fresh process)", fmt(p_om, "{:.1f}"),
+                 fmt(p_di, "{:.1f}"), ratio(p_om, p_di), "ocimirror < 40 MiB" + check(None if p_om is None else p_om < 40)))
+    rows.append((f"d. wall time until all {nc} clients finished, s", fmt(g(om, "concurrent", "wall_s"), "{:.2f}"),
+                 fmt(g(di, "concurrent", "wall_s"), "{:.2f}"),
+                 ratio(g(om, "concurrent", "wall_s"), g(di, "concurrent", "wall_s")), ""))
+    rows.append(("d. clients that got 200 and all 268435456 bytes", fmt(g(om, "concurrent", "ok_clients")),
+                 fmt(g(di, "concurrent", "ok_clients")), "", str(nc)))
+    rows.append(("peak RSS after the warm runs (a+b), MiB", fmt(g(om, "warm_peak_rss_mib"), "{:.1f}"),
+                 fmt(g(di, "warm_peak_rss_mib"), "{:.1f}"),
+                 ratio(g(om, "warm_peak_rss_mib"), g(di, "warm_peak_rss_mib")), ""))
+    return rows
+
+
+def table_md(rows):
+    out = ["| measurement | ocimirror | Distribution 2.8 proxy | ocimirror / Distribution | target |",
+           "|---|---:|---:|---:|---|"]
+    for row in rows:
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def table_text(rows):
+    hdr = ("measurement", "ocimirror", "distribution", "ratio", "target")
+    w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(5)]
+    w[0] = min(w[0], 70)
+    lines = []
+    for row in [hdr] + rows:
+        cells = [str(row[0])[:70].ljust(w[0])] + [str(c).rjust(w[i]) for i, c in enumerate(row[1:4], 1)] + [row[4]]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def report(results_path, md_path):
+    with open(results_path) as f:
+        r = json.load(f)
+    rows = build_rows(r)
+    print(table_text(rows))
+    m = r.get("meta", {})
+    errors = r.get("errors", [])
+    md = f"""# Benchmarks: ocimirror vs Distribution's proxy
+
+Generated by `bench/run.sh` on {m.get('date', '?')}.
+
+**Numbers from a shared 2-core virtual machine are noisy** (the load generator, the mirror and the
+upstream all compete for the same two cores, and other tenants share the host). Treat differences
+under ~20% as noise; re-run `bench/run.sh` to reproduce. Ratios matter more than absolute numbers.
+
+## Machine and versions
+
+- CPU: {m.get('cpu', '?')}, `nproc` = {m.get('nproc', '?')}, memory {m.get('mem', '?')}
+- Kernel: {m.get('kernel', '?')}
+- ocimirror: `{m.get('ocimirror_bin', '?')}` (git {m.get('git', '?')}; {m.get('build', '?')})
+- Distribution: {m.get('distribution', '?')} (Debian `docker-registry`), used both as the upstream and as the
+  comparison mirror (`proxy: remoteurl: http://127.0.0.1:UPSTREAM`, filesystem storage, in-memory blob
+  descriptor cache)
+- Load: {m.get('wrk', '?')}, {m.get('skopeo', '?')}, {m.get('curl', '?')}
+
+## Method
+
+Everything runs on loopback. `bench/seed.py` pushes three deterministic generated images (valid
+uncompressed tar layers of pseudo-random bytes) to a fresh upstream Distribution registry:
+`bench/small` (one 2 MiB layer), `bench/multi` (5 layers, 24+16+10+6+4 = 60 MiB) and `bench/big`
+(one 256 MiB layer). ocimirror (`upstream.url` = the upstream, `tag_ttl: 5m`, own data dir) and a
+Distribution proxy (own root dir) run side by side; both log at level `{m.get('log_level', 'info')}`.
+Upstream requests are counted from the upstream registry's `response completed` log lines.
+
+- **a.** Pull `bench/small` once through each mirror (manifest + blob), then
+  `wrk -t2 -c{m.get('conns', 32)} -d{m.get('duration', '10s')}` on the blob URL. MiB/s = successful
+  responses × blob size / duration.
+- **b.** `wrk -t2 -c{m.get('conns', 32)} -d{m.get('duration', '10s')}` on `/v2/bench/small/manifests/latest` with an
+  `Accept` header listing the OCI and Docker manifest/index types (the tag was pulled once before). Upstream
+  requests per client request = upstream log lines during the run / wrk's request count.
+- **c.** `skopeo copy --src-tls-verify=false docker://HOST/bench/multi:latest dir:DIR`, directly from the
+  upstream and through each mirror, with both mirrors restarted on empty storage before each of
+  {m.get('rounds', 3)} rounds; the median wall time is reported.
+- **d.** Both mirrors restarted on empty storage; after one manifest GET, {m.get('clients', 16)} `curl -s -o /dev/null` GETs of
+  the 256 MiB blob are started at once through one mirror at a time. Counted: upstream GETs of that blob,
+  the mirror's peak RSS (`VmHWM` from `/proc/PID/status` of the freshly started process; VmRSS is also
+  sampled every 50 ms as a check), wall time, and clients that received status 200 with the full length.
+
+## Results
+
+{table_md(rows)}
+
+Targets are ocimirror's design goals; Distribution's column is what it replaces. Reproduce with
+`bench/run.sh` (builds `target/release/ocimirror`, or set `OCIMIRROR_BIN`; see the script's header for
+the knobs). It rewrites this file.
+"""
+    if errors:
+        md += "\n## Problems during this run\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"
+    extra = r.get("notes", [])
+    if extra:
+        md += "\n## Notes\n\n" + "\n".join(f"- {e}" for e in extra) + "\n"
+    md += "\nRaw results (JSON) of this run:\n\n```json\n" + json.dumps(r, indent=1, sort_keys=True) + "\n```\n"
+    if md_path and md_path != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+        with open(md_path, "w") as f:
+            f.write(md)
+    if errors:
+        print("\nproblems:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+# ---------------------------------------------------------------- results file
+
+def rset(path, key, value):
+    """Set a dotted key in the results JSON; value is parsed as JSON when possible."""
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except FileNotFoundError:
+        r = {}
+    try:
+        v = json.loads(value)
+    except json.JSONDecodeError:
+        v = value
+    d = r
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    if parts[-1].endswith("[]"):
+        d.setdefault(parts[-1][:-2], []).append(v)
+    else:
+        d[parts[-1]] = v
+    with open(path + ".tmp", "w") as f:
+        json.dump(r, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def main():
+    a = sys.argv[1:]
+    if not a:
+        sys.exit(__doc__)
+    cmd, args = a[0], a[1:]
+    if cmd == "freeport":
+        freeport()
+    elif cmd == "wait":
+        pid = None
+        if "--pid" in args:
+            i = args.index("--pid")
+            pid = args[i + 1]
+            args = args[:i] + args[i + 2:]
+        wait(args[0], float(args[1]) if len(args) > 1 else 30.0, pid)
+    elif cmd == "logcount":
+        opts = {"method": None, "uri_contains": None, "as_json": False}
+        pos = []
+        i = 0
+        while i < len(args):
+            if args[i] == "--method":
+                opts["method"] = args[i + 1]; i += 2
+            elif args[i] == "--uri-contains":
+                opts["uri_contains"] = args[i + 1]; i += 2
+            elif args[i] == "--json":
+                opts["as_json"] = True; i += 1
+            else:
+                pos.append(args[i]); i += 1
+        logcount(pos[0], pos[1], **opts)
+    elif cmd == "wrkparse":
+        wrkparse(args[0])
+    elif cmd == "wrkresult":
+        wrkresult(args[0], args[1], args[2])
+    elif cmd == "rss":
+        rss(args[0], args[1])
+    elif cmd == "set":
+        rset(args[0], args[1], args[2])
+    elif cmd == "get":
+        with open(args[0]) as f:
+            d = json.load(f)
+        for p in args[1].split("."):
+            d = d[p]
+        print(d if not isinstance(d, (dict, list)) else json.dumps(d))
+    elif cmd == "report":
+        report(args[0], args[1] if len(args) > 1 else None)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

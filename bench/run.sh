@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: ocimirror vs Distribution 2.8 (Debian `docker-registry`) in proxy mode.
+#
+# Usage: bench/run.sh
+#
+# Starts a Distribution registry as the upstream on a free loopback port, seeds it with generated
+# images (bench/seed.py), starts ocimirror and a Distribution proxy side by side, runs the same
+# workload through both (warm blob throughput, warm manifest-by-tag rate, cold skopeo pull,
+# 16 concurrent cold GETs of a 256 MiB blob), prints a table and writes docs/benchmarks.md.
+# Takes about 3-5 minutes on a 2-core machine (plus the release build).
+#
+# Environment:
+#   OCIMIRROR_BIN=PATH        use this binary instead of `cargo build --release`
+#   BENCH_SKIP_OCIMIRROR=1    measure only the Distribution side (no build)
+#   BENCH_DURATION=10s        wrk duration for the warm runs
+#   BENCH_CONNS=32            wrk connections
+#   BENCH_PULL_ROUNDS=5       cold pull rounds (median reported)
+#   BENCH_CLIENTS=16          concurrent clients for the 256 MiB blob
+#   BENCH_LOG_LEVEL=info      log level of both mirrors
+#   BENCH_MD=PATH             where to write the markdown (default docs/benchmarks.md; "-" = nowhere)
+#   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+M=(python3 "$BENCH/measure.py")
+DURATION=${BENCH_DURATION:-10s}
+CONNS=${BENCH_CONNS:-32}
+ROUNDS=${BENCH_PULL_ROUNDS:-5}
+CLIENTS=${BENCH_CLIENTS:-16}
+LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
+MD_OUT=${BENCH_MD:-$ROOT/docs/benchmarks.md}
+SKIP_OM=${BENCH_SKIP_OCIMIRROR:-0}
+ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+# ------------------------------------------------------------------ tools
+for t in docker-registry skopeo curl python3; do
+  command -v "$t" >/dev/null || die "$t is required (Debian: apt-get install -y docker-registry skopeo curl)"
+done
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
+    || die "could not install wrk"
+fi
+
+# ------------------------------------------------------------------ process bookkeeping
+WORK=$(mktemp -d /tmp/ocimirror-bench.XXXXXX)
+RES=$WORK/results.json
+PIDS=()
+declare -A DONE=()
+
+alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+
+stop_pid() { # stop_pid PID : TERM, wait up to 10 s, then KILL
+  local pid=$1 i
+  [[ -n ${DONE[$pid]:-} ]] && return 0
+  DONE[$pid]=1
+  alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    alive "$pid" || break
+    # a reaped child disappears; an unreaped one is a zombie: check its state
+    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && break
+    sleep 0.1
+  done
+  alive "$pid" && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] && kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    [[ -z ${DONE[$pid]:-} ]] && alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ $rc -eq 0 && ${BENCH_KEEP:-0} != 1 ]]; then
+    rm -rf "$WORK"
+  else
+    log "work dir kept: $WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+err() { # record a problem in the results and go on
+  log "ERROR: $*"
+  "${M[@]}" set "$RES" 'errors[]' "$*"
+}
+rset() { "${M[@]}" set "$RES" "$1" "$2"; }
+note() { "${M[@]}" set "$RES" 'notes[]' "$*"; }
+fsize() { stat -c %s "$1"; }
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo null; }
+
+echo '{}' >"$RES"
+
+# ------------------------------------------------------------------ ocimirror binary
+BIN=""
+BUILD=""
+if [[ $SKIP_OM != 1 ]]; then
+  if [[ -n ${OCIMIRROR_BIN:-} ]]; then
+    BIN=$(realpath "$OCIMIRROR_BIN")
+    BUILD="prebuilt binary given in OCIMIRROR_BIN"
+  else
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release) || die "cargo build --release failed (set BENCH_SKIP_OCIMIRROR=1 to measure only Distribution)"
+    BIN=$ROOT/target/release/ocimirror
+    BUILD="cargo build --release"
+  fi
+  [[ -x $BIN ]] || die "no ocimirror binary at $BIN"
+fi
+
+# ------------------------------------------------------------------ metadata
+rset meta.date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+rset meta.nproc "$(nproc)"
+rset meta.cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+rset meta.mem "$(free -h | awk '/^Mem:/ { print $2 }')"
+rset meta.kernel "$(uname -r)"
+rset meta.git "$(cd "$ROOT" && { git rev-parse --short HEAD 2>/dev/null || echo 'no commit'; })$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes')"
+rset meta.ocimirror_bin "${BIN:-skipped}"
+rset meta.build "${BUILD:-skipped}"
+rset meta.distribution "$(docker-registry --version 2>&1 | awk '{ print $2, $3 }')"
+rset meta.wrk "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
+rset meta.skopeo "$(skopeo --version)"
+rset meta.curl "$(curl --version | awk 'NR == 1 { print $1, $2 }')"
+rset meta.duration "$DURATION"
+rset meta.conns "$CONNS"
+rset meta.rounds "$ROUNDS"
+rset meta.log_level "$LOG_LEVEL"
+rset meta.clients "$CLIENTS"
+
+# ------------------------------------------------------------------ upstream
+UP_PORT=$("${M[@]}" freeport)
+UP_LOG=$WORK/upstream.log
+mkdir -p "$WORK/upstream"
+cat >"$WORK/upstream/config.yml" <<EOF
+version: 0.1
+log: { level: info, accesslog: { disabled: true } }
+storage:
+  filesystem: { rootdirectory: "$WORK/upstream/root" }
+  cache: { blobdescriptor: inmemory }
+http: { addr: "127.0.0.1:$UP_PORT", secret: bench-upstream }
+EOF
+docker-registry serve "$WORK/upstream/config.yml" >"$UP_LOG" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+"${M[@]}" wait "http://127.0.0.1:$UP_PORT/v2/" 30 --pid "$UP_PID" || die "upstream registry did not start: $(tail -5 "$UP_LOG")"
+log "upstream Distribution on 127.0.0.1:$UP_PORT; seeding images"
+t0=$(now)
+python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --out "$WORK/images.json" 2>"$WORK/seed.log" \
+  || die "seeding failed: $(tail -5 "$WORK/seed.log")"
+log "seeded in $(elapsed "$t0" "$(now)") s"
+SMALL_BLOB=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench/small"]["layers"][0]["digest"])' "$WORK/images.json")
+SMALL_SIZE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench/small"]["layers"][0]["size"])' "$WORK/images.json")
+BIG_BLOB=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench/big"]["layers"][0]["digest"])' "$WORK/images.json")
+BIG_SIZE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench/big"]["layers"][0]["size"])' "$WORK/images.json")
+MULTI_NBLOBS=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["bench/multi"]["layers"]) + 1)' "$WORK/images.json")
+
+# ------------------------------------------------------------------ mirrors
+GEN=0
+OM_PID="" OM_PORT="" OM_DIR=""
+DI_PID="" DI_PORT="" DI_DIR=""
+
+start_ocimirror() {
+  OM_PID="" OM_PORT=""
+  [[ $SKIP_OM == 1 ]] && return 0
+  OM_PORT=$("${M[@]}" freeport)
+  OM_DIR=$WORK/ocimirror-$GEN
+  mkdir -p "$OM_DIR"
+  cat >"$OM_DIR/config.yml" <<EOF
+listen: "127.0.0.1:$OM_PORT"
+data_dir: "$OM_DIR/data"
+log: { level: $LOG_LEVEL, format: text }
+upstream:
+  url: "http://127.0.0.1:$UP_PORT"
+  tag_ttl: 5m
+EOF
+  "$BIN" serve --config "$OM_DIR/config.yml" >"$OM_DIR/log" 2>&1 &
+  OM_PID=$!
+  PIDS+=("$OM_PID")
+  if ! "${M[@]}" wait "http://127.0.0.1:$OM_PORT/healthz" 30 --pid "$OM_PID"; then
+    err "ocimirror did not start (gen $GEN): $(tail -3 "$OM_DIR/log" | tr '\n' ' ')"
+    stop_pid "$OM_PID"
+    OM_PID=""
+  fi
+}
+
+start_distribution() {
+  DI_PORT=$("${M[@]}" freeport)
+  DI_DIR=$WORK/distribution-$GEN
+  mkdir -p "$DI_DIR"
+  cat >"$DI_DIR/config.yml" <<EOF
+version: 0.1
+log: { level: $LOG_LEVEL, accesslog: { disabled: true } }
+storage:
+  filesystem: { rootdirectory: "$DI_DIR/root" }
+  cache: { blobdescriptor: inmemory }
+http: { addr: "127.0.0.1:$DI_PORT", secret: bench-proxy }
+proxy: { remoteurl: "http://127.0.0.1:$UP_PORT" }
+EOF
+  docker-registry serve "$DI_DIR/config.yml" >"$DI_DIR/log" 2>&1 &
+  DI_PID=$!
+  PIDS+=("$DI_PID")
+  if ! "${M[@]}" wait "http://127.0.0.1:$DI_PORT/v2/" 30 --pid "$DI_PID"; then
+    err "Distribution proxy did not start (gen $GEN): $(tail -3 "$DI_DIR/log" | tr '\n' ' ')"
+    stop_pid "$DI_PID"
+    DI_PID=""
+  fi
+}
+
+stop_mirrors() {
+  if [[ -n $OM_PID ]]; then stop_pid "$OM_PID"; fi
+  if [[ -n $DI_PID ]]; then stop_pid "$DI_PID"; fi
+  # the caches of an earlier generation are no longer needed
+  rm -rf "${OM_DIR:-/nonexistent}/data" "${DI_DIR:-/nonexistent}/root"
+  OM_PID="" DI_PID=""
+}
+
+restart_mirrors() { # fresh processes on empty storage
+  stop_mirrors
+  GEN=$((GEN + 1))
+  start_ocimirror
+  start_distribution
+}
+
+# mirror_var KIND FIELD : echo the pid/port of ocimirror|distribution
+mpid() { if [[ $1 == ocimirror ]]; then echo "$OM_PID"; else echo "$DI_PID"; fi; }
+mport() { if [[ $1 == ocimirror ]]; then echo "$OM_PORT"; else echo "$DI_PORT"; fi; }
+MIRRORS=(ocimirror distribution)
+[[ $SKIP_OM == 1 ]] && MIRRORS=(distribution)
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 120 "$@" || true; }
+
+# run_wrk KIND LABEL URL [wrk args...] : wrk with the summary script; echo the output file
+run_wrk() {
+  local kind=$1 label=$2 url=$3
+  shift 3
+  local out=$WORK/wrk-$label-$kind.txt
+  wrk -t2 -c"$CONNS" -d"$DURATION" --timeout 10s -s "$BENCH/wrk-report.lua" "$@" "$url" >"$out" 2>&1 || true
+  echo "$out"
+}
+
+# ------------------------------------------------------------------ a + b: warm blob and manifest
+GEN=1
+start_ocimirror
+start_distribution
+
+for kind in "${MIRRORS[@]}"; do
+  pid=$(mpid "$kind") port=$(mport "$kind")
+  [[ -z $pid ]] && continue
+  base=http://127.0.0.1:$port
+  # a. warm 2 MiB blob GET
+  c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/small/manifests/latest")
+  c2=$(http_code "$base/v2/bench/small/blobs/$SMALL_BLOB")
+  if [[ $c1 != 200 || $c2 != 200 ]]; then
+    err "$kind: warm-up pull of bench/small failed (manifest HTTP $c1, blob HTTP $c2)"
+  else
+    sleep 1 # let a mirror that stores in the background finish the fill
+    log "$kind: a. wrk warm 2 MiB blob for $DURATION"
+    off=$(fsize "$UP_LOG")
+    out=$(run_wrk "$kind" blob "$base/v2/bench/small/blobs/$SMALL_BLOB")
+    sleep 0.5
+    up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
+    if js=$("${M[@]}" wrkresult "$out" "$SMALL_SIZE" "$up"); then
+      rset "$kind.blob" "$js"
+      log "$kind: a. $js"
+    else
+      err "$kind: a. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
+    fi
+  fi
+  # b. warm manifest GET by tag
+  c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/small/manifests/latest")
+  if [[ $c1 != 200 ]]; then
+    err "$kind: manifest GET by tag failed (HTTP $c1)"
+  else
+    log "$kind: b. wrk warm manifest by tag for $DURATION"
+    off=$(fsize "$UP_LOG")
+    out=$(run_wrk "$kind" manifest "$base/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT")
+    sleep 0.5
+    up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
+    if js=$("${M[@]}" wrkresult "$out" 0 "$up"); then
+      rset "$kind.manifest" "$js"
+      log "$kind: b. $js"
+    else
+      err "$kind: b. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
+    fi
+  fi
+  rset "$kind.warm_peak_rss_mib" "$(hwm_mib "$pid")"
+done
+if [[ -n $OM_PID ]]; then
+  curl -s --max-time 10 "http://127.0.0.1:$OM_PORT/metrics" >"$WORK/metrics-ab.txt" || true
+fi
+
+# ------------------------------------------------------------------ c: cold pull
+pull() { # pull PORT DEST : skopeo copy, echo seconds
+  local port=$1 dest=$2 t0 t1
+  rm -rf "$dest"
+  t0=$(now)
+  if ! timeout 300 skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/bench/multi:latest" "dir:$dest" \
+    >"$dest.log" 2>&1; then
+    rm -rf "$dest"
+    return 1
+  fi
+  t1=$(now)
+  local n
+  n=$(find "$dest" -type f -name '[0-9a-f]*' | wc -l)
+  rm -rf "$dest"
+  [[ $n -ge $MULTI_NBLOBS ]] || return 1
+  elapsed "$t0" "$t1"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  restart_mirrors
+  log "c. cold pull round $round/$ROUNDS"
+  if s=$(pull "$UP_PORT" "$WORK/pull-direct"); then
+    rset 'direct.pull_s[]' "$s"
+    log "direct: c. ${s}s"
+  else
+    err "direct pull failed: $(tail -3 "$WORK/pull-direct.log" | tr '\n' ' ')"
+  fi
+  for kind in "${MIRRORS[@]}"; do
+    pid=$(mpid "$kind") port=$(mport "$kind")
+    [[ -z $pid ]] && continue
+    off=$(fsize "$UP_LOG")
+    if s=$(pull "$port" "$WORK/pull-$kind"); then
+      rset "$kind.pull.pull_s[]" "$s"
+      sleep 0.5
+      n=$("${M[@]}" logcount "$UP_LOG" "$off" --method GET --uri-contains /blobs/sha256:)
+      rset "$kind.pull.upstream_blob_gets_rounds[]" "$n"
+      if [[ $round == 1 ]]; then rset "$kind.pull.upstream_blob_gets" "$n"; fi
+      rset "$kind.pull.upstream_rounds[]" "$("${M[@]}" logcount "$UP_LOG" "$off" --json)"
+      log "$kind: c. ${s}s, $n upstream blob GETs"
+    else
+      err "$kind: cold pull failed (round $round): $(tail -3 "$WORK/pull-$kind.log" | tr '\n' ' ')"
+    fi
+  done
+done
+
+# ------------------------------------------------------------------ d: concurrent cold GETs of a 256 MiB blob
+restart_mirrors
+for kind in "${MIRRORS[@]}"; do
+  pid=$(mpid "$kind") port=$(mport "$kind")
+  [[ -z $pid ]] && continue
+  base=http://127.0.0.1:$port
+  c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/big/manifests/latest")
+  [[ $c1 == 200 ]] || err "$kind: d. manifest GET of bench/big failed (HTTP $c1); GETting the blob anyway"
+  log "$kind: d. $CLIENTS concurrent cold GETs of the 256 MiB blob"
+  "${M[@]}" rss "$pid" "$WORK/rss-$kind.json" &
+  sampler=$!
+  PIDS+=("$sampler")
+  off=$(fsize "$UP_LOG")
+  cpids=()
+  t0=$(now)
+  for ((i = 1; i <= CLIENTS; i++)); do
+    curl -s -o /dev/null --max-time 300 -w '%{http_code} %{size_download}\n' \
+      "$base/v2/bench/big/blobs/$BIG_BLOB" >"$WORK/d-$kind-$i.txt" 2>&1 &
+    cpids+=("$!")
+    PIDS+=("$!")
+  done
+  for p in "${cpids[@]}"; do wait "$p" || true; DONE[$p]=1; done
+  t1=$(now)
+  sleep 1
+  stop_pid "$sampler"
+  hwm=$(hwm_mib "$pid")
+  ups=$("${M[@]}" logcount "$UP_LOG" "$off" --method GET --uri-contains "$BIG_BLOB")
+  ok=$(cat "$WORK"/d-"$kind"-*.txt | grep -c "^200 $BIG_SIZE\$" || true)
+  sampled=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["max_rss_kib"] / 1024, 1))' "$WORK/rss-$kind.json" 2>/dev/null || echo null)
+  rset "$kind.concurrent" "{\"upstream_gets\": $ups, \"peak_rss_mib\": $hwm, \"sampled_max_rss_mib\": $sampled, \"wall_s\": $(elapsed "$t0" "$t1"), \"ok_clients\": $ok, \"clients\": $CLIENTS}"
+  log "$kind: d. upstream GETs $ups, VmHWM ${hwm} MiB (sampled max ${sampled}), $ok/$CLIENTS ok, $(elapsed "$t0" "$t1") s"
+  [[ $ok == "$CLIENTS" ]] || err "$kind: d. only $ok of $CLIENTS clients got 200 with $BIG_SIZE bytes: $(sort "$WORK"/d-"$kind"-*.txt | uniq -c | tr '\n' ' ')"
+done
+if [[ -n $OM_PID ]]; then
+  curl -s --max-time 10 "http://127.0.0.1:$OM_PORT/metrics" >"$WORK/metrics-d.txt" || true
+  for f in metrics-ab metrics-d; do
+    [[ -s $WORK/$f.txt ]] || continue
+    lines=$(grep -E '^ocimirror_(upstream_requests_total|fills_started_total|fill_joins_total)' "$WORK/$f.txt" | tr '\n' ';' || true)
+    if [[ -n $lines ]]; then note "ocimirror /metrics after ${f#metrics-}: $lines"; fi
+  done
+fi
+stop_mirrors
+
+# ------------------------------------------------------------------ report
+echo
+"${M[@]}" report "$RES" "$MD_OUT"
+if [[ $MD_OUT != - ]]; then log "wrote $MD_OUT"; fi
+exit 0
