@@ -1,0 +1,713 @@
+//! Configuration: a YAML file (every key optional), environment overrides
+//! (`OCIMIRROR_<SECTION>__<KEY>`), then command-line flags; validated into [`Settings`] with every
+//! problem reported at once, each with the line it comes from.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use crate::upstream::UpstreamSettings;
+
+pub const ENV_PREFIX: &str = "OCIMIRROR_";
+pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve on; `:5000` means all interfaces.
+    pub listen: String,
+    /// Local state of this replica: spool files, and the storage root unless set.
+    pub data_dir: PathBuf,
+    pub mode: Mode,
+    pub log: LogConfig,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub upstream: UpstreamConfig,
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5000".into(),
+            data_dir: PathBuf::from("ocimirror-data"),
+            mode: Mode::Online,
+            log: LogConfig::default(),
+            storage: StorageConfig::default(),
+            cache: CacheConfig::default(),
+            upstream: UpstreamConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Online,
+    /// Never contact the upstream; serve only what is cached.
+    Offline,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `ocimirror=debug,access=warn`, …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub filesystem: FilesystemConfig,
+    /// Never write: misses are streamed through from the upstream and not kept.
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Filesystem,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// The storage root (Distribution's `rootdirectory`); default `<data_dir>/storage`.
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub backend: CacheBackend,
+    pub memory: MemoryCacheConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    #[default]
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryCacheConfig {
+    pub max_entries: usize,
+}
+
+impl Default for MemoryCacheConfig {
+    fn default() -> Self {
+        MemoryCacheConfig {
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LibraryPrefix {
+    /// On for Docker Hub, off elsewhere.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub library_prefix: LibraryPrefix,
+    /// How long a tag's digest is trusted before it is revalidated with a HEAD.
+    pub tag_ttl: String,
+    pub connect_timeout: String,
+    /// Until the upstream's response headers arrive.
+    pub first_byte_timeout: String,
+    /// Longest silence allowed between body chunks.
+    pub read_timeout: String,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: DOCKER_HUB.into(),
+            username: None,
+            password: None,
+            password_file: None,
+            library_prefix: LibraryPrefix::Auto,
+            tag_ttl: "5m".into(),
+            connect_timeout: "10s".into(),
+            first_byte_timeout: "30s".into(),
+            read_timeout: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_timeout: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_timeout: "30s".into(),
+        }
+    }
+}
+
+/// Values from command-line flags, applied last.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    pub upstream_username: Option<String>,
+    pub upstream_password_file: Option<PathBuf>,
+    pub tag_ttl: Option<String>,
+    pub offline: bool,
+    pub read_only: bool,
+}
+
+/// Everything resolved and checked: what the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub offline: bool,
+    pub log_level: String,
+    pub log_json: bool,
+    pub storage_root: PathBuf,
+    pub read_only: bool,
+    pub cache_max_entries: usize,
+    pub upstream: UpstreamSettings,
+    pub tag_ttl: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, or the environment variable / flag it came from.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}: {} problem(s)", self.source, self.problems.len())?;
+        for p in &self.problems {
+            match p.line {
+                Some(l) => writeln!(f, "  line {l}: {}: {}", p.key, p.message)?,
+                None => writeln!(f, "  {}: {}", p.key, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Load the config: `path` (None: defaults), environment `env`, then `overrides`.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<(Config, Settings), ConfigErrors> {
+    let (source, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigErrors {
+                source: p.display().to_string(),
+                problems: vec![Problem {
+                    key: "file".into(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                }],
+            })?;
+            (p.display().to_string(), text)
+        }
+        None => ("defaults".to_owned(), String::new()),
+    };
+    let fail = |problems| ConfigErrors {
+        source: source.clone(),
+        problems,
+    };
+    let config = parse_yaml(&text).map_err(|p| fail(vec![p]))?;
+    let mut value = serde_json::to_value(&config).expect("config serialises");
+    let mut problems = Vec::new();
+    for (k, v) in env {
+        if let Some(rest) = k.strip_prefix(ENV_PREFIX)
+            && let Err(p) = apply_env(&mut value, &k, rest, &v)
+        {
+            problems.extend(p);
+        }
+    }
+    apply_overrides(&mut value, overrides);
+    let config: Config = match serde_json::from_value(value) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(Problem {
+                key: "environment/flags".into(),
+                line: None,
+                message: e.to_string(),
+            });
+            return Err(fail(problems));
+        }
+    };
+    match validate(&config, &text) {
+        Ok(s) if problems.is_empty() => Ok((config, s)),
+        Ok(_) => Err(fail(problems)),
+        Err(mut more) => {
+            problems.append(&mut more);
+            Err(fail(problems))
+        }
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Config, Problem> {
+    if text.trim().is_empty() {
+        return Ok(Config::default());
+    }
+    serde_saphyr::from_str::<Config>(text).map_err(|e| {
+        let line = e.location().map(|l| l.line() as usize);
+        // The crate's Display carries a source snippet; the first line is the message.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("invalid YAML").to_owned();
+        Problem {
+            key: "yaml".into(),
+            line,
+            message: first,
+        }
+    })
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "listen", "data_dir", "mode", "log", "storage", "cache", "upstream", "server",
+];
+
+fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
+    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if !TOP_LEVEL.contains(&path[0].as_str()) {
+        // Not a config override (a script's own variable, say): leave it alone.
+        return Ok(());
+    }
+    let parsed: Value = if raw.is_empty() {
+        Value::String(String::new())
+    } else {
+        serde_saphyr::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+    };
+    // Strings stay strings even when they look like numbers (passwords, tags).
+    let parsed = match parsed {
+        Value::Number(_) | Value::Bool(_) if is_string_key(&path) => Value::String(raw.to_owned()),
+        v => v,
+    };
+    let mut cur = value;
+    for (i, k) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let obj = match cur {
+            Value::Object(o) => o,
+            _ => {
+                return Err(vec![Problem {
+                    key: var.into(),
+                    line: None,
+                    message: format!("{} is not a section", path[..i].join(".")),
+                }]);
+            }
+        };
+        if last {
+            obj.insert(k.clone(), parsed);
+            return Ok(());
+        }
+        cur = obj
+            .entry(k.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+        if cur.is_null() {
+            *cur = Value::Object(Default::default());
+        }
+    }
+    Ok(())
+}
+
+fn is_string_key(path: &[String]) -> bool {
+    matches!(
+        path.last().map(String::as_str),
+        Some("password" | "username" | "url" | "listen" | "root" | "data_dir" | "level")
+    ) || path
+        .last()
+        .is_some_and(|k| k.ends_with("timeout") || k.ends_with("ttl"))
+}
+
+fn apply_overrides(value: &mut Value, o: &Overrides) {
+    let set = |value: &mut Value, path: &[&str], v: Value| {
+        let mut cur = value;
+        for k in &path[..path.len() - 1] {
+            cur = &mut cur[*k];
+        }
+        cur[path[path.len() - 1]] = v;
+    };
+    if let Some(l) = &o.listen {
+        set(value, &["listen"], l.clone().into());
+    }
+    if let Some(d) = &o.data_dir {
+        set(value, &["data_dir"], d.display().to_string().into());
+    }
+    if let Some(u) = &o.upstream {
+        set(value, &["upstream", "url"], u.clone().into());
+    }
+    if let Some(u) = &o.upstream_username {
+        set(value, &["upstream", "username"], u.clone().into());
+    }
+    if let Some(p) = &o.upstream_password_file {
+        set(
+            value,
+            &["upstream", "password_file"],
+            p.display().to_string().into(),
+        );
+    }
+    if let Some(t) = &o.tag_ttl {
+        set(value, &["upstream", "tag_ttl"], t.clone().into());
+    }
+    if o.offline {
+        set(value, &["mode"], "offline".into());
+    }
+    if o.read_only {
+        set(value, &["storage", "read_only"], true.into());
+    }
+}
+
+fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        let path: Vec<&str> = key.split('.').collect();
+        problems.push(Problem {
+            key: key.to_owned(),
+            line: find_line(text, &path),
+            message,
+        });
+    };
+    let listen = parse_listen(&c.listen)
+        .map_err(|m| problem("listen", m))
+        .ok();
+    let mut duration = |key: &str, v: &str| {
+        humantime::parse_duration(v.trim())
+            .map_err(|e| problem(key, format!("{v:?} is not a duration like 30s or 5m: {e}")))
+            .ok()
+    };
+    let tag_ttl = duration("upstream.tag_ttl", &c.upstream.tag_ttl);
+    let connect = duration("upstream.connect_timeout", &c.upstream.connect_timeout);
+    let first_byte = duration(
+        "upstream.first_byte_timeout",
+        &c.upstream.first_byte_timeout,
+    );
+    let read = duration("upstream.read_timeout", &c.upstream.read_timeout);
+    let shutdown = duration("server.shutdown_timeout", &c.server.shutdown_timeout);
+    for (key, d) in [
+        ("upstream.connect_timeout", connect),
+        ("upstream.first_byte_timeout", first_byte),
+        ("upstream.read_timeout", read),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            problem(key, "must be greater than zero".into());
+        }
+    }
+    let url = match Url::parse(c.upstream.url.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                problem(
+                    "upstream.url",
+                    "must not carry credentials; use upstream.username and upstream.password_file"
+                        .into(),
+                );
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                problem("upstream.url", "must not have a query or fragment".into());
+            }
+            Some(u)
+        }
+        Ok(u) => {
+            problem(
+                "upstream.url",
+                format!(
+                    "{:?}: the scheme must be http or https, with a host",
+                    u.as_str()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            problem(
+                "upstream.url",
+                format!("{:?} is not a URL: {e}", c.upstream.url),
+            );
+            None
+        }
+    };
+    let mut password = c.upstream.password.clone().filter(|p| !p.is_empty());
+    if let Some(pf) = &c.upstream.password_file {
+        if password.is_some() {
+            problem(
+                "upstream.password_file",
+                "set either upstream.password or upstream.password_file, not both".into(),
+            );
+        }
+        match std::fs::read_to_string(pf) {
+            Ok(p) => password = Some(p.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(e) => problem(
+                "upstream.password_file",
+                format!("cannot read {}: {e}", pf.display()),
+            ),
+        }
+    }
+    let username = c.upstream.username.clone().filter(|u| !u.is_empty());
+    if password.is_some() && username.is_none() {
+        problem(
+            "upstream.username",
+            "a password is set but no username".into(),
+        );
+    }
+    if c.cache.memory.max_entries == 0 {
+        problem("cache.memory.max_entries", "must be at least 1".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        problem(
+            "log.level",
+            format!("{:?} is not a log filter: {e}", c.log.level),
+        );
+    }
+    if c.data_dir.as_os_str().is_empty() {
+        problem("data_dir", "must not be empty".into());
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let url = url.expect("validated");
+    let docker_hub = matches!(
+        url.host_str(),
+        Some("registry-1.docker.io" | "docker.io" | "index.docker.io" | "registry.hub.docker.com")
+    );
+    let library_prefix = match c.upstream.library_prefix {
+        LibraryPrefix::Auto => docker_hub,
+        LibraryPrefix::Always => true,
+        LibraryPrefix::Never => false,
+    };
+    Ok(Settings {
+        listen: listen.expect("validated"),
+        data_dir: c.data_dir.clone(),
+        offline: c.mode == Mode::Offline,
+        log_level: c.log.level.clone(),
+        log_json: c.log.format == LogFormat::Json,
+        storage_root: c
+            .storage
+            .filesystem
+            .root
+            .clone()
+            .unwrap_or_else(|| c.data_dir.join("storage")),
+        read_only: c.storage.read_only,
+        cache_max_entries: c.cache.memory.max_entries,
+        upstream: UpstreamSettings {
+            url,
+            username,
+            password,
+            library_prefix,
+            connect_timeout: connect.expect("validated"),
+            first_byte_timeout: first_byte.expect("validated"),
+            read_timeout: read.expect("validated"),
+        },
+        tag_ttl: tag_ttl.expect("validated"),
+        shutdown_timeout: shutdown.expect("validated"),
+    })
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    // Distribution's config writes `:5000` for all interfaces.
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    if let Ok(a) = full.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // Host names (localhost:5000) resolve locally; this does not reach the network for them.
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{s:?} is not an address like 0.0.0.0:5000 or :5000"))
+}
+
+/// The 1-based line of a block-style YAML key path, or of its deepest ancestor present.
+pub fn find_line(text: &str, path: &[&str]) -> Option<usize> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut best: Option<(usize, usize)> = None;
+    for (no, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let key = key.trim().trim_matches(['"', '\'']);
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_owned()));
+        let depth = stack.len();
+        if depth <= path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
+            if depth == path.len() {
+                return Some(no + 1);
+            }
+            if best.is_none_or(|(d, _)| depth > d) {
+                best = Some((depth, no + 1));
+            }
+        }
+    }
+    best.map(|(_, l)| l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<(Config, Settings), ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, text).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        load(Some(&p), env, &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_a_docker_hub_mirror() {
+        let (_, s) = load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(s.listen.port(), 5000);
+        assert_eq!(s.upstream.url.as_str(), "https://registry-1.docker.io/");
+        assert!(s.upstream.library_prefix);
+        assert!(!s.offline);
+        assert_eq!(s.tag_ttl, Duration::from_secs(300));
+        assert_eq!(s.storage_root, PathBuf::from("ocimirror-data/storage"));
+    }
+
+    #[test]
+    fn reports_every_semantic_problem_with_lines() {
+        let text = "listen: nowhere\nupstream:\n  url: ftp://x\n  tag_ttl: soon\n  read_timeout: 0s\ncache:\n  memory:\n    max_entries: 0\n";
+        let err = load_str(text, &[]).unwrap_err();
+        let got: Vec<(String, Option<usize>)> = err
+            .problems
+            .iter()
+            .map(|p| (p.key.clone(), p.line))
+            .collect();
+        assert!(got.contains(&("listen".into(), Some(1))), "{got:?}");
+        assert!(got.contains(&("upstream.url".into(), Some(3))), "{got:?}");
+        assert!(
+            got.contains(&("upstream.tag_ttl".into(), Some(4))),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("upstream.read_timeout".into(), Some(5))),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("cache.memory.max_entries".into(), Some(8))),
+            "{got:?}"
+        );
+        assert_eq!(err.problems.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_line() {
+        let err = load_str("upstream:\n  url: http://x\n  pasword: y\n", &[]).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(3), "{err}");
+        assert!(err.to_string().contains("pasword"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let (_, s) = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  username: u\n",
+            &[
+                ("OCIMIRROR_UPSTREAM__PASSWORD", "12345"),
+                ("OCIMIRROR_MODE", "offline"),
+                ("OCIMIRROR_UNRELATED", "x"),
+                ("OCIMIRROR_UPSTREAM__TAG_TTL", "0s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.upstream.password.as_deref(), Some("12345"));
+        assert!(s.offline);
+        assert!(s.tag_ttl.is_zero());
+        let err = load_str("", &[("OCIMIRROR_UPSTREAM__NOPE", "1")]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_everything_and_password_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = dir.path().join("pw");
+        std::fs::write(&pf, "s3cret\n").unwrap();
+        let o = Overrides {
+            listen: Some(":6000".into()),
+            upstream: Some("http://127.0.0.1:9".into()),
+            upstream_username: Some("me".into()),
+            upstream_password_file: Some(pf),
+            tag_ttl: Some("1h".into()),
+            offline: true,
+            ..Default::default()
+        };
+        let (_, s) = load(None, Vec::new(), &o).unwrap();
+        assert_eq!(s.listen.port(), 6000);
+        assert_eq!(s.upstream.password.as_deref(), Some("s3cret"));
+        assert_eq!(s.upstream.username.as_deref(), Some("me"));
+        assert!(!s.upstream.library_prefix);
+        assert_eq!(s.tag_ttl, Duration::from_secs(3600));
+        assert!(s.offline);
+    }
+
+    #[test]
+    fn find_line_walks_nesting() {
+        let t = "a:\n  b: 1\n  c:\n    d: 2\ne: 3\n";
+        assert_eq!(find_line(t, &["a", "c", "d"]), Some(4));
+        assert_eq!(find_line(t, &["e"]), Some(5));
+        assert_eq!(find_line(t, &["a", "zz"]), Some(1));
+        assert_eq!(find_line(t, &["q"]), None);
+    }
+}

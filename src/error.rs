@@ -1,0 +1,213 @@
+//! The one place errors become HTTP: every failure of the pull API is an [`ApiError`] with an
+//! OCI error code, rendered as `{"errors":[{"code","message","detail"}]}` with the right status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::oci::{DigestError, NameError, RangeError};
+use crate::registry::RegistryError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    TagInvalid,
+    RangeInvalid,
+    Unsupported,
+    TooManyRequests,
+    Unavailable,
+    NotFound,
+    PaginationNumberInvalid,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::SizeInvalid => "SIZE_INVALID",
+            Code::TagInvalid => "TAG_INVALID",
+            Code::RangeInvalid => "RANGE_INVALID",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::NotFound => "NOT_FOUND",
+            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::Internal => "UNKNOWN",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Code::BlobUnknown | Code::ManifestUnknown | Code::NameUnknown | Code::NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Code::DigestInvalid
+            | Code::ManifestInvalid
+            | Code::NameInvalid
+            | Code::SizeInvalid
+            | Code::TagInvalid
+            | Code::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+            Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: Code,
+    pub status: StatusCode,
+    pub message: String,
+    pub detail: Option<serde_json::Value>,
+    pub retry_after: Option<String>,
+    /// For 416: the blob size, sent as `Content-Range: bytes */SIZE`.
+    pub unsatisfied_size: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            status: code.status(),
+            message: message.into(),
+            detail: None,
+            retry_after: None,
+            unsatisfied_size: None,
+        }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::BadTag(_) => ApiError::new(Code::TagInvalid, e.to_string()),
+            NameError::BadDigestReference(d) => d.into(),
+            _ => ApiError::new(Code::NameInvalid, e.to_string()),
+        }
+    }
+}
+
+impl From<DigestError> for ApiError {
+    fn from(e: DigestError) -> Self {
+        ApiError::new(Code::DigestInvalid, e.to_string())
+    }
+}
+
+impl From<RangeError> for ApiError {
+    fn from(e: RangeError) -> Self {
+        let size = match &e {
+            RangeError::Unsatisfiable(_, size) => Some(*size),
+            _ => None,
+        };
+        let mut a = ApiError::new(Code::RangeInvalid, e.to_string());
+        a.unsatisfied_size = size;
+        a
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::NotFound => ApiError::new(Code::NameUnknown, "not found upstream"),
+            UpstreamError::Denied(m) => ApiError::new(
+                Code::NameUnknown,
+                format!("repository does not exist upstream or the upstream denied access ({m})"),
+            ),
+            UpstreamError::RateLimited { retry_after } => {
+                let mut a = ApiError::new(
+                    Code::TooManyRequests,
+                    "the upstream registry's rate limit is exhausted and this content is not cached",
+                );
+                a.retry_after = retry_after;
+                a
+            }
+            UpstreamError::Unavailable(m) => ApiError::new(
+                Code::Unavailable,
+                format!("content is not cached and the upstream is unavailable: {m}"),
+            ),
+            UpstreamError::Invalid(m) => ApiError::new(
+                Code::Unavailable,
+                format!("the upstream sent an invalid response: {m}"),
+            )
+            .with_status(StatusCode::BAD_GATEWAY),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::BlobUnknown => ApiError::new(Code::BlobUnknown, e.to_string()),
+            RegistryError::ManifestUnknown(_) => {
+                ApiError::new(Code::ManifestUnknown, e.to_string())
+            }
+            RegistryError::NameUnknown => ApiError::new(Code::NameUnknown, e.to_string()),
+            RegistryError::ManifestInvalid(_) => {
+                ApiError::new(Code::ManifestInvalid, e.to_string())
+                    .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            RegistryError::Range(r) => r.into(),
+            RegistryError::Upstream(u) => u.into(),
+            RegistryError::Storage(s) => {
+                tracing::error!(error = %s, "storage error");
+                ApiError::new(Code::Internal, "storage error")
+            }
+            RegistryError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                ApiError::new(Code::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "errors": [{
+                "code": self.code.as_str(),
+                "message": self.message,
+                "detail": self.detail.unwrap_or(serde_json::Value::Null),
+            }]
+        });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        let h = resp.headers_mut();
+        if let Some(ra) = self
+            .retry_after
+            .and_then(|r| HeaderValue::from_str(&r).ok())
+        {
+            h.insert(header::RETRY_AFTER, ra);
+        }
+        if let Some(size) = self.unsatisfied_size
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        resp
+    }
+}

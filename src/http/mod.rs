@@ -1,0 +1,276 @@
+//! The HTTP face: parse each request into an [`endpoint::Endpoint`], gate it, call the registry,
+//! and render the answer with the distribution API's headers. All errors go through
+//! [`crate::error::ApiError`].
+
+pub mod endpoint;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::{ApiError, Code};
+use crate::oci::{ByteRange, Digest, Reference, RepoName};
+use crate::registry::{Registry, TagList};
+use endpoint::Endpoint;
+
+const API_VERSION: &str = "registry/2.0";
+/// Cap on `n` for tag and catalog pages, so one request cannot ask for an unbounded answer.
+const MAX_PAGE: usize = 10_000;
+
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: Option<PrometheusHandle>,
+    pub draining: AtomicBool,
+    next_request_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(registry: Arc<Registry>, metrics: Option<PrometheusHandle>) -> Arc<Self> {
+        Arc::new(AppState {
+            registry,
+            metrics,
+            draining: AtomicBool::new(false),
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .route("/v2", axum::routing::any(distribution))
+        .route("/v2/", axum::routing::any(distribution))
+        .route("/v2/{*rest}", axum::routing::any(distribution))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    match &state.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics disabled").into_response(),
+    }
+}
+
+async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let parsed = endpoint::parse(&method, &path);
+    let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
+    let mut resp = match parsed {
+        Ok(ep) => dispatch(&state, ep, &method, req.uri().query(), req.headers())
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!("ocimirror_http_requests_total", "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
+    metrics::histogram!("ocimirror_http_request_duration_seconds", "endpoint" => kind)
+        .record(elapsed.as_secs_f64());
+    tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
+    resp
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(300);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+async fn dispatch(
+    state: &AppState,
+    ep: Endpoint,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let head = *method == Method::HEAD;
+    if ep == Endpoint::Upload || !matches!(*method, Method::GET | Method::HEAD) {
+        return Err(ApiError::new(
+            Code::Unsupported,
+            "ocimirror is a pull-through mirror: pushes and deletes are not accepted",
+        ));
+    }
+    match ep {
+        Endpoint::Base => Ok(axum::Json(serde_json::json!({})).into_response()),
+        Endpoint::Manifest(name, reference) => {
+            manifest(state, &name, &reference, head, headers).await
+        }
+        Endpoint::Blob(name, digest) => blob(state, &name, &digest, head, headers).await,
+        Endpoint::Tags(name) => tags(state, &name, query).await,
+        Endpoint::Catalog => catalog(state, query).await,
+        Endpoint::Referrers => Err(ApiError::new(
+            Code::Unsupported,
+            "the referrers API is not supported yet",
+        )
+        .with_status(StatusCode::NOT_FOUND)),
+        Endpoint::Upload => unreachable!("refused above"),
+    }
+}
+
+fn etag(d: &Digest) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{d}\"")).expect("digest is header-safe")
+}
+
+fn not_modified(headers: &HeaderMap, d: &Digest) -> bool {
+    let tag = format!("\"{d}\"");
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+}
+
+async fn manifest(
+    state: &AppState,
+    name: &RepoName,
+    reference: &Reference,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let m = state.registry.manifest(name, reference).await?;
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, m.media_type.as_str())
+        .header("docker-content-digest", m.digest.to_string())
+        .header(header::ETAG, etag(&m.digest));
+    if not_modified(headers, &m.digest) {
+        builder = builder.status(StatusCode::NOT_MODIFIED);
+        return Ok(builder.body(Body::empty()).expect("valid response"));
+    }
+    builder = builder.header(header::CONTENT_LENGTH, m.body.len());
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.body)
+    };
+    Ok(builder.body(body).expect("valid response"))
+}
+
+async fn blob(
+    state: &AppState,
+    name: &RepoName,
+    digest: &Digest,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let range = headers
+        .get(header::RANGE)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::new(Code::RangeInvalid, "Range header is not ASCII"))
+                .and_then(|s| ByteRange::parse(s).map_err(ApiError::from))
+        })
+        .transpose()?;
+    let reply = state.registry.blob(name, digest, range, head).await?;
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("docker-content-digest", digest.to_string())
+        .header(header::ETAG, etag(digest))
+        .header(header::ACCEPT_RANGES, "bytes")
+        // Content-addressed: it can never change.
+        .header(header::CACHE_CONTROL, "max-age=31536000");
+    let length = match reply.range {
+        Some((a, b)) => {
+            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {a}-{b}/{}", reply.size),
+            );
+            b - a + 1
+        }
+        None => reply.size,
+    };
+    builder = builder.header(header::CONTENT_LENGTH, length);
+    let body = match reply.body {
+        Some(s) => Body::from_stream(s),
+        None => Body::empty(),
+    };
+    Ok(builder.body(body).expect("valid response"))
+}
+
+fn page_params(query: Option<&str>) -> Result<(Option<usize>, Option<String>), ApiError> {
+    let mut n = None;
+    let mut last = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "n" => {
+                let parsed: usize = v.parse().map_err(|_| {
+                    ApiError::new(
+                        Code::PaginationNumberInvalid,
+                        format!("n must be a non-negative integer, got {:?}", truncate(&v)),
+                    )
+                })?;
+                n = Some(parsed.min(MAX_PAGE));
+            }
+            "last" => last = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Ok((n, last))
+}
+
+fn link_header(path: &str, next: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("<{path}?{next}>; rel=\"next\""))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn tags(
+    state: &AppState,
+    name: &RepoName,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let (n, last) = page_params(query)?;
+    let page = state.registry.tags(name, n, last.as_deref()).await?;
+    let mut resp = axum::Json(TagList {
+        name: page.list.name,
+        tags: page.list.tags,
+    })
+    .into_response();
+    if let Some(next) = page.next {
+        resp.headers_mut().insert(
+            header::LINK,
+            link_header(&format!("/v2/{name}/tags/list"), &next),
+        );
+    }
+    Ok(resp)
+}
+
+async fn catalog(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+    let (n, last) = page_params(query)?;
+    let page = state.registry.catalog(n, last.as_deref()).await?;
+    let mut resp =
+        axum::Json(serde_json::json!({ "repositories": page.repositories })).into_response();
+    if let Some(next) = page.next {
+        resp.headers_mut()
+            .insert(header::LINK, link_header("/v2/_catalog", &next));
+    }
+    Ok(resp)
+}

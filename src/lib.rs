@@ -1,0 +1,12 @@
+//! ocimirror: a pull-through caching mirror for OCI registries. See ARCHITECTURE.md for the
+//! parts and the flow of a pull.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod storage;
+pub mod upstream;

@@ -1,0 +1,134 @@
+//! The `ocimirror` command: `serve` the mirror, or `config check` a file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ocimirror::config::{self, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "ocimirror",
+    version,
+    about = "A pull-through caching mirror for OCI registries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror (with no config: a Docker Hub mirror on :5000, cache in ./ocimirror-data).
+    Serve(ServeArgs),
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (with the environment's overrides) and report every problem.
+    Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// YAML config file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:5000 or :5000.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for local state (spool, and storage unless configured).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Upstream registry URL (default https://registry-1.docker.io).
+    #[arg(long)]
+    upstream: Option<String>,
+    #[arg(long)]
+    upstream_username: Option<String>,
+    /// File holding the upstream password or token.
+    #[arg(long)]
+    upstream_password_file: Option<PathBuf>,
+    /// How long a tag is trusted before revalidation, e.g. 5m; 0s revalidates every time.
+    #[arg(long)]
+    tag_ttl: Option<String>,
+    /// Never contact the upstream; serve only what is cached.
+    #[arg(long)]
+    offline: bool,
+    /// Never write to storage; stream misses through.
+    #[arg(long)]
+    read_only: bool,
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match config::load(Some(&file), std::env::vars(), &Overrides::default()) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(a) => {
+            let overrides = Overrides {
+                listen: a.listen,
+                data_dir: a.data_dir,
+                upstream: a.upstream,
+                upstream_username: a.upstream_username,
+                upstream_password_file: a.upstream_password_file,
+                tag_ttl: a.tag_ttl,
+                offline: a.offline,
+                read_only: a.read_only,
+            };
+            let settings = match config::load(a.config.as_deref(), std::env::vars(), &overrides) {
+                Ok((_, s)) => s,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&settings.log_level, settings.log_json);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ocimirror::server::serve(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

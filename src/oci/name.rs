@@ -1,0 +1,238 @@
+//! Repository names, tags and references, validated against the OCI distribution spec grammar
+//! before anything else touches them (they become storage paths and upstream URLs).
+
+use std::fmt;
+
+use super::digest::{Digest, DigestError};
+
+/// Distribution's limit on the whole name.
+pub const MAX_NAME_LEN: usize = 255;
+const MAX_TAG_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("repository name is empty")]
+    Empty,
+    #[error("repository name is {0} characters long; at most 255 are allowed")]
+    TooLong(usize),
+    #[error(
+        "repository name component {0:?} is invalid: components are lowercase letters and digits, separated by '.', '_', '__' or dashes, and joined by '/'"
+    )]
+    BadComponent(String),
+    #[error("tag {0:?} is invalid: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
+    BadTag(String),
+    #[error("reference is not a valid tag or digest: {0}")]
+    BadDigestReference(DigestError),
+}
+
+/// A validated repository name such as `library/alpine`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong(s.len()));
+        }
+        for component in s.split('/') {
+            if !valid_component(component) {
+                return Err(NameError::BadComponent(
+                    component.chars().take(64).collect(),
+                ));
+            }
+        }
+        Ok(RepoName(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn components(&self) -> usize {
+        self.0.split('/').count()
+    }
+
+    /// Prefix with `library/`, Docker Hub's namespace for official images.
+    pub fn with_library_prefix(&self) -> Self {
+        if self.components() == 1 {
+            RepoName(format!("library/{}", self.0))
+        } else {
+            self.clone()
+        }
+    }
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn valid_component(c: &str) -> bool {
+    let bytes = c.as_bytes();
+    if bytes.is_empty() || !is_alnum(bytes[0]) || !is_alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !is_alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated tag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let b = s.as_bytes();
+        let first_ok = b
+            .first()
+            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+        let rest_ok = b
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
+        if !first_ok || !rest_ok || b.len() > MAX_TAG_LEN {
+            return Err(NameError::BadTag(s.chars().take(140).collect()));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What follows `/manifests/`: a tag or a digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl Reference {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if s.contains(':') {
+            Digest::parse(s)
+                .map(Reference::Digest)
+                .map_err(NameError::BadDigestReference)
+        } else {
+            Tag::parse(s).map(Reference::Tag)
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => t.fmt(f),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_spec_names() {
+        for ok in [
+            "alpine",
+            "library/alpine",
+            "a",
+            "my-org/my_app",
+            "a__b",
+            "a---b",
+            "a.b/c",
+            "ghcr.io/org/app",
+            "0/1/2/3",
+        ] {
+            assert!(RepoName::parse(ok).is_ok(), "{ok:?} refused");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        let long = "a".repeat(256);
+        for bad in [
+            "",
+            "Alpine",
+            "a//b",
+            "/a",
+            "a/",
+            "..",
+            "a/../b",
+            "a___b",
+            "a._b",
+            "-a",
+            "a-",
+            "a%2eb",
+            "a b",
+            long.as_str(),
+        ] {
+            assert!(RepoName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn library_prefix_only_for_single_component() {
+        assert_eq!(
+            RepoName::parse("alpine")
+                .unwrap()
+                .with_library_prefix()
+                .as_str(),
+            "library/alpine"
+        );
+        assert_eq!(
+            RepoName::parse("org/app")
+                .unwrap()
+                .with_library_prefix()
+                .as_str(),
+            "org/app"
+        );
+    }
+
+    #[test]
+    fn tags_and_references() {
+        assert!(Tag::parse("latest").is_ok());
+        assert!(Tag::parse("_x.Y-1").is_ok());
+        assert!(Tag::parse(".hidden").is_err());
+        assert!(Tag::parse("-x").is_err());
+        assert!(Tag::parse("").is_err());
+        assert!(Tag::parse(&"a".repeat(129)).is_err());
+        assert!(Tag::parse(&"a".repeat(128)).is_ok());
+        assert!(matches!(Reference::parse("v1"), Ok(Reference::Tag(_))));
+        assert!(matches!(
+            Reference::parse("sha256:abc"),
+            Err(NameError::BadDigestReference(_))
+        ));
+    }
+}

@@ -1,0 +1,136 @@
+//! The HTTP `Range` header, single byte ranges only (what registry clients send to resume).
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RangeError {
+    #[error(
+        "malformed Range header {0:?}: expected bytes=START-END, bytes=START- or bytes=-SUFFIX"
+    )]
+    Malformed(String),
+    #[error("multiple ranges are not supported; request one range at a time")]
+    Multiple,
+    #[error("range {0:?} cannot be satisfied for a blob of {1} bytes")]
+    Unsatisfiable(String, u64),
+}
+
+/// A range as requested, before the blob's size is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=start-end` (end inclusive) or `bytes=start-`.
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    pub fn parse(header: &str) -> Result<Self, RangeError> {
+        let malformed = || RangeError::Malformed(header.chars().take(100).collect());
+        let spec = header
+            .trim()
+            .strip_prefix("bytes=")
+            .ok_or_else(malformed)?
+            .trim();
+        if spec.contains(',') {
+            return Err(RangeError::Multiple);
+        }
+        let (a, b) = spec.split_once('-').ok_or_else(malformed)?;
+        let num = |s: &str| -> Result<u64, RangeError> {
+            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(malformed());
+            }
+            s.parse().map_err(|_| malformed())
+        };
+        if a.is_empty() {
+            return Ok(ByteRange::Suffix(num(b)?));
+        }
+        let start = num(a)?;
+        let end = if b.is_empty() { None } else { Some(num(b)?) };
+        if end.is_some_and(|e| e < start) {
+            return Err(malformed());
+        }
+        Ok(ByteRange::From { start, end })
+    }
+
+    /// Resolve against the blob size to an inclusive `(first, last)` pair.
+    pub fn resolve(&self, size: u64) -> Result<(u64, u64), RangeError> {
+        let unsat = || RangeError::Unsatisfiable(self.to_string(), size);
+        match *self {
+            ByteRange::From { start, end } => {
+                if start >= size {
+                    return Err(unsat());
+                }
+                let last = end.map_or(size - 1, |e| e.min(size - 1));
+                Ok((start, last))
+            }
+            ByteRange::Suffix(n) => {
+                if n == 0 || size == 0 {
+                    return Err(unsat());
+                }
+                Ok((size.saturating_sub(n), size - 1))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ByteRange::From {
+                start,
+                end: Some(e),
+            } => write!(f, "bytes={start}-{e}"),
+            ByteRange::From { start, end: None } => write!(f, "bytes={start}-"),
+            ByteRange::Suffix(n) => write!(f, "bytes=-{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forms() {
+        assert_eq!(
+            ByteRange::parse("bytes=0-99").unwrap(),
+            ByteRange::From {
+                start: 0,
+                end: Some(99)
+            }
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=5-").unwrap(),
+            ByteRange::From {
+                start: 5,
+                end: None
+            }
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-10").unwrap(),
+            ByteRange::Suffix(10)
+        );
+        assert_eq!(ByteRange::parse("bytes=0-1,5-6"), Err(RangeError::Multiple));
+        for bad in [
+            "0-1",
+            "bytes=",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=5-1",
+            "bytes=+1-2",
+            "items=0-1",
+        ] {
+            assert!(ByteRange::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn resolves_against_size() {
+        let r = |s| ByteRange::parse(s).unwrap();
+        assert_eq!(r("bytes=0-99").resolve(50).unwrap(), (0, 49));
+        assert_eq!(r("bytes=10-").resolve(50).unwrap(), (10, 49));
+        assert_eq!(r("bytes=-10").resolve(50).unwrap(), (40, 49));
+        assert_eq!(r("bytes=-100").resolve(50).unwrap(), (0, 49));
+        assert!(r("bytes=50-").resolve(50).is_err());
+        assert!(r("bytes=-0").resolve(50).is_err());
+        assert!(r("bytes=0-").resolve(0).is_err());
+    }
+}

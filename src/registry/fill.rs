@@ -1,0 +1,310 @@
+//! The fill: one upstream fetch per blob digest, however many clients want it.
+//!
+//! A fill runs in its own task. It streams the upstream body into an anonymous spool file (local,
+//! unlinked, so nothing to clean up after a crash) and into a storage writer, hashing as it goes,
+//! and publishes a watermark of bytes written. Every client, first or late, reads the spool up to
+//! the watermark, so a slow or vanished client never slows or cancels the fill, late joiners never
+//! refetch, and a range is answered as soon as its bytes are there. The storage object is
+//! committed only when length and digest match; on any failure nothing is committed and every
+//! client's stream ends in an error, never a short success.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use super::layout;
+use crate::oci::{Digest, Hasher, RepoName};
+use crate::storage::Storage;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Bytes handed to a client per read of the spool.
+const CHUNK: u64 = 256 * 1024;
+
+#[derive(Clone, Debug)]
+pub enum FillState {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    Streaming,
+    Done,
+    /// The upstream refused before sending any bytes: clients get a proper error status.
+    Refused(UpstreamError),
+    /// Failed after bytes flowed: clients' streams end in an error.
+    Broken(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub size: Option<u64>,
+    pub written: u64,
+    pub state: FillState,
+}
+
+pub struct Fill {
+    spool: File,
+    progress: watch::Receiver<Progress>,
+}
+
+pub type ClientStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+impl Fill {
+    /// Wait for the upstream's answer. `Ok(size)` once bytes are flowing (size when announced).
+    pub async fn started(&self) -> Result<Option<u64>, UpstreamError> {
+        let mut rx = self.progress.clone();
+        loop {
+            let p = rx.borrow_and_update().clone();
+            match p.state {
+                FillState::Connecting => {}
+                FillState::Refused(e) => return Err(e),
+                _ => return Ok(p.size),
+            }
+            if rx.changed().await.is_err() {
+                return Err(UpstreamError::Unavailable("fill ended unexpectedly".into()));
+            }
+        }
+    }
+
+    /// Wait until the fill has finished, successfully or not, and return the final size.
+    pub async fn finished(&self) -> Result<u64, String> {
+        let mut rx = self.progress.clone();
+        loop {
+            let p = rx.borrow_and_update().clone();
+            match p.state {
+                FillState::Done => return Ok(p.written),
+                FillState::Broken(m) => return Err(m),
+                FillState::Refused(e) => return Err(e.to_string()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err("fill ended unexpectedly".into());
+            }
+        }
+    }
+
+    /// Stream bytes `[start, end)` (to the end of the blob when `end` is `None`) as they arrive.
+    pub fn stream(self: Arc<Self>, start: u64, end: Option<u64>) -> ClientStream {
+        let rx = self.progress.clone();
+        let state = (self, rx, start, false);
+        futures_util::stream::unfold(state, move |(fill, mut rx, pos, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let p = rx.borrow_and_update().clone();
+                let limit = end.unwrap_or(u64::MAX);
+                if pos >= limit {
+                    return None;
+                }
+                if pos < p.written {
+                    let n = (p.written - pos).min(CHUNK).min(limit - pos) as usize;
+                    let mut buf = BytesMut::zeroed(n);
+                    // The spool is in the page cache; a pread is cheaper than a thread hop.
+                    return match fill.spool.read_exact_at(&mut buf, pos) {
+                        Ok(()) => Some((Ok(buf.freeze()), (fill, rx, pos + n as u64, false))),
+                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                    };
+                }
+                match p.state {
+                    FillState::Done if end.is_none() => return None,
+                    FillState::Done => {
+                        let e = io::Error::other("blob is shorter than the requested range");
+                        return Some((Err(e), (fill, rx, pos, true)));
+                    }
+                    FillState::Broken(m) => {
+                        let e = io::Error::other(format!("upstream fetch failed: {m}"));
+                        return Some((Err(e), (fill, rx, pos, true)));
+                    }
+                    FillState::Refused(e) => {
+                        let e = io::Error::other(format!("upstream fetch failed: {e}"));
+                        return Some((Err(e), (fill, rx, pos, true)));
+                    }
+                    FillState::Connecting | FillState::Streaming => {}
+                }
+                if rx.changed().await.is_err() {
+                    let e = io::Error::other("fill ended unexpectedly");
+                    return Some((Err(e), (fill, rx, pos, true)));
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+pub struct Fills {
+    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    spool_dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    upstream: Arc<dyn Upstream>,
+    read_only: bool,
+}
+
+impl Fills {
+    pub fn new(
+        spool_dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        upstream: Arc<dyn Upstream>,
+        read_only: bool,
+    ) -> Self {
+        Fills {
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            spool_dir,
+            storage,
+            upstream,
+            read_only,
+        }
+    }
+
+    /// The fill in flight for `digest`, if any.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.inflight.lock().expect("lock").get(digest).cloned()
+    }
+
+    /// Join the fill for `digest`, starting one (fetching under `name`) when none is in flight.
+    pub fn join_or_start(&self, name: &RepoName, digest: &Digest) -> io::Result<Arc<Fill>> {
+        let mut map = self.inflight.lock().expect("lock");
+        if let Some(f) = map.get(digest) {
+            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            return Ok(f.clone());
+        }
+        let spool = tempfile::tempfile_in(&self.spool_dir)?;
+        let writer_spool = spool.try_clone()?;
+        let (tx, rx) = watch::channel(Progress {
+            size: None,
+            written: 0,
+            state: FillState::Connecting,
+        });
+        let fill = Arc::new(Fill {
+            spool,
+            progress: rx,
+        });
+        map.insert(digest.clone(), fill.clone());
+        metrics::counter!("ocimirror_fills_started_total").increment(1);
+        metrics::gauge!("ocimirror_fills_in_flight").increment(1.0);
+        let job = FillJob {
+            name: name.clone(),
+            digest: digest.clone(),
+            spool: writer_spool,
+            tx,
+            storage: self.storage.clone(),
+            upstream: self.upstream.clone(),
+            read_only: self.read_only,
+            inflight: self.inflight.clone(),
+        };
+        tokio::spawn(job.run());
+        Ok(fill)
+    }
+}
+
+struct FillJob {
+    name: RepoName,
+    digest: Digest,
+    spool: File,
+    tx: watch::Sender<Progress>,
+    storage: Arc<dyn Storage>,
+    upstream: Arc<dyn Upstream>,
+    read_only: bool,
+    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+}
+
+impl FillJob {
+    async fn run(self) {
+        let outcome = self.fetch().await;
+        // Leave the map before announcing the end: a request arriving after this point finds
+        // the committed blob in storage (or starts afresh after a failure).
+        self.inflight.lock().expect("lock").remove(&self.digest);
+        metrics::gauge!("ocimirror_fills_in_flight").decrement(1.0);
+        let state = match outcome {
+            Ok(()) => FillState::Done,
+            Err(state) => {
+                metrics::counter!("ocimirror_fills_failed_total").increment(1);
+                state
+            }
+        };
+        self.tx.send_modify(|p| p.state = state);
+    }
+
+    async fn fetch(&self) -> Result<(), FillState> {
+        let resp = self
+            .upstream
+            .get_blob(&self.name, &self.digest)
+            .await
+            .map_err(|e| {
+                tracing::warn!(name = %self.name, digest = %self.digest, error = %e, "blob fetch refused");
+                FillState::Refused(e)
+            })?;
+        let size = resp.size;
+        self.tx.send_modify(|p| {
+            p.size = size;
+            p.state = FillState::Streaming;
+        });
+        let key = layout::blob_data(&self.digest);
+        let mut writer = if self.read_only {
+            None
+        } else {
+            match self.storage.writer(&key).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    // Clients are still served from the spool; only the caching is lost.
+                    tracing::error!(digest = %self.digest, error = %e, "cannot open storage writer; serving without caching");
+                    None
+                }
+            }
+        };
+        let broken = |m: String| {
+            tracing::warn!(name = %self.name, digest = %self.digest, error = %m, "fill failed; nothing stored");
+            FillState::Broken(m)
+        };
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let mut written: u64 = 0;
+        let mut stream = resp.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| broken(format!("upstream stream broke: {e}")))?;
+            if size.is_some_and(|s| written + chunk.len() as u64 > s) {
+                return Err(broken(
+                    "upstream sent more bytes than its Content-Length".into(),
+                ));
+            }
+            hasher.update(&chunk);
+            self.spool
+                .write_all_at(&chunk, written)
+                .map_err(|e| broken(format!("spool write failed: {e}")))?;
+            written += chunk.len() as u64;
+            self.tx.send_modify(|p| p.written = written);
+            metrics::counter!("ocimirror_upstream_bytes_total").increment(chunk.len() as u64);
+            if let Some(w) = writer.as_mut()
+                && let Err(e) = w.write(chunk).await
+            {
+                tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
+                writer = None;
+            }
+        }
+        if let Some(s) = size
+            && s != written
+        {
+            return Err(broken(format!(
+                "upstream sent {written} bytes, Content-Length said {s}"
+            )));
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(broken(format!("content hashes to {actual}")));
+        }
+        if let Some(w) = writer {
+            match w.commit().await {
+                Ok(()) => {
+                    tracing::info!(name = %self.name, digest = %self.digest, bytes = written, "blob cached")
+                }
+                Err(e) => {
+                    tracing::error!(digest = %self.digest, error = %e, "storage commit failed")
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,738 @@
+//! The pull-through rules: how a manifest, tag, blob, tag list or catalog request is answered
+//! from storage, the descriptor cache and the upstream. Never sees HTTP types.
+
+mod coalesce;
+mod fill;
+pub mod layout;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{DescriptorCache, ManifestEntry, TagEntry};
+use crate::oci::{ByteRange, Digest, ManifestInfo, RangeError, Reference, RepoName, Tag};
+use crate::storage::{Storage, StorageError};
+use crate::upstream::{Upstream, UpstreamError};
+
+use coalesce::Coalescer;
+pub use fill::ClientStream;
+use fill::Fills;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error(transparent)]
+    Range(RangeError),
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Coalesced results are shared, so errors travel as text-bearing clones.
+type Shared<T> = Result<T, Arc<RegistryError>>;
+
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    pub tag_ttl: Duration,
+    pub offline: bool,
+    pub read_only: bool,
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// A blob answer: the full size, the inclusive range served (None: the whole blob) and the body
+/// (None for HEAD).
+pub struct BlobReply {
+    pub size: u64,
+    pub range: Option<(u64, u64)>,
+    pub body: Option<ClientStream>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TagList {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+pub struct TagsPage {
+    pub list: TagList,
+    /// Query string (`n=…&last=…`) of the next page, when there is one.
+    pub next: Option<String>,
+}
+
+pub struct CatalogPage {
+    pub repositories: Vec<String>,
+    pub next: Option<String>,
+}
+
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    cache: Arc<dyn DescriptorCache>,
+    upstream: Arc<dyn Upstream>,
+    settings: RegistrySettings,
+    fills: Fills,
+    manifests: Coalescer<(RepoName, Reference), Shared<Manifest>>,
+}
+
+fn link_digest(b: &[u8]) -> Option<Digest> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| Digest::parse(s.trim()).ok())
+}
+
+impl Registry {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        cache: Arc<dyn DescriptorCache>,
+        upstream: Arc<dyn Upstream>,
+        settings: RegistrySettings,
+    ) -> Self {
+        let fills = Fills::new(
+            settings.spool_dir.clone(),
+            storage.clone(),
+            upstream.clone(),
+            settings.read_only,
+        );
+        Registry {
+            storage,
+            cache,
+            upstream,
+            settings,
+            fills,
+            manifests: Coalescer::default(),
+        }
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.settings.offline
+    }
+
+    // ---- manifests -------------------------------------------------------------------------
+
+    pub async fn manifest(
+        self: &Arc<Self>,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Manifest, RegistryError> {
+        let repo = self.upstream.canonical_name(name);
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(&repo, d).await,
+            Reference::Tag(t) => self.manifest_by_tag(&repo, t).await,
+        }
+    }
+
+    /// The manifest `d` from storage, if this repository holds it.
+    async fn stored_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        require_link: bool,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        if require_link
+            && self
+                .storage
+                .stat(&layout::revision_link(repo, d))
+                .await?
+                .is_none()
+        {
+            return Ok(None);
+        }
+        let body = match self.storage.read(&layout::blob_data(d)).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let media_type = match self.cache.manifest(d).await {
+            Some(m) => m.media_type,
+            None => {
+                let info = ManifestInfo::parse(&body, None)
+                    .map_err(|e| RegistryError::ManifestInvalid(format!("stored {d}: {e}")))?;
+                self.cache
+                    .set_manifest(
+                        d,
+                        ManifestEntry {
+                            media_type: info.media_type.clone(),
+                            size: body.len() as u64,
+                        },
+                    )
+                    .await;
+                info.media_type
+            }
+        };
+        Ok(Some(Manifest {
+            digest: d.clone(),
+            media_type,
+            body,
+        }))
+    }
+
+    async fn manifest_by_digest(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Manifest, RegistryError> {
+        if let Some(m) = self.stored_manifest(repo, d, true).await? {
+            return Ok(m);
+        }
+        if self.settings.offline {
+            return Err(RegistryError::ManifestUnknown(format!(
+                "{d} is not cached (offline)"
+            )));
+        }
+        let this = self.clone();
+        let (repo2, d2) = (repo.clone(), d.clone());
+        let key = (repo.clone(), Reference::Digest(d.clone()));
+        let (r, _) = self
+            .manifests
+            .run(key, async move {
+                this.fetch_manifest_by_digest(&repo2, &d2)
+                    .await
+                    .map_err(Arc::new)
+            })
+            .await;
+        r.map_err(unshare)
+    }
+
+    async fn fetch_manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Manifest, RegistryError> {
+        // Held elsewhere in storage (another repository): confirm with a HEAD, which Docker Hub
+        // does not count as a pull, instead of downloading it again.
+        if self.storage.stat(&layout::blob_data(d)).await?.is_some() {
+            self.upstream
+                .head_manifest(repo, &Reference::Digest(d.clone()))
+                .await
+                .map_err(|e| manifest_upstream_error(e, d))?;
+            if let Some(m) = self.stored_manifest(repo, d, false).await? {
+                self.link_manifest(repo, &m).await;
+                return Ok(m);
+            }
+        }
+        let fetched = self
+            .upstream
+            .get_manifest(repo, &Reference::Digest(d.clone()))
+            .await
+            .map_err(|e| manifest_upstream_error(e, d))?;
+        if !d.verify(&fetched.body) {
+            return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
+                "manifest {d} from the upstream does not match its digest"
+            ))));
+        }
+        self.store_manifest(repo, d, fetched.body, fetched.media_type.as_deref())
+            .await
+    }
+
+    /// Validate, store and link a manifest fetched from the upstream.
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Manifest, RegistryError> {
+        let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
+            RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
+        })?;
+        let m = Manifest {
+            digest: d.clone(),
+            media_type: info.media_type.clone(),
+            body,
+        };
+        self.cache
+            .set_manifest(
+                d,
+                ManifestEntry {
+                    media_type: info.media_type.clone(),
+                    size: m.body.len() as u64,
+                },
+            )
+            .await;
+        if !self.settings.read_only {
+            if let Err(e) = self
+                .storage
+                .put(&layout::blob_data(d), m.body.clone())
+                .await
+            {
+                tracing::error!(digest = %d, error = %e, "cannot store manifest; serving without caching");
+                return Ok(m);
+            }
+            // The upstream served this manifest under `repo`, so `repo` may serve its blobs.
+            for b in &info.blobs {
+                self.write_link(&layout::layer_link(repo, b), b).await;
+            }
+            self.link_manifest(repo, &m).await;
+        }
+        Ok(m)
+    }
+
+    async fn link_manifest(&self, repo: &RepoName, m: &Manifest) {
+        self.write_link(&layout::revision_link(repo, &m.digest), &m.digest)
+            .await;
+    }
+
+    /// Links are advisory bookkeeping for later requests: failing to write one must not fail
+    /// the request that is being answered.
+    async fn write_link(&self, key: &str, d: &Digest) {
+        if self.settings.read_only {
+            return;
+        }
+        if let Err(e) = self.storage.put(key, Bytes::from(d.to_string())).await {
+            tracing::error!(key, error = %e, "cannot write link");
+        }
+    }
+
+    async fn tag_entry(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<TagEntry>, RegistryError> {
+        if let Some(e) = self.cache.tag(repo.as_str(), tag.as_str()).await {
+            return Ok(Some(e));
+        }
+        let key = layout::tag_current(repo, tag);
+        let Some(meta) = self.storage.stat(&key).await? else {
+            return Ok(None);
+        };
+        let body = match self.storage.read(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(link_digest(&body).map(|digest| TagEntry {
+            digest,
+            // A link's age is when it was last confirmed, so a restart does not revalidate
+            // every tag at once.
+            checked_at: meta.modified.unwrap_or(SystemTime::UNIX_EPOCH),
+        }))
+    }
+
+    async fn manifest_by_tag(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Manifest, RegistryError> {
+        let entry = self.tag_entry(repo, tag).await?;
+        let cached = match &entry {
+            Some(e) => self.stored_manifest(repo, &e.digest, false).await?,
+            None => None,
+        };
+        if let (Some(e), Some(m)) = (&entry, &cached) {
+            let age = SystemTime::now()
+                .duration_since(e.checked_at)
+                .unwrap_or(Duration::ZERO);
+            if self.settings.offline || age < self.settings.tag_ttl {
+                return Ok(m.clone());
+            }
+        }
+        if self.settings.offline {
+            return Err(RegistryError::ManifestUnknown(format!(
+                "tag {tag} is not cached (offline)"
+            )));
+        }
+        let this = self.clone();
+        let (repo2, tag2) = (repo.clone(), tag.clone());
+        let key = (repo.clone(), Reference::Tag(tag.clone()));
+        let (r, _) = self
+            .manifests
+            .run(key, async move {
+                this.revalidate_tag(&repo2, &tag2).await.map_err(Arc::new)
+            })
+            .await;
+        match r {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let stale_ok = matches!(
+                    &*e,
+                    RegistryError::Upstream(
+                        UpstreamError::Unavailable(_)
+                            | UpstreamError::RateLimited { .. }
+                            | UpstreamError::Invalid(_)
+                            | UpstreamError::Denied(_)
+                    )
+                );
+                match cached {
+                    Some(m) if stale_ok => {
+                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        tracing::warn!(name = %repo, tag = %tag, digest = %m.digest, error = %e, "upstream failed; serving cached tag");
+                        Ok(m)
+                    }
+                    _ => Err(unshare(e)),
+                }
+            }
+        }
+    }
+
+    /// Ask the upstream what `tag` points at (HEAD: Docker Hub counts only GETs as pulls), and
+    /// fetch the manifest only when its digest is new to us.
+    async fn revalidate_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Manifest, RegistryError> {
+        let reference = Reference::Tag(tag.clone());
+        let head = self
+            .upstream
+            .head_manifest(repo, &reference)
+            .await
+            .map_err(|e| tag_upstream_error(e, tag))?;
+        let m = match &head.digest {
+            Some(d) => match self.stored_manifest(repo, d, false).await? {
+                Some(m) => {
+                    self.link_manifest(repo, &m).await;
+                    m
+                }
+                None => {
+                    let fetched = self
+                        .upstream
+                        .get_manifest(repo, &Reference::Digest(d.clone()))
+                        .await
+                        .map_err(|e| tag_upstream_error(e, tag))?;
+                    if !d.verify(&fetched.body) {
+                        return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
+                            "manifest for {tag} does not match the digest {d} the upstream announced"
+                        ))));
+                    }
+                    self.store_manifest(repo, d, fetched.body, fetched.media_type.as_deref())
+                        .await?
+                }
+            },
+            None => {
+                // No digest header: the body is the only way to learn it.
+                let fetched = self
+                    .upstream
+                    .get_manifest(repo, &reference)
+                    .await
+                    .map_err(|e| tag_upstream_error(e, tag))?;
+                let d = Digest::sha256_of(&fetched.body);
+                self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
+                    .await?
+            }
+        };
+        self.record_tag(repo, tag, &m.digest).await?;
+        Ok(m)
+    }
+
+    async fn record_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        d: &Digest,
+    ) -> Result<(), RegistryError> {
+        let now = SystemTime::now();
+        let previous = self.tag_entry(repo, tag).await?;
+        self.cache
+            .set_tag(
+                repo.as_str(),
+                tag.as_str(),
+                TagEntry {
+                    digest: d.clone(),
+                    checked_at: now,
+                },
+            )
+            .await;
+        // The link file's mtime records the confirmation for restarts; rewriting it on every
+        // revalidation would cost a write per request with tag_ttl 0, so refresh it only when
+        // the digest changed or the stored confirmation has itself expired.
+        let stored = self.storage.stat(&layout::tag_current(repo, tag)).await?;
+        let stored_age = stored
+            .and_then(|m| m.modified)
+            .and_then(|t| now.duration_since(t).ok());
+        let changed = previous.as_ref().is_none_or(|p| &p.digest != d) || stored.is_none();
+        let expired = !self.settings.tag_ttl.is_zero()
+            && stored_age.is_none_or(|a| a >= self.settings.tag_ttl);
+        if changed || expired {
+            self.write_link(&layout::tag_index(repo, tag, d), d).await;
+            self.write_link(&layout::tag_current(repo, tag), d).await;
+        }
+        Ok(())
+    }
+
+    // ---- blobs -----------------------------------------------------------------------------
+
+    pub async fn blob(
+        self: &Arc<Self>,
+        name: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobReply, RegistryError> {
+        let repo = self.upstream.canonical_name(name);
+        let linked = self
+            .storage
+            .stat(&layout::layer_link(&repo, digest))
+            .await?
+            .is_some();
+        let data = self.storage.stat(&layout::blob_data(digest)).await?;
+        if !linked {
+            // The repository has not been seen to reference this blob: only the upstream can
+            // say whether it may be served under this name.
+            if self.settings.offline {
+                return Err(RegistryError::BlobUnknown);
+            }
+            let size = self
+                .upstream
+                .head_blob(&repo, digest)
+                .await
+                .map_err(blob_upstream_error)?;
+            self.write_link(&layout::layer_link(&repo, digest), digest)
+                .await;
+            if head && data.is_none() {
+                return Ok(BlobReply {
+                    size,
+                    range: None,
+                    body: None,
+                });
+            }
+        }
+        if let Some(meta) = data {
+            let resolved = resolve(range, meta.size)?;
+            let body = if head {
+                None
+            } else {
+                let (off, len) = match resolved {
+                    Some((a, b)) => (a, Some(b - a + 1)),
+                    None => (0, None),
+                };
+                let s = self
+                    .storage
+                    .read_range(&layout::blob_data(digest), off, len)
+                    .await?;
+                Some(s.map(|r| r.map_err(std::io::Error::other)).boxed() as ClientStream)
+            };
+            metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
+            return Ok(BlobReply {
+                size: meta.size,
+                range: resolved,
+                body,
+            });
+        }
+        if self.settings.offline {
+            return Err(RegistryError::BlobUnknown);
+        }
+        metrics::counter!("ocimirror_cache_misses_total", "kind" => "blob").increment(1);
+        if head {
+            if let Some(fill) = self.fills.get(digest)
+                && let Ok(Some(size)) = fill.started().await
+            {
+                return Ok(BlobReply {
+                    size,
+                    range: None,
+                    body: None,
+                });
+            }
+            let size = self
+                .upstream
+                .head_blob(&repo, digest)
+                .await
+                .map_err(blob_upstream_error)?;
+            return Ok(BlobReply {
+                size,
+                range: None,
+                body: None,
+            });
+        }
+        let fill = self
+            .fills
+            .join_or_start(&repo, digest)
+            .map_err(|e| RegistryError::Internal(format!("cannot create spool file: {e}")))?;
+        let size = match fill.started().await.map_err(blob_upstream_error)? {
+            Some(s) => s,
+            // No Content-Length upstream: the size is known only at the end.
+            None => fill
+                .finished()
+                .await
+                .map_err(|m| RegistryError::Upstream(UpstreamError::Unavailable(m)))?,
+        };
+        let resolved = resolve(range, size)?;
+        let body = match resolved {
+            Some((a, b)) => fill.stream(a, Some(b + 1)),
+            None => fill.stream(0, None),
+        };
+        Ok(BlobReply {
+            size,
+            range: resolved,
+            body: Some(body),
+        })
+    }
+
+    // ---- tags and catalog ------------------------------------------------------------------
+
+    pub async fn tags(
+        &self,
+        name: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagsPage, RegistryError> {
+        let repo = self.upstream.canonical_name(name);
+        if !self.settings.offline {
+            match self.upstream.tags(&repo, n, last).await {
+                Ok(resp) => {
+                    let mut list: TagList = serde_json::from_slice(&resp.body).map_err(|e| {
+                        RegistryError::Upstream(UpstreamError::Invalid(format!("tag list: {e}")))
+                    })?;
+                    list.name = name.to_string();
+                    let next = resp
+                        .next
+                        .and_then(|l| l.split_once('?').map(|(_, q)| q.to_owned()));
+                    return Ok(TagsPage { list, next });
+                }
+                Err(UpstreamError::NotFound) => return Err(RegistryError::NameUnknown),
+                Err(e) => {
+                    tracing::warn!(name = %repo, error = %e, "upstream tag list failed; answering from cache");
+                    metrics::counter!("ocimirror_stale_served_total").increment(1);
+                }
+            }
+        }
+        let all = self.storage.list(&layout::tags_dir(&repo)).await?;
+        if all.is_empty() {
+            return Err(RegistryError::NameUnknown);
+        }
+        let (tags, next) = paginate(all, n, last);
+        Ok(TagsPage {
+            list: TagList {
+                name: name.to_string(),
+                tags,
+            },
+            next,
+        })
+    }
+
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<CatalogPage, RegistryError> {
+        let mut repos = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.is_empty() {
+                layout::REPOSITORIES.to_owned()
+            } else {
+                format!("{}/{rel}", layout::REPOSITORIES)
+            };
+            let children = self.storage.list(&dir).await?;
+            if children.iter().any(|c| c == "_manifests") && !rel.is_empty() {
+                repos.push(rel.clone());
+            }
+            for c in children {
+                if c.starts_with('_') || rel.len() + c.len() >= crate::oci::name::MAX_NAME_LEN {
+                    continue;
+                }
+                stack.push(if rel.is_empty() {
+                    c
+                } else {
+                    format!("{rel}/{c}")
+                });
+            }
+        }
+        repos.sort();
+        let (repositories, next) = paginate(repos, n, last);
+        Ok(CatalogPage { repositories, next })
+    }
+}
+
+/// Page through a sorted list the way Distribution does: entries after `last`, at most `n`,
+/// with the next page's query when more remain.
+fn paginate(
+    all: Vec<String>,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (Vec<String>, Option<String>) {
+    let rest: Vec<String> = match last {
+        Some(l) => all.into_iter().filter(|t| t.as_str() > l).collect(),
+        None => all,
+    };
+    match n {
+        Some(n) if rest.len() > n => {
+            let page: Vec<String> = rest.into_iter().take(n).collect();
+            let next = page.last().map(|l| {
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("n", &n.to_string())
+                    .append_pair("last", l)
+                    .finish()
+            });
+            (page, next)
+        }
+        _ => (rest, None),
+    }
+}
+
+fn resolve(range: Option<ByteRange>, size: u64) -> Result<Option<(u64, u64)>, RegistryError> {
+    range
+        .map(|r| r.resolve(size))
+        .transpose()
+        .map_err(RegistryError::Range)
+}
+
+fn unshare(e: Arc<RegistryError>) -> RegistryError {
+    Arc::try_unwrap(e).unwrap_or_else(|e| match &*e {
+        RegistryError::BlobUnknown => RegistryError::BlobUnknown,
+        RegistryError::ManifestUnknown(m) => RegistryError::ManifestUnknown(m.clone()),
+        RegistryError::NameUnknown => RegistryError::NameUnknown,
+        RegistryError::ManifestInvalid(m) => RegistryError::ManifestInvalid(m.clone()),
+        RegistryError::Range(r) => RegistryError::Range(r.clone()),
+        RegistryError::Upstream(u) => RegistryError::Upstream(u.clone()),
+        other => RegistryError::Internal(other.to_string()),
+    })
+}
+
+fn manifest_upstream_error(e: UpstreamError, d: &Digest) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => {
+            RegistryError::ManifestUnknown(format!("{d} not found upstream"))
+        }
+        other => RegistryError::Upstream(other),
+    }
+}
+
+fn tag_upstream_error(e: UpstreamError, tag: &Tag) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => {
+            RegistryError::ManifestUnknown(format!("tag {tag} not found upstream"))
+        }
+        other => RegistryError::Upstream(other),
+    }
+}
+
+fn blob_upstream_error(e: UpstreamError) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => RegistryError::BlobUnknown,
+        other => RegistryError::Upstream(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let (p, next) = paginate(all.clone(), Some(2), None);
+        assert_eq!(p, vec!["a", "b"]);
+        assert_eq!(next.as_deref(), Some("n=2&last=b"));
+        let (p, next) = paginate(all.clone(), Some(2), Some("b"));
+        assert_eq!(p, vec!["c", "d"]);
+        assert_eq!(next, None);
+        let (p, _) = paginate(all, None, Some("c"));
+        assert_eq!(p, vec!["d"]);
+    }
+}

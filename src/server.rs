@@ -1,0 +1,141 @@
+//! Assembly and lifecycle: build the storage, cache, upstream and registry from [`Settings`],
+//! serve HTTP, and drain gracefully on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::cache::MemoryCache;
+use crate::config::Settings;
+use crate::http::{AppState, router};
+use crate::registry::{Registry, RegistrySettings};
+use crate::storage::FsStorage;
+use crate::upstream::HttpUpstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the upstream client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Install the process-wide Prometheus recorder (once; later calls get the same handle).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("ocimirror_http_request_duration_seconds".into()),
+                    &buckets,
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+pub fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
+    let spool_dir = s.data_dir.join("spool");
+    for dir in [&spool_dir, &s.storage_root] {
+        if s.read_only && dir == &s.storage_root {
+            continue;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| ServeError::Dir {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+    }
+    let storage = Arc::new(FsStorage::new(&s.storage_root));
+    let cache = Arc::new(MemoryCache::new(s.cache_max_entries));
+    let upstream = Arc::new(HttpUpstream::new(s.upstream.clone())?);
+    Ok(Arc::new(Registry::new(
+        storage,
+        cache,
+        upstream,
+        RegistrySettings {
+            tag_ttl: s.tag_ttl,
+            offline: s.offline,
+            read_only: s.read_only,
+            spool_dir,
+        },
+    )))
+}
+
+pub async fn serve(s: Settings) -> Result<(), ServeError> {
+    let registry = build_registry(&s)?;
+    let state = AppState::new(registry, metrics_handle());
+    let listener = TcpListener::bind(s.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: s.listen,
+            source: e,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(
+        %addr,
+        upstream = %s.upstream.url,
+        offline = s.offline,
+        read_only = s.read_only,
+        storage = %s.storage_root.display(),
+        "listening on {addr}"
+    );
+    let app = router(state.clone());
+    let drain_state = state.clone();
+    let grace = s.shutdown_timeout;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!(?grace, "shutting down: draining in-flight requests");
+        drain_state.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(());
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => r.map_err(ServeError::Serve)?,
+        _ = async {
+            let _ = stop_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

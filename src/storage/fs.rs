@@ -1,0 +1,226 @@
+//! Filesystem backend. Objects are plain files under a root, so the root of a Distribution
+//! registry (`rootdirectory`) is read and written as it is. Commits are temp file + rename.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError, check_key};
+
+/// Read buffer for streamed objects: large enough to amortise the blocking-pool hop per read,
+/// small enough that many concurrent downloads keep memory flat.
+const READ_CHUNK: usize = 256 * 1024;
+/// Temp files live beside, not inside, `docker/`, so Distribution never sees them.
+const TMP_DIR: &str = "_ocimirror_tmp";
+
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+impl FsStorage {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsStorage { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    async fn temp_path(&self) -> Result<PathBuf, StorageError> {
+        let dir = self.root.join(TMP_DIR);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io(TMP_DIR, e))?;
+        Ok(dir.join(uuid::Uuid::new_v4().to_string()))
+    }
+}
+
+fn io(key: &str, source: std::io::Error) -> StorageError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        StorageError::NotFound(key.to_owned())
+    } else {
+        StorageError::Io {
+            key: key.to_owned(),
+            source,
+        }
+    }
+}
+
+async fn publish(tmp: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io(key, e))?;
+    }
+    tokio::fs::rename(tmp, dest).await.map_err(|e| io(key, e))
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
+                size: m.len(),
+                modified: m.modified().ok(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(key, e)),
+        }
+    }
+
+    async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+        let path = self.path(key)?;
+        tokio::fs::read(&path)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| io(key, e))
+    }
+
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io(key, e))?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))
+                .await
+                .map_err(|e| io(key, e))?;
+        }
+        let owned = key.to_owned();
+        let reader = file.take(len.unwrap_or(u64::MAX));
+        Ok(ReaderStream::with_capacity(reader, READ_CHUNK)
+            .map(move |r| r.map_err(|e| io(&owned, e)))
+            .boxed())
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let tmp = self.temp_path().await?;
+        if let Err(e) = tokio::fs::write(&tmp, &data).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io(key, e));
+        }
+        let r = publish(&tmp, &dest, key).await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        r
+    }
+
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let dest = self.path(key)?;
+        let tmp = self.temp_path().await?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io(key, e))?;
+        Ok(Box::new(FsWriter {
+            key: key.to_owned(),
+            dest,
+            tmp: Some(tmp),
+            file: Some(file),
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let path = self.path(prefix)?;
+        let mut rd = match tokio::fs::read_dir(&path).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(prefix, e)),
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = rd.next_entry().await.map_err(|e| io(prefix, e))? {
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+struct FsWriter {
+    key: String,
+    dest: PathBuf,
+    tmp: Option<PathBuf>,
+    file: Option<tokio::fs::File>,
+}
+
+#[async_trait]
+impl ObjectWriter for FsWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let file = self.file.as_mut().expect("writer used after commit");
+        file.write_all(&chunk).await.map_err(|e| io(&self.key, e))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        let mut file = self.file.take().expect("writer committed twice");
+        file.flush().await.map_err(|e| io(&self.key, e))?;
+        // Data must be on disk before the rename makes it visible, or a crash could publish a
+        // hole-filled blob under a content address.
+        file.sync_data().await.map_err(|e| io(&self.key, e))?;
+        drop(file);
+        let tmp = self.tmp.take().expect("temp path present until commit");
+        let r = publish(&tmp, &self.dest, &self.key).await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        r
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn behaviour_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::suite::run(&FsStorage::new(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(dir.path());
+        let mut w = s.writer("a/b").await.unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        drop(w);
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join(TMP_DIR))
+            .unwrap()
+            .collect();
+        assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+    }
+}

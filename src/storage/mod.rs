@@ -1,0 +1,94 @@
+//! The storage seam: a small object-store interface (keys are `/`-separated paths) that the
+//! registry layer writes Distribution's layout through. A write becomes visible only on commit,
+//! and a writer dropped before commit publishes nothing.
+
+mod fs;
+mod memory;
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use fs::FsStorage;
+pub use memory::MemoryStorage;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("storage I/O error on {key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid storage key {0:?}")]
+    InvalidKey(String),
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound(_))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Size and modification time, or `None` when the key does not exist.
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+    /// A whole small object (links, manifests).
+    async fn read(&self, key: &str) -> Result<Bytes, StorageError>;
+    /// Stream `len` bytes (or to the end) from `offset`.
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError>;
+    /// Write a whole object atomically.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+    /// Start a streamed write that becomes visible under `key` only on [`ObjectWriter::commit`].
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
+    /// Delete an object; deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Names of the immediate children of the "directory" `prefix` (no trailing slash), sorted.
+    /// A missing prefix lists as empty.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+}
+
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+    /// Publish the object under its key, atomically.
+    async fn commit(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// Keys are built by the registry layer from validated names and digests; this is the last line
+/// of defence against a key that would escape the storage root.
+pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.contains('\0')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        Err(StorageError::InvalidKey(key.chars().take(200).collect()))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod suite;

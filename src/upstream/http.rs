@@ -1,0 +1,477 @@
+//! The HTTP client for one upstream registry: pooled connections, the Docker token flow
+//! (challenge → token for the repository's pull scope → cached until it expires), Basic auth,
+//! timeouts, and the mapping of upstream statuses to [`UpstreamError`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LINK, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+use url::Url;
+
+use super::{
+    BlobResponse, Challenge, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError,
+};
+use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_SIZE};
+use crate::oci::{Digest, Reference, RepoName};
+
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub url: Url,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub library_prefix: bool,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Scheme {
+    /// Not yet challenged: send credentials only once the upstream asks.
+    Unknown,
+    Basic,
+    Bearer {
+        realm: Url,
+        service: Option<String>,
+    },
+}
+
+struct CachedToken {
+    token: String,
+    expires: Instant,
+}
+
+pub struct HttpUpstream {
+    settings: UpstreamSettings,
+    client: reqwest::Client,
+    scheme: Mutex<Scheme>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// The token spec's default lifetime when the server does not say.
+const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+
+fn count(op: &'static str, status: String) {
+    metrics::counter!("ocimirror_upstream_requests_total", "op" => op, "status" => status)
+        .increment(1);
+}
+
+fn unavailable(e: &reqwest::Error) -> UpstreamError {
+    // reqwest's Display includes the URL; we never put credentials in URLs, so it is safe to log.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    UpstreamError::Unavailable(format!("{kind}: {e}"))
+}
+
+impl HttpUpstream {
+    pub fn new(settings: UpstreamSettings) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpUpstream {
+            settings,
+            client,
+            scheme: Mutex::new(Scheme::Unknown),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn url(&self, path: &str, query: Option<&str>) -> Url {
+        let mut url = self.settings.url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}{path}"));
+        url.set_query(query);
+        url
+    }
+
+    fn scope(name: &RepoName) -> String {
+        format!("repository:{name}:pull")
+    }
+
+    fn basic(&self) -> Option<(&str, &str)> {
+        self.settings
+            .username
+            .as_deref()
+            .map(|u| (u, self.settings.password.as_deref().unwrap_or("")))
+    }
+
+    async fn token(
+        &self,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+        force: bool,
+    ) -> Result<String, UpstreamError> {
+        if !force
+            && let Some(t) = self.tokens.lock().expect("lock").get(scope)
+            && t.expires > Instant::now()
+        {
+            return Ok(t.token.clone());
+        }
+        let mut url = realm.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.client.get(url);
+        if let Some((u, p)) = self.basic() {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = tokio::time::timeout(self.settings.first_byte_timeout, req.send())
+            .await
+            .map_err(|_| {
+                count("token", "timeout".into());
+                UpstreamError::Unavailable("token endpoint timed out".into())
+            })?
+            .map_err(|e| {
+                count("token", "error".into());
+                unavailable(&e)
+            })?;
+        let status = resp.status();
+        count("token", status.as_str().to_owned());
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // The mirror's own credentials are wrong: an operator problem, not "no such image".
+            return Err(UpstreamError::Unavailable(format!(
+                "upstream token endpoint refused the configured credentials ({status})"
+            )));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(UpstreamError::RateLimited {
+                retry_after: retry_after(resp.headers()),
+            });
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Unavailable(format!(
+                "token endpoint answered {status}"
+            )));
+        }
+        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| UpstreamError::Invalid("token response has no token".into()))?;
+        let lifetime = parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1);
+        // Renew a little early so a token never expires between our check and the upstream's.
+        let margin = (lifetime / 10).clamp(1, 30);
+        self.tokens.lock().expect("lock").insert(
+            scope.to_owned(),
+            CachedToken {
+                token: token.clone(),
+                expires: Instant::now() + Duration::from_secs(lifetime - margin.min(lifetime - 1)),
+            },
+        );
+        Ok(token)
+    }
+
+    fn learn(&self, challenge: &Challenge) {
+        let scheme = match challenge.scheme.as_str() {
+            "basic" => Scheme::Basic,
+            "bearer" => match challenge.param("realm").and_then(|r| Url::parse(r).ok()) {
+                Some(realm) if matches!(realm.scheme(), "http" | "https") => Scheme::Bearer {
+                    realm,
+                    service: challenge.param("service").map(str::to_owned),
+                },
+                _ => return,
+            },
+            _ => return,
+        };
+        *self.scheme.lock().expect("lock") = scheme;
+    }
+
+    /// Send a request with authentication, answering one 401 challenge. Returns the response
+    /// with any status; callers map statuses.
+    async fn send(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        name: &RepoName,
+        accept: Option<&str>,
+    ) -> Result<Response, UpstreamError> {
+        let url = self.url(path, query);
+        let scope = Self::scope(name);
+        for attempt in 0..2 {
+            let mut req = self.client.request(method.clone(), url.clone());
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            let scheme = self.scheme.lock().expect("lock").clone();
+            match &scheme {
+                Scheme::Unknown => {}
+                Scheme::Basic => {
+                    if let Some((u, p)) = self.basic() {
+                        req = req.basic_auth(u, Some(p));
+                    }
+                }
+                Scheme::Bearer { realm, service } => {
+                    let token = self
+                        .token(realm, service.as_deref(), &scope, attempt > 0)
+                        .await?;
+                    req = req.bearer_auth(token);
+                }
+            }
+            let resp =
+                match tokio::time::timeout(self.settings.first_byte_timeout, req.send()).await {
+                    Err(_) => {
+                        count(op, "timeout".into());
+                        return Err(UpstreamError::Unavailable(format!(
+                            "no response within {:?}",
+                            self.settings.first_byte_timeout
+                        )));
+                    }
+                    Ok(Err(e)) => {
+                        count(op, "error".into());
+                        return Err(unavailable(&e));
+                    }
+                    Ok(Ok(r)) => r,
+                };
+            count(op, resp.status().as_str().to_owned());
+            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Challenge::parse(v).ok());
+                if let Some(ch) = challenge {
+                    let was_basic = matches!(scheme, Scheme::Basic);
+                    self.learn(&ch);
+                    // Retrying Basic with the same credentials cannot succeed.
+                    if !(was_basic && ch.scheme == "basic") {
+                        continue;
+                    }
+                }
+            }
+            return Ok(resp);
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+}
+
+fn retry_after(h: &HeaderMap) -> Option<String> {
+    h.get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Map a non-success status to an error.
+fn check(resp: Response) -> Result<Response, UpstreamError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    Err(match status {
+        StatusCode::NOT_FOUND => UpstreamError::NotFound,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            UpstreamError::Denied(format!("upstream answered {status}"))
+        }
+        StatusCode::TOO_MANY_REQUESTS => UpstreamError::RateLimited {
+            retry_after: retry_after(resp.headers()),
+        },
+        _ => UpstreamError::Unavailable(format!("upstream answered {status}")),
+    })
+}
+
+fn header_digest(h: &HeaderMap) -> Option<Digest> {
+    h.get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Digest::parse(v.trim()).ok())
+}
+
+fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[async_trait]
+impl Upstream for HttpUpstream {
+    fn canonical_name(&self, name: &RepoName) -> RepoName {
+        if self.settings.library_prefix {
+            name.with_library_prefix()
+        } else {
+            name.clone()
+        }
+    }
+
+    async fn head_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let path = format!("/v2/{name}/manifests/{reference}");
+        let resp = check(
+            self.send(
+                "manifest_head",
+                Method::HEAD,
+                &path,
+                None,
+                name,
+                Some(ACCEPT_ALL),
+            )
+            .await?,
+        )?;
+        let h = resp.headers();
+        Ok(ManifestHead {
+            digest: header_digest(h),
+            media_type: header_str(h, CONTENT_TYPE),
+            size: content_length(h),
+        })
+    }
+
+    async fn get_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let path = format!("/v2/{name}/manifests/{reference}");
+        let resp = check(
+            self.send(
+                "manifest_get",
+                Method::GET,
+                &path,
+                None,
+                name,
+                Some(ACCEPT_ALL),
+            )
+            .await?,
+        )?;
+        if content_length(resp.headers()).is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
+            return Err(UpstreamError::Invalid("manifest larger than 4 MiB".into()));
+        }
+        let media_type = header_str(resp.headers(), CONTENT_TYPE);
+        let digest = header_digest(resp.headers());
+        // Read with a cap rather than trusting Content-Length, which may be absent.
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| unavailable(&e))?;
+            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
+                return Err(UpstreamError::Invalid("manifest larger than 4 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(FetchedManifest {
+            body: Bytes::from(body),
+            media_type,
+            digest,
+        })
+    }
+
+    async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
+        let path = format!("/v2/{name}/blobs/{digest}");
+        let resp = check(
+            self.send("blob_head", Method::HEAD, &path, None, name, None)
+                .await?,
+        )?;
+        content_length(resp.headers())
+            .ok_or_else(|| UpstreamError::Invalid("blob HEAD without Content-Length".into()))
+    }
+
+    async fn get_blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobResponse, UpstreamError> {
+        let path = format!("/v2/{name}/blobs/{digest}");
+        let resp = check(
+            self.send("blob_get", Method::GET, &path, None, name, None)
+                .await?,
+        )?;
+        let size = content_length(resp.headers());
+        let stream = resp
+            .bytes_stream()
+            .map(|r| r.map_err(|e| unavailable(&e)))
+            .boxed();
+        Ok(BlobResponse { size, stream })
+    }
+
+    async fn tags(
+        &self,
+        name: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagsResponse, UpstreamError> {
+        let path = format!("/v2/{name}/tags/list");
+        let q = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(l) = last {
+                q.append_pair("last", l);
+            }
+            q.finish()
+        };
+        let query = (!q.is_empty()).then_some(q.as_str());
+        let resp = self
+            .send("tags", Method::GET, &path, query, name, None)
+            .await?;
+        let resp = check(resp)?;
+        let next = header_str(resp.headers(), LINK).and_then(|l| parse_link(&l));
+        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        Ok(TagsResponse { body, next })
+    }
+}
+
+/// The target of `Link: </v2/x/tags/list?last=a&n=1>; rel="next"`.
+fn parse_link(h: &str) -> Option<String> {
+    let start = h.find('<')? + 1;
+    let end = start + h[start..].find('>')?;
+    let rest = &h[end + 1..];
+    if !rest.contains("next") {
+        return None;
+    }
+    Some(h[start..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header() {
+        assert_eq!(
+            parse_link(r#"</v2/a/tags/list?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?last=b&n=2")
+        );
+        assert_eq!(parse_link("garbage"), None);
+    }
+}

@@ -1,0 +1,89 @@
+//! The upstream seam: what the registry layer asks of the registry it mirrors, independent of
+//! HTTP. [`HttpUpstream`] is the real client (auth challenges, token cache, timeouts).
+
+mod challenge;
+mod http;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::oci::{Digest, Reference, RepoName};
+
+pub use challenge::{Challenge, ChallengeError};
+pub use http::{HttpUpstream, UpstreamSettings};
+
+pub type BlobByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// Upstream failures as the registry layer needs to tell them apart. `Clone` because one result
+/// is shared by every request coalesced onto the same upstream call.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream denied access: {0}")]
+    Denied(String),
+    #[error("upstream rate limit exceeded")]
+    RateLimited { retry_after: Option<String> },
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("upstream sent an invalid response: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub body: Bytes,
+    pub media_type: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+pub struct BlobResponse {
+    pub size: Option<u64>,
+    pub stream: BlobByteStream,
+}
+
+#[derive(Debug, Clone)]
+pub struct TagsResponse {
+    pub body: Bytes,
+    /// The `Link` header's target, for the next page.
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    /// The repository name the upstream knows `name` by (Docker Hub's `library/` prefix), which is
+    /// also the name content is cached under.
+    fn canonical_name(&self, name: &RepoName) -> RepoName;
+    async fn head_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead, UpstreamError>;
+    async fn get_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, UpstreamError>;
+    async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
+    async fn get_blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobResponse, UpstreamError>;
+    async fn tags(
+        &self,
+        name: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<TagsResponse, UpstreamError>;
+}
