@@ -1,0 +1,1477 @@
+//! Test harness for ocimirror's black-box integration tests.
+//!
+//! - [`Registry`]: a real Distribution (`docker-registry serve`) on loopback, with its request log.
+//! - [`Pusher`] and the image builders: deterministic OCI / Docker images pushed with the OCI push API.
+//! - [`Mirror`]: the ocimirror binary under test, with a generated YAML config.
+//! - skopeo helpers, OCI layout readers, a raw HTTP/1.1 client (for paths that `url` would normalise),
+//!   OCI error and Prometheus helpers.
+//!
+//! Nothing here reaches beyond 127.0.0.1.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// The Accept header a manifest-fetching client sends (what skopeo/containerd accept).
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v1+prettyjws, \
+application/json";
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A URL on loopback where nothing listens (connection refused).
+pub fn closed_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// A plain HTTP client for talking to the mirror and the registry: no proxy, no redirects followed.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hashing and deterministic content
+// ---------------------------------------------------------------------------------------------
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+/// `sha256:<hex>` -> `<hex>`.
+pub fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").expect("sha256 digest")
+}
+
+/// SplitMix64: a tiny deterministic PRNG.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// `len` pseudo-random bytes derived from `seed`.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = SplitMix::new(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, slot) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *slot = c;
+    }
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc = table[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    crc ^ 0xFFFF_FFFF
+}
+
+/// A valid gzip stream holding `payload` in stored (uncompressed) deflate blocks, so layers are
+/// genuinely gzip (skopeo detects compression from the bytes) without a compression library.
+pub fn gzip_stored(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    if payload.is_empty() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    } else {
+        let mut chunks = payload.chunks(65535).peekable();
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            out.push(last as u8);
+            let len = c.len() as u16;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&(!len).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+    }
+    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out
+}
+
+/// A large deterministic blob that is never held in memory: 1 MiB chunks of a seeded base block,
+/// each 4 KiB stamped with its absolute offset (so misplaced bytes are detectable).
+#[derive(Clone)]
+pub struct BigBlob {
+    pub seed: u64,
+    pub size: u64,
+    base: Arc<Vec<u8>>,
+}
+
+impl BigBlob {
+    pub const CHUNK: u64 = 1 << 20;
+
+    pub fn new(seed: u64, size: u64) -> Self {
+        BigBlob {
+            seed,
+            size,
+            base: Arc::new(pseudo_random_bytes(seed, Self::CHUNK as usize)),
+        }
+    }
+
+    pub fn n_chunks(&self) -> u64 {
+        self.size.div_ceil(Self::CHUNK)
+    }
+
+    pub fn chunk(&self, idx: u64) -> Bytes {
+        let start = idx * Self::CHUNK;
+        let len = Self::CHUNK.min(self.size - start) as usize;
+        let mut v = self.base[..len].to_vec();
+        let salt = self.seed.rotate_left(17);
+        let mut off = 0usize;
+        while off < len {
+            let stamp = ((start + off as u64) ^ salt).to_le_bytes();
+            let n = 8.min(len - off);
+            v[off..off + n].copy_from_slice(&stamp[..n]);
+            off += 4096;
+        }
+        Bytes::from(v)
+    }
+
+    pub fn stream(
+        &self,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let me = self.clone();
+        futures_util::stream::iter(0..self.n_chunks()).map(move |i| Ok(me.chunk(i)))
+    }
+
+    /// sha256 of the whole blob, streamed chunk by chunk.
+    pub fn digest(&self) -> String {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for i in 0..self.n_chunks() {
+            ctx.update(&self.chunk(i));
+        }
+        format!("sha256:{}", hex::encode(ctx.finish().as_ref()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Descriptor {
+    pub fn of(media_type: &str, data: &[u8]) -> Self {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: sha256_digest(data),
+            size: data.len() as u64,
+        }
+    }
+    pub fn json(&self) -> Value {
+        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Oci,
+    Docker,
+}
+
+/// An image manifest with its blobs (config + layers). `name`/`tag` are set once pushed.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub name: String,
+    pub tag: String,
+    pub media_type: String,
+    pub digest: String,
+    pub manifest: Vec<u8>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    /// digest -> bytes for config and layers (empty for a [`BigBlob`] layer).
+    pub blobs: HashMap<String, Bytes>,
+}
+
+impl Image {
+    pub fn all_blobs(&self) -> Vec<Descriptor> {
+        let mut v = vec![self.config.clone()];
+        v.extend(self.layers.iter().cloned());
+        v
+    }
+    pub fn blob(&self, digest: &str) -> &Bytes {
+        self.blobs.get(digest).expect("blob of image")
+    }
+    /// The largest layer (descriptor).
+    pub fn biggest_layer(&self) -> Descriptor {
+        self.layers.iter().max_by_key(|d| d.size).unwrap().clone()
+    }
+}
+
+/// A multi-platform index and its child images.
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub name: String,
+    pub tag: String,
+    pub media_type: String,
+    pub digest: String,
+    pub manifest: Vec<u8>,
+    pub children: Vec<Image>,
+}
+
+/// Build an image (config + one gzip layer per entry of `layer_sizes`), deterministic in `seed`.
+pub fn build_image(kind: Kind, seed: u64, layer_sizes: &[usize], arch: &str, os: &str) -> Image {
+    let (mt, cfg_mt, layer_mt) = match kind {
+        Kind::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP),
+        Kind::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER),
+    };
+    let mut blobs = HashMap::new();
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, &size) in layer_sizes.iter().enumerate() {
+        let payload = pseudo_random_bytes(seed.wrapping_mul(1000).wrapping_add(i as u64), size);
+        diff_ids.push(sha256_digest(&payload));
+        let gz = gzip_stored(&payload);
+        let d = Descriptor::of(layer_mt, &gz);
+        blobs.insert(d.digest.clone(), Bytes::from(gz));
+        layers.push(d);
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch,
+        "os": os,
+        "created": "2024-01-01T00:00:00Z",
+        "config": {"Env": [format!("SEED={seed}")]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let config_d = Descriptor::of(cfg_mt, &config);
+    blobs.insert(config_d.digest.clone(), Bytes::from(config));
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": mt,
+        "config": config_d.json(),
+        "layers": layers.iter().map(|d| d.json()).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    Image {
+        name: String::new(),
+        tag: String::new(),
+        media_type: mt.to_string(),
+        digest: sha256_digest(&manifest),
+        manifest,
+        config: config_d,
+        layers,
+        blobs,
+    }
+}
+
+/// The standard multi-layer OCI image: config + 3 layers (3 KiB, 300 KiB, 3 MiB).
+pub fn build_oci_image(seed: u64) -> Image {
+    build_image(
+        Kind::Oci,
+        seed,
+        &[3 << 10, 300 << 10, 3 << 20],
+        "amd64",
+        "linux",
+    )
+}
+
+/// A Docker schema2 image: config + 2 layers (10 KiB, 1 MiB).
+pub fn build_docker_image(seed: u64) -> Image {
+    build_image(Kind::Docker, seed, &[10 << 10, 1 << 20], "amd64", "linux")
+}
+
+/// An OCI index over linux/amd64 and linux/arm64 images.
+pub fn build_index(seed: u64) -> Index {
+    let children = vec![
+        build_image(
+            Kind::Oci,
+            seed * 10 + 1,
+            &[20 << 10, 200 << 10],
+            "amd64",
+            "linux",
+        ),
+        build_image(
+            Kind::Oci,
+            seed * 10 + 2,
+            &[24 << 10, 150 << 10],
+            "arm64",
+            "linux",
+        ),
+    ];
+    let entries: Vec<Value> = children
+        .iter()
+        .zip([("amd64", "linux"), ("arm64", "linux")])
+        .map(|(c, (arch, os))| {
+            json!({
+                "mediaType": c.media_type,
+                "digest": c.digest,
+                "size": c.manifest.len(),
+                "platform": {"architecture": arch, "os": os},
+            })
+        })
+        .collect();
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": entries,
+    }))
+    .unwrap();
+    Index {
+        name: String::new(),
+        tag: String::new(),
+        media_type: OCI_INDEX.to_string(),
+        digest: sha256_digest(&manifest),
+        manifest,
+        children,
+    }
+}
+
+/// Pushes content with the OCI push API (POST upload, monolithic PUT, manifest PUT).
+#[derive(Clone)]
+pub struct Pusher {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub auth: Option<(String, String)>,
+}
+
+impl Pusher {
+    pub fn new(base: &str, auth: Option<(String, String)>) -> Self {
+        Pusher {
+            client: client(),
+            base: base.trim_end_matches('/').to_string(),
+            auth,
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.client.request(method, url);
+        match &self.auth {
+            Some((u, p)) => r.basic_auth(u, Some(p)),
+            None => r,
+        }
+    }
+
+    async fn start_upload(&self, name: &str) -> String {
+        let resp = self
+            .req(
+                reqwest::Method::POST,
+                &format!("{}/v2/{}/blobs/uploads/", self.base, name),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "start upload for {name}");
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        if loc.starts_with('/') {
+            format!("{}{}", self.base, loc)
+        } else {
+            loc
+        }
+    }
+
+    fn with_digest(loc: &str, digest: &str) -> String {
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        format!("{loc}{sep}digest={digest}")
+    }
+
+    /// Push a blob held in memory; returns its digest.
+    pub async fn push_blob(&self, name: &str, data: Bytes) -> String {
+        let digest = sha256_digest(&data);
+        let loc = self.start_upload(name).await;
+        let resp = self
+            .req(reqwest::Method::PUT, &Self::with_digest(&loc, &digest))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", data.len())
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(
+            status,
+            201,
+            "blob put for {name}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        digest
+    }
+
+    /// Push a [`BigBlob`] by streaming it (never held in memory); returns its digest.
+    pub async fn push_big_blob(&self, name: &str, blob: &BigBlob) -> String {
+        let digest = blob.digest();
+        let loc = self.start_upload(name).await;
+        let resp = self
+            .req(reqwest::Method::PUT, &Self::with_digest(&loc, &digest))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", blob.size)
+            .body(reqwest::Body::wrap_stream(blob.stream()))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(
+            status,
+            201,
+            "big blob put: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        digest
+    }
+
+    /// PUT a manifest under `reference` (tag or digest); returns the registry's digest.
+    pub async fn push_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> String {
+        let resp = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("{}/v2/{}/manifests/{}", self.base, name, reference),
+            )
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            status,
+            201,
+            "manifest put {name}:{reference}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        let digest = digest.expect("Docker-Content-Digest on manifest put");
+        assert_eq!(digest, sha256_digest(bytes));
+        digest
+    }
+
+    /// Push a built image (blobs, then manifest under `tag`).
+    pub async fn push_image(&self, name: &str, tag: &str, img: &Image) -> Image {
+        for d in img.all_blobs() {
+            if let Some(data) = img.blobs.get(&d.digest) {
+                self.push_blob(name, data.clone()).await;
+            }
+        }
+        self.push_manifest(name, tag, &img.media_type, &img.manifest)
+            .await;
+        let mut img = img.clone();
+        img.name = name.to_string();
+        img.tag = tag.to_string();
+        img
+    }
+
+    pub async fn push_oci_image(&self, name: &str, tag: &str, seed: u64) -> Image {
+        self.push_image(name, tag, &build_oci_image(seed)).await
+    }
+
+    pub async fn push_docker_image(&self, name: &str, tag: &str, seed: u64) -> Image {
+        self.push_image(name, tag, &build_docker_image(seed)).await
+    }
+
+    /// Push a two-platform OCI index: children by digest, then the index under `tag`.
+    pub async fn push_index(&self, name: &str, tag: &str, seed: u64) -> Index {
+        let mut idx = build_index(seed);
+        for child in idx.children.iter_mut() {
+            let digest = child.digest.clone();
+            *child = self.push_image(name, &digest, child).await;
+            child.tag = String::new();
+        }
+        self.push_manifest(name, tag, &idx.media_type, &idx.manifest)
+            .await;
+        idx.name = name.to_string();
+        idx.tag = tag.to_string();
+        idx
+    }
+
+    /// An OCI image whose only layer is a [`BigBlob`] of `size` bytes, pushed by streaming.
+    /// The returned image has no bytes for the big layer in `blobs`.
+    pub async fn push_big_image(
+        &self,
+        name: &str,
+        tag: &str,
+        size: u64,
+        seed: u64,
+    ) -> (Image, BigBlob) {
+        let big = BigBlob::new(seed, size);
+        let digest = self.push_big_blob(name, &big).await;
+        let layer = Descriptor {
+            media_type: OCI_LAYER_TAR.to_string(),
+            digest,
+            size,
+        };
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        }))
+        .unwrap();
+        let config_d = Descriptor::of(OCI_CONFIG, &config);
+        self.push_blob(name, Bytes::from(config.clone())).await;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config_d.json(),
+            "layers": [layer.json()],
+        }))
+        .unwrap();
+        let digest = self.push_manifest(name, tag, OCI_MANIFEST, &manifest).await;
+        let mut blobs = HashMap::new();
+        blobs.insert(config_d.digest.clone(), Bytes::from(config));
+        (
+            Image {
+                name: name.to_string(),
+                tag: tag.to_string(),
+                media_type: OCI_MANIFEST.to_string(),
+                digest,
+                manifest,
+                config: config_d,
+                layers: vec![layer],
+                blobs,
+            },
+            big,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+async fn wait_http_ok(url: &str, ok: &[u16], child: &mut Child, log: &Path, what: &str) {
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{what} exited early ({status}) before answering {url}; log:\n{}",
+                tail(log, 60)
+            );
+        }
+        if let Ok(r) = c.get(url).timeout(Duration::from_secs(2)).send().await
+            && ok.contains(&r.status().as_u16())
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "{what} did not answer {url} within 30s; log:\n{}",
+                tail(log, 60)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct RegistryOpts {
+    /// htpasswd (Basic) auth with this user and password.
+    pub auth: Option<(String, String)>,
+    /// Run Distribution as a pull-through proxy of this URL.
+    pub proxy_remote: Option<String>,
+}
+
+/// A real Distribution registry on 127.0.0.1, killed on drop.
+pub struct Registry {
+    child: Option<Child>,
+    dir: TempDir,
+    pub port: u16,
+    root: PathBuf,
+    log: PathBuf,
+    pub auth: Option<(String, String)>,
+}
+
+impl Registry {
+    pub async fn start(opts: RegistryOpts) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("ocim-registry")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(&root).unwrap();
+        let port = free_port();
+        let mut cfg = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  \
+             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: ocimirror-test-secret\n",
+            root = root.display()
+        );
+        if let Some((user, pass)) = &opts.auth {
+            let out = Command::new("htpasswd")
+                .args(["-nbB", user, pass])
+                .output()
+                .expect("htpasswd");
+            assert!(out.status.success(), "htpasswd failed");
+            let htfile = dir.path().join("htpasswd");
+            fs::write(&htfile, &out.stdout).unwrap();
+            cfg += &format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                htfile.display()
+            );
+        }
+        if let Some(remote) = &opts.proxy_remote {
+            cfg += &format!("proxy:\n  remoteurl: {remote}\n");
+        }
+        let cfg_path = dir.path().join("config.yml");
+        fs::write(&cfg_path, cfg).unwrap();
+        let log = dir.path().join("registry.log");
+        let logf = fs::File::create(&log).unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn docker-registry");
+        wait_http_ok(
+            &format!("http://127.0.0.1:{port}/v2/"),
+            &[200, 401],
+            &mut child,
+            &log,
+            "docker-registry",
+        )
+        .await;
+        Registry {
+            child: Some(child),
+            dir,
+            port,
+            root,
+            log,
+            auth: opts.auth,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn hostport(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    /// Distribution's `rootdirectory` (holds `docker/registry/v2`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn pusher(&self) -> Pusher {
+        Pusher::new(&self.url(), self.auth.clone())
+    }
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Kill the registry process, keeping its root directory.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (method, uri) of every completed request so far, from the registry's log.
+    /// Waits a little first: Distribution logs after the response is written.
+    pub async fn requests(&self) -> Vec<(String, String)> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        parse_registry_log(&self.log_text())
+    }
+
+    /// Completed requests with this method (empty = any) whose URI contains `path_substring`.
+    pub async fn count_requests(&self, method: &str, path_substring: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|(m, u)| (method.is_empty() || m == method) && u.contains(path_substring))
+            .count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- registry log tail ({}) ----\n{}",
+                self.log.display(),
+                tail(&self.log, 30)
+            );
+        }
+        self.stop();
+    }
+}
+
+/// Value of `key=` in a logrus text line (quoted or bare).
+fn logfmt_value<'a>(line: &'a str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest: &'a str = &line[start..];
+    if let Some(q) = rest.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = q.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        out.push(n);
+                    }
+                }
+                '"' => return Some(out),
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    } else {
+        Some(rest.split(' ').next().unwrap_or("").to_string())
+    }
+}
+
+/// Parse Distribution's "response completed" log lines into (method, uri).
+pub fn parse_registry_log(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| l.contains("msg=\"response completed"))
+        .filter_map(|l| {
+            Some((
+                logfmt_value(l, "http.request.method")?,
+                logfmt_value(l, "http.request.uri")?,
+            ))
+        })
+        .collect()
+}
+
+/// Options for one mirror run. Every run gets an explicit upstream URL (a closed loopback port by
+/// default), so no test can ever reach the default Docker Hub upstream.
+#[derive(Clone, Default)]
+pub struct MirrorOpts {
+    pub upstream_url: Option<String>,
+    pub mode: Option<String>,
+    /// Extra `key: value` lines under `upstream:` (value is raw YAML).
+    pub upstream: Vec<(String, String)>,
+    pub storage_root: Option<PathBuf>,
+    pub read_only: bool,
+    /// Extra top-level YAML appended verbatim.
+    pub extra: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// YAML double-quoted scalar.
+pub fn q(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl MirrorOpts {
+    pub fn upstream(url: &str) -> Self {
+        MirrorOpts {
+            upstream_url: Some(url.to_string()),
+            ..Default::default()
+        }
+    }
+    pub fn up(mut self, key: &str, raw_value: &str) -> Self {
+        self.upstream.retain(|(k, _)| k != key);
+        self.upstream.push((key.to_string(), raw_value.to_string()));
+        self
+    }
+    pub fn tag_ttl(self, ttl: &str) -> Self {
+        self.up("tag_ttl", ttl)
+    }
+    pub fn mode(mut self, mode: &str) -> Self {
+        self.mode = Some(mode.to_string());
+        self
+    }
+    pub fn url(mut self, url: &str) -> Self {
+        self.upstream_url = Some(url.to_string());
+        self
+    }
+    pub fn storage_root(mut self, root: &Path) -> Self {
+        self.storage_root = Some(root.to_path_buf());
+        self
+    }
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        if !self.extra.ends_with('\n') {
+            self.extra.push('\n');
+        }
+        self
+    }
+    /// Short upstream timeouts, for tests with a misbehaving upstream.
+    pub fn short_timeouts(self) -> Self {
+        self.up("connect_timeout", "1s")
+            .up("first_byte_timeout", "1s")
+            .up("read_timeout", "2s")
+    }
+}
+
+/// The ocimirror binary under test. Killed on drop.
+pub struct Mirror {
+    child: Option<Child>,
+    dir: TempDir,
+    pub port: u16,
+    pub opts: MirrorOpts,
+    run: usize,
+    log: PathBuf,
+}
+
+impl Mirror {
+    pub async fn start(opts: MirrorOpts) -> Mirror {
+        let dir = tempfile::Builder::new()
+            .prefix("ocim-mirror")
+            .tempdir()
+            .unwrap();
+        let mut m = Mirror {
+            child: None,
+            log: dir.path().join("mirror-0.log"),
+            dir,
+            port: 0,
+            opts,
+            run: 0,
+        };
+        m.spawn().await;
+        m
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn storage_root(&self) -> PathBuf {
+        self.opts
+            .storage_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("storage"))
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn hostport(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn config_yaml(&self) -> String {
+        let o = &self.opts;
+        let mut y = format!(
+            "listen: {}\ndata_dir: {}\nlog:\n  level: info\n  format: text\n",
+            q(&format!("127.0.0.1:{}", self.port)),
+            q(&self.data_dir().display().to_string()),
+        );
+        if let Some(mode) = &o.mode {
+            y += &format!("mode: {mode}\n");
+        }
+        y += &format!(
+            "storage:\n  backend: filesystem\n  filesystem:\n    root: {}\n  read_only: {}\n",
+            q(&self.storage_root().display().to_string()),
+            o.read_only
+        );
+        let url = o.upstream_url.clone().unwrap_or_else(closed_url);
+        y += &format!("upstream:\n  url: {}\n", q(&url));
+        for (k, v) in &o.upstream {
+            y += &format!("  {k}: {v}\n");
+        }
+        y += &o.extra;
+        y
+    }
+
+    async fn spawn(&mut self) {
+        self.port = free_port();
+        self.log = self.dir.path().join(format!("mirror-{}.log", self.run));
+        let cfg = self.dir.path().join(format!("config-{}.yml", self.run));
+        fs::create_dir_all(self.data_dir()).unwrap();
+        fs::write(&cfg, self.config_yaml()).unwrap();
+        let logf = fs::File::create(&self.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimirror"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OCIMIRROR_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ocimirror");
+        let url = format!("{}/readyz", self.url());
+        let log = self.log.clone();
+        wait_http_ok(&url, &[200], &mut child, &log, "ocimirror").await;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no waiting for anything but the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 30s, then SIGKILL and panic). Returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("mirror running");
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("ocimirror did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kill and start again with the same data dir (and a new port), optionally with new options.
+    pub async fn restart(&mut self, opts: Option<MirrorOpts>) {
+        self.kill();
+        if let Some(o) = opts {
+            self.opts = o;
+        }
+        self.run += 1;
+        self.spawn().await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = client()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "/metrics");
+        r.text().await.unwrap()
+    }
+
+    /// Sum of the samples of `name` whose label set contains every string of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        client().get(format!("{}{}", self.url(), path))
+    }
+    pub fn head(&self, path: &str) -> reqwest::RequestBuilder {
+        client().head(format!("{}{}", self.url(), path))
+    }
+    pub fn get_manifest(&self, name: &str, reference: &str) -> reqwest::RequestBuilder {
+        self.get(&format!("/v2/{name}/manifests/{reference}"))
+            .header("accept", ACCEPT_MANIFESTS)
+    }
+    pub fn get_blob(&self, name: &str, digest: &str) -> reqwest::RequestBuilder {
+        self.get(&format!("/v2/{name}/blobs/{digest}"))
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- ocimirror log tail ({}) ----\n{}",
+                self.log.display(),
+                tail(&self.log, 40)
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Prometheus text: sum of `name` samples whose label block contains all `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(i) => match line[i..].find('}') {
+                Some(j) => (&line[..i + j + 1], &line[i + j + 1..]),
+                None => continue,
+            },
+            None => match line.split_once(char::is_whitespace) {
+                Some((s, r)) => (s, r),
+                None => continue,
+            },
+        };
+        let metric_name = series.split('{').next().unwrap();
+        if metric_name != name || !labels.iter().all(|l| series.contains(l)) {
+            continue;
+        }
+        if let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            sum += v;
+        }
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage layout
+// ---------------------------------------------------------------------------------------------
+
+/// `<root>/docker/registry/v2/blobs/sha256/<aa>/<hex>/data`
+pub fn blob_data_path(root: &Path, digest: &str) -> PathBuf {
+    let hex = hex_of(digest);
+    root.join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+}
+
+/// Every regular file under `dir` (recursively); empty when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// skopeo
+// ---------------------------------------------------------------------------------------------
+
+/// `skopeo copy docker://<src> <dest>`; `src` is `HOST:PORT/name:tag` or `HOST:PORT/name@digest`,
+/// `dest` e.g. `oci:/dir:tag` or `dir:/dir`. `--preserve-digests` makes any conversion an error.
+pub async fn skopeo_copy(
+    src: &str,
+    dest: &str,
+    all: bool,
+    creds: Option<&str>,
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new("skopeo");
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+    ]);
+    if all {
+        cmd.arg("--all");
+    }
+    match creds {
+        Some(c) => cmd.args(["--src-creds", c]),
+        None => cmd.arg("--src-no-creds"),
+    };
+    cmd.arg(format!("docker://{src}")).arg(dest);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .map_err(|_| "skopeo copy timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "skopeo copy {src} {dest} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `skopeo inspect --raw docker://<image>`: the manifest bytes as served.
+pub async fn skopeo_inspect_raw(image: &str, creds: Option<&str>) -> Result<Vec<u8>, String> {
+    let mut cmd = tokio::process::Command::new("skopeo");
+    cmd.args(["inspect", "--raw", "--tls-verify=false"]);
+    match creds {
+        Some(c) => cmd.args(["--creds", c]),
+        None => cmd.arg("--no-creds"),
+    };
+    cmd.arg(format!("docker://{image}"));
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .map_err(|_| "skopeo inspect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "skopeo inspect {image} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// What an OCI layout directory holds, with every blob's digest checked against its bytes.
+pub struct Layout {
+    /// Digests of the top-level manifests (index.json for `oci:`, manifest.json for `dir:`).
+    pub top: Vec<String>,
+    pub blobs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Read an `oci:` layout written by skopeo; panics when a blob's bytes do not match its name.
+pub fn read_oci_layout(dir: &Path) -> Layout {
+    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let top = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    let mut blobs = BTreeMap::new();
+    for e in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        let data = fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha256_hex(&data),
+            name,
+            "blob file content does not match its digest"
+        );
+        blobs.insert(format!("sha256:{name}"), data);
+    }
+    Layout { top, blobs }
+}
+
+/// Read a `dir:` copy written by skopeo (manifest.json + blobs named by hex).
+pub fn read_dir_layout(dir: &Path) -> Layout {
+    let manifest = fs::read(dir.join("manifest.json")).unwrap();
+    let mut blobs = BTreeMap::new();
+    let top_digest = sha256_digest(&manifest);
+    blobs.insert(top_digest.clone(), manifest);
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+            let data = fs::read(e.path()).unwrap();
+            assert_eq!(
+                sha256_hex(&data),
+                name,
+                "blob file content does not match its digest"
+            );
+            blobs.insert(format!("sha256:{name}"), data);
+        }
+    }
+    Layout {
+        top: vec![top_digest],
+        blobs,
+    }
+}
+
+/// Assert the image's manifest (exact bytes) and all its blobs are in `layout`.
+pub fn assert_image_in(layout: &Layout, img: &Image) {
+    let m = layout
+        .blobs
+        .get(&img.digest)
+        .unwrap_or_else(|| panic!("manifest {} missing from copy", img.digest));
+    assert_eq!(
+        m, &img.manifest,
+        "manifest bytes differ from the upstream's"
+    );
+    for d in img.all_blobs() {
+        let b = layout
+            .blobs
+            .get(&d.digest)
+            .unwrap_or_else(|| panic!("blob {} missing from copy", d.digest));
+        assert_eq!(b.len() as u64, d.size);
+        if let Some(expected) = img.blobs.get(&d.digest) {
+            assert_eq!(&b[..], &expected[..]);
+        }
+    }
+}
+
+/// skopeo-pull `name:tag` (an image) from `hostport` into a fresh `oci:` layout and check it.
+pub async fn pull_and_check_oci(hostport: &str, img: &Image, creds: Option<&str>) {
+    let out = TempDir::new().unwrap();
+    let dest = format!("oci:{}:{}", out.path().display(), "t");
+    skopeo_copy(
+        &format!("{hostport}/{}:{}", img.name, img.tag),
+        &dest,
+        false,
+        creds,
+    )
+    .await
+    .unwrap();
+    let layout = read_oci_layout(out.path());
+    assert_eq!(layout.top, vec![img.digest.clone()]);
+    assert_image_in(&layout, img);
+}
+
+/// skopeo-pull a Docker schema2 image into a `dir:` copy (oci: would force a conversion).
+pub async fn pull_and_check_docker(hostport: &str, img: &Image, creds: Option<&str>) {
+    let out = TempDir::new().unwrap();
+    let dest = format!("dir:{}", out.path().display());
+    skopeo_copy(
+        &format!("{hostport}/{}:{}", img.name, img.tag),
+        &dest,
+        false,
+        creds,
+    )
+    .await
+    .unwrap();
+    let layout = read_dir_layout(out.path());
+    assert_eq!(layout.top, vec![img.digest.clone()]);
+    assert_image_in(&layout, img);
+}
+
+/// skopeo-pull an index with `--all` into an `oci:` layout and check index + every child.
+pub async fn pull_and_check_index(hostport: &str, idx: &Index, creds: Option<&str>) {
+    let out = TempDir::new().unwrap();
+    let dest = format!("oci:{}:{}", out.path().display(), "t");
+    skopeo_copy(
+        &format!("{hostport}/{}:{}", idx.name, idx.tag),
+        &dest,
+        true,
+        creds,
+    )
+    .await
+    .unwrap();
+    let layout = read_oci_layout(out.path());
+    assert_eq!(layout.top, vec![idx.digest.clone()]);
+    assert_eq!(
+        layout.blobs.get(&idx.digest),
+        Some(&idx.manifest),
+        "index bytes differ from the upstream's"
+    );
+    for child in &idx.children {
+        assert_image_in(&layout, child);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP helpers
+// ---------------------------------------------------------------------------------------------
+
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Send one request with the path exactly as given (no URL normalisation), `Connection: close`.
+pub async fn raw_request(hostport: &str, method: &str, path: &str) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nAccept: {ACCEPT_MANIFESTS}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+        .await
+        .expect("raw request timed out")
+        .unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let size_str = String::from_utf8_lossy(&rest[..eol]).to_string();
+            let size =
+                usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+            if size == 0 || rest.len() < eol + 2 + size {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[(eol + 2 + size + 2).min(rest.len())..];
+        }
+        body = out;
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The `code`s of an OCI error body; panics (with the body) when it is not `{"errors":[...]}`.
+pub fn error_codes(body: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "error body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    let errs = v["errors"].as_array().unwrap_or_else(|| {
+        panic!(
+            "error body has no errors array: {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert!(!errs.is_empty(), "empty errors array");
+    errs.iter()
+        .map(|e| {
+            assert!(e["message"].is_string(), "error without a message: {e}");
+            e["code"].as_str().expect("error code").to_string()
+        })
+        .collect()
+}
+
+/// Assert a reqwest response is an OCI error with `status` and one of `codes`; returns it.
+pub async fn expect_oci_error(
+    resp: reqwest::Response,
+    status: u16,
+    codes: &[&str],
+) -> reqwest::header::HeaderMap {
+    let got = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let url = resp.url().to_string();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(
+        got,
+        status,
+        "{url}: body {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    let found = error_codes(&body);
+    assert!(
+        found.iter().any(|c| codes.contains(&c.as_str())),
+        "{url}: expected one of {codes:?}, got {found:?}"
+    );
+    headers
+}
+
+/// Read a whole response body as a stream, hashing it; returns (bytes read, sha256 digest) or the
+/// error that ended the body (and how many bytes came before it).
+pub async fn stream_hash(resp: reqwest::Response) -> Result<(u64, String), (u64, String)> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut n = 0u64;
+    let mut s = resp.bytes_stream();
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(b) => {
+                n += b.len() as u64;
+                ctx.update(&b);
+            }
+            Err(e) => return Err((n, e.to_string())),
+        }
+    }
+    Ok((n, format!("sha256:{}", hex::encode(ctx.finish().as_ref()))))
+}
+
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name)
+        .unwrap_or_else(|| panic!("missing header {name}: {h:?}"))
+        .to_str()
+        .unwrap()
+}
