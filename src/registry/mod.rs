@@ -736,3 +736,6 @@ mod tests {
         assert_eq!(p, vec!["d"]);
     }
 }
+
+#[cfg(test)]
+mod rules_tests;

@@ -1,0 +1,445 @@
+//! The pull-through rules against an in-memory storage and a scripted upstream: counts every
+//! upstream call, so "exactly one fetch" and "zero requests when cached" are checked exactly.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::*;
+use crate::cache::MemoryCache;
+use crate::storage::MemoryStorage;
+use crate::upstream::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    /// Serve bytes that do not hash to the digest.
+    Corrupt,
+    /// Send half the body, then fail.
+    Truncate,
+    RateLimited,
+    Down,
+}
+
+struct Fake {
+    blob: Bytes,
+    blob_digest: Digest,
+    manifest: Bytes,
+    manifest_digest: Digest,
+    fault: Mutex<Fault>,
+    /// Delay between 64 KiB chunks, so concurrent requests overlap the fill.
+    pace: Duration,
+    blob_gets: AtomicUsize,
+    manifest_gets: AtomicUsize,
+    manifest_heads: AtomicUsize,
+}
+
+impl Fake {
+    fn new(size: usize) -> Arc<Self> {
+        let blob: Bytes = (0..size)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let blob_digest = Digest::sha256_of(&blob);
+        let manifest = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob_digest}","size":{size}}},"layers":[]}}"#
+        ));
+        Arc::new(Fake {
+            manifest_digest: Digest::sha256_of(&manifest),
+            manifest,
+            blob,
+            blob_digest,
+            fault: Mutex::new(Fault::None),
+            pace: Duration::from_millis(2),
+            blob_gets: AtomicUsize::new(0),
+            manifest_gets: AtomicUsize::new(0),
+            manifest_heads: AtomicUsize::new(0),
+        })
+    }
+
+    fn set(&self, f: Fault) {
+        *self.fault.lock().unwrap() = f;
+    }
+
+    fn fault(&self) -> Result<Fault, UpstreamError> {
+        match *self.fault.lock().unwrap() {
+            Fault::RateLimited => Err(UpstreamError::RateLimited {
+                retry_after: Some("7".into()),
+            }),
+            Fault::Down => Err(UpstreamError::Unavailable("down".into())),
+            f => Ok(f),
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for Fake {
+    fn canonical_name(&self, name: &RepoName) -> RepoName {
+        name.with_library_prefix()
+    }
+
+    async fn head_manifest(
+        &self,
+        _: &RepoName,
+        r: &Reference,
+    ) -> Result<ManifestHead, UpstreamError> {
+        self.manifest_heads.fetch_add(1, Ordering::SeqCst);
+        self.fault()?;
+        match r {
+            Reference::Tag(t) if t.as_str() == "latest" => {}
+            Reference::Digest(d) if *d == self.manifest_digest => {}
+            _ => return Err(UpstreamError::NotFound),
+        }
+        Ok(ManifestHead {
+            digest: Some(self.manifest_digest.clone()),
+            media_type: None,
+            size: Some(self.manifest.len() as u64),
+        })
+    }
+
+    async fn get_manifest(
+        &self,
+        _: &RepoName,
+        r: &Reference,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        self.manifest_gets.fetch_add(1, Ordering::SeqCst);
+        self.fault()?;
+        match r {
+            Reference::Tag(t) if t.as_str() == "latest" => {}
+            Reference::Digest(d) if *d == self.manifest_digest => {}
+            _ => return Err(UpstreamError::NotFound),
+        }
+        Ok(FetchedManifest {
+            body: self.manifest.clone(),
+            media_type: None,
+            digest: Some(self.manifest_digest.clone()),
+        })
+    }
+
+    async fn head_blob(&self, _: &RepoName, d: &Digest) -> Result<u64, UpstreamError> {
+        self.fault()?;
+        if *d != self.blob_digest {
+            return Err(UpstreamError::NotFound);
+        }
+        Ok(self.blob.len() as u64)
+    }
+
+    async fn get_blob(&self, _: &RepoName, d: &Digest) -> Result<BlobResponse, UpstreamError> {
+        self.blob_gets.fetch_add(1, Ordering::SeqCst);
+        let fault = self.fault()?;
+        if *d != self.blob_digest {
+            return Err(UpstreamError::NotFound);
+        }
+        let mut data = self.blob.to_vec();
+        if fault == Fault::Corrupt {
+            data[0] ^= 0xff;
+        }
+        let size = data.len();
+        let cut = if fault == Fault::Truncate {
+            size / 2
+        } else {
+            size
+        };
+        let chunks: Vec<Result<Bytes, UpstreamError>> = data[..cut]
+            .chunks(64 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .chain(
+                (fault == Fault::Truncate).then(|| Err(UpstreamError::Unavailable("reset".into()))),
+            )
+            .collect();
+        let pace = self.pace;
+        let stream = futures_util::stream::iter(chunks)
+            .then(move |c| async move {
+                tokio::time::sleep(pace).await;
+                c
+            })
+            .boxed();
+        Ok(BlobResponse {
+            size: Some(size as u64),
+            stream,
+        })
+    }
+
+    async fn tags(
+        &self,
+        _: &RepoName,
+        _: Option<usize>,
+        _: Option<&str>,
+    ) -> Result<TagsResponse, UpstreamError> {
+        self.fault()?;
+        Ok(TagsResponse {
+            body: Bytes::from_static(br#"{"name":"library/x","tags":["latest"]}"#),
+            next: None,
+        })
+    }
+}
+
+struct Rig {
+    registry: Arc<Registry>,
+    storage: MemoryStorage,
+    fake: Arc<Fake>,
+    _spool: tempfile::TempDir,
+}
+
+fn rig(size: usize, tag_ttl: Duration, offline: bool) -> Rig {
+    let spool = tempfile::tempdir().unwrap();
+    let storage = MemoryStorage::new();
+    let fake = Fake::new(size);
+    let registry = Arc::new(Registry::new(
+        Arc::new(storage.clone()),
+        Arc::new(MemoryCache::new(1000)),
+        fake.clone(),
+        RegistrySettings {
+            tag_ttl,
+            offline,
+            read_only: false,
+            spool_dir: spool.path().to_owned(),
+        },
+    ));
+    Rig {
+        registry,
+        storage,
+        fake,
+        _spool: spool,
+    }
+}
+
+fn name() -> RepoName {
+    RepoName::parse("app").unwrap()
+}
+
+fn latest() -> Reference {
+    Reference::Tag(Tag::parse("latest").unwrap())
+}
+
+async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
+    let chunks: Vec<Bytes> = reply.body.expect("body").try_collect().await?;
+    Ok(chunks.concat())
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_cold_gets_make_one_upstream_fetch() {
+    let r = rig(2 * 1024 * 1024, Duration::from_secs(300), false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let reg = r.registry.clone();
+        let d = r.fake.blob_digest.clone();
+        handles.push(tokio::spawn(async move {
+            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
+                .await
+                .unwrap()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), r.fake.blob);
+    }
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
+    // Committed: the next request is served from storage.
+    let again = read_all(
+        r.registry
+            .blob(&name(), &r.fake.blob_digest, None, false)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, r.fake.blob);
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn corrupt_upstream_bytes_end_in_an_error_and_store_nothing() {
+    let r = rig(512 * 1024, Duration::from_secs(300), false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    r.fake.set(Fault::Corrupt);
+    let reply = r
+        .registry
+        .blob(&name(), &r.fake.blob_digest, None, false)
+        .await
+        .unwrap();
+    assert!(
+        read_all(reply).await.is_err(),
+        "a corrupt fill must not end cleanly"
+    );
+    assert_eq!(
+        r.storage
+            .stat(&layout::blob_data(&r.fake.blob_digest))
+            .await
+            .unwrap(),
+        None
+    );
+    // Healed upstream: a new fill succeeds.
+    r.fake.set(Fault::None);
+    let ok = read_all(
+        r.registry
+            .blob(&name(), &r.fake.blob_digest, None, false)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok, r.fake.blob);
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn truncated_upstream_stream_stores_nothing() {
+    let r = rig(512 * 1024, Duration::from_secs(300), false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    r.fake.set(Fault::Truncate);
+    let reply = r
+        .registry
+        .blob(&name(), &r.fake.blob_digest, None, false)
+        .await
+        .unwrap();
+    assert_eq!(reply.size, 512 * 1024);
+    assert!(read_all(reply).await.is_err());
+    assert_eq!(
+        r.storage
+            .stat(&layout::blob_data(&r.fake.blob_digest))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_does_not_cancel_the_fill() {
+    let r = rig(1024 * 1024, Duration::from_secs(300), false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let reply = r
+        .registry
+        .blob(&name(), &r.fake.blob_digest, None, false)
+        .await
+        .unwrap();
+    let mut body = reply.body.unwrap();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let key = layout::blob_data(&r.fake.blob_digest);
+    for _ in 0..200 {
+        if r.storage.stat(&key).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.storage.read(&key).await.unwrap(), r.fake.blob);
+}
+
+#[tokio::test]
+async fn range_on_a_fill_in_progress() {
+    let r = rig(1024 * 1024, Duration::from_secs(300), false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let d = r.fake.blob_digest.clone();
+    let full = r.registry.blob(&name(), &d, None, false).await.unwrap();
+    let ranged = r
+        .registry
+        .blob(
+            &name(),
+            &d,
+            Some(ByteRange::parse("bytes=1000-1999").unwrap()),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ranged.range, Some((1000, 1999)));
+    assert_eq!(read_all(ranged).await.unwrap(), r.fake.blob[1000..2000]);
+    read_all(full).await.unwrap();
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn tags_within_ttl_make_no_upstream_request_and_stale_is_served_on_failure() {
+    let r = rig(1024, Duration::from_secs(300), false);
+    let m1 = r.registry.manifest(&name(), &latest()).await.unwrap();
+    assert_eq!(m1.body, r.fake.manifest);
+    let heads = r.fake.manifest_heads.load(Ordering::SeqCst);
+    let gets = r.fake.manifest_gets.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        r.registry.manifest(&name(), &latest()).await.unwrap();
+    }
+    assert_eq!(r.fake.manifest_heads.load(Ordering::SeqCst), heads);
+    assert_eq!(r.fake.manifest_gets.load(Ordering::SeqCst), gets);
+
+    // tag_ttl 0: every request revalidates with a HEAD, never a GET; stale on failure.
+    let r = rig(1024, Duration::ZERO, false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let gets = r.fake.manifest_gets.load(Ordering::SeqCst);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    assert_eq!(r.fake.manifest_gets.load(Ordering::SeqCst), gets);
+    assert_eq!(r.fake.manifest_heads.load(Ordering::SeqCst), 2);
+    for f in [Fault::Down, Fault::RateLimited] {
+        r.fake.set(f);
+        let m = r.registry.manifest(&name(), &latest()).await.unwrap();
+        assert_eq!(m.digest, r.fake.manifest_digest);
+    }
+}
+
+#[tokio::test]
+async fn uncached_content_with_failing_upstream_gets_clear_errors() {
+    let r = rig(1024, Duration::ZERO, false);
+    r.fake.set(Fault::RateLimited);
+    match r.registry.manifest(&name(), &latest()).await {
+        Err(RegistryError::Upstream(UpstreamError::RateLimited { retry_after })) => {
+            assert_eq!(retry_after.as_deref(), Some("7"))
+        }
+        other => panic!("unexpected {:?}", other.map(|m| m.digest)),
+    }
+    r.fake.set(Fault::None);
+    let missing = Reference::Tag(Tag::parse("nope").unwrap());
+    assert!(matches!(
+        r.registry.manifest(&name(), &missing).await,
+        Err(RegistryError::ManifestUnknown(_))
+    ));
+}
+
+#[tokio::test]
+async fn offline_serves_only_the_cache() {
+    let r = rig(1024, Duration::ZERO, false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    read_all(
+        r.registry
+            .blob(&name(), &r.fake.blob_digest, None, false)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let offline = Arc::new(Registry::new(
+        Arc::new(r.storage.clone()),
+        Arc::new(MemoryCache::new(10)),
+        r.fake.clone(),
+        RegistrySettings {
+            tag_ttl: Duration::ZERO,
+            offline: true,
+            read_only: false,
+            spool_dir: r._spool.path().to_owned(),
+        },
+    ));
+    let before =
+        r.fake.manifest_heads.load(Ordering::SeqCst) + r.fake.blob_gets.load(Ordering::SeqCst);
+    offline.manifest(&name(), &latest()).await.unwrap();
+    let b = read_all(
+        offline
+            .blob(&name(), &r.fake.blob_digest, None, false)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b, r.fake.blob);
+    // The blob is not referenced by another repository: unknown there.
+    let other = RepoName::parse("other").unwrap();
+    assert!(matches!(
+        offline.blob(&other, &r.fake.blob_digest, None, false).await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    let after =
+        r.fake.manifest_heads.load(Ordering::SeqCst) + r.fake.blob_gets.load(Ordering::SeqCst);
+    assert_eq!(before, after, "offline mode contacted the upstream");
+}
