@@ -280,7 +280,15 @@ async fn tags_list_paginates_with_link() {
     );
     let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(v["name"], "tags/repo");
-    assert_eq!(v["tags"], serde_json::json!(["t1", "t2", "t3", "t4", "t5"]));
+    // Distribution 2.8 lists tags in directory order; the mirror may relay that order.
+    let mut all: Vec<&str> = v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, vec!["t1", "t2", "t3", "t4", "t5"]);
 
     let mut pages = Vec::new();
     let mut path = "/v2/tags/repo/tags/list?n=2".to_string();
@@ -791,6 +799,7 @@ async fn invalid_names_digests_tags_are_400() {
 async fn push_methods_are_unsupported_405() {
     let (reg, p) = setup().await;
     let img = p.push_oci_image("ro/app", "v1", 150).await;
+    let seeded = reg.requests().await.len();
     let m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
     let c = client();
     let layer = &img.layers[0].digest;
@@ -827,13 +836,15 @@ async fn push_methods_are_unsupported_405() {
         );
         expect_oci_error(r, 405, &["UNSUPPORTED"]).await;
     }
-    for method in ["PUT", "POST", "PATCH", "DELETE"] {
-        assert_eq!(
-            reg.count_requests(method, "/v2/ro/").await,
-            0,
-            "{method} reached the upstream"
-        );
-    }
+    let after = reg.requests().await;
+    assert_eq!(
+        after[seeded..]
+            .iter()
+            .filter(|(m, _)| m != "GET" && m != "HEAD")
+            .collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "push methods reached the upstream"
+    );
     // And the content is untouched.
     let r = m.get_manifest("ro/app", "v1").send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap(), img.manifest);
