@@ -131,6 +131,9 @@ async fn manifest_and_blob_headers_head_and_get() {
     let idx = p.push_index("hdr/index", "v1", 42).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
 
+    let r = m.get("/healthz").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "ok");
     let r = m.get("/v2/").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
@@ -202,6 +205,22 @@ async fn manifest_and_blob_headers_head_and_get() {
     let missing = sha256_digest(b"not pushed anywhere");
     let r = m.get_blob("hdr/oci", &missing).send().await.unwrap();
     expect_oci_error(r, 404, &["BLOB_UNKNOWN"]).await;
+
+    let text = m.metrics().await;
+    let ep = |e: &str, extra: &[&str]| {
+        let mut l = vec![format!("endpoint=\"{e}\"")];
+        l.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
+        metric_sum(&text, "ocimirror_http_requests_total", &refs)
+    };
+    assert!(
+        ep("manifest", &["method=\"GET\"", "status=\"200\""]) >= 6.0,
+        "{text}"
+    );
+    assert!(ep("manifest", &["method=\"HEAD\""]) >= 6.0, "{text}");
+    assert!(ep("blob", &["method=\"GET\""]) >= 4.0, "{text}");
+    assert!(ep("blob", &["status=\"404\""]) >= 1.0, "{text}");
+    assert!(ep("base", &[]) >= 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -988,6 +1007,13 @@ async fn big_blob_concurrent_cold_gets_one_upstream_fetch() {
     );
     let data = blob_data_path(&m.storage_root(), &digest);
     assert_eq!(std::fs::metadata(&data).unwrap().len(), size);
+    assert_eq!(
+        m.metric("ocimirror_upstream_requests_total", &["op=\"blob_get\""])
+            .await,
+        1.0,
+        "metrics: one upstream blob GET"
+    );
+    assert_eq!(m.metric("ocimirror_fills_started_total", &[]).await, 1.0);
     let r = m.get_blob("big/blob", &digest).send().await.unwrap();
     assert_eq!(stream_hash(r).await, Ok((size, digest.clone())));
     assert_eq!(
@@ -1039,4 +1065,160 @@ async fn client_dropping_mid_blob_still_commits() {
         1,
         "the later GET must be served from the committed blob"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offline never dials; CLI flags; config check; library/ prefix
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mode_never_contacts_a_live_upstream() {
+    let (reg, p) = setup().await;
+    let a = p.push_oci_image("offl/a", "v1", 180).await;
+    let b = p.push_oci_image("offl/b", "v1", 181).await;
+    let mut m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
+    pull_and_check_oci(&m.hostport(), &a, None).await;
+
+    for opts in [
+        MirrorOpts::upstream(&reg.url()).mode("offline"),
+        MirrorOpts::upstream(&reg.url()).env("OCIMIRROR_MODE", "offline"),
+    ] {
+        m.restart(Some(opts.tag_ttl("0s"))).await;
+        let before = reg.requests().await.len();
+        pull_and_check_oci(&m.hostport(), &a, None).await;
+        let r = m.get_manifest("offl/b", "v1").send().await.unwrap();
+        let st = r.status().as_u16();
+        assert!(st == 404 || st == 503, "offline uncached manifest: {st}");
+        let r = m
+            .get_blob("offl/b", &b.layers[0].digest)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        assert!(st == 404 || st == 503, "offline uncached blob: {st}");
+        let r = m.get("/v2/offl/b/tags/list").send().await.unwrap();
+        assert_ne!(
+            r.status().as_u16(),
+            200,
+            "offline tags/list of an uncached repo"
+        );
+        let after = reg.requests().await;
+        assert_eq!(
+            &after[before..],
+            &[] as &[(String, String)],
+            "offline mode contacted the upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_flags_without_config_file() {
+    let (reg, p) = setup().await;
+    let img = p.push_oci_image("cli/app", "v1", 190).await;
+    let other = p.push_oci_image("cli/other", "v1", 191).await;
+    let url = reg.url();
+    let mut m = Mirror::start(MirrorOpts::cli(&["--upstream", &url, "--tag-ttl", "0s"])).await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    for d in img.all_blobs() {
+        assert!(
+            blob_data_path(&m.data_dir().join("storage"), &d.digest).exists(),
+            "storage defaults to <data-dir>/storage"
+        );
+    }
+    let heads = reg.count_requests("HEAD", "/v2/cli/app/manifests/v1").await;
+    let r = m.get_manifest("cli/app", "v1").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        reg.count_requests("HEAD", "/v2/cli/app/manifests/v1").await > heads,
+        "--tag-ttl 0s revalidates"
+    );
+
+    m.restart(Some(MirrorOpts::cli(&["--upstream", &url, "--offline"])))
+        .await;
+    let before = reg.requests().await.len();
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    let r = m.get_manifest("cli/other", "v1").send().await.unwrap();
+    assert_ne!(
+        r.status().as_u16(),
+        200,
+        "--offline: uncached is not fetched"
+    );
+    assert_eq!(
+        reg.requests().await.len(),
+        before,
+        "--offline contacted the upstream"
+    );
+
+    m.restart(Some(MirrorOpts::cli(&["--upstream", &url, "--read-only"])))
+        .await;
+    pull_and_check_oci(&m.hostport(), &other, None).await;
+    assert!(
+        !blob_data_path(&m.data_dir().join("storage"), &other.layers[0].digest).exists(),
+        "--read-only wrote a blob"
+    );
+}
+
+#[test]
+fn config_check_accepts_valid_and_reports_problems() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let run = |yaml: &str| {
+        let f = dir.path().join("c.yml");
+        std::fs::write(&f, yaml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+            .args(["config", "check"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(
+        "listen: \"127.0.0.1:5000\"\nmode: offline\nupstream:\n  url: \"http://127.0.0.1:9\"\n  tag_ttl: 0s\n",
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok"), "{text}");
+
+    // Two problems on lines 3 and 5: both reported, with their line numbers.
+    let (code, text) =
+        run("listen: \"127.0.0.1:5000\"\nupstream:\n  bogus_key: 1\nstorage:\n  backend: nosuch\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("bogus_key"), "{text}");
+    assert!(text.contains('3'), "line number of the unknown key: {text}");
+    assert!(
+        text.contains("nosuch") || text.contains("backend"),
+        "{text}"
+    );
+    assert!(text.contains('5'), "line number of the bad backend: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_prefix_true_maps_single_component_names() {
+    let (reg, p) = setup().await;
+    let img = p.push_oci_image("library/alpine", "v1", 200).await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).up("library_prefix", "true")).await;
+    let mut short = img.clone();
+    short.name = "alpine".into();
+    pull_and_check_oci(&m.hostport(), &short, None).await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    let reqs = reg.requests().await;
+    assert!(
+        reqs.iter().all(|(_, u)| !u.starts_with("/v2/alpine/")),
+        "the upstream must only see library/alpine: {reqs:?}"
+    );
+    for d in img.all_blobs() {
+        assert!(
+            reg.count_requests("GET", &format!("/blobs/{}", d.digest))
+                .await
+                <= 1,
+            "alpine and library/alpine are one repository: blob fetched twice"
+        );
+    }
+    // Without the prefix, `alpine` is its own (unknown) repository upstream.
+    let plain = Mirror::start(MirrorOpts::upstream(&reg.url()).up("library_prefix", "false")).await;
+    let r = plain.get_manifest("alpine", "v1").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 }

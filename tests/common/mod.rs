@@ -820,6 +820,8 @@ pub struct MirrorOpts {
     /// Extra top-level YAML appended verbatim.
     pub extra: String,
     pub env: Vec<(String, String)>,
+    /// Run without a config file: `serve --listen .. --data-dir .. <these args>`.
+    pub cli_only: Option<Vec<String>>,
 }
 
 /// YAML double-quoted scalar.
@@ -861,6 +863,13 @@ impl MirrorOpts {
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_string(), v.to_string()));
         self
+    }
+    /// No config file: only `--listen`, `--data-dir` and `args` on the command line.
+    pub fn cli(args: &[&str]) -> Self {
+        MirrorOpts {
+            cli_only: Some(args.iter().map(|a| a.to_string()).collect()),
+            ..Default::default()
+        }
     }
     pub fn extra(mut self, yaml: &str) -> Self {
         self.extra.push_str(yaml);
@@ -959,10 +968,20 @@ impl Mirror {
         fs::write(&cfg, self.config_yaml()).unwrap();
         let logf = fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimirror"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
+        cmd.arg("serve");
+        match &self.opts.cli_only {
+            None => {
+                cmd.arg("--config").arg(&cfg);
+            }
+            Some(args) => {
+                cmd.arg("--listen")
+                    .arg(self.hostport())
+                    .arg("--data-dir")
+                    .arg(self.data_dir())
+                    .args(args);
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
         for (k, _) in std::env::vars() {
