@@ -1401,10 +1401,7 @@ pub async fn raw_request(hostport: &str, method: &str, path: &str) -> RawRespons
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
             let size_str = String::from_utf8_lossy(&rest[..eol]).to_string();
             let size =
                 usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
