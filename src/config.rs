@@ -130,13 +130,39 @@ impl Default for MemoryCacheConfig {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "LibraryPrefixInput")]
 pub enum LibraryPrefix {
     /// On for Docker Hub, off elsewhere.
     #[default]
     Auto,
     Always,
     Never,
+}
+
+/// `library_prefix` as written: a boolean or one of the words.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LibraryPrefixInput {
+    Bool(bool),
+    Word(String),
+}
+
+impl TryFrom<LibraryPrefixInput> for LibraryPrefix {
+    type Error = String;
+    fn try_from(v: LibraryPrefixInput) -> Result<Self, String> {
+        match v {
+            LibraryPrefixInput::Bool(true) => Ok(LibraryPrefix::Always),
+            LibraryPrefixInput::Bool(false) => Ok(LibraryPrefix::Never),
+            LibraryPrefixInput::Word(w) => match w.as_str() {
+                "auto" => Ok(LibraryPrefix::Auto),
+                "always" | "true" => Ok(LibraryPrefix::Always),
+                "never" | "false" => Ok(LibraryPrefix::Never),
+                other => Err(format!(
+                    "library_prefix {other:?} is not one of auto, always (true), never (false)"
+                )),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,9 +295,8 @@ pub fn load(
         source: source.clone(),
         problems,
     };
-    let config = parse_yaml(&text).map_err(|p| fail(vec![p]))?;
+    let (config, mut problems) = parse_yaml(&text);
     let mut value = serde_json::to_value(&config).expect("config serialises");
-    let mut problems = Vec::new();
     for (k, v) in env {
         if let Some(rest) = k.strip_prefix(ENV_PREFIX)
             && let Err(p) = apply_env(&mut value, &k, rest, &v)
@@ -301,21 +326,123 @@ pub fn load(
     }
 }
 
-fn parse_yaml(text: &str) -> Result<Config, Problem> {
-    if text.trim().is_empty() {
-        return Ok(Config::default());
-    }
-    serde_saphyr::from_str::<Config>(text).map_err(|e| {
-        let line = e.location().map(|l| l.line() as usize);
-        // The crate's Display carries a source snippet; the first line is the message.
-        let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or("invalid YAML").to_owned();
-        Problem {
-            key: "yaml".into(),
-            line,
-            message: first,
+/// Parse the file, reporting every structural problem (unknown key, wrong type, bad enum value)
+/// rather than the first: after each error the offending entry, with the block nested under
+/// it, is removed and the parse retried. Returns the config parsed from what remains.
+fn parse_yaml(text: &str) -> (Config, Vec<Problem>) {
+    const MAX_PROBLEMS: usize = 50;
+    let mut problems = Vec::new();
+    let mut current = text.to_owned();
+    loop {
+        if current.trim().is_empty() {
+            return (Config::default(), problems);
         }
-    })
+        let err = match serde_saphyr::from_str::<Config>(&current) {
+            Ok(c) => return (c, problems),
+            Err(e) => e,
+        };
+        let line = err.location().map(|l| l.line() as usize).filter(|l| *l > 0);
+        let msg = err.to_string();
+        let first = msg.lines().next().unwrap_or("invalid YAML");
+        // Drop the crate's own "error: line N column M:" prefix; we print the line ourselves.
+        let message = match first.split_once(": ").and_then(|(_, rest)| {
+            rest.strip_prefix("line ")
+                .and_then(|r| r.split_once(": "))
+                .map(|(_, m)| m)
+        }) {
+            Some(m) => m.to_owned(),
+            None => first.trim_start_matches("error: ").to_owned(),
+        };
+        problems.push(Problem {
+            key: line
+                .and_then(|l| key_at_line(&current, l))
+                .unwrap_or_else(|| "yaml".into()),
+            line,
+            message,
+        });
+        let pruned = line.and_then(|l| remove_entry(&current, l));
+        match pruned {
+            Some(p) if problems.len() < MAX_PROBLEMS => current = p,
+            // A syntax error, or nothing left to remove: the rest cannot be interpreted.
+            _ => return (Config::default(), problems),
+        }
+    }
+}
+
+/// Blank out the mapping entry on 1-based `line` and every more-indented line after it
+/// (keeping line numbers stable for later reports). None when the line is not an entry.
+fn remove_entry(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let target = lines.get(line - 1)?;
+    let trimmed = target.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') || !trimmed.contains(':') {
+        return None;
+    }
+    let indent = target.len() - trimmed.len();
+    let mut out: Vec<&str> = lines.clone();
+    out[line - 1] = "";
+    for l in out.iter_mut().skip(line) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if l.len() - t.len() <= indent {
+            break;
+        }
+        *l = "";
+    }
+    // A parent left with no entries would now read as null and be reported again: make it an
+    // explicit empty map, which takes the section's defaults.
+    let parent = (0..line - 1).rev().find(|&i| {
+        let t = out[i].trim_start();
+        !t.is_empty() && !t.starts_with('#') && out[i].len() - t.len() < indent
+    });
+    if let Some(p) = parent {
+        let p_indent = out[p].len() - out[p].trim_start().len();
+        let has_children = out[p + 1..]
+            .iter()
+            .map(|l| (l.len() - l.trim_start().len(), l.trim_start()))
+            .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
+            .take_while(|(i, _)| *i > p_indent)
+            .next()
+            .is_some();
+        if !has_children && out[p].trim_end().ends_with(':') {
+            let fixed = format!("{} {{}}", out[p].trim_end());
+            let mut owned: Vec<String> = out.iter().map(|s| s.to_string()).collect();
+            owned[p] = fixed;
+            return Some(owned.join("\n"));
+        }
+    }
+    Some(out.join("\n"))
+}
+
+/// The dotted key path of the block-style entry on 1-based `line`.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for (no, l) in text.lines().enumerate().take(line) {
+        let trimmed = l.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = l.len() - trimmed.len();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.trim().trim_matches(['"', '\'']).to_owned()));
+        if no + 1 == line {
+            return Some(
+                stack
+                    .iter()
+                    .map(|(_, k)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+    }
+    None
 }
 
 const TOP_LEVEL: &[&str] = &[
@@ -700,6 +827,34 @@ mod tests {
         assert!(!s.upstream.library_prefix);
         assert_eq!(s.tag_ttl, Duration::from_secs(3600));
         assert!(s.offline);
+    }
+
+    #[test]
+    fn every_structural_problem_is_reported() {
+        let text = "listen: \":5000\"\nupstream:\n  url: http://x\n  pasword: y\nstorage:\n  backend: nosuch\n  filesystem:\n    extra:\n      deep: 1\nmode: sideways\n";
+        let err = load_str(text, &[]).unwrap_err();
+        let lines: Vec<Option<usize>> = err.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![Some(4), Some(6), Some(8), Some(10)], "{err}");
+        assert_eq!(err.problems[0].key, "upstream.pasword");
+        assert_eq!(err.problems[2].key, "storage.filesystem.extra");
+    }
+
+    #[test]
+    fn library_prefix_accepts_booleans_and_words() {
+        for (v, want) in [
+            ("true", true),
+            ("false", false),
+            ("always", true),
+            ("never", false),
+        ] {
+            let (_, s) = load_str(
+                &format!("upstream:\n  url: http://x\n  library_prefix: {v}\n"),
+                &[],
+            )
+            .unwrap();
+            assert_eq!(s.upstream.library_prefix, want, "{v}");
+        }
+        assert!(load_str("upstream:\n  library_prefix: maybe\n", &[]).is_err());
     }
 
     #[test]

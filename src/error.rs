@@ -151,6 +151,11 @@ impl From<UpstreamError> for ApiError {
                 Code::Unavailable,
                 format!("content is not cached and the upstream is unavailable: {m}"),
             ),
+            UpstreamError::ManifestTooLarge => ApiError::new(
+                Code::ManifestInvalid,
+                "the upstream manifest is larger than 4 MiB and is refused",
+            )
+            .with_status(StatusCode::BAD_GATEWAY),
             UpstreamError::Invalid(m) => ApiError::new(
                 Code::Unavailable,
                 format!("the upstream sent an invalid response: {m}"),

@@ -43,6 +43,9 @@ pub enum FillState {
 pub struct Progress {
     pub size: Option<u64>,
     pub written: u64,
+    /// Length and digest checked. Until then every reader holds back the blob's last byte, so
+    /// a corrupt body can never reach a client as a complete response.
+    pub verified: bool,
     pub state: FillState,
 }
 
@@ -101,8 +104,13 @@ impl Fill {
                 if pos >= limit {
                     return None;
                 }
-                if pos < p.written {
-                    let n = (p.written - pos).min(CHUNK).min(limit - pos) as usize;
+                let available = if p.verified {
+                    p.written
+                } else {
+                    p.written.saturating_sub(1)
+                };
+                if pos < available {
+                    let n = (available - pos).min(CHUNK).min(limit - pos) as usize;
                     let mut buf = BytesMut::zeroed(n);
                     // The spool is in the page cache; a pread is cheaper than a thread hop.
                     return match fill.spool.read_exact_at(&mut buf, pos) {
@@ -110,12 +118,14 @@ impl Fill {
                         Err(e) => Some((Err(e), (fill, rx, pos, true))),
                     };
                 }
-                match p.state {
-                    FillState::Done if end.is_none() => return None,
-                    FillState::Done => {
-                        let e = io::Error::other("blob is shorter than the requested range");
-                        return Some((Err(e), (fill, rx, pos, true)));
+                if p.verified {
+                    if end.is_none() {
+                        return None;
                     }
+                    let e = io::Error::other("blob is shorter than the requested range");
+                    return Some((Err(e), (fill, rx, pos, true)));
+                }
+                match p.state {
                     FillState::Broken(m) => {
                         let e = io::Error::other(format!("upstream fetch failed: {m}"));
                         return Some((Err(e), (fill, rx, pos, true)));
@@ -124,7 +134,7 @@ impl Fill {
                         let e = io::Error::other(format!("upstream fetch failed: {e}"));
                         return Some((Err(e), (fill, rx, pos, true)));
                     }
-                    FillState::Connecting | FillState::Streaming => {}
+                    FillState::Connecting | FillState::Streaming | FillState::Done => {}
                 }
                 if rx.changed().await.is_err() {
                     let e = io::Error::other("fill ended unexpectedly");
@@ -177,6 +187,7 @@ impl Fills {
         let (tx, rx) = watch::channel(Progress {
             size: None,
             written: 0,
+            verified: false,
             state: FillState::Connecting,
         });
         let fill = Arc::new(Fill {
@@ -295,6 +306,8 @@ impl FillJob {
         if actual != self.digest {
             return Err(broken(format!("content hashes to {actual}")));
         }
+        // Clients may finish now; the commit (an fsync for big blobs) need not delay them.
+        self.tx.send_modify(|p| p.verified = true);
         if let Some(w) = writer {
             match w.commit().await {
                 Ok(()) => {

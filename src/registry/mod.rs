@@ -363,15 +363,9 @@ impl Registry {
         match r {
             Ok(m) => Ok(m),
             Err(e) => {
-                let stale_ok = matches!(
-                    &*e,
-                    RegistryError::Upstream(
-                        UpstreamError::Unavailable(_)
-                            | UpstreamError::RateLimited { .. }
-                            | UpstreamError::Invalid(_)
-                            | UpstreamError::Denied(_)
-                    )
-                );
+                // NotFound has already become ManifestUnknown: every other upstream failure
+                // is one the cached copy papers over.
+                let stale_ok = matches!(&*e, RegistryError::Upstream(_));
                 match cached {
                     Some(m) if stale_ok => {
                         metrics::counter!("ocimirror_stale_served_total").increment(1);
@@ -585,14 +579,25 @@ impl Registry {
         if !self.settings.offline {
             match self.upstream.tags(&repo, n, last).await {
                 Ok(resp) => {
-                    let mut list: TagList = serde_json::from_slice(&resp.body).map_err(|e| {
+                    let list: TagList = serde_json::from_slice(&resp.body).map_err(|e| {
                         RegistryError::Upstream(UpstreamError::Invalid(format!("tag list: {e}")))
                     })?;
-                    list.name = name.to_string();
-                    let next = resp
+                    let upstream_next = resp
                         .next
                         .and_then(|l| l.split_once('?').map(|(_, q)| q.to_owned()));
-                    return Ok(TagsPage { list, next });
+                    // Upstreams differ (Distribution 2.8 ignores `n` and does not sort): answer
+                    // as the spec says whatever they did — sorted, after `last`, at most `n`.
+                    let mut all = list.tags;
+                    all.sort();
+                    all.dedup();
+                    let (tags, local_next) = paginate(all, n, last);
+                    return Ok(TagsPage {
+                        list: TagList {
+                            name: name.to_string(),
+                            tags,
+                        },
+                        next: local_next.or(upstream_next),
+                    });
                 }
                 Err(UpstreamError::NotFound) => return Err(RegistryError::NameUnknown),
                 Err(e) => {

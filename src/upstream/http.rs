@@ -374,7 +374,7 @@ impl Upstream for HttpUpstream {
             .await?,
         )?;
         if content_length(resp.headers()).is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
-            return Err(UpstreamError::Invalid("manifest larger than 4 MiB".into()));
+            return Err(UpstreamError::ManifestTooLarge);
         }
         let media_type = header_str(resp.headers(), CONTENT_TYPE);
         let digest = header_digest(resp.headers());
@@ -384,7 +384,7 @@ impl Upstream for HttpUpstream {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| unavailable(&e))?;
             if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                return Err(UpstreamError::Invalid("manifest larger than 4 MiB".into()));
+                return Err(UpstreamError::ManifestTooLarge);
             }
             body.extend_from_slice(&chunk);
         }

@@ -31,6 +31,8 @@ pub enum UpstreamError {
     Unavailable(String),
     #[error("upstream sent an invalid response: {0}")]
     Invalid(String),
+    #[error("upstream manifest is larger than the 4 MiB limit")]
+    ManifestTooLarge,
 }
 
 #[derive(Debug, Clone)]
