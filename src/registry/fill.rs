@@ -119,11 +119,11 @@ impl Fill {
                     };
                 }
                 if p.verified {
-                    if end.is_none() {
-                        return None;
-                    }
-                    let e = io::Error::other("blob is shorter than the requested range");
-                    return Some((Err(e), (fill, rx, pos, true)));
+                    // Everything there is has been sent: the end, or a range past it.
+                    return end.map(|_| {
+                        let e = io::Error::other("blob is shorter than the requested range");
+                        (Err(e), (fill, rx, pos, true))
+                    });
                 }
                 match p.state {
                     FillState::Broken(m) => {
