@@ -469,12 +469,9 @@ impl Registry {
         head: bool,
     ) -> Result<BlobReply, RegistryError> {
         let repo = self.upstream.canonical_name(name);
-        let linked = self
-            .storage
-            .stat(&layout::layer_link(&repo, digest))
-            .await?
-            .is_some();
-        let data = self.storage.stat(&layout::blob_data(digest)).await?;
+        let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
+        let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
+        let (linked, data) = (link?.is_some(), data?);
         if !linked {
             // The repository has not been seen to reference this blob: only the upstream can
             // say whether it may be served under this name.

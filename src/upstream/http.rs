@@ -22,7 +22,7 @@ use super::{
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_SIZE};
 use crate::oci::{Digest, Reference, RepoName};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamSettings {
     pub url: Url,
     pub username: Option<String>,
@@ -31,6 +31,21 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub read_timeout: Duration,
+}
+
+/// Debug output never shows the password (settings end up in logs and panic messages).
+impl std::fmt::Debug for UpstreamSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamSettings")
+            .field("url", &self.url.as_str())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("library_prefix", &self.library_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -465,6 +480,22 @@ fn parse_link(h: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_redacts_the_password() {
+        let s = UpstreamSettings {
+            url: Url::parse("https://registry-1.docker.io").unwrap(),
+            username: Some("bot".into()),
+            password: Some("hunter2-secret".into()),
+            library_prefix: true,
+            connect_timeout: Duration::from_secs(1),
+            first_byte_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
 
     #[test]
     fn link_header() {
