@@ -125,7 +125,7 @@ rset meta.mem "$(free -h | awk '/^Mem:/ { print $2 }')"
 rset meta.kernel "$(uname -r)"
 rset meta.git "$(cd "$ROOT" && { git rev-parse --short HEAD 2>/dev/null || echo 'no commit'; })$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes')"
 rset meta.ocimirror_bin "${BIN:-skipped}"
-rset meta.build "${BUILD:-skipped}"
+rset meta.build "${BUILD:-skipped}${BIN:+, binary modified $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')}"
 rset meta.distribution "$(docker-registry --version 2>&1 | awk '{ print $2, $3 }')"
 rset meta.wrk "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
 rset meta.skopeo "$(skopeo --version)"
@@ -238,6 +238,13 @@ MIRRORS=(ocimirror distribution)
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 120 "$@" || true; }
 
+# wrkerrs LABEL FILE : record socket/status errors that wrk saw
+wrkerrs() {
+  local e
+  e=$("${M[@]}" wrkparse "$2" | python3 -c 'import json,sys; w=json.load(sys.stdin); print(" ".join(f"{k[4:]}={v}" for k, v in w.items() if k.startswith("err_") and v))')
+  if [[ -n $e ]]; then err "$1 wrk saw errors: $e"; fi
+}
+
 # run_wrk KIND LABEL URL [wrk args...] : wrk with the summary script; echo the output file
 run_wrk() {
   local kind=$1 label=$2 url=$3
@@ -248,6 +255,7 @@ run_wrk() {
 }
 
 # ------------------------------------------------------------------ a + b: warm blob and manifest
+rset meta.loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 GEN=1
 start_ocimirror
 start_distribution
@@ -271,6 +279,7 @@ for kind in "${MIRRORS[@]}"; do
     if js=$("${M[@]}" wrkresult "$out" "$SMALL_SIZE" "$up"); then
       rset "$kind.blob" "$js"
       log "$kind: a. $js"
+      wrkerrs "$kind: a." "$out"
     else
       err "$kind: a. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
     fi
@@ -288,6 +297,7 @@ for kind in "${MIRRORS[@]}"; do
     if js=$("${M[@]}" wrkresult "$out" 0 "$up"); then
       rset "$kind.manifest" "$js"
       log "$kind: b. $js"
+      wrkerrs "$kind: b." "$out"
     else
       err "$kind: b. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
     fi
@@ -385,6 +395,7 @@ if [[ -n $OM_PID ]]; then
   done
 fi
 stop_mirrors
+rset meta.loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------ report
 echo
