@@ -1,6 +1,7 @@
 //! ocimirror: a pull-through caching mirror for OCI registries. See ARCHITECTURE.md for the
 //! parts and the flow of a pull.
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;

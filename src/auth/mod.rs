@@ -1,0 +1,142 @@
+//! Authentication and authorization: who a client is ([`authn`]), what it may do ([`acl`]), and
+//! the signed tokens that carry that between the token service and the registry ([`token`],
+//! [`keys`]). Shared vocabulary lives here.
+
+pub mod acl;
+pub mod authn;
+pub mod keys;
+pub mod token;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One resource and the actions on it: a requested scope (`repository:myorg/app:pull`) and,
+/// with the same shape, an entry of a token's `access` claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceActions {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("scope {0:?} is malformed: expected type:name:action[,action...]")]
+    Malformed(String),
+}
+
+impl ResourceActions {
+    /// Parse a scope string. The name may itself contain `:` (a registry host with a port), so
+    /// the type is split off the left and the actions off the right, as Distribution does.
+    pub fn parse_scope(s: &str) -> Result<Self, ScopeError> {
+        let bad = || ScopeError::Malformed(s.chars().take(200).collect());
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let (name, actions) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let valid_kind = !kind.is_empty()
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        // `type(class)` (e.g. `repository(plugin)`) is part of the grammar; accept the class.
+        let kind_base = kind.split('(').next().unwrap_or("");
+        if (!valid_kind && !(kind.ends_with(')') && !kind_base.is_empty()))
+            || name.is_empty()
+            || actions.is_empty()
+        {
+            return Err(bad());
+        }
+        let actions: Vec<String> = actions.split(',').map(str::to_owned).collect();
+        if actions.iter().any(|a| {
+            a.is_empty()
+                || !a
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'_' || b == b'-')
+        }) {
+            return Err(bad());
+        }
+        Ok(ResourceActions {
+            kind: kind_base.to_owned(),
+            name: name.to_owned(),
+            actions,
+        })
+    }
+
+    pub fn to_scope(&self) -> String {
+        format!("{}:{}:{}", self.kind, self.name, self.actions.join(","))
+    }
+}
+
+/// Who made a request, as established by an authenticator. The anonymous user is `""`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub account: String,
+    /// Facts an authenticator learnt (GitHub organisations and teams, OIDC groups, static
+    /// labels), matched by ACL rules and substituted into patterns as `${labels:KEY}`.
+    pub labels: BTreeMap<String, Vec<String>>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Identity::default()
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.account.is_empty()
+    }
+}
+
+/// Facts about the request itself that ACL rules may match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub ip: IpAddr,
+    pub service: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        let s = ResourceActions::parse_scope("repository:myorg/app:pull,push").unwrap();
+        assert_eq!(s.kind, "repository");
+        assert_eq!(s.name, "myorg/app");
+        assert_eq!(s.actions, vec!["pull", "push"]);
+        let s = ResourceActions::parse_scope("repository:localhost:5000/app:pull").unwrap();
+        assert_eq!(s.name, "localhost:5000/app");
+        assert_eq!(
+            ResourceActions::parse_scope("registry:catalog:*")
+                .unwrap()
+                .actions,
+            vec!["*"]
+        );
+        assert_eq!(
+            ResourceActions::parse_scope("repository(plugin):x:pull")
+                .unwrap()
+                .kind,
+            "repository"
+        );
+        for bad in [
+            "",
+            "repository",
+            "repository:x",
+            "repository::pull",
+            ":x:pull",
+            "repository:x:",
+            "repository:x:pu ll",
+            "repository:x:a,,b",
+        ] {
+            assert!(
+                ResourceActions::parse_scope(bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert_eq!(s_round("repository:a/b:pull"), "repository:a/b:pull");
+    }
+
+    fn s_round(s: &str) -> String {
+        ResourceActions::parse_scope(s).unwrap().to_scope()
+    }
+}
