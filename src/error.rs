@@ -25,6 +25,8 @@ pub enum Code {
     Unavailable,
     NotFound,
     PaginationNumberInvalid,
+    Unauthorized,
+    Denied,
     Internal,
 }
 
@@ -45,6 +47,8 @@ impl Code {
             Code::Unavailable => "UNAVAILABLE",
             Code::NotFound => "NOT_FOUND",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
             Code::Internal => "UNKNOWN",
         }
     }
@@ -65,6 +69,8 @@ impl Code {
             Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Denied => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -150,6 +156,10 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Unavailable(m) => ApiError::new(
                 Code::Unavailable,
                 format!("content is not cached and the upstream is unavailable: {m}"),
+            ),
+            UpstreamError::NotAllowed => ApiError::new(
+                Code::Denied,
+                "this repository is not in the mirror's allow-list and is not cached",
             ),
             UpstreamError::ManifestTooLarge => ApiError::new(
                 Code::ManifestInvalid,

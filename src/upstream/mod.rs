@@ -1,6 +1,7 @@
 //! The upstream seam: what the registry layer asks of the registry it mirrors, independent of
 //! HTTP. [`HttpUpstream`] is the real client (auth challenges, token cache, timeouts).
 
+mod allow;
 mod challenge;
 mod http;
 
@@ -12,6 +13,7 @@ use futures_util::Stream;
 
 use crate::oci::{Digest, Reference, RepoName};
 
+pub use allow::{AllowFn, AllowListed};
 pub use challenge::{Challenge, ChallengeError};
 pub use http::{HttpUpstream, UpstreamSettings};
 
@@ -33,6 +35,8 @@ pub enum UpstreamError {
     Invalid(String),
     #[error("upstream manifest is larger than the 4 MiB limit")]
     ManifestTooLarge,
+    #[error("repository is not in the mirror's upstream allow-list")]
+    NotAllowed,
 }
 
 #[derive(Debug, Clone)]
