@@ -35,16 +35,17 @@ impl ResourceActions {
         let bad = || ScopeError::Malformed(s.chars().take(200).collect());
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
         let (name, actions) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let valid_kind = !kind.is_empty()
-            && kind
+        // `type(class)` (e.g. `repository(plugin)`) is part of the grammar; the class is dropped.
+        let kind_base = match kind.split_once('(') {
+            Some((base, class)) if class.ends_with(')') => base,
+            Some(_) => return Err(bad()),
+            None => kind,
+        };
+        let valid_kind = !kind_base.is_empty()
+            && kind_base
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        // `type(class)` (e.g. `repository(plugin)`) is part of the grammar; accept the class.
-        let kind_base = kind.split('(').next().unwrap_or("");
-        if (!valid_kind && !(kind.ends_with(')') && !kind_base.is_empty()))
-            || name.is_empty()
-            || actions.is_empty()
-        {
+        if !valid_kind || name.is_empty() || actions.is_empty() {
             return Err(bad());
         }
         let actions: Vec<String> = actions.split(',').map(str::to_owned).collect();
