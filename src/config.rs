@@ -180,6 +180,9 @@ pub struct UpstreamConfig {
     pub first_byte_timeout: String,
     /// Longest silence allowed between body chunks.
     pub read_timeout: String,
+    /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
+    /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
+    pub allow: Vec<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -194,6 +197,7 @@ impl Default for UpstreamConfig {
             connect_timeout: "10s".into(),
             first_byte_timeout: "30s".into(),
             read_timeout: "30s".into(),
+            allow: Vec::new(),
         }
     }
 }
@@ -238,6 +242,8 @@ pub struct Settings {
     pub read_only: bool,
     pub cache_max_entries: usize,
     pub upstream: UpstreamSettings,
+    /// Validated allow-list patterns (empty: everything may be fetched).
+    pub upstream_allow: Vec<String>,
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -629,6 +635,11 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             "a password is set but no username".into(),
         );
     }
+    for p in &c.upstream.allow {
+        if let Err(e) = crate::auth::acl::NamePattern::compile(p) {
+            problem("upstream.allow", e);
+        }
+    }
     if c.cache.memory.max_entries == 0 {
         problem("cache.memory.max_entries", "must be at least 1".into());
     }
@@ -677,6 +688,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             first_byte_timeout: first_byte.expect("validated"),
             read_timeout: read.expect("validated"),
         },
+        upstream_allow: c.upstream.allow.clone(),
         tag_ttl: tag_ttl.expect("validated"),
         shutdown_timeout: shutdown.expect("validated"),
     })

@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use crate::auth::acl::NamePattern;
 use crate::cache::MemoryCache;
 use crate::config::Settings;
 use crate::http::{AppState, router};
 use crate::registry::{Registry, RegistrySettings};
 use crate::storage::FsStorage;
-use crate::upstream::HttpUpstream;
+use crate::upstream::{AllowFn, AllowListed, HttpUpstream, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,7 +66,16 @@ pub fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
     }
     let storage = Arc::new(FsStorage::new(&s.storage_root));
     let cache = Arc::new(MemoryCache::new(s.cache_max_entries));
-    let upstream = Arc::new(HttpUpstream::new(s.upstream.clone())?);
+    let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(s.upstream.clone())?);
+    if !s.upstream_allow.is_empty() {
+        let patterns: Vec<NamePattern> = s
+            .upstream_allow
+            .iter()
+            .map(|p| NamePattern::compile(p).expect("validated with the config"))
+            .collect();
+        let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
+        upstream = Arc::new(AllowListed::new(upstream, allowed));
+    }
     Ok(Arc::new(Registry::new(
         storage,
         cache,

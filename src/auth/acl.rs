@@ -302,6 +302,27 @@ impl Pattern {
     }
 }
 
+/// A standalone name pattern in the ACL's syntax (glob with `*`, `**`, `?`, classes, or an
+/// anchored `/regex/`), without placeholders: used by the upstream allow-list so that both
+/// speak one pattern language.
+#[derive(Debug)]
+pub struct NamePattern {
+    regex: Regex,
+}
+
+impl NamePattern {
+    pub fn compile(src: &str) -> Result<Self, String> {
+        match Pattern::compile(src)? {
+            Pattern::Static { regex, .. } => Ok(NamePattern { regex }),
+            Pattern::Dynamic(_) => Err(format!("{src:?}: placeholders are not allowed here")),
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.regex.is_match(name)
+    }
+}
+
 fn anchored(body: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!(r"\A(?:{body})\z"))
 }
@@ -871,6 +892,25 @@ mod tests {
     const NONE: &[&str] = &[];
     const PULL: &[&str] = &["pull"];
     const PUSH_PULL: &[&str] = &["push", "pull"];
+
+    #[test]
+    fn name_patterns_for_the_allow_list() {
+        let p = NamePattern::compile("myorg/**").unwrap();
+        assert!(p.matches("myorg/a"));
+        assert!(p.matches("myorg/team/app"));
+        assert!(!p.matches("other/a"));
+        assert!(!p.matches("myorgx/a"));
+        let p = NamePattern::compile("library/*").unwrap();
+        assert!(p.matches("library/alpine"));
+        assert!(!p.matches("library/a/b"));
+        assert!(
+            NamePattern::compile("/lib.*/")
+                .unwrap()
+                .matches("library/x")
+        );
+        assert!(NamePattern::compile("${account}/*").is_err());
+        assert!(NamePattern::compile("/a)|(b/").is_err());
+    }
 
     #[test]
     fn anonymous_may_only_pull_myorg() {

@@ -459,3 +459,37 @@ async fn offline_serves_only_the_cache() {
         r.fake.manifest_heads.load(Ordering::SeqCst) + r.fake.blob_gets.load(Ordering::SeqCst);
     assert_eq!(before, after, "offline mode contacted the upstream");
 }
+
+#[tokio::test]
+async fn allow_list_refuses_before_any_upstream_call() {
+    use crate::upstream::{AllowFn, AllowListed};
+    let spool = tempfile::tempdir().unwrap();
+    let fake = Fake::new(1024);
+    let allowed: AllowFn = Arc::new(|n| n.starts_with("myorg/"));
+    let registry = Arc::new(Registry::new(
+        Arc::new(MemoryStorage::new()),
+        Arc::new(MemoryCache::new(10)),
+        Arc::new(AllowListed::new(fake.clone(), allowed)),
+        RegistrySettings {
+            tag_ttl: Duration::ZERO,
+            offline: false,
+            read_only: false,
+            spool_dir: spool.path().to_owned(),
+        },
+    ));
+    let outside = RepoName::parse("other/app").unwrap();
+    assert!(matches!(
+        registry.manifest(&outside, &latest()).await,
+        Err(RegistryError::Upstream(UpstreamError::NotAllowed))
+    ));
+    assert!(matches!(
+        registry
+            .blob(&outside, &fake.blob_digest, None, false)
+            .await,
+        Err(RegistryError::Upstream(UpstreamError::NotAllowed))
+    ));
+    assert_eq!(fake.manifest_heads.load(Ordering::SeqCst), 0);
+    assert_eq!(fake.blob_gets.load(Ordering::SeqCst), 0);
+    let inside = RepoName::parse("myorg/app").unwrap();
+    registry.manifest(&inside, &latest()).await.unwrap();
+}
