@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
+use crate::auth::setup::{AuthConfig, Roles};
 use crate::upstream::UpstreamSettings;
 
 pub const ENV_PREFIX: &str = "OCIMIRROR_";
@@ -29,6 +30,40 @@ pub struct Config {
     pub cache: CacheConfig,
     pub upstream: UpstreamConfig,
     pub server: ServerConfig,
+    /// What this process serves: `all` (`/v2` and the token endpoint), `registry`, or `auth`.
+    pub role: Role,
+    /// Token authentication; absent: anonymous pulls of everything (an open mirror).
+    pub auth: Option<AuthConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    All,
+    Registry,
+    Auth,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Role::All),
+            "registry" => Ok(Role::Registry),
+            "auth" => Ok(Role::Auth),
+            other => Err(format!("{other:?} is not one of all, registry, auth")),
+        }
+    }
+}
+
+impl Role {
+    pub fn roles(self) -> Roles {
+        Roles {
+            issue: self != Role::Registry,
+            verify: self != Role::Auth,
+        }
+    }
 }
 
 impl Default for Config {
@@ -42,6 +77,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             upstream: UpstreamConfig::default(),
             server: ServerConfig::default(),
+            role: Role::All,
+            auth: None,
         }
     }
 }
@@ -228,6 +265,7 @@ pub struct Overrides {
     pub tag_ttl: Option<String>,
     pub offline: bool,
     pub read_only: bool,
+    pub role: Option<Role>,
 }
 
 /// Everything resolved and checked: what the server runs with.
@@ -246,6 +284,11 @@ pub struct Settings {
     pub upstream_allow: Vec<String>,
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
+    pub role: Role,
+    /// Validated; built into running parts by the server.
+    pub auth: Option<AuthConfig>,
+    /// The file this came from, re-read to reload users and ACL.
+    pub config_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,7 +366,10 @@ pub fn load(
         }
     };
     match validate(&config, &text) {
-        Ok(s) if problems.is_empty() => Ok((config, s)),
+        Ok(mut s) if problems.is_empty() => {
+            s.config_path = path.map(Path::to_path_buf);
+            Ok((config, s))
+        }
         Ok(_) => Err(fail(problems)),
         Err(mut more) => {
             problems.append(&mut more);
@@ -452,7 +498,7 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
 }
 
 const TOP_LEVEL: &[&str] = &[
-    "listen", "data_dir", "mode", "log", "storage", "cache", "upstream", "server",
+    "listen", "data_dir", "mode", "log", "storage", "cache", "upstream", "server", "role", "auth",
 ];
 
 fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
@@ -542,6 +588,13 @@ fn apply_overrides(value: &mut Value, o: &Overrides) {
     }
     if o.read_only {
         set(value, &["storage", "read_only"], true.into());
+    }
+    if let Some(r) = o.role {
+        set(
+            value,
+            &["role"],
+            serde_json::to_value(r).expect("role serialises"),
+        );
     }
 }
 
@@ -652,6 +705,17 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
     if c.data_dir.as_os_str().is_empty() {
         problem("data_dir", "must not be empty".into());
     }
+    match (&c.auth, c.role) {
+        (Some(a), role) => {
+            if let Err(ps) = a.build(role.roles()) {
+                for (key, message) in ps {
+                    problem(&format!("auth.{key}"), message);
+                }
+            }
+        }
+        (None, Role::Auth) => problem("role", "role auth needs an auth section".into()),
+        (None, _) => {}
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -691,6 +755,9 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         upstream_allow: c.upstream.allow.clone(),
         tag_ttl: tag_ttl.expect("validated"),
         shutdown_timeout: shutdown.expect("validated"),
+        role: c.role,
+        auth: c.auth.clone(),
+        config_path: None,
     })
 }
 
@@ -714,6 +781,12 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 /// The 1-based line of a block-style YAML key path, or of its deepest ancestor present.
 pub fn find_line(text: &str, path: &[&str]) -> Option<usize> {
+    // List indices (`acl[2]`) are not located; their list's key is.
+    let stripped: Vec<&str> = path
+        .iter()
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .collect();
+    let path = &stripped[..];
     let mut stack: Vec<(usize, String)> = Vec::new();
     let mut best: Option<(usize, usize)> = None;
     for (no, line) in text.lines().enumerate() {

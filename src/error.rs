@@ -84,6 +84,8 @@ pub struct ApiError {
     pub retry_after: Option<String>,
     /// For 416: the blob size, sent as `Content-Range: bytes */SIZE`.
     pub unsatisfied_size: Option<u64>,
+    /// For 401: the challenge telling the client where to get a token.
+    pub challenge: Option<String>,
 }
 
 impl ApiError {
@@ -95,11 +97,22 @@ impl ApiError {
             detail: None,
             retry_after: None,
             unsatisfied_size: None,
+            challenge: None,
         }
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
+        self
+    }
+
+    pub fn with_challenge(mut self, challenge: String) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.to_string());
         self
     }
 
@@ -217,6 +230,9 @@ impl IntoResponse for ApiError {
             .and_then(|r| HeaderValue::from_str(&r).ok())
         {
             h.insert(header::RETRY_AFTER, ra);
+        }
+        if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, c);
         }
         if let Some(size) = self.unsatisfied_size
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))

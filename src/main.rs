@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ocimirror::auth::authn;
+use ocimirror::auth::keys::{self, KeyAlgorithm};
 use ocimirror::config::{self, Overrides};
 
 #[derive(Parser)]
@@ -25,6 +27,28 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Write a fresh token-signing key and a self-signed certificate (what a registry's
+    /// `rootcertbundle` trusts).
+    Keygen {
+        /// Private key output (PKCS#8 PEM, mode 0600).
+        #[arg(long, default_value = "token.key")]
+        key: PathBuf,
+        /// Certificate output (PEM).
+        #[arg(long, default_value = "token.crt")]
+        certificate: PathBuf,
+        /// rsa (default; accepted by every Distribution version) or ec.
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        #[arg(long, default_value = "ocimirror token signer")]
+        common_name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Print a bcrypt hash of a password read from standard input, for `auth.users`.
+    HashPassword {
+        #[arg(long, default_value_t = 12)]
+        cost: u32,
     },
 }
 
@@ -62,6 +86,9 @@ struct ServeArgs {
     /// Never write to storage; stream misses through.
     #[arg(long)]
     read_only: bool,
+    /// all (default): the registry and the token endpoint; registry or auth: one of them.
+    #[arg(long)]
+    role: Option<config::Role>,
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -93,6 +120,49 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keygen {
+            key,
+            certificate,
+            algorithm,
+            common_name,
+            days,
+        } => {
+            let alg = match algorithm.parse::<KeyAlgorithm>() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match keys::keygen(&key, &certificate, alg, &common_name, days) {
+                Ok(()) => {
+                    println!("wrote {} and {}", key.display(), certificate.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HashPassword { cost } => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                eprintln!("error: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+            let password = password.trim_end_matches(['\n', '\r']);
+            match authn::try_hash_password(password, cost) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(a) => {
             let overrides = Overrides {
                 listen: a.listen,
@@ -103,6 +173,7 @@ fn main() -> ExitCode {
                 tag_ttl: a.tag_ttl,
                 offline: a.offline,
                 read_only: a.read_only,
+                role: a.role,
             };
             let settings = match config::load(a.config.as_deref(), std::env::vars(), &overrides) {
                 Ok((_, s)) => s,

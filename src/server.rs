@@ -10,6 +10,12 @@ use tokio::net::TcpListener;
 use crate::auth::acl::NamePattern;
 use crate::cache::MemoryCache;
 use crate::config::Settings;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::auth::service::TokenService;
+use crate::http::gate::Gate;
+use crate::http::token::TokenEndpoint;
 use crate::http::{AppState, router};
 use crate::registry::{Registry, RegistrySettings};
 use crate::storage::FsStorage;
@@ -31,6 +37,8 @@ pub enum ServeError {
     Client(#[from] reqwest::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// Install the process-wide Prometheus recorder (once; later calls get the same handle).
@@ -90,8 +98,50 @@ pub fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
 }
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
-    let registry = build_registry(&s)?;
-    let state = AppState::new(registry, metrics_handle());
+    let roles = s.role.roles();
+    let registry = if roles.verify {
+        Some(build_registry(&s)?)
+    } else {
+        None
+    };
+    let parts = match &s.auth {
+        Some(a) => Some(a.build(roles).map_err(|ps| {
+            ServeError::Auth(
+                ps.into_iter()
+                    .map(|(k, m)| format!("auth.{k}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?),
+        None => None,
+    };
+    let gate = parts.as_ref().and_then(|p| {
+        p.verifier.clone().map(|verifier| Gate {
+            verifier,
+            realm: p.realm.clone(),
+            path: p.path.clone(),
+            service: p.service.clone(),
+        })
+    });
+    let token = parts.as_ref().and_then(|p| {
+        p.token_service.clone().map(|service| {
+            (
+                p.path.clone(),
+                Arc::new(TokenEndpoint {
+                    service,
+                    real_ip_header: p.real_ip_header.clone(),
+                }),
+            )
+        })
+    });
+    if let (Some((_, ep)), Some(path)) = (&token, &s.config_path) {
+        tokio::spawn(reload_policy(
+            ep.service.clone(),
+            path.clone(),
+            s.auth.as_ref().and_then(|a| a.htpasswd.clone()),
+        ));
+    }
+    let state = AppState::new(registry, gate, metrics_handle());
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {
@@ -101,13 +151,15 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(
         %addr,
+        role = ?s.role,
+        auth = s.auth.is_some(),
         upstream = %s.upstream.url,
         offline = s.offline,
         read_only = s.read_only,
         storage = %s.storage_root.display(),
         "listening on {addr}"
     );
-    let app = router(state.clone());
+    let app = router(state.clone(), token);
     let drain_state = state.clone();
     let grace = s.shutdown_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -117,7 +169,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         drain_state.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(());
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         r = &mut server => r.map_err(ServeError::Serve)?,
@@ -131,6 +187,60 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Reload users and ACL when the config file or the htpasswd file changes, or on SIGHUP. A
+/// file that does not validate is refused with a logged error; the policy in force stays.
+/// Other settings take effect on restart.
+async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Option<PathBuf>) {
+    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let files: Vec<PathBuf> = std::iter::once(config.clone()).chain(htpasswd).collect();
+    let mut seen: Vec<_> = files.iter().map(stamp).collect();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = tokio::select! {
+            _ = tokio::time::sleep(RELOAD_POLL) => false,
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+        };
+        let now: Vec<_> = files.iter().map(stamp).collect();
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = crate::config::load(Some(&config), std::env::vars(), &Default::default());
+        let result = match loaded {
+            Ok((c, _)) => match c.auth {
+                Some(a) => a.policy().map_err(|ps| {
+                    ps.into_iter()
+                        .map(|(k, m)| format!("auth.{k}: {m}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+                None => Err("the auth section was removed; restart to turn auth off".into()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(policy) => {
+                service.replace_policy(policy);
+                metrics::counter!("ocimirror_auth_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(file = %config.display(), "users and ACL reloaded");
+            }
+            Err(e) => {
+                metrics::counter!("ocimirror_auth_reloads_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(file = %config.display(), error = %e, "reload refused; the previous users and ACL stay in force");
+            }
+        }
+    }
+}
+
+/// How often the reload task looks at the files' modification times.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

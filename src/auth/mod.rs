@@ -5,6 +5,8 @@
 pub mod acl;
 pub mod authn;
 pub mod keys;
+pub mod service;
+pub mod setup;
 pub mod token;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 //! [`crate::error::ApiError`].
 
 pub mod endpoint;
+pub mod gate;
+pub mod token;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,22 +22,32 @@ use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
 use crate::registry::{Registry, TagList};
 use endpoint::Endpoint;
+use gate::Gate;
+use token::TokenEndpoint;
 
 const API_VERSION: &str = "registry/2.0";
 /// Cap on `n` for tag and catalog pages, so one request cannot ask for an unbounded answer.
 const MAX_PAGE: usize = 10_000;
 
 pub struct AppState {
-    pub registry: Arc<Registry>,
+    /// `None` in a token-service-only process.
+    pub registry: Option<Arc<Registry>>,
+    /// `Some` when `/v2` requires tokens.
+    pub gate: Option<Gate>,
     pub metrics: Option<PrometheusHandle>,
     pub draining: AtomicBool,
     next_request_id: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(registry: Arc<Registry>, metrics: Option<PrometheusHandle>) -> Arc<Self> {
+    pub fn new(
+        registry: Option<Arc<Registry>>,
+        gate: Option<Gate>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             registry,
+            gate,
             metrics,
             draining: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
@@ -43,15 +55,28 @@ impl AppState {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The whole HTTP surface: health and metrics always, `/v2` when this process serves the
+/// registry, and the token endpoint at `token.0` when it issues tokens.
+pub fn router(state: Arc<AppState>, token: Option<(String, Arc<TokenEndpoint>)>) -> Router {
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .route("/v2", axum::routing::any(distribution))
-        .route("/v2/", axum::routing::any(distribution))
-        .route("/v2/{*rest}", axum::routing::any(distribution))
-        .with_state(state)
+        .route("/metrics", get(render_metrics));
+    if state.registry.is_some() {
+        app = app
+            .route("/v2", axum::routing::any(distribution))
+            .route("/v2/", axum::routing::any(distribution))
+            .route("/v2/{*rest}", axum::routing::any(distribution));
+    }
+    let app = app.with_state(state);
+    match token {
+        Some((path, ep)) => app.merge(
+            Router::new()
+                .route(&path, get(token::get_token).post(token::post_token))
+                .with_state(ep),
+        ),
+        None => app,
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -86,6 +111,9 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
             .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     };
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        metrics::counter!("ocimirror_auth_challenges_total").increment(1);
+    }
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static(API_VERSION),
@@ -121,14 +149,21 @@ async fn dispatch(
             "ocimirror is a pull-through mirror: pushes and deletes are not accepted",
         ));
     }
+    if let Some(gate) = &state.gate {
+        gate.check(headers, &ep)?;
+    }
+    let registry = state
+        .registry
+        .as_ref()
+        .expect("/v2 is routed only with a registry");
     match ep {
         Endpoint::Base => Ok(axum::Json(serde_json::json!({})).into_response()),
         Endpoint::Manifest(name, reference) => {
-            manifest(state, &name, &reference, head, headers).await
+            manifest(registry, &name, &reference, head, headers).await
         }
-        Endpoint::Blob(name, digest) => blob(state, &name, &digest, head, headers).await,
-        Endpoint::Tags(name) => tags(state, &name, query).await,
-        Endpoint::Catalog => catalog(state, query).await,
+        Endpoint::Blob(name, digest) => blob(registry, &name, &digest, head, headers).await,
+        Endpoint::Tags(name) => tags(registry, &name, query).await,
+        Endpoint::Catalog => catalog(registry, query).await,
         Endpoint::Referrers => Err(ApiError::new(
             Code::Unsupported,
             "the referrers API is not supported yet",
@@ -151,13 +186,13 @@ fn not_modified(headers: &HeaderMap, d: &Digest) -> bool {
 }
 
 async fn manifest(
-    state: &AppState,
+    registry: &Arc<Registry>,
     name: &RepoName,
     reference: &Reference,
     head: bool,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let m = state.registry.manifest(name, reference).await?;
+    let m = registry.manifest(name, reference).await?;
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, m.media_type.as_str())
         .header("docker-content-digest", m.digest.to_string())
@@ -176,7 +211,7 @@ async fn manifest(
 }
 
 async fn blob(
-    state: &AppState,
+    registry: &Arc<Registry>,
     name: &RepoName,
     digest: &Digest,
     head: bool,
@@ -190,7 +225,7 @@ async fn blob(
                 .and_then(|s| ByteRange::parse(s).map_err(ApiError::from))
         })
         .transpose()?;
-    let reply = state.registry.blob(name, digest, range, head).await?;
+    let reply = registry.blob(name, digest, range, head).await?;
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("docker-content-digest", digest.to_string())
@@ -243,12 +278,12 @@ fn link_header(path: &str, next: &str) -> HeaderValue {
 }
 
 async fn tags(
-    state: &AppState,
+    registry: &Arc<Registry>,
     name: &RepoName,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let (n, last) = page_params(query)?;
-    let page = state.registry.tags(name, n, last.as_deref()).await?;
+    let page = registry.tags(name, n, last.as_deref()).await?;
     let mut resp = axum::Json(TagList {
         name: page.list.name,
         tags: page.list.tags,
@@ -263,9 +298,9 @@ async fn tags(
     Ok(resp)
 }
 
-async fn catalog(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+async fn catalog(registry: &Arc<Registry>, query: Option<&str>) -> Result<Response, ApiError> {
     let (n, last) = page_params(query)?;
-    let page = state.registry.catalog(n, last.as_deref()).await?;
+    let page = registry.catalog(n, last.as_deref()).await?;
     let mut resp =
         axum::Json(serde_json::json!({ "repositories": page.repositories })).into_response();
     if let Some(next) = page.next {

@@ -1,0 +1,164 @@
+//! The one gate every `/v2` request passes: the access an endpoint needs is computed from the
+//! endpoint alone, and a bearer token must grant it. Missing or invalid tokens get 401 with a
+//! challenge naming the exact scope; a valid token without the access gets 403 `DENIED`.
+
+use axum::http::{HeaderMap, header};
+
+use super::endpoint::Endpoint;
+use crate::auth::ResourceActions;
+use crate::auth::token::TokenVerifier;
+use crate::error::{ApiError, Code};
+
+pub struct Gate {
+    pub verifier: TokenVerifier,
+    /// Token endpoint URL for challenges; `None`: derived from the request's host and `path`.
+    pub realm: Option<String>,
+    pub path: String,
+    pub service: String,
+}
+
+/// The access `ep` requires; `None` for the base endpoint, which needs only a valid token.
+pub fn required_access(ep: &Endpoint) -> Option<ResourceActions> {
+    let repo = |name: &str| ResourceActions {
+        kind: "repository".into(),
+        name: name.to_owned(),
+        actions: vec!["pull".into()],
+    };
+    match ep {
+        Endpoint::Base | Endpoint::Upload | Endpoint::Referrers => None,
+        Endpoint::Catalog => Some(ResourceActions {
+            kind: "registry".into(),
+            name: "catalog".into(),
+            actions: vec!["*".into()],
+        }),
+        Endpoint::Tags(n) | Endpoint::Manifest(n, _) | Endpoint::Blob(n, _) => {
+            Some(repo(n.as_str()))
+        }
+    }
+}
+
+/// True when `granted` (a token's access claim) covers every action of `need`.
+pub fn covers(granted: &[ResourceActions], need: &ResourceActions) -> bool {
+    need.actions.iter().all(|action| {
+        granted.iter().any(|g| {
+            g.kind == need.kind
+                && g.name == need.name
+                && g.actions.iter().any(|a| a == action || a == "*")
+        })
+    })
+}
+
+/// A host header value we are willing to echo into a challenge: no quotes, spaces or control
+/// characters that could break out of the header's quoted string.
+fn safe_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+impl Gate {
+    fn realm(&self, headers: &HeaderMap) -> String {
+        if let Some(r) = &self.realm {
+            return r.clone();
+        }
+        let host = headers
+            .get("x-forwarded-host")
+            .or_else(|| headers.get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| safe_host(h))
+            .unwrap_or("localhost");
+        let scheme = match headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("https") => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{host}{}", self.path)
+    }
+
+    fn challenge(
+        &self,
+        headers: &HeaderMap,
+        need: Option<&ResourceActions>,
+        error: Option<&str>,
+    ) -> String {
+        let mut c = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm(headers),
+            self.service
+        );
+        if let Some(n) = need {
+            c.push_str(&format!(",scope=\"{}\"", n.to_scope()));
+        }
+        if let Some(e) = error {
+            c.push_str(&format!(",error=\"{e}\""));
+        }
+        c
+    }
+
+    pub fn check(&self, headers: &HeaderMap, ep: &Endpoint) -> Result<(), ApiError> {
+        let need = required_access(ep);
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            });
+        let Some(token) = token else {
+            return Err(ApiError::new(Code::Unauthorized, "authentication required")
+                .with_challenge(self.challenge(headers, need.as_ref(), None)));
+        };
+        let claims = self.verifier.verify(token).map_err(|e| {
+            metrics::counter!("ocimirror_auth_token_rejected_total").increment(1);
+            tracing::info!(error = %e, "bearer token refused");
+            ApiError::new(Code::Unauthorized, format!("invalid token: {e}"))
+                .with_challenge(self.challenge(headers, need.as_ref(), Some("invalid_token")))
+        })?;
+        match need {
+            Some(n) if !covers(&claims.access, &n) => Err(ApiError::new(
+                Code::Denied,
+                format!("the token does not grant {}", n.to_scope()),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ra(kind: &str, name: &str, actions: &[&str]) -> ResourceActions {
+        ResourceActions {
+            kind: kind.into(),
+            name: name.into(),
+            actions: actions.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn coverage() {
+        let need = ra("repository", "myorg/app", &["pull"]);
+        assert!(covers(&[ra("repository", "myorg/app", &["pull"])], &need));
+        assert!(covers(&[ra("repository", "myorg/app", &["*"])], &need));
+        assert!(!covers(&[ra("repository", "myorg/app", &["push"])], &need));
+        assert!(!covers(
+            &[ra("repository", "myorg/other", &["pull"])],
+            &need
+        ));
+        assert!(!covers(&[ra("registry", "myorg/app", &["pull"])], &need));
+        assert!(!covers(&[], &need));
+    }
+
+    #[test]
+    fn hosts_echoed_into_challenges_are_safe() {
+        assert!(safe_host("mirror.example.com:5000"));
+        assert!(safe_host("[::1]:5000"));
+        assert!(!safe_host("evil\",realm=\"x"));
+        assert!(!safe_host("a b"));
+        assert!(!safe_host(""));
+    }
+}
