@@ -80,12 +80,18 @@ pub struct ApiError {
     pub code: Code,
     pub status: StatusCode,
     pub message: String,
-    pub detail: Option<serde_json::Value>,
-    pub retry_after: Option<String>,
+    /// Rarely used parts, boxed so the error stays small on every `Result` path.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    detail: Option<serde_json::Value>,
+    retry_after: Option<String>,
     /// For 416: the blob size, sent as `Content-Range: bytes */SIZE`.
-    pub unsatisfied_size: Option<u64>,
+    unsatisfied_size: Option<u64>,
     /// For 401: the challenge telling the client where to get a token.
-    pub challenge: Option<String>,
+    challenge: Option<String>,
 }
 
 impl ApiError {
@@ -94,11 +100,12 @@ impl ApiError {
             code,
             status: code.status(),
             message: message.into(),
-            detail: None,
-            retry_after: None,
-            unsatisfied_size: None,
-            challenge: None,
+            extra: None,
         }
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -107,17 +114,22 @@ impl ApiError {
     }
 
     pub fn with_challenge(mut self, challenge: String) -> Self {
-        self.challenge = Some(challenge);
+        self.extra().challenge = Some(challenge);
         self
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds.to_string());
+        self.extra().retry_after = Some(seconds.to_string());
+        self
+    }
+
+    fn with_retry_after_header(mut self, value: Option<String>) -> Self {
+        self.extra().retry_after = value;
         self
     }
 
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
-        self.detail = Some(detail);
+        self.extra().detail = Some(detail);
         self
     }
 }
@@ -145,7 +157,7 @@ impl From<RangeError> for ApiError {
             _ => None,
         };
         let mut a = ApiError::new(Code::RangeInvalid, e.to_string());
-        a.unsatisfied_size = size;
+        a.extra().unsatisfied_size = size;
         a
     }
 }
@@ -158,14 +170,11 @@ impl From<UpstreamError> for ApiError {
                 Code::NameUnknown,
                 format!("repository does not exist upstream or the upstream denied access ({m})"),
             ),
-            UpstreamError::RateLimited { retry_after } => {
-                let mut a = ApiError::new(
-                    Code::TooManyRequests,
-                    "the upstream registry's rate limit is exhausted and this content is not cached",
-                );
-                a.retry_after = retry_after;
-                a
-            }
+            UpstreamError::RateLimited { retry_after } => ApiError::new(
+                Code::TooManyRequests,
+                "the upstream registry's rate limit is exhausted and this content is not cached",
+            )
+            .with_retry_after_header(retry_after),
             UpstreamError::Unavailable(m) => ApiError::new(
                 Code::Unavailable,
                 format!("content is not cached and the upstream is unavailable: {m}"),
@@ -216,25 +225,26 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let extra = self.extra.map(|e| *e).unwrap_or_default();
         let body = json!({
             "errors": [{
                 "code": self.code.as_str(),
                 "message": self.message,
-                "detail": self.detail.unwrap_or(serde_json::Value::Null),
+                "detail": extra.detail.unwrap_or(serde_json::Value::Null),
             }]
         });
         let mut resp = (self.status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
-        if let Some(ra) = self
+        if let Some(ra) = extra
             .retry_after
             .and_then(|r| HeaderValue::from_str(&r).ok())
         {
             h.insert(header::RETRY_AFTER, ra);
         }
-        if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        if let Some(c) = extra.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
-        if let Some(size) = self.unsatisfied_size
+        if let Some(size) = extra.unsatisfied_size
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             h.insert(header::CONTENT_RANGE, v);
