@@ -640,6 +640,18 @@ pub struct RegistryOpts {
     pub auth: Option<(String, String)>,
     /// Run Distribution as a pull-through proxy of this URL.
     pub proxy_remote: Option<String>,
+    /// Distribution's token auth (`auth: token:`), e.g. with ocimirror as the token server.
+    pub token: Option<RegistryTokenAuth>,
+}
+
+/// Distribution's `auth.token` section.
+#[derive(Clone)]
+pub struct RegistryTokenAuth {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    /// PEM certificates whose keys sign the tokens Distribution accepts.
+    pub rootcertbundle: PathBuf,
 }
 
 /// A real Distribution registry on 127.0.0.1, killed on drop.
@@ -661,6 +673,52 @@ impl Registry {
         let root = dir.path().join("root");
         fs::create_dir_all(&root).unwrap();
         let port = free_port();
+        let log = dir.path().join("registry.log");
+        let child = Self::launch(dir.path(), &root, port, &opts, &log, "config.yml").await;
+        Registry {
+            child: Some(child),
+            dir,
+            port,
+            root,
+            log,
+            auth: opts.auth,
+        }
+    }
+
+    /// Stop the registry and start it again on the same root directory (the content stays) with
+    /// new options, on a new port and with a new log.
+    pub async fn restart(&mut self, opts: RegistryOpts) {
+        self.stop();
+        let n = fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("config"))
+            })
+            .count();
+        self.port = free_port();
+        self.log = self.dir.path().join(format!("registry-{n}.log"));
+        let child = Self::launch(
+            self.dir.path(),
+            &self.root,
+            self.port,
+            &opts,
+            &self.log,
+            &format!("config-{n}.yml"),
+        )
+        .await;
+        self.child = Some(child);
+        self.auth = opts.auth;
+    }
+
+    async fn launch(
+        dir: &Path,
+        root: &Path,
+        port: u16,
+        opts: &RegistryOpts,
+        log: &Path,
+        config_name: &str,
+    ) -> Child {
         let mut cfg = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
@@ -675,20 +733,29 @@ impl Registry {
                 .output()
                 .expect("htpasswd");
             assert!(out.status.success(), "htpasswd failed");
-            let htfile = dir.path().join("htpasswd");
+            let htfile = dir.join("htpasswd");
             fs::write(&htfile, &out.stdout).unwrap();
             cfg += &format!(
                 "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
                 htfile.display()
             );
         }
+        if let Some(t) = &opts.token {
+            assert!(opts.auth.is_none(), "htpasswd and token auth are exclusive");
+            cfg += &format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                q(&t.realm),
+                q(&t.service),
+                q(&t.issuer),
+                q(&t.rootcertbundle.display().to_string())
+            );
+        }
         if let Some(remote) = &opts.proxy_remote {
             cfg += &format!("proxy:\n  remoteurl: {remote}\n");
         }
-        let cfg_path = dir.path().join("config.yml");
+        let cfg_path = dir.join(config_name);
         fs::write(&cfg_path, cfg).unwrap();
-        let log = dir.path().join("registry.log");
-        let logf = fs::File::create(&log).unwrap();
+        let logf = fs::File::create(log).unwrap();
         let mut child = Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg_path)
@@ -701,18 +768,11 @@ impl Registry {
             &format!("http://127.0.0.1:{port}/v2/"),
             &[200, 401],
             &mut child,
-            &log,
+            log,
             "docker-registry",
         )
         .await;
-        Registry {
-            child: Some(child),
-            dir,
-            port,
-            root,
-            log,
-            auth: opts.auth,
-        }
+        child
     }
 
     pub fn url(&self) -> String {
@@ -822,6 +882,8 @@ pub struct MirrorOpts {
     pub env: Vec<(String, String)>,
     /// Run without a config file: `serve --listen .. --data-dir .. <these args>`.
     pub cli_only: Option<Vec<String>>,
+    /// Extra `serve` arguments after `--config <file>` (e.g. `--role auth`).
+    pub args: Vec<String>,
 }
 
 /// YAML double-quoted scalar.
@@ -876,6 +938,11 @@ impl MirrorOpts {
         if !self.extra.ends_with('\n') {
             self.extra.push('\n');
         }
+        self
+    }
+    /// Append an extra `serve` argument (config-file runs only).
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
         self
     }
     /// Short upstream timeouts, for tests with a misbehaving upstream.
@@ -935,9 +1002,23 @@ impl Mirror {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+    /// The config file the running process was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join(format!("config-{}.yml", self.run))
+    }
+    /// Rewrite the running process's config file from `opts` (same port and data dir), without
+    /// restarting it: for reload tests.
+    pub fn rewrite_config(&mut self, opts: MirrorOpts) {
+        self.opts = opts;
+        fs::write(self.config_path(), self.config_yaml()).unwrap();
+    }
 
     fn config_yaml(&self) -> String {
-        let o = &self.opts;
+        self.render_config(&self.opts)
+    }
+
+    /// The YAML this mirror would be configured with under `o` (same port and data dir).
+    pub fn render_config(&self, o: &MirrorOpts) -> String {
         let mut y = format!(
             "listen: {}\ndata_dir: {}\nlog:\n  level: info\n  format: text\n",
             q(&format!("127.0.0.1:{}", self.port)),
@@ -963,7 +1044,7 @@ impl Mirror {
     async fn spawn(&mut self) {
         self.port = free_port();
         self.log = self.dir.path().join(format!("mirror-{}.log", self.run));
-        let cfg = self.dir.path().join(format!("config-{}.yml", self.run));
+        let cfg = self.config_path();
         fs::create_dir_all(self.data_dir()).unwrap();
         fs::write(&cfg, self.config_yaml()).unwrap();
         let logf = fs::File::create(&self.log).unwrap();
@@ -971,7 +1052,7 @@ impl Mirror {
         cmd.arg("serve");
         match &self.opts.cli_only {
             None => {
-                cmd.arg("--config").arg(&cfg);
+                cmd.arg("--config").arg(&cfg).args(&self.opts.args);
             }
             Some(args) => {
                 cmd.arg("--listen")
