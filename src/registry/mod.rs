@@ -573,6 +573,7 @@ impl Registry {
         last: Option<&str>,
     ) -> Result<TagsPage, RegistryError> {
         let repo = self.upstream.canonical_name(name);
+        let mut refused = None;
         if !self.settings.offline {
             match self.upstream.tags(&repo, n, last).await {
                 Ok(resp) => {
@@ -597,6 +598,8 @@ impl Registry {
                     });
                 }
                 Err(UpstreamError::NotFound) => return Err(RegistryError::NameUnknown),
+                // Outside the allow-list: what is cached may still be listed, nothing else.
+                Err(UpstreamError::NotAllowed) => refused = Some(UpstreamError::NotAllowed),
                 Err(e) => {
                     tracing::warn!(name = %repo, error = %e, "upstream tag list failed; answering from cache");
                     metrics::counter!("ocimirror_stale_served_total").increment(1);
@@ -605,7 +608,7 @@ impl Registry {
         }
         let all = self.storage.list(&layout::tags_dir(&repo)).await?;
         if all.is_empty() {
-            return Err(RegistryError::NameUnknown);
+            return Err(refused.map_or(RegistryError::NameUnknown, RegistryError::Upstream));
         }
         let (tags, next) = paginate(all, n, last);
         Ok(TagsPage {
