@@ -354,10 +354,13 @@ impl Registry {
         let this = self.clone();
         let (repo2, tag2) = (repo.clone(), tag.clone());
         let key = (repo.clone(), Reference::Tag(tag.clone()));
+        let known = cached.is_some();
         let (r, _) = self
             .manifests
             .run(key, async move {
-                this.revalidate_tag(&repo2, &tag2).await.map_err(Arc::new)
+                this.revalidate_tag(&repo2, &tag2, known)
+                    .await
+                    .map_err(Arc::new)
             })
             .await;
         match r {
@@ -379,15 +382,25 @@ impl Registry {
     }
 
     /// Ask the upstream what `tag` points at (HEAD: Docker Hub counts only GETs as pulls), and
-    /// fetch the manifest only when its digest is new to us.
-    async fn revalidate_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Manifest, RegistryError> {
+    /// fetch the manifest only when its digest is new to us. A tag never seen (`known` false)
+    /// needs the body whatever the HEAD says, so it is fetched with one GET.
+    async fn revalidate_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        known: bool,
+    ) -> Result<Manifest, RegistryError> {
         let reference = Reference::Tag(tag.clone());
-        let head = self
-            .upstream
-            .head_manifest(repo, &reference)
-            .await
-            .map_err(|e| tag_upstream_error(e, tag))?;
-        let m = match &head.digest {
+        let head_digest = if known {
+            self.upstream
+                .head_manifest(repo, &reference)
+                .await
+                .map_err(|e| tag_upstream_error(e, tag))?
+                .digest
+        } else {
+            None
+        };
+        let m = match &head_digest {
             Some(d) => match self.stored_manifest(repo, d, false).await? {
                 Some(m) => {
                     self.link_manifest(repo, &m).await;
@@ -409,13 +422,22 @@ impl Registry {
                 }
             },
             None => {
-                // No digest header: the body is the only way to learn it.
                 let fetched = self
                     .upstream
                     .get_manifest(repo, &reference)
                     .await
                     .map_err(|e| tag_upstream_error(e, tag))?;
-                let d = Digest::sha256_of(&fetched.body);
+                // Trust the announced digest only if the body matches it; without one, the
+                // body is the only way to learn it.
+                let d = match fetched.digest {
+                    Some(d) if d.verify(&fetched.body) => d,
+                    Some(d) => {
+                        return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
+                            "manifest for {tag} does not match the digest {d} the upstream announced"
+                        ))));
+                    }
+                    None => Digest::sha256_of(&fetched.body),
+                };
                 self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
                     .await?
             }
