@@ -26,6 +26,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes handed to a client per read of the spool.
 const CHUNK: u64 = 256 * 1024;
+/// Bytes gathered before one storage write.
+const STORAGE_BATCH: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub enum FillState {
@@ -271,6 +273,9 @@ impl FillJob {
             tracing::warn!(name = %self.name, digest = %self.digest, error = %m, "fill failed; nothing stored");
             FillState::Broken(m)
         };
+        // Upstream chunks are small (often 16 KiB); storage writes are batched so that a
+        // backend paying per call (a blocking-pool hop, an S3 part) is called per MiB.
+        let mut pending = BytesMut::with_capacity(STORAGE_BATCH);
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
         let mut stream = resp.stream;
@@ -288,11 +293,17 @@ impl FillJob {
             written += chunk.len() as u64;
             self.tx.send_modify(|p| p.written = written);
             metrics::counter!("ocimirror_upstream_bytes_total").increment(chunk.len() as u64);
-            if let Some(w) = writer.as_mut()
-                && let Err(e) = w.write(chunk).await
-            {
-                tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
-                writer = None;
+            if writer.is_some() {
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= STORAGE_BATCH {
+                    let batch = pending.split().freeze();
+                    if let Some(w) = writer.as_mut()
+                        && let Err(e) = w.write(batch).await
+                    {
+                        tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
+                        writer = None;
+                    }
+                }
             }
         }
         if let Some(s) = size
@@ -308,7 +319,13 @@ impl FillJob {
         }
         // Clients may finish now; the commit (an fsync for big blobs) need not delay them.
         self.tx.send_modify(|p| p.verified = true);
-        if let Some(w) = writer {
+        if let Some(mut w) = writer {
+            if !pending.is_empty()
+                && let Err(e) = w.write(pending.split().freeze()).await
+            {
+                tracing::error!(digest = %self.digest, error = %e, "storage write failed; not cached");
+                return Ok(());
+            }
             match w.commit().await {
                 Ok(()) => {
                     tracing::info!(name = %self.name, digest = %self.digest, bytes = written, "blob cached")
