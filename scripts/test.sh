@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need when it is
 # missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, SeaweedFS, cargo-nextest),
-# checks formatting and
-# lints, builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
+# checks formatting and lints, builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
