@@ -4,6 +4,7 @@
 //! cache can never fail a request.
 
 mod memory;
+mod redis;
 
 use std::time::SystemTime;
 
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::oci::Digest;
 
+pub use self::redis::{RedisCache, RedisConfig, RedisConfigError};
 pub use memory::MemoryCache;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
