@@ -23,8 +23,9 @@
 //! (`ocimirror_cache_errors_total{backend="redis",op}`), logged at most once per
 //! [`LOG_EVERY`] per kind of failure, and reads as a miss or a skipped write. Every command is
 //! bounded by `command_timeout`. After a connection failure or timeout the cache stops asking
-//! Redis for [`BACKOFF`], so a dead Redis costs neither latency nor a connection attempt per
-//! request; then it tries again, and the [`ConnectionManager`] reconnects by itself. Creating the
+//! Redis for [`BACKOFF`] (the operations it skips count as errors too), so a dead Redis costs
+//! neither latency nor a connection attempt per request; then it tries again, and the
+//! [`ConnectionManager`] reconnects by itself. Creating the
 //! cache never contacts Redis: the mirror starts with Redis down and uses it once it is up. An
 //! authentication failure rebuilds the client, re-reading `password_file` (a rotated secret).
 
@@ -38,6 +39,8 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::{DescriptorCache, ManifestEntry, TagEntry};
@@ -239,9 +242,18 @@ fn build_client(c: &RedisConfig) -> Result<Client, Vec<(String, String)>> {
         if info.is_some() && !tls {
             problem("tls_ca_file", "is only used with a rediss:// url".into());
         }
-        std::fs::read(f)
+        let pem = std::fs::read(f)
             .map_err(|e| problem("tls_ca_file", format!("cannot read {}: {e}", f.display())))
-            .ok()
+            .ok()?;
+        // The client would silently trust nothing at all.
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+        if !certs.is_ok_and(|c| !c.is_empty()) {
+            problem(
+                "tls_ca_file",
+                format!("{} holds no PEM certificate", f.display()),
+            );
+        }
+        Some(pem)
     });
     let (Some(info), true) = (info, problems.is_empty()) else {
         return Err(problems);
@@ -406,8 +418,8 @@ impl Health {
                 op = op.as_str(),
                 error = %fault,
                 suppressed,
-                "redis cache: operation failed; answering as a miss (similar failures are \
-                 logged at most every {}s, `suppressed` counts those not logged)",
+                "redis cache: operation failed, read as a miss or write skipped (failures \
+                 of one kind are logged at most every {}s; `suppressed`: those not logged)",
                 LOG_EVERY.as_secs()
             );
         }
@@ -570,10 +582,9 @@ impl RedisCache {
     }
 
     async fn get<V: for<'de> Deserialize<'de>>(&self, op: Op, key: String) -> Option<V> {
-        let raw: Option<String> = self
-            .query(op, redis::cmd("GET").arg(&key).clone())
-            .await
-            .ok()?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&key);
+        let raw: Option<String> = self.query(op, cmd).await.ok()?;
         match serde_json::from_str(&raw?) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -1140,6 +1151,16 @@ mod tests {
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|(k, _)| k == "tls_ca_file"));
+
+        let garbage = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(garbage.path(), "not a certificate").unwrap();
+        let c = RedisConfig {
+            url: "rediss://redis.example:6380/1".into(),
+            tls_ca_file: Some(garbage.path().into()),
+            ..RedisConfig::default()
+        };
+        let problems = c.validate().unwrap_err();
+        assert!(problems[0].1.contains("no PEM certificate"), "{problems:?}");
 
         let c = config("rediss://redis.example:6380/1#insecure");
         assert_eq!(c.validate().unwrap_err()[0].0, "url");
