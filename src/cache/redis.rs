@@ -52,6 +52,7 @@ pub const BACKOFF: Duration = Duration::from_secs(1);
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Unacknowledged data on a connection for this long kills it (`TCP_USER_TIMEOUT`), so a Redis
 /// that vanished without closing its sockets is noticed and reconnected.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `cache.redis` section.
@@ -262,11 +263,12 @@ fn build_client(c: &RedisConfig) -> Result<Client, Vec<(String, String)>> {
     if let Some(p) = password {
         redis_settings = redis_settings.set_password(p);
     }
-    let info = info.set_redis_settings(redis_settings).set_tcp_settings(
-        TcpSettings::default()
-            .set_nodelay(true)
-            .set_user_timeout(TCP_USER_TIMEOUT),
-    );
+    let tcp = TcpSettings::default().set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(TCP_USER_TIMEOUT);
+    let info = info
+        .set_redis_settings(redis_settings)
+        .set_tcp_settings(tcp);
     let client = match ca {
         Some(root_cert) => Client::build_with_tls(
             info,
