@@ -4,6 +4,7 @@
 //! cache can never fail a request.
 
 mod memory;
+mod redis;
 
 use std::time::SystemTime;
 
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::oci::Digest;
 
+pub use self::redis::{RedisCache, RedisConfig, RedisConfigError};
 pub use memory::MemoryCache;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,5 +69,93 @@ pub(crate) mod suite {
         };
         c.set_manifest(&d, m.clone()).await;
         assert_eq!(c.manifest(&d).await, Some(m));
+
+        qualified_repos(c).await;
+        values_round_trip(c).await;
+        concurrent_use(c).await;
+    }
+
+    /// Repository keys are upstream-qualified (`docker.io/library/alpine`, `localhost:5000/x`):
+    /// kept apart exactly, whatever `/` and `:` they hold.
+    async fn qualified_repos(c: &dyn DescriptorCache) {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000);
+        let entry = |s: &str| TagEntry {
+            digest: Digest::sha256_of(s.as_bytes()),
+            checked_at: at,
+        };
+        let repos = [
+            "docker.io/library/alpine",
+            "docker.io/library/alpine/sub",
+            "docker.io/library",
+            "localhost:5000/team/app",
+            "localhost:5001/team/app",
+        ];
+        for r in repos {
+            c.set_tag(r, "3.20", entry(r)).await;
+        }
+        for r in repos {
+            assert_eq!(c.tag(r, "3.20").await, Some(entry(r)), "{r}");
+            assert_eq!(c.tag(r, "3.2").await, None, "{r}");
+        }
+        assert_eq!(c.tag("docker.io/library/alpine:3.20", "latest").await, None);
+    }
+
+    /// What callers put in comes back: a tag's confirmation time to the millisecond, any size.
+    async fn values_round_trip(c: &dyn DescriptorCache) {
+        let now = SystemTime::now();
+        c.set_tag(
+            "precision",
+            "now",
+            TagEntry {
+                digest: Digest::sha256_of(b"now"),
+                checked_at: now,
+            },
+        )
+        .await;
+        let got = c
+            .tag("precision", "now")
+            .await
+            .expect("just set")
+            .checked_at;
+        let lost = now.duration_since(got).expect("not later than set");
+        assert!(lost < Duration::from_millis(1), "{lost:?} lost");
+
+        for (i, size) in [0, 5 << 30, u64::MAX].into_iter().enumerate() {
+            let d = Digest::sha256_of(&i.to_be_bytes());
+            let m = ManifestEntry {
+                media_type: "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
+                size,
+            };
+            c.set_manifest(&d, m.clone()).await;
+            assert_eq!(c.manifest(&d).await, Some(m));
+        }
+        let d = Digest::sha256_of(b"replaced");
+        for size in [1, 2] {
+            let m = ManifestEntry {
+                media_type: format!("application/x-{size}"),
+                size,
+            };
+            c.set_manifest(&d, m.clone()).await;
+            assert_eq!(c.manifest(&d).await, Some(m));
+        }
+    }
+
+    /// Many requests use one cache at once.
+    async fn concurrent_use(c: &dyn DescriptorCache) {
+        let entry = |i: u32| ManifestEntry {
+            media_type: format!("application/x-{i}"),
+            size: i.into(),
+        };
+        let digests: Vec<Digest> = (0..64u32)
+            .map(|i| Digest::sha256_of(format!("concurrent {i}").as_bytes()))
+            .collect();
+        futures_util::future::join_all(
+            (0..64).map(|i| c.set_manifest(&digests[i], entry(i as u32))),
+        )
+        .await;
+        let got = futures_util::future::join_all(digests.iter().map(|d| c.manifest(d))).await;
+        for (i, got) in (0..64).zip(got) {
+            assert_eq!(got, Some(entry(i)), "{i}");
+        }
     }
 }
