@@ -12,6 +12,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::auth::setup::{AuthConfig, Roles};
+use crate::cache::RedisConfig;
 use crate::upstream::UpstreamSettings;
 
 pub const ENV_PREFIX: &str = "OCIMIRROR_";
@@ -143,6 +144,8 @@ pub struct FilesystemConfig {
 pub struct CacheConfig {
     pub backend: CacheBackend,
     pub memory: MemoryCacheConfig,
+    /// Shared by replicas; advisory (a down Redis costs misses, never failed requests).
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -150,6 +153,7 @@ pub struct CacheConfig {
 pub enum CacheBackend {
     #[default]
     Memory,
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +283,8 @@ pub struct Settings {
     pub storage_root: PathBuf,
     pub read_only: bool,
     pub cache_max_entries: usize,
+    pub cache_backend: CacheBackend,
+    pub redis: RedisConfig,
     pub upstream: UpstreamSettings,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
@@ -693,6 +699,13 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             problem("upstream.allow", e);
         }
     }
+    if c.cache.backend == CacheBackend::Redis
+        && let Err(ps) = c.cache.redis.validate()
+    {
+        for (key, message) in ps {
+            problem(&format!("cache.redis.{key}"), message);
+        }
+    }
     if c.cache.memory.max_entries == 0 {
         problem("cache.memory.max_entries", "must be at least 1".into());
     }
@@ -743,6 +756,8 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             .unwrap_or_else(|| c.data_dir.join("storage")),
         read_only: c.storage.read_only,
         cache_max_entries: c.cache.memory.max_entries,
+        cache_backend: c.cache.backend,
+        redis: c.cache.redis.clone(),
         upstream: UpstreamSettings {
             url,
             username,

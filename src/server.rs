@@ -8,8 +8,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::auth::acl::NamePattern;
-use crate::cache::MemoryCache;
-use crate::config::Settings;
+use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
+use crate::config::{CacheBackend, Settings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -39,6 +39,8 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("config: {0}")]
+    Config(String),
 }
 
 /// Install the process-wide Prometheus recorder (once; later calls get the same handle).
@@ -73,7 +75,12 @@ pub fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
         })?;
     }
     let storage = Arc::new(FsStorage::new(&s.storage_root));
-    let cache = Arc::new(MemoryCache::new(s.cache_max_entries));
+    let cache: Arc<dyn DescriptorCache> = match s.cache_backend {
+        CacheBackend::Memory => Arc::new(MemoryCache::new(s.cache_max_entries)),
+        CacheBackend::Redis => Arc::new(
+            RedisCache::new(&s.redis).map_err(|e| ServeError::Config(format!("{e:?}")))?,
+        ),
+    };
     let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(s.upstream.clone())?);
     if !s.upstream_allow.is_empty() {
         let patterns: Vec<NamePattern> = s
