@@ -197,6 +197,54 @@ async fn s3s_fs_secret_from_file() {
     assert_eq!(s.read("k").await.unwrap(), Bytes::from_static(b"v"));
 }
 
+/// With no endpoint, region or keys in the config, the usual AWS environment variables are used.
+/// The environment is process-wide, so the check runs in a child process of this test binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3s_fs_credentials_and_endpoint_from_aws_environment() {
+    let server = s3s_server().await;
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "storage::s3::tests::aws_environment_child",
+            "--nocapture",
+        ])
+        .env("OCIMIRROR_S3_ENV_CHILD", "1")
+        .env("AWS_ENDPOINT_URL", &server.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", AK)
+        .env("AWS_SECRET_ACCESS_KEY", SK)
+        .env_remove("AWS_ENDPOINT_URL_S3")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    // Captured, so the child's own "test result" line does not mix with this run's.
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = S3Storage::new(&config(&server.endpoint, "env")).unwrap();
+    assert_eq!(s.read("k").await.unwrap(), Bytes::from_static(b"from env"));
+}
+
+#[tokio::test]
+async fn aws_environment_child() {
+    if std::env::var_os("OCIMIRROR_S3_ENV_CHILD").is_none() {
+        return; // only meaningful when started by the test above
+    }
+    let s = S3Storage::new(&S3Config {
+        bucket: BUCKET.into(),
+        root: "env".into(),
+        ..S3Config::default()
+    })
+    .unwrap();
+    assert!(s.describe().contains("path-style"), "{}", s.describe());
+    s.put("k", Bytes::from_static(b"from env")).await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checks shared by both servers.
 
