@@ -4,6 +4,7 @@
 
 mod fs;
 mod memory;
+mod s3;
 
 use std::pin::Pin;
 use std::time::SystemTime;
@@ -14,6 +15,7 @@ use futures_util::Stream;
 
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
+pub use s3::{S3Config, S3Storage};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
 
