@@ -13,6 +13,7 @@ use url::Url;
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
+use crate::storage::S3Config;
 use crate::upstream::UpstreamSettings;
 
 pub const ENV_PREFIX: &str = "OCIMIRROR_";
@@ -121,6 +122,8 @@ pub enum LogFormat {
 pub struct StorageConfig {
     pub backend: StorageBackend,
     pub filesystem: FilesystemConfig,
+    /// An S3-compatible bucket (MinIO, SeaweedFS, Ceph, AWS), shared by replicas.
+    pub s3: S3Config,
     /// Never write: misses are streamed through from the upstream and not kept.
     pub read_only: bool,
 }
@@ -130,6 +133,7 @@ pub struct StorageConfig {
 pub enum StorageBackend {
     #[default]
     Filesystem,
+    S3,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -281,6 +285,8 @@ pub struct Settings {
     pub log_level: String,
     pub log_json: bool,
     pub storage_root: PathBuf,
+    pub storage_backend: StorageBackend,
+    pub s3: S3Config,
     pub read_only: bool,
     pub cache_max_entries: usize,
     pub cache_backend: CacheBackend,
@@ -699,6 +705,13 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             problem("upstream.allow", e);
         }
     }
+    if c.storage.backend == StorageBackend::S3
+        && let Err(ps) = c.storage.s3.validate()
+    {
+        for (key, message) in ps {
+            problem(&format!("storage.s3.{key}"), message);
+        }
+    }
     if c.cache.backend == CacheBackend::Redis
         && let Err(ps) = c.cache.redis.validate()
     {
@@ -754,6 +767,8 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             .root
             .clone()
             .unwrap_or_else(|| c.data_dir.join("storage")),
+        storage_backend: c.storage.backend,
+        s3: c.storage.s3.clone(),
         read_only: c.storage.read_only,
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,

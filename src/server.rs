@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::acl::NamePattern;
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
-use crate::config::{CacheBackend, Settings};
+use crate::config::{CacheBackend, Settings, StorageBackend};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ use crate::http::gate::Gate;
 use crate::http::token::TokenEndpoint;
 use crate::http::{AppState, router};
 use crate::registry::{Registry, RegistrySettings};
-use crate::storage::FsStorage;
+use crate::storage::{FsStorage, S3Storage, Storage};
 use crate::upstream::{AllowFn, AllowListed, HttpUpstream, Upstream};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,23 +63,40 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
+pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
     let spool_dir = s.data_dir.join("spool");
-    for dir in [&spool_dir, &s.storage_root] {
-        if s.read_only && dir == &s.storage_root {
-            continue;
+    std::fs::create_dir_all(&spool_dir).map_err(|e| ServeError::Dir {
+        path: spool_dir.display().to_string(),
+        source: e,
+    })?;
+    let storage: Arc<dyn Storage> = match s.storage_backend {
+        StorageBackend::Filesystem => {
+            if !s.read_only {
+                std::fs::create_dir_all(&s.storage_root).map_err(|e| ServeError::Dir {
+                    path: s.storage_root.display().to_string(),
+                    source: e,
+                })?;
+            }
+            Arc::new(FsStorage::new(&s.storage_root))
         }
-        std::fs::create_dir_all(dir).map_err(|e| ServeError::Dir {
-            path: dir.display().to_string(),
-            source: e,
-        })?;
-    }
-    let storage = Arc::new(FsStorage::new(&s.storage_root));
+        StorageBackend::S3 => {
+            let s3 = S3Storage::new(&s.s3).map_err(|e| ServeError::Config(e.to_string()))?;
+            // Say so at start when the bucket is missing or the credentials are wrong, but keep
+            // starting: the store may come up after us, and every request reports its errors.
+            match s3.check().await {
+                Ok(()) => tracing::info!(storage = s3.describe(), "storage reachable"),
+                Err(e) => {
+                    tracing::error!(storage = s3.describe(), error = %e, "storage check failed")
+                }
+            }
+            Arc::new(s3)
+        }
+    };
     let cache: Arc<dyn DescriptorCache> = match s.cache_backend {
         CacheBackend::Memory => Arc::new(MemoryCache::new(s.cache_max_entries)),
-        CacheBackend::Redis => Arc::new(
-            RedisCache::new(&s.redis).map_err(|e| ServeError::Config(format!("{e:?}")))?,
-        ),
+        CacheBackend::Redis => {
+            Arc::new(RedisCache::new(&s.redis).map_err(|e| ServeError::Config(format!("{e:?}")))?)
+        }
     };
     let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(s.upstream.clone())?);
     if !s.upstream_allow.is_empty() {
@@ -107,7 +124,7 @@ pub fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let roles = s.role.roles();
     let registry = if roles.verify {
-        Some(build_registry(&s)?)
+        Some(build_registry(&s).await?)
     } else {
         None
     };
