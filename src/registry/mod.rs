@@ -279,10 +279,14 @@ impl Registry {
                 return Ok(m);
             }
             // The upstream served this manifest under `repo`, so `repo` may serve its blobs.
-            for b in &info.blobs {
-                self.write_link(&layout::layer_link(repo, b), b).await;
-            }
-            self.link_manifest(repo, &m).await;
+            // Written concurrently: the client asks for the blobs as soon as it has the manifest.
+            let keys: Vec<(String, &Digest)> = info
+                .blobs
+                .iter()
+                .map(|b| (layout::layer_link(repo, b), b))
+                .chain(std::iter::once((layout::revision_link(repo, d), d)))
+                .collect();
+            futures_util::future::join_all(keys.iter().map(|(k, b)| self.write_link(k, b))).await;
         }
         Ok(m)
     }
@@ -475,8 +479,11 @@ impl Registry {
         let expired = !self.settings.tag_ttl.is_zero()
             && stored_age.is_none_or(|a| a >= self.settings.tag_ttl);
         if changed || expired {
-            self.write_link(&layout::tag_index(repo, tag, d), d).await;
-            self.write_link(&layout::tag_current(repo, tag), d).await;
+            let (index, current) = (
+                layout::tag_index(repo, tag, d),
+                layout::tag_current(repo, tag),
+            );
+            tokio::join!(self.write_link(&index, d), self.write_link(&current, d));
         }
         Ok(())
     }
