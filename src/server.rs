@@ -199,13 +199,25 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     )
     .with_graceful_shutdown(shutdown);
     let mut server = std::pin::pin!(server.into_future());
+    let deadline = async {
+        let _ = stop_rx.await;
+        tokio::time::sleep(grace).await;
+    };
+    let mut deadline = std::pin::pin!(deadline);
     tokio::select! {
         r = &mut server => r.map_err(ServeError::Serve)?,
-        _ = async {
-            let _ = stop_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
+        _ = &mut deadline => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+    // Clients may have every byte of a blob whose commit to storage is still running; leaving
+    // now would lose it and make the next pull fetch it again.
+    if let Some(r) = &state.registry {
+        tokio::select! {
+            _ = r.wait_for_fills() => {}
+            _ = &mut deadline => {
+                tracing::warn!("shutdown grace period over with fills still committing");
+            }
         }
     }
     tracing::info!("stopped");

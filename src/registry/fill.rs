@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use super::layout;
 use crate::oci::{Digest, Hasher, RepoName};
@@ -150,6 +151,9 @@ impl Fill {
 
 pub struct Fills {
     inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    /// Every fill task, so shutdown can let them finish committing: a client may already have
+    /// every byte while its blob is still being written to storage.
+    tasks: TaskTracker,
     spool_dir: PathBuf,
     storage: Arc<dyn Storage>,
     upstream: Arc<dyn Upstream>,
@@ -165,6 +169,7 @@ impl Fills {
     ) -> Self {
         Fills {
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            tasks: TaskTracker::new(),
             spool_dir,
             storage,
             upstream,
@@ -209,8 +214,15 @@ impl Fills {
             read_only: self.read_only,
             inflight: self.inflight.clone(),
         };
-        tokio::spawn(job.run());
+        self.tasks.spawn(job.run());
         Ok(fill)
+    }
+
+    /// Wait for every fill in flight to finish (commit or fail). New fills may still start.
+    pub async fn wait_idle(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
     }
 }
 

@@ -127,6 +127,11 @@ impl Registry {
         self.settings.offline
     }
 
+    /// Let every fill in flight finish committing (used at shutdown).
+    pub async fn wait_for_fills(&self) {
+        self.fills.wait_idle().await;
+    }
+
     // ---- manifests -------------------------------------------------------------------------
 
     pub async fn manifest(

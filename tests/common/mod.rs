@@ -42,7 +42,28 @@ application/vnd.docker.distribution.manifest.v1+prettyjws, \
 application/json";
 
 /// A port that was free a moment ago on 127.0.0.1.
+/// A free loopback port for a server the test starts. Drawn at random below Linux's ephemeral
+/// range (32768+), so neither another test's `bind(:0)` nor an outgoing connection's local port
+/// is likely to take it between this check and the server's own bind; servers are also only
+/// trusted once their own log says they listen on it (`wait_http_ok`).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut x = (std::process::id() as u64) << 32
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+        ^ SEQ.fetch_add(0x9E37_79B9, Ordering::Relaxed);
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10_000 + (x % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -608,6 +629,11 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+fn hostport_of(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
 async fn wait_http_ok(url: &str, ok: &[u16], child: &mut Child, log: &Path, what: &str) {
     let c = client();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -618,7 +644,13 @@ async fn wait_http_ok(url: &str, ok: &[u16], child: &mut Child, log: &Path, what
                 tail(log, 60)
             );
         }
-        if let Ok(r) = c.get(url).timeout(Duration::from_secs(2)).send().await
+        // Another process may hold the port (then ours exits); only our own log saying it
+        // listens there makes an answer ours.
+        let ours = hostport_of(url).is_none_or(|hp| {
+            fs::read_to_string(log).is_ok_and(|l| l.contains(&format!("listening on {hp}")))
+        });
+        if ours
+            && let Ok(r) = c.get(url).timeout(Duration::from_secs(2)).send().await
             && ok.contains(&r.status().as_u16())
         {
             return;
