@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::auth::acl::NamePattern;
+use crate::cache::lease::{FillLeases, LocalLeases};
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
 use crate::config::{CacheBackend, Settings, StorageBackend};
 use std::net::SocketAddr;
@@ -92,10 +93,17 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
             Arc::new(s3)
         }
     };
-    let cache: Arc<dyn DescriptorCache> = match s.cache_backend {
-        CacheBackend::Memory => Arc::new(MemoryCache::new(s.cache_max_entries)),
+    // With a shared Redis, the same connection also carries the fleet's fill leases.
+    let (cache, leases): (Arc<dyn DescriptorCache>, Arc<dyn FillLeases>) = match s.cache_backend {
+        CacheBackend::Memory => (
+            Arc::new(MemoryCache::new(s.cache_max_entries)),
+            Arc::new(LocalLeases),
+        ),
         CacheBackend::Redis => {
-            Arc::new(RedisCache::new(&s.redis).map_err(|e| ServeError::Config(format!("{e:?}")))?)
+            let redis = Arc::new(
+                RedisCache::new(&s.redis).map_err(|e| ServeError::Config(format!("{e:?}")))?,
+            );
+            (redis.clone(), redis)
         }
     };
     let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(s.upstream.clone())?);
@@ -108,17 +116,20 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
         let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
         upstream = Arc::new(AllowListed::new(upstream, allowed));
     }
-    Ok(Arc::new(Registry::new(
-        storage,
-        cache,
-        upstream,
-        RegistrySettings {
-            tag_ttl: s.tag_ttl,
-            offline: s.offline,
-            read_only: s.read_only,
-            spool_dir,
-        },
-    )))
+    Ok(Arc::new(
+        Registry::new(
+            storage,
+            cache,
+            upstream,
+            RegistrySettings {
+                tag_ttl: s.tag_ttl,
+                offline: s.offline,
+                read_only: s.read_only,
+                spool_dir,
+            },
+        )
+        .with_leases(leases),
+    ))
 }
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {

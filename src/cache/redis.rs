@@ -10,6 +10,7 @@
 //! |------------------------------------|--------------------------------------------------------|
 //! | `<prefix>tag:<repo>:<tag>`         | `{"digest":"sha256:…","checked_at":1700000000123}`     |
 //! | `<prefix>manifest:<digest>`        | `{"media_type":"application/vnd.oci…","size":1234}`    |
+//! | `<prefix>fill:<digest>`            | a random token: the replica filling this blob (expires unless renewed) |
 //!
 //! `<repo>` is the upstream-qualified repository key exactly as the caller gives it (it may hold
 //! `/` and `:`); a tag never holds `:`, so the last `:` of a tag key separates the two.
@@ -43,6 +44,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
+use super::lease::{FillLeases, LeaseOutcome};
 use super::{DescriptorCache, ManifestEntry, TagEntry};
 use crate::oci::Digest;
 
@@ -289,6 +291,9 @@ enum Op {
     SetTag,
     GetManifest,
     SetManifest,
+    AcquireLease,
+    RenewLease,
+    ReleaseLease,
 }
 
 impl Op {
@@ -298,6 +303,9 @@ impl Op {
             Op::SetTag => "set_tag",
             Op::GetManifest => "get_manifest",
             Op::SetManifest => "set_manifest",
+            Op::AcquireLease => "acquire_lease",
+            Op::RenewLease => "renew_lease",
+            Op::ReleaseLease => "release_lease",
         }
     }
 }
@@ -504,6 +512,10 @@ impl RedisCache {
         format!("{}tag:{repo}:{tag}", self.config.key_prefix)
     }
 
+    fn lease_key(&self, digest: &Digest) -> String {
+        format!("{}fill:{digest}", self.config.key_prefix)
+    }
+
     fn manifest_key(&self, digest: &Digest) -> String {
         format!("{}manifest:{digest}", self.config.key_prefix)
     }
@@ -602,6 +614,50 @@ impl RedisCache {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value).arg("PX").arg(self.ttl_ms);
         let _ = self.query::<()>(op, cmd).await;
+    }
+}
+
+/// Compare-and-act scripts: only the holder (the token's owner) may extend or drop a lease.
+const RENEW_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+const RELEASE_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+#[async_trait]
+impl FillLeases for RedisCache {
+    async fn try_acquire(&self, digest: &Digest, ttl: Duration) -> LeaseOutcome {
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.lease_key(digest))
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        match self.query::<Option<String>>(Op::AcquireLease, cmd).await {
+            Ok(Some(_)) => LeaseOutcome::Acquired(token),
+            Ok(None) => LeaseOutcome::HeldElsewhere,
+            Err(_) => LeaseOutcome::Unavailable,
+        }
+    }
+
+    async fn renew(&self, digest: &Digest, token: &str, ttl: Duration) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RENEW_SCRIPT)
+            .arg(1)
+            .arg(self.lease_key(digest))
+            .arg(token)
+            .arg(ttl.as_millis() as u64);
+        // A Redis that cannot answer has not given the lease away: keep filling.
+        self.query::<i64>(Op::RenewLease, cmd)
+            .await
+            .map_or(true, |n| n == 1)
+    }
+
+    async fn release(&self, digest: &Digest, token: &str) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RELEASE_SCRIPT)
+            .arg(1)
+            .arg(self.lease_key(digest))
+            .arg(token);
+        let _ = self.query::<i64>(Op::ReleaseLease, cmd).await;
     }
 }
 

@@ -14,6 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::layout;
+use crate::cache::lease::FillLeases;
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};
@@ -183,7 +185,14 @@ impl Fills {
     }
 
     /// Join the fill for `digest`, starting one (fetching under `name`) when none is in flight.
-    pub fn join_or_start(&self, name: &RepoName, digest: &Digest) -> io::Result<Arc<Fill>> {
+    /// `lease` is the fleet lease this replica holds for the digest, renewed while the fill runs
+    /// and released when it ends.
+    pub fn join_or_start(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        lease: Option<(Arc<dyn FillLeases>, String)>,
+    ) -> io::Result<Arc<Fill>> {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
             metrics::counter!("ocimirror_fill_joins_total").increment(1);
@@ -213,6 +222,7 @@ impl Fills {
             upstream: self.upstream.clone(),
             read_only: self.read_only,
             inflight: self.inflight.clone(),
+            lease,
         };
         self.tasks.spawn(job.run());
         Ok(fill)
@@ -235,11 +245,39 @@ struct FillJob {
     upstream: Arc<dyn Upstream>,
     read_only: bool,
     inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    lease: Option<(Arc<dyn FillLeases>, String)>,
 }
+
+/// How long a fleet lease lives without renewal: the time other replicas wait before taking
+/// over from a holder that died.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
 
 impl FillJob {
     async fn run(self) {
-        let outcome = self.fetch().await;
+        let outcome = match &self.lease {
+            Some((leases, token)) => {
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(LEASE_TTL / 3).await;
+                        if !leases.renew(&self.digest, token, LEASE_TTL).await {
+                            // Another replica may now fill too; storage commits are atomic, so
+                            // both finishing is wasteful but correct.
+                            tracing::warn!(digest = %self.digest, "fill lease lost");
+                        }
+                    }
+                };
+                tokio::select! {
+                    o = self.fetch() => o,
+                    _ = renew => unreachable!("the renew loop never ends"),
+                }
+            }
+            None => self.fetch().await,
+        };
+        // Released only after the commit, so a waiting replica finds the blob in storage rather
+        // than a free lease and a second fetch.
+        if let Some((leases, token)) = &self.lease {
+            leases.release(&self.digest, token).await;
+        }
         // Leave the map before announcing the end: a request arriving after this point finds
         // the committed blob in storage (or starts afresh after a failure).
         self.inflight.lock().expect("lock").remove(&self.digest);

@@ -7,15 +7,16 @@ pub mod layout;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::lease::{FillLeases, LeaseOutcome, LocalLeases};
 use crate::cache::{DescriptorCache, ManifestEntry, TagEntry};
 use crate::oci::{ByteRange, Digest, ManifestInfo, RangeError, Reference, RepoName, Tag};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
 
 use coalesce::Coalescer;
@@ -85,6 +86,19 @@ pub struct CatalogPage {
     pub next: Option<String>,
 }
 
+/// Where a missed blob comes from.
+#[derive(Clone)]
+enum Source {
+    Fill(Arc<fill::Fill>),
+    Stored(ObjectMeta),
+}
+
+/// Polling of the shared storage while another replica fills.
+const REMOTE_POLL_MIN: Duration = Duration::from_millis(100);
+const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
+/// After this long waiting for another replica, fetch here as well.
+const MAX_REMOTE_WAIT: Duration = Duration::from_secs(600);
+
 pub struct Registry {
     storage: Arc<dyn Storage>,
     cache: Arc<dyn DescriptorCache>,
@@ -92,6 +106,8 @@ pub struct Registry {
     settings: RegistrySettings,
     fills: Fills,
     manifests: Coalescer<(RepoName, Reference), Shared<Manifest>>,
+    leases: Arc<dyn FillLeases>,
+    decisions: Coalescer<Digest, Shared<Source>>,
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -120,7 +136,15 @@ impl Registry {
             settings,
             fills,
             manifests: Coalescer::default(),
+            leases: Arc::new(LocalLeases),
+            decisions: Coalescer::default(),
         }
+    }
+
+    /// Coordinate fills with the other replicas of a fleet through `leases`.
+    pub fn with_leases(mut self, leases: Arc<dyn FillLeases>) -> Self {
+        self.leases = leases;
+        self
     }
 
     pub fn is_offline(&self) -> bool {
@@ -528,26 +552,8 @@ impl Registry {
             }
         }
         if let Some(meta) = data {
-            let resolved = resolve(range, meta.size)?;
-            let body = if head {
-                None
-            } else {
-                let (off, len) = match resolved {
-                    Some((a, b)) => (a, Some(b - a + 1)),
-                    None => (0, None),
-                };
-                let s = self
-                    .storage
-                    .read_range(&layout::blob_data(digest), off, len)
-                    .await?;
-                Some(s.map(|r| r.map_err(std::io::Error::other)).boxed() as ClientStream)
-            };
             metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
-            return Ok(BlobReply {
-                size: meta.size,
-                range: resolved,
-                body,
-            });
+            return self.serve_stored(digest, meta, range, head).await;
         }
         if self.settings.offline {
             return Err(RegistryError::BlobUnknown);
@@ -574,10 +580,11 @@ impl Registry {
                 body: None,
             });
         }
-        let fill = self
-            .fills
-            .join_or_start(&repo, digest)
-            .map_err(|e| RegistryError::Internal(format!("cannot create spool file: {e}")))?;
+        let fill = match self.obtain(&repo, digest).await? {
+            Source::Fill(f) => f,
+            // Another replica filled it while this one waited.
+            Source::Stored(meta) => return self.serve_stored(digest, meta, range, head).await,
+        };
         let size = match fill.started().await.map_err(blob_upstream_error)? {
             Some(s) => s,
             // No Content-Length upstream: the size is known only at the end.
@@ -596,6 +603,98 @@ impl Registry {
             range: resolved,
             body: Some(body),
         })
+    }
+
+    async fn serve_stored(
+        &self,
+        digest: &Digest,
+        meta: ObjectMeta,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobReply, RegistryError> {
+        let resolved = resolve(range, meta.size)?;
+        let body = if head {
+            None
+        } else {
+            let (off, len) = match resolved {
+                Some((a, b)) => (a, Some(b - a + 1)),
+                None => (0, None),
+            };
+            let s = self
+                .storage
+                .read_range(&layout::blob_data(digest), off, len)
+                .await?;
+            Some(s.map(|r| r.map_err(std::io::Error::other)).boxed() as ClientStream)
+        };
+        Ok(BlobReply {
+            size: meta.size,
+            range: resolved,
+            body,
+        })
+    }
+
+    /// The fill to stream `digest` from, or the stored blob when another replica of the fleet
+    /// committed it meanwhile. One decision per digest per replica at a time.
+    async fn obtain(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Source, RegistryError> {
+        if let Some(f) = self.fills.get(digest) {
+            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            return Ok(Source::Fill(f));
+        }
+        let this = self.clone();
+        let (repo2, digest2) = (repo.clone(), digest.clone());
+        let (r, _) = self
+            .decisions
+            .run(digest.clone(), async move {
+                this.decide(&repo2, &digest2).await.map_err(Arc::new)
+            })
+            .await;
+        r.map_err(unshare)
+    }
+
+    async fn decide(&self, repo: &RepoName, digest: &Digest) -> Result<Source, RegistryError> {
+        let started = Instant::now();
+        let mut poll = REMOTE_POLL_MIN;
+        let mut waited = false;
+        loop {
+            if let Some(f) = self.fills.get(digest) {
+                return Ok(Source::Fill(f));
+            }
+            if waited && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
+                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "stored")
+                    .increment(1);
+                return Ok(Source::Stored(meta));
+            }
+            let lease = match self.leases.try_acquire(digest, fill::LEASE_TTL).await {
+                LeaseOutcome::Acquired(token) if token.is_empty() => None,
+                LeaseOutcome::Acquired(token) => Some((self.leases.clone(), token)),
+                LeaseOutcome::Unavailable => None,
+                LeaseOutcome::HeldElsewhere if started.elapsed() < MAX_REMOTE_WAIT => {
+                    // Another replica is fetching it: wait for its commit rather than fetch
+                    // the same bytes again.
+                    waited = true;
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 3 / 2).min(REMOTE_POLL_MAX);
+                    continue;
+                }
+                LeaseOutcome::HeldElsewhere => {
+                    tracing::warn!(digest = %digest, "another replica's fill is taking too long; fetching here too");
+                    None
+                }
+            };
+            if waited {
+                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "took_over")
+                    .increment(1);
+            }
+            let fill = self
+                .fills
+                .join_or_start(repo, digest, lease)
+                .map_err(|e| RegistryError::Internal(format!("cannot create spool file: {e}")))?;
+            return Ok(Source::Fill(fill));
+        }
     }
 
     // ---- tags and catalog ------------------------------------------------------------------

@@ -496,3 +496,127 @@ async fn allow_list_refuses_before_any_upstream_call() {
     let inside = RepoName::parse("myorg/app").unwrap();
     registry.manifest(&inside, &latest()).await.unwrap();
 }
+
+/// A lease store shared by the replicas of a test fleet, with its own short lifetime so that a
+/// holder's death is noticed within the test.
+struct MemLeases {
+    ttl: Duration,
+    map: Mutex<std::collections::HashMap<Digest, (String, std::time::Instant)>>,
+}
+
+#[async_trait]
+impl crate::cache::lease::FillLeases for MemLeases {
+    async fn try_acquire(&self, d: &Digest, _: Duration) -> crate::cache::lease::LeaseOutcome {
+        use crate::cache::lease::LeaseOutcome;
+        let mut map = self.map.lock().unwrap();
+        let now = std::time::Instant::now();
+        match map.get(d) {
+            Some((_, until)) if *until > now => LeaseOutcome::HeldElsewhere,
+            _ => {
+                let token = uuid::Uuid::new_v4().to_string();
+                map.insert(d.clone(), (token.clone(), now + self.ttl));
+                LeaseOutcome::Acquired(token)
+            }
+        }
+    }
+
+    async fn renew(&self, d: &Digest, token: &str, _: Duration) -> bool {
+        let mut map = self.map.lock().unwrap();
+        match map.get_mut(d) {
+            Some((t, until)) if t == token => {
+                *until = std::time::Instant::now() + self.ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn release(&self, d: &Digest, token: &str) {
+        let mut map = self.map.lock().unwrap();
+        if map.get(d).is_some_and(|(t, _)| t == token) {
+            map.remove(d);
+        }
+    }
+}
+
+fn replica(
+    storage: &MemoryStorage,
+    fake: &Arc<Fake>,
+    leases: &Arc<MemLeases>,
+    spool: &tempfile::TempDir,
+) -> Arc<Registry> {
+    Arc::new(
+        Registry::new(
+            Arc::new(storage.clone()),
+            Arc::new(MemoryCache::new(100)),
+            fake.clone(),
+            RegistrySettings {
+                tag_ttl: Duration::from_secs(300),
+                offline: false,
+                read_only: false,
+                spool_dir: spool.path().to_owned(),
+            },
+        )
+        .with_leases(leases.clone()),
+    )
+}
+
+#[tokio::test]
+async fn one_fill_across_replicas_sharing_storage_and_leases() {
+    let spool = tempfile::tempdir().unwrap();
+    let storage = MemoryStorage::new();
+    let fake = Fake::new(2 * 1024 * 1024);
+    let leases = Arc::new(MemLeases {
+        ttl: Duration::from_secs(5),
+        map: Mutex::new(Default::default()),
+    });
+    let replicas: Vec<Arc<Registry>> = (0..3)
+        .map(|_| replica(&storage, &fake, &leases, &spool))
+        .collect();
+    for r in &replicas {
+        r.manifest(&name(), &latest()).await.unwrap();
+    }
+    let mut handles = Vec::new();
+    for i in 0..48 {
+        let reg = replicas[i % 3].clone();
+        let d = fake.blob_digest.clone();
+        handles.push(tokio::spawn(async move {
+            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
+                .await
+                .unwrap()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), fake.blob);
+    }
+    assert_eq!(fake.blob_gets.load(Ordering::SeqCst), 1);
+    assert!(leases.map.lock().unwrap().is_empty(), "lease not released");
+}
+
+#[tokio::test]
+async fn a_replica_takes_over_when_the_lease_holder_dies() {
+    let spool = tempfile::tempdir().unwrap();
+    let storage = MemoryStorage::new();
+    let fake = Fake::new(64 * 1024);
+    let leases = Arc::new(MemLeases {
+        ttl: Duration::from_millis(400),
+        map: Mutex::new(Default::default()),
+    });
+    // A holder that never fills or renews: it died right after taking the lease.
+    use crate::cache::lease::{FillLeases, LeaseOutcome};
+    assert!(matches!(
+        leases.try_acquire(&fake.blob_digest, Duration::ZERO).await,
+        LeaseOutcome::Acquired(_)
+    ));
+    let r = replica(&storage, &fake, &leases, &spool);
+    r.manifest(&name(), &latest()).await.unwrap();
+    let got = read_all(
+        r.blob(&name(), &fake.blob_digest, None, false)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, fake.blob);
+    assert_eq!(fake.blob_gets.load(Ordering::SeqCst), 1);
+}
