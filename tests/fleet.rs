@@ -414,3 +414,418 @@ fn k_digest(key: &str) -> String {
     let parts: Vec<&str> = key.rsplit('/').collect();
     format!("sha256:{}", parts[1])
 }
+
+// ---------------------------------------------------------------------------------------------
+// One upstream fetch per blob across the fleet (a Redis lease per digest)
+// ---------------------------------------------------------------------------------------------
+
+const FILLS_STARTED: &str = "ocimirror_fills_started_total";
+const REMOTE_WAITS: &str = "ocimirror_fill_remote_waits_total";
+const UPSTREAM_BLOB_GETS: (&str, &str) = ("ocimirror_upstream_requests_total", "op=\"blob_get\"");
+
+/// sha256 and length of a file, read 1 MiB at a time; `None` when it does not exist.
+fn hash_file(path: &Path) -> Option<(u64, String)> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        ctx.update(&buf[..k]);
+        n += k as u64;
+    }
+    Some((n, format!("sha256:{}", hex::encode(ctx.finish().as_ref()))))
+}
+
+/// GET `name@digest` from `m` and hash the body as it streams: (bytes, digest) or what went
+/// wrong, as text.
+async fn get_and_hash(m: &Mirror, name: &str, digest: &str) -> Result<(u64, String), String> {
+    let r = m
+        .get_blob(name, digest)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = r.status().as_u16();
+    if status != 200 {
+        let body = r.text().await.unwrap_or_default();
+        return Err(format!("status {status}: {body}"));
+    }
+    let cl = r
+        .headers()
+        .get("content-length")
+        .map(|v| v.to_str().unwrap().to_string());
+    let got = stream_hash(r)
+        .await
+        .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))?;
+    if let Some(cl) = cl
+        && cl != got.0.to_string()
+    {
+        return Err(format!("Content-Length {cl} but {} bytes", got.0));
+    }
+    Ok(got)
+}
+
+/// Each replica's manifest GET of `img` answers 200 with the upstream's bytes (and writes the
+/// layer links, so the blob GETs that follow need no upstream HEAD).
+async fn fetch_manifest_everywhere(replicas: &[&Mirror], img: &Image) {
+    for (i, m) in replicas.iter().enumerate() {
+        let r = m.get_manifest(&img.name, &img.tag).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "manifest from replica {i}");
+        assert_eq!(
+            r.bytes().await.unwrap(),
+            img.manifest,
+            "manifest bytes, replica {i}"
+        );
+    }
+}
+
+/// 3 replicas on one bucket and one Redis, 16 concurrent cold clients of one 64 MiB blob on
+/// each: every client gets every byte right, and the upstream sends the blob once. The commit
+/// to the bucket is slowed down so that the other two replicas are certainly waiting while the
+/// first one fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_sixteen_clients_each_one_upstream_fetch() {
+    const CLIENTS: usize = 16;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let size: u64 = 64 << 20;
+    let (img, big) = reg
+        .pusher()
+        .push_big_image("fleet/big", "v1", size, 701)
+        .await;
+    let digest = img.layers[0].digest.clone();
+    assert_eq!(digest, big.digest());
+    let s3 = S3Server::start().await;
+    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
+    let (a, b, c) = tokio::join!(
+        Mirror::start(opts.clone()),
+        Mirror::start(opts.clone()),
+        Mirror::start(opts.clone())
+    );
+    let replicas = [&a, &b, &c];
+    fetch_manifest_everywhere(&replicas, &img).await;
+    let blob_path = format!("/blobs/{digest}");
+    assert_eq!(reg.count_requests("GET", &blob_path).await, 0);
+
+    s3.set_slow_big_writes(Duration::from_secs(3));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (r, m) in replicas.iter().enumerate() {
+        for i in 0..CLIENTS {
+            let url = m.url();
+            let digest = digest.clone();
+            tasks.push((
+                r,
+                i,
+                tokio::spawn(async move {
+                    let r = client()
+                        .get(format!("{url}/v2/fleet/big/blobs/{digest}"))
+                        .send()
+                        .await
+                        .map_err(|e| format!("request failed: {e}"))?;
+                    let status = r.status().as_u16();
+                    if status != 200 {
+                        let body = r.text().await.unwrap_or_default();
+                        return Err(format!("status {status}: {body}"));
+                    }
+                    stream_hash(r)
+                        .await
+                        .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))
+                }),
+            ));
+        }
+    }
+    let mut wrong = Vec::new();
+    for (r, i, t) in tasks {
+        let got = t.await.unwrap();
+        if got != Ok((size, digest.clone())) {
+            wrong.push(format!("replica {r} client {i}: {got:?}"));
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} clients did not get the blob:\n{}",
+        wrong.len(),
+        3 * CLIENTS,
+        wrong.join("\n")
+    );
+    eprintln!("{} clients served in {took:?}", 3 * CLIENTS);
+
+    let gets = reg.count_requests("GET", &blob_path).await;
+    let per_replica: Vec<(f64, f64, f64)> = {
+        let mut v = Vec::new();
+        for m in replicas {
+            v.push((
+                m.metric(FILLS_STARTED, &[]).await,
+                m.metric(REMOTE_WAITS, &["result=\"stored\""]).await,
+                m.metric(REMOTE_WAITS, &["result=\"took_over\""]).await,
+            ));
+        }
+        v
+    };
+    assert_eq!(
+        gets, 1,
+        "the upstream sent the blob {gets} times to a fleet of 3 (fills started, remote waits \
+         stored, took over, per replica: {per_replica:?})"
+    );
+    let mut fills: Vec<f64> = per_replica.iter().map(|p| p.0).collect();
+    fills.sort_by(f64::total_cmp);
+    assert_eq!(fills, [0.0, 0.0, 1.0], "fills started per replica");
+    for (r, (f, stored, took_over)) in per_replica.iter().enumerate() {
+        assert_eq!(*took_over, 0.0, "replica {r} took over a live fill");
+        if *f == 0.0 {
+            assert!(
+                *stored >= 1.0,
+                "replica {r} neither filled nor waited for the fleet's fill: {per_replica:?}"
+            );
+        }
+    }
+    let mut upstream_gets = 0.0;
+    for m in replicas {
+        upstream_gets += m
+            .metric(UPSTREAM_BLOB_GETS.0, &[UPSTREAM_BLOB_GETS.1])
+            .await;
+    }
+    assert_eq!(
+        upstream_gets, 1.0,
+        "upstream blob GETs counted by the fleet"
+    );
+
+    // The bucket holds the blob; a later GET on any replica is served from it.
+    let data = blob_data_path(&s3.bucket_dir().join(ROOT), &digest);
+    assert_eq!(
+        hash_file(&data),
+        Some((size, digest.clone())),
+        "stored blob"
+    );
+    s3.set_slow_big_writes(Duration::ZERO);
+    assert_eq!(
+        get_and_hash(&c, "fleet/big", &digest).await,
+        Ok((size, digest.clone()))
+    );
+    assert_eq!(reg.count_requests("GET", &blob_path).await, 1);
+    // Every lease was released.
+    assert_eq!(redis.keys("ocimirror:fill:*").await, Vec::<String>::new());
+}
+
+/// The replica filling a blob is SIGKILLed while its commit to the bucket hangs: nothing is
+/// committed, and a client waiting on another replica gets the blob once the dead holder's
+/// lease expired and that replica fetched it itself; the bucket then holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_lease_holder_is_taken_over() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let size: u64 = 64 << 20;
+    let (img, _) = reg
+        .pusher()
+        .push_big_image("fleet/tko", "v1", size, 702)
+        .await;
+    let digest = img.layers[0].digest.clone();
+    let blob_path = format!("/blobs/{digest}");
+    let s3 = S3Server::start().await;
+    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
+    let (mut a, b) = tokio::join!(Mirror::start(opts.clone()), Mirror::start(opts.clone()));
+    fetch_manifest_everywhere(&[&a, &b], &img).await;
+
+    // A's commit will not finish while A lives.
+    s3.set_slow_big_writes(Duration::from_secs(120));
+    // A's client is served from A's spool: the bytes are verified before the commit.
+    assert_eq!(
+        get_and_hash(&a, "fleet/tko", &digest).await,
+        Ok((size, digest.clone())),
+        "A's client"
+    );
+    assert_eq!(reg.count_requests("GET", &blob_path).await, 1);
+    let lease_key = format!("ocimirror:fill:{digest}");
+    assert_eq!(
+        redis.keys("ocimirror:fill:*").await,
+        vec![lease_key.clone()],
+        "A holds the fill lease while it commits"
+    );
+    let data = blob_data_path(&s3.bucket_dir().join(ROOT), &digest);
+    assert!(!data.exists(), "committed despite the slow store");
+
+    // B's client waits for A's fill.
+    let b_url = b.url();
+    let d = digest.clone();
+    let waiting = tokio::spawn(async move {
+        let r = client()
+            .get(format!("{b_url}/v2/fleet/tko/blobs/{d}"))
+            .timeout(Duration::from_secs(90))
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err(format!(
+                "status {status}: {}",
+                r.text().await.unwrap_or_default()
+            ));
+        }
+        stream_hash(r)
+            .await
+            .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !waiting.is_finished(),
+        "B answered while A held the lease: {:?}",
+        waiting.await
+    );
+    assert_eq!(
+        reg.count_requests("GET", &blob_path).await,
+        1,
+        "B fetched the blob while A held the lease"
+    );
+
+    a.kill();
+    let killed = Instant::now();
+    s3.set_slow_big_writes(Duration::ZERO);
+    // Nothing of A's fill under the data key, on disk or through the S3 API.
+    assert!(!data.exists(), "A's fill is visible at {}", data.display());
+    let op = s3_operator(&s3.endpoint, ROOT);
+    let key = &blob_keys(&img)[2];
+    assert!(key.ends_with(&format!("{}/data", hex_of(&digest))), "{key}");
+    let st = op.stat(key).await;
+    assert!(
+        st.as_ref()
+            .is_err_and(|e| e.kind() == opendal::ErrorKind::NotFound),
+        "{key} after A died: {st:?}"
+    );
+
+    let got = tokio::time::timeout(Duration::from_secs(45), waiting)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "B's client had nothing 45 s after A died; B's log:\n{}",
+                b.log_text()
+            )
+        })
+        .unwrap();
+    let took = killed.elapsed();
+    assert_eq!(got, Ok((size, digest.clone())), "B's client");
+    eprintln!("B served the blob {took:?} after A died");
+    assert!(
+        took < Duration::from_secs(30),
+        "B took {took:?} after A died (lease TTL 15 s + one fill)"
+    );
+
+    // The bucket holds the blob B fetched.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hash_file(&data).is_none_or(|(n, _)| n != size) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        hash_file(&data),
+        Some((size, digest.clone())),
+        "stored blob"
+    );
+    let gets = reg.count_requests("GET", &blob_path).await;
+    assert_eq!(gets, 2, "upstream GETs of the blob: A's, then B's takeover");
+    assert_eq!(
+        b.metric(REMOTE_WAITS, &["result=\"took_over\""]).await,
+        1.0,
+        "B's takeovers"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.get(&lease_key).await.is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis.get(&lease_key).await, None, "B released its lease");
+    // Served from the bucket now.
+    assert_eq!(
+        get_and_hash(&b, "fleet/tko", &digest).await,
+        Ok((size, digest.clone()))
+    );
+    assert_eq!(reg.count_requests("GET", &blob_path).await, 2);
+}
+
+/// examples/fleet.yaml passes `config check`, and a replica started from it, pointed at the
+/// test's S3, Redis and upstream through the environment, serves a pull of a repository its
+/// allow list names (and refuses one it does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_example_config_checks_and_serves() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet.yaml");
+    let check = |env: &[(&str, String)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"));
+        cmd.args(["config", "check"]).arg(&example);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OCIMIRROR_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "config check {} with {env:?}: {}\n{}",
+            example.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    };
+    check(&[]);
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let img = p.push_oci_image("myorg/app", "v1", 801).await;
+    p.push_oci_image("other/app", "v1", 802).await;
+    let s3 = S3Server::start().await;
+    let env = vec![
+        ("OCIMIRROR_STORAGE__S3__ENDPOINT", s3.endpoint.clone()),
+        ("OCIMIRROR_STORAGE__S3__BUCKET", S3_BUCKET.to_string()),
+        ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_string()),
+        ("OCIMIRROR_CACHE__REDIS__URL", redis.url()),
+        ("OCIMIRROR_UPSTREAM__URL", reg.url()),
+    ];
+    check(&env);
+    let mut opts = MirrorOpts::cli(&["--config", &example.display().to_string()]);
+    for (k, v) in &env {
+        opts = opts.env(k, v);
+    }
+    // `listen` and `data_dir` come from the harness's --listen and --data-dir.
+    let m = Mirror::start(opts).await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+
+    // The content is at the bucket's top (root: /), the tag in Redis under the example's prefix.
+    wait_blobs_on_disk(&s3.bucket_dir(), &img).await;
+    let (_, v) = redis_tag(&redis, "myorg/app", "v1").await;
+    assert!(v.contains(&img.digest), "tag value {v}");
+    assert!(
+        files_under(&m.data_dir())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("docker/registry")),
+        "registry content on the replica's local disk"
+    );
+    // The example's allow list is in force: other/app is not mirrored.
+    let before = reg.requests().await.len();
+    let r = m.get_manifest("other/app", "v1").send().await.unwrap();
+    let status = r.status().as_u16();
+    assert!(
+        status == 403 || status == 404,
+        "other/app (outside the allow list) answered {status}"
+    );
+    let asked: Vec<_> = new_requests(&reg, before)
+        .await
+        .into_iter()
+        .filter(|(_, u)| u.contains("/v2/other/app/"))
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "the upstream was asked for other/app: {asked:?}"
+    );
+}

@@ -1700,6 +1700,12 @@ pub async fn s3_keys(op: &opendal::Operator, prefix: &str) -> Vec<String> {
 
 /// s3s-fs serving a temporary directory as S3 (SigV4 checked against the test keys), in this
 /// test's tokio runtime. The bucket is the directory `<dir>/ocimirror-test`.
+///
+/// s3s-fs keeps each object's metadata in one file named after the base64 of bucket and key, so
+/// a key longer than 154 bytes cannot be written (ENAMETOOLONG: `PutObject` answers 500, which
+/// OpenDAL retries for ~10 s while the request waits). Under the root `mirror`, a tag's index
+/// link (`.../repositories/<name>/_manifests/tags/<tag>/index/sha256/<hex>/link`) stays within
+/// it only when `<name>` and `<tag>` have 15 bytes together at most (`fleet/shared` + `v1`: 14).
 pub struct S3Server {
     pub endpoint: String,
     dir: TempDir,
