@@ -829,3 +829,86 @@ async fn fleet_example_config_checks_and_serves() {
         "the upstream was asked for other/app: {asked:?}"
     );
 }
+
+/// A replica that learnt "not in storage" just before the holder committed and released its
+/// lease finds the lease free: it must serve the committed blob, not fetch it again. Made
+/// deterministic with a store whose "not found" answers arrive late: B's request looks for the
+/// blob while A's commit is under way and hears "absent" after A committed and released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_freed_by_a_commit_is_not_a_second_fetch() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let size: u64 = 16 << 20;
+    let (img, _) = reg
+        .pusher()
+        .push_big_image("fleet/race", "v1", size, 703)
+        .await;
+    let digest = img.layers[0].digest.clone();
+    let blob_path = format!("/blobs/{digest}");
+    let s3 = S3Server::start().await;
+    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
+    let (a, b) = tokio::join!(Mirror::start(opts.clone()), Mirror::start(opts.clone()));
+    fetch_manifest_everywhere(&[&a, &b], &img).await;
+
+    // A fills; its commit takes 3 s, during which it holds the lease.
+    s3.set_slow_big_writes(Duration::from_secs(3));
+    assert_eq!(
+        get_and_hash(&a, "fleet/race", &digest).await,
+        Ok((size, digest.clone())),
+        "A's client"
+    );
+    let lease_key = format!("ocimirror:fill:{digest}");
+    assert!(redis.get(&lease_key).await.is_some(), "A holds the lease");
+    let data = blob_data_path(&s3.bucket_dir().join(ROOT), &digest);
+    assert!(!data.exists(), "committed before the slow commit");
+
+    // B asks while A commits; the store's "absent" reaches B 6 s later.
+    s3.set_slow_missing_heads(Duration::from_secs(6));
+    let b_url = b.url();
+    let d = digest.clone();
+    let waiting = tokio::spawn(async move {
+        let r = client()
+            .get(format!("{b_url}/v2/fleet/race/blobs/{d}"))
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err(format!(
+                "status {status}: {}",
+                r.text().await.unwrap_or_default()
+            ));
+        }
+        stream_hash(r)
+            .await
+            .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))
+    });
+    // A commits and releases while B's answer is on its way.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (!data.exists() || redis.get(&lease_key).await.is_some()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(data.exists(), "A's commit did not land within 5 s");
+    assert_eq!(redis.get(&lease_key).await, None, "A released its lease");
+    assert!(!waiting.is_finished(), "B answered before its stat did");
+    s3.set_slow_missing_heads(Duration::ZERO);
+
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("B's client had nothing in 30 s")
+        .unwrap();
+    assert_eq!(got, Ok((size, digest.clone())), "B's client");
+    let gets = reg.count_requests("GET", &blob_path).await;
+    assert_eq!(
+        gets,
+        1,
+        "the upstream sent the blob {gets} times: B found the lease free after A's commit and \
+         fetched again instead of serving the committed blob (B's fills started: {}, upstream \
+         blob GETs: {})",
+        b.metric(FILLS_STARTED, &[]).await,
+        b.metric(UPSTREAM_BLOB_GETS.0, &[UPSTREAM_BLOB_GETS.1])
+            .await
+    );
+}

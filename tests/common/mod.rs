@@ -1711,6 +1711,7 @@ pub struct S3Server {
     dir: TempDir,
     task: tokio::task::JoinHandle<()>,
     slow_ms: Arc<std::sync::atomic::AtomicU64>,
+    missing_head_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// s3s-fs, with big writes optionally delayed (see [`S3Server::set_slow_big_writes`]); every
@@ -1718,6 +1719,9 @@ pub struct S3Server {
 struct SlowCommits {
     inner: s3s_fs::FileSystem,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Extra latency of a `HeadObject` that finds nothing (see
+    /// [`S3Server::set_slow_missing_heads`]).
+    missing_head_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SlowCommits {
@@ -1754,7 +1758,6 @@ s3_impl_passing_through! {
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
         list_buckets: ListBucketsInput => ListBucketsOutput;
         create_bucket: CreateBucketInput => CreateBucketOutput;
-        head_object: HeadObjectInput => HeadObjectOutput;
         get_object: GetObjectInput => GetObjectOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
@@ -1765,6 +1768,21 @@ s3_impl_passing_through! {
         upload_part: UploadPartInput => UploadPartOutput;
         list_parts: ListPartsInput => ListPartsOutput;
         abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        // Looked up now, answered late: the answer may be stale when it arrives.
+        let r = self.inner.head_object(req).await;
+        let ms = self
+            .missing_head_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if r.is_err() && ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        r
     }
 
     async fn put_object(
@@ -1803,9 +1821,11 @@ impl S3Server {
             .unwrap();
         fs::create_dir(dir.path().join(S3_BUCKET)).unwrap();
         let slow_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let missing_head_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let fs = SlowCommits {
             inner: s3s_fs::FileSystem::new(dir.path()).unwrap(),
             delay_ms: slow_ms.clone(),
+            missing_head_ms: missing_head_ms.clone(),
         };
         let mut b = s3s::service::S3ServiceBuilder::new(fs);
         b.set_auth(s3s::auth::SimpleAuth::from_single(
@@ -1833,6 +1853,7 @@ impl S3Server {
             dir,
             task,
             slow_ms,
+            missing_head_ms,
         }
     }
 
@@ -1840,6 +1861,13 @@ impl S3Server {
     /// take `d` longer before they are carried out: a slow store for big blobs.
     pub fn set_slow_big_writes(&self, d: Duration) {
         self.slow_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// From now on, a `HeadObject` (OpenDAL's stat) that finds no object answers `d` late, with
+    /// what it found when it was asked: a slow store whose "not there" may be stale on arrival.
+    pub fn set_slow_missing_heads(&self, d: Duration) {
+        self.missing_head_ms
             .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
