@@ -191,7 +191,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         upstream = %s.upstream.url,
         offline = s.offline,
         read_only = s.read_only,
-        storage = %s.storage_root.display(),
+        storage = %match s.storage_backend {
+            StorageBackend::Filesystem => s.storage_root.display().to_string(),
+            StorageBackend::S3 => format!("s3://{}{}", s.s3.bucket, s.s3.root),
+        },
         "listening on {addr}"
     );
     let app = router(state.clone(), token);

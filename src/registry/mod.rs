@@ -96,6 +96,8 @@ enum Source {
 /// Polling of the shared storage while another replica fills.
 const REMOTE_POLL_MIN: Duration = Duration::from_millis(100);
 const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
+/// Links are bookkeeping; a request waits at most this long for one to be written.
+const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After this long waiting for another replica, fetch here as well.
 const MAX_REMOTE_WAIT: Duration = Duration::from_secs(600);
 
@@ -331,8 +333,16 @@ impl Registry {
         if self.settings.read_only {
             return;
         }
-        if let Err(e) = self.storage.put(key, Bytes::from(d.to_string())).await {
-            tracing::error!(key, error = %e, "cannot write link");
+        // Bounded: a storage backend retrying a failing write must not hold the response.
+        match tokio::time::timeout(
+            LINK_WRITE_TIMEOUT,
+            self.storage.put(key, Bytes::from(d.to_string())),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(key, error = %e, "cannot write link"),
+            Err(_) => tracing::error!(key, "link write timed out"),
         }
     }
 
@@ -685,6 +695,14 @@ impl Registry {
                     None
                 }
             };
+            // The previous holder releases only after its commit: a lease that was free may
+            // mean the blob has just landed, so look once more before fetching it again.
+            if let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
+                if let Some((leases, token)) = &lease {
+                    leases.release(digest, token).await;
+                }
+                return Ok(Source::Stored(meta));
+            }
             if waited {
                 metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "took_over")
                     .increment(1);
