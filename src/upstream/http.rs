@@ -296,6 +296,22 @@ impl HttpUpstream {
     }
 }
 
+impl HttpUpstream {
+    async fn manifest_request(
+        &self,
+        op: &'static str,
+        method: Method,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Response, UpstreamError> {
+        let path = format!("/v2/{name}/manifests/{reference}");
+        check(
+            self.send(op, method, &path, None, name, Some(ACCEPT_ALL))
+                .await?,
+        )
+    }
+}
+
 fn retry_after(h: &HeaderMap) -> Option<String> {
     h.get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -351,18 +367,9 @@ impl Upstream for HttpUpstream {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestHead, UpstreamError> {
-        let path = format!("/v2/{name}/manifests/{reference}");
-        let resp = check(
-            self.send(
-                "manifest_head",
-                Method::HEAD,
-                &path,
-                None,
-                name,
-                Some(ACCEPT_ALL),
-            )
-            .await?,
-        )?;
+        let resp = self
+            .manifest_request("manifest_head", Method::HEAD, name, reference)
+            .await?;
         let h = resp.headers();
         Ok(ManifestHead {
             digest: header_digest(h),
@@ -376,18 +383,9 @@ impl Upstream for HttpUpstream {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<FetchedManifest, UpstreamError> {
-        let path = format!("/v2/{name}/manifests/{reference}");
-        let resp = check(
-            self.send(
-                "manifest_get",
-                Method::GET,
-                &path,
-                None,
-                name,
-                Some(ACCEPT_ALL),
-            )
-            .await?,
-        )?;
+        let resp = self
+            .manifest_request("manifest_get", Method::GET, name, reference)
+            .await?;
         if content_length(resp.headers()).is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
             return Err(UpstreamError::ManifestTooLarge);
         }
