@@ -78,7 +78,17 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
                     source: e,
                 })?;
             }
-            Arc::new(FsStorage::new(&s.storage_root))
+            let fs = FsStorage::new(&s.storage_root);
+            if !s.read_only {
+                let removed = fs.remove_abandoned_temp_files(ABANDONED_TEMP_AGE).await;
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        "removed temp files abandoned by an earlier process"
+                    );
+                }
+            }
+            Arc::new(fs)
         }
         StorageBackend::S3 => {
             let s3 = S3Storage::new(&s.s3).map_err(|e| ServeError::Config(e.to_string()))?;
@@ -288,6 +298,10 @@ async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Op
         }
     }
 }
+
+/// Temp files older than this at start-up belong to no running writer (fills take minutes,
+/// not hours): a process killed mid-write left them.
+const ABANDONED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// How often the reload task looks at the files' modification times.
 const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);

@@ -36,6 +36,30 @@ impl FsStorage {
         Ok(self.root.join(key))
     }
 
+    /// Remove temp files older than `age`: writes abandoned by a process that was killed before
+    /// it could commit or clean up. Returns how many were removed. The age keeps files of
+    /// writers still running (in this or another process sharing the root) out of reach.
+    pub async fn remove_abandoned_temp_files(&self, age: std::time::Duration) -> usize {
+        let dir = self.root.join(TMP_DIR);
+        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+            return 0;
+        };
+        let mut removed = 0;
+        while let Ok(Some(entry)) = rd.next_entry().await {
+            let old = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e >= age);
+            if old && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     async fn temp_path(&self) -> Result<PathBuf, StorageError> {
         let dir = self.root.join(TMP_DIR);
         tokio::fs::create_dir_all(&dir)
@@ -209,6 +233,29 @@ mod tests {
     async fn behaviour_suite() {
         let dir = tempfile::tempdir().unwrap();
         super::super::suite::run(&FsStorage::new(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn abandoned_temp_files_are_removed_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(dir.path());
+        let tmp = dir.path().join(TMP_DIR);
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("old"), b"x").unwrap();
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(tmp.join("old"))
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        std::fs::write(tmp.join("fresh"), b"x").unwrap();
+        let n = s
+            .remove_abandoned_temp_files(std::time::Duration::from_secs(3600))
+            .await;
+        assert_eq!(n, 1);
+        assert!(!tmp.join("old").exists());
+        assert!(tmp.join("fresh").exists());
     }
 
     #[tokio::test]
