@@ -1,6 +1,7 @@
 //! The pull-through rules: how a manifest, tag, blob, tag list or catalog request is answered
 //! from storage, the descriptor cache and the upstream. Never sees HTTP types.
 
+mod bodies;
 mod coalesce;
 mod fill;
 pub mod layout;
@@ -19,6 +20,7 @@ use crate::oci::{ByteRange, Digest, ManifestInfo, RangeError, Reference, RepoNam
 use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
 
+use bodies::ManifestBodies;
 use coalesce::Coalescer;
 pub use fill::ClientStream;
 use fill::Fills;
@@ -96,6 +98,8 @@ enum Source {
 /// Polling of the shared storage while another replica fills.
 const REMOTE_POLL_MIN: Duration = Duration::from_millis(100);
 const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
+/// Memory for hot manifest bodies (each at most 4 MiB; most are a few KiB).
+const MANIFEST_BODY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Links are bookkeeping; a request waits at most this long for one to be written.
 const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After this long waiting for another replica, fetch here as well.
@@ -110,6 +114,7 @@ pub struct Registry {
     manifests: Coalescer<(RepoName, Reference), Shared<Manifest>>,
     leases: Arc<dyn FillLeases>,
     decisions: Coalescer<Digest, Shared<Source>>,
+    bodies: ManifestBodies,
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -140,6 +145,7 @@ impl Registry {
             manifests: Coalescer::default(),
             leases: Arc::new(LocalLeases),
             decisions: Coalescer::default(),
+            bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
         }
     }
 
@@ -188,6 +194,9 @@ impl Registry {
         {
             return Ok(None);
         }
+        if let Some(m) = self.bodies.get(d) {
+            return Ok(Some(m));
+        }
         let body = match self.storage.read(&layout::blob_data(d)).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
@@ -210,11 +219,13 @@ impl Registry {
                 info.media_type
             }
         };
-        Ok(Some(Manifest {
+        let m = Manifest {
             digest: d.clone(),
             media_type,
             body,
-        }))
+        };
+        self.bodies.put(&m);
+        Ok(Some(m))
     }
 
     async fn manifest_by_digest(
@@ -291,6 +302,7 @@ impl Registry {
             media_type: info.media_type.clone(),
             body,
         };
+        self.bodies.put(&m);
         self.cache
             .set_manifest(
                 d,
