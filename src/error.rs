@@ -86,7 +86,6 @@ pub struct ApiError {
 
 #[derive(Debug, Clone, Default)]
 struct Extra {
-    detail: Option<serde_json::Value>,
     retry_after: Option<String>,
     /// For 416: the blob size, sent as `Content-Range: bytes */SIZE`.
     unsatisfied_size: Option<u64>,
@@ -125,11 +124,6 @@ impl ApiError {
 
     fn with_retry_after_header(mut self, value: Option<String>) -> Self {
         self.extra().retry_after = value;
-        self
-    }
-
-    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
-        self.extra().detail = Some(detail);
         self
     }
 }
@@ -230,7 +224,7 @@ impl IntoResponse for ApiError {
             "errors": [{
                 "code": self.code.as_str(),
                 "message": self.message,
-                "detail": extra.detail.unwrap_or(serde_json::Value::Null),
+                "detail": serde_json::Value::Null,
             }]
         });
         let mut resp = (self.status, axum::Json(body)).into_response();

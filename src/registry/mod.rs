@@ -155,10 +155,6 @@ impl Registry {
         self
     }
 
-    pub fn is_offline(&self) -> bool {
-        self.settings.offline
-    }
-
     /// Let every fill in flight finish committing (used at shutdown).
     pub async fn wait_for_fills(&self) {
         self.fills.wait_idle().await;
@@ -508,7 +504,6 @@ impl Registry {
         d: &Digest,
     ) -> Result<(), RegistryError> {
         let now = SystemTime::now();
-        let previous = self.tag_entry(repo, tag).await?;
         self.cache
             .set_tag(
                 repo.as_str(),
@@ -519,16 +514,27 @@ impl Registry {
                 },
             )
             .await;
-        // The link file's mtime records the confirmation for restarts; rewriting it on every
-        // revalidation would cost a write per request with tag_ttl 0, so refresh it only when
-        // the digest changed or the stored confirmation has itself expired.
-        let stored = self.storage.stat(&layout::tag_current(repo, tag)).await?;
-        let stored_age = stored
-            .and_then(|m| m.modified)
-            .and_then(|t| now.duration_since(t).ok());
-        let changed = previous.as_ref().is_none_or(|p| &p.digest != d) || stored.is_none();
-        let expired = !self.settings.tag_ttl.is_zero()
-            && stored_age.is_none_or(|a| a >= self.settings.tag_ttl);
+        // The link file is what restarts and offline replicas go by, and its mtime records the
+        // confirmation. Compare with the link itself, not the cache: a link write that failed
+        // earlier must be repaired even when the cache already knows the digest. Rewriting it on
+        // every revalidation would cost a write per request with tag_ttl 0, so an unchanged link
+        // is refreshed only when the stored confirmation has itself expired.
+        let key = layout::tag_current(repo, tag);
+        let linked = match self.storage.read(&key).await {
+            Ok(b) => link_digest(&b),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let changed = linked.as_ref() != Some(d);
+        let expired = !changed && !self.settings.tag_ttl.is_zero() && {
+            let stored_age = self
+                .storage
+                .stat(&key)
+                .await?
+                .and_then(|m| m.modified)
+                .and_then(|t| now.duration_since(t).ok());
+            stored_age.is_none_or(|a| a >= self.settings.tag_ttl)
+        };
         if changed || expired {
             let (index, current) = (
                 layout::tag_index(repo, tag, d),

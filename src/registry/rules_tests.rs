@@ -620,3 +620,22 @@ async fn a_replica_takes_over_when_the_lease_holder_dies() {
     assert_eq!(got, fake.blob);
     assert_eq!(fake.blob_gets.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_tag_link_that_failed_to_update_is_repaired_on_revalidation() {
+    let r = rig(1024, Duration::ZERO, false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let key = layout::tag_current(
+        &RepoName::parse("library/app").unwrap(),
+        &Tag::parse("latest").unwrap(),
+    );
+    // As if the last link write had failed: the cache knows the digest, the link does not.
+    let stale = Digest::sha256_of(b"stale");
+    r.storage
+        .put(&key, Bytes::from(stale.to_string()))
+        .await
+        .unwrap();
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let linked = r.storage.read(&key).await.unwrap();
+    assert_eq!(linked, Bytes::from(r.fake.manifest_digest.to_string()));
+}
