@@ -713,9 +713,12 @@ impl Registry {
                     None
                 }
             };
-            // The previous holder releases only after its commit: a lease that was free may
-            // mean the blob has just landed, so look once more before fetching it again.
-            if let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
+            // The previous holder releases only after its commit: a fleet lease that was free
+            // may mean the blob has just landed, so look once more before fetching it again.
+            // (A replica on its own was just told by storage that the blob is absent.)
+            if (lease.is_some() || waited)
+                && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await?
+            {
                 if let Some((leases, token)) = &lease {
                     leases.release(digest, token).await;
                 }
