@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::auth::acl::NamePattern;
-use crate::cache::lease::{FillLeases, LocalLeases};
+use crate::cache::lease::{Leases, LocalLeases};
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
 use crate::config::{CacheBackend, Settings, StorageBackend};
 use std::net::SocketAddr;
@@ -104,7 +104,7 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
         }
     };
     // With a shared Redis, the same connection also carries the fleet's fill leases.
-    let (cache, leases): (Arc<dyn DescriptorCache>, Arc<dyn FillLeases>) = match s.cache_backend {
+    let (cache, leases): (Arc<dyn DescriptorCache>, Arc<dyn Leases>) = match s.cache_backend {
         CacheBackend::Memory => (
             Arc::new(MemoryCache::new(s.cache_max_entries)),
             Arc::new(LocalLeases),

@@ -1,14 +1,21 @@
-//! Fill leases: which replica of a fleet fetches an uncached blob from the upstream. One replica
-//! holds the lease for a digest and renews it while its fill runs; the others wait for the blob
-//! to appear in the shared storage. A holder that dies stops renewing, its lease expires, and a
-//! waiting replica takes over. Without a shared Redis every replica is its own holder, which is
-//! always correct (storage commits are atomic), only less frugal.
+//! Fleet leases: which replica of a fleet does a piece of work. Fill leases (one per digest) say
+//! which replica fetches an uncached blob from the upstream: it renews the lease while its fill
+//! runs, and the others wait for the blob to appear in the shared storage. The expiry lease says
+//! which replica runs a garbage-collection pass. A holder that dies stops renewing, its lease
+//! expires, and another replica takes over. Without a shared Redis every replica is its own
+//! holder, which is always correct (storage commits are atomic, deletions idempotent), only less
+//! frugal.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::oci::Digest;
+
+/// The lease name for filling `digest`.
+pub fn fill_lease(digest: &Digest) -> String {
+    format!("fill:{digest}")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
@@ -21,25 +28,25 @@ pub enum LeaseOutcome {
 }
 
 #[async_trait]
-pub trait FillLeases: Send + Sync + 'static {
-    async fn try_acquire(&self, digest: &Digest, ttl: Duration) -> LeaseOutcome;
+pub trait Leases: Send + Sync + 'static {
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> LeaseOutcome;
     /// Extend a lease this replica holds; false when it was lost (expired and taken).
-    async fn renew(&self, digest: &Digest, token: &str, ttl: Duration) -> bool;
-    async fn release(&self, digest: &Digest, token: &str);
+    async fn renew(&self, name: &str, token: &str, ttl: Duration) -> bool;
+    async fn release(&self, name: &str, token: &str);
 }
 
 /// Every replica fills for itself (single replica, or no shared Redis).
 pub struct LocalLeases;
 
 #[async_trait]
-impl FillLeases for LocalLeases {
-    async fn try_acquire(&self, _: &Digest, _: Duration) -> LeaseOutcome {
+impl Leases for LocalLeases {
+    async fn try_acquire(&self, _: &str, _: Duration) -> LeaseOutcome {
         LeaseOutcome::Acquired(String::new())
     }
 
-    async fn renew(&self, _: &Digest, _: &str, _: Duration) -> bool {
+    async fn renew(&self, _: &str, _: &str, _: Duration) -> bool {
         true
     }
 
-    async fn release(&self, _: &Digest, _: &str) {}
+    async fn release(&self, _: &str, _: &str) {}
 }

@@ -44,7 +44,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::lease::{FillLeases, LeaseOutcome};
+use super::lease::{LeaseOutcome, Leases};
 use super::{DescriptorCache, ManifestEntry, TagEntry};
 use crate::oci::Digest;
 
@@ -512,8 +512,8 @@ impl RedisCache {
         format!("{}tag:{repo}:{tag}", self.config.key_prefix)
     }
 
-    fn lease_key(&self, digest: &Digest) -> String {
-        format!("{}fill:{digest}", self.config.key_prefix)
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}{name}", self.config.key_prefix)
     }
 
     fn manifest_key(&self, digest: &Digest) -> String {
@@ -622,11 +622,11 @@ const RENEW_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return
 const RELEASE_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 #[async_trait]
-impl FillLeases for RedisCache {
-    async fn try_acquire(&self, digest: &Digest, ttl: Duration) -> LeaseOutcome {
+impl Leases for RedisCache {
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> LeaseOutcome {
         let token = uuid::Uuid::new_v4().to_string();
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.lease_key(digest))
+        cmd.arg(self.lease_key(name))
             .arg(&token)
             .arg("NX")
             .arg("PX")
@@ -638,11 +638,11 @@ impl FillLeases for RedisCache {
         }
     }
 
-    async fn renew(&self, digest: &Digest, token: &str, ttl: Duration) -> bool {
+    async fn renew(&self, name: &str, token: &str, ttl: Duration) -> bool {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(RENEW_SCRIPT)
             .arg(1)
-            .arg(self.lease_key(digest))
+            .arg(self.lease_key(name))
             .arg(token)
             .arg(ttl.as_millis() as u64);
         // A Redis that cannot answer has not given the lease away: keep filling.
@@ -651,11 +651,11 @@ impl FillLeases for RedisCache {
             .map_or(true, |n| n == 1)
     }
 
-    async fn release(&self, digest: &Digest, token: &str) {
+    async fn release(&self, name: &str, token: &str) {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(RELEASE_SCRIPT)
             .arg(1)
-            .arg(self.lease_key(digest))
+            .arg(self.lease_key(name))
             .arg(token);
         let _ = self.query::<i64>(Op::ReleaseLease, cmd).await;
     }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::layout;
-use crate::cache::lease::FillLeases;
+use crate::cache::lease::{Leases, fill_lease};
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};
@@ -191,7 +191,7 @@ impl Fills {
         &self,
         name: &RepoName,
         digest: &Digest,
-        lease: Option<(Arc<dyn FillLeases>, String)>,
+        lease: Option<(Arc<dyn Leases>, String)>,
     ) -> io::Result<Arc<Fill>> {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
@@ -245,7 +245,7 @@ struct FillJob {
     upstream: Arc<dyn Upstream>,
     read_only: bool,
     inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
-    lease: Option<(Arc<dyn FillLeases>, String)>,
+    lease: Option<(Arc<dyn Leases>, String)>,
 }
 
 /// How long a fleet lease lives without renewal: the time other replicas wait before taking
@@ -259,7 +259,7 @@ impl FillJob {
                 let renew = async {
                     loop {
                         tokio::time::sleep(LEASE_TTL / 3).await;
-                        if !leases.renew(&self.digest, token, LEASE_TTL).await {
+                        if !leases.renew(&fill_lease(&self.digest), token, LEASE_TTL).await {
                             // Another replica may now fill too; storage commits are atomic, so
                             // both finishing is wasteful but correct.
                             tracing::warn!(digest = %self.digest, "fill lease lost");
@@ -276,7 +276,7 @@ impl FillJob {
         // Released only after the commit, so a waiting replica finds the blob in storage rather
         // than a free lease and a second fetch.
         if let Some((leases, token)) = &self.lease {
-            leases.release(&self.digest, token).await;
+            leases.release(&fill_lease(&self.digest), token).await;
         }
         // Leave the map before announcing the end: a request arriving after this point finds
         // the committed blob in storage (or starts afresh after a failure).

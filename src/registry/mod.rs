@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::lease::{FillLeases, LeaseOutcome, LocalLeases};
+use crate::cache::lease::{LeaseOutcome, Leases, LocalLeases, fill_lease};
 use crate::cache::{DescriptorCache, ManifestEntry, TagEntry};
 use crate::oci::{ByteRange, Digest, ManifestInfo, RangeError, Reference, RepoName, Tag};
 use crate::storage::{ObjectMeta, Storage, StorageError};
@@ -112,7 +112,7 @@ pub struct Registry {
     settings: RegistrySettings,
     fills: Fills,
     manifests: Coalescer<(RepoName, Reference), Shared<Manifest>>,
-    leases: Arc<dyn FillLeases>,
+    leases: Arc<dyn Leases>,
     decisions: Coalescer<Digest, Shared<Source>>,
     bodies: ManifestBodies,
 }
@@ -150,7 +150,7 @@ impl Registry {
     }
 
     /// Coordinate fills with the other replicas of a fleet through `leases`.
-    pub fn with_leases(mut self, leases: Arc<dyn FillLeases>) -> Self {
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
         self.leases = leases;
         self
     }
@@ -696,7 +696,7 @@ impl Registry {
                     .increment(1);
                 return Ok(Source::Stored(meta));
             }
-            let lease = match self.leases.try_acquire(digest, fill::LEASE_TTL).await {
+            let lease = match self.leases.try_acquire(&fill_lease(digest), fill::LEASE_TTL).await {
                 LeaseOutcome::Acquired(token) if token.is_empty() => None,
                 LeaseOutcome::Acquired(token) => Some((self.leases.clone(), token)),
                 LeaseOutcome::Unavailable => None,
@@ -720,7 +720,7 @@ impl Registry {
                 && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await?
             {
                 if let Some((leases, token)) = &lease {
-                    leases.release(digest, token).await;
+                    leases.release(&fill_lease(digest), token).await;
                 }
                 return Ok(Source::Stored(meta));
             }

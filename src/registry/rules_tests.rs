@@ -501,12 +501,12 @@ async fn allow_list_refuses_before_any_upstream_call() {
 /// holder's death is noticed within the test.
 struct MemLeases {
     ttl: Duration,
-    map: Mutex<std::collections::HashMap<Digest, (String, std::time::Instant)>>,
+    map: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 #[async_trait]
-impl crate::cache::lease::FillLeases for MemLeases {
-    async fn try_acquire(&self, d: &Digest, _: Duration) -> crate::cache::lease::LeaseOutcome {
+impl crate::cache::lease::Leases for MemLeases {
+    async fn try_acquire(&self, d: &str, _: Duration) -> crate::cache::lease::LeaseOutcome {
         use crate::cache::lease::LeaseOutcome;
         let mut map = self.map.lock().unwrap();
         let now = std::time::Instant::now();
@@ -514,13 +514,13 @@ impl crate::cache::lease::FillLeases for MemLeases {
             Some((_, until)) if *until > now => LeaseOutcome::HeldElsewhere,
             _ => {
                 let token = uuid::Uuid::new_v4().to_string();
-                map.insert(d.clone(), (token.clone(), now + self.ttl));
+                map.insert(d.to_owned(), (token.clone(), now + self.ttl));
                 LeaseOutcome::Acquired(token)
             }
         }
     }
 
-    async fn renew(&self, d: &Digest, token: &str, _: Duration) -> bool {
+    async fn renew(&self, d: &str, token: &str, _: Duration) -> bool {
         let mut map = self.map.lock().unwrap();
         match map.get_mut(d) {
             Some((t, until)) if t == token => {
@@ -531,7 +531,7 @@ impl crate::cache::lease::FillLeases for MemLeases {
         }
     }
 
-    async fn release(&self, d: &Digest, token: &str) {
+    async fn release(&self, d: &str, token: &str) {
         let mut map = self.map.lock().unwrap();
         if map.get(d).is_some_and(|(t, _)| t == token) {
             map.remove(d);
@@ -603,9 +603,9 @@ async fn a_replica_takes_over_when_the_lease_holder_dies() {
         map: Mutex::new(Default::default()),
     });
     // A holder that never fills or renews: it died right after taking the lease.
-    use crate::cache::lease::{FillLeases, LeaseOutcome};
+    use crate::cache::lease::{LeaseOutcome, Leases, fill_lease};
     assert!(matches!(
-        leases.try_acquire(&fake.blob_digest, Duration::ZERO).await,
+        leases.try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO).await,
         LeaseOutcome::Acquired(_)
     ));
     let r = replica(&storage, &fake, &leases, &spool);
