@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod expiry;
 pub mod http;
 pub mod oci;
 pub mod registry;

@@ -259,7 +259,10 @@ impl FillJob {
                 let renew = async {
                     loop {
                         tokio::time::sleep(LEASE_TTL / 3).await;
-                        if !leases.renew(&fill_lease(&self.digest), token, LEASE_TTL).await {
+                        if !leases
+                            .renew(&fill_lease(&self.digest), token, LEASE_TTL)
+                            .await
+                        {
                             // Another replica may now fill too; storage commits are atomic, so
                             // both finishing is wasteful but correct.
                             tracing::warn!(digest = %self.digest, "fill lease lost");

@@ -11,11 +11,23 @@
 //!     _manifests/tags/<tag>/index/<alg>/<hex>/link       every digest the tag has pointed at
 //! ```
 //! A link file holds the digest as text (`sha256:…`).
+//!
+//! ocimirror's own bookkeeping lives beside that tree, where Distribution never looks:
+//!
+//! ```text
+//! ocimirror/
+//!   access/<alg>/<hex>                                   last pull of a blob or manifest (unix seconds)
+//!   expiry/last-pass                                     when the fleet's last expiry pass finished
+//! ```
 
 use crate::oci::{Digest, RepoName, Tag};
+use crate::storage::{Storage, StorageError};
 
 pub const ROOT: &str = "docker/registry/v2";
 pub const REPOSITORIES: &str = "docker/registry/v2/repositories";
+pub const BLOBS: &str = "docker/registry/v2/blobs";
+pub const ACCESS: &str = "ocimirror/access";
+pub const LAST_EXPIRY_PASS: &str = "ocimirror/expiry/last-pass";
 
 pub fn blob_data(d: &Digest) -> String {
     format!(
@@ -60,6 +72,53 @@ pub fn tag_index(name: &RepoName, tag: &Tag, d: &Digest) -> String {
         d.algorithm().as_str(),
         d.hex()
     )
+}
+
+pub fn access_marker(d: &Digest) -> String {
+    format!("{ACCESS}/{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+/// Every repository under [`REPOSITORIES`] (a directory holding `_manifests`), sorted.
+pub async fn repositories(storage: &dyn Storage) -> Result<Vec<String>, StorageError> {
+    let mut repos = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = if rel.is_empty() {
+            REPOSITORIES.to_owned()
+        } else {
+            format!("{REPOSITORIES}/{rel}")
+        };
+        let children = storage.list(&dir).await?;
+        if children.iter().any(|c| c == "_manifests") && !rel.is_empty() {
+            repos.push(rel.clone());
+        }
+        for c in children {
+            if c.starts_with('_') || rel.len() + c.len() >= crate::oci::name::MAX_NAME_LEN {
+                continue;
+            }
+            stack.push(if rel.is_empty() {
+                c
+            } else {
+                format!("{rel}/{c}")
+            });
+        }
+    }
+    repos.sort();
+    Ok(repos)
+}
+
+/// The digests named by the entries of a `<dir>/<alg>/<hex>` tree (`_layers`, `revisions`,
+/// `index`, `blobs/<alg>/<xx>` aside), skipping names that are not digests.
+pub async fn digests_under(storage: &dyn Storage, dir: &str) -> Result<Vec<Digest>, StorageError> {
+    let mut out = Vec::new();
+    for alg in storage.list(dir).await? {
+        for hex in storage.list(&format!("{dir}/{alg}")).await? {
+            if let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

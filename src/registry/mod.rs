@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::lease::{LeaseOutcome, Leases, LocalLeases, fill_lease};
 use crate::cache::{DescriptorCache, ManifestEntry, TagEntry};
+use crate::expiry::AccessLog;
 use crate::oci::{ByteRange, Digest, ManifestInfo, RangeError, Reference, RepoName, Tag};
 use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -115,6 +116,8 @@ pub struct Registry {
     leases: Arc<dyn Leases>,
     decisions: Coalescer<Digest, Shared<Source>>,
     bodies: ManifestBodies,
+    /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
+    access: Option<Arc<AccessLog>>,
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -146,7 +149,14 @@ impl Registry {
             leases: Arc::new(LocalLeases),
             decisions: Coalescer::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
+            access: None,
         }
+    }
+
+    /// Note every pull in `log`, for expiry.
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Self {
+        self.access = Some(log);
+        self
     }
 
     /// Coordinate fills with the other replicas of a fleet through `leases`.
@@ -168,10 +178,14 @@ impl Registry {
         reference: &Reference,
     ) -> Result<Manifest, RegistryError> {
         let repo = self.upstream.canonical_name(name);
-        match reference {
+        let m = match reference {
             Reference::Digest(d) => self.manifest_by_digest(&repo, d).await,
             Reference::Tag(t) => self.manifest_by_tag(&repo, t).await,
+        }?;
+        if let Some(log) = &self.access {
+            log.touch(&m.digest);
         }
+        Ok(m)
     }
 
     /// The manifest `d` from storage, if this repository holds it.
@@ -554,6 +568,33 @@ impl Registry {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, RegistryError> {
+        let mut reply = self.blob_reply(name, digest, range, head).await?;
+        if let Some(log) = &self.access {
+            match reply.body.take() {
+                // Held until the stream ends, so that expiry leaves it alone meanwhile.
+                Some(body) => {
+                    let hold = log.hold(digest);
+                    reply.body = Some(
+                        body.map(move |chunk| {
+                            let _ = &hold;
+                            chunk
+                        })
+                        .boxed(),
+                    );
+                }
+                None => log.touch(digest),
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn blob_reply(
+        self: &Arc<Self>,
+        name: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobReply, RegistryError> {
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
         let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
@@ -580,8 +621,16 @@ impl Registry {
             }
         }
         if let Some(meta) = data {
-            metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
-            return self.serve_stored(digest, meta, range, head).await;
+            match self.serve_stored(digest, meta, range, head).await {
+                // Expired and deleted since the look above: fetch it again like any miss.
+                Err(RegistryError::Storage(e)) if e.is_not_found() => {
+                    tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
+                }
+                r => {
+                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
+                    return r;
+                }
+            }
         }
         if self.settings.offline {
             return Err(RegistryError::BlobUnknown);
@@ -696,7 +745,11 @@ impl Registry {
                     .increment(1);
                 return Ok(Source::Stored(meta));
             }
-            let lease = match self.leases.try_acquire(&fill_lease(digest), fill::LEASE_TTL).await {
+            let lease = match self
+                .leases
+                .try_acquire(&fill_lease(digest), fill::LEASE_TTL)
+                .await
+            {
                 LeaseOutcome::Acquired(token) if token.is_empty() => None,
                 LeaseOutcome::Acquired(token) => Some((self.leases.clone(), token)),
                 LeaseOutcome::Unavailable => None,
@@ -797,30 +850,7 @@ impl Registry {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<CatalogPage, RegistryError> {
-        let mut repos = Vec::new();
-        let mut stack = vec![String::new()];
-        while let Some(rel) = stack.pop() {
-            let dir = if rel.is_empty() {
-                layout::REPOSITORIES.to_owned()
-            } else {
-                format!("{}/{rel}", layout::REPOSITORIES)
-            };
-            let children = self.storage.list(&dir).await?;
-            if children.iter().any(|c| c == "_manifests") && !rel.is_empty() {
-                repos.push(rel.clone());
-            }
-            for c in children {
-                if c.starts_with('_') || rel.len() + c.len() >= crate::oci::name::MAX_NAME_LEN {
-                    continue;
-                }
-                stack.push(if rel.is_empty() {
-                    c
-                } else {
-                    format!("{rel}/{c}")
-                });
-            }
-        }
-        repos.sort();
+        let repos = layout::repositories(self.storage.as_ref()).await?;
         let (repositories, next) = paginate(repos, n, last);
         Ok(CatalogPage { repositories, next })
     }

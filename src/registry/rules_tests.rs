@@ -605,7 +605,9 @@ async fn a_replica_takes_over_when_the_lease_holder_dies() {
     // A holder that never fills or renews: it died right after taking the lease.
     use crate::cache::lease::{LeaseOutcome, Leases, fill_lease};
     assert!(matches!(
-        leases.try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO).await,
+        leases
+            .try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO)
+            .await,
         LeaseOutcome::Acquired(_)
     ));
     let r = replica(&storage, &fake, &leases, &spool);

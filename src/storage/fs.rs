@@ -81,12 +81,20 @@ fn io(key: &str, source: std::io::Error) -> StorageError {
 }
 
 async fn publish(tmp: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| io(key, e))?;
+    // A delete that empties the destination's directory removes it; one racing with this may
+    // remove it between the two steps, so a vanished directory is made again, a few times.
+    let mut tries = 0;
+    loop {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io(key, e))?;
+        }
+        match tokio::fs::rename(tmp, dest).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            r => return r.map_err(|e| io(key, e)),
+        }
     }
-    tokio::fs::rename(tmp, dest).await.map_err(|e| io(key, e))
 }
 
 #[async_trait]
@@ -163,10 +171,28 @@ impl Storage for FsStorage {
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(key, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(key, e)),
         }
+        // Directories are not objects: one left empty would still list (a tag, a repository),
+        // so remove the empty ones up to the root. `remove_dir` refuses a directory that is not
+        // empty, and a writer racing with this recreates its directory (see `publish`).
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == self.root
+                || !d.starts_with(&self.root)
+                || tokio::fs::remove_dir(d).await.is_err()
+            {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    async fn remove_abandoned(&self, age: std::time::Duration) -> Result<usize, StorageError> {
+        Ok(self.remove_abandoned_temp_files(age).await)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

@@ -7,7 +7,7 @@ mod memory;
 mod s3;
 
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -67,6 +67,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Names of the immediate children of the "directory" `prefix` (no trailing slash), sorted.
     /// A missing prefix lists as empty.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Remove what writers killed before commit or clean-up left behind, older than `age` (so
+    /// that writers still running, in any process, are untouched). Returns how many.
+    async fn remove_abandoned(&self, age: Duration) -> Result<usize, StorageError> {
+        let _ = age;
+        Ok(0)
+    }
 }
 
 #[async_trait]
