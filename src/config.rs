@@ -13,6 +13,7 @@ use url::Url;
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
+use crate::expiry::ExpiryPolicy;
 use crate::storage::S3Config;
 use crate::upstream::UpstreamSettings;
 
@@ -36,6 +37,8 @@ pub struct Config {
     pub role: Role,
     /// Token authentication; absent: anonymous pulls of everything (an open mirror).
     pub auth: Option<AuthConfig>,
+    /// When cached content is forgotten; absent: never (and pulls are not recorded).
+    pub expiry: Option<ExpiryConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -81,6 +84,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             role: Role::All,
             auth: None,
+            expiry: None,
         }
     }
 }
@@ -262,6 +266,30 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpiryConfig {
+    /// Forget what nobody pulled for this long (`30d`); unset: never by age.
+    pub max_age: Option<String>,
+    /// Keep stored bytes under this (`500GiB`), least recently pulled first; unset: no cap.
+    pub max_size: Option<String>,
+    /// How often the fleet runs a pass; `0s`: only `ocimirror gc`.
+    pub interval: String,
+    /// Nothing pulled more recently than this is ever deleted.
+    pub min_idle: String,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        ExpiryConfig {
+            max_age: None,
+            max_size: None,
+            interval: "1h".into(),
+            min_idle: "10m".into(),
+        }
+    }
+}
+
 /// Values from command-line flags, applied last.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -301,6 +329,8 @@ pub struct Settings {
     pub auth: Option<AuthConfig>,
     /// The file this came from, re-read to reload users and ACL.
     pub config_path: Option<PathBuf>,
+    /// Absent: content is never forgotten.
+    pub expiry: Option<ExpiryPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,6 +541,7 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
 
 const TOP_LEVEL: &[&str] = &[
     "listen", "data_dir", "mode", "log", "storage", "cache", "upstream", "server", "role", "auth",
+    "expiry",
 ];
 
 fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
@@ -559,7 +590,19 @@ fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), 
 fn is_string_key(path: &[String]) -> bool {
     matches!(
         path.last().map(String::as_str),
-        Some("password" | "username" | "url" | "listen" | "root" | "data_dir" | "level")
+        Some(
+            "password"
+                | "username"
+                | "url"
+                | "listen"
+                | "root"
+                | "data_dir"
+                | "level"
+                | "max_age"
+                | "max_size"
+                | "interval"
+                | "min_idle"
+        )
     ) || path
         .last()
         .is_some_and(|k| k.ends_with("timeout") || k.ends_with("ttl"))
@@ -742,6 +785,52 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         (None, Role::Auth) => problem("role", "role auth needs an auth section".into()),
         (None, _) => {}
     }
+    let expiry = c.expiry.as_ref().and_then(|e| {
+        let mut ok = true;
+        let mut dur = |key: &str, v: &str| match humantime::parse_duration(v.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ok = false;
+                problem(
+                    key,
+                    format!("{v:?} is not a duration like 30d, 12h or 10m: {e}"),
+                );
+                None
+            }
+        };
+        let max_age = e.max_age.as_deref().and_then(|v| dur("expiry.max_age", v));
+        let interval = dur("expiry.interval", &e.interval);
+        let min_idle = dur("expiry.min_idle", &e.min_idle);
+        if min_idle.is_some_and(|d| d < Duration::from_secs(1)) {
+            ok = false;
+            problem(
+                "expiry.min_idle",
+                "must be at least 1s: it protects pulls in progress".into(),
+            );
+        }
+        let max_size = e.max_size.as_deref().and_then(|v| match parse_size(v) {
+            Ok(n) => Some(n),
+            Err(m) => {
+                ok = false;
+                problem("expiry.max_size", m);
+                None
+            }
+        });
+        if c.storage.read_only {
+            ok = false;
+            problem(
+                "expiry",
+                "storage.read_only is set: nothing would ever be deleted; remove one of them"
+                    .into(),
+            );
+        }
+        ok.then(|| ExpiryPolicy {
+            max_age,
+            max_size,
+            interval: interval.expect("checked"),
+            min_idle: min_idle.expect("checked"),
+        })
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -788,7 +877,16 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         role: c.role,
         auth: c.auth.clone(),
         config_path: None,
+        expiry,
     })
+}
+
+/// A size like `500GiB`, `20 GB` or `1048576` (bytes).
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    v.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{v:?} is not a size like 500GiB or 20GB: {e}"))
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -970,6 +1068,48 @@ mod tests {
             assert_eq!(s.upstream.library_prefix, want, "{v}");
         }
         assert!(load_str("upstream:\n  library_prefix: maybe\n", &[]).is_err());
+    }
+
+    #[test]
+    fn expiry_policy_is_parsed_and_checked() {
+        let (_, s) = load_str(
+            "expiry:\n  max_age: 30d\n  max_size: 500GiB\n  interval: 30m\n",
+            &[],
+        )
+        .unwrap();
+        let e = s.expiry.unwrap();
+        assert_eq!(e.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(e.max_size, Some(500 * 1024 * 1024 * 1024));
+        assert_eq!(e.interval, Duration::from_secs(1800));
+        assert_eq!(e.min_idle, Duration::from_secs(600));
+        // Absent: nothing expires.
+        let (_, s) = load_str("listen: :5000\n", &[]).unwrap();
+        assert_eq!(s.expiry, None);
+        // The environment can turn it on.
+        let (_, s) = load_str("listen: :5000\n", &[("OCIMIRROR_EXPIRY__MAX_SIZE", "20GB")]).unwrap();
+        assert_eq!(s.expiry.unwrap().max_size, Some(20_000_000_000));
+
+        let err = load_str(
+            "storage:\n  read_only: true\nexpiry:\n  max_age: a month\n  max_size: lots\n  min_idle: 0\n",
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<(&str, Option<usize>)> = err
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.line))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("expiry.max_age", Some(4)),
+                ("expiry.min_idle", Some(6)),
+                ("expiry.max_size", Some(5)),
+                ("expiry", Some(3)),
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"lots\" is not a size"), "{err}");
     }
 
     #[test]

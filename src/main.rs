@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
+    /// Run one expiry pass now: forget what the config's `expiry` policy (or the flags) says,
+    /// clean up abandoned temporary files, and report. Safe beside running replicas.
+    Gc(GcArgs),
     /// Print a bcrypt hash of a password read from standard input, for `auth.users`.
     HashPassword {
         #[arg(long, default_value_t = 12)]
@@ -56,6 +59,25 @@ enum Command {
 enum ConfigCommand {
     /// Validate a config file (with the environment's overrides) and report every problem.
     Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// YAML config file (storage, cache and the `expiry` policy).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Report what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Override the policy's max_age, e.g. 30d.
+    #[arg(long)]
+    max_age: Option<String>,
+    /// Override the policy's max_size, e.g. 500GiB.
+    #[arg(long)]
+    max_size: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -163,6 +185,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Gc(a) => gc(a),
         Command::Serve(a) => {
             let overrides = Overrides {
                 listen: a.listen,
@@ -203,4 +226,94 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn gc(a: GcArgs) -> ExitCode {
+    let settings = match config::load(a.config.as_deref(), std::env::vars(), &Overrides::default())
+    {
+        Ok((_, s)) => s,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut policy = settings.expiry.clone().unwrap_or_default();
+    if let Some(v) = &a.max_age {
+        match humantime::parse_duration(v) {
+            Ok(d) => policy.max_age = Some(d),
+            Err(e) => {
+                eprintln!("error: --max-age {v:?} is not a duration like 30d: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(v) = &a.max_size {
+        match config::parse_size(v) {
+            Ok(n) => policy.max_size = Some(n),
+            Err(e) => {
+                eprintln!("error: --max-size: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if settings.read_only && !a.dry_run {
+        eprintln!("error: storage.read_only is set; only --dry-run is possible");
+        return ExitCode::FAILURE;
+    }
+    init_logging(&settings.log_level, settings.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(ocimirror::server::expiry_pass(&settings, policy, a.dry_run))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let verb = if report.dry_run { "would remove" } else { "removed" };
+    println!(
+        "scanned: {} blobs ({} bytes), {} manifests, {} repositories",
+        report.blobs, report.stored_bytes, report.manifests, report.repositories
+    );
+    println!(
+        "{verb}: {} manifests, {} blobs ({} bytes; {} by age, {} by size), {} links, {} access records, {} temporary files",
+        report.removed_manifests,
+        report.removed_blobs,
+        report.removed_bytes,
+        report.removed_by_age,
+        report.removed_by_size,
+        report.removed_links,
+        report.removed_records,
+        report.removed_temp_files
+    );
+    if report.spared > 0 {
+        println!("spared: {} pulled again during the pass", report.spared);
+    }
+    println!("kept: {} bytes", report.kept_bytes);
+    if report.dry_run {
+        for d in &report.removed {
+            println!("  {d}");
+        }
+    }
+    if report.errors > 0 {
+        eprintln!("{} deletions failed; the next pass retries them", report.errors);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

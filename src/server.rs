@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use crate::auth::acl::NamePattern;
 use crate::cache::lease::{Leases, LocalLeases};
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
+use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
+use tokio_util::sync::CancellationToken;
 use crate::config::{CacheBackend, Settings, StorageBackend};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,8 @@ pub enum ServeError {
     Auth(String),
     #[error("config: {0}")]
     Config(String),
+    #[error("expiry: {0}")]
+    Expiry(String),
 }
 
 /// Install the process-wide Prometheus recorder (once; later calls get the same handle).
@@ -64,12 +68,14 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
-    let spool_dir = s.data_dir.join("spool");
-    std::fs::create_dir_all(&spool_dir).map_err(|e| ServeError::Dir {
-        path: spool_dir.display().to_string(),
-        source: e,
-    })?;
+/// The shared parts a replica works on: storage, the descriptor cache, and the fleet's leases.
+pub struct Backends {
+    pub storage: Arc<dyn Storage>,
+    pub cache: Arc<dyn DescriptorCache>,
+    pub leases: Arc<dyn Leases>,
+}
+
+pub async fn build_backends(s: &Settings) -> Result<Backends, ServeError> {
     let storage: Arc<dyn Storage> = match s.storage_backend {
         StorageBackend::Filesystem => {
             if !s.read_only {
@@ -116,6 +122,27 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
             (redis.clone(), redis)
         }
     };
+    Ok(Backends {
+        storage,
+        cache,
+        leases,
+    })
+}
+
+pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
+    build_registry_on(s, build_backends(s).await?, None).await
+}
+
+async fn build_registry_on(
+    s: &Settings,
+    b: Backends,
+    access: Option<Arc<AccessLog>>,
+) -> Result<Arc<Registry>, ServeError> {
+    let spool_dir = s.data_dir.join("spool");
+    std::fs::create_dir_all(&spool_dir).map_err(|e| ServeError::Dir {
+        path: spool_dir.display().to_string(),
+        source: e,
+    })?;
     let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(s.upstream.clone())?);
     if !s.upstream_allow.is_empty() {
         let patterns: Vec<NamePattern> = s
@@ -126,26 +153,81 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
         let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
         upstream = Arc::new(AllowListed::new(upstream, allowed));
     }
-    Ok(Arc::new(
-        Registry::new(
-            storage,
-            cache,
-            upstream,
-            RegistrySettings {
-                tag_ttl: s.tag_ttl,
-                offline: s.offline,
-                read_only: s.read_only,
-                spool_dir,
-            },
-        )
-        .with_leases(leases),
-    ))
+    let mut registry = Registry::new(
+        b.storage,
+        b.cache,
+        upstream,
+        RegistrySettings {
+            tag_ttl: s.tag_ttl,
+            offline: s.offline,
+            read_only: s.read_only,
+            spool_dir,
+        },
+    )
+    .with_leases(b.leases);
+    if let Some(log) = access {
+        registry = registry.with_access_log(log);
+    }
+    Ok(Arc::new(registry))
+}
+
+/// One expiry pass over the configured storage, for `ocimirror gc`.
+pub async fn expiry_pass(
+    s: &Settings,
+    policy: ExpiryPolicy,
+    dry_run: bool,
+) -> Result<crate::expiry::Report, ServeError> {
+    let b = build_backends(s).await?;
+    Collector::new(b.storage, b.leases, policy)
+        .pass(dry_run)
+        .await
+        .map_err(|e| ServeError::Expiry(e.to_string()))
+}
+
+/// The background work of a replica with an expiry policy: its access log, written in
+/// batches, and the schedule of expiry passes. Stopped (with a last flush) at shutdown.
+struct Expiry {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Expiry {
+    fn start(b: &Backends, policy: &ExpiryPolicy) -> (Arc<AccessLog>, Expiry) {
+        let log = AccessLog::new(b.storage.clone(), policy);
+        let collector = Arc::new(
+            Collector::new(b.storage.clone(), b.leases.clone(), policy.clone())
+                .with_access_log(log.clone()),
+        );
+        let stop = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(log.clone().run(stop.clone())),
+            tokio::spawn(collector.run(stop.clone())),
+        ];
+        (log, Expiry { stop, tasks })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let roles = s.role.roles();
+    let mut expiry = None;
     let registry = if roles.verify {
-        Some(build_registry(&s).await?)
+        let b = build_backends(&s).await?;
+        let access = match &s.expiry {
+            Some(policy) => {
+                let (log, e) = Expiry::start(&b, policy);
+                expiry = Some(e);
+                Some(log)
+            }
+            None => None,
+        };
+        Some(build_registry_on(&s, b, access).await?)
     } else {
         None
     };
@@ -243,6 +325,9 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
                 tracing::warn!("shutdown grace period over with fills still committing");
             }
         }
+    }
+    if let Some(e) = expiry {
+        e.stop().await;
     }
     tracing::info!("stopped");
     Ok(())
