@@ -1086,7 +1086,8 @@ mod tests {
         let (_, s) = load_str("listen: :5000\n", &[]).unwrap();
         assert_eq!(s.expiry, None);
         // The environment can turn it on.
-        let (_, s) = load_str("listen: :5000\n", &[("OCIMIRROR_EXPIRY__MAX_SIZE", "20GB")]).unwrap();
+        let (_, s) =
+            load_str("listen: :5000\n", &[("OCIMIRROR_EXPIRY__MAX_SIZE", "20GB")]).unwrap();
         assert_eq!(s.expiry.unwrap().max_size, Some(20_000_000_000));
 
         let err = load_str(

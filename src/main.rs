@@ -271,14 +271,14 @@ fn gc(a: GcArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(ocimirror::server::expiry_pass(&settings, policy, a.dry_run))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let report =
+        match runtime.block_on(ocimirror::server::expiry_pass(&settings, policy, a.dry_run)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     if a.json {
         println!(
             "{}",
@@ -286,7 +286,11 @@ fn gc(a: GcArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let verb = if report.dry_run { "would remove" } else { "removed" };
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     println!(
         "scanned: {} blobs ({} bytes), {} manifests, {} repositories",
         report.blobs, report.stored_bytes, report.manifests, report.repositories
@@ -312,7 +316,10 @@ fn gc(a: GcArgs) -> ExitCode {
         }
     }
     if report.errors > 0 {
-        eprintln!("{} deletions failed; the next pass retries them", report.errors);
+        eprintln!(
+            "{} deletions failed; the next pass retries them",
+            report.errors
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

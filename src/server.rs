@@ -10,11 +10,11 @@ use tokio::net::TcpListener;
 use crate::auth::acl::NamePattern;
 use crate::cache::lease::{Leases, LocalLeases};
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
-use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
-use tokio_util::sync::CancellationToken;
 use crate::config::{CacheBackend, Settings, StorageBackend};
+use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::service::TokenService;
 use crate::http::gate::Gate;

@@ -68,6 +68,14 @@ impl AccessLog {
         })
     }
 
+    /// How long a manifest this replica found in storage may be served from memory without
+    /// looking again. Shorter than a flush, so a manifest served from memory was in storage
+    /// less than a flush ago: a pass that deleted it meanwhile finds the pull on record when it
+    /// checks again (a settle time later), and keeps the blobs.
+    pub fn memory_trust(&self) -> Duration {
+        self.flush_interval.min(self.rewrite_after / 2)
+    }
+
     /// Note a pull of `d`. Costs a map look-up; nothing waits on storage.
     pub fn touch(&self, d: &Digest) {
         let mut st = self.state.lock().expect("lock");

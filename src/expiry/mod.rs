@@ -50,9 +50,9 @@ impl ExpiryPolicy {
         self.min_idle / 2
     }
 
-    /// How long a pass waits between choosing and deleting, so that every replica's latest
-    /// access records are in storage when the choice is checked again.
+    /// How long a pass waits before each check of its choice, so that every replica's latest
+    /// access records are in storage by then (three flushes, with room for slow writes).
     pub fn settle_time(&self) -> Duration {
-        self.flush_interval() * 2 + Duration::from_millis(100)
+        self.flush_interval() * 3 + Duration::from_millis(100)
     }
 }

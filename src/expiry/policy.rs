@@ -46,12 +46,15 @@ impl Plan {
         self.blobs.values().map(|(s, _)| s).sum()
     }
 
-    /// Keep `d` after all (it was pulled again), and everything it references.
-    pub fn spare(&mut self, d: &Digest, inv: &Inventory) {
+    /// Keep `d` after all (it was pulled again), and everything it references. Returns how
+    /// many digests that took off the plan.
+    pub fn spare(&mut self, d: &Digest, inv: &Inventory) -> usize {
         let mut stack = vec![d.clone()];
+        let mut n = 0;
         while let Some(d) = stack.pop() {
             if let Some((size, _)) = self.blobs.remove(&d) {
                 self.kept_bytes += size;
+                n += 1;
             }
             if self.manifests.remove(&d)
                 && let Some(refs) = inv.manifests.get(&d)
@@ -59,6 +62,7 @@ impl Plan {
                 stack.extend(refs.iter().cloned());
             }
         }
+        n
     }
 
     /// Link keys to delete, in the order that keeps every step consistent for readers: tags

@@ -7,6 +7,7 @@
 //! manifest that is gone. A reader that loses the race (it found the data an instant before it
 //! went) is answered by fetching again from the upstream, never with an error.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -162,12 +163,49 @@ impl Collector {
             ..Report::default()
         };
         metrics::gauge!("ocimirror_storage_bytes").set(report.stored_bytes as f64);
+        let mut gone = BTreeSet::new();
         if !dry_run && !plan.is_empty() {
             tokio::time::sleep(self.settle).await;
-            report.spared = self.recheck(&inv, &mut plan).await;
+            for d in self.recheck(&inv, &plan).await {
+                report.spared += plan.spare(&d, &inv);
+            }
+            // Phase 1: the manifests go first, so no pull can start on them any more.
+            let (tags_and_revisions, _) = plan.links(&inv);
+            report.removed_links += tags_and_revisions.len();
+            report.errors += self.delete_all(tags_and_revisions).await;
+            let data: Vec<String> = plan.manifests.iter().map(layout::blob_data).collect();
+            report.errors += self.delete_all(data).await;
+            gone = plan.manifests.clone();
+            // Phase 2: a pull that was given one of them before it went is on record once
+            // the replicas have flushed; what it references stays.
+            tokio::time::sleep(self.settle).await;
+            for d in self.recheck(&inv, &plan).await {
+                report.spared += spare_refs(&mut plan, &d, &gone, &inv);
+            }
+            let (_, layer_links) = plan.links(&inv);
+            report.removed_links += layer_links.len();
+            let data: Vec<String> = plan
+                .blobs
+                .keys()
+                .filter(|d| !gone.contains(*d))
+                .map(layout::blob_data)
+                .collect();
+            report.errors += self.delete_all(data).await;
+            report.errors += self.delete_all(layer_links).await;
+            let records: Vec<String> = plan
+                .blobs
+                .keys()
+                .chain(&inv.orphan_markers)
+                .map(layout::access_marker)
+                .collect();
+            report.errors += self.delete_all(records).await;
+        } else if dry_run {
+            let (a, b) = plan.links(&inv);
+            report.removed_links = a.len() + b.len();
+            gone = plan.manifests.clone();
         }
         report.kept_bytes = plan.kept_bytes;
-        report.removed_manifests = plan.manifests.len();
+        report.removed_manifests = gone.len();
         report.removed_blobs = plan.blobs.len();
         report.removed_bytes = plan.bytes();
         report.removed_by_age = plan
@@ -177,23 +215,18 @@ impl Collector {
             .count();
         report.removed_by_size = plan.blobs.len() - report.removed_by_age;
         report.removed = plan.blobs.keys().map(|d| d.to_string()).collect();
-        let (before, after) = plan.links(&inv);
-        report.removed_links = before.len() + after.len();
         report.removed_records = inv.orphan_markers.len() + plan.blobs.len();
         if dry_run {
             return Ok(report);
         }
-        report.errors += self.delete_all(before).await;
-        let data: Vec<String> = plan.blobs.keys().map(layout::blob_data).collect();
-        report.errors += self.delete_all(data).await;
-        report.errors += self.delete_all(after).await;
-        let records: Vec<String> = plan
-            .blobs
-            .keys()
-            .chain(&inv.orphan_markers)
-            .map(layout::access_marker)
-            .collect();
-        report.errors += self.delete_all(records).await;
+        if plan.is_empty() && !inv.orphan_markers.is_empty() {
+            let records: Vec<String> = inv
+                .orphan_markers
+                .iter()
+                .map(layout::access_marker)
+                .collect();
+            report.errors += self.delete_all(records).await;
+        }
         report.removed_temp_files = self.storage.remove_abandoned(ABANDONED_TEMP_AGE).await?;
         metrics::counter!("ocimirror_expiry_removed_bytes_total").increment(report.removed_bytes);
         metrics::counter!("ocimirror_expiry_removed_blobs_total")
@@ -204,14 +237,14 @@ impl Collector {
         Ok(report)
     }
 
-    /// Spare what was pulled after the snapshot: by its record in storage, or by this process's
-    /// own notes. Returns how many digests were spared.
-    async fn recheck(&self, inv: &Inventory, plan: &mut Plan) -> usize {
+    /// What was pulled after the snapshot, by its record in storage or by this process's own
+    /// notes.
+    async fn recheck(&self, inv: &Inventory, plan: &Plan) -> Vec<Digest> {
         if let Some(log) = &self.access {
             log.flush().await;
         }
         let victims: Vec<Digest> = plan.blobs.keys().cloned().collect();
-        let fresh: Vec<Digest> = futures_util::stream::iter(victims)
+        futures_util::stream::iter(victims)
             .map(|d| async move {
                 let noted = self.access.as_ref().is_some_and(|l| l.is_active(&d));
                 let pulled = inventory::read_marker(self.storage.as_ref(), &d).await;
@@ -222,12 +255,7 @@ impl Collector {
             .buffer_unordered(DELETE_CONCURRENCY)
             .filter_map(std::future::ready)
             .collect()
-            .await;
-        let before = plan.blobs.len();
-        for d in &fresh {
-            plan.spare(d, inv);
-        }
-        before - plan.blobs.len()
+            .await
     }
 
     /// Delete `keys`; returns how many failed (logged; the next pass tries again).
@@ -296,6 +324,19 @@ impl Collector {
         let now = unix_secs((self.clock)());
         last.is_none_or(|l| now.saturating_sub(l) >= interval.as_secs())
     }
+}
+
+/// Keep what `d` references (it was pulled again), or `d` itself when it is still stored.
+/// Manifests in `gone` are already deleted: only what they reference can be kept.
+fn spare_refs(plan: &mut Plan, d: &Digest, gone: &BTreeSet<Digest>, inv: &Inventory) -> usize {
+    if !gone.contains(d) {
+        return plan.spare(d, inv);
+    }
+    let mut n = 0;
+    for r in inv.manifests.get(d).into_iter().flatten() {
+        n += spare_refs(plan, r, gone, inv);
+    }
+    n
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

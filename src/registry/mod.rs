@@ -204,7 +204,8 @@ impl Registry {
         {
             return Ok(None);
         }
-        if let Some(m) = self.bodies.get(d) {
+        let trust = self.access.as_ref().map(|log| log.memory_trust());
+        if let Some(m) = self.bodies.get(d, trust) {
             return Ok(Some(m));
         }
         let body = match self.storage.read(&layout::blob_data(d)).await {
