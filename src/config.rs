@@ -14,6 +14,7 @@ use url::Url;
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
 use crate::expiry::ExpiryPolicy;
+use crate::http::tls::TlsFiles;
 use crate::storage::S3Config;
 use crate::upstream::UpstreamSettings;
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// When cached content is forgotten; absent: never (and pulls are not recorded).
     pub expiry: Option<ExpiryConfig>,
+    /// Serve HTTPS with this certificate (reloaded when the files change); absent: plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -85,6 +88,7 @@ impl Default for Config {
             role: Role::All,
             auth: None,
             expiry: None,
+            tls: None,
         }
     }
 }
@@ -290,6 +294,15 @@ impl Default for ExpiryConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
 /// Values from command-line flags, applied last.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -331,6 +344,8 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// Absent: content is never forgotten.
     pub expiry: Option<ExpiryPolicy>,
+    /// Absent: plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -541,7 +556,7 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
 
 const TOP_LEVEL: &[&str] = &[
     "listen", "data_dir", "mode", "log", "storage", "cache", "upstream", "server", "role", "auth",
-    "expiry",
+    "expiry", "tls",
 ];
 
 fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
@@ -602,6 +617,8 @@ fn is_string_key(path: &[String]) -> bool {
                 | "max_size"
                 | "interval"
                 | "min_idle"
+                | "certificate"
+                | "key"
         )
     ) || path
         .last()
@@ -831,6 +848,29 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             min_idle: min_idle.expect("checked"),
         })
     });
+    let tls = match &c.tls {
+        None => None,
+        Some(TlsConfig {
+            certificate: Some(certificate),
+            key: Some(key),
+        }) => {
+            let files = TlsFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            };
+            match crate::http::tls::load(&files) {
+                Ok(_) => Some(files),
+                Err(e) => {
+                    problem("tls", e);
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            problem("tls", "needs both certificate and key".into());
+            None
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -878,6 +918,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         auth: c.auth.clone(),
         config_path: None,
         expiry,
+        tls,
     })
 }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::service::TokenService;
 use crate::http::gate::Gate;
+use crate::http::tls::TlsListener;
 use crate::http::token::TokenEndpoint;
 use crate::http::{AppState, router};
 use crate::registry::{Registry, RegistrySettings};
@@ -283,6 +284,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         upstream = %s.upstream.url,
         offline = s.offline,
         read_only = s.read_only,
+        tls = s.tls.is_some(),
         storage = %match s.storage_backend {
             StorageBackend::Filesystem => s.storage_root.display().to_string(),
             StorageBackend::S3 => format!("s3://{}{}", s.s3.bucket, s.s3.root),
@@ -299,12 +301,27 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         drain_state.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(());
     };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown);
-    let mut server = std::pin::pin!(server.into_future());
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+    let mut server: Serving = match &s.tls {
+        None => Box::pin(
+            axum::serve(listener, make)
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        ),
+        Some(files) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's connect-info (the client address).
+            let tls = TlsListener::new(listener, files.clone())
+                .map_err(ServeError::Config)?
+                .tap_io(|_| {});
+            Box::pin(
+                axum::serve(tls, make)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            )
+        }
+    };
     let deadline = async {
         let _ = stop_rx.await;
         tokio::time::sleep(grace).await;

@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod gate;
+pub mod tls;
 pub mod token;
 
 use std::sync::Arc;

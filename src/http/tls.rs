@@ -1,0 +1,227 @@
+//! TLS served by ocimirror itself, for set-ups without an ingress: the certificate and key come
+//! from files and are reloaded when they change (a renewed certificate takes effect without a
+//! restart; one that does not load is refused and the one in force stays). Handshakes run in
+//! their own tasks, so a client that stalls one holds up no one else.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::aws_lc_rs;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// A client gets this long to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the files' modification times are looked at.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+/// Finished handshakes waiting for the server to pick them up.
+const BACKLOG: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Load and check a certificate chain and its key.
+pub fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", files.certificate.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no certificate in the file",
+            files.certificate.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = aws_lc_rs::default_provider();
+    let ck = CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable pair: {e}",
+            files.certificate.display(),
+            files.key.display()
+        )
+    })?;
+    Ok(ck)
+}
+
+/// The certificate in force, replaced on reload.
+#[derive(Debug)]
+struct Current(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().expect("lock").clone())
+    }
+}
+
+/// A TCP listener that hands the server finished TLS connections.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Serve TLS on `tcp` with the certificate in `files`, reloading it when the files change.
+    pub fn new(tcp: TcpListener, files: TlsFiles) -> Result<TlsListener, String> {
+        let current = Arc::new(Current(RwLock::new(Arc::new(load(&files)?))));
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(current.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        tokio::spawn(accept_loop(tcp, acceptor, tx));
+        tokio::spawn(reload_loop(files, current));
+        Ok(TlsListener { rx, local })
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let (stream, peer) = match tcp.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send((tls, peer)).await;
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!("ocimirror_tls_handshake_failures_total").increment(1);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::counter!("ocimirror_tls_handshake_failures_total").increment(1);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+fn stamp(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+async fn reload_loop(files: TlsFiles, current: Arc<Current>) {
+    let stamps = |f: &TlsFiles| (stamp(&f.certificate), stamp(&f.key));
+    let mut seen = stamps(&files);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = tokio::select! {
+            _ = tokio::time::sleep(RELOAD_POLL) => false,
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+        };
+        let now = stamps(&files);
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match load(&files) {
+            Ok(ck) => {
+                *current.0.write().expect("lock") = Arc::new(ck);
+                metrics::counter!("ocimirror_tls_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(certificate = %files.certificate.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                metrics::counter!("ocimirror_tls_reloads_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(error = %e, "TLS certificate reload refused; the previous one stays in force");
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, cn: &str) -> TlsFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.self_signed(&key).unwrap();
+        let files = TlsFiles {
+            certificate: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
+        std::fs::write(&files.certificate, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    #[test]
+    fn loads_a_pair_and_refuses_broken_files_with_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "a");
+        assert!(load(&files).is_ok());
+
+        std::fs::write(&files.certificate, "not a certificate").unwrap();
+        let e = load(&files).unwrap_err();
+        assert!(e.contains("tls.crt"), "{e}");
+
+        let other = tempfile::tempdir().unwrap();
+        let good = write_pair(other.path(), "b");
+        let mismatched = TlsFiles {
+            certificate: good.certificate.clone(),
+            key: dir.path().join("missing.key"),
+        };
+        let e = load(&mismatched).unwrap_err();
+        assert!(e.contains("missing.key"), "{e}");
+    }
+}
