@@ -233,6 +233,8 @@ pub struct UpstreamConfig {
     pub first_byte_timeout: String,
     /// Longest silence allowed between body chunks.
     pub read_timeout: String,
+    /// Requests in flight to the upstream at most (a blob until its body ends); 0: no cap.
+    pub max_concurrent_requests: usize,
     /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
     /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
     pub allow: Vec<String>,
@@ -250,6 +252,7 @@ impl Default for UpstreamConfig {
             connect_timeout: "10s".into(),
             first_byte_timeout: "30s".into(),
             read_timeout: "30s".into(),
+            max_concurrent_requests: 64,
             allow: Vec::new(),
         }
     }
@@ -910,6 +913,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             connect_timeout: connect.expect("validated"),
             first_byte_timeout: first_byte.expect("validated"),
             read_timeout: read.expect("validated"),
+            max_concurrent_requests: c.upstream.max_concurrent_requests,
         },
         upstream_allow: c.upstream.allow.clone(),
         tag_ttl: tag_ttl.expect("validated"),

@@ -3,7 +3,7 @@
 //! timeouts, and the mapping of upstream statuses to [`UpstreamError`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,8 +14,10 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+use super::ratelimit::RateLimits;
 use super::{
     BlobResponse, Challenge, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError,
 };
@@ -31,6 +33,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub read_timeout: Duration,
+    /// Requests in flight to this upstream at most (a blob counts until its body ends); 0: no cap.
+    pub max_concurrent_requests: usize,
 }
 
 /// Debug output never shows the password (settings end up in logs and panic messages).
@@ -44,6 +48,7 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }
@@ -69,6 +74,14 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     scheme: Mutex<Scheme>,
     tokens: Mutex<HashMap<String, CachedToken>>,
+    limits: RateLimits,
+    permits: Option<Arc<Semaphore>>,
+}
+
+/// A response with the concurrency permit it holds until dropped.
+struct Sent {
+    resp: Response,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Deserialize)]
@@ -110,11 +123,15 @@ impl HttpUpstream {
             .tcp_nodelay(true)
             .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let permits = (settings.max_concurrent_requests > 0)
+            .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
         Ok(HttpUpstream {
             settings,
             client,
             scheme: Mutex::new(Scheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
+            limits: RateLimits::default(),
+            permits,
         })
     }
 
@@ -226,6 +243,33 @@ impl HttpUpstream {
         *self.scheme.lock().expect("lock") = scheme;
     }
 
+    /// A place among the requests in flight to this upstream. Blob fetches queue for as long
+    /// as it takes (their clients are waiting on them); anything else gives up after the
+    /// first-byte timeout, and a cached answer is served instead.
+    async fn permit(
+        &self,
+        op: &'static str,
+    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
+        let Some(sem) = &self.permits else {
+            return Ok(None);
+        };
+        let acquire = sem.clone().acquire_owned();
+        let permit = if op == "blob_get" {
+            acquire.await
+        } else {
+            tokio::time::timeout(self.settings.first_byte_timeout, acquire)
+                .await
+                .map_err(|_| {
+                    count(op, "queue_timeout".into());
+                    UpstreamError::Unavailable(format!(
+                        "{} requests to the upstream already in flight",
+                        self.settings.max_concurrent_requests
+                    ))
+                })?
+        };
+        Ok(Some(permit.expect("the semaphore is never closed")))
+    }
+
     /// Send a request with authentication, answering one 401 challenge. Returns the response
     /// with any status; callers map statuses.
     async fn send(
@@ -236,7 +280,8 @@ impl HttpUpstream {
         query: Option<&str>,
         name: &RepoName,
         accept: Option<&str>,
-    ) -> Result<Response, UpstreamError> {
+    ) -> Result<Sent, UpstreamError> {
+        let permit = self.permit(op).await?;
         let url = self.url(path, query);
         let scope = Self::scope(name);
         for attempt in 0..2 {
@@ -275,6 +320,10 @@ impl HttpUpstream {
                     Ok(Ok(r)) => r,
                 };
             count(op, resp.status().as_str().to_owned());
+            self.limits.observe(resp.headers());
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS && op.starts_with("manifest") {
+                self.limits.limited(resp.headers());
+            }
             if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = resp
                     .headers()
@@ -290,7 +339,7 @@ impl HttpUpstream {
                     }
                 }
             }
-            return Ok(resp);
+            return Ok(Sent { resp, permit });
         }
         unreachable!("the loop returns on its second attempt")
     }
@@ -304,10 +353,17 @@ impl HttpUpstream {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<Response, UpstreamError> {
+        if let Some(left) = self.limits.cooling() {
+            count(op, "cooldown".into());
+            return Err(UpstreamError::RateLimited {
+                retry_after: Some(left.as_secs().max(1).to_string()),
+            });
+        }
         let path = format!("/v2/{name}/manifests/{reference}");
         check(
             self.send(op, method, &path, None, name, Some(ACCEPT_ALL))
-                .await?,
+                .await?
+                .resp,
         )
     }
 }
@@ -412,7 +468,8 @@ impl Upstream for HttpUpstream {
         let path = format!("/v2/{name}/blobs/{digest}");
         let resp = check(
             self.send("blob_head", Method::HEAD, &path, None, name, None)
-                .await?,
+                .await?
+                .resp,
         )?;
         content_length(resp.headers())
             .ok_or_else(|| UpstreamError::Invalid("blob HEAD without Content-Length".into()))
@@ -424,14 +481,18 @@ impl Upstream for HttpUpstream {
         digest: &Digest,
     ) -> Result<BlobResponse, UpstreamError> {
         let path = format!("/v2/{name}/blobs/{digest}");
-        let resp = check(
-            self.send("blob_get", Method::GET, &path, None, name, None)
-                .await?,
-        )?;
+        let Sent { resp, permit } = self
+            .send("blob_get", Method::GET, &path, None, name, None)
+            .await?;
+        let resp = check(resp)?;
         let size = content_length(resp.headers());
+        // The permit is held until the body ends (or the stream is dropped).
         let stream = resp
             .bytes_stream()
-            .map(|r| r.map_err(|e| unavailable(&e)))
+            .map(move |r| {
+                let _ = &permit;
+                r.map_err(|e| unavailable(&e))
+            })
             .boxed();
         Ok(BlobResponse { size, stream })
     }
@@ -456,7 +517,8 @@ impl Upstream for HttpUpstream {
         let query = (!q.is_empty()).then_some(q.as_str());
         let resp = self
             .send("tags", Method::GET, &path, query, name, None)
-            .await?;
+            .await?
+            .resp;
         let resp = check(resp)?;
         let next = header_str(resp.headers(), LINK).and_then(|l| parse_link(&l));
         let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
@@ -489,6 +551,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            max_concurrent_requests: 0,
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -4,6 +4,7 @@
 mod allow;
 mod challenge;
 mod http;
+pub mod ratelimit;
 
 use std::pin::Pin;
 
