@@ -15,6 +15,7 @@ use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
 use crate::expiry::ExpiryPolicy;
 use crate::http::tls::TlsFiles;
+use crate::oci::RepoName;
 use crate::storage::S3Config;
 use crate::upstream::UpstreamSettings;
 
@@ -32,7 +33,10 @@ pub struct Config {
     pub log: LogConfig,
     pub storage: StorageConfig,
     pub cache: CacheConfig,
+    /// The default upstream: what requests without a prefix or `ns` reach.
     pub upstream: UpstreamConfig,
+    /// Further upstreams, each reached by its `name` as path prefix or `ns`.
+    pub upstreams: Vec<UpstreamConfig>,
     pub server: ServerConfig,
     /// What this process serves: `all` (`/v2` and the token endpoint), `registry`, or `auth`.
     pub role: Role,
@@ -84,6 +88,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             cache: CacheConfig::default(),
             upstream: UpstreamConfig::default(),
+            upstreams: Vec::new(),
             server: ServerConfig::default(),
             role: Role::All,
             auth: None,
@@ -221,6 +226,8 @@ impl TryFrom<LibraryPrefixInput> for LibraryPrefix {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
+    /// For entries of `upstreams`: the path prefix and `ns` value that select it (`ghcr.io`).
+    pub name: Option<String>,
     pub url: String,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -243,6 +250,7 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
+            name: None,
             url: DOCKER_HUB.into(),
             username: None,
             password: None,
@@ -320,6 +328,15 @@ pub struct Overrides {
     pub role: Option<Role>,
 }
 
+/// An upstream other than the default, checked.
+#[derive(Debug, Clone)]
+pub struct NamedUpstream {
+    pub name: String,
+    pub settings: UpstreamSettings,
+    pub tag_ttl: Duration,
+    pub allow: Vec<String>,
+}
+
 /// Everything resolved and checked: what the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -336,6 +353,8 @@ pub struct Settings {
     pub cache_backend: CacheBackend,
     pub redis: RedisConfig,
     pub upstream: UpstreamSettings,
+    /// Further upstreams, by name.
+    pub upstreams: Vec<NamedUpstream>,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
     pub tag_ttl: Duration,
@@ -558,8 +577,19 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
 }
 
 const TOP_LEVEL: &[&str] = &[
-    "listen", "data_dir", "mode", "log", "storage", "cache", "upstream", "server", "role", "auth",
-    "expiry", "tls",
+    "listen",
+    "data_dir",
+    "mode",
+    "log",
+    "storage",
+    "cache",
+    "upstream",
+    "server",
+    "role",
+    "auth",
+    "expiry",
+    "tls",
+    "upstreams",
 ];
 
 fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
@@ -691,81 +721,37 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             .map_err(|e| problem(key, format!("{v:?} is not a duration like 30s or 5m: {e}")))
             .ok()
     };
-    let tag_ttl = duration("upstream.tag_ttl", &c.upstream.tag_ttl);
-    let connect = duration("upstream.connect_timeout", &c.upstream.connect_timeout);
-    let first_byte = duration(
-        "upstream.first_byte_timeout",
-        &c.upstream.first_byte_timeout,
-    );
-    let read = duration("upstream.read_timeout", &c.upstream.read_timeout);
     let shutdown = duration("server.shutdown_timeout", &c.server.shutdown_timeout);
-    for (key, d) in [
-        ("upstream.connect_timeout", connect),
-        ("upstream.first_byte_timeout", first_byte),
-        ("upstream.read_timeout", read),
-    ] {
-        if d.is_some_and(|d| d.is_zero()) {
-            problem(key, "must be greater than zero".into());
-        }
-    }
-    let url = match Url::parse(c.upstream.url.trim()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-            if !u.username().is_empty() || u.password().is_some() {
-                problem(
-                    "upstream.url",
-                    "must not carry credentials; use upstream.username and upstream.password_file"
-                        .into(),
-                );
-            }
-            if u.query().is_some() || u.fragment().is_some() {
-                problem("upstream.url", "must not have a query or fragment".into());
-            }
-            Some(u)
-        }
-        Ok(u) => {
-            problem(
-                "upstream.url",
-                format!(
-                    "{:?}: the scheme must be http or https, with a host",
-                    u.as_str()
-                ),
-            );
-            None
-        }
-        Err(e) => {
-            problem(
-                "upstream.url",
-                format!("{:?} is not a URL: {e}", c.upstream.url),
-            );
-            None
-        }
-    };
-    let mut password = c.upstream.password.clone().filter(|p| !p.is_empty());
-    if let Some(pf) = &c.upstream.password_file {
-        if password.is_some() {
-            problem(
-                "upstream.password_file",
-                "set either upstream.password or upstream.password_file, not both".into(),
-            );
-        }
-        match std::fs::read_to_string(pf) {
-            Ok(p) => password = Some(p.trim_end_matches(['\n', '\r']).to_owned()),
-            Err(e) => problem(
-                "upstream.password_file",
-                format!("cannot read {}: {e}", pf.display()),
-            ),
-        }
-    }
-    let username = c.upstream.username.clone().filter(|u| !u.is_empty());
-    if password.is_some() && username.is_none() {
+    let upstream = check_upstream(&c.upstream, "upstream", "default", &mut problem);
+    if c.upstream.name.is_some() {
         problem(
-            "upstream.username",
-            "a password is set but no username".into(),
+            "upstream.name",
+            "the default upstream has no name; name the entries of upstreams".into(),
         );
     }
-    for p in &c.upstream.allow {
-        if let Err(e) = crate::auth::acl::NamePattern::compile(p) {
-            problem("upstream.allow", e);
+    let mut named: Vec<NamedUpstream> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in c.upstreams.iter().enumerate() {
+        let key = format!("upstreams.{i}");
+        let name = u.name.clone().unwrap_or_default();
+        if RepoName::parse(&name).map_or(true, |n| n.components() != 1) {
+            problem(
+                &format!("{key}.name"),
+                format!(
+                    "{name:?} must be one repository-name component such as ghcr.io or quay.io \
+                     (lowercase letters, digits, '.', '_', '-'): it prefixes this upstream's repositories"
+                ),
+            );
+        } else if !seen.insert(name.clone()) {
+            problem(&format!("{key}.name"), format!("{name:?} is used twice"));
+        }
+        if let Some(checked) = check_upstream(u, &key, &name, &mut problem) {
+            named.push(NamedUpstream {
+                name,
+                settings: checked.0,
+                tag_ttl: checked.1,
+                allow: u.allow.clone(),
+            });
         }
     }
     if c.storage.backend == StorageBackend::S3
@@ -877,16 +863,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    let url = url.expect("validated");
-    let docker_hub = matches!(
-        url.host_str(),
-        Some("registry-1.docker.io" | "docker.io" | "index.docker.io" | "registry.hub.docker.com")
-    );
-    let library_prefix = match c.upstream.library_prefix {
-        LibraryPrefix::Auto => docker_hub,
-        LibraryPrefix::Always => true,
-        LibraryPrefix::Never => false,
-    };
+    let (upstream, tag_ttl) = upstream.expect("validated");
     Ok(Settings {
         listen: listen.expect("validated"),
         data_dir: c.data_dir.clone(),
@@ -905,18 +882,10 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),
-        upstream: UpstreamSettings {
-            url,
-            username,
-            password,
-            library_prefix,
-            connect_timeout: connect.expect("validated"),
-            first_byte_timeout: first_byte.expect("validated"),
-            read_timeout: read.expect("validated"),
-            max_concurrent_requests: c.upstream.max_concurrent_requests,
-        },
+        upstream,
+        upstreams: named,
         upstream_allow: c.upstream.allow.clone(),
-        tag_ttl: tag_ttl.expect("validated"),
+        tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         role: c.role,
         auth: c.auth.clone(),
@@ -932,6 +901,118 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{v:?} is not a size like 500GiB or 20GB: {e}"))
+}
+
+/// One upstream's settings checked; `key` is its place in the file (`upstream`, `upstreams.0`).
+fn check_upstream(
+    u: &UpstreamConfig,
+    key: &str,
+    name: &str,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<(UpstreamSettings, Duration)> {
+    let before = std::cell::Cell::new(0usize);
+    let mut report = |k: &str, m: String| {
+        before.set(before.get() + 1);
+        problem(&format!("{key}.{k}"), m);
+    };
+    let duration = |k: &str, v: &str, report: &mut dyn FnMut(&str, String)| {
+        humantime::parse_duration(v.trim())
+            .map_err(|e| report(k, format!("{v:?} is not a duration like 30s or 5m: {e}")))
+            .ok()
+    };
+    let tag_ttl = duration("tag_ttl", &u.tag_ttl, &mut report);
+    let connect = duration("connect_timeout", &u.connect_timeout, &mut report);
+    let first_byte = duration("first_byte_timeout", &u.first_byte_timeout, &mut report);
+    let read = duration("read_timeout", &u.read_timeout, &mut report);
+    for (k, d) in [
+        ("connect_timeout", connect),
+        ("first_byte_timeout", first_byte),
+        ("read_timeout", read),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            report(k, "must be greater than zero".into());
+        }
+    }
+    let url = match Url::parse(u.url.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            if !url.username().is_empty() || url.password().is_some() {
+                report(
+                    "url",
+                    "must not carry credentials; use username and password_file".into(),
+                );
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                report("url", "must not have a query or fragment".into());
+            }
+            Some(url)
+        }
+        Ok(url) => {
+            report(
+                "url",
+                format!(
+                    "{:?}: the scheme must be http or https, with a host",
+                    url.as_str()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            report("url", format!("{:?} is not a URL: {e}", u.url));
+            None
+        }
+    };
+    let mut password = u.password.clone().filter(|p| !p.is_empty());
+    if let Some(pf) = &u.password_file {
+        if password.is_some() {
+            report(
+                "password_file",
+                "set either password or password_file, not both".into(),
+            );
+        }
+        match std::fs::read_to_string(pf) {
+            Ok(p) => password = Some(p.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(e) => report(
+                "password_file",
+                format!("cannot read {}: {e}", pf.display()),
+            ),
+        }
+    }
+    let username = u.username.clone().filter(|u| !u.is_empty());
+    if password.is_some() && username.is_none() {
+        report("username", "a password is set but no username".into());
+    }
+    for p in &u.allow {
+        if let Err(e) = crate::auth::acl::NamePattern::compile(p) {
+            report("allow", e);
+        }
+    }
+    if before.get() > 0 {
+        return None;
+    }
+    let url = url?;
+    let docker_hub = matches!(
+        url.host_str(),
+        Some("registry-1.docker.io" | "docker.io" | "index.docker.io" | "registry.hub.docker.com")
+    );
+    let library_prefix = match u.library_prefix {
+        LibraryPrefix::Auto => docker_hub,
+        LibraryPrefix::Always => true,
+        LibraryPrefix::Never => false,
+    };
+    Some((
+        UpstreamSettings {
+            name: name.to_owned(),
+            url,
+            username,
+            password,
+            library_prefix,
+            connect_timeout: connect?,
+            first_byte_timeout: first_byte?,
+            read_timeout: read?,
+            max_concurrent_requests: u.max_concurrent_requests,
+        },
+        tag_ttl?,
+    ))
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

@@ -23,7 +23,9 @@ use crate::http::token::TokenEndpoint;
 use crate::http::{AppState, router};
 use crate::registry::{Registry, RegistrySettings};
 use crate::storage::{FsStorage, S3Storage, Storage};
-use crate::upstream::{AllowFn, AllowListed, HttpUpstream, Upstream};
+use crate::upstream::{
+    AllowFn, AllowListed, HttpUpstream, Route, Routed, Upstream, UpstreamSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -131,35 +133,31 @@ pub async fn build_backends(s: &Settings) -> Result<Backends, ServeError> {
 }
 
 pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
-    build_registry_on(s, build_backends(s).await?, None).await
+    build_registry_on(s, build_backends(s).await?, None, build_upstreams(s)?).await
 }
 
 async fn build_registry_on(
     s: &Settings,
     b: Backends,
     access: Option<Arc<AccessLog>>,
+    upstream: Arc<Routed>,
 ) -> Result<Arc<Registry>, ServeError> {
     let spool_dir = s.data_dir.join("spool");
     std::fs::create_dir_all(&spool_dir).map_err(|e| ServeError::Dir {
         path: spool_dir.display().to_string(),
         source: e,
     })?;
-    let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(s.upstream.clone())?);
-    if !s.upstream_allow.is_empty() {
-        let patterns: Vec<NamePattern> = s
-            .upstream_allow
-            .iter()
-            .map(|p| NamePattern::compile(p).expect("validated with the config"))
-            .collect();
-        let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
-        upstream = Arc::new(AllowListed::new(upstream, allowed));
-    }
     let mut registry = Registry::new(
         b.storage,
         b.cache,
         upstream,
         RegistrySettings {
             tag_ttl: s.tag_ttl,
+            tag_ttls: s
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), u.tag_ttl))
+                .collect(),
             offline: s.offline,
             read_only: s.read_only,
             spool_dir,
@@ -183,6 +181,56 @@ pub async fn expiry_pass(
         .pass(dry_run)
         .await
         .map_err(|e| ServeError::Expiry(e.to_string()))
+}
+
+/// One upstream client, behind its allow-list when it has one.
+fn one_upstream(
+    settings: &UpstreamSettings,
+    allow: &[String],
+) -> Result<Arc<dyn Upstream>, ServeError> {
+    let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(settings.clone())?);
+    if !allow.is_empty() {
+        let patterns: Vec<NamePattern> = allow
+            .iter()
+            .map(|p| NamePattern::compile(p).expect("validated with the config"))
+            .collect();
+        let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
+        upstream = Arc::new(AllowListed::new(upstream, allowed));
+    }
+    Ok(upstream)
+}
+
+/// The default upstream, and the named ones routed by name prefix.
+pub fn build_upstreams(s: &Settings) -> Result<Arc<Routed>, ServeError> {
+    let default = one_upstream(&s.upstream, &s.upstream_allow)?;
+    let host = |u: &UpstreamSettings| {
+        let h = u.url.host_str().unwrap_or_default().to_ascii_lowercase();
+        match u.url.port() {
+            Some(p) => vec![format!("{h}:{p}")],
+            None => vec![
+                h.clone(),
+                format!("{h}:{}", u.url.port_or_known_default().unwrap_or(443)),
+            ],
+        }
+    };
+    let mut default_aliases = host(&s.upstream);
+    if s.upstream.library_prefix {
+        // Docker Hub's names as containerd sends them.
+        default_aliases.extend([
+            "docker.io".into(),
+            "index.docker.io".into(),
+            "registry-1.docker.io".into(),
+        ]);
+    }
+    let mut routes = Vec::new();
+    for n in &s.upstreams {
+        routes.push(Route {
+            prefix: n.name.clone(),
+            aliases: host(&n.settings),
+            upstream: one_upstream(&n.settings, &n.allow)?,
+        });
+    }
+    Ok(Arc::new(Routed::new(default, default_aliases, routes)))
 }
 
 /// The background work of a replica with an expiry policy: its access log, written in
@@ -218,6 +266,7 @@ impl Expiry {
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let roles = s.role.roles();
     let mut expiry = None;
+    let upstreams = build_upstreams(&s)?;
     let registry = if roles.verify {
         let b = build_backends(&s).await?;
         let access = match &s.expiry {
@@ -228,7 +277,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             }
             None => None,
         };
-        Some(build_registry_on(&s, b, access).await?)
+        Some(build_registry_on(&s, b, access, upstreams.clone()).await?)
     } else {
         None
     };
@@ -269,7 +318,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             s.auth.as_ref().and_then(|a| a.htpasswd.clone()),
         ));
     }
-    let state = AppState::new(registry, gate, metrics_handle());
+    let state = AppState::new(registry, gate, metrics_handle(), Some(upstreams));
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {

@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
 use crate::registry::{Registry, TagList};
+use crate::upstream::{Namespace, Routed};
 use endpoint::Endpoint;
 use gate::Gate;
 use token::TokenEndpoint;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub draining: AtomicBool,
     next_request_id: AtomicU64,
+    /// The configured upstreams, for containerd's `?ns=`.
+    upstreams: Option<Arc<Routed>>,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
         registry: Option<Arc<Registry>>,
         gate: Option<Gate>,
         metrics: Option<PrometheusHandle>,
+        upstreams: Option<Arc<Routed>>,
     ) -> Arc<Self> {
         Arc::new(AppState {
             registry,
@@ -52,6 +56,7 @@ impl AppState {
             metrics,
             draining: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
+            upstreams,
         })
     }
 }
@@ -150,6 +155,7 @@ async fn dispatch(
             "ocimirror is a pull-through mirror: pushes and deletes are not accepted",
         ));
     }
+    let ep = with_namespace(state, ep, query)?;
     if let Some(gate) = &state.gate {
         gate.check(headers, &ep)?;
     }
@@ -172,6 +178,45 @@ async fn dispatch(
         .with_status(StatusCode::NOT_FOUND)),
         Endpoint::Upload => unreachable!("refused above"),
     }
+}
+
+/// containerd names the registry it wants in `?ns=`: route to that upstream by its name
+/// prefix. Only configured upstreams answer; any other `ns` is 404, so the client falls back to
+/// the registry itself and nothing is dialled on a request's say-so.
+fn with_namespace(
+    state: &AppState,
+    ep: Endpoint,
+    query: Option<&str>,
+) -> Result<Endpoint, ApiError> {
+    let (Some(routes), Some(q)) = (&state.upstreams, query) else {
+        return Ok(ep);
+    };
+    let Some(ns) = url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return Ok(ep);
+    };
+    let prefix = match routes.namespace(&ns) {
+        Some(Namespace::Default) => return Ok(ep),
+        Some(Namespace::Prefix(p)) => p.to_owned(),
+        None => {
+            return Err(ApiError::new(
+                Code::NameUnknown,
+                format!("no upstream is configured for ns={}", truncate(&ns)),
+            ));
+        }
+    };
+    let prefixed = |name: RepoName| {
+        RepoName::parse(&format!("{prefix}/{name}"))
+            .map_err(|e| ApiError::new(Code::NameInvalid, format!("{prefix}/{name}: {e}")))
+    };
+    Ok(match ep {
+        Endpoint::Manifest(n, r) => Endpoint::Manifest(prefixed(n)?, r),
+        Endpoint::Blob(n, d) => Endpoint::Blob(prefixed(n)?, d),
+        Endpoint::Tags(n) => Endpoint::Tags(prefixed(n)?),
+        other => other,
+    })
 }
 
 fn etag(d: &Digest) -> HeaderValue {

@@ -52,6 +52,8 @@ type Shared<T> = Result<T, Arc<RegistryError>>;
 #[derive(Clone, Debug)]
 pub struct RegistrySettings {
     pub tag_ttl: Duration,
+    /// Per upstream name prefix, where it differs from `tag_ttl`.
+    pub tag_ttls: Vec<(String, Duration)>,
     pub offline: bool,
     pub read_only: bool,
     pub spool_dir: PathBuf,
@@ -163,6 +165,14 @@ impl Registry {
     pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
         self.leases = leases;
         self
+    }
+
+    /// How long a tag of `repo` is trusted: its upstream's `tag_ttl`.
+    fn tag_ttl(&self, repo: &RepoName) -> Duration {
+        repo.as_str()
+            .split_once('/')
+            .and_then(|(first, _)| self.settings.tag_ttls.iter().find(|(p, _)| p == first))
+            .map_or(self.settings.tag_ttl, |(_, t)| *t)
     }
 
     /// Let every fill in flight finish committing (used at shutdown).
@@ -408,7 +418,7 @@ impl Registry {
             let age = SystemTime::now()
                 .duration_since(e.checked_at)
                 .unwrap_or(Duration::ZERO);
-            if self.settings.offline || age < self.settings.tag_ttl {
+            if self.settings.offline || age < self.tag_ttl(repo) {
                 return Ok(m.clone());
             }
         }
@@ -541,14 +551,15 @@ impl Registry {
             Err(e) => return Err(e.into()),
         };
         let changed = linked.as_ref() != Some(d);
-        let expired = !changed && !self.settings.tag_ttl.is_zero() && {
+        let ttl = self.tag_ttl(repo);
+        let expired = !changed && !ttl.is_zero() && {
             let stored_age = self
                 .storage
                 .stat(&key)
                 .await?
                 .and_then(|m| m.modified)
                 .and_then(|t| now.duration_since(t).ok());
-            stored_age.is_none_or(|a| a >= self.settings.tag_ttl)
+            stored_age.is_none_or(|a| a >= ttl)
         };
         if changed || expired {
             let (index, current) = (

@@ -196,6 +196,7 @@ fn rig(size: usize, tag_ttl: Duration, offline: bool) -> Rig {
         fake.clone(),
         RegistrySettings {
             tag_ttl,
+            tag_ttls: Vec::new(),
             offline,
             read_only: false,
             spool_dir: spool.path().to_owned(),
@@ -435,6 +436,7 @@ async fn offline_serves_only_the_cache() {
         r.fake.clone(),
         RegistrySettings {
             tag_ttl: Duration::ZERO,
+            tag_ttls: Vec::new(),
             offline: true,
             read_only: false,
             spool_dir: r._spool.path().to_owned(),
@@ -475,6 +477,7 @@ async fn allow_list_refuses_before_any_upstream_call() {
         Arc::new(AllowListed::new(fake.clone(), allowed)),
         RegistrySettings {
             tag_ttl: Duration::ZERO,
+            tag_ttls: Vec::new(),
             offline: false,
             read_only: false,
             spool_dir: spool.path().to_owned(),
@@ -552,6 +555,7 @@ fn replica(
             fake.clone(),
             RegistrySettings {
                 tag_ttl: Duration::from_secs(300),
+                tag_ttls: Vec::new(),
                 offline: false,
                 read_only: false,
                 spool_dir: spool.path().to_owned(),

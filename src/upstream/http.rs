@@ -26,6 +26,8 @@ use crate::oci::{Digest, Reference, RepoName};
 
 #[derive(Clone)]
 pub struct UpstreamSettings {
+    /// `default`, or the configured name: the `upstream` label of its metrics.
+    pub name: String,
     pub url: Url,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -41,6 +43,7 @@ pub struct UpstreamSettings {
 impl std::fmt::Debug for UpstreamSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamSettings")
+            .field("name", &self.name)
             .field("url", &self.url.as_str())
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -97,8 +100,8 @@ struct TokenResponse {
 /// The token spec's default lifetime when the server does not say.
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
-fn count(op: &'static str, status: String) {
-    metrics::counter!("ocimirror_upstream_requests_total", "op" => op, "status" => status)
+fn count(upstream: &str, op: &'static str, status: String) {
+    metrics::counter!("ocimirror_upstream_requests_total", "upstream" => upstream.to_owned(), "op" => op, "status" => status)
         .increment(1);
 }
 
@@ -125,12 +128,13 @@ impl HttpUpstream {
             .build()?;
         let permits = (settings.max_concurrent_requests > 0)
             .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+        let limits = RateLimits::new(&settings.name);
         Ok(HttpUpstream {
             settings,
             client,
             scheme: Mutex::new(Scheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
-            limits: RateLimits::default(),
+            limits,
             permits,
         })
     }
@@ -182,15 +186,15 @@ impl HttpUpstream {
         let resp = tokio::time::timeout(self.settings.first_byte_timeout, req.send())
             .await
             .map_err(|_| {
-                count("token", "timeout".into());
+                count(&self.settings.name, "token", "timeout".into());
                 UpstreamError::Unavailable("token endpoint timed out".into())
             })?
             .map_err(|e| {
-                count("token", "error".into());
+                count(&self.settings.name, "token", "error".into());
                 unavailable(&e)
             })?;
         let status = resp.status();
-        count("token", status.as_str().to_owned());
+        count(&self.settings.name, "token", status.as_str().to_owned());
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             // The mirror's own credentials are wrong: an operator problem, not "no such image".
             return Err(UpstreamError::Unavailable(format!(
@@ -260,7 +264,7 @@ impl HttpUpstream {
             tokio::time::timeout(self.settings.first_byte_timeout, acquire)
                 .await
                 .map_err(|_| {
-                    count(op, "queue_timeout".into());
+                    count(&self.settings.name, op, "queue_timeout".into());
                     UpstreamError::Unavailable(format!(
                         "{} requests to the upstream already in flight",
                         self.settings.max_concurrent_requests
@@ -307,19 +311,19 @@ impl HttpUpstream {
             let resp =
                 match tokio::time::timeout(self.settings.first_byte_timeout, req.send()).await {
                     Err(_) => {
-                        count(op, "timeout".into());
+                        count(&self.settings.name, op, "timeout".into());
                         return Err(UpstreamError::Unavailable(format!(
                             "no response within {:?}",
                             self.settings.first_byte_timeout
                         )));
                     }
                     Ok(Err(e)) => {
-                        count(op, "error".into());
+                        count(&self.settings.name, op, "error".into());
                         return Err(unavailable(&e));
                     }
                     Ok(Ok(r)) => r,
                 };
-            count(op, resp.status().as_str().to_owned());
+            count(&self.settings.name, op, resp.status().as_str().to_owned());
             self.limits.observe(resp.headers());
             if resp.status() == StatusCode::TOO_MANY_REQUESTS && op.starts_with("manifest") {
                 self.limits.limited(resp.headers());
@@ -354,7 +358,7 @@ impl HttpUpstream {
         reference: &Reference,
     ) -> Result<Response, UpstreamError> {
         if let Some(left) = self.limits.cooling() {
-            count(op, "cooldown".into());
+            count(&self.settings.name, op, "cooldown".into());
             return Err(UpstreamError::RateLimited {
                 retry_after: Some(left.as_secs().max(1).to_string()),
             });
@@ -544,6 +548,7 @@ mod tests {
     #[test]
     fn debug_output_redacts_the_password() {
         let s = UpstreamSettings {
+            name: "default".into(),
             url: Url::parse("https://registry-1.docker.io").unwrap(),
             username: Some("bot".into()),
             password: Some("hunter2-secret".into()),

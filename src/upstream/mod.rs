@@ -5,6 +5,7 @@ mod allow;
 mod challenge;
 mod http;
 pub mod ratelimit;
+mod route;
 
 use std::pin::Pin;
 
@@ -17,6 +18,7 @@ use crate::oci::{Digest, Reference, RepoName};
 pub use allow::{AllowFn, AllowListed};
 pub use challenge::{Challenge, ChallengeError};
 pub use http::{HttpUpstream, UpstreamSettings};
+pub use route::{Namespace, Route, Routed};
 
 pub type BlobByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 

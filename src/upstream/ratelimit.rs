@@ -38,12 +38,21 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 
 #[derive(Default)]
 pub struct RateLimits {
+    /// The `upstream` label of its metrics.
+    upstream: String,
     cooldown_until: Mutex<Option<Instant>>,
     /// The last reported window, used when a 429 carries no `Retry-After`.
     window: Mutex<Option<Duration>>,
 }
 
 impl RateLimits {
+    pub fn new(upstream: &str) -> Self {
+        RateLimits {
+            upstream: upstream.to_owned(),
+            ..RateLimits::default()
+        }
+    }
+
     /// Read the quota headers of any upstream response.
     pub fn observe(&self, h: &HeaderMap) {
         let quota = |name: &str| {
@@ -52,13 +61,13 @@ impl RateLimits {
                 .and_then(parse_quota)
         };
         if let Some((limit, w)) = quota("ratelimit-limit") {
-            metrics::gauge!("ocimirror_upstream_ratelimit_limit").set(limit as f64);
+            metrics::gauge!("ocimirror_upstream_ratelimit_limit", "upstream" => self.upstream.clone()).set(limit as f64);
             if w.is_some() {
                 *self.window.lock().expect("lock") = w;
             }
         }
         if let Some((remaining, _)) = quota("ratelimit-remaining") {
-            metrics::gauge!("ocimirror_upstream_ratelimit_remaining").set(remaining as f64);
+            metrics::gauge!("ocimirror_upstream_ratelimit_remaining", "upstream" => self.upstream.clone()).set(remaining as f64);
         }
     }
 
@@ -77,7 +86,8 @@ impl RateLimits {
         if c.is_none_or(|t| t < until) {
             *c = Some(until);
         }
-        metrics::counter!("ocimirror_upstream_cooldowns_total").increment(1);
+        metrics::counter!("ocimirror_upstream_cooldowns_total", "upstream" => self.upstream.clone())
+            .increment(1);
         tracing::warn!(
             ?wait,
             "upstream rate limit reached; no manifest requests until it passes"

@@ -1,0 +1,180 @@
+//! Several upstreams behind one endpoint, with two real Distribution registries holding
+//! different images under the same repository name: the default answers plain requests, the
+//! named one answers its path prefix and containerd's `?ns=`, and their content never mixes.
+
+mod common;
+
+use common::*;
+
+async fn two_upstreams() -> (Registry, Registry, Image, Image, Mirror) {
+    let a = Registry::start(RegistryOpts::default()).await;
+    let b = Registry::start(RegistryOpts::default()).await;
+    let img_a = a.pusher().push_oci_image("team/app", "v1", 1001).await;
+    let img_b = b.pusher().push_oci_image("team/app", "v1", 1002).await;
+    let m = Mirror::start(MirrorOpts::upstream(&a.url()).tag_ttl("1h").extra(&format!(
+        "upstreams:\n  - name: b.example\n    url: {}\n    tag_ttl: 0s\n",
+        q(&b.url())
+    )))
+    .await;
+    (a, b, img_a, img_b, m)
+}
+
+async fn manifest(m: &Mirror, path: &str) -> (u16, Vec<u8>) {
+    let r = m
+        .get(path)
+        .header("accept", ACCEPT_MANIFESTS)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_and_ns_reach_the_named_upstream_and_content_never_mixes() {
+    let (a, b, img_a, img_b, m) = two_upstreams().await;
+    assert_ne!(img_a.digest, img_b.digest);
+
+    // Plain: the default upstream.
+    let (s, body) = manifest(&m, "/v2/team/app/manifests/v1").await;
+    assert_eq!((s, body), (200, img_a.manifest.clone()));
+    // Path prefix (containerd's override_path, skopeo, podman): the named upstream.
+    let (s, body) = manifest(&m, "/v2/b.example/team/app/manifests/v1").await;
+    assert_eq!((s, body), (200, img_b.manifest.clone()));
+    // containerd's ns, by name or by the upstream's host:port.
+    let (s, body) = manifest(&m, "/v2/team/app/manifests/v1?ns=b.example").await;
+    assert_eq!((s, body), (200, img_b.manifest.clone()));
+    let (s, body) = manifest(
+        &m,
+        &format!("/v2/team/app/manifests/v1?ns={}", b.hostport()),
+    )
+    .await;
+    assert_eq!((s, body), (200, img_b.manifest.clone()));
+    // ns naming the default upstream.
+    let (s, body) = manifest(
+        &m,
+        &format!("/v2/team/app/manifests/v1?ns={}", a.hostport()),
+    )
+    .await;
+    assert_eq!((s, body), (200, img_a.manifest.clone()));
+
+    // Blobs follow the same routes, and one upstream's blob is not served under the other's
+    // repository even though the name is the same.
+    let layer_b = &img_b.layers[2].digest;
+    let r = m
+        .get(&format!("/v2/team/app/blobs/{layer_b}?ns=b.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img_b.blob(layer_b));
+    let r = m
+        .get(&format!("/v2/team/app/blobs/{layer_b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a blob of b is not a blob of a's team/app");
+
+    // Separate in storage too: b's repository lives under its name.
+    let repos = m.storage_root().join("docker/registry/v2/repositories");
+    assert!(repos.join("b.example/team/app/_manifests").is_dir());
+    assert!(repos.join("team/app/_manifests").is_dir());
+
+    // Each upstream was asked only for its own.
+    assert!(a.count_requests("GET", "/v2/team/app/manifests/v1").await >= 1);
+    assert_eq!(
+        a.count_requests("GET", &format!("/blobs/{layer_b}")).await,
+        0
+    );
+    assert_eq!(
+        b.count_requests("GET", &format!("/blobs/{layer_b}")).await,
+        1
+    );
+
+    // Metrics carry the upstream, never the repository.
+    let metrics = m.metrics().await;
+    assert!(metrics.contains("upstream=\"b.example\""), "{metrics}");
+    assert!(metrics.contains("upstream=\"default\""));
+    assert!(!metrics.contains("team/app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ns_is_refused_and_nothing_is_dialled() {
+    let (_a, _b, _img_a, _img_b, m) = two_upstreams().await;
+    for ns in [
+        "evil.example",
+        "169.254.169.254",
+        "127.0.0.1:1",
+        "localhost",
+    ] {
+        let r = m
+            .get(&format!("/v2/team/app/manifests/v1?ns={ns}"))
+            .header("accept", ACCEPT_MANIFESTS)
+            .send()
+            .await
+            .unwrap();
+        let h = expect_oci_error(r, 404, &["NAME_UNKNOWN"]).await;
+        drop(h);
+    }
+    let metrics = m.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "ocimirror_upstream_requests_total", &[]),
+        0.0,
+        "no upstream was contacted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_from_both_upstreams_through_one_endpoint() {
+    let (_a, _b, img_a, img_b, m) = two_upstreams().await;
+    let mut a = img_a.clone();
+    a.name = "team/app".into();
+    pull_and_check_oci(&m.hostport(), &a, None).await;
+    let mut b = img_b.clone();
+    b.name = "b.example/team/app".into();
+    pull_and_check_oci(&m.hostport(), &b, None).await;
+}
+
+#[test]
+fn config_check_refuses_bad_upstream_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "upstreams:\n  - name: Bad/Name\n    url: https://ghcr.io\n  - name: quay.io\n    url: ftp://quay.io\n  - name: quay.io\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        .args(["config", "check"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstreams.0.name"), "{err}");
+    assert!(err.contains("upstreams.1.url"), "{err}");
+    assert!(err.contains("\"quay.io\" is used twice"), "{err}");
+}
+
+#[test]
+fn the_multi_upstream_example_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dockerhub"), "token\n").unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-upstream.yaml");
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "/run/secrets/dockerhub",
+        &dir.path().join("dockerhub").display().to_string(),
+    );
+    let cfg = dir.path().join("multi.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        .args(["config", "check"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
