@@ -16,7 +16,7 @@ pub enum Endpoint {
     Blob(RepoName, Digest),
     /// Any write endpoint of the distribution API: the mirror refuses them.
     Upload,
-    Referrers,
+    Referrers(RepoName, Digest),
 }
 
 impl Endpoint {
@@ -29,7 +29,7 @@ impl Endpoint {
             Endpoint::Manifest(..) => "manifest",
             Endpoint::Blob(..) => "blob",
             Endpoint::Upload => "upload",
-            Endpoint::Referrers => "referrers",
+            Endpoint::Referrers(..) => "referrers",
         }
     }
 }
@@ -72,9 +72,9 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         return Ok(Endpoint::Blob(name, digest));
     }
     if let Some(i) = rest.rfind("/referrers/") {
-        RepoName::parse(&rest[..i])?;
-        Digest::parse(&rest[i + "/referrers/".len()..])?;
-        return Ok(Endpoint::Referrers);
+        let name = RepoName::parse(&rest[..i])?;
+        let digest = Digest::parse(&rest[i + "/referrers/".len()..])?;
+        return Ok(Endpoint::Referrers(name, digest));
     }
     Err(not_found())
 }

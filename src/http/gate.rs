@@ -25,15 +25,16 @@ pub fn required_access(ep: &Endpoint) -> Option<ResourceActions> {
         actions: vec!["pull".into()],
     };
     match ep {
-        Endpoint::Base | Endpoint::Upload | Endpoint::Referrers => None,
+        Endpoint::Base | Endpoint::Upload => None,
         Endpoint::Catalog => Some(ResourceActions {
             kind: "registry".into(),
             name: "catalog".into(),
             actions: vec!["*".into()],
         }),
-        Endpoint::Tags(n) | Endpoint::Manifest(n, _) | Endpoint::Blob(n, _) => {
-            Some(repo(n.as_str()))
-        }
+        Endpoint::Tags(n)
+        | Endpoint::Manifest(n, _)
+        | Endpoint::Blob(n, _)
+        | Endpoint::Referrers(n, _) => Some(repo(n.as_str())),
     }
 }
 

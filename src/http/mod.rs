@@ -171,11 +171,7 @@ async fn dispatch(
         Endpoint::Blob(name, digest) => blob(registry, &name, &digest, head, headers).await,
         Endpoint::Tags(name) => tags(registry, &name, query).await,
         Endpoint::Catalog => catalog(registry, query).await,
-        Endpoint::Referrers => Err(ApiError::new(
-            Code::Unsupported,
-            "the referrers API is not supported yet",
-        )
-        .with_status(StatusCode::NOT_FOUND)),
+        Endpoint::Referrers(name, digest) => referrers(registry, &name, &digest, query).await,
         Endpoint::Upload => unreachable!("refused above"),
     }
 }
@@ -215,8 +211,32 @@ fn with_namespace(
         Endpoint::Manifest(n, r) => Endpoint::Manifest(prefixed(n)?, r),
         Endpoint::Blob(n, d) => Endpoint::Blob(prefixed(n)?, d),
         Endpoint::Tags(n) => Endpoint::Tags(prefixed(n)?),
+        Endpoint::Referrers(n, d) => Endpoint::Referrers(prefixed(n)?, d),
         other => other,
     })
+}
+
+/// The referrers of `digest`, as an OCI image index; `artifactType` filters it (and says so).
+async fn referrers(
+    registry: &Arc<Registry>,
+    name: &RepoName,
+    digest: &Digest,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let artifact_type = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "artifactType")
+            .map(|(_, v)| v.into_owned())
+    });
+    let body = registry
+        .referrers(name, digest, artifact_type.as_deref())
+        .await?;
+    let mut builder =
+        Response::builder().header(header::CONTENT_TYPE, crate::oci::manifest::OCI_INDEX);
+    if artifact_type.is_some() {
+        builder = builder.header("oci-filters-applied", "artifactType");
+    }
+    Ok(builder.body(Body::from(body)).expect("valid response"))
 }
 
 fn etag(d: &Digest) -> HeaderValue {

@@ -18,6 +18,7 @@
 //! ocimirror/
 //!   access/<alg>/<hex>                                   last pull of a blob or manifest (unix seconds)
 //!   expiry/last-pass                                     when the fleet's last expiry pass finished
+//!   referrers/<name>/<alg>/<hex>                         the referrers index of a digest, as last fetched
 //! ```
 
 use crate::oci::{Digest, RepoName, Tag};
@@ -69,6 +70,14 @@ pub fn tag_current(name: &RepoName, tag: &Tag) -> String {
 pub fn tag_index(name: &RepoName, tag: &Tag, d: &Digest) -> String {
     format!(
         "{REPOSITORIES}/{name}/_manifests/tags/{tag}/index/{}/{}/link",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+pub fn referrers(name: &RepoName, d: &Digest) -> String {
+    format!(
+        "ocimirror/referrers/{name}/{}/{}",
         d.algorithm().as_str(),
         d.hex()
     )

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError};
 use crate::oci::{Digest, Reference, RepoName};
@@ -79,5 +80,10 @@ impl Upstream for AllowListed {
     ) -> Result<TagsResponse, UpstreamError> {
         self.check(name)?;
         self.inner.tags(name, n, last).await
+    }
+
+    async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
+        self.check(name)?;
+        self.inner.referrers(name, digest).await
     }
 }

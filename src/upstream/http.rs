@@ -21,7 +21,7 @@ use super::ratelimit::RateLimits;
 use super::{
     BlobResponse, Challenge, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError,
 };
-use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_SIZE};
+use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_SIZE, OCI_INDEX};
 use crate::oci::{Digest, Reference, RepoName};
 
 #[derive(Clone)]
@@ -451,18 +451,8 @@ impl Upstream for HttpUpstream {
         }
         let media_type = header_str(resp.headers(), CONTENT_TYPE);
         let digest = header_digest(resp.headers());
-        // Read with a cap rather than trusting Content-Length, which may be absent.
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| unavailable(&e))?;
-            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                return Err(UpstreamError::ManifestTooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
         Ok(FetchedManifest {
-            body: Bytes::from(body),
+            body: read_capped(resp).await?,
             media_type,
             digest,
         })
@@ -528,6 +518,45 @@ impl Upstream for HttpUpstream {
         let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
         Ok(TagsResponse { body, next })
     }
+
+    async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
+        let path = format!("/v2/{name}/referrers/{digest}");
+        let resp = self
+            .send("referrers", Method::GET, &path, None, name, Some(OCI_INDEX))
+            .await?
+            .resp;
+        // Registries without the API answer 404 (Distribution 2.x), or 400/405 (some others).
+        let lacks_api = matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED
+        );
+        if !lacks_api {
+            return read_capped(check(resp)?).await;
+        }
+        // The tag schema: referrers listed in an index tagged `<alg>-<hex>`.
+        let tag = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
+        let reference = Reference::parse(&tag)
+            .map_err(|e| UpstreamError::Invalid(format!("referrers tag {tag}: {e}")))?;
+        Ok(self.get_manifest(name, &reference).await?.body)
+    }
+}
+
+/// A manifest-sized body, read with a cap rather than trusting Content-Length (which may be
+/// absent).
+async fn read_capped(resp: Response) -> Result<Bytes, UpstreamError> {
+    if content_length(resp.headers()).is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
+        return Err(UpstreamError::ManifestTooLarge);
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| unavailable(&e))?;
+        if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
+            return Err(UpstreamError::ManifestTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// The target of `Link: </v2/x/tags/list?last=a&n=1>; rel="next"`.

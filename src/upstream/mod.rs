@@ -95,4 +95,10 @@ pub trait Upstream: Send + Sync + 'static {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<TagsResponse, UpstreamError>;
+    /// The referrers of `digest` as an image index: the referrers API, or the tag-schema
+    /// fallback (`<alg>-<hex>`) where the upstream lacks it. `NotFound`: neither has any.
+    async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
+        let _ = (name, digest);
+        Err(UpstreamError::NotFound)
+    }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError};
 use crate::oci::{Digest, Reference, RepoName};
@@ -127,6 +128,11 @@ impl Upstream for Routed {
     ) -> Result<TagsResponse, UpstreamError> {
         let (u, _, inner) = self.route(name)?;
         u.tags(&inner, n, last).await
+    }
+
+    async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
+        let (u, _, inner) = self.route(name)?;
+        u.referrers(&inner, digest).await
     }
 }
 
