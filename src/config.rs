@@ -14,6 +14,7 @@ use url::Url;
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
 use crate::expiry::ExpiryPolicy;
+use crate::http::limit::LimitSettings;
 use crate::http::tls::TlsFiles;
 use crate::oci::RepoName;
 use crate::storage::S3Config;
@@ -46,6 +47,8 @@ pub struct Config {
     pub expiry: Option<ExpiryConfig>,
     /// Serve HTTPS with this certificate (reloaded when the files change); absent: plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Per-client request rate limits on `/v2`.
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -94,6 +97,7 @@ impl Default for Config {
             auth: None,
             expiry: None,
             tls: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -307,6 +311,17 @@ impl Default for ExpiryConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per client (account, else address); 0: no limit.
+    pub requests_per_second: u32,
+    /// Requests a client may make at once above the rate; default twice the rate.
+    pub burst: Option<u32>,
+    /// Behind a proxy that sets it: the header holding the client address.
+    pub real_ip_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
     pub certificate: Option<PathBuf>,
@@ -368,6 +383,7 @@ pub struct Settings {
     pub expiry: Option<ExpiryPolicy>,
     /// Absent: plain HTTP.
     pub tls: Option<TlsFiles>,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -590,6 +606,7 @@ const TOP_LEVEL: &[&str] = &[
     "expiry",
     "tls",
     "upstreams",
+    "limits",
 ];
 
 fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
@@ -860,6 +877,17 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             None
         }
     };
+    if c.limits.burst == Some(0) {
+        problem("limits.burst", "must be at least 1".into());
+    }
+    if let Some(h) = &c.limits.real_ip_header
+        && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    {
+        problem(
+            "limits.real_ip_header",
+            format!("{h:?} is not a header name"),
+        );
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -892,6 +920,14 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         config_path: None,
         expiry,
         tls,
+        limits: LimitSettings {
+            requests_per_second: c.limits.requests_per_second,
+            burst: c
+                .limits
+                .burst
+                .unwrap_or(c.limits.requests_per_second.saturating_mul(2)),
+            real_ip_header: c.limits.real_ip_header.clone().filter(|h| !h.is_empty()),
+        },
     })
 }
 

@@ -318,7 +318,8 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             s.auth.as_ref().and_then(|a| a.htpasswd.clone()),
         ));
     }
-    let state = AppState::new(registry, gate, metrics_handle(), Some(upstreams));
+    let limits = crate::http::limit::ClientLimits::new(&s.limits);
+    let state = AppState::new(registry, gate, metrics_handle(), Some(upstreams), limits);
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {

@@ -230,3 +230,39 @@ async fn upstream_requests_in_flight_are_capped() {
         "at most 2 blob requests at once, and the cap was reached"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_their_rate_get_429_with_retry_after_and_others_are_unaffected() {
+    let m = Mirror::start(
+        MirrorOpts::upstream(&closed_url())
+            .extra("limits:\n  requests_per_second: 1\n  burst: 3\n  real_ip_header: x-real-ip\n"),
+    )
+    .await;
+    let get = |ip: &'static str| m.get("/v2/").header("x-real-ip", ip).send();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get("192.0.2.1").await.unwrap());
+    }
+    let ok = statuses.iter().filter(|r| r.status() == 200).count();
+    assert!(
+        (3..=5).contains(&ok),
+        "{ok} of 8 allowed with burst 3 at 1/s"
+    );
+    let limited = statuses
+        .into_iter()
+        .find(|r| r.status() == 429)
+        .expect("a 429");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    expect_oci_error(limited, 429, &["TOOMANYREQUESTS"]).await;
+    // Another client has its own bucket; health checks are never limited.
+    assert_eq!(get("192.0.2.2").await.unwrap().status(), 200);
+    for _ in 0..5 {
+        assert_eq!(m.get("/healthz").send().await.unwrap().status(), 200);
+    }
+    assert!(m.metric("ocimirror_client_rate_limited_total", &[]).await >= 3.0);
+}

@@ -99,7 +99,8 @@ impl Gate {
         c
     }
 
-    pub fn check(&self, headers: &HeaderMap, ep: &Endpoint) -> Result<(), ApiError> {
+    /// Check the request's token for `ep`; returns the account it names.
+    pub fn check(&self, headers: &HeaderMap, ep: &Endpoint) -> Result<String, ApiError> {
         let need = required_access(ep);
         let token = headers
             .get(header::AUTHORIZATION)
@@ -123,7 +124,7 @@ impl Gate {
                 Code::Denied,
                 format!("the token does not grant {}", n.to_scope()),
             )),
-            _ => Ok(()),
+            _ => Ok(claims.sub),
         }
     }
 }

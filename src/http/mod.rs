@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod gate;
+pub mod limit;
 pub mod tls;
 pub mod token;
 
@@ -25,6 +26,7 @@ use crate::registry::{Registry, TagList};
 use crate::upstream::{Namespace, Routed};
 use endpoint::Endpoint;
 use gate::Gate;
+use limit::ClientLimits;
 use token::TokenEndpoint;
 
 const API_VERSION: &str = "registry/2.0";
@@ -41,6 +43,8 @@ pub struct AppState {
     next_request_id: AtomicU64,
     /// The configured upstreams, for containerd's `?ns=`.
     upstreams: Option<Arc<Routed>>,
+    /// Per-client request rate limits, when configured.
+    pub limits: Option<Arc<ClientLimits>>,
 }
 
 impl AppState {
@@ -49,6 +53,7 @@ impl AppState {
         gate: Option<Gate>,
         metrics: Option<PrometheusHandle>,
         upstreams: Option<Arc<Routed>>,
+        limits: Option<Arc<ClientLimits>>,
     ) -> Arc<Self> {
         Arc::new(AppState {
             registry,
@@ -57,6 +62,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
             upstreams,
+            limits,
         })
     }
 }
@@ -109,10 +115,14 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
     let mut resp = match parsed {
-        Ok(ep) => dispatch(&state, ep, &method, req.uri().query(), req.headers())
+        Ok(ep) => dispatch(&state, ep, &method, req.uri().query(), req.headers(), peer)
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
@@ -147,6 +157,7 @@ async fn dispatch(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if ep == Endpoint::Upload || !matches!(*method, Method::GET | Method::HEAD) {
@@ -156,8 +167,12 @@ async fn dispatch(
         ));
     }
     let ep = with_namespace(state, ep, query)?;
-    if let Some(gate) = &state.gate {
-        gate.check(headers, &ep)?;
+    let account = match &state.gate {
+        Some(gate) => Some(gate.check(headers, &ep)?),
+        None => None,
+    };
+    if let Some(limits) = &state.limits {
+        limits.check(account.as_deref(), headers, peer)?;
     }
     let registry = state
         .registry
