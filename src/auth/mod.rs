@@ -195,6 +195,15 @@ mod props {
             prop_assert_eq!(r, ResourceActions { kind, name, actions });
         }
 
+        /// Refusals echo only the start of the scope, escaped.
+        #[test]
+        fn errors_stay_short_for_huge_scopes(unit in any::<String>(), n in 1usize..2000) {
+            let s = format!("{unit}\u{1b}").repeat(n);
+            if let Err(e) = ResourceActions::parse_scope(&s) {
+                prop_assert!(e.to_string().len() <= 4096, "{} bytes", e.to_string().len());
+            }
+        }
+
         /// Whatever is asked for: no panic; an accepted scope has a valid type, a non-empty name
         /// and well-formed actions, and prints back to itself.
         #[test]
@@ -212,7 +221,7 @@ mod props {
                     prop_assert!(r.actions.iter().all(|a| !a.is_empty() && !a.contains([',', ':', ' '])));
                     prop_assert_eq!(ResourceActions::parse_scope(&r.to_scope()).unwrap(), r);
                 }
-                Err(e) => prop_assert!(e.to_string().len() < 1000),
+                Err(e) => prop_assert!(e.to_string().len() <= 4096),
             }
         }
     }

@@ -213,7 +213,16 @@ mod props {
                         prop_assert!(first <= last && last < size);
                     }
                 }
-                Err(e) => prop_assert!(e.to_string().len() < 300),
+                Err(e) => prop_assert!(e.to_string().len() <= 4096),
+            }
+        }
+
+        /// Refusals echo only the start of the header, escaped.
+        #[test]
+        fn errors_stay_short_for_huge_headers(unit in any::<String>(), n in 1usize..2000) {
+            let h = format!("bytes={}", format!("{unit}\u{1b}").repeat(n));
+            if let Err(e) = ByteRange::parse(&h) {
+                prop_assert!(e.to_string().len() <= 4096, "{} bytes", e.to_string().len());
             }
         }
 
