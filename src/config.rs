@@ -1157,7 +1157,7 @@ mod props {
         ) {
             let mut text = Vec::new();
             let mut want: Vec<(Vec<String>, usize)> = Vec::new();
-            let mut push = |text: &mut Vec<String>, depth: usize, k: &str, leaf: bool| {
+            let push = |text: &mut Vec<String>, depth: usize, k: &str, leaf: bool| {
                 if noise {
                     text.push(String::new());
                     text.push(format!("{}# {k}: not a key", " ".repeat(depth * step)));
