@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need when it is
 # missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, SeaweedFS, the deployment
-# files' validators, cargo-nextest),
-# checks formatting and lints, builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
+# files' validators, cargo-nextest, cargo-deny), checks formatting, lints and the dependency tree,
+# builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +51,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+if ! cargo deny --version >/dev/null 2>&1; then
+    echo "installing cargo-deny"
+    cargo install --locked cargo-deny
+fi
+
 cargo fmt --check
+# Licences, banned duplicates and sources of the dependency tree (deny.toml), offline. The
+# advisories check needs the RustSec database from GitHub: see docs/hostile-input.md.
+cargo deny --frozen check --hide-inclusion-graph licenses bans sources
 cargo clippy --all-targets --locked -- -D warnings
 cargo nextest run --locked --no-fail-fast "$@"

@@ -639,6 +639,16 @@ fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), 
             }
         };
         if last {
+            if obj.get(k).is_some_and(Value::is_object) && !parsed.is_object() {
+                return Err(vec![Problem {
+                    key: var.into(),
+                    line: None,
+                    message: format!(
+                        "{} is a section: set its keys with {var}__<KEY>",
+                        path.join(".")
+                    ),
+                }]);
+            }
             obj.insert(k.clone(), parsed);
             return Ok(());
         }
@@ -676,12 +686,21 @@ fn is_string_key(path: &[String]) -> bool {
 }
 
 fn apply_overrides(value: &mut Value, o: &Overrides) {
+    // Sections are objects here: the environment cannot replace one with a plain value.
     let set = |value: &mut Value, path: &[&str], v: Value| {
         let mut cur = value;
         for k in &path[..path.len() - 1] {
-            cur = &mut cur[*k];
+            let Some(next) = cur.as_object_mut().map(|o| {
+                o.entry(*k)
+                    .or_insert_with(|| Value::Object(Default::default()))
+            }) else {
+                return;
+            };
+            cur = next;
         }
-        cur[path[path.len() - 1]] = v;
+        if let Some(o) = cur.as_object_mut() {
+            o.insert(path[path.len() - 1].to_owned(), v);
+        }
     };
     if let Some(l) = &o.listen {
         set(value, &["listen"], l.clone().into());
@@ -1282,5 +1301,284 @@ mod tests {
         assert_eq!(find_line(t, &["e"]), Some(5));
         assert_eq!(find_line(t, &["a", "zz"]), Some(1));
         assert_eq!(find_line(t, &["q"]), None);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A config file's text, loaded as `ocimirror serve --config` would.
+    fn load_text(
+        text: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<(Config, Settings), ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mirror.yaml");
+        std::fs::write(&p, text).unwrap();
+        load(Some(&p), env, &Overrides::default())
+    }
+
+    /// Every reported line is a line of the file, counted as YAML does (a lone CR ends a line).
+    fn lines_in_range(text: &str, r: &Result<(Config, Settings), ConfigErrors>) -> bool {
+        let n = text.replace("\r\n", "\n").split(['\r', '\n']).count();
+        match r {
+            Ok(_) => true,
+            Err(e) => e
+                .problems
+                .iter()
+                .all(|p| p.line.is_none_or(|l| (1..=n).contains(&l))),
+        }
+    }
+
+    /// Scalars a config value might be, hostile or not. No host names with ports: `listen`
+    /// would resolve them.
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => proptest::sample::select(vec![
+                "", "x", "0", "-1", "5m", "0s", "10ms", "true", "no", "null", "~", "[]", "{}",
+                "[a, b]", "{a: 1}", "\"quoted\"", "'single'", "\"unterminated", "&anchor x",
+                "*nowhere", "!!binary AAAA", "!tag x", "99999999999999999999999", "1e400", "-.inf",
+                ".nan", "http://127.0.0.1:1", "ftp://x", "\":5000\"", "127.0.0.1:0", "nowhere",
+                "[::1]:5000", "1.2.3.4:99999", "offline", "online", "redis", "s3", "memory",
+                "filesystem", "json", "auth", "registry", "always", "never", "auto", "|", ">-",
+                "? x", "- x", "#", "x # comment", "a: b: c", "\t", "%YAML 1.2", "---", "...",
+            ])
+            .prop_map(str::to_owned),
+            1 => "[a-z0-9 :#\\[\\]{},'\"&*!|>%@`-]{0,12}",
+        ]
+    }
+
+    /// Keys ocimirror knows, by section, and some it does not.
+    fn key(depth: usize) -> impl Strategy<Value = String> {
+        let known: Vec<&'static str> = match depth {
+            0 => TOP_LEVEL.to_vec(),
+            _ => vec![
+                "url",
+                "username",
+                "password",
+                "password_file",
+                "tag_ttl",
+                "library_prefix",
+                "allow",
+                "connect_timeout",
+                "first_byte_timeout",
+                "read_timeout",
+                "backend",
+                "read_only",
+                "filesystem",
+                "root",
+                "s3",
+                "bucket",
+                "endpoint",
+                "region",
+                "part_size_mib",
+                "memory",
+                "max_entries",
+                "redis",
+                "key_prefix",
+                "ttl",
+                "level",
+                "format",
+                "shutdown_timeout",
+                "service",
+                "realm",
+                "issuer",
+                "token_ttl",
+                "allow_anonymous",
+                "acl",
+                "users",
+                "kid",
+                "x5c",
+            ],
+        };
+        prop_oneof![
+            4 => proptest::sample::select(known).prop_map(str::to_owned),
+            1 => "[a-z_]{1,8}",
+            1 => Just("\"quoted\"".to_owned()),
+        ]
+    }
+
+    /// YAML-shaped text: nested block mappings of known and unknown keys, with list items,
+    /// comments, blank lines, odd indentation and tabs mixed in.
+    fn yamlish() -> impl Strategy<Value = String> {
+        let line = (0usize..4, key(0), key(1), scalar(), 0usize..10, 1usize..4).prop_map(
+            |(depth, top, inner, value, shape, step)| {
+                let indent = " ".repeat(depth * step);
+                let k = if depth == 0 { top } else { inner };
+                match shape {
+                    0 => format!("{indent}{k}:"),
+                    1 => format!("{indent}- {value}"),
+                    2 => format!("{indent}# {value}"),
+                    3 => String::new(),
+                    4 => format!("\t{k}: {value}"),
+                    5 => format!("{indent}{k}: [{value}, {value}]"),
+                    _ => format!("{indent}{k}: {value}"),
+                }
+            },
+        );
+        proptest::collection::vec(line, 0..16).prop_map(|l| l.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// YAML-shaped files: a result, never a panic, and problems point at lines of the file.
+        #[test]
+        fn yamlish_files_never_panic(text in yamlish()) {
+            let r = load_text(&text, Vec::new());
+            prop_assert!(lines_in_range(&text, &r), "{:?}", r.err());
+        }
+
+        /// Arbitrary text, CR line ends and NUL bytes included.
+        #[test]
+        fn arbitrary_files_never_panic(text in prop_oneof![
+            any::<String>(),
+            "[a-z:#\\-\\[\\]{}\"' \t\r\n]{0,80}",
+        ]) {
+            let r = load_text(&text, Vec::new());
+            prop_assert!(lines_in_range(&text, &r), "{:?}", r.err());
+        }
+
+        /// Environment overrides of any shape, on their own, are problems or settings, never a
+        /// panic.
+        #[test]
+        fn arbitrary_environment_never_panics(
+            vars in proptest::collection::vec(
+                (
+                    proptest::collection::vec(prop_oneof![key(0), key(1), Just(String::new())], 1..4),
+                    scalar(),
+                ),
+                0..4,
+            ),
+        ) {
+            let env: Vec<(String, String)> = vars
+                .into_iter()
+                .map(|(path, v)| (format!("OCIMIRROR_{}", path.join("__").to_uppercase()), v))
+                .collect();
+            let _ = load(None, env, &Overrides::default());
+        }
+
+        /// In a block mapping, each key is found on its own line, and the key at that line reads
+        /// back as its path; a missing child points at its deepest present ancestor.
+        #[test]
+        fn find_line_locates_every_key(
+            tree in proptest::collection::btree_map(
+                "[a-z_]{1,8}",
+                proptest::collection::btree_map(
+                    "[a-z_]{1,8}",
+                    proptest::collection::btree_set("[a-z_]{1,8}", 0..3),
+                    0..3,
+                ),
+                1..5,
+            ),
+            step in 1usize..5,
+            noise in any::<bool>(),
+        ) {
+            let mut text = Vec::new();
+            let mut want: Vec<(Vec<String>, usize)> = Vec::new();
+            let push = |text: &mut Vec<String>, depth: usize, k: &str, leaf: bool| {
+                if noise {
+                    text.push(String::new());
+                    text.push(format!("{}# {k}: not a key", " ".repeat(depth * step)));
+                }
+                let value = if leaf { " 1" } else { "" };
+                text.push(format!("{}{k}:{value}", " ".repeat(depth * step)));
+                text.len()
+            };
+            for (a, children) in &tree {
+                let l = push(&mut text, 0, a, children.is_empty());
+                want.push((vec![a.clone()], l));
+                for (b, leaves) in children {
+                    let l = push(&mut text, 1, b, leaves.is_empty());
+                    want.push((vec![a.clone(), b.clone()], l));
+                    for c in leaves {
+                        let l = push(&mut text, 2, c, true);
+                        want.push((vec![a.clone(), b.clone(), c.clone()], l));
+                    }
+                }
+            }
+            let text = text.join("\n");
+            for (path, line) in want {
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                prop_assert_eq!(find_line(&text, &p), Some(line), "{:?} in\n{}", p, text);
+                prop_assert_eq!(key_at_line(&text, line), Some(path.join(".")));
+                let mut deeper = p.clone();
+                deeper.push("zz_missing");
+                prop_assert_eq!(find_line(&text, &deeper), Some(line));
+                // List indices are located at their list's key.
+                let mut indexed = p.clone();
+                let last = format!("{}[3]", p[p.len() - 1]);
+                *indexed.last_mut().unwrap() = &last;
+                prop_assert_eq!(find_line(&text, &indexed), Some(line));
+            }
+        }
+
+        /// The line helpers on arbitrary text and paths: in range, never a panic.
+        #[test]
+        fn line_helpers_on_arbitrary_text(
+            text in prop_oneof![any::<String>(), yamlish()],
+            path in proptest::collection::vec(prop_oneof![key(0), key(1), any::<String>()], 0..4),
+            line in 1usize..40,
+        ) {
+            let p: Vec<&str> = path.iter().map(String::as_str).collect();
+            if let Some(l) = find_line(&text, &p) {
+                prop_assert!(l >= 1 && l <= text.lines().count());
+            }
+            let _ = key_at_line(&text, line);
+            if let Some(t) = remove_entry(&text, line) {
+                // The entry is blanked and the lines before it keep their numbers (a parent left
+                // empty becomes `{}`), so later problems still point at the right lines.
+                let (before, after): (Vec<&str>, Vec<&str>) = (text.lines().collect(), t.lines().collect());
+                prop_assert_eq!(after.get(line - 1).copied().unwrap_or(""), "");
+                for i in 0..line - 1 {
+                    let fixed = format!("{} {{}}", before[i].trim_end());
+                    prop_assert!(after[i] == before[i] || after[i] == fixed, "line {}: {:?} -> {:?}", i + 1, before[i], after[i]);
+                }
+            }
+        }
+    }
+
+    /// A section replaced by a scalar in the environment, then a flag that sets a key inside it:
+    /// a problem to report, not a panic. `apply_overrides` indexes the scalar as a map, which
+    /// panics in serde_json (`OCIMIRROR_UPSTREAM=x ocimirror serve --upstream http://h`).
+    #[test]
+    fn environment_scalar_section_then_flag() {
+        for (var, o) in [
+            (
+                "OCIMIRROR_UPSTREAM",
+                Overrides {
+                    upstream: Some("http://127.0.0.1:1".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "OCIMIRROR_STORAGE",
+                Overrides {
+                    read_only: true,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let env = vec![(var.to_owned(), "x".to_owned())];
+            let r = std::panic::catch_unwind(|| load(None, env, &o).map(drop));
+            assert!(matches!(r, Ok(Err(_))), "{var}=x with a flag: {r:?}");
+        }
+    }
+
+    /// Deep nesting is refused without exhausting the stack.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for text in [
+            "listen: ".to_owned() + &"[".repeat(50_000),
+            "listen: ".to_owned() + &"{a: ".repeat(50_000),
+            (0..2_000)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect::<String>(),
+        ] {
+            assert!(load_text(&text, Vec::new()).is_err());
+        }
     }
 }

@@ -143,3 +143,86 @@ mod tests {
         ResourceActions::parse_scope(s).unwrap().to_scope()
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn kind() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(vec!["repository", "registry", "plugin"])
+                .prop_map(str::to_owned),
+            "[a-z0-9_-]{1,12}",
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            crate::oci::name::props::valid_name(),
+            // A registry host with a port, as Distribution allows.
+            (crate::oci::name::props::valid_name(), 1u16..)
+                .prop_map(|(n, p)| format!("localhost:{p}/{n}")),
+            // Anything non-empty: the name is split from both ends, so it may hold colons.
+            ".{1,30}",
+        ]
+    }
+
+    fn actions() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec(
+            prop_oneof![
+                proptest::sample::select(vec!["pull", "push", "*", "delete"])
+                    .prop_map(str::to_owned),
+                "[a-zA-Z0-9*_-]{1,8}",
+            ],
+            1..4,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn scopes_round_trip(kind in kind(), name in name(), actions in actions()) {
+            let r = ResourceActions { kind, name, actions };
+            prop_assert_eq!(ResourceActions::parse_scope(&r.to_scope()).unwrap(), r);
+        }
+
+        /// A resource class (`repository(plugin)`) is accepted and dropped.
+        #[test]
+        fn resource_class_is_dropped(kind in kind(), class in "[a-z]{1,8}", name in name(), actions in actions()) {
+            let s = format!("{kind}({class}):{name}:{}", actions.join(","));
+            let r = ResourceActions::parse_scope(&s).unwrap();
+            prop_assert_eq!(r, ResourceActions { kind, name, actions });
+        }
+
+        /// Refusals echo only the start of the scope, escaped.
+        #[test]
+        fn errors_stay_short_for_huge_scopes(unit in any::<String>(), n in 1usize..2000) {
+            let s = format!("{unit}\u{1b}").repeat(n);
+            if let Err(e) = ResourceActions::parse_scope(&s) {
+                prop_assert!(e.to_string().len() <= 4096, "{} bytes", e.to_string().len());
+            }
+        }
+
+        /// Whatever is asked for: no panic; an accepted scope has a valid type, a non-empty name
+        /// and well-formed actions, and prints back to itself.
+        #[test]
+        fn arbitrary_scopes(s in prop_oneof![
+            any::<String>(),
+            "[a-z(]{0,10}:[a-z/:.]{0,12}:[a-z,* ]{0,10}",
+            "[a-z:,()*]{0,20}",
+        ]) {
+            match ResourceActions::parse_scope(&s) {
+                Ok(r) => {
+                    prop_assert!(!r.kind.is_empty());
+                    prop_assert!(r.kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'));
+                    prop_assert!(!r.name.is_empty());
+                    prop_assert!(!r.actions.is_empty());
+                    prop_assert!(r.actions.iter().all(|a| !a.is_empty() && !a.contains([',', ':', ' '])));
+                    prop_assert_eq!(ResourceActions::parse_scope(&r.to_scope()).unwrap(), r);
+                }
+                Err(e) => prop_assert!(e.to_string().len() <= 4096),
+            }
+        }
+    }
+}

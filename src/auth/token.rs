@@ -1306,3 +1306,270 @@ mod tests {
         assert!(serde_json::from_str::<Audience>("5").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::auth::keys::tests::{EC_CERT, EC_SEC1_KEY, RSA_CERT, RSA_PKCS1_KEY};
+    use crate::auth::keys::{KeyAlgorithm, keygen, load_signing_key};
+
+    const ISS: &str = "ocimirror";
+    const AUD: &str = "mirror.example";
+    const TTL: Duration = Duration::from_secs(300);
+
+    /// The trusted keys (the RSA and EC fixtures of `testdata/`, so no RSA key is generated per
+    /// test process), and a fresh one nobody trusts.
+    fn keys() -> &'static (SigningKey, SigningKey, SigningKey) {
+        static K: OnceLock<(SigningKey, SigningKey, SigningKey)> = OnceLock::new();
+        K.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (k, c) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+            keygen(&k, &c, KeyAlgorithm::Es256, "stranger", 30).unwrap();
+            (
+                SigningKey::from_pem(RSA_PKCS1_KEY.as_bytes(), RSA_CERT.as_bytes()).unwrap(),
+                SigningKey::from_pem(EC_SEC1_KEY.as_bytes(), EC_CERT.as_bytes()).unwrap(),
+                load_signing_key(&k, &c).unwrap(),
+            )
+        })
+    }
+
+    /// A fixed clock inside the fixtures' certificate validity (2026 to 2126).
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_900_000_000)
+    }
+
+    fn verifier() -> TokenVerifier {
+        let (rsa, ec, _) = keys();
+        let mut trust = TrustStore::new();
+        trust.add_signing_key(rsa).unwrap();
+        trust.add_signing_key(ec).unwrap();
+        TokenVerifier::new(trust, vec![ISS.into()], AUD)
+    }
+
+    fn issuer() -> impl Strategy<Value = TokenIssuer> {
+        (
+            any::<bool>(),
+            proptest::sample::select(vec![
+                KidFormat::Libtrust,
+                KidFormat::Thumbprint,
+                KidFormat::None,
+            ]),
+            any::<bool>(),
+        )
+            .prop_map(|(use_rsa, kid, x5c)| {
+                let (rsa, ec, _) = keys();
+                let key = if use_rsa { rsa } else { ec };
+                TokenIssuer {
+                    kid,
+                    include_x5c: x5c || kid == KidFormat::None,
+                    ..TokenIssuer::new(key.clone(), ISS, TTL)
+                }
+            })
+    }
+
+    fn access() -> impl Strategy<Value = Vec<ResourceActions>> {
+        proptest::collection::vec(
+            (
+                ".{1,12}",
+                ".{1,30}",
+                proptest::collection::vec(".{1,8}", 0..3),
+            )
+                .prop_map(|(kind, name, actions)| ResourceActions {
+                    kind,
+                    name,
+                    actions,
+                }),
+            0..4,
+        )
+    }
+
+    /// One edit of a token's text.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Replace(prop::sample::Index, char),
+        Delete(prop::sample::Index),
+        Insert(prop::sample::Index, char),
+        Truncate(prop::sample::Index),
+        SwapParts(usize, usize),
+        /// Flip one bit of one decoded part and re-encode it.
+        FlipBit(usize, prop::sample::Index, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let ch = prop_oneof![
+            proptest::char::ranges(vec!['A'..='Z', 'a'..='z', '0'..='9'].into()),
+            proptest::sample::select(vec!['-', '_', '.', '=', '+', '/', ' ', '\0']),
+            any::<char>(),
+        ];
+        prop_oneof![
+            (any::<prop::sample::Index>(), ch.clone()).prop_map(|(i, c)| Mutation::Replace(i, c)),
+            any::<prop::sample::Index>().prop_map(Mutation::Delete),
+            (any::<prop::sample::Index>(), ch).prop_map(|(i, c)| Mutation::Insert(i, c)),
+            any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+            (0usize..3, 0usize..3).prop_map(|(a, b)| Mutation::SwapParts(a, b)),
+            (0usize..3, any::<prop::sample::Index>(), 0u8..8)
+                .prop_map(|(p, i, b)| Mutation::FlipBit(p, i, b)),
+        ]
+    }
+
+    fn apply(token: &str, m: &Mutation) -> String {
+        let mut chars: Vec<char> = token.chars().collect();
+        if chars.is_empty() && matches!(m, Mutation::Replace(..) | Mutation::Delete(_)) {
+            return String::new();
+        }
+        match m {
+            Mutation::Replace(i, c) => {
+                let i = i.index(chars.len());
+                chars[i] = *c;
+            }
+            Mutation::Delete(i) => {
+                chars.remove(i.index(chars.len()));
+            }
+            Mutation::Insert(i, c) => chars.insert(i.index(chars.len() + 1), *c),
+            Mutation::Truncate(i) => chars.truncate(i.index(chars.len())),
+            Mutation::SwapParts(a, b) => {
+                let mut parts: Vec<&str> = token.split('.').collect();
+                parts.swap(*a, *b);
+                return parts.join(".");
+            }
+            Mutation::FlipBit(p, i, b) => {
+                let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+                let mut bytes = BASE64URL_NOPAD.decode(parts[*p].as_bytes()).unwrap();
+                let i = i.index(bytes.len());
+                bytes[i] ^= 1 << b;
+                parts[*p] = b64url(&bytes);
+                return parts.join(".");
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// What the issuer signs, the verifier accepts, with the claims intact, for every key
+        /// type and header style, anywhere within the lifetime (and its leeway).
+        #[test]
+        fn sign_verify_round_trip(
+            issuer in issuer(),
+            subject in ".{0,40}",
+            access in access(),
+            offset in -60i64..=360,
+        ) {
+            let now = now();
+            let issued = match issuer.issue_at(&subject, AUD, access.clone(), now) {
+                Err(TokenError::TooLarge(_)) => return Err(TestCaseError::reject("too large")),
+                r => r.unwrap(),
+            };
+            let at = if offset < 0 {
+                now - Duration::from_secs(offset.unsigned_abs())
+            } else {
+                now + Duration::from_secs(offset as u64)
+            };
+            let claims = verifier().verify_at(&issued.token, at).unwrap();
+            prop_assert_eq!(claims.sub, subject);
+            prop_assert_eq!(claims.access, access);
+            prop_assert_eq!(claims.iss, ISS);
+            prop_assert_eq!(claims.aud, Audience::One(AUD.into()));
+            prop_assert_eq!(claims.exp - claims.iat, 300);
+        }
+
+        /// Outside the lifetime and its leeway the same token is refused.
+        #[test]
+        fn refused_outside_lifetime(issuer in issuer(), late in any::<bool>(), by in 1u64..100_000) {
+            let now = now();
+            let token = issuer.issue_at("alice", AUD, Vec::new(), now).unwrap().token;
+            let at = if late { now + TTL + DEFAULT_LEEWAY + Duration::from_secs(by) } else { now - DEFAULT_LEEWAY - Duration::from_secs(by) };
+            let r = verifier().verify_at(&token, at);
+            if late {
+                prop_assert!(matches!(r, Err(TokenError::Expired { .. })), "{:?}", r);
+            } else {
+                prop_assert!(matches!(r, Err(TokenError::NotYetValid { .. })), "{:?}", r);
+            }
+        }
+
+        /// Any edit of a valid token's text makes it fail, without a panic. (Unpadded base64url
+        /// has spare bits in its last character; they are checked, so no edit there survives.)
+        #[test]
+        fn mutated_tokens_never_verify(issuer in issuer(), muts in proptest::collection::vec(mutation(), 1..4)) {
+            let now = now();
+            let token = issuer.issue_at("alice", AUD, Vec::new(), now).unwrap().token;
+            let mut forged = token.clone();
+            for m in &muts {
+                // Part-wise edits need three decodable parts; earlier edits may have broken them.
+                let whole = forged.split('.').count() == 3
+                    && forged.split('.').all(|p| BASE64URL_NOPAD.decode(p.as_bytes()).is_ok_and(|b| !b.is_empty()));
+                if whole || !matches!(m, Mutation::SwapParts(..) | Mutation::FlipBit(..)) {
+                    forged = apply(&forged, m);
+                }
+            }
+            prop_assume!(forged != token);
+            let r = verifier().verify_at(&forged, now);
+            prop_assert!(r.is_err(), "{:?} verified: {:?}", muts, r);
+        }
+
+        /// A token signed by an untrusted key never verifies, whatever trusted key or chain its
+        /// header names.
+        #[test]
+        fn strangers_never_verify(issuer in issuer(), subject in ".{0,20}") {
+            let (_, _, stranger) = keys();
+            let now = now();
+            let token = issuer.issue_at(&subject, AUD, Vec::new(), now).unwrap().token;
+            let (input, _) = token.rsplit_once('.').unwrap();
+            let sig = stranger.sign(input.as_bytes()).unwrap();
+            let forged = format!("{input}.{}", b64url(&sig));
+            prop_assert!(verifier().verify_at(&forged, now).is_err());
+        }
+
+        /// Arbitrary text, and three base64url parts of arbitrary JSON with arbitrary bytes as the
+        /// signature: refused, never a panic.
+        #[test]
+        fn arbitrary_tokens_never_verify(
+            text in prop_oneof![
+                any::<String>(),
+                "[A-Za-z0-9_.-]{0,300}",
+                (
+                    proptest::collection::btree_map(
+                        proptest::sample::select(vec!["alg", "typ", "kid", "x5c", "jwk", "crit"]),
+                        prop_oneof![
+                            proptest::sample::select(vec!["none", "None", "", "HS256", "hs512", "RS256", "ES256", "PS256", "EdDSA"])
+                                .prop_map(serde_json::Value::from),
+                            ".{0,20}".prop_map(serde_json::Value::from),
+                            proptest::collection::vec(".{0,20}", 0..3).prop_map(serde_json::Value::from),
+                            any::<i64>().prop_map(serde_json::Value::from),
+                            Just(serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"})),
+                            Just(serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"})),
+                        ],
+                        0..5,
+                    ),
+                    proptest::collection::btree_map(
+                        proptest::sample::select(vec!["iss", "aud", "exp", "nbf", "iat", "sub", "access"]),
+                        prop_oneof![
+                            Just(serde_json::Value::from(ISS)),
+                            Just(serde_json::Value::from(AUD)),
+                            any::<i64>().prop_map(serde_json::Value::from),
+                            ".{0,10}".prop_map(serde_json::Value::from),
+                            Just(serde_json::Value::Null),
+                        ],
+                        0..7,
+                    ),
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                )
+                    .prop_map(|(h, c, sig)| {
+                        format!(
+                            "{}.{}.{}",
+                            b64url(serde_json::to_string(&h).unwrap().as_bytes()),
+                            b64url(serde_json::to_string(&c).unwrap().as_bytes()),
+                            b64url(&sig),
+                        )
+                    }),
+            ]
+        ) {
+            prop_assert!(verifier().verify_at(&text, now()).is_err());
+        }
+    }
+}

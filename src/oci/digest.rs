@@ -186,3 +186,106 @@ mod tests {
         assert!(!Digest::sha256_of(b"x").verify(b"y"));
     }
 }
+
+/// Property tests, and the digest strategy other modules' property tests use.
+#[cfg(test)]
+pub(crate) mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any valid digest (as a hash of arbitrary bytes would give, or any hex of the right length).
+    pub(crate) fn digest() -> impl Strategy<Value = Digest> {
+        prop_oneof![
+            "[0-9a-f]{64}".prop_map(|h| Digest::parse(&format!("sha256:{h}")).unwrap()),
+            "[0-9a-f]{128}".prop_map(|h| Digest::parse(&format!("sha512:{h}")).unwrap()),
+        ]
+    }
+
+    /// Strings that are almost digests: one character changed, missing or added, the wrong case,
+    /// the wrong algorithm, or an attack fragment in the hex.
+    fn near_digest() -> impl Strategy<Value = String> {
+        (
+            digest(),
+            any::<prop::sample::Index>(),
+            prop_oneof![
+                Just("G"),
+                Just("A"),
+                Just(""),
+                Just("00"),
+                Just(":"),
+                Just("/"),
+                Just(".."),
+                Just("%2e"),
+                Just("\0"),
+                Just("\\"),
+                Just("é"),
+            ],
+        )
+            .prop_map(|(d, at, junk)| {
+                let s = d.to_string();
+                let i = at.index(s.len());
+                let mut out = s[..i].to_owned();
+                out.push_str(junk);
+                // Replace the character at `i` (or insert at the end).
+                out.push_str(s.get(i + 1..).unwrap_or(""));
+                out
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn display_parse_round_trip(d in digest()) {
+            let s = d.to_string();
+            prop_assert_eq!(Digest::parse(&s).unwrap(), d.clone());
+            prop_assert_eq!(s.parse::<Digest>().unwrap(), d);
+        }
+
+        /// Accepted exactly by the strict grammar: `sha256:` + 64 or `sha512:` + 128 lowercase hex.
+        #[test]
+        fn accepted_iff_strict_grammar(s in prop_oneof![
+            near_digest(),
+            "(sha256|sha512|sha384|SHA256)?:?[0-9a-fA-F]{60,130}",
+            any::<String>(),
+        ]) {
+            let re = regex::Regex::new(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$").unwrap();
+            let got = Digest::parse(&s);
+            prop_assert_eq!(got.is_ok(), re.is_match(&s), "{:?}", s);
+            match got {
+                Ok(d) => {
+                    prop_assert_eq!(d.to_string(), s);
+                    // What ends up in storage paths: only lowercase hex.
+                    prop_assert!(d.hex().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+                }
+                Err(e) => prop_assert!(e.to_string().len() <= 4096),
+            }
+        }
+
+        #[test]
+        fn incremental_hash_equals_one_shot(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            sha512 in any::<bool>(),
+        ) {
+            let alg = if sha512 { Algorithm::Sha512 } else { Algorithm::Sha256 };
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            points.sort_unstable();
+            let mut h = Hasher::new(alg);
+            let mut last = 0;
+            for p in points.into_iter().chain([data.len()]) {
+                h.update(&data[last..p]);
+                last = p;
+            }
+            let d = h.finish();
+            prop_assert_eq!(d.algorithm(), alg);
+            prop_assert!(d.verify(&data));
+            prop_assert_eq!(Digest::parse(&d.to_string()).unwrap(), d.clone());
+            if !sha512 {
+                prop_assert_eq!(&d, &Digest::sha256_of(&data));
+            }
+            let mut other = data.clone();
+            other.push(0);
+            prop_assert!(!d.verify(&other));
+        }
+    }
+}

@@ -180,3 +180,186 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::oci::digest::props::digest;
+
+    /// Arbitrary JSON, nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,20}".prop_map(Value::from),
+            digest().prop_map(|d| Value::from(d.to_string())),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("mediaType".to_owned()),
+                        Just("schemaVersion".to_owned()),
+                        Just("config".to_owned()),
+                        Just("layers".to_owned()),
+                        Just("manifests".to_owned()),
+                        Just("subject".to_owned()),
+                        Just("fsLayers".to_owned()),
+                        Just("digest".to_owned()),
+                        Just("blobSum".to_owned()),
+                        Just("signatures".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn descriptors(ds: &[Digest]) -> Value {
+        Value::from(
+            ds.iter()
+                .map(|d| json!({"digest": d.to_string(), "size": 1, "mediaType": "x"}))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            proptest::sample::select(vec![
+                OCI_MANIFEST,
+                OCI_INDEX,
+                DOCKER_MANIFEST,
+                DOCKER_MANIFEST_LIST,
+                DOCKER_MANIFEST_V1,
+                DOCKER_MANIFEST_V1_SIGNED,
+                "application/json",
+                "",
+            ])
+            .prop_map(str::to_owned),
+            ".{0,30}",
+        ])
+    }
+
+    proptest! {
+        /// Well-formed manifests: the blobs are exactly config + layers + fsLayers (sorted, no
+        /// duplicates), the children exactly the index entries in order.
+        #[test]
+        fn references_are_read_exactly(
+            config in proptest::option::of(digest()),
+            layers in proptest::option::of(proptest::collection::vec(digest(), 0..6)),
+            fs_layers in proptest::option::of(proptest::collection::vec(digest(), 0..4)),
+            manifests in proptest::option::of(proptest::collection::vec(digest(), 0..6)),
+            subject in proptest::option::of(digest()),
+            media_type in proptest::option::of(".{0,40}"),
+            ct in content_type(),
+        ) {
+            let mut doc = serde_json::Map::new();
+            doc.insert("schemaVersion".into(), 2.into());
+            if let Some(m) = &media_type {
+                doc.insert("mediaType".into(), m.clone().into());
+            }
+            if let Some(c) = &config {
+                doc.insert("config".into(), json!({"digest": c.to_string(), "size": 3}));
+            }
+            if let Some(l) = &layers {
+                doc.insert("layers".into(), descriptors(l));
+            }
+            if let Some(l) = &fs_layers {
+                let v: Vec<Value> = l.iter().map(|d| json!({"blobSum": d.to_string()})).collect();
+                doc.insert("fsLayers".into(), v.into());
+            }
+            if let Some(m) = &manifests {
+                doc.insert("manifests".into(), descriptors(m));
+            }
+            if let Some(s) = &subject {
+                doc.insert("subject".into(), json!({"digest": s.to_string(), "size": 9}));
+            }
+            let body = serde_json::to_vec(&Value::Object(doc)).unwrap();
+            let info = ManifestInfo::parse(&body, ct.as_deref()).unwrap();
+
+            let mut want: Vec<Digest> = config.into_iter()
+                .chain(layers.into_iter().flatten())
+                .chain(fs_layers.into_iter().flatten())
+                .collect();
+            want.sort();
+            want.dedup();
+            prop_assert_eq!(info.blobs, want);
+            prop_assert_eq!(info.children, manifests.clone().unwrap_or_default());
+
+            // The body's own media type wins, then a manifest Content-Type, then inference.
+            let declared = ct.as_deref().map(|c| c.split(';').next().unwrap_or("").trim())
+                .filter(|c| is_manifest_type(c));
+            let want_type = match (media_type.as_deref(), declared) {
+                (Some(m), _) if !m.is_empty() => m.to_owned(),
+                (_, Some(c)) => c.to_owned(),
+                _ if manifests.is_some() => OCI_INDEX.to_owned(),
+                _ => OCI_MANIFEST.to_owned(),
+            };
+            prop_assert_eq!(info.media_type, want_type);
+        }
+
+        /// One bad digest anywhere refuses the whole manifest.
+        #[test]
+        fn one_bad_digest_refuses(
+            good in proptest::collection::vec(digest(), 1..5),
+            bad in prop_oneof![
+                "sha256:[0-9a-f]{0,63}",
+                "sha256:[0-9A-F]{64}",
+                "sha256:../../[a-z]{1,10}",
+                "md5:[0-9a-f]{32}",
+                ".{0,20}",
+            ],
+            field in 0usize..5,
+        ) {
+            let mut layers: Vec<Value> = good.iter().map(|d| json!({"digest": d.to_string()})).collect();
+            let bad_desc = json!({"digest": bad});
+            let doc = match field {
+                0 => json!({"config": bad_desc, "layers": layers}),
+                1 => { layers.push(bad_desc); json!({"layers": layers}) }
+                2 => { layers.insert(0, bad_desc); json!({"manifests": layers}) }
+                3 => json!({"layers": layers, "subject": bad_desc}),
+                _ => json!({"schemaVersion": 1, "fsLayers": [{"blobSum": bad}]}),
+            };
+            let r = ManifestInfo::parse(doc.to_string().as_bytes(), None);
+            prop_assert!(matches!(r, Err(ManifestError::BadDigest(_))), "{:?}", r);
+        }
+
+        /// Arbitrary JSON documents and arbitrary bytes: an answer, never a panic; every digest
+        /// returned is valid, and a refusal's message stays bounded.
+        #[test]
+        fn arbitrary_documents(v in json_value(), ct in content_type()) {
+            let body = serde_json::to_vec(&v).unwrap();
+            if let Ok(info) = ManifestInfo::parse(&body, ct.as_deref()) {
+                for d in info.blobs.iter().chain(&info.children) {
+                    prop_assert_eq!(&Digest::parse(&d.to_string()).unwrap(), d);
+                }
+                prop_assert!(info.blobs.windows(2).all(|w| w[0] < w[1]));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..512), ct in content_type()) {
+            let _ = ManifestInfo::parse(&body, ct.as_deref());
+        }
+    }
+
+    /// Deeply nested input is refused by the JSON parser's depth limit, not by a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for open in ["[", "{\"signatures\":", "{\"x\":[{\"y\":"] {
+            let body = open.repeat(100_000);
+            assert!(ManifestInfo::parse(body.as_bytes(), None).is_err());
+        }
+    }
+}

@@ -56,8 +56,10 @@ impl RepoName {
     }
 
     /// Prefix with `library/`, Docker Hub's namespace for official images.
+    /// `alpine` → `library/alpine` (Docker Hub's official images), unless that would be
+    /// longer than a name may be.
     pub fn with_library_prefix(&self) -> Self {
-        if self.components() == 1 {
+        if self.components() == 1 && self.0.len() + "library/".len() <= MAX_NAME_LEN {
             RepoName(format!("library/{}", self.0))
         } else {
             self.clone()
@@ -234,5 +236,185 @@ mod tests {
             Reference::parse("sha256:abc"),
             Err(NameError::BadDigestReference(_))
         ));
+    }
+}
+
+/// Property tests, and the strategies other modules' property tests build names from.
+#[cfg(test)]
+pub(crate) mod props {
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+
+    /// The distribution spec's repository name grammar, anchored.
+    pub(crate) const NAME_RE: &str =
+        r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$";
+    const TAG_RE: &str = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$";
+
+    /// Path words that name endpoints, and so make routing ambiguous when they are components.
+    pub(crate) const ROUTE_WORDS: &[&str] = &[
+        "v2",
+        "manifests",
+        "blobs",
+        "uploads",
+        "tags",
+        "list",
+        "referrers",
+        "catalog",
+    ];
+
+    /// One valid name component: spec-generated, or a word the router splits on.
+    pub(crate) fn component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-z0-9]{1,8}((\\.|_|__|-{1,3})[a-z0-9]{1,8}){0,2}",
+            1 => proptest::sample::select(ROUTE_WORDS).prop_map(str::to_owned),
+        ]
+    }
+
+    /// A valid repository name of one to five components.
+    pub(crate) fn valid_name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(component(), 1..=5).prop_map(|c| c.join("/"))
+    }
+
+    /// A valid tag.
+    pub(crate) fn valid_tag() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}",
+            "[a-zA-Z0-9_][a-zA-Z0-9._-]{100,127}",
+            proptest::sample::select(ROUTE_WORDS).prop_map(str::to_owned),
+        ]
+    }
+
+    /// Strings near the grammar: the characters names are made of, the ones attacks use, and
+    /// anything at all.
+    pub(crate) fn name_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9._/-]{0,40}",
+            "[a-zA-Z0-9._/%\\\\:@ -]{0,40}",
+            proptest::collection::vec(
+                prop_oneof![
+                    component(),
+                    Just("..".to_owned()),
+                    Just(".".to_owned()),
+                    Just("%2e%2e".to_owned()),
+                    Just("%2F".to_owned()),
+                    Just("\0".to_owned()),
+                    Just("\\".to_owned()),
+                    Just(String::new()),
+                ],
+                1..6
+            )
+            .prop_map(|c| c.join("/")),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Accepted exactly when the spec's grammar matches and the length is within the limit.
+        #[test]
+        fn name_accepted_iff_spec_grammar(s in name_like()) {
+            let re = Regex::new(NAME_RE).unwrap();
+            let expected = re.is_match(&s) && s.len() <= MAX_NAME_LEN;
+            let got = RepoName::parse(&s);
+            prop_assert_eq!(got.is_ok(), expected, "{:?}: {:?}", s, got);
+            if let Err(e) = got {
+                // Errors echo input; they stay short whatever was sent.
+                prop_assert!(e.to_string().len() <= 4096);
+            }
+        }
+
+        /// Refusals echo only the start of the input (escaped), so a huge request cannot make a
+        /// huge error response.
+        #[test]
+        fn errors_stay_short_for_huge_input(unit in any::<String>(), n in 1usize..2000) {
+            let s = format!("{unit}\u{1b}").repeat(n);
+            for e in [
+                RepoName::parse(&s).err(),
+                Tag::parse(&s).err(),
+                Reference::parse(&s).err(),
+                Reference::parse(&format!("sha256:{s}")).err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                prop_assert!(e.to_string().len() <= 4096, "{} bytes", e.to_string().len());
+            }
+        }
+
+        #[test]
+        fn valid_names_round_trip(s in valid_name()) {
+            let n = RepoName::parse(&s).unwrap();
+            prop_assert_eq!(n.as_str(), s.as_str());
+            prop_assert_eq!(RepoName::parse(&n.to_string()).unwrap(), n.clone());
+            prop_assert_eq!(n.components(), s.split('/').count());
+        }
+
+        #[test]
+        fn library_prefix_keeps_names_valid(s in valid_name()) {
+            let n = RepoName::parse(&s).unwrap();
+            let p = n.with_library_prefix();
+            prop_assert!(p.components() >= 2);
+            prop_assert!(p.as_str().ends_with(n.as_str()));
+            // Only the string check: `library/` + 250 characters may pass the length limit.
+            prop_assert!(Regex::new(NAME_RE).unwrap().is_match(p.as_str()));
+            prop_assert_eq!(p.with_library_prefix(), p.clone());
+        }
+
+        #[test]
+        fn names_longer_than_the_limit_are_refused(c in "[a-z0-9]{1,20}", n in 13usize..40) {
+            let s = vec![c; n].join("/");
+            prop_assume!(s.len() > MAX_NAME_LEN);
+            prop_assert_eq!(RepoName::parse(&s), Err(NameError::TooLong(s.len())));
+        }
+
+        #[test]
+        fn tag_accepted_iff_spec_grammar(s in prop_oneof![
+            valid_tag(),
+            "[a-zA-Z0-9._/:%-]{0,130}",
+            any::<String>(),
+        ]) {
+            let expected = Regex::new(TAG_RE).unwrap().is_match(&s);
+            let got = Tag::parse(&s);
+            prop_assert_eq!(got.is_ok(), expected, "{:?}", s);
+            match got {
+                Ok(t) => prop_assert_eq!(t.as_str(), s.as_str()),
+                Err(e) => prop_assert!(e.to_string().len() <= 4096),
+            }
+        }
+
+        #[test]
+        fn references_round_trip(r in prop_oneof![
+            valid_tag().prop_map(|t| Reference::Tag(Tag::parse(&t).unwrap())),
+            crate::oci::digest::props::digest().prop_map(Reference::Digest),
+        ]) {
+            prop_assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+        }
+
+        /// A reference is a digest exactly when it has a colon, else a tag; nothing else.
+        #[test]
+        fn reference_is_a_tag_or_a_digest(s in prop_oneof![
+            valid_tag(),
+            "(sha256|sha512|md5|SHA256)?:?[0-9a-fA-F]{0,130}",
+            any::<String>(),
+        ]) {
+            match Reference::parse(&s) {
+                Ok(Reference::Tag(t)) => {
+                    prop_assert!(!s.contains(':'));
+                    prop_assert_eq!(t.as_str(), s.as_str());
+                }
+                Ok(Reference::Digest(d)) => prop_assert_eq!(d.to_string(), s),
+                Err(NameError::BadDigestReference(_)) => {
+                    prop_assert!(s.contains(':'));
+                    prop_assert!(Digest::parse(&s).is_err());
+                }
+                Err(_) => {
+                    prop_assert!(!s.contains(':'));
+                    prop_assert!(Tag::parse(&s).is_err());
+                }
+            }
+        }
     }
 }

@@ -134,3 +134,105 @@ mod tests {
         assert!(r("bytes=0-").resolve(0).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn range() -> impl Strategy<Value = ByteRange> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>()).prop_map(|(a, b)| ByteRange::From {
+                start: a.min(b),
+                end: Some(a.max(b)),
+            }),
+            (0u64..1 << 20, 0u64..1 << 20).prop_map(|(a, len)| ByteRange::From {
+                start: a,
+                end: Some(a.saturating_add(len)),
+            }),
+            any::<u64>().prop_map(|start| ByteRange::From { start, end: None }),
+            (0u64..1 << 20).prop_map(|start| ByteRange::From { start, end: None }),
+            any::<u64>().prop_map(ByteRange::Suffix),
+            (0u64..1 << 20).prop_map(ByteRange::Suffix),
+        ]
+    }
+
+    fn size() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..4, 0u64..1 << 21, any::<u64>()]
+    }
+
+    proptest! {
+        #[test]
+        fn display_parse_round_trip(r in range()) {
+            prop_assert_eq!(ByteRange::parse(&r.to_string()).unwrap(), r);
+            // Surrounding whitespace is tolerated.
+            prop_assert_eq!(ByteRange::parse(&format!("  {r} ")).unwrap(), r);
+        }
+
+        /// A resolved range lies within the blob, is never empty, and is what was asked for.
+        #[test]
+        fn resolves_within_size(r in range(), size in size()) {
+            match r.resolve(size) {
+                Ok((first, last)) => {
+                    prop_assert!(first <= last);
+                    prop_assert!(last < size);
+                    match r {
+                        ByteRange::From { start, end } => {
+                            prop_assert_eq!(first, start);
+                            prop_assert_eq!(last, end.unwrap_or(u64::MAX).min(size - 1));
+                        }
+                        ByteRange::Suffix(n) => {
+                            prop_assert_eq!(last, size - 1);
+                            prop_assert_eq!(last - first + 1, n.min(size));
+                        }
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(matches!(e, RangeError::Unsatisfiable(_, s) if s == size));
+                    match r {
+                        ByteRange::From { start, .. } => prop_assert!(start >= size),
+                        ByteRange::Suffix(n) => prop_assert!(n == 0 || size == 0),
+                    }
+                }
+            }
+        }
+
+        /// Whatever the header, parsing does not panic; what it accepts resolves safely and
+        /// prints back to an equivalent header; refusals stay short.
+        #[test]
+        fn arbitrary_headers(h in prop_oneof![
+            "bytes=[0-9 ]{0,22}-[0-9 ]{0,22}",
+            "(bytes|BYTES|items)?=?[-0-9,+ ]{0,30}",
+            any::<String>(),
+        ], size in size()) {
+            match ByteRange::parse(&h) {
+                Ok(r) => {
+                    prop_assert_eq!(ByteRange::parse(&r.to_string()).unwrap(), r);
+                    if let Ok((first, last)) = r.resolve(size) {
+                        prop_assert!(first <= last && last < size);
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().len() <= 4096),
+            }
+        }
+
+        /// Refusals echo only the start of the header, escaped.
+        #[test]
+        fn errors_stay_short_for_huge_headers(unit in any::<String>(), n in 1usize..2000) {
+            let h = format!("bytes={}", format!("{unit}\u{1b}").repeat(n));
+            if let Err(e) = ByteRange::parse(&h) {
+                prop_assert!(e.to_string().len() <= 4096, "{} bytes", e.to_string().len());
+            }
+        }
+
+        /// Numbers beyond u64 are malformed, not wrapped.
+        #[test]
+        fn overflowing_numbers_are_malformed(digits in "[1-9][0-9]{20,40}") {
+            for h in [format!("bytes={digits}-"), format!("bytes=-{digits}"), format!("bytes=0-{digits}")] {
+                let r = ByteRange::parse(&h);
+                prop_assert!(matches!(r, Err(RangeError::Malformed(_))), "{:?}", r);
+            }
+        }
+    }
+}

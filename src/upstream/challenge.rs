@@ -144,3 +144,78 @@ mod tests {
         assert!(Challenge::parse("Bearer ,=x").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn token() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9!#$%&'*+.^_`|~/:-]{1,12}"
+    }
+
+    fn ws() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(vec!["", " ", "  ", "\t", " \t "])
+    }
+
+    /// An auth-param value and how it is written: quoted (with `"` and `\` escaped) or, when it
+    /// is a token, possibly bare.
+    fn value() -> impl Strategy<Value = (String, String)> {
+        prop_oneof![
+            any::<String>().prop_map(|v| {
+                let quoted = format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+                (v, quoted)
+            }),
+            token().prop_map(|t| (t.clone(), t)),
+            ".{0,20}".prop_map(|v| {
+                // Escaping any character is allowed and means the character.
+                let quoted: String = v.chars().map(|c| format!("\\{c}")).collect();
+                (v, format!("\"{quoted}\""))
+            }),
+        ]
+    }
+
+    proptest! {
+        /// A challenge written from a scheme and parameters parses back to them: scheme and
+        /// names lowercased, values unescaped, the first of repeated names kept.
+        #[test]
+        fn written_challenges_parse_back(
+            scheme in token(),
+            params in proptest::collection::vec((token(), value(), ws(), ws()), 0..6),
+            lead in ws(),
+            trail in ws(),
+        ) {
+            let mut header = format!("{lead}{scheme}");
+            for (i, (k, (_, written), w1, w2)) in params.iter().enumerate() {
+                header.push_str(if i == 0 { " " } else { "," });
+                header.push_str(&format!("{w1}{k}{w2}={w1}{written}{w2}"));
+            }
+            header.push_str(trail);
+            let c = Challenge::parse(&header).unwrap();
+            prop_assert_eq!(&c.scheme, &scheme.to_ascii_lowercase());
+            let mut want = HashMap::new();
+            for (k, (v, _), _, _) in &params {
+                want.entry(k.to_ascii_lowercase()).or_insert_with(|| v.clone());
+            }
+            prop_assert_eq!(c.params, want);
+        }
+
+        /// Arbitrary header values: never a panic, and an error position within the input.
+        #[test]
+        fn arbitrary_headers(h in prop_oneof![
+            any::<String>(),
+            "[A-Za-z]{1,8}( [a-z]{1,6}=(\"[^\"]{0,10}\"?|[a-z]{0,5})[, ]{0,2}){0,4}",
+            "[ \t,=\"\\\\a-zA-Z]{0,30}",
+        ]) {
+            match Challenge::parse(&h) {
+                Ok(c) => {
+                    prop_assert!(!c.scheme.is_empty());
+                    prop_assert!(c.params.keys().all(|k| !k.is_empty() && k.bytes().all(is_token)));
+                }
+                Err(ChallengeError::Malformed(i)) => prop_assert!(i <= h.len()),
+                Err(ChallengeError::Empty) => {}
+            }
+        }
+    }
+}
