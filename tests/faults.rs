@@ -1364,3 +1364,91 @@ async fn client_disconnecting_at_every_point_of_a_fill() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The mirror killed
+// ---------------------------------------------------------------------------------------------
+
+/// Set a file's modification time `hours` into the past (`touch -d`).
+fn age_file(path: &std::path::Path, hours: u32) {
+    let st = std::process::Command::new("touch")
+        .arg("-d")
+        .arg(format!("{hours} hours ago"))
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// SIGKILL while fills are streaming: nothing partial is ever readable (no blob data for the
+/// interrupted digests, only temp files). After a restart the blobs are fetched again whole and
+/// committed; temp files older than 6 h are removed at start-up, younger ones (a writer of
+/// another process sharing the root may own them) are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_fills_then_restart_serves_whole_blobs_and_cleans_temp_files() {
+    let f = Fake::start(None).await;
+    let img = f.add_image(
+        NAME,
+        "kill",
+        &build_image(Kind::Oci, 640, &[4 << 20, 3 << 20], "amd64", "linux"),
+    );
+    f.set_slow(128 << 10, Duration::from_millis(50));
+    let mut m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    let r = m.get_manifest(NAME, "kill").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut streams = Vec::new();
+    for l in &img.layers {
+        let r = m.get_blob(NAME, &l.digest).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut s = r.bytes_stream();
+        let mut n = 0;
+        // Past the first 1 MiB storage batch, so the temp files have bytes in them.
+        while n < (1 << 20) + (256 << 10) {
+            n += s.next().await.expect("body").unwrap().len();
+        }
+        streams.push(s);
+    }
+    let tmp_dir = m.storage_root().join("_ocimirror_tmp");
+    m.kill();
+    for mut s in streams {
+        // The killed mirror's responses end in an error, never cleanly.
+        let mut clean = true;
+        while let Some(b) = s.next().await {
+            if b.is_err() {
+                clean = false;
+                break;
+            }
+        }
+        assert!(!clean, "a response of a killed fill ended cleanly");
+    }
+    for l in &img.layers {
+        assert!(
+            !blob_data_path(&m.storage_root(), &l.digest).exists(),
+            "a partial blob was committed"
+        );
+    }
+    let abandoned = files_under(&tmp_dir);
+    assert_eq!(
+        abandoned.len(),
+        img.layers.len(),
+        "one temp file per interrupted fill: {abandoned:?}"
+    );
+    for p in &abandoned {
+        age_file(p, 7);
+    }
+    let young = tmp_dir.join("young-writer");
+    std::fs::write(&young, b"partial").unwrap();
+
+    m.restart(None).await;
+    let left = files_under(&tmp_dir);
+    assert_eq!(
+        left,
+        vec![young.clone()],
+        "start-up removes temp files older than 6 h, and only those"
+    );
+    for d in img.all_blobs() {
+        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
+        assert_eq!(stream_hash(r).await, Ok((d.size, d.digest.clone())));
+        wait_committed(&m, &d.digest).await;
+    }
+}
