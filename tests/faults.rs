@@ -1321,10 +1321,10 @@ async fn client_disconnecting_at_every_point_of_a_fill() {
             let mut chunk = vec![0u8; 16 << 10];
             loop {
                 let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
-                if let Some(h) = head_end {
-                    if buf.len() - (h + 4) >= want {
-                        break;
-                    }
+                if let Some(h) = head_end
+                    && buf.len() - (h + 4) >= want
+                {
+                    break;
                 }
                 let room = match head_end {
                     Some(h) => (h + 4 + want - buf.len()).min(chunk.len()),
