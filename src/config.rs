@@ -275,12 +275,15 @@ impl Default for UpstreamConfig {
 pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_timeout: String,
+    /// How long a client has to send a request head (and an idle connection its next request).
+    pub header_read_timeout: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_timeout: "30s".into(),
+            header_read_timeout: "30s".into(),
         }
     }
 }
@@ -374,6 +377,7 @@ pub struct Settings {
     pub upstream_allow: Vec<String>,
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
+    pub header_read_timeout: Duration,
     pub role: Role,
     /// Validated; built into running parts by the server.
     pub auth: Option<AuthConfig>,
@@ -758,6 +762,13 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             .ok()
     };
     let shutdown = duration("server.shutdown_timeout", &c.server.shutdown_timeout);
+    let header_read = duration("server.header_read_timeout", &c.server.header_read_timeout);
+    if header_read.is_some_and(|d| d.is_zero()) {
+        problem(
+            "server.header_read_timeout",
+            "must be greater than zero".into(),
+        );
+    }
     let upstream = check_upstream(&c.upstream, "upstream", "default", &mut problem);
     if c.upstream.name.is_some() {
         problem(
@@ -934,6 +945,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         upstream_allow: c.upstream.allow.clone(),
         tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
+        header_read_timeout: header_read.expect("validated"),
         role: c.role,
         auth: c.auth.clone(),
         config_path: None,

@@ -12,7 +12,6 @@ use crate::cache::lease::{Leases, LocalLeases};
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
 use crate::config::{CacheBackend, Settings, StorageBackend};
 use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -351,25 +350,20 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         drain_state.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(());
     };
-    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    // Our own connection loop rather than `axum::serve`, which sets no header read timeout:
+    // see `http::conn` (slowloris, idle connections).
+    let header_read = s.header_read_timeout;
     type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
     let mut server: Serving = match &s.tls {
-        None => Box::pin(
-            axum::serve(listener, make)
-                .with_graceful_shutdown(shutdown)
-                .into_future(),
-        ),
+        None => Box::pin(crate::http::conn::serve(
+            listener,
+            app,
+            header_read,
+            shutdown,
+        )),
         Some(files) => {
-            use axum::serve::ListenerExt;
-            // `tap_io` gives the TLS listener axum's connect-info (the client address).
-            let tls = TlsListener::new(listener, files.clone())
-                .map_err(ServeError::Config)?
-                .tap_io(|_| {});
-            Box::pin(
-                axum::serve(tls, make)
-                    .with_graceful_shutdown(shutdown)
-                    .into_future(),
-            )
+            let tls = TlsListener::new(listener, files.clone()).map_err(ServeError::Config)?;
+            Box::pin(crate::http::conn::serve(tls, app, header_read, shutdown))
         }
     };
     let deadline = async {

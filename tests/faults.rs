@@ -35,6 +35,21 @@ enum Fault {
     StallMidBlob,
     /// Blob GETs: right length, wrong bytes.
     WrongBytes,
+    /// Blob GETs: `Content-Length` 100 bytes short, and only that many bytes (a clean response).
+    ShortLength,
+    /// Blob GETs: `Content-Length` 100 bytes over the blob, which is sent whole (the connection
+    /// closes before the announced end).
+    LongLength,
+    /// Blob GETs: no `Content-Length` (chunked) and only half the blob, ended cleanly.
+    TruncatedChunked,
+    /// Blob GETs: no `Content-Length` (chunked), the whole blob: nothing wrong.
+    NoLength,
+    /// Blob GETs: a redirect to the same URL, forever.
+    RedirectLoop,
+    /// The token endpoint answers 503.
+    TokenDown,
+    /// The token endpoint never answers.
+    TokenHang,
 }
 
 #[derive(Clone, Debug)]
@@ -99,7 +114,14 @@ fn oci_err(status: u16, code: &str) -> Response {
 
 impl Fake {
     async fn start(creds: Option<(&str, &str)>) -> Fake {
-        let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Fake::start_on(creds, 0).await
+    }
+
+    /// The fake registry on `port` (0: any free port).
+    async fn start_on(creds: Option<(&str, &str)>, port: u16) -> Fake {
+        let l1 = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let st = Arc::new(FakeState {
             port: l1.local_addr().unwrap().port(),
@@ -246,7 +268,10 @@ fn blob_body(st: Arc<FakeState>, data: Bytes, fault: Fault) -> Body {
         .unwrap_or((64 << 10, Duration::ZERO));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     tokio::spawn(async move {
-        let broken = matches!(fault, Fault::DropMidBlob | Fault::StallMidBlob);
+        let broken = matches!(
+            fault,
+            Fault::DropMidBlob | Fault::StallMidBlob | Fault::TruncatedChunked
+        );
         let limit = if broken { data.len() / 2 } else { data.len() };
         let mut off = 0;
         while off < limit {
@@ -295,7 +320,23 @@ fn blob_response(st: Arc<FakeState>, digest: &str, head: bool, fault: Fault) -> 
     } else {
         data
     };
-    b.body(blob_body(st, data, fault)).unwrap()
+    let mut r = b.body(blob_body(st, data.clone(), fault)).unwrap();
+    let h = r.headers_mut();
+    match fault {
+        Fault::ShortLength => {
+            let short = data.len() - 100;
+            h.insert("content-length", short.into());
+            *r.body_mut() = Body::from(data.slice(..short));
+        }
+        Fault::LongLength => {
+            h.insert("content-length", (data.len() + 100).into());
+        }
+        Fault::TruncatedChunked | Fault::NoLength => {
+            h.remove("content-length");
+        }
+        _ => {}
+    }
+    r
 }
 
 async fn registry(st: Arc<FakeState>, req: Request) -> Response {
@@ -312,7 +353,14 @@ async fn registry(st: Arc<FakeState>, req: Request) -> Response {
         auth: auth.clone(),
     });
     if path == "/token" {
-        return token(st, req).await;
+        let fault = *st.fault.lock().unwrap();
+        match fault {
+            Fault::TokenDown => return oci_err(503, "UNAVAILABLE"),
+            Fault::TokenHang => {}
+            _ => return token(st, req).await,
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return oci_err(503, "UNAVAILABLE");
     }
     if st.creds.is_some() && auth.as_deref() != Some(&format!("Bearer {}", st.token)) {
         return challenge(&st, &path);
@@ -365,6 +413,13 @@ async fn registry(st: Arc<FakeState>, req: Request) -> Response {
     }
     if let Some(i) = rest.rfind("/blobs/") {
         let digest = rest[i + 7..].to_string();
+        if !head && fault == Fault::RedirectLoop {
+            return Response::builder()
+                .status(307)
+                .header("location", format!("http://127.0.0.1:{}{path}", st.port))
+                .body(Body::empty())
+                .unwrap();
+        }
         if !head && st.redirect_blobs.load(Ordering::SeqCst) {
             return Response::builder()
                 .status(307)
@@ -425,7 +480,9 @@ async fn fake_with_image(creds: Option<(&str, &str)>) -> (Fake, Image) {
 
 /// What a client got for a blob whose fill broke: it must not look like a success.
 /// Accepts: an error status, a failed request, or a 200 whose body ends in an error.
-async fn assert_broken_fetch(resp: reqwest::Result<reqwest::Response>, size: u64) {
+/// `size` is the blob's size, or `None` when the upstream announced a wrong length (which the
+/// mirror may pass on: what matters then is that the response does not end cleanly).
+async fn assert_broken_fetch(resp: reqwest::Result<reqwest::Response>, size: Option<u64>) {
     let resp = match resp {
         Err(_) => return,
         Ok(r) => r,
@@ -435,7 +492,7 @@ async fn assert_broken_fetch(resp: reqwest::Result<reqwest::Response>, size: u64
         assert!(status >= 500, "broken fill answered {status}");
         return;
     }
-    if let Some(cl) = resp.headers().get("content-length") {
+    if let (Some(cl), Some(size)) = (resp.headers().get("content-length"), size) {
         assert_eq!(cl.to_str().unwrap(), size.to_string());
     }
     match tokio::time::timeout(Duration::from_secs(30), stream_hash(resp))
@@ -444,7 +501,7 @@ async fn assert_broken_fetch(resp: reqwest::Result<reqwest::Response>, size: u64
     {
         Err(_) => {}
         Ok((n, d)) => panic!(
-            "broken upstream fill ended as a clean response ({n} of {size} bytes, {d}): \
+            "broken upstream fill ended as a clean response ({n} of {size:?} bytes, {d}): \
              must end in an error"
         ),
     }
@@ -640,6 +697,7 @@ async fn stale_tag_served_when_upstream_fails() {
 // ---------------------------------------------------------------------------------------------
 
 async fn broken_fill_case(fault: Fault) {
+    let wrong_length = matches!(fault, Fault::ShortLength | Fault::LongLength);
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     let layer = img.biggest_layer();
@@ -649,14 +707,14 @@ async fn broken_fill_case(fault: Fault) {
         .timeout(Duration::from_secs(40))
         .send()
         .await;
-    assert_broken_fetch(resp, layer.size).await;
+    assert_broken_fetch(resp, (!wrong_length).then_some(layer.size)).await;
     // A second client during the same breakage fares no better.
     let resp = m
         .get_blob(NAME, &layer.digest)
         .timeout(Duration::from_secs(40))
         .send()
         .await;
-    assert_broken_fetch(resp, layer.size).await;
+    assert_broken_fetch(resp, (!wrong_length).then_some(layer.size)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     nothing_stored_for(&m, &layer.digest);
     let fetched = f.count("GET", &format!("/blobs/{}", layer.digest));
@@ -1016,4 +1074,381 @@ async fn harness_fake_upstream_behaves() {
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(stream_hash(r).await, Ok((layer.size, layer.digest.clone())));
     assert_eq!(g.st.blob_bodies_done.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue #7: more upstream faults
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_content_length_short_is_an_error_and_not_stored() {
+    broken_fill_case(Fault::ShortLength).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_content_length_long_is_an_error_and_not_stored() {
+    broken_fill_case(Fault::LongLength).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_chunked_body_ending_early_is_an_error_and_not_stored() {
+    broken_fill_case(Fault::TruncatedChunked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_redirect_loop_is_an_error_and_not_stored() {
+    broken_fill_case(Fault::RedirectLoop).await;
+}
+
+/// A blob without `Content-Length` (chunked) is fine: served and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_blob_without_content_length_is_served_and_stored() {
+    let (f, img) = fake_with_image(None).await;
+    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    f.set_fault(Fault::NoLength);
+    for d in img.all_blobs() {
+        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(stream_hash(r).await, Ok((d.size, d.digest.clone())));
+        wait_committed(&m, &d.digest).await;
+    }
+}
+
+/// Wait (up to 20 s) until `digest`'s data is in storage, and check its bytes.
+async fn wait_committed(m: &Mirror, digest: &str) {
+    let data = blob_data_path(&m.storage_root(), digest);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !data.exists() {
+        assert!(Instant::now() < deadline, "{digest} never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sha256_digest(&std::fs::read(&data).unwrap()),
+        digest,
+        "committed blob has the wrong bytes"
+    );
+}
+
+/// An upstream sending 1 KiB a second (slower than no client would notice, faster than the
+/// read timeout): the client gets bytes as they come and the whole blob, and it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_at_one_kib_per_second_is_streamed_and_stored() {
+    let f = Fake::start(None).await;
+    let img = f.add_image(
+        NAME,
+        "crawl",
+        &build_image(Kind::Oci, 610, &[6 << 10], "amd64", "linux"),
+    );
+    let layer = img.layers[0].clone();
+    f.set_slow(1024, Duration::from_secs(1));
+    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    let r = m.get_blob(NAME, &layer.digest).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut s = r.bytes_stream();
+    let mut got = Vec::new();
+    got.extend_from_slice(&s.next().await.expect("first bytes").unwrap());
+    assert_eq!(
+        f.st.blob_bodies_done.load(Ordering::SeqCst),
+        0,
+        "first bytes reach the client while the upstream is still sending"
+    );
+    while let Some(b) = s.next().await {
+        got.extend_from_slice(&b.expect("slow but steady upstream: no error"));
+    }
+    assert_eq!(sha256_digest(&got), layer.digest);
+    wait_committed(&m, &layer.digest).await;
+}
+
+/// The upstream is down when the mirror starts (connection refused): uncached content is 503,
+/// the mirror keeps running, and serves once the upstream comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_at_start_then_up() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let m = Mirror::start(MirrorOpts::upstream(&url).short_timeouts()).await;
+    let r = m.get_manifest(NAME, "v1").send().await.unwrap();
+    expect_oci_error(r, 503, &["UNAVAILABLE"]).await;
+    let f = Fake::start_on(None, port).await;
+    let img = f.add_image(NAME, "v1", &build_oci_image(620));
+    let r = m.get_manifest(NAME, "v1").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img.manifest);
+    for d in img.all_blobs() {
+        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
+        assert_eq!(stream_hash(r).await, Ok((d.size, d.digest.clone())));
+    }
+}
+
+/// Token endpoint answering 503, or hanging: uncached content is 503 `UNAVAILABLE` (not a 401
+/// the client could do nothing about), within the timeouts; nothing is stored; once it is back,
+/// pulls work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_down_or_hanging_is_503_then_recovers() {
+    let (f, img) = fake_with_image(Some(("alice", "pw"))).await;
+    let m = Mirror::start(
+        MirrorOpts::upstream(&f.url())
+            .short_timeouts()
+            .up("username", "alice")
+            .up("password", "pw"),
+    )
+    .await;
+    for fault in [Fault::TokenDown, Fault::TokenHang] {
+        f.set_fault(fault);
+        for r in [
+            m.get_manifest(NAME, "v1"),
+            m.get_blob(NAME, &img.layers[0].digest),
+        ] {
+            let resp = r.timeout(Duration::from_secs(30)).send().await;
+            let resp = resp.unwrap_or_else(|e| panic!("{fault:?}: no answer: {e}"));
+            let st = resp.status().as_u16();
+            assert!(
+                st == 503 || st == 502,
+                "{fault:?}: uncached content with the token endpoint down answered {st}"
+            );
+        }
+        nothing_stored_for(&m, &img.layers[0].digest);
+    }
+    f.set_fault(Fault::None);
+    let r = m.get_manifest(NAME, "v1").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap(), img.manifest);
+    let r = m
+        .get_blob(NAME, &img.layers[0].digest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream_hash(r).await,
+        Ok((img.layers[0].size, img.layers[0].digest.clone()))
+    );
+}
+
+/// 40 concurrent clients while the upstream answers 429 to everything: each gets 429 with a
+/// `Retry-After` (or 503), the mirror does not multiply the storm (at most two upstream requests
+/// per client request), nothing is stored, and pulls work again once the upstream does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_429_storm_is_relayed_not_amplified_and_not_stored() {
+    let (f, img) = fake_with_image(None).await;
+    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    f.set_fault(Fault::TooMany);
+    let before = f.seen().len();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let req = match i % 3 {
+            0 => m.get_manifest(NAME, "v1"),
+            1 => m.get_manifest(NAME, &img.digest),
+            _ => m.get_blob(NAME, &img.layers[i % img.layers.len()].digest),
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = req.timeout(Duration::from_secs(30)).send().await.unwrap();
+            let st = r.status().as_u16();
+            let ra = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (st, ra)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (st, ra) = t.await.unwrap();
+        assert!(st == 429 || st == 503, "client {i}: {st}");
+        if st == 429 {
+            assert!(ra.is_some(), "client {i}: 429 without Retry-After");
+        }
+    }
+    let upstream = f.seen().len() - before;
+    assert!(
+        upstream <= 80,
+        "40 client requests made {upstream} upstream requests during a 429 storm"
+    );
+    for d in img.all_blobs() {
+        nothing_stored_for(&m, &d.digest);
+    }
+    f.set_fault(Fault::None);
+    // The mirror may hold off for the upstream's Retry-After (7 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = m.get_manifest(NAME, "v1").send().await.unwrap();
+        if r.status().as_u16() == 200 {
+            assert_eq!(r.bytes().await.unwrap(), img.manifest);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after the storm",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A client that goes away at each point of a fill — right after sending its request, after
+/// the response head, after the first bytes, half-way, one byte before the end — never cancels
+/// the fill or leaves a partial blob: each blob ends up in storage whole, and is served right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnecting_at_every_point_of_a_fill() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fake::start(None).await;
+    let img = f.add_image(
+        NAME,
+        "cuts",
+        &build_image(Kind::Oci, 630, &[1 << 20; 5], "amd64", "linux"),
+    );
+    f.set_slow(64 << 10, Duration::from_millis(20));
+    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    // The manifest first, so the blobs are linked to the repository.
+    let r = m.get_manifest(NAME, "cuts").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let hp = m.hostport();
+    for (i, layer) in img.layers.iter().enumerate() {
+        let size = layer.size as usize;
+        // Bytes of the response (head included) read before hanging up; None: none at all.
+        let mut s = tokio::net::TcpStream::connect(&hp).await.unwrap();
+        let req = format!(
+            "GET /v2/{NAME}/blobs/{} HTTP/1.1\r\nHost: {hp}\r\n\r\n",
+            layer.digest
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let body_bytes = match i {
+            0 => None,
+            1 => Some(0),
+            2 => Some(1),
+            3 => Some(size / 2),
+            _ => Some(size - 1),
+        };
+        if let Some(want) = body_bytes {
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 16 << 10];
+            loop {
+                let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+                if let Some(h) = head_end
+                    && buf.len() - (h + 4) >= want
+                {
+                    break;
+                }
+                let room = match head_end {
+                    Some(h) => (h + 4 + want - buf.len()).min(chunk.len()),
+                    None => 1,
+                };
+                let n = s.read(&mut chunk[..room]).await.unwrap();
+                assert!(n > 0, "cut {i}: response ended early");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            assert!(buf.starts_with(b"HTTP/1.1 200"), "cut {i}");
+        } else {
+            // Give the request time to reach the handler before hanging up.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(s);
+        // Every cut after the response began means the fill is under way: it must commit.
+        if body_bytes.is_some() {
+            wait_committed(&m, &layer.digest).await;
+        }
+    }
+    for d in img.all_blobs() {
+        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
+        assert_eq!(
+            stream_hash(r).await,
+            Ok((d.size, d.digest.clone())),
+            "{}",
+            d.digest
+        );
+        wait_committed(&m, &d.digest).await;
+    }
+    for l in &img.layers[1..] {
+        assert_eq!(
+            f.count("GET", &format!("/blobs/{}", l.digest)),
+            1,
+            "a client's disconnect cancelled the fill of {}",
+            l.digest
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mirror killed
+// ---------------------------------------------------------------------------------------------
+
+/// Set a file's modification time `hours` into the past (`touch -d`).
+fn age_file(path: &std::path::Path, hours: u32) {
+    let st = std::process::Command::new("touch")
+        .arg("-d")
+        .arg(format!("{hours} hours ago"))
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// SIGKILL while fills are streaming: nothing partial is ever readable (no blob data for the
+/// interrupted digests, only temp files). After a restart the blobs are fetched again whole and
+/// committed; temp files older than 6 h are removed at start-up, younger ones (a writer of
+/// another process sharing the root may own them) are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_fills_then_restart_serves_whole_blobs_and_cleans_temp_files() {
+    let f = Fake::start(None).await;
+    let img = f.add_image(
+        NAME,
+        "kill",
+        &build_image(Kind::Oci, 640, &[4 << 20, 3 << 20], "amd64", "linux"),
+    );
+    f.set_slow(128 << 10, Duration::from_millis(50));
+    let mut m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    let r = m.get_manifest(NAME, "kill").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut streams = Vec::new();
+    for l in &img.layers {
+        let r = m.get_blob(NAME, &l.digest).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut s = r.bytes_stream();
+        let mut n = 0;
+        // Past the first 1 MiB storage batch, so the temp files have bytes in them.
+        while n < (1 << 20) + (256 << 10) {
+            n += s.next().await.expect("body").unwrap().len();
+        }
+        streams.push(s);
+    }
+    let tmp_dir = m.storage_root().join("_ocimirror_tmp");
+    m.kill();
+    for mut s in streams {
+        // The killed mirror's responses end in an error, never cleanly.
+        let mut clean = true;
+        while let Some(b) = s.next().await {
+            if b.is_err() {
+                clean = false;
+                break;
+            }
+        }
+        assert!(!clean, "a response of a killed fill ended cleanly");
+    }
+    for l in &img.layers {
+        assert!(
+            !blob_data_path(&m.storage_root(), &l.digest).exists(),
+            "a partial blob was committed"
+        );
+    }
+    let abandoned = files_under(&tmp_dir);
+    assert_eq!(
+        abandoned.len(),
+        img.layers.len(),
+        "one temp file per interrupted fill: {abandoned:?}"
+    );
+    for p in &abandoned {
+        age_file(p, 7);
+    }
+    let young = tmp_dir.join("young-writer");
+    std::fs::write(&young, b"partial").unwrap();
+
+    m.restart(None).await;
+    let left = files_under(&tmp_dir);
+    assert_eq!(
+        left,
+        vec![young.clone()],
+        "start-up removes temp files older than 6 h, and only those"
+    );
+    for d in img.all_blobs() {
+        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
+        assert_eq!(stream_hash(r).await, Ok((d.size, d.digest.clone())));
+        wait_committed(&m, &d.digest).await;
+    }
 }

@@ -2,6 +2,7 @@
 //! and render the answer with the distribution API's headers. All errors go through
 //! [`crate::error::ApiError`].
 
+pub mod conn;
 pub mod endpoint;
 pub mod gate;
 pub mod limit;

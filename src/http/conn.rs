@@ -1,0 +1,172 @@
+//! Serving connections: hyper's HTTP/1 and HTTP/2 on each accepted connection (plain or TLS),
+//! with the protections `axum::serve` does not set up.
+//!
+//! - **Slow or silent clients.** A client must finish each request head (request line and
+//!   headers) within `header_read_timeout` of starting to wait for it — this includes an idle
+//!   keep-alive connection waiting for its next request. A connection that sends nothing at all
+//!   gets the same time for its first bytes (while hyper decides between HTTP/1 and HTTP/2). A
+//!   client trickling its headers a byte at a time (slowloris) or opening thousands of idle
+//!   connections therefore holds a file descriptor for that long at most.
+//! - **Graceful shutdown**: when `shutdown` resolves, no new connections are accepted, idle
+//!   keep-alive connections are closed, and in-flight requests finish; the future returned by
+//!   [`serve`] completes when the last connection is done (the caller bounds that with its grace
+//!   period).
+//! - The client address is given to handlers as axum's `ConnectInfo<SocketAddr>`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Bytes a connection must have sent within the first deadline: enough for hyper to tell an
+/// HTTP/2 preface (24 bytes) from an HTTP/1 request line.
+const FIRST_BYTES: usize = 24;
+
+/// Serve `app` on `listener` until `shutdown` resolves and the connections have finished.
+pub async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            c = listener.accept() => c,
+            _ = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let router = TowerToHyperService::new(app);
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                hyper::service::Service::call(&router, req.map(Body::new))
+            });
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let io = TokioIo::new(FirstBytesDeadline::new(io, header_read_timeout));
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            let mut conn = std::pin::pin!(conn);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.cancelled(), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// An I/O stream whose reads fail with `TimedOut` when fewer than [`FIRST_BYTES`] bytes have
+/// arrived by the deadline; after that, a plain pass-through.
+pub struct FirstBytesDeadline<I> {
+    inner: I,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    missing: usize,
+}
+
+impl<I> FirstBytesDeadline<I> {
+    pub fn new(inner: I, timeout: Duration) -> Self {
+        FirstBytesDeadline {
+            inner,
+            sleep: Some(Box::pin(tokio::time::sleep(timeout))),
+            missing: FIRST_BYTES,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                let n = buf.filled().len() - before;
+                this.missing = this.missing.saturating_sub(n);
+                if this.missing == 0 || n == 0 {
+                    this.sleep = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if let Some(sleep) = this.sleep.as_mut() {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.sleep = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client sent no request in time",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
