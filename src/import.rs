@@ -1848,3 +1848,235 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::auth::acl::{Acl, AclEntry};
+    use crate::auth::{Identity, RequestInfo, ResourceActions};
+
+    fn dist(text: &str) -> Imported {
+        import(&ImportInput {
+            distribution: Some((PathBuf::from("config.yml"), text.to_owned())),
+            key_dir: PathBuf::from("/keys"),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn noted(i: &Imported, kind: NoteKind, key: &str) -> bool {
+        i.notes.iter().any(|n| n.kind == kind && n.key == key)
+    }
+
+    #[test]
+    fn go_durations() {
+        let d = |s: &str| go_duration(&Value::String(s.into())).unwrap();
+        assert_eq!(d("168h"), Duration::from_secs(168 * 3600));
+        assert_eq!(d("1h30m"), Duration::from_secs(5400));
+        assert_eq!(d("2h45m0s"), Duration::from_secs(9900));
+        assert_eq!(d("1.5h"), Duration::from_secs(5400));
+        assert_eq!(d("300ms"), Duration::from_millis(300));
+        assert_eq!(d("10µs"), Duration::from_micros(10));
+        assert_eq!(
+            go_duration(&Value::from(1_000_000_000u64)).unwrap(),
+            Duration::from_secs(1)
+        );
+        assert!(go_duration(&Value::String("a week".into())).is_err());
+        assert!(go_duration(&Value::String("5 m".into())).is_err());
+        assert_eq!(format_duration(Duration::from_secs(168 * 3600)), "168h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+        assert_eq!(format_duration(Duration::from_millis(10)), "10ms");
+        // What the config loader accepts.
+        for s in ["168h", "90s", "90m", "10ms"] {
+            humantime::parse_duration(s).unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_and_unmapped_keys_are_listed_never_dropped() {
+        let i = dist(
+            "version: 0.1\nhttp:\n  addr: :5000\n  weird: 1\nstorage:\n  filesystem:\n    rootdirectory: /r\n    maxthreads: 5\nsomething:\n  deep:\n    er: 1\nproxy:\n  remoteurl: https://r.example\n  ttl: 0\n",
+        );
+        for key in [
+            "distribution: http.weird",
+            "distribution: storage.filesystem.maxthreads",
+            "distribution: something",
+        ] {
+            assert!(noted(&i, NoteKind::NotCarried, key), "{key}: {:?}", i.notes);
+        }
+        // One note for an unknown section, not one per leaf.
+        assert!(!i.notes.iter().any(|n| n.key.contains("something.deep")));
+        // Mapped keys are not listed; ttl 0 means no expiry.
+        assert!(
+            !i.notes
+                .iter()
+                .any(|n| n.key.contains("rootdirectory") || n.key.contains("remoteurl"))
+        );
+        assert_eq!(i.config.get(&["expiry"]), None);
+        assert_eq!(
+            i.config.get(&["upstream", "url"]).and_then(Node::as_str),
+            Some("https://r.example")
+        );
+    }
+
+    #[test]
+    fn registry_environment_overrides_apply_like_distribution() {
+        let mut v: Value =
+            serde_saphyr::from_str("storage:\n  cache:\n    blobdescriptor: inmemory\n").unwrap();
+        let applied = apply_registry_env(
+            &mut v,
+            &[
+                (
+                    "REGISTRY_AUTH_HTPASSWD_PATH".into(),
+                    "/auth/htpasswd".into(),
+                ),
+                ("REGISTRY_AUTH".into(), "htpasswd".into()),
+                ("REGISTRY_STORAGE_S3_SECURE".into(), "false".into()),
+                ("REGISTRY_HTTP_ADDR".into(), ":5000".into()),
+                ("REGISTRY_REDIS_DB".into(), "3".into()),
+                ("OTHER".into(), "x".into()),
+            ],
+        );
+        assert_eq!(applied.len(), 5);
+        assert_eq!(v["auth"]["htpasswd"]["path"], "/auth/htpasswd");
+        assert_eq!(v["storage"]["s3"]["secure"], false);
+        assert_eq!(v["storage"]["cache"]["blobdescriptor"], "inmemory");
+        assert_eq!(v["http"]["addr"], ":5000");
+        assert_eq!(v["redis"]["db"], 3);
+        assert_eq!(
+            parse_env_file("# c\nexport A=1\nB=\"two words\"\n\nC='x=y'\nbad line\n"),
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn redis_url_carries_credentials_tls_and_db() {
+        let i = dist(
+            "storage:\n  cache:\n    blobdescriptor: redis\n  filesystem: {}\nredis:\n  addrs: [r1:6380, r2:6380]\n  username: u\n  password: 'p@ss w/rd'\n  db: 2\n  tls:\n    enabled: true\n",
+        );
+        assert_eq!(
+            i.config
+                .get(&["cache", "redis", "url"])
+                .and_then(Node::as_str),
+            Some("rediss://u:p%40ss%20w%2Frd@r1:6380/2")
+        );
+        assert!(noted(&i, NoteKind::NotCarried, "distribution: redis.addrs"));
+        let url = url::Url::parse("rediss://u:p%40ss%20w%2Frd@r1:6380/2").unwrap();
+        let pw = url.password().unwrap();
+        assert_eq!(
+            url::form_urlencoded::parse(format!("p={pw}").as_bytes())
+                .next()
+                .unwrap()
+                .1,
+            "p@ss w/rd"
+        );
+    }
+
+    #[test]
+    fn read_only_storage_gets_no_expiry() {
+        let i = dist(
+            "storage:\n  filesystem: {}\n  maintenance:\n    readonly:\n      enabled: true\nproxy:\n  remoteurl: https://r.example\n",
+        );
+        assert_eq!(
+            i.config.get(&["storage", "read_only"]),
+            Some(&Node::Bool(true))
+        );
+        assert_eq!(i.config.get(&["expiry"]), None);
+        assert!(noted(&i, NoteKind::NotCarried, "distribution: proxy.ttl"));
+    }
+
+    /// The rewritten pattern decides every value as docker_auth's unanchored one did, capture
+    /// groups included, and anchored patterns are left alone.
+    #[test]
+    fn regex_rewrite_keeps_docker_auth_meaning() {
+        assert_eq!(rewrite_regex("/.+/"), None);
+        assert_eq!(rewrite_regex("/^(.+)@test.com$/"), None);
+        assert_eq!(rewrite_regex("myorg/*"), None);
+        assert_eq!(
+            rewrite_regex("/^a|b$/").as_deref(),
+            Some("/.*?(?:^a|b$).*/")
+        );
+        assert_eq!(
+            rewrite_regex("/secret/").as_deref(),
+            Some("/.*?(?:secret).*/")
+        );
+        let cases = [
+            ("/secret/", &["secret", "team/secret-app", "x"][..]),
+            ("/trainee|dev/", &["dev", "devops", "trainees", "ops"][..]),
+            ("/^lib/", &["library/x", "x/library"][..]),
+            ("/z$/", &["baz", "zab"][..]),
+            ("/^a|b$/", &["ax", "xb", "xa"][..]),
+        ];
+        for (pattern, values) in cases {
+            let go = regex::Regex::new(&pattern[1..pattern.len() - 1]).unwrap();
+            let new = rewrite_regex(pattern).unwrap();
+            let ours = regex::Regex::new(&format!("^(?:{})$", &new[1..new.len() - 1])).unwrap();
+            for v in values {
+                assert_eq!(go.is_match(v), ours.is_match(v), "{pattern} on {v}");
+            }
+        }
+        // A deny rule still denies, and a capture group captures what it did, end to end
+        // through ocimirror's ACL.
+        let rules: Vec<AclEntry> = serde_json::from_value(serde_json::json!([
+            {"match": {"name": rewrite_regex("/secret/").unwrap()}, "actions": []},
+            {"match": {"account": rewrite_regex("/(.+)@example\\.com/").unwrap(), "name": "${account:1}/*"}, "actions": ["*"]},
+        ]))
+        .unwrap();
+        let acl = Acl::compile(&rules).unwrap();
+        let req = RequestInfo {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            service: "s".into(),
+        };
+        let want = |name: &str| ResourceActions {
+            kind: "repository".into(),
+            name: name.into(),
+            actions: vec!["pull".into()],
+        };
+        let john = Identity {
+            account: "john@example.com".into(),
+            labels: Default::default(),
+        };
+        assert!(
+            acl.evaluate(&john, &req, &want("john/secret-app"))
+                .granted
+                .is_empty()
+        );
+        assert_eq!(
+            acl.evaluate(&john, &req, &want("john/app")).granted,
+            vec!["pull"]
+        );
+        assert!(
+            acl.evaluate(&john, &req, &want("jane/app"))
+                .granted
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn output_parses_as_a_config() {
+        let i = import(&ImportInput {
+            distribution: Some((
+                "d".into(),
+                "http:\n  addr: ':5000'\nauth:\n  htpasswd:\n    realm: r\n    path: /h\nstorage:\n  filesystem:\n    rootdirectory: /r\nproxy:\n  remoteurl: https://r.example\n  username: 'yes'\n  password: '0123'\n".into(),
+            )),
+            docker_auth: None,
+            registry_env: Vec::new(),
+            key_dir: "/k".into(),
+        })
+        .unwrap();
+        let c: crate::config::Config = serde_saphyr::from_str(&i.render()).unwrap();
+        assert_eq!(c.upstream.username.as_deref(), Some("yes"));
+        assert_eq!(c.upstream.password.as_deref(), Some("0123"));
+        let a = c.auth.unwrap();
+        assert_eq!(a.htpasswd.as_deref(), Some(Path::new("/h")));
+        assert_eq!(a.key.as_deref(), Some(Path::new("/k/token.key")));
+        assert!(noted(&i, NoteKind::Todo, "auth.key"));
+    }
+}
