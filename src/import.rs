@@ -634,7 +634,8 @@ pub fn import(input: &ImportInput) -> Result<Imported, ImportError> {
         }
     }
     out.config.reorder(&[
-        "listen", "role", "mode", "log", "storage", "cache", "upstream", "server", "expiry", "auth",
+        "listen", "tls", "role", "mode", "log", "storage", "cache", "upstream", "server", "expiry",
+        "auth",
     ]);
     if let Node::Map(entries) = &mut out.config {
         for (k, v) in entries.iter_mut() {
@@ -699,6 +700,11 @@ fn map_distribution(d: &Src, out: &mut Out) -> DistAuth {
         } else {
             out.set("listen", s(addr));
         }
+    }
+    // TLS: ocimirror serves it itself from a PEM pair.
+    if let (Some(c), Some(k)) = (d.str("http.tls.certificate"), d.str("http.tls.key")) {
+        out.set("tls.certificate", s(c));
+        out.set("tls.key", s(k));
     }
     if let Some(v) = d.get("http.draintimeout") {
         match go_duration(v) {
@@ -1305,8 +1311,18 @@ fn map_docker_auth(a: &Src, dist: Option<&Src>, dist_auth: &DistAuth, out: &mut 
         out.note(
             NoteKind::Changed,
             a.key("server.certificate"),
-            "docker_auth signed tokens with its TLS pair (token.certificate unset): ocimirror signs with it too (auth.key/certificate), but serves plain HTTP: terminate TLS in front of it",
+            "docker_auth signed tokens with its TLS pair (token.certificate unset): ocimirror signs with it too (auth.key/certificate)",
         );
+    }
+    // The token service's own TLS, when ocimirror replaces docker_auth alone.
+    if role_auth
+        && let (Some(c), Some(k)) = (a.peek("server.certificate"), a.peek("server.key"))
+        && let (Some(c), Some(k)) = (scalar_string(c), scalar_string(k))
+    {
+        a.mark("server.certificate");
+        a.mark("server.key");
+        out.set("tls.certificate", s(c));
+        out.set("tls.key", s(k));
     }
     if a.bool("token.disable_legacy_key_id") == Some(true) {
         out.set("auth.kid", s("thumbprint"));
@@ -1626,7 +1642,7 @@ fn not_carried_reason(label: &str, path: &str) -> String {
                 "not needed: it signs upload state, and ocimirror takes no uploads"
             }
             (_, "http.tls", _) => {
-                "ocimirror serves plain HTTP here: terminate TLS in front of it (load balancer, ingress), or configure ocimirror's own TLS if your version has it"
+                "ocimirror's TLS (tls.certificate/tls.key) takes a certificate and key only: no client certificates, Let's Encrypt or cipher settings"
             }
             (_, "http.headers", _) => {
                 "ocimirror adds no configured response headers; set them at the proxy in front"
@@ -1691,7 +1707,7 @@ fn not_carried_reason(label: &str, path: &str) -> String {
     } else {
         match (two.as_str(), top) {
             ("server.certificate" | "server.key", _) => {
-                "ocimirror serves plain HTTP here: terminate TLS in front of it"
+                "docker_auth's TLS pair: ocimirror's TLS is that of its listen address (tls.certificate/tls.key)"
             }
             (
                 "server.letsencrypt"
@@ -1829,6 +1845,8 @@ pub const FILE_KEYS: &[&str] = &[
     "auth.htpasswd",
     "auth.trusted_certificates",
     "auth.trusted_jwks",
+    "tls.certificate",
+    "tls.key",
 ];
 
 fn wrap(text: &str, width: usize) -> Vec<String> {

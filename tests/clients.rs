@@ -282,9 +282,11 @@ impl Drop for Containerd {
     }
 }
 
-/// containerd's hosts.toml recipes: the mirror as a plain host, and with `override_path` (the
-/// host URL carries the API path, as behind a path-routing proxy). containerd adds
-/// `?ns=<registry>` to every request; ocimirror answers every namespace from its one upstream.
+/// containerd's hosts.toml recipes. The default upstream, with `override_path` (the host URL
+/// carries the API path): containerd sends `?ns=<the upstream's host:port>`, which ocimirror
+/// recognises as its default upstream. A named upstream (`upstreams: [{name: registry.test}]`):
+/// a plain host entry in `certs.d/registry.test/`, routed by `?ns=registry.test`. Each
+/// registry's own server is a closed port: only the mirror can answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_through_hosts_toml() {
     if !tool_or_skip(
@@ -299,41 +301,47 @@ async fn containerd_pulls_through_hosts_toml() {
         .pusher()
         .push_image("acme/plain", "v1", &runnable_image(703))
         .await;
-    let prefixed = reg
+    let named = Registry::start(RegistryOpts::default()).await;
+    let prefixed = named
         .pusher()
         .push_image("acme/prefixed", "v1", &runnable_image(704))
         .await;
-    let m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&format!(
+        "upstreams:\n  - name: registry.test\n    url: {}\n",
+        q(&named.url())
+    )))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(dir.path());
     let closed = closed_url();
-    let hosts = |name: &str, host_section: &str| {
-        let d = dir.path().join(name).join("registry.test");
+    let hosts_dir = dir.path().join("certs.d");
+    let hosts = |registry: &str, host_section: &str| {
+        let d = hosts_dir.join(registry);
         fs::create_dir_all(&d).unwrap();
         fs::write(
             d.join("hosts.toml"),
             format!("server = \"{closed}\"\n\n{host_section}"),
         )
         .unwrap();
-        dir.path().join(name)
     };
-    let plain_dir = hosts(
-        "plain",
-        &format!(
-            "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            m.url()
-        ),
-    );
-    let override_dir = hosts(
-        "override",
+    hosts(
+        &reg.hostport(),
         &format!(
             "[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
             m.url()
         ),
     );
-    for (hosts_dir, img, name) in [
-        (&plain_dir, &plain, "registry.test/acme/plain:v1"),
-        (&override_dir, &prefixed, "registry.test/acme/prefixed:v1"),
+    hosts(
+        "registry.test",
+        &format!(
+            "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            m.url()
+        ),
+    );
+    let plain_ref = format!("{}/acme/plain:v1", reg.hostport());
+    for (img, name) in [
+        (&plain, plain_ref.as_str()),
+        (&prefixed, "registry.test/acme/prefixed:v1"),
     ] {
         run(&mut ctrd.ctr(&[
             "images",
@@ -351,13 +359,16 @@ async fn containerd_pulls_through_hosts_toml() {
             .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
         assert!(line.contains(&img.digest), "{line}");
     }
-    let log = m.log_text();
+    // Each from its own upstream, through the mirror (the registries' servers are not asked
+    // directly: `server` is a closed port).
+    assert!(reg.count_requests("GET", "/v2/acme/plain/manifests/").await >= 1);
     assert!(
-        reg.count_requests("GET", "/v2/acme/prefixed/manifests/")
+        named
+            .count_requests("GET", "/v2/acme/prefixed/manifests/")
             .await
-            >= 1,
-        "mirror log:\n{log}"
+            >= 1
     );
+    assert_eq!(named.count_requests("", "/v2/acme/plain/").await, 0);
 }
 
 /// `docker login` against the token service, done with skopeo (the same protocol: a 401 with a

@@ -105,20 +105,27 @@ fn import(args: &[&str]) -> Import {
 fn check_passes(imp: &Import) -> Vec<(String, String)> {
     let dir = imp.dir.path();
     let mut env = Vec::new();
+    let key = dir.join("check.key");
+    let crt = dir.join("check.crt");
+    let o = ocimirror(&[
+        "keygen",
+        "--key",
+        key.to_str().unwrap(),
+        "--certificate",
+        crt.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "keygen: {o:?}");
+    if !imp.get("tls").is_null() {
+        env.push((
+            "OCIMIRROR_TLS__CERTIFICATE".into(),
+            crt.display().to_string(),
+        ));
+        env.push(("OCIMIRROR_TLS__KEY".into(), key.display().to_string()));
+    }
     let auth = imp.get("auth");
     if !auth.is_null() {
-        let key = dir.join("check.key");
-        let crt = dir.join("check.crt");
-        let o = ocimirror(&[
-            "keygen",
-            "--key",
-            key.to_str().unwrap(),
-            "--certificate",
-            crt.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-        assert!(o.status.success(), "keygen: {o:?}");
         for (k, v) in [("KEY", &key), ("CERTIFICATE", &crt)] {
             if !auth[k.to_ascii_lowercase().as_str()].is_null() {
                 env.push((format!("OCIMIRROR_AUTH__{k}"), v.display().to_string()));
@@ -363,6 +370,8 @@ fn distribution_all_options_lists_everything_not_carried() {
     assert_eq!(imp.get("cache.memory.max_entries"), &Value::from(10000));
     assert_eq!(imp.str("log.level"), "debug,access=warn");
     assert_eq!(imp.str("auth.trusted_jwks"), "/path/to/jwks");
+    assert_eq!(imp.str("tls.certificate"), "/path/to/x509/public");
+    assert_eq!(imp.str("tls.key"), "/path/to/x509/private");
     for key in [
         "storage.azure",
         "storage.gcs",
@@ -376,7 +385,8 @@ fn distribution_all_options_lists_everything_not_carried() {
         "notifications",
         "health",
         "validation",
-        "http.tls",
+        "http.tls.clientcas",
+        "http.tls.letsencrypt",
         "http.prefix",
         "http.host",
         "http.headers",
@@ -477,6 +487,7 @@ fn docker_auth_reference_imports() {
     // docker_auth signs with the server's pair when token.* is unset.
     assert_eq!(imp.str("auth.key"), "/path/to/server.key");
     assert_eq!(imp.str("auth.certificate"), "/path/to/server.pem");
+    assert_eq!(imp.str("tls.certificate"), "/path/to/server.pem");
     // Users copied as they are (bcrypt hashes unchanged), anonymous included.
     assert_eq!(
         imp.str("auth.users.admin.password"),
