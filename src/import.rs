@@ -505,13 +505,13 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = d.as_secs();
-    if secs % 3600 == 0 {
+    if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
@@ -858,10 +858,8 @@ fn map_storage(d: &Src, out: &mut Out) {
             ),
         }
     }
-    if let Some(ro) = d.bool("storage.maintenance.readonly.enabled") {
-        if ro {
-            out.set("storage.read_only", Node::Bool(true));
-        }
+    if d.bool("storage.maintenance.readonly.enabled") == Some(true) {
+        out.set("storage.read_only", Node::Bool(true));
     }
 }
 
@@ -1170,15 +1168,15 @@ fn map_auth(
         }
         (None, None, None) => {}
     }
-    if let Some(d) = dist {
-        if d.has("auth.silly") {
-            d.mark("auth.silly");
-            out.note(
-                NoteKind::NotCarried,
-                d.key("auth.silly"),
-                "a development-only scheme that accepts any Authorization header; the output allows anonymous pulls instead",
-            );
-        }
+    if let Some(d) = dist
+        && d.has("auth.silly")
+    {
+        d.mark("auth.silly");
+        out.note(
+            NoteKind::NotCarried,
+            d.key("auth.silly"),
+            "a development-only scheme that accepts any Authorization header; the output allows anonymous pulls instead",
+        );
     }
 }
 
