@@ -13,6 +13,8 @@ command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v podman >/dev/null || need_apt+=(podman)
+command -v containerd >/dev/null || need_apt+=(containerd)
 if ((${#need_apt[@]})); then
     echo "installing: ${need_apt[*]}"
     SUDO=""

@@ -1314,6 +1314,107 @@ mod tests {
         assert_eq!(find_line(t, &["a", "zz"]), Some(1));
         assert_eq!(find_line(t, &["q"]), None);
     }
+
+    /// README's configuration reference cannot drift from the config: every key (every section
+    /// set, every optional field filled) has a row, or is named in its section's row, and every
+    /// row names a key that exists.
+    #[test]
+    fn readme_configuration_reference_covers_every_key() {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Configuration reference")
+            .nth(1)
+            .expect("README has a configuration reference")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        // key -> its row's text. A row may name siblings: `a.b.c`, `d`, `e` are a.b.c, a.b.d, a.b.e.
+        let mut rows: BTreeMap<String, String> = BTreeMap::new();
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cell = line.split('|').nth(1).unwrap();
+            let names: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
+            let first = names[0];
+            let parent = first.rsplit_once('.').map(|(p, _)| p);
+            for n in &names {
+                let key = match (n == &first || n.contains('.'), parent) {
+                    (false, Some(p)) => format!("{p}.{n}"),
+                    _ => n.to_string(),
+                };
+                rows.insert(key, line.to_owned());
+            }
+        }
+
+        let mut c = Config::default();
+        c.storage.s3.endpoint = Some(String::new());
+        c.expiry = Some(ExpiryConfig::default());
+        c.tls = Some(TlsConfig::default());
+        c.auth = Some(AuthConfig {
+            github_auth: Some(crate::auth::authn::GitHubConfig {
+                organization: Some(String::new()),
+                ..Default::default()
+            }),
+            oidc_auth: Some(crate::auth::authn::OidcConfig {
+                jwks_url: Some(String::new()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut keys = BTreeSet::new();
+        fn flatten(v: &Value, path: &str, out: &mut BTreeSet<String>) {
+            match v {
+                Value::Object(o) if !o.is_empty() => {
+                    for (k, child) in o {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        out.insert(p.clone());
+                        flatten(child, &p, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        flatten(&serde_json::to_value(&c).unwrap(), "", &mut keys);
+
+        let mut missing = Vec::new();
+        for key in &keys {
+            // `upstream` and the entries of `upstreams` share one struct: `name` is documented
+            // as `upstreams[].name`.
+            let shared = key.replacen("upstream.", "upstreams[].", 1);
+            if rows.contains_key(key) || rows.contains_key(&shared) {
+                continue;
+            }
+            // Named in the row of a section above it (`auth.github_auth`: `{organization, …}`)?
+            let leaf = key.rsplit('.').next().unwrap();
+            let in_section = std::iter::successors(key.rsplit_once('.').map(|(p, _)| p), |p| {
+                p.rsplit_once('.').map(|(q, _)| q)
+            })
+            .any(|anc| rows.get(anc).is_some_and(|row| row.contains(leaf)));
+            // Whole sections are covered by their keys' rows.
+            let is_section = keys.iter().any(|k| k.starts_with(&format!("{key}.")));
+            if !in_section && !is_section {
+                missing.push(key.clone());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "config keys missing from README's configuration reference: {missing:?}"
+        );
+        let unknown: Vec<&String> = rows
+            .keys()
+            .filter(|k| {
+                !keys.contains(*k) && !keys.contains(&k.replacen("upstreams[].", "upstream.", 1))
+            })
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "README's configuration reference names keys the config does not have: {unknown:?}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod expiry;
 pub mod http;
+pub mod import;
 pub mod oci;
 pub mod registry;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The `ocimirror` command: `serve` the mirror, or `config check` a file.
+//! The `ocimirror` command: `serve` the mirror, `config check` or `config import` a file, `gc`,
+//! `keygen`, `hash-password`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,25 @@ enum Command {
 enum ConfigCommand {
     /// Validate a config file (with the environment's overrides) and report every problem.
     Check { file: PathBuf },
+    /// Write an ocimirror config equivalent to a Distribution registry's config.yml and/or a
+    /// docker_auth auth_config.yml, listing (on stderr and as comments at the top) what could
+    /// not be carried over. Distribution's REGISTRY_* variables in the environment (and in
+    /// --env-file) are applied to its file, as Distribution does.
+    Import {
+        /// Distribution's config.yml (e.g. /etc/docker/registry/config.yml).
+        #[arg(long, value_name = "CONFIG_YML")]
+        distribution: Option<PathBuf>,
+        /// docker_auth's auth_config.yml.
+        #[arg(long, value_name = "AUTH_CONFIG_YML")]
+        docker_auth: Option<PathBuf>,
+        /// KEY=VALUE lines (REGISTRY_* variables the registry ran with, e.g. from its Helm
+        /// chart's deployment); the process environment's REGISTRY_* variables win over them.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -142,6 +162,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Config {
+            command:
+                ConfigCommand::Import {
+                    distribution,
+                    docker_auth,
+                    env_file,
+                    output,
+                },
+        } => config_import(distribution, docker_auth, env_file, output),
         Command::Keygen {
             key,
             certificate,
@@ -226,6 +255,72 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn config_import(
+    distribution: Option<PathBuf>,
+    docker_auth: Option<PathBuf>,
+    env_file: Option<PathBuf>,
+    output: Option<PathBuf>,
+) -> ExitCode {
+    use ocimirror::import;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
+    };
+    let mut input = import::ImportInput::default();
+    for (src, slot) in [
+        (&distribution, &mut input.distribution),
+        (&docker_auth, &mut input.docker_auth),
+    ] {
+        if let Some(p) = src {
+            match read(p) {
+                Ok(t) => *slot = Some((p.clone(), t)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    if let Some(p) = &env_file {
+        match read(p) {
+            Ok(t) => input.registry_env = import::parse_env_file(&t),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    input
+        .registry_env
+        .extend(std::env::vars().filter(|(k, _)| k.starts_with("REGISTRY_")));
+    // A signing key the sources do not provide goes beside the output.
+    input.key_dir = match output.as_ref().and_then(|o| o.parent()) {
+        Some(d) if !d.as_os_str().is_empty() => std::path::absolute(d).unwrap_or(d.to_path_buf()),
+        Some(_) => std::env::current_dir().unwrap_or_default(),
+        None => PathBuf::from("/etc/ocimirror"),
+    };
+    let mut imported = match import::import(&input) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    imported.self_check();
+    let text = imported.render();
+    match &output {
+        Some(o) => {
+            if let Err(e) = std::fs::write(o, &text) {
+                eprintln!("error: cannot write {}: {e}", o.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("wrote {}", o.display());
+        }
+        None => print!("{text}"),
+    }
+    eprint!("{}", imported.notes_text());
+    ExitCode::SUCCESS
 }
 
 fn gc(a: GcArgs) -> ExitCode {

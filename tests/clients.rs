@@ -1,0 +1,435 @@
+//! The client recipes of docs/clients.md, run for real against ocimirror in front of a local
+//! Distribution registry: registries.conf mirrors (skopeo, podman), containerd's hosts.toml
+//! (plain, and with `override_path`), and logging in to the token service. Each client is told
+//! about the mirror only through the recipe's file, and the registry it would otherwise use is
+//! a closed loopback port, so a pull that succeeds went through the mirror.
+//!
+//! podman and containerd are installed by scripts/test.sh; without them these tests skip, or
+//! fail under OCIMIRROR_REQUIRE_ALL.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The registries.conf recipe of docs/clients.md for `prefix`, with the mirror at `mirror`.
+/// The recipe's `location = "docker.io"` is a closed loopback port here, so that nothing can
+/// be fetched around the mirror.
+fn registries_conf(dir: &Path, prefix: &str, mirror: &str) -> PathBuf {
+    let p = dir.join("registries.conf");
+    fs::write(
+        &p,
+        format!(
+            "unqualified-search-registries = []\n\n\
+             [[registry]]\n\
+             prefix = \"{prefix}\"\n\
+             location = \"{closed}\"\n\
+             insecure = true\n\n\
+             [[registry.mirror]]\n\
+             location = \"{mirror}\"\n\
+             insecure = true\n",
+            closed = closed_url().trim_start_matches("http://"),
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A tar archive holding one file (ustar, as container runtimes unpack it).
+fn tar_with(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    let field = |h: &mut [u8; 512], at: usize, v: &[u8]| h[at..at + v.len()].copy_from_slice(v);
+    field(&mut h, 0, name.as_bytes());
+    field(&mut h, 100, b"0000644\0");
+    field(&mut h, 108, b"0000000\0");
+    field(&mut h, 116, b"0000000\0");
+    field(&mut h, 124, format!("{:011o}\0", content.len()).as_bytes());
+    field(&mut h, 136, b"00000000000\0");
+    field(&mut h, 148, b"        ");
+    h[156] = b'0';
+    field(&mut h, 257, b"ustar\0");
+    field(&mut h, 263, b"00");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    field(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
+    let mut t = h.to_vec();
+    t.extend_from_slice(content);
+    t.resize(t.len().div_ceil(512) * 512, 0);
+    t.extend_from_slice(&[0u8; 1024]);
+    t
+}
+
+/// An OCI image that runtimes can unpack: one gzip layer holding one file.
+fn runnable_image(seed: u64) -> Image {
+    use std::collections::HashMap;
+    let tar = tar_with("hello.txt", format!("hello from image {seed}\n").as_bytes());
+    let gz = gzip_stored(&tar);
+    let layer = Descriptor::of(OCI_LAYER_GZIP, &gz);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&tar)]},
+    }))
+    .unwrap();
+    let config_d = Descriptor::of(OCI_CONFIG, &config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config_d.json(),
+        "layers": [layer.json()],
+    }))
+    .unwrap();
+    let mut blobs = HashMap::new();
+    blobs.insert(layer.digest.clone(), bytes::Bytes::from(gz));
+    blobs.insert(config_d.digest.clone(), bytes::Bytes::from(config));
+    Image {
+        name: String::new(),
+        tag: String::new(),
+        media_type: OCI_MANIFEST.into(),
+        digest: sha256_digest(&manifest),
+        manifest,
+        config: config_d,
+        layers: vec![layer],
+        blobs,
+    }
+}
+
+async fn mirror_of_image(name: &str, seed: u64) -> (Registry, Mirror, Image) {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg
+        .pusher()
+        .push_image(name, "v1", &runnable_image(seed))
+        .await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
+    (reg, m, img)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_follows_a_registries_conf_mirror() {
+    let (reg, m, img) = mirror_of_image("library/viaconf", 701).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = registries_conf(dir.path(), "docker.io", &m.hostport());
+    let dest = dir.path().join("layout");
+    run(Command::new("skopeo").args([
+        "--registries-conf",
+        conf.to_str().unwrap(),
+        "--insecure-policy",
+        "copy",
+        "--preserve-digests",
+        "docker://docker.io/library/viaconf:v1",
+        &format!("oci:{}:v1", dest.display()),
+    ]));
+    assert_image_in(&read_oci_layout(&dest), &img);
+    assert!(
+        reg.count_requests("GET", "/v2/library/viaconf/manifests/")
+            .await
+            >= 1,
+        "the mirror fetched it from the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_through_a_registries_conf_mirror() {
+    if !tool_or_skip(
+        have("podman") && is_root(),
+        "podman, run as root",
+        "apt-get install podman",
+    ) {
+        return;
+    }
+    let (reg, m, img) = mirror_of_image("library/viapodman", 702).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = registries_conf(dir.path(), "docker.io", &m.hostport());
+    let policy = dir.path().join("policy.json");
+    fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let podman = |args: &[&str]| {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--runroot")
+            .arg(dir.path().join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        c
+    };
+    run(&mut podman(&[
+        "pull",
+        "--signature-policy",
+        policy.to_str().unwrap(),
+        "docker.io/library/viapodman:v1",
+    ]));
+    let digest = run(&mut podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Digest}}",
+        "docker.io/library/viapodman:v1",
+    ]));
+    assert_eq!(
+        digest.trim(),
+        img.digest,
+        "podman stored the manifest as served"
+    );
+    assert!(reg.count_requests("GET", "/v2/library/viapodman/").await >= 1);
+}
+
+/// containerd started by the test with its own root, state and socket.
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\n\
+                 root = \"{root}\"\n\
+                 state = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n\
+                 [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display(),
+                opt = dir.join("opt").display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join("containerd.log");
+        let logf = fs::File::create(&log).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn containerd");
+        let c = Containerd { child, socket, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("ctr")
+                .arg("--address")
+                .arg(&c.socket)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                fs::read_to_string(&c.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.socket).args(args);
+        c
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// containerd's hosts.toml recipes. The default upstream, with `override_path` (the host URL
+/// carries the API path): containerd sends `?ns=<the upstream's host:port>`, which ocimirror
+/// recognises as its default upstream. A named upstream (`upstreams: [{name: registry.test}]`):
+/// a plain host entry in `certs.d/registry.test/`, routed by `?ns=registry.test`. Each
+/// registry's own server is a closed port: only the mirror can answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_through_hosts_toml() {
+    if !tool_or_skip(
+        have("containerd") && have("ctr") && is_root(),
+        "containerd and ctr, run as root",
+        "apt-get install containerd",
+    ) {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let plain = reg
+        .pusher()
+        .push_image("acme/plain", "v1", &runnable_image(703))
+        .await;
+    let named = Registry::start(RegistryOpts::default()).await;
+    let prefixed = named
+        .pusher()
+        .push_image("acme/prefixed", "v1", &runnable_image(704))
+        .await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&format!(
+        "upstreams:\n  - name: registry.test\n    url: {}\n",
+        q(&named.url())
+    )))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(dir.path());
+    let closed = closed_url();
+    let hosts_dir = dir.path().join("certs.d");
+    let hosts = |registry: &str, host_section: &str| {
+        let d = hosts_dir.join(registry);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join("hosts.toml"),
+            format!("server = \"{closed}\"\n\n{host_section}"),
+        )
+        .unwrap();
+    };
+    hosts(
+        &reg.hostport(),
+        &format!(
+            "[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
+            m.url()
+        ),
+    );
+    hosts(
+        "registry.test",
+        &format!(
+            "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            m.url()
+        ),
+    );
+    let plain_ref = format!("{}/acme/plain:v1", reg.hostport());
+    for (img, name) in [
+        (&plain, plain_ref.as_str()),
+        (&prefixed, "registry.test/acme/prefixed:v1"),
+    ] {
+        run(&mut ctrd.ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            name,
+        ]));
+        let list = run(&mut ctrd.ctr(&["images", "ls"]));
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
+        assert!(line.contains(&img.digest), "{line}");
+    }
+    // Each from its own upstream, through the mirror (the registries' servers are not asked
+    // directly: `server` is a closed port).
+    assert!(reg.count_requests("GET", "/v2/acme/plain/manifests/").await >= 1);
+    assert!(
+        named
+            .count_requests("GET", "/v2/acme/prefixed/manifests/")
+            .await
+            >= 1
+    );
+    assert_eq!(named.count_requests("", "/v2/acme/plain/").await, 0);
+}
+
+/// `docker login` against the token service, done with skopeo (the same protocol: a 401 with a
+/// Bearer challenge, then Basic credentials to the token endpoint), then a pull with the stored
+/// credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_to_the_token_service_then_pull() {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg.pusher().push_oci_image("team/app", "v1", 705).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, crt) = (dir.path().join("t.key"), dir.path().join("t.crt"));
+    run(Command::new(env!("CARGO_BIN_EXE_ocimirror")).args([
+        "keygen",
+        "--key",
+        key.to_str().unwrap(),
+        "--certificate",
+        crt.to_str().unwrap(),
+    ]));
+    let hash = ocimirror::auth::authn::hash_password("s3cret", 4);
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&format!(
+        "auth:\n  key: {}\n  certificate: {}\n  users:\n    alice:\n      password: {}\n  acl:\n    - match: {{account: alice}}\n      actions: [pull]\n",
+        q(key.to_str().unwrap()),
+        q(crt.to_str().unwrap()),
+        q(&hash)
+    )))
+    .await;
+    let authfile = dir.path().join("auth.json");
+    let skopeo = |args: &[&str]| {
+        let mut c = Command::new("skopeo");
+        c.env("REGISTRY_AUTH_FILE", &authfile).args(args);
+        c
+    };
+    let wrong = skopeo(&[
+        "login",
+        "--tls-verify=false",
+        "--username",
+        "alice",
+        "--password",
+        "wrong",
+        &m.hostport(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!wrong.status.success(), "a wrong password must not log in");
+    run(&mut skopeo(&[
+        "login",
+        "--tls-verify=false",
+        "--username",
+        "alice",
+        "--password",
+        "s3cret",
+        &m.hostport(),
+    ]));
+    let dest = dir.path().join("layout");
+    run(&mut skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "--preserve-digests",
+        &format!("docker://{}/team/app:v1", m.hostport()),
+        &format!("oci:{}:v1", dest.display()),
+    ]));
+    assert_image_in(&read_oci_layout(&dest), &img);
+}
