@@ -49,6 +49,9 @@ async fn prefix_and_ns_reach_the_named_upstream_and_content_never_mixes() {
     )
     .await;
     assert_eq!((s, body), (200, img_b.manifest.clone()));
+    // containerd with override_path to the prefix sends both: the prefix is not doubled.
+    let (s, body) = manifest(&m, "/v2/b.example/team/app/manifests/v1?ns=b.example").await;
+    assert_eq!((s, body), (200, img_b.manifest.clone()));
     // ns naming the default upstream.
     let (s, body) = manifest(
         &m,

@@ -220,6 +220,14 @@ fn with_namespace(
         }
     };
     let prefixed = |name: RepoName| {
+        // containerd with `override_path` to the prefix sends the prefixed name and `ns` too.
+        if name
+            .as_str()
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Ok(name);
+        }
         RepoName::parse(&format!("{prefix}/{name}"))
             .map_err(|e| ApiError::new(Code::NameInvalid, format!("{prefix}/{name}: {e}")))
     };
