@@ -9,6 +9,7 @@ pub mod expiry;
 pub mod http;
 pub mod import;
 pub mod oci;
+pub mod ops;
 pub mod registry;
 pub mod server;
 pub mod storage;

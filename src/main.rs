@@ -54,6 +54,8 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         cost: u32,
     },
+    #[command(flatten)]
+    Ops(OpsCommand),
 }
 
 #[derive(Subcommand)]
@@ -215,6 +217,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Gc(a) => gc(a),
+        Command::Ops(c) => ops_main(c),
         Command::Serve(a) => {
             let overrides = Overrides {
                 listen: a.listen,
@@ -418,4 +421,193 @@ fn gc(a: GcArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+// ---- operator commands: warm, ls, inspect ------------------------------------------------------
+
+#[derive(Subcommand)]
+enum OpsCommand {
+    /// Pre-fetch images into the cache (every platform of an index unless --platform), through
+    /// a running mirror (--mirror) or straight into the storage of a config (--config).
+    Warm(WarmArgs),
+    /// List the cached repositories: tags, manifests, bytes, last pull.
+    Ls(LsArgs),
+    /// Show one cached repository or tag in detail: manifests, platforms, blobs, presence.
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args)]
+struct WarmArgs {
+    /// Images: name[:tag|@digest] (tag `latest` by default); a name starting with a configured
+    /// upstream's name (ghcr.io/owner/app) is fetched from that upstream.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Only this platform of an index, os/arch[/variant] (repeatable).
+    #[arg(long)]
+    platform: Vec<String>,
+    /// Warm through this running mirror (http://host:5000) instead of into storage directly.
+    #[arg(long, conflicts_with = "config")]
+    mirror: Option<String>,
+    /// With --mirror over https: do not verify its certificate.
+    #[arg(long, requires = "mirror")]
+    insecure: bool,
+    /// With --mirror over https: trust only the CAs in this PEM file.
+    #[arg(long, requires = "mirror")]
+    ca_file: Option<PathBuf>,
+    /// YAML config whose storage and upstreams to use (without --mirror).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct LsArgs {
+    /// YAML config whose storage to read.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// REPOSITORY or REPOSITORY:TAG.
+    repository: String,
+    /// YAML config whose storage to read.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ops_main(c: OpsCommand) -> ExitCode {
+    use ocimirror::ops;
+    let config_path = match &c {
+        OpsCommand::Warm(a) => a.config.clone(),
+        OpsCommand::Ls(a) => a.config.clone(),
+        OpsCommand::Inspect(a) => a.config.clone(),
+    };
+    let settings = match config::load(
+        config_path.as_deref(),
+        std::env::vars(),
+        &Overrides::default(),
+    ) {
+        Ok((_, s)) => s,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging("warn", false);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match c {
+        OpsCommand::Warm(a) => {
+            let mut opts = ops::warm::WarmOptions::default();
+            for p in &a.platform {
+                match ops::Platform::parse(p) {
+                    Ok(p) => opts.platforms.push(p),
+                    Err(e) => {
+                        eprintln!("error: --platform: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let reports = runtime.block_on(async {
+                let source: Box<dyn ops::warm::Source> = match &a.mirror {
+                    Some(url) => Box::new(ops::warm::MirrorSource::new(
+                        url,
+                        a.insecure,
+                        a.ca_file.as_deref(),
+                    )?),
+                    None => {
+                        for image in &a.images {
+                            if let Some(note) = ops::warm::routing_note(&settings, image) {
+                                eprintln!("note: {note}");
+                            }
+                        }
+                        Box::new(ops::warm::LocalSource::new(&settings).await?)
+                    }
+                };
+                Ok::<_, String>(ops::warm::warm(source.as_ref(), &a.images, &opts).await)
+            });
+            let reports = match reports {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let text: String = reports
+                .iter()
+                .filter(|r| r.error.is_none())
+                .map(|r| r.line() + "\n")
+                .collect();
+            ops::print(a.json, &reports, &text);
+            let failed: Vec<_> = reports.iter().filter(|r| r.error.is_some()).collect();
+            for r in &failed {
+                eprintln!(
+                    "error: {}: {}",
+                    r.image,
+                    r.error.as_deref().unwrap_or_default()
+                );
+            }
+            if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        OpsCommand::Ls(a) => {
+            let recorded = settings.expiry.is_some();
+            let listing = runtime.block_on(async {
+                let storage = ops::listing::open_storage(&settings).await?;
+                ops::listing::ls(storage.as_ref(), recorded)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match listing {
+                Ok(l) => {
+                    ops::print(a.json, &l, &l.text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        OpsCommand::Inspect(a) => {
+            let recorded = settings.expiry.is_some();
+            let detail = runtime.block_on(async {
+                let storage = ops::listing::open_storage(&settings).await?;
+                let (name, tag) = ops::listing::parse_target(&settings, &a.repository)?;
+                ops::listing::inspect(storage.as_ref(), &name, tag.as_ref(), recorded)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match detail {
+                Ok(d) => {
+                    ops::print(a.json, &d, &d.text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -135,7 +135,7 @@ pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
     build_registry_on(s, build_backends(s).await?, None, build_upstreams(s)?).await
 }
 
-async fn build_registry_on(
+pub async fn build_registry_on(
     s: &Settings,
     b: Backends,
     access: Option<Arc<AccessLog>>,

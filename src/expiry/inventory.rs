@@ -141,7 +141,8 @@ pub async fn scan(storage: &dyn Storage) -> Result<Inventory, StorageError> {
     Ok(inv)
 }
 
-async fn scan_repo(storage: &dyn Storage, name: String) -> Result<Repo, StorageError> {
+/// One repository's links: its manifests (revisions), blobs (layers) and tags.
+pub async fn scan_repo(storage: &dyn Storage, name: String) -> Result<Repo, StorageError> {
     let dir = format!("{}/{name}", layout::REPOSITORIES);
     let revisions = layout::digests_under(storage, &format!("{dir}/_manifests/revisions")).await?;
     let layers = layout::digests_under(storage, &format!("{dir}/_layers")).await?;
