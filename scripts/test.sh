@@ -61,6 +61,8 @@ fi
 cargo fmt --check
 # Licences, banned duplicates and sources of the dependency tree (deny.toml), offline. The
 # advisories check needs the RustSec database from GitHub: see docs/hostile-input.md.
+# Every platform's crates, which `cargo metadata` (under cargo-deny) reads, not just this one's.
+cargo fetch --locked >/dev/null
 cargo deny --frozen check --hide-inclusion-graph licenses bans sources
 cargo clippy --all-targets --locked -- -D warnings
 cargo nextest run --locked --no-fail-fast "$@"
