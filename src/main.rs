@@ -149,6 +149,21 @@ fn init_logging(level: &str, json: bool) {
     }
 }
 
+/// The multi-threaded runtime every command that does I/O runs on; None (said on stderr) if it
+/// cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -238,15 +253,8 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&settings.log_level, settings.log_json);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(ocimirror::server::serve(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -359,15 +367,8 @@ fn gc(a: GcArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     init_logging(&settings.log_level, settings.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let report =
         match runtime.block_on(ocimirror::server::expiry_pass(&settings, policy, a.dry_run)) {
@@ -503,15 +504,8 @@ fn ops_main(c: OpsCommand) -> ExitCode {
         }
     };
     init_logging("warn", false);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match c {
         OpsCommand::Warm(a) => {

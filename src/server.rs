@@ -398,25 +398,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
 /// file that does not validate is refused with a logged error; the policy in force stays.
 /// Other settings take effect on restart.
 async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Option<PathBuf>) {
-    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let files: Vec<PathBuf> = std::iter::once(config.clone()).chain(htpasswd).collect();
-    let mut seen: Vec<_> = files.iter().map(stamp).collect();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut watch = crate::watch::FileWatch::new(files);
     loop {
-        let signalled = tokio::select! {
-            _ = tokio::time::sleep(RELOAD_POLL) => false,
-            _ = async {
-                match hup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => true,
-        };
-        let now: Vec<_> = files.iter().map(stamp).collect();
-        if !signalled && now == seen {
-            continue;
-        }
-        seen = now;
+        watch.changed().await;
         let loaded = crate::config::load(Some(&config), std::env::vars(), &Default::default());
         let result = match loaded {
             Ok((c, _)) => match c.auth {
@@ -448,9 +433,6 @@ async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Op
 /// Temp files older than this at start-up belong to no running writer (fills take minutes,
 /// not hours): a process killed mid-write left them.
 const ABANDONED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
-
-/// How often the reload task looks at the files' modification times.
-const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

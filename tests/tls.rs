@@ -215,13 +215,8 @@ fn config_check_names_the_tls_problem() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
-        .args(["config", "check"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = config_check(&cfg);
+    assert!(!ok);
     assert!(
         err.contains("line 1: tls: needs both certificate and key"),
         "{err}"
@@ -237,12 +232,7 @@ fn config_check_names_the_tls_problem() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
-        .args(["config", "check"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = config_check(&cfg);
+    assert!(!ok);
     assert!(err.contains("missing.key"), "{err}");
 }

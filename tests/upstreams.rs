@@ -146,13 +146,8 @@ fn config_check_refuses_bad_upstream_names() {
         "upstreams:\n  - name: Bad/Name\n    url: https://ghcr.io\n  - name: quay.io\n    url: ftp://quay.io\n  - name: quay.io\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
-        .args(["config", "check"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = config_check(&cfg);
+    assert!(!ok);
     assert!(err.contains("upstreams.0.name"), "{err}");
     assert!(err.contains("upstreams.1.url"), "{err}");
     assert!(err.contains("\"quay.io\" is used twice"), "{err}");
@@ -170,14 +165,6 @@ fn the_multi_upstream_example_is_accepted() {
     );
     let cfg = dir.path().join("multi.yaml");
     std::fs::write(&cfg, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
-        .args(["config", "check"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = config_check(&cfg);
+    assert!(ok, "{err}");
 }

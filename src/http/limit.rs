@@ -2,7 +2,7 @@
 //! or per client address (IPv6 by /64), so one runaway CI job cannot starve everyone else. Over
 //! the limit a request is answered 429 `TOOMANYREQUESTS` with `Retry-After`, before any work.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::auth::authn::client_key;
 use crate::error::{ApiError, Code};
 
 /// How often idle clients' buckets are dropped.
@@ -93,20 +94,6 @@ impl ClientLimits {
                 .with_retry_after(secs.max(1)))
             }
         }
-    }
-}
-
-/// The address a client is counted under: IPv4 as is (also when mapped into IPv6), IPv6 by /64
-/// (one host usually owns a whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(
-                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
-            )),
-        },
     }
 }
 

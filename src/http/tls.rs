@@ -5,9 +5,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::crypto::aws_lc_rs;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::watch::FileWatch;
+
 /// A client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the files' modification times are looked at.
-const RELOAD_POLL: Duration = Duration::from_secs(2);
 /// Finished handshakes waiting for the server to pick them up.
 const BACKLOG: usize = 1024;
 
@@ -130,29 +130,10 @@ async fn accept_loop(
     }
 }
 
-fn stamp(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
 async fn reload_loop(files: TlsFiles, current: Arc<Current>) {
-    let stamps = |f: &TlsFiles| (stamp(&f.certificate), stamp(&f.key));
-    let mut seen = stamps(&files);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut watch = FileWatch::new(vec![files.certificate.clone(), files.key.clone()]);
     loop {
-        let signalled = tokio::select! {
-            _ = tokio::time::sleep(RELOAD_POLL) => false,
-            _ = async {
-                match hup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => true,
-        };
-        let now = stamps(&files);
-        if !signalled && now == seen {
-            continue;
-        }
-        seen = now;
+        watch.changed().await;
         match load(&files) {
             Ok(ck) => {
                 *current.0.write().expect("lock") = Arc::new(ck);
@@ -189,7 +170,7 @@ impl axum::serve::Listener for TlsListener {
 mod tests {
     use super::*;
 
-    fn write_pair(dir: &Path, cn: &str) -> TlsFiles {
+    fn write_pair(dir: &std::path::Path, cn: &str) -> TlsFiles {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
         params

@@ -2162,3 +2162,16 @@ impl Weed {
         s3_storage_yaml(&self.endpoint, root)
     }
 }
+
+/// `ocimirror config check FILE`: whether it passed, and what it said on stderr.
+pub fn config_check(file: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -41,6 +41,7 @@ pub use static_users::{
     HashPasswordError, HtpasswdEntry, StaticUser, StaticUsers, hash_password, parse_htpasswd,
     try_hash_password,
 };
+pub(crate) use throttle::client_key;
 pub use throttle::{Attempt, LoginThrottle, ThrottleConfig, ThrottleSettings};
 
 /// Longest user name the chain passes to an authenticator; longer ones are refused outright.
