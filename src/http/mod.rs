@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub draining: AtomicBool,
     next_request_id: AtomicU64,
+    /// Random per process, so request ids do not repeat across replicas or restarts.
+    process_tag: String,
     /// The configured upstreams, for containerd's `?ns=`.
     upstreams: Option<Arc<Routed>>,
     /// Per-client request rate limits, when configured.
@@ -62,6 +64,7 @@ impl AppState {
             metrics,
             draining: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
+            process_tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             upstreams,
             limits,
         })
@@ -113,7 +116,7 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
-    let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let id = request_id(&state, req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let peer = req
@@ -122,12 +125,20 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .map(|c| c.0);
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
+    // Every log line of the request carries its id, which the client gets as `x-request-id`.
+    let span = tracing::info_span!("request", id = %id);
     let mut resp = match parsed {
-        Ok(ep) => dispatch(&state, ep, &method, req.uri().query(), req.headers(), peer)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
+        Ok(ep) => tracing::Instrument::instrument(
+            dispatch(&state, ep, &method, req.uri().query(), req.headers(), peer),
+            span,
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     if resp.status() == StatusCode::UNAUTHORIZED {
         metrics::counter!("ocimirror_auth_challenges_total").increment(1);
     }
@@ -142,6 +153,28 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .record(elapsed.as_secs_f64());
     tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
     resp
+}
+
+/// The proxy's `x-request-id` when it sent a sane one, else this process's tag and a counter
+/// (unique across the replicas of a fleet).
+fn request_id(state: &AppState, headers: &HeaderMap) -> String {
+    let given = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    match given {
+        Some(v) => v.to_owned(),
+        None => format!(
+            "{}-{}",
+            state.process_tag,
+            state.next_request_id.fetch_add(1, Ordering::Relaxed)
+        ),
+    }
 }
 
 fn truncate(s: &str) -> &str {
