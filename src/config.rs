@@ -277,6 +277,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: String,
     /// How long a client has to send a request head (and an idle connection its next request).
     pub header_read_timeout: String,
+    /// Serve the status page at `/` and `/status.json` (counts only when `auth` is configured).
+    pub status_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -284,6 +286,7 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_timeout: "30s".into(),
             header_read_timeout: "30s".into(),
+            status_page: true,
         }
     }
 }
@@ -378,6 +381,7 @@ pub struct Settings {
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub status_page: bool,
     pub role: Role,
     /// Validated; built into running parts by the server.
     pub auth: Option<AuthConfig>,
@@ -946,6 +950,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
+        status_page: c.server.status_page,
         role: c.role,
         auth: c.auth.clone(),
         config_path: None,

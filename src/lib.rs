@@ -12,6 +12,7 @@ pub mod oci;
 pub mod ops;
 pub mod registry;
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod upstream;
 pub mod watch;

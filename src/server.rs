@@ -147,7 +147,7 @@ pub async fn build_registry_on(
         source: e,
     })?;
     let mut registry = Registry::new(
-        b.storage,
+        Arc::new(crate::storage::Counted(b.storage)),
         b.cache,
         upstream,
         RegistrySettings {
@@ -318,7 +318,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         ));
     }
     let limits = crate::http::limit::ClientLimits::new(&s.limits);
-    let state = AppState::new(registry, gate, metrics_handle(), Some(upstreams), limits);
+    let mut state = AppState::new(registry, gate, metrics_handle(), Some(upstreams), limits);
+    if s.status_page {
+        state = state.with_status_page(s.auth.is_some());
+    }
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {

@@ -48,6 +48,9 @@ pub struct AppState {
     upstreams: Option<Arc<Routed>>,
     /// Per-client request rate limits, when configured.
     pub limits: Option<Arc<ClientLimits>>,
+    /// The status page at `/` and `/status.json`: `None` when off, `Some(restricted)` when on;
+    /// restricted (the mirror requires authentication) shows no fills and no upstream hosts.
+    pub status_page: Option<bool>,
 }
 
 impl AppState {
@@ -67,7 +70,16 @@ impl AppState {
             process_tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             upstreams,
             limits,
+            status_page: None,
         })
+    }
+
+    /// Serve the status page; `restricted` shows counts only.
+    pub fn with_status_page(mut self: Arc<Self>, restricted: bool) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .status_page = Some(restricted);
+        self
     }
 }
 
@@ -78,6 +90,11 @@ pub fn router(state: Arc<AppState>, token: Option<(String, Arc<TokenEndpoint>)>)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics));
+    if state.status_page.is_some() {
+        app = app
+            .route("/", get(status_html))
+            .route("/status.json", get(status_json));
+    }
     if state.registry.is_some() {
         app = app
             .route("/v2", axum::routing::any(distribution))
@@ -111,6 +128,66 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics disabled").into_response(),
+    }
+}
+
+fn status_snapshot(state: &AppState) -> crate::status::Snapshot {
+    let restricted = state.status_page.unwrap_or(true);
+    let text = state.metrics.as_ref().map(PrometheusHandle::render);
+    crate::status::snapshot(text.as_deref(), !restricted)
+}
+
+async fn status_html(State(state): State<Arc<AppState>>) -> Response {
+    let page = crate::status::render_html(&status_snapshot(&state));
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+async fn status_json(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(status_snapshot(&state)),
+    )
+        .into_response()
+}
+
+/// A response body that counts its data bytes in `ocimirror_http_response_bytes_total` as they
+/// are handed to the connection (a streamed blob is counted chunk by chunk, so a client that
+/// goes away mid-blob is counted for what it was sent). Size hints pass through unchanged.
+struct CountedBody {
+    inner: Body,
+    bytes: metrics::Counter,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.increment(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -152,7 +229,8 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     metrics::histogram!("ocimirror_http_request_duration_seconds", "endpoint" => kind)
         .record(elapsed.as_secs_f64());
     tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
-    resp
+    let bytes = metrics::counter!("ocimirror_http_response_bytes_total", "endpoint" => kind);
+    resp.map(|inner| Body::new(CountedBody { inner, bytes }))
 }
 
 /// The proxy's `x-request-id` when it sent a sane one, else this process's tag and a counter

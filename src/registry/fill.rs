@@ -254,6 +254,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(15);
 
 impl FillJob {
     async fn run(self) {
+        let started = std::time::Instant::now();
         let outcome = match &self.lease {
             Some((leases, token)) => {
                 let renew = async {
@@ -292,6 +293,13 @@ impl FillJob {
                 state
             }
         };
+        let result = match state {
+            FillState::Done => "done",
+            FillState::Refused(_) => "refused",
+            _ => "broken",
+        };
+        let written = self.tx.borrow().written;
+        crate::status::fill_ended(&self.digest.to_string(), written, started.elapsed(), result);
         self.tx.send_modify(|p| p.state = state);
     }
 
@@ -345,7 +353,6 @@ impl FillJob {
                 .map_err(|e| broken(format!("spool write failed: {e}")))?;
             written += chunk.len() as u64;
             self.tx.send_modify(|p| p.written = written);
-            metrics::counter!("ocimirror_upstream_bytes_total").increment(chunk.len() as u64);
             if writer.is_some() {
                 pending.extend_from_slice(&chunk);
                 if pending.len() >= STORAGE_BATCH {

@@ -2,6 +2,7 @@
 //! registry layer writes Distribution's layout through. A write becomes visible only on commit,
 //! and a writer dropped before commit publishes nothing.
 
+mod counted;
 mod fs;
 mod memory;
 mod s3;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
+pub use counted::Counted;
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
 pub use s3::{S3Config, S3Storage};

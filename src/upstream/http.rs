@@ -77,7 +77,7 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     scheme: Mutex<Scheme>,
     tokens: Mutex<HashMap<String, CachedToken>>,
-    limits: RateLimits,
+    limits: Arc<RateLimits>,
     permits: Option<Arc<Semaphore>>,
 }
 
@@ -101,6 +101,7 @@ struct TokenResponse {
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
 fn count(upstream: &str, op: &'static str, status: String) {
+    crate::status::upstream_outcome(upstream, &status);
     metrics::counter!("ocimirror_upstream_requests_total", "upstream" => upstream.to_owned(), "op" => op, "status" => status)
         .increment(1);
 }
@@ -128,7 +129,8 @@ impl HttpUpstream {
             .build()?;
         let permits = (settings.max_concurrent_requests > 0)
             .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
-        let limits = RateLimits::new(&settings.name);
+        let limits = Arc::new(RateLimits::new(&settings.name));
+        crate::status::register_upstream(&settings.name, &settings.url, limits.clone());
         Ok(HttpUpstream {
             settings,
             client,
@@ -451,8 +453,11 @@ impl Upstream for HttpUpstream {
         }
         let media_type = header_str(resp.headers(), CONTENT_TYPE);
         let digest = header_digest(resp.headers());
+        let body = read_capped(resp).await?;
+        metrics::counter!("ocimirror_upstream_bytes_total", "upstream" => self.settings.name.clone())
+            .increment(body.len() as u64);
         Ok(FetchedManifest {
-            body: read_capped(resp).await?,
+            body,
             media_type,
             digest,
         })
@@ -481,10 +486,14 @@ impl Upstream for HttpUpstream {
         let resp = check(resp)?;
         let size = content_length(resp.headers());
         // The permit is held until the body ends (or the stream is dropped).
+        let bytes = metrics::counter!("ocimirror_upstream_bytes_total", "upstream" => self.settings.name.clone());
         let stream = resp
             .bytes_stream()
             .map(move |r| {
                 let _ = &permit;
+                if let Ok(chunk) = &r {
+                    bytes.increment(chunk.len() as u64);
+                }
                 r.map_err(|e| unavailable(&e))
             })
             .boxed();

@@ -43,6 +43,8 @@ pub struct RateLimits {
     cooldown_until: Mutex<Option<Instant>>,
     /// The last reported window, used when a 429 carries no `Retry-After`.
     window: Mutex<Option<Duration>>,
+    /// The last reported (limit, remaining), for the status page.
+    quota: Mutex<(Option<u64>, Option<u64>)>,
 }
 
 impl RateLimits {
@@ -62,12 +64,14 @@ impl RateLimits {
         };
         if let Some((limit, w)) = quota("ratelimit-limit") {
             metrics::gauge!("ocimirror_upstream_ratelimit_limit", "upstream" => self.upstream.clone()).set(limit as f64);
+            self.quota.lock().expect("lock").0 = Some(limit);
             if w.is_some() {
                 *self.window.lock().expect("lock") = w;
             }
         }
         if let Some((remaining, _)) = quota("ratelimit-remaining") {
             metrics::gauge!("ocimirror_upstream_ratelimit_remaining", "upstream" => self.upstream.clone()).set(remaining as f64);
+            self.quota.lock().expect("lock").1 = Some(remaining);
         }
     }
 
@@ -93,6 +97,12 @@ impl RateLimits {
             "upstream rate limit reached; no manifest requests until it passes"
         );
         wait
+    }
+
+    /// The last reported limit and remaining requests, and the cooldown left: the status page.
+    pub fn snapshot(&self) -> (Option<u64>, Option<u64>, Option<Duration>) {
+        let (limit, remaining) = *self.quota.lock().expect("lock");
+        (limit, remaining, self.cooling())
     }
 
     /// Time left in the cooldown, if one is running.
