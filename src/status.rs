@@ -204,8 +204,13 @@ pub fn snapshot(metrics: Option<&str>, show_fills: bool) -> Snapshot {
             }
         })
         .collect();
-    let hits = m("ocimirror_cache_hits_total").unwrap_or(0.0);
-    let misses = m("ocimirror_cache_misses_total").unwrap_or(0.0);
+    let blobs = |name: &str| {
+        metrics
+            .and_then(|t| metric_total_where(t, name, "kind=\"blob\""))
+            .unwrap_or(0.0)
+    };
+    let hits = blobs("ocimirror_cache_hits_total");
+    let misses = blobs("ocimirror_cache_misses_total");
     let recent_fills = if show_fills {
         inner()
             .fills
@@ -236,14 +241,22 @@ pub fn snapshot(metrics: Option<&str>, show_fills: bool) -> Snapshot {
 
 /// The sum of every sample of `name` in Prometheus text, or `None` when it has none.
 pub fn metric_total(text: &str, name: &str) -> Option<f64> {
+    metric_total_where(text, name, "")
+}
+
+/// The sum of the series of `name` whose labels contain `label` (empty: every series).
+pub fn metric_total_where(text: &str, name: &str, label: &str) -> Option<f64> {
     let mut total = None;
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
         let value = if let Some(labelled) = rest.strip_prefix('{') {
-            labelled.rsplit_once('}').map(|(_, v)| v)
-        } else if rest.starts_with(' ') {
+            labelled
+                .rsplit_once('}')
+                .filter(|(labels, _)| labels.contains(label))
+                .map(|(_, v)| v)
+        } else if rest.starts_with(' ') && label.is_empty() {
             Some(rest)
         } else {
             None
@@ -406,6 +419,7 @@ mod tests {
         assert_eq!(metric_total(text, "a"), Some(6.0));
         assert_eq!(metric_total(text, "a_b"), Some(10.0));
         assert_eq!(metric_total(text, "c"), None);
+        assert_eq!(metric_total_where(text, "a", "x=\"1\""), Some(2.0));
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl Registry {
         d: &Digest,
     ) -> Result<Manifest, RegistryError> {
         if let Some(m) = self.stored_manifest(repo, d, true).await? {
+            metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
             return Ok(m);
         }
         if self.settings.offline {
@@ -317,6 +318,7 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<Manifest, RegistryError> {
+        metrics::counter!("ocimirror_cache_misses_total", "kind" => "manifest").increment(1);
         let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
             RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
         })?;
@@ -420,6 +422,7 @@ impl Registry {
                 .duration_since(e.checked_at)
                 .unwrap_or(Duration::ZERO);
             if self.settings.offline || age < self.tag_ttl(repo) {
+                metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
                 return Ok(m.clone());
             }
         }
@@ -480,6 +483,9 @@ impl Registry {
         let m = match &head_digest {
             Some(d) => match self.stored_manifest(repo, d, false).await? {
                 Some(m) => {
+                    // Revalidated: the upstream confirmed what is stored, no body fetched.
+                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest")
+                        .increment(1);
                     self.link_manifest(repo, &m).await;
                     m
                 }
