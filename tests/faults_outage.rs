@@ -148,7 +148,10 @@ async fn s3_stopped_and_restarted_mid_run_fails_cleanly_and_recovers_without_a_r
     let r = m.get_blob(&cached.name, &big.digest).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let mut s = r.bytes_stream();
-    let first = futures_util::StreamExt::next(&mut s).await.unwrap().unwrap();
+    let first = futures_util::StreamExt::next(&mut s)
+        .await
+        .unwrap()
+        .unwrap();
     proxy.cut();
     let mut n = first.len() as u64;
     let mut ctx = Vec::from(first.as_ref());
@@ -214,7 +217,8 @@ async fn s3_stopped_and_restarted_mid_run_fails_cleanly_and_recovers_without_a_r
         eprintln!("S3 down: {what}: {got:?} after {:?}", t.elapsed());
         seen.push(got);
     }
-    let r = m.head(&format!("/v2/{}/blobs/{}", cached.name, small.digest))
+    let r = m
+        .head(&format!("/v2/{}/blobs/{}", cached.name, small.digest))
         .send()
         .await
         .unwrap();

@@ -162,7 +162,10 @@ async fn crlf_in_values_never_becomes_a_response_header_and_big_token_forms_are_
             }
         }
     }
-    assert!(saw_link, "no Link header seen: the pagination path was not exercised");
+    assert!(
+        saw_link,
+        "no Link header seen: the pagination path was not exercised"
+    );
     still_serving(&m).await;
 
     // A token form over the 64 KiB limit: 413 with an OCI error, and the endpoint still works.

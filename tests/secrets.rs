@@ -156,7 +156,12 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         .await
         .unwrap();
     let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    tokens.push(v["access_token"].as_str().expect("access_token").to_string());
+    tokens.push(
+        v["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string(),
+    );
     let refresh = v["refresh_token"]
         .as_str()
         .expect("refresh_token")
@@ -182,7 +187,12 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         .await
         .unwrap();
     let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    tokens.push(v["access_token"].as_str().expect("access_token").to_string());
+    tokens.push(
+        v["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string(),
+    );
 
     // Pulls with the token: manifest, every blob; an unknown tag and blob (upstream 404s).
     let r = m
@@ -262,8 +272,15 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
     let (st, _) = record(&mut seen, r).await;
     assert_ne!(st, 200);
     let metrics2 = m.metrics().await;
-    let log = format!("{}\n{}", std::fs::read_to_string(m.data_dir().join("../mirror-0.log")).unwrap(), m.log_text());
-    assert!(log.contains("priv/app"), "the log is too quiet to prove anything");
+    let log = format!(
+        "{}\n{}",
+        std::fs::read_to_string(m.data_dir().join("../mirror-0.log")).unwrap(),
+        m.log_text()
+    );
+    assert!(
+        log.contains("priv/app"),
+        "the log is too quiet to prove anything"
+    );
 
     let mut secrets: Vec<String> = [
         UPSTREAM_PW,

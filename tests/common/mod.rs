@@ -2193,7 +2193,10 @@ impl Weed {
 pub struct TcpProxy {
     pub port: u16,
     target: std::net::SocketAddr,
-    run: Option<(tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
+    run: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
 }
 
 impl TcpProxy {
