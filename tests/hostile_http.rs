@@ -129,7 +129,7 @@ async fn crlf_in_values_never_becomes_a_response_header_and_big_token_forms_are_
         format!("/v2/inj/app/manifests/v1{inj}"),
         format!("/v2/inj/app/tags/list?n=1&last=v0{inj}"),
         "/v2/inj/app/tags/list?n=1".to_string(),
-        format!("/v2/inj%0d%0aX-Injected:%20yes/app/manifests/v1"),
+        format!("/v2/inj{inj}/app/manifests/v1"),
         format!("/auth?service=ocimirror{inj}&scope=repository:inj/app:pull"),
         format!("/auth?service=ocimirror&scope=repository:inj/app{inj}:pull"),
         format!("/auth?service=ocimirror&scope=repository:inj/app:pull{inj}"),
