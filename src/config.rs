@@ -227,7 +227,8 @@ impl TryFrom<LibraryPrefixInput> for LibraryPrefix {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` is written by hand: it shows `password` only as `<redacted>`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// For entries of `upstreams`: the path prefix and `ns` value that select it (`ghcr.io`).
@@ -249,6 +250,25 @@ pub struct UpstreamConfig {
     /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
     /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
     pub allow: Vec<String>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("library_prefix", &self.library_prefix)
+            .field("tag_ttl", &self.tag_ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("allow", &self.allow)
+            .finish()
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -1152,6 +1172,30 @@ mod tests {
         std::fs::write(&p, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         load(Some(&p), env, &Overrides::default())
+    }
+
+    /// `Debug` of the raw file and of the checked settings shows no secret from any section:
+    /// upstream passwords (default and named), the S3 secret key and session token, the Redis
+    /// URL's password.
+    #[test]
+    fn debug_of_config_and_settings_shows_no_secret() {
+        let text = "upstream:\n  url: http://127.0.0.1:1\n  username: u\n  password: UP-pw-0001\n\
+                    upstreams:\n  - name: ghcr.io\n    url: http://127.0.0.1:2\n    username: v\n    password: UP-pw-0002\n\
+                    storage:\n  backend: s3\n  s3:\n    endpoint: http://127.0.0.1:3\n    bucket: b\n    \
+                    access_key_id: AK\n    secret_access_key: S3-secret-0003\n    session_token: S3-session-0004\n\
+                    cache:\n  backend: redis\n  redis:\n    url: redis://:RD-pw-0005@127.0.0.1:6379/0\n";
+        let (c, s) = load_str(text, &[]).unwrap();
+        let shown = format!("{c:?}\n{s:?}\n{c:#?}\n{s:#?}");
+        for secret in [
+            "UP-pw-0001",
+            "UP-pw-0002",
+            "S3-secret-0003",
+            "S3-session-0004",
+            "RD-pw-0005",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("redacted"), "{shown}");
     }
 
     #[test]

@@ -205,6 +205,12 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Range(r) => r.into(),
             RegistryError::Upstream(u) => u.into(),
+            // An I/O error is the backend failing (S3 unreachable, a disk error): 503, which
+            // clients retry, as for an upstream outage. A bad key stays an internal error.
+            RegistryError::Storage(s @ crate::storage::StorageError::Io { .. }) => {
+                tracing::error!(error = %s, "storage error");
+                ApiError::new(Code::Unavailable, "storage unavailable")
+            }
             RegistryError::Storage(s) => {
                 tracing::error!(error = %s, "storage error");
                 ApiError::new(Code::Internal, "storage error")

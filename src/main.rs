@@ -135,9 +135,22 @@ struct ServeArgs {
     role: Option<config::Role>,
 }
 
+/// Targets whose debug output carries credentials: reqsign (OpenDAL's request signing) prints
+/// the S3 credential provider with its secret key. They are held at `info` whatever the filter
+/// says.
+const CREDENTIAL_LOGGERS: &[&str] = &[
+    "reqsign_core=info",
+    "reqsign_aws_core=info",
+    "reqsign_aws_v4=info",
+    "reqsign_file_read_tokio=info",
+];
+
 fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    for d in CREDENTIAL_LOGGERS {
+        filter = filter.add_directive(d.parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

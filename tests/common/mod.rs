@@ -1887,11 +1887,22 @@ pub struct RedisServer {
     dir: TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// `requirepass`, when started with [`RedisServer::start_with_password`].
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// `None` (skip) when redis-server is not installed, unless `OCIMIRROR_REQUIRE_ALL`.
     pub async fn start() -> Option<RedisServer> {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`RedisServer::start`], with `requirepass`: [`RedisServer::url`] carries the password.
+    pub async fn start_with_password(password: &str) -> Option<RedisServer> {
+        Self::start_inner(Some(password.to_string())).await
+    }
+
+    async fn start_inner(password: Option<String>) -> Option<RedisServer> {
         let found = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -1906,13 +1917,17 @@ impl RedisServer {
                 .unwrap(),
             port: free_port(),
             child: None,
+            password,
         };
         s.run().await;
         Some(s)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// Top-level YAML for a mirror using this Redis as its descriptor cache.
@@ -1928,7 +1943,11 @@ impl RedisServer {
         assert!(self.child.is_none(), "redis-server already running");
         let log = self.dir.path().join("redis.log");
         let _ = fs::remove_file(&log);
-        let mut child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(pw) = &self.password {
+            cmd.arg("--requirepass").arg(pw);
+        }
+        let mut child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--port")
             .arg(self.port.to_string())
@@ -2174,4 +2193,175 @@ pub fn config_check(file: &Path) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// A TCP proxy that can be cut
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback TCP proxy in this test's tokio runtime: listens on a fixed port and forwards each
+/// connection to `target`. [`TcpProxy::cut`] drops every connection (RST) and closes the
+/// listener, so new connections are refused, as when the server behind it is stopped;
+/// [`TcpProxy::restore`] listens on the same port again.
+pub struct TcpProxy {
+    pub port: u16,
+    target: std::net::SocketAddr,
+    run: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
+}
+
+impl TcpProxy {
+    /// A proxy to `target` (`host:port` or an `http://host:port` URL), already forwarding.
+    pub async fn start(target: &str) -> TcpProxy {
+        let hp = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut p = TcpProxy {
+            port: free_port(),
+            target: hp.parse().expect("target host:port"),
+            run: None,
+        };
+        p.restore().await;
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Drop every open connection (with RST) and refuse new ones.
+    pub fn cut(&mut self) {
+        if let Some((task, stop)) = self.run.take() {
+            task.abort();
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Listen and forward again, on the same port.
+    pub async fn restore(&mut self) {
+        assert!(self.run.is_none(), "proxy already up");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut tries = 0;
+        let listener = loop {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_reuseaddr(true).unwrap();
+            match sock.bind(addr).and_then(|()| sock.listen(1024)) {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("proxy cannot listen on {addr} again: {e}"),
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let target = self.target;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut stop = stop_rx.clone();
+                // Linger 0 does not block on drop: it makes the close a reset.
+                #[allow(deprecated)]
+                tokio::spawn(async move {
+                    let _ = inbound.set_linger(Some(Duration::ZERO));
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = outbound.set_linger(Some(Duration::ZERO));
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        });
+        self.run = Some((task, stop_tx));
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Every file under `dir` named `data` below a `blobs/sha256/<aa>/<hex>/` directory, as
+/// (digest, path): the blobs a Distribution layout holds (filesystem root or s3s-fs bucket).
+pub fn stored_blob_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "data"))
+        .filter_map(|p| {
+            let hex = p.parent()?.file_name()?.to_str()?.to_string();
+            let algo = p.parent()?.parent()?.parent()?.file_name()?.to_str()?;
+            (algo == "sha256" && hex.len() == 64).then(|| (format!("sha256:{hex}"), p))
+        })
+        .collect()
+}
+
+/// Panics unless every stored blob under `dir` hashes to its digest; returns the digests.
+pub fn assert_stored_blobs_whole(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (digest, path) in stored_blob_files(dir) {
+        let data = fs::read(&path).unwrap();
+        assert_eq!(
+            sha256_digest(&data),
+            digest,
+            "{} is not whole ({} bytes)",
+            path.display(),
+            data.len()
+        );
+        out.push(digest);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token keys and passwords
+// ---------------------------------------------------------------------------------------------
+
+/// `ocimirror keygen` into `dir`: (key path, certificate path).
+pub fn ocimirror_keygen(dir: &std::path::Path) -> (String, String) {
+    let key = dir.join("token.key");
+    let cert = dir.join("token.crt");
+    let out = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        .args(["keygen", "--key"])
+        .arg(&key)
+        .arg("--certificate")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (key.display().to_string(), cert.display().to_string())
+}
+
+/// `ocimirror hash-password --cost 4` of `pw`.
+pub fn ocimirror_hash_password(pw: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        .args(["hash-password", "--cost", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pw.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
