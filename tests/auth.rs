@@ -19,7 +19,9 @@ use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocimirror");
+fn bin() -> std::path::PathBuf {
+    common::ocimirror_bin()
+}
 const ADMIN_PW: &str = "s3cret-Admin-pw";
 const SERVICE: &str = "ocimirror";
 
@@ -29,7 +31,7 @@ const SERVICE: &str = "ocimirror";
 
 /// Run the ocimirror binary with `args` (no OCIMIRROR_* variables but `env`).
 fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(args).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("OCIMIRROR_") {
@@ -81,7 +83,7 @@ fn keygen() -> Keys {
 
 /// `echo -n pw | ocimirror hash-password --cost 4`.
 fn hash_password(pw: &str) -> String {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["hash-password", "--cost", "4"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -380,7 +380,7 @@ async fn login_to_the_token_service_then_pull() {
     let img = reg.pusher().push_oci_image("team/app", "v1", 705).await;
     let dir = tempfile::tempdir().unwrap();
     let (key, crt) = (dir.path().join("t.key"), dir.path().join("t.crt"));
-    run(Command::new(env!("CARGO_BIN_EXE_ocimirror")).args([
+    run(Command::new(common::ocimirror_bin()).args([
         "keygen",
         "--key",
         key.to_str().unwrap(),

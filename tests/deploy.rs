@@ -287,7 +287,7 @@ impl ContainerView {
     fn keygen(&mut self, key: &str, cert: &str) {
         let dir = TempDir::new().unwrap();
         let (k, c) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
-        let out = run(Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        let out = run(Command::new(common::ocimirror_bin())
             .args(["keygen", "--key"])
             .arg(&k)
             .arg("--certificate")
@@ -339,7 +339,7 @@ impl ContainerView {
             config.is_file(),
             "{what}: the config {config_path} is not in any mounted volume"
         );
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimirror"));
+        let mut cmd = Command::new(common::ocimirror_bin());
         cmd.args(["config", "check"]).arg(&config).env_clear();
         for (k, v) in &self.env {
             cmd.env(k, self.relocate(v, base.path()));

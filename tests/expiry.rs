@@ -215,7 +215,7 @@ async fn eviction_under_concurrent_pulls_fails_no_pull_s3() {
 }
 
 fn gc(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+    let out = std::process::Command::new(common::ocimirror_bin())
         .arg("gc")
         .arg("--config")
         .arg(config)

@@ -756,7 +756,7 @@ async fn killed_lease_holder_is_taken_over() {
 async fn fleet_example_config_checks_and_serves() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet.yaml");
     let check = |env: &[(&str, String)]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"));
+        let mut cmd = std::process::Command::new(common::ocimirror_bin());
         cmd.args(["config", "check"]).arg(&example);
         for (k, _) in std::env::vars() {
             if k.starts_with("OCIMIRROR_") {

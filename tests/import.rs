@@ -13,7 +13,9 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocimirror");
+fn bin() -> std::path::PathBuf {
+    common::ocimirror_bin()
+}
 const DEBIAN_CONFIG: &str = "/etc/docker/registry/config.yml";
 
 fn fixture(rel: &str) -> PathBuf {
@@ -25,7 +27,7 @@ fn fixture(rel: &str) -> PathBuf {
 /// The binary with a clean environment for the import: no REGISTRY_* or OCIMIRROR_* from the
 /// test runner's.
 fn ocimirror(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.args(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("REGISTRY_") || k.starts_with("OCIMIRROR_") {

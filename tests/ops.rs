@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// Run the binary; (success, stdout, stderr).
 async fn ocimirror(args: &[&str]) -> (bool, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"));
+    let mut cmd = tokio::process::Command::new(common::ocimirror_bin());
     cmd.args(args).stdin(std::process::Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("OCIMIRROR_") {

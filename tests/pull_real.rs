@@ -1164,7 +1164,7 @@ fn config_check_accepts_valid_and_reports_problems() {
     let run = |yaml: &str| {
         let f = dir.path().join("c.yml");
         std::fs::write(&f, yaml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+        let out = std::process::Command::new(common::ocimirror_bin())
             .args(["config", "check"])
             .arg(&f)
             .output()

@@ -13,7 +13,9 @@ use common::*;
 use data_encoding::BASE64;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocimirror");
+fn bin() -> std::path::PathBuf {
+    common::ocimirror_bin()
+}
 const UPSTREAM_PW: &str = "Upstream-pw-7f3a91";
 const WRONG_UPSTREAM_PW: &str = "Wrong-upstream-pw-2b77c0";
 const REDIS_PW: &str = "Redis-pw-5d02e8";
@@ -236,7 +238,7 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
     let metrics = m.metrics().await;
     let config = std::fs::read_to_string(m.config_path()).unwrap();
     assert!(config.contains(UPSTREAM_PW) && config.contains(REDIS_PW));
-    let check = Command::new(BIN)
+    let check = Command::new(bin())
         .args(["config", "check"])
         .arg(m.config_path())
         .env("RUST_LOG", "debug")

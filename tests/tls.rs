@@ -72,7 +72,7 @@ async fn start(dir: &Path, upstream: &str) -> Server {
     .unwrap();
     let log = dir.join("mirror.log");
     let f = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+    let child = Command::new(common::ocimirror_bin())
         .args(["serve", "--config"])
         .arg(&cfg)
         .stdin(Stdio::null())

@@ -1099,7 +1099,7 @@ impl Mirror {
         fs::create_dir_all(self.data_dir()).unwrap();
         fs::write(&cfg, self.config_yaml()).unwrap();
         let logf = fs::File::create(&self.log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocimirror"));
+        let mut cmd = Command::new(ocimirror_bin());
         cmd.arg("serve");
         match &self.opts.cli_only {
             None => {
@@ -2184,7 +2184,7 @@ impl Weed {
 
 /// `ocimirror config check FILE`: whether it passed, and what it said on stderr.
 pub fn config_check(file: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+    let out = Command::new(ocimirror_bin())
         .args(["config", "check"])
         .arg(file)
         .output()
@@ -2334,7 +2334,7 @@ pub fn assert_stored_blobs_whole(dir: &Path) -> Vec<String> {
 pub fn ocimirror_keygen(dir: &std::path::Path) -> (String, String) {
     let key = dir.join("token.key");
     let cert = dir.join("token.crt");
-    let out = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+    let out = Command::new(ocimirror_bin())
         .args(["keygen", "--key"])
         .arg(&key)
         .arg("--certificate")
@@ -2347,7 +2347,7 @@ pub fn ocimirror_keygen(dir: &std::path::Path) -> (String, String) {
 
 /// `ocimirror hash-password --cost 4` of `pw`.
 pub fn ocimirror_hash_password(pw: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ocimirror"))
+    let mut child = Command::new(ocimirror_bin())
         .args(["hash-password", "--cost", "4"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -2364,4 +2364,12 @@ pub fn ocimirror_hash_password(pw: &str) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The ocimirror binary the tests run: the one cargo built for this test run, or the one
+/// `OCIMIRROR_TEST_BIN` names (to run the whole suite against a release build).
+pub fn ocimirror_bin() -> PathBuf {
+    std::env::var_os("OCIMIRROR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ocimirror")))
 }
