@@ -467,6 +467,9 @@ pub fn load(
         source: source.clone(),
         problems,
     };
+    // Line ends as YAML counts them (a lone CR ends a line too), so that locating a problem by
+    // line agrees with the parser whatever the file's line endings.
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let (config, mut problems) = parse_yaml(&text);
     let mut value = serde_json::to_value(&config).expect("config serialises");
     for (k, v) in env {
@@ -1353,6 +1356,31 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("\"lots\" is not a size"), "{err}");
+    }
+
+    #[test]
+    fn problems_are_located_whatever_the_line_endings() {
+        for eol in ["\n", "\r\n", "\r"] {
+            let text = [
+                "listen: :5000",
+                "upstream:",
+                "  pasword: x",
+                "  tag_ttl: soon",
+                "",
+            ]
+            .join(eol);
+            let err = load_str(&text, &[]).unwrap_err();
+            let keys: Vec<(&str, Option<usize>)> = err
+                .problems
+                .iter()
+                .map(|p| (p.key.as_str(), p.line))
+                .collect();
+            assert!(
+                keys.contains(&("upstream.pasword", Some(3)))
+                    && keys.contains(&("upstream.tag_ttl", Some(4))),
+                "{eol:?}: {err}"
+            );
+        }
     }
 
     #[test]
