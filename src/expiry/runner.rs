@@ -227,7 +227,15 @@ impl Collector {
                 .collect();
             report.errors += self.delete_all(records).await;
         }
-        report.removed_temp_files = self.storage.remove_abandoned(ABANDONED_TEMP_AGE).await?;
+        // Clean-up of what killed writers left; a failure here spoils nothing done above.
+        report.removed_temp_files = match self.storage.remove_abandoned(ABANDONED_TEMP_AGE).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry: cannot clean up abandoned uploads");
+                report.errors += 1;
+                0
+            }
+        };
         metrics::counter!("ocimirror_expiry_removed_bytes_total").increment(report.removed_bytes);
         metrics::counter!("ocimirror_expiry_removed_blobs_total")
             .increment(report.removed_blobs as u64);

@@ -21,6 +21,8 @@ use opendal::{ErrorKind, Operator};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+mod uploads;
+
 use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError, check_key};
 
 /// Default multipart part size. Parts must be at least 5 MiB (except the last), and an upload has at
@@ -292,6 +294,7 @@ pub struct S3Storage {
     op: Operator,
     part_size: usize,
     describe: String,
+    uploads: Option<uploads::UploadSweeper>,
 }
 
 impl fmt::Debug for S3Storage {
@@ -341,6 +344,7 @@ impl S3Storage {
             // Instance metadata belongs to AWS; never probe it for another provider's endpoint.
             b = b.disable_ec2_metadata();
         }
+        let mut keys = None;
         if let Some(id) = nonempty(&config.access_key_id) {
             let secret = match &config.secret_access_key_file {
                 Some(path) => read_secret_file(path)
@@ -353,6 +357,11 @@ impl S3Storage {
             if let Some(token) = nonempty(&config.session_token) {
                 b = b.session_token(token);
             }
+            keys = Some((
+                id.to_owned(),
+                secret,
+                nonempty(&config.session_token).map(str::to_owned),
+            ));
         }
         let op = Operator::new(b)
             .map_err(|e| config_error(format!("storage.s3: {e}")))?
@@ -374,10 +383,24 @@ impl S3Storage {
                 "virtual-hosted"
             },
         );
+        // Sweeping abandoned uploads signs its own requests: with the configured keys or the
+        // environment's. Other sources of the AWS chain (profiles, instance or pod identity)
+        // leave it to the bucket's lifecycle rule.
+        let sweepable = keys.is_some() || env_nonempty("AWS_ACCESS_KEY_ID").is_some();
+        let uploads = bucket_url(
+            endpoint.as_deref(),
+            &region,
+            config.bucket.trim(),
+            path_style,
+        )
+        .filter(|_| sweepable)
+        .map(|url| uploads::UploadSweeper::new(url, &root, &region, keys))
+        .transpose()?;
         Ok(S3Storage {
             op,
             part_size: (config.part_size_mib * 1024 * 1024) as usize,
             describe,
+            uploads,
         })
     }
 
@@ -397,6 +420,27 @@ impl S3Storage {
     /// `s3://bucket/root at endpoint (region, addressing)`, for logs.
     pub fn describe(&self) -> &str {
         &self.describe
+    }
+}
+
+/// The bucket's URL, as OpenDAL addresses it.
+fn bucket_url(endpoint: Option<&str>, region: &str, bucket: &str, path_style: bool) -> Option<Url> {
+    let base = match endpoint {
+        Some(e) => Url::parse(e).ok()?,
+        None => Url::parse(&format!("https://s3.{region}.amazonaws.com")).ok()?,
+    };
+    if path_style {
+        let path = format!("{}/{bucket}/", base.path().trim_end_matches('/'));
+        let mut u = base;
+        u.set_path(&path);
+        Some(u)
+    } else {
+        let host = format!("{bucket}.{}", base.host_str()?);
+        let mut u = base;
+        u.set_host(Some(&host)).ok()?;
+        let path = format!("{}/", u.path().trim_end_matches('/'));
+        u.set_path(&path);
+        Some(u)
     }
 }
 
@@ -497,6 +541,13 @@ impl Storage for S3Storage {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(err(key, e)),
+        }
+    }
+
+    async fn remove_abandoned(&self, age: std::time::Duration) -> Result<usize, StorageError> {
+        match &self.uploads {
+            Some(u) => u.sweep(age).await,
+            None => Ok(0),
         }
     }
 

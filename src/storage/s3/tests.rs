@@ -501,6 +501,7 @@ async fn seaweedfs_behaviour_suite_and_checks() {
     assert_eq!(s.stat("m/dir").await.unwrap(), None);
     distribution_layout(&weed.s3).await;
     signatures_are_checked(&weed.s3).await;
+    abandoned_uploads_are_aborted(&weed.s3).await;
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", weed.child.id())) {
         let rss = status
             .lines()
@@ -508,6 +509,39 @@ async fn seaweedfs_behaviour_suite_and_checks() {
             .unwrap_or("VmHWM: ?");
         eprintln!("SeaweedFS peak RSS ({rss})");
     }
+}
+
+/// A writer killed mid-upload (here: leaked, so it never aborts) leaves a multipart upload;
+/// `remove_abandoned` aborts it, and only under its own root.
+async fn abandoned_uploads_are_aborted(endpoint: &str) {
+    let mine = S3Storage::new(&config(endpoint, "/uploads-mine")).unwrap();
+    let other = S3Storage::new(&config(endpoint, "/uploads-other")).unwrap();
+    for s in [&mine, &other] {
+        let mut w = s.writer("docker/registry/v2/blobs/x/data").await.unwrap();
+        // Several parts (5 MiB each), so the multipart upload has begun.
+        for _ in 0..3 {
+            w.write(Bytes::from(vec![7u8; 4 * 1024 * 1024]))
+                .await
+                .unwrap();
+        }
+        std::mem::forget(w);
+    }
+    // Younger than the age given: left alone.
+    assert_eq!(
+        mine.remove_abandoned(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(mine.remove_abandoned(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(mine.remove_abandoned(Duration::ZERO).await.unwrap(), 0);
+    // The other root's upload was not touched by the first sweep.
+    assert_eq!(other.remove_abandoned(Duration::ZERO).await.unwrap(), 1);
+    // Nothing became visible.
+    assert_eq!(
+        mine.stat("docker/registry/v2/blobs/x/data").await.unwrap(),
+        None
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
