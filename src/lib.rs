@@ -8,6 +8,7 @@ pub mod error;
 pub mod expiry;
 pub mod http;
 pub mod import;
+pub mod layout;
 pub mod oci;
 pub mod ops;
 pub mod registry;

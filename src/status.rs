@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::upstream::ratelimit::RateLimits;
+/// An upstream's rate-limit state as the page shows it: limit, remaining, cooldown left. A
+/// closure, so that this module depends on nothing it reports on.
+pub type RateState = Arc<dyn Fn() -> (Option<u64>, Option<u64>, Option<Duration>) + Send + Sync>;
 
 /// Fills remembered for the page.
 pub const RECENT_FILLS: usize = 20;
@@ -41,7 +43,7 @@ pub struct FillRecord {
 
 struct UpstreamEntry {
     host: String,
-    limits: Option<Arc<RateLimits>>,
+    limits: Option<RateState>,
     outcomes: VecDeque<Outcome>,
 }
 
@@ -66,7 +68,7 @@ pub fn short_digest(d: &str) -> String {
 
 /// An upstream client exists: its name, its URL (only the host and port are kept) and its
 /// rate-limit state.
-pub fn register_upstream(name: &str, url: &url::Url, limits: Arc<RateLimits>) {
+pub fn register_upstream(name: &str, url: &url::Url, limits: RateState) {
     let host = match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
@@ -183,11 +185,8 @@ pub fn snapshot(metrics: Option<&str>, show_fills: bool) -> Snapshot {
         .expect("lock")
         .iter()
         .map(|(name, e)| {
-            let (limit, remaining, cooling) = e
-                .limits
-                .as_ref()
-                .map(|l| l.snapshot())
-                .unwrap_or((None, None, None));
+            let (limit, remaining, cooling) =
+                e.limits.as_ref().map(|l| l()).unwrap_or((None, None, None));
             UpstreamStatus {
                 name: name.clone(),
                 host: if show_fills {

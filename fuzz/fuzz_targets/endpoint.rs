@@ -6,7 +6,7 @@ use http::Method;
 use libfuzzer_sys::fuzz_target;
 use ocimirror::http::endpoint::{Endpoint, parse};
 use ocimirror::oci::{Digest, Reference};
-use ocimirror::registry::layout;
+use ocimirror::layout;
 
 const METHODS: [Method; 5] = [
     Method::GET,

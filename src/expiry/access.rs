@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::layout;
 use crate::oci::Digest;
-use crate::registry::layout;
 use crate::storage::Storage;
 
 use super::ExpiryPolicy;

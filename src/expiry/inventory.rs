@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::layout;
 use crate::oci::{Digest, ManifestInfo};
-use crate::registry::layout;
 use crate::storage::{Storage, StorageError};
 
 /// Storage requests a scan keeps in flight.

@@ -13,8 +13,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, SystemTime};
 
+use crate::layout;
 use crate::oci::Digest;
-use crate::registry::layout;
 
 use super::ExpiryPolicy;
 use super::inventory::Inventory;

@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::lease::{LeaseOutcome, Leases};
+use crate::layout;
 use crate::oci::Digest;
-use crate::registry::layout;
 use crate::storage::{Storage, StorageError};
 
 use super::ExpiryPolicy;

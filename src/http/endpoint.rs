@@ -181,10 +181,10 @@ mod props {
 
     use super::*;
     use crate::error::Code;
+    use crate::layout;
     use crate::oci::Tag;
     use crate::oci::digest::props::digest;
     use crate::oci::name::props::{ROUTE_WORDS, component, valid_name, valid_tag};
-    use crate::registry::layout;
 
     fn method() -> impl Strategy<Value = Method> {
         proptest::sample::select(vec![

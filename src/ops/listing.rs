@@ -16,8 +16,8 @@ use serde::Serialize;
 use super::{Parsed, format_time, human_bytes, is_index};
 use crate::config::Settings;
 use crate::expiry::inventory::{self, read_marker};
+use crate::layout;
 use crate::oci::{Digest, ManifestInfo, RepoName, Tag};
-use crate::registry::layout;
 use crate::storage::{Storage, StorageError};
 use crate::upstream::Upstream;
 

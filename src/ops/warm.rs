@@ -22,9 +22,10 @@ use url::Url;
 use super::{ImageRef, Parsed, Platform, human_bytes, is_index};
 use crate::config::Settings;
 use crate::expiry::AccessLog;
+use crate::layout;
 use crate::oci::manifest::ACCEPT_ALL;
 use crate::oci::{Digest, Hasher, ManifestInfo, Reference, RepoName};
-use crate::registry::{Registry, layout};
+use crate::registry::Registry;
 use crate::storage::Storage;
 
 /// Index nesting followed at most (an index of indexes is rare; deeper is refused).

@@ -21,8 +21,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use super::layout;
 use crate::cache::lease::{Leases, fill_lease};
+use crate::layout;
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};

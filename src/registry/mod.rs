@@ -4,7 +4,6 @@
 mod bodies;
 mod coalesce;
 mod fill;
-pub mod layout;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::lease::{LeaseOutcome, Leases, LocalLeases, fill_lease};
 use crate::cache::{DescriptorCache, ManifestEntry, TagEntry};
 use crate::expiry::AccessLog;
+use crate::layout;
 use crate::oci::{ByteRange, Digest, ManifestInfo, RangeError, Reference, RepoName, Tag};
 use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};

@@ -130,7 +130,12 @@ impl HttpUpstream {
         let permits = (settings.max_concurrent_requests > 0)
             .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
         let limits = Arc::new(RateLimits::new(&settings.name));
-        crate::status::register_upstream(&settings.name, &settings.url, limits.clone());
+        let state = limits.clone();
+        crate::status::register_upstream(
+            &settings.name,
+            &settings.url,
+            Arc::new(move || state.snapshot()),
+        );
         Ok(HttpUpstream {
             settings,
             client,
