@@ -21,6 +21,9 @@ pub fn fill_lease(digest: &Digest) -> String {
 pub enum LeaseOutcome {
     /// This replica fills; the token proves ownership for renew and release.
     Acquired(String),
+    /// There is no fleet to coordinate with: this replica does the work, with nothing to renew
+    /// or release.
+    Local,
     /// Another replica is filling.
     HeldElsewhere,
     /// The lease store cannot say: fill locally rather than wait on nothing.
@@ -41,7 +44,7 @@ pub struct LocalLeases;
 #[async_trait]
 impl Leases for LocalLeases {
     async fn try_acquire(&self, _: &str, _: Duration) -> LeaseOutcome {
-        LeaseOutcome::Acquired(String::new())
+        LeaseOutcome::Local
     }
 
     async fn renew(&self, _: &str, _: &str, _: Duration) -> bool {

@@ -118,8 +118,9 @@ impl Collector {
         let token = match self.leases.try_acquire(LEASE, LEASE_TTL).await {
             LeaseOutcome::Acquired(t) => Some(t),
             LeaseOutcome::HeldElsewhere => return Err(PassError::Busy),
-            // No lease store: deletions are idempotent, so a pass here is still safe.
-            LeaseOutcome::Unavailable => None,
+            // A replica on its own, or no lease store: deletions are idempotent, so a pass here
+            // is still safe.
+            LeaseOutcome::Local | LeaseOutcome::Unavailable => None,
         };
         let renew = async {
             let Some(t) = &token else {

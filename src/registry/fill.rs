@@ -14,18 +14,18 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::lease::{Leases, fill_lease};
 use crate::layout;
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};
+
+use super::lease::FillLease;
 
 /// Bytes handed to a client per read of the spool.
 const CHUNK: u64 = 256 * 1024;
@@ -185,13 +185,13 @@ impl Fills {
     }
 
     /// Join the fill for `digest`, starting one (fetching under `name`) when none is in flight.
-    /// `lease` is the fleet lease this replica holds for the digest, renewed while the fill runs
-    /// and released when it ends.
+    /// `lease` is what this replica holds for the digest, renewed while the fill runs and
+    /// released when it ends.
     pub fn join_or_start(
         &self,
         name: &RepoName,
         digest: &Digest,
-        lease: Option<(Arc<dyn Leases>, String)>,
+        lease: FillLease,
     ) -> io::Result<Arc<Fill>> {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
@@ -245,43 +245,14 @@ struct FillJob {
     upstream: Arc<dyn Upstream>,
     read_only: bool,
     inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
-    lease: Option<(Arc<dyn Leases>, String)>,
+    lease: FillLease,
 }
-
-/// How long a fleet lease lives without renewal: the time other replicas wait before taking
-/// over from a holder that died.
-pub const LEASE_TTL: Duration = Duration::from_secs(15);
 
 impl FillJob {
     async fn run(self) {
         let started = std::time::Instant::now();
-        let outcome = match &self.lease {
-            Some((leases, token)) => {
-                let renew = async {
-                    loop {
-                        tokio::time::sleep(LEASE_TTL / 3).await;
-                        if !leases
-                            .renew(&fill_lease(&self.digest), token, LEASE_TTL)
-                            .await
-                        {
-                            // Another replica may now fill too; storage commits are atomic, so
-                            // both finishing is wasteful but correct.
-                            tracing::warn!(digest = %self.digest, "fill lease lost");
-                        }
-                    }
-                };
-                tokio::select! {
-                    o = self.fetch() => o,
-                    _ = renew => unreachable!("the renew loop never ends"),
-                }
-            }
-            None => self.fetch().await,
-        };
-        // Released only after the commit, so a waiting replica finds the blob in storage rather
-        // than a free lease and a second fetch.
-        if let Some((leases, token)) = &self.lease {
-            leases.release(&fill_lease(&self.digest), token).await;
-        }
+        let outcome = self.lease.hold(&self.digest, self.fetch()).await;
+        self.lease.release().await;
         // Leave the map before announcing the end: a request arriving after this point finds
         // the committed blob in storage (or starts afresh after a failure).
         self.inflight.lock().expect("lock").remove(&self.digest);

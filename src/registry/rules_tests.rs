@@ -12,7 +12,10 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::*;
 use crate::cache::MemoryCache;
+use crate::layout;
+use crate::oci::{ByteRange, Tag};
 use crate::storage::MemoryStorage;
+use crate::storage::Storage;
 use crate::upstream::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -1,0 +1,406 @@
+//! Manifests and the tags that name them: served from storage while fresh, revalidated with
+//! the upstream (a HEAD, never a GET, when the digest is known), fetched by digest, verified and
+//! stored byte for byte, with the repository's links written beside them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::{Manifest, Registry, RegistryError, link_digest, unshare};
+use crate::cache::{ManifestEntry, TagEntry};
+use crate::layout;
+use crate::oci::{Digest, ManifestInfo, Reference, RepoName, Tag};
+use crate::upstream::UpstreamError;
+
+impl Registry {
+    pub async fn manifest(
+        self: &Arc<Self>,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Manifest, RegistryError> {
+        let repo = self.upstream.canonical_name(name);
+        let m = match reference {
+            Reference::Digest(d) => self.manifest_by_digest(&repo, d).await,
+            Reference::Tag(t) => self.manifest_by_tag(&repo, t).await,
+        }?;
+        if let Some(log) = &self.access {
+            log.touch(&m.digest);
+        }
+        Ok(m)
+    }
+
+    /// The manifest `d` from storage, if this repository holds it.
+    async fn stored_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        require_link: bool,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        if require_link
+            && self
+                .storage
+                .stat(&layout::revision_link(repo, d))
+                .await?
+                .is_none()
+        {
+            return Ok(None);
+        }
+        let trust = self.access.as_ref().map(|log| log.memory_trust());
+        if let Some(m) = self.bodies.get(d, trust) {
+            return Ok(Some(m));
+        }
+        let body = match self.storage.read(&layout::blob_data(d)).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let media_type = match self.cache.manifest(d).await {
+            Some(m) => m.media_type,
+            None => {
+                let info = ManifestInfo::parse(&body, None)
+                    .map_err(|e| RegistryError::ManifestInvalid(format!("stored {d}: {e}")))?;
+                self.cache
+                    .set_manifest(
+                        d,
+                        ManifestEntry {
+                            media_type: info.media_type.clone(),
+                            size: body.len() as u64,
+                        },
+                    )
+                    .await;
+                info.media_type
+            }
+        };
+        let m = Manifest {
+            digest: d.clone(),
+            media_type,
+            body,
+        };
+        self.bodies.put(&m);
+        Ok(Some(m))
+    }
+
+    async fn manifest_by_digest(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Manifest, RegistryError> {
+        if let Some(m) = self.stored_manifest(repo, d, true).await? {
+            metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+            return Ok(m);
+        }
+        if self.settings.offline {
+            return Err(RegistryError::ManifestUnknown(format!(
+                "{d} is not cached (offline)"
+            )));
+        }
+        let this = self.clone();
+        let (repo2, d2) = (repo.clone(), d.clone());
+        let key = (repo.clone(), Reference::Digest(d.clone()));
+        let (r, _) = self
+            .manifests
+            .run(key, async move {
+                this.fetch_manifest_by_digest(&repo2, &d2)
+                    .await
+                    .map_err(Arc::new)
+            })
+            .await;
+        r.map_err(unshare)
+    }
+
+    async fn fetch_manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Manifest, RegistryError> {
+        // Held elsewhere in storage (another repository): confirm with a HEAD, which Docker Hub
+        // does not count as a pull, instead of downloading it again.
+        if self.storage.stat(&layout::blob_data(d)).await?.is_some() {
+            self.upstream
+                .head_manifest(repo, &Reference::Digest(d.clone()))
+                .await
+                .map_err(|e| manifest_upstream_error(e, d))?;
+            if let Some(m) = self.stored_manifest(repo, d, false).await? {
+                self.link_manifest(repo, &m).await;
+                return Ok(m);
+            }
+        }
+        self.fetch_and_store(repo, &Reference::Digest(d.clone()), Some(d), |e| {
+            manifest_upstream_error(e, d)
+        })
+        .await
+    }
+
+    /// GET a manifest from the upstream, check it against the digest it must have (`expected`,
+    /// else the one the upstream announced; without either, the body is the only way to learn
+    /// it), then store and link it.
+    async fn fetch_and_store(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        expected: Option<&Digest>,
+        upstream_error: impl Fn(UpstreamError) -> RegistryError,
+    ) -> Result<Manifest, RegistryError> {
+        let fetched = self
+            .upstream
+            .get_manifest(repo, reference)
+            .await
+            .map_err(upstream_error)?;
+        let d = match expected.or(fetched.digest.as_ref()) {
+            Some(d) if d.verify(&fetched.body) => d.clone(),
+            Some(d) => {
+                return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
+                    "manifest {reference} from the upstream does not match the digest {d}"
+                ))));
+            }
+            None => Digest::sha256_of(&fetched.body),
+        };
+        self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
+            .await
+    }
+
+    /// Validate, store and link a manifest fetched from the upstream.
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<Manifest, RegistryError> {
+        metrics::counter!("ocimirror_cache_misses_total", "kind" => "manifest").increment(1);
+        let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
+            RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
+        })?;
+        let m = Manifest {
+            digest: d.clone(),
+            media_type: info.media_type.clone(),
+            body,
+        };
+        self.bodies.put(&m);
+        self.cache
+            .set_manifest(
+                d,
+                ManifestEntry {
+                    media_type: info.media_type.clone(),
+                    size: m.body.len() as u64,
+                },
+            )
+            .await;
+        if !self.settings.read_only {
+            if let Err(e) = self
+                .storage
+                .put(&layout::blob_data(d), m.body.clone())
+                .await
+            {
+                tracing::error!(digest = %d, error = %e, "cannot store manifest; serving without caching");
+                return Ok(m);
+            }
+            // The upstream served this manifest under `repo`, so `repo` may serve its blobs.
+            // Written concurrently: the client asks for the blobs as soon as it has the manifest.
+            let keys: Vec<(String, &Digest)> = info
+                .blobs
+                .iter()
+                .map(|b| (layout::layer_link(repo, b), b))
+                .chain(std::iter::once((layout::revision_link(repo, d), d)))
+                .collect();
+            futures_util::future::join_all(keys.iter().map(|(k, b)| self.write_link(k, b))).await;
+        }
+        Ok(m)
+    }
+
+    async fn link_manifest(&self, repo: &RepoName, m: &Manifest) {
+        self.write_link(&layout::revision_link(repo, &m.digest), &m.digest)
+            .await;
+    }
+
+    async fn tag_entry(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<TagEntry>, RegistryError> {
+        if let Some(e) = self.cache.tag(repo.as_str(), tag.as_str()).await {
+            return Ok(Some(e));
+        }
+        let key = layout::tag_current(repo, tag);
+        let Some(meta) = self.storage.stat(&key).await? else {
+            return Ok(None);
+        };
+        let body = match self.storage.read(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(link_digest(&body).map(|digest| TagEntry {
+            digest,
+            // A link's age is when it was last confirmed, so a restart does not revalidate
+            // every tag at once.
+            checked_at: meta.modified.unwrap_or(SystemTime::UNIX_EPOCH),
+        }))
+    }
+
+    async fn manifest_by_tag(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Manifest, RegistryError> {
+        let entry = self.tag_entry(repo, tag).await?;
+        let cached = match &entry {
+            Some(e) => self.stored_manifest(repo, &e.digest, false).await?,
+            None => None,
+        };
+        if let (Some(e), Some(m)) = (&entry, &cached) {
+            let age = SystemTime::now()
+                .duration_since(e.checked_at)
+                .unwrap_or(Duration::ZERO);
+            if self.settings.offline || age < self.tag_ttl(repo) {
+                metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+                return Ok(m.clone());
+            }
+        }
+        if self.settings.offline {
+            return Err(RegistryError::ManifestUnknown(format!(
+                "tag {tag} is not cached (offline)"
+            )));
+        }
+        let this = self.clone();
+        let (repo2, tag2) = (repo.clone(), tag.clone());
+        let key = (repo.clone(), Reference::Tag(tag.clone()));
+        let known = cached.is_some();
+        let (r, _) = self
+            .manifests
+            .run(key, async move {
+                this.revalidate_tag(&repo2, &tag2, known)
+                    .await
+                    .map_err(Arc::new)
+            })
+            .await;
+        match r {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                // NotFound has already become ManifestUnknown: every other upstream failure
+                // is one the cached copy papers over.
+                let stale_ok = matches!(&*e, RegistryError::Upstream(_));
+                match cached {
+                    Some(m) if stale_ok => {
+                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        tracing::warn!(name = %repo, tag = %tag, digest = %m.digest, error = %e, "upstream failed; serving cached tag");
+                        Ok(m)
+                    }
+                    _ => Err(unshare(e)),
+                }
+            }
+        }
+    }
+
+    /// Ask the upstream what `tag` points at (HEAD: Docker Hub counts only GETs as pulls), and
+    /// fetch the manifest only when its digest is new to us. A tag never seen (`known` false)
+    /// needs the body whatever the HEAD says, so it is fetched with one GET.
+    async fn revalidate_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        known: bool,
+    ) -> Result<Manifest, RegistryError> {
+        let reference = Reference::Tag(tag.clone());
+        let head_digest = if known {
+            self.upstream
+                .head_manifest(repo, &reference)
+                .await
+                .map_err(|e| tag_upstream_error(e, tag))?
+                .digest
+        } else {
+            None
+        };
+        let m = match &head_digest {
+            Some(d) => match self.stored_manifest(repo, d, false).await? {
+                Some(m) => {
+                    // Revalidated: the upstream confirmed what is stored, no body fetched.
+                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest")
+                        .increment(1);
+                    self.link_manifest(repo, &m).await;
+                    m
+                }
+                None => {
+                    self.fetch_and_store(repo, &Reference::Digest(d.clone()), Some(d), |e| {
+                        tag_upstream_error(e, tag)
+                    })
+                    .await?
+                }
+            },
+            None => {
+                self.fetch_and_store(repo, &reference, None, |e| tag_upstream_error(e, tag))
+                    .await?
+            }
+        };
+        self.record_tag(repo, tag, &m.digest).await?;
+        Ok(m)
+    }
+
+    async fn record_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        d: &Digest,
+    ) -> Result<(), RegistryError> {
+        let now = SystemTime::now();
+        self.cache
+            .set_tag(
+                repo.as_str(),
+                tag.as_str(),
+                TagEntry {
+                    digest: d.clone(),
+                    checked_at: now,
+                },
+            )
+            .await;
+        // The link file is what restarts and offline replicas go by, and its mtime records the
+        // confirmation. Compare with the link itself, not the cache: a link write that failed
+        // earlier must be repaired even when the cache already knows the digest. Rewriting it on
+        // every revalidation would cost a write per request with tag_ttl 0, so an unchanged link
+        // is refreshed only when the stored confirmation has itself expired.
+        let key = layout::tag_current(repo, tag);
+        let linked = match self.storage.read(&key).await {
+            Ok(b) => link_digest(&b),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let changed = linked.as_ref() != Some(d);
+        let ttl = self.tag_ttl(repo);
+        let expired = !changed && !ttl.is_zero() && {
+            let stored_age = self
+                .storage
+                .stat(&key)
+                .await?
+                .and_then(|m| m.modified)
+                .and_then(|t| now.duration_since(t).ok());
+            stored_age.is_none_or(|a| a >= ttl)
+        };
+        if changed || expired {
+            let (index, current) = (
+                layout::tag_index(repo, tag, d),
+                layout::tag_current(repo, tag),
+            );
+            tokio::join!(self.write_link(&index, d), self.write_link(&current, d));
+        }
+        Ok(())
+    }
+}
+
+fn manifest_upstream_error(e: UpstreamError, d: &Digest) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => {
+            RegistryError::ManifestUnknown(format!("{d} not found upstream"))
+        }
+        other => RegistryError::Upstream(other),
+    }
+}
+
+fn tag_upstream_error(e: UpstreamError, tag: &Tag) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => {
+            RegistryError::ManifestUnknown(format!("tag {tag} not found upstream"))
+        }
+        other => RegistryError::Upstream(other),
+    }
+}
