@@ -4,6 +4,7 @@
 mod bodies;
 mod coalesce;
 mod fill;
+pub mod namespace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -257,7 +258,7 @@ impl Registry {
         d: &Digest,
     ) -> Result<Manifest, RegistryError> {
         if let Some(m) = self.stored_manifest(repo, d, true).await? {
-            metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+            metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
             return Ok(m);
         }
         if self.settings.offline {
@@ -318,7 +319,7 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<Manifest, RegistryError> {
-        metrics::counter!("ocimirror_cache_misses_total", "kind" => "manifest").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "manifest").increment(1);
         let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
             RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
         })?;
@@ -422,7 +423,7 @@ impl Registry {
                 .duration_since(e.checked_at)
                 .unwrap_or(Duration::ZERO);
             if self.settings.offline || age < self.tag_ttl(repo) {
-                metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+                metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
                 return Ok(m.clone());
             }
         }
@@ -451,7 +452,7 @@ impl Registry {
                 let stale_ok = matches!(&*e, RegistryError::Upstream(_));
                 match cached {
                     Some(m) if stale_ok => {
-                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                         tracing::warn!(name = %repo, tag = %tag, digest = %m.digest, error = %e, "upstream failed; serving cached tag");
                         Ok(m)
                     }
@@ -484,7 +485,7 @@ impl Registry {
             Some(d) => match self.stored_manifest(repo, d, false).await? {
                 Some(m) => {
                     // Revalidated: the upstream confirmed what is stored, no body fetched.
-                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest")
+                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
                         .increment(1);
                     self.link_manifest(repo, &m).await;
                     m
@@ -646,7 +647,7 @@ impl Registry {
                     tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
                 }
                 r => {
-                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
+                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "blob").increment(1);
                     return r;
                 }
             }
@@ -654,7 +655,7 @@ impl Registry {
         if self.settings.offline {
             return Err(RegistryError::BlobUnknown);
         }
-        metrics::counter!("ocimirror_cache_misses_total", "kind" => "blob").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "blob").increment(1);
         if head {
             if let Some(fill) = self.fills.get(digest)
                 && let Ok(Some(size)) = fill.started().await
@@ -737,7 +738,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<Source, RegistryError> {
         if let Some(f) = self.fills.get(digest) {
-            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            metrics::counter!(crate::metrics::FILL_JOINS).increment(1);
             return Ok(Source::Fill(f));
         }
         let this = self.clone();
@@ -760,7 +761,7 @@ impl Registry {
                 return Ok(Source::Fill(f));
             }
             if waited && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
-                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "stored")
+                metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "stored")
                     .increment(1);
                 return Ok(Source::Stored(meta));
             }
@@ -797,7 +798,7 @@ impl Registry {
                 return Ok(Source::Stored(meta));
             }
             if waited {
-                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "took_over")
+                metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "took_over")
                     .increment(1);
             }
             let fill = self
@@ -853,7 +854,7 @@ impl Registry {
                 match (r, stored) {
                     (Ok(b), _) => b,
                     (Err(e), Some((b, _))) if matches!(&*e, RegistryError::Upstream(_)) => {
-                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                         tracing::warn!(name = %repo, digest = %digest, error = %e, "upstream failed; serving cached referrers");
                         b
                     }
@@ -931,7 +932,7 @@ impl Registry {
                 Err(UpstreamError::NotAllowed) => refused = Some(UpstreamError::NotAllowed),
                 Err(e) => {
                     tracing::warn!(name = %repo, error = %e, "upstream tag list failed; answering from cache");
-                    metrics::counter!("ocimirror_stale_served_total").increment(1);
+                    metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                 }
             }
         }
