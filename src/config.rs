@@ -9,19 +9,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use url::Url;
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
 use crate::expiry::ExpiryPolicy;
-use crate::http::limit::LimitSettings;
-use crate::http::tls::TlsFiles;
 use crate::oci::RepoName;
 use crate::storage::S3Config;
 use crate::upstream::UpstreamSettings;
 
+// The sections other modules own, under the names the file's shape gives them.
+pub use crate::cache::config::{CacheBackend, CacheConfig, MemoryCacheConfig};
+pub use crate::expiry::config::{ExpiryConfig, parse_size};
+pub use crate::storage::config::{FilesystemConfig, StorageBackend, StorageConfig};
+pub use crate::upstream::config::{DOCKER_HUB, LibraryPrefix, UpstreamConfig};
+
 pub const ENV_PREFIX: &str = "OCIMIRROR_";
-pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,162 +136,6 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    pub backend: StorageBackend,
-    pub filesystem: FilesystemConfig,
-    /// An S3-compatible bucket (MinIO, SeaweedFS, Ceph, AWS), shared by replicas.
-    pub s3: S3Config,
-    /// Never write: misses are streamed through from the upstream and not kept.
-    pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageBackend {
-    #[default]
-    Filesystem,
-    S3,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesystemConfig {
-    /// The storage root (Distribution's `rootdirectory`); default `<data_dir>/storage`.
-    pub root: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub backend: CacheBackend,
-    pub memory: MemoryCacheConfig,
-    /// Shared by replicas; advisory (a down Redis costs misses, never failed requests).
-    pub redis: RedisConfig,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheBackend {
-    #[default]
-    Memory,
-    Redis,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MemoryCacheConfig {
-    pub max_entries: usize,
-}
-
-impl Default for MemoryCacheConfig {
-    fn default() -> Self {
-        MemoryCacheConfig {
-            max_entries: 100_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase", try_from = "LibraryPrefixInput")]
-pub enum LibraryPrefix {
-    /// On for Docker Hub, off elsewhere.
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
-
-/// `library_prefix` as written: a boolean or one of the words.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum LibraryPrefixInput {
-    Bool(bool),
-    Word(String),
-}
-
-impl TryFrom<LibraryPrefixInput> for LibraryPrefix {
-    type Error = String;
-    fn try_from(v: LibraryPrefixInput) -> Result<Self, String> {
-        match v {
-            LibraryPrefixInput::Bool(true) => Ok(LibraryPrefix::Always),
-            LibraryPrefixInput::Bool(false) => Ok(LibraryPrefix::Never),
-            LibraryPrefixInput::Word(w) => match w.as_str() {
-                "auto" => Ok(LibraryPrefix::Auto),
-                "always" | "true" => Ok(LibraryPrefix::Always),
-                "never" | "false" => Ok(LibraryPrefix::Never),
-                other => Err(format!(
-                    "library_prefix {other:?} is not one of auto, always (true), never (false)"
-                )),
-            },
-        }
-    }
-}
-
-/// `Debug` is written by hand: it shows `password` only as `<redacted>`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConfig {
-    /// For entries of `upstreams`: the path prefix and `ns` value that select it (`ghcr.io`).
-    pub name: Option<String>,
-    pub url: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub library_prefix: LibraryPrefix,
-    /// How long a tag's digest is trusted before it is revalidated with a HEAD.
-    pub tag_ttl: String,
-    pub connect_timeout: String,
-    /// Until the upstream's response headers arrive.
-    pub first_byte_timeout: String,
-    /// Longest silence allowed between body chunks.
-    pub read_timeout: String,
-    /// Requests in flight to the upstream at most (a blob until its body ends); 0: no cap.
-    pub max_concurrent_requests: usize,
-    /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
-    /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
-    pub allow: Vec<String>,
-}
-
-impl std::fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_file", &self.password_file)
-            .field("library_prefix", &self.library_prefix)
-            .field("tag_ttl", &self.tag_ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("first_byte_timeout", &self.first_byte_timeout)
-            .field("read_timeout", &self.read_timeout)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .field("allow", &self.allow)
-            .finish()
-    }
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            name: None,
-            url: DOCKER_HUB.into(),
-            username: None,
-            password: None,
-            password_file: None,
-            library_prefix: LibraryPrefix::Auto,
-            tag_ttl: "5m".into(),
-            connect_timeout: "10s".into(),
-            first_byte_timeout: "30s".into(),
-            read_timeout: "30s".into(),
-            max_concurrent_requests: 64,
-            allow: Vec::new(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -307,30 +153,6 @@ impl Default for ServerConfig {
             shutdown_timeout: "30s".into(),
             header_read_timeout: "30s".into(),
             status_page: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExpiryConfig {
-    /// Forget what nobody pulled for this long (`30d`); unset: never by age.
-    pub max_age: Option<String>,
-    /// Keep stored bytes under this (`500GiB`), least recently pulled first; unset: no cap.
-    pub max_size: Option<String>,
-    /// How often the fleet runs a pass; `0s`: only `ocimirror gc`.
-    pub interval: String,
-    /// Nothing pulled more recently than this is ever deleted.
-    pub min_idle: String,
-}
-
-impl Default for ExpiryConfig {
-    fn default() -> Self {
-        ExpiryConfig {
-            max_age: None,
-            max_size: None,
-            interval: "1h".into(),
-            min_idle: "10m".into(),
         }
     }
 }
@@ -409,9 +231,10 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// Absent: content is never forgotten.
     pub expiry: Option<ExpiryPolicy>,
-    /// Absent: plain HTTP.
-    pub tls: Option<TlsFiles>,
-    pub limits: LimitSettings,
+    /// Absent: plain HTTP. Both files are set; whether they load is the TLS module's check.
+    pub tls: Option<TlsConfig>,
+    /// Checked by the HTTP layer's own check (see [`SectionCheck`]).
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,11 +266,22 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Load the config: `path` (None: defaults), environment `env`, then `overrides`.
+/// Load the config: `path` (None: defaults), environment `env`, then `overrides`, with the
+/// checks of the sections `config` itself knows.
 pub fn load(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
+) -> Result<(Config, Settings), ConfigErrors> {
+    load_with(path, env, overrides, &[])
+}
+
+/// [`load`], also running `checks` of the sections modules above `config` own.
+pub fn load_with(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+    checks: &[SectionCheck],
 ) -> Result<(Config, Settings), ConfigErrors> {
     let (source, text) = match path {
         Some(p) => {
@@ -491,7 +325,7 @@ pub fn load(
             return Err(fail(problems));
         }
     };
-    match validate(&config, &text) {
+    match validate(&config, &text, checks) {
         Ok(mut s) if problems.is_empty() => {
             s.config_path = path.map(Path::to_path_buf);
             Ok((config, s))
@@ -770,7 +604,15 @@ fn apply_overrides(value: &mut Value, o: &Overrides) {
     }
 }
 
-fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
+/// Checks of sections owned by modules above `config` (the HTTP layer's `limits` and `tls`),
+/// handed in by the caller: each gives (key path, message) problems, located and reported with
+/// the rest.
+pub type SectionCheck<'a> = &'a dyn Fn(&Config) -> Vec<(String, String)>;
+
+/// Assemble the sections: each module's section checks itself (its keys relative to the
+/// section), and this only prefixes the keys, locates them in `text`, and checks what spans
+/// sections.
+fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         let path: Vec<&str> = key.split('.').collect();
@@ -796,154 +638,88 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             "must be greater than zero".into(),
         );
     }
-    let upstream = check_upstream(&c.upstream, "upstream", "default", &mut problem);
-    if c.upstream.name.is_some() {
-        problem(
-            "upstream.name",
-            "the default upstream has no name; name the entries of upstreams".into(),
-        );
-    }
+    let mut section = |prefix: &str, ps: Vec<(String, String)>| {
+        for (key, message) in ps {
+            problem(&format!("{prefix}.{key}"), message);
+        }
+    };
+    // The allow-lists' pattern language is the ACL's.
+    let pattern = |p: &str| crate::auth::acl::NamePattern::compile(p).map(drop);
+    let upstream = c
+        .upstream
+        .check("default", &pattern)
+        .map_err(|ps| section("upstream", ps))
+        .ok();
     let mut named: Vec<NamedUpstream> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     for (i, u) in c.upstreams.iter().enumerate() {
-        let key = format!("upstreams.{i}");
         let name = u.name.clone().unwrap_or_default();
-        if RepoName::parse(&name).map_or(true, |n| n.components() != 1) {
-            problem(
-                &format!("{key}.name"),
-                format!(
-                    "{name:?} must be one repository-name component such as ghcr.io or quay.io \
-                     (lowercase letters, digits, '.', '_', '-'): it prefixes this upstream's repositories"
-                ),
-            );
-        } else if !seen.insert(name.clone()) {
-            problem(&format!("{key}.name"), format!("{name:?} is used twice"));
-        }
-        if let Some(checked) = check_upstream(u, &key, &name, &mut problem) {
-            named.push(NamedUpstream {
+        match u.check(&name, &pattern) {
+            Ok((settings, tag_ttl)) => named.push(NamedUpstream {
                 name,
-                settings: checked.0,
-                tag_ttl: checked.1,
+                settings,
+                tag_ttl,
                 allow: u.allow.clone(),
-            });
+            }),
+            Err(ps) => section(&format!("upstreams.{i}"), ps),
         }
     }
-    if c.storage.backend == StorageBackend::S3
-        && let Err(ps) = c.storage.s3.validate()
-    {
+    if let Err(ps) = c.storage.check() {
+        section("storage", ps);
+    }
+    if let Err(ps) = c.cache.check() {
+        section("cache", ps);
+    }
+    let expiry = c
+        .expiry
+        .as_ref()
+        .and_then(|e| e.check().map_err(|ps| section("expiry", ps)).ok());
+    let mut problems_of = |ps: Vec<(String, String)>| {
         for (key, message) in ps {
-            problem(&format!("storage.s3.{key}"), message);
+            problem(&key, message);
         }
-    }
-    if c.cache.backend == CacheBackend::Redis
-        && let Err(ps) = c.cache.redis.validate()
-    {
-        for (key, message) in ps {
-            problem(&format!("cache.redis.{key}"), message);
-        }
-    }
-    if c.cache.memory.max_entries == 0 {
-        problem("cache.memory.max_entries", "must be at least 1".into());
-    }
+    };
+    problems_of(upstream_names(c));
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
-        problem(
-            "log.level",
+        problems_of(vec![(
+            "log.level".into(),
             format!("{:?} is not a log filter: {e}", c.log.level),
-        );
+        )]);
     }
     if c.data_dir.as_os_str().is_empty() {
-        problem("data_dir", "must not be empty".into());
+        problems_of(vec![("data_dir".into(), "must not be empty".into())]);
     }
     match (&c.auth, c.role) {
         (Some(a), role) => {
             if let Err(ps) = a.build(role.roles()) {
-                for (key, message) in ps {
-                    problem(&format!("auth.{key}"), message);
-                }
+                problems_of(
+                    ps.into_iter()
+                        .map(|(k, m)| (format!("auth.{k}"), m))
+                        .collect(),
+                );
             }
         }
-        (None, Role::Auth) => problem("role", "role auth needs an auth section".into()),
+        (None, Role::Auth) => problems_of(vec![(
+            "role".into(),
+            "role auth needs an auth section".into(),
+        )]),
         (None, _) => {}
     }
-    let expiry = c.expiry.as_ref().and_then(|e| {
-        let mut ok = true;
-        let mut dur = |key: &str, v: &str| match humantime::parse_duration(v.trim()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                ok = false;
-                problem(
-                    key,
-                    format!("{v:?} is not a duration like 30d, 12h or 10m: {e}"),
-                );
-                None
-            }
-        };
-        let max_age = e.max_age.as_deref().and_then(|v| dur("expiry.max_age", v));
-        let interval = dur("expiry.interval", &e.interval);
-        let min_idle = dur("expiry.min_idle", &e.min_idle);
-        if min_idle.is_some_and(|d| d < Duration::from_secs(1)) {
-            ok = false;
-            problem(
-                "expiry.min_idle",
-                "must be at least 1s: it protects pulls in progress".into(),
-            );
-        }
-        let max_size = e.max_size.as_deref().and_then(|v| match parse_size(v) {
-            Ok(n) => Some(n),
-            Err(m) => {
-                ok = false;
-                problem("expiry.max_size", m);
-                None
-            }
-        });
-        if c.storage.read_only {
-            ok = false;
-            problem(
-                "expiry",
-                "storage.read_only is set: nothing would ever be deleted; remove one of them"
-                    .into(),
-            );
-        }
-        ok.then(|| ExpiryPolicy {
-            max_age,
-            max_size,
-            interval: interval.expect("checked"),
-            min_idle: min_idle.expect("checked"),
-        })
-    });
-    let tls = match &c.tls {
-        None => None,
-        Some(TlsConfig {
-            certificate: Some(certificate),
-            key: Some(key),
-        }) => {
-            let files = TlsFiles {
-                certificate: certificate.clone(),
-                key: key.clone(),
-            };
-            match crate::http::tls::load(&files) {
-                Ok(_) => Some(files),
-                Err(e) => {
-                    problem("tls", e);
-                    None
-                }
-            }
-        }
-        Some(_) => {
-            problem("tls", "needs both certificate and key".into());
-            None
-        }
-    };
-    if c.limits.burst == Some(0) {
-        problem("limits.burst", "must be at least 1".into());
+    if c.expiry.is_some() && c.storage.read_only {
+        problems_of(vec![(
+            "expiry".into(),
+            "storage.read_only is set: nothing would ever be deleted; remove one of them".into(),
+        )]);
     }
-    if let Some(h) = &c.limits.real_ip_header
-        && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    if let Some(TlsConfig { certificate, key }) = &c.tls
+        && (certificate.is_none() || key.is_none())
     {
-        problem(
-            "limits.real_ip_header",
-            format!("{h:?} is not a header name"),
-        );
+        problems_of(vec![(
+            "tls".into(),
+            "needs both certificate and key".into(),
+        )]);
+    }
+    for check in checks {
+        problems_of(check(c));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -955,12 +731,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         offline: c.mode == Mode::Offline,
         log_level: c.log.level.clone(),
         log_json: c.log.format == LogFormat::Json,
-        storage_root: c
-            .storage
-            .filesystem
-            .root
-            .clone()
-            .unwrap_or_else(|| c.data_dir.join("storage")),
+        storage_root: c.storage.root(&c.data_dir),
         storage_backend: c.storage.backend,
         s3: c.storage.s3.clone(),
         read_only: c.storage.read_only,
@@ -978,136 +749,40 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
         auth: c.auth.clone(),
         config_path: None,
         expiry,
-        tls,
-        limits: LimitSettings {
-            requests_per_second: c.limits.requests_per_second,
-            burst: c
-                .limits
-                .burst
-                .unwrap_or(c.limits.requests_per_second.saturating_mul(2)),
-            real_ip_header: c.limits.real_ip_header.clone().filter(|h| !h.is_empty()),
-        },
+        tls: c.tls.clone(),
+        limits: c.limits.clone(),
     })
 }
 
-/// A size like `500GiB`, `20 GB` or `1048576` (bytes).
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    v.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{v:?} is not a size like 500GiB or 20GB: {e}"))
-}
-
-/// One upstream's settings checked; `key` is its place in the file (`upstream`, `upstreams.0`).
-fn check_upstream(
-    u: &UpstreamConfig,
-    key: &str,
-    name: &str,
-    problem: &mut impl FnMut(&str, String),
-) -> Option<(UpstreamSettings, Duration)> {
-    let before = std::cell::Cell::new(0usize);
-    let mut report = |k: &str, m: String| {
-        before.set(before.get() + 1);
-        problem(&format!("{key}.{k}"), m);
-    };
-    let duration = |k: &str, v: &str, report: &mut dyn FnMut(&str, String)| {
-        humantime::parse_duration(v.trim())
-            .map_err(|e| report(k, format!("{v:?} is not a duration like 30s or 5m: {e}")))
-            .ok()
-    };
-    let tag_ttl = duration("tag_ttl", &u.tag_ttl, &mut report);
-    let connect = duration("connect_timeout", &u.connect_timeout, &mut report);
-    let first_byte = duration("first_byte_timeout", &u.first_byte_timeout, &mut report);
-    let read = duration("read_timeout", &u.read_timeout, &mut report);
-    for (k, d) in [
-        ("connect_timeout", connect),
-        ("first_byte_timeout", first_byte),
-        ("read_timeout", read),
-    ] {
-        if d.is_some_and(|d| d.is_zero()) {
-            report(k, "must be greater than zero".into());
-        }
+/// The names of `upstreams` entries: each one repository-name component (it prefixes that
+/// upstream's repositories), none twice, and none on the default upstream.
+fn upstream_names(c: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if c.upstream.name.is_some() {
+        problems.push((
+            "upstream.name".into(),
+            "the default upstream has no name; name the entries of upstreams".into(),
+        ));
     }
-    let url = match Url::parse(u.url.trim()) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-            if !url.username().is_empty() || url.password().is_some() {
-                report(
-                    "url",
-                    "must not carry credentials; use username and password_file".into(),
-                );
-            }
-            if url.query().is_some() || url.fragment().is_some() {
-                report("url", "must not have a query or fragment".into());
-            }
-            Some(url)
-        }
-        Ok(url) => {
-            report(
-                "url",
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in c.upstreams.iter().enumerate() {
+        let name = u.name.clone().unwrap_or_default();
+        if RepoName::parse(&name).map_or(true, |n| n.components() != 1) {
+            problems.push((
+                format!("upstreams.{i}.name"),
                 format!(
-                    "{:?}: the scheme must be http or https, with a host",
-                    url.as_str()
+                    "{name:?} must be one repository-name component such as ghcr.io or quay.io \
+                     (lowercase letters, digits, '.', '_', '-'): it prefixes this upstream's repositories"
                 ),
-            );
-            None
-        }
-        Err(e) => {
-            report("url", format!("{:?} is not a URL: {e}", u.url));
-            None
-        }
-    };
-    let mut password = u.password.clone().filter(|p| !p.is_empty());
-    if let Some(pf) = &u.password_file {
-        if password.is_some() {
-            report(
-                "password_file",
-                "set either password or password_file, not both".into(),
-            );
-        }
-        match std::fs::read_to_string(pf) {
-            Ok(p) => password = Some(p.trim_end_matches(['\n', '\r']).to_owned()),
-            Err(e) => report(
-                "password_file",
-                format!("cannot read {}: {e}", pf.display()),
-            ),
+            ));
+        } else if !seen.insert(name.clone()) {
+            problems.push((
+                format!("upstreams.{i}.name"),
+                format!("{name:?} is used twice"),
+            ));
         }
     }
-    let username = u.username.clone().filter(|u| !u.is_empty());
-    if password.is_some() && username.is_none() {
-        report("username", "a password is set but no username".into());
-    }
-    for p in &u.allow {
-        if let Err(e) = crate::auth::acl::NamePattern::compile(p) {
-            report("allow", e);
-        }
-    }
-    if before.get() > 0 {
-        return None;
-    }
-    let url = url?;
-    let docker_hub = matches!(
-        url.host_str(),
-        Some("registry-1.docker.io" | "docker.io" | "index.docker.io" | "registry.hub.docker.com")
-    );
-    let library_prefix = match u.library_prefix {
-        LibraryPrefix::Auto => docker_hub,
-        LibraryPrefix::Always => true,
-        LibraryPrefix::Never => false,
-    };
-    Some((
-        UpstreamSettings {
-            name: name.to_owned(),
-            url,
-            username,
-            password,
-            library_prefix,
-            connect_timeout: connect?,
-            first_byte_timeout: first_byte?,
-            read_timeout: read?,
-            max_concurrent_requests: u.max_concurrent_requests,
-        },
-        tag_ttl?,
-    ))
+    problems
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

@@ -182,7 +182,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match config::load(Some(&file), std::env::vars(), &Overrides::default()) {
+        } => match ocimirror::server::load_config(
+            Some(&file),
+            std::env::vars(),
+            &Overrides::default(),
+        ) {
             Ok(_) => {
                 println!("ok");
                 ExitCode::SUCCESS
@@ -258,7 +262,11 @@ fn main() -> ExitCode {
                 read_only: a.read_only,
                 role: a.role,
             };
-            let settings = match config::load(a.config.as_deref(), std::env::vars(), &overrides) {
+            let settings = match ocimirror::server::load_config(
+                a.config.as_deref(),
+                std::env::vars(),
+                &overrides,
+            ) {
                 Ok((_, s)) => s,
                 Err(e) => {
                     eprint!("{e}");
@@ -348,8 +356,11 @@ fn config_import(
 }
 
 fn gc(a: GcArgs) -> ExitCode {
-    let settings = match config::load(a.config.as_deref(), std::env::vars(), &Overrides::default())
-    {
+    let settings = match ocimirror::server::load_config(
+        a.config.as_deref(),
+        std::env::vars(),
+        &Overrides::default(),
+    ) {
         Ok((_, s)) => s,
         Err(e) => {
             eprint!("{e}");
@@ -383,14 +394,13 @@ fn gc(a: GcArgs) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let report =
-        match runtime.block_on(ocimirror::server::expiry_pass(&settings, policy, a.dry_run)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let report = match runtime.block_on(ocimirror::ops::expiry_pass(&settings, policy, a.dry_run)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if a.json {
         println!(
             "{}",
@@ -505,7 +515,7 @@ fn ops_main(c: OpsCommand) -> ExitCode {
         OpsCommand::Ls(a) => a.config.clone(),
         OpsCommand::Inspect(a) => a.config.clone(),
     };
-    let settings = match config::load(
+    let settings = match ocimirror::server::load_config(
         config_path.as_deref(),
         std::env::vars(),
         &Overrides::default(),

@@ -133,7 +133,7 @@ impl TokenService {
         for r in &requested {
             let actions = policy.acl.authorize(&identity, &req.client, r);
             metrics::counter!(
-                "ocimirror_auth_scopes_total",
+                crate::metrics::AUTH_SCOPES,
                 "result" => if actions.is_empty() { "denied" } else { "granted" }
             )
             .increment(1);

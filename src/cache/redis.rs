@@ -414,7 +414,7 @@ impl Health {
 
     fn failed(&self, op: Op, fault: &Fault) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("ocimirror_cache_errors_total", "backend" => "redis", "op" => op.as_str())
+        metrics::counter!(crate::metrics::CACHE_ERRORS, "backend" => "redis", "op" => op.as_str())
             .increment(1);
         let now = self.now_ms();
         if fault.backs_off() {

@@ -144,7 +144,7 @@ impl Collector {
             Ok(_) => "ok",
             Err(_) => "failed",
         };
-        metrics::counter!("ocimirror_expiry_passes_total", "result" => result).increment(1);
+        metrics::counter!(crate::metrics::EXPIRY_PASSES, "result" => result).increment(1);
         r
     }
 
@@ -163,7 +163,7 @@ impl Collector {
             stored_bytes: inv.total_bytes(),
             ..Report::default()
         };
-        metrics::gauge!("ocimirror_storage_bytes").set(report.stored_bytes as f64);
+        metrics::gauge!(crate::metrics::STORAGE_BYTES).set(report.stored_bytes as f64);
         let mut gone = BTreeSet::new();
         if !dry_run && !plan.is_empty() {
             tokio::time::sleep(self.settle).await;
@@ -237,10 +237,10 @@ impl Collector {
                 0
             }
         };
-        metrics::counter!("ocimirror_expiry_removed_bytes_total").increment(report.removed_bytes);
-        metrics::counter!("ocimirror_expiry_removed_blobs_total")
+        metrics::counter!(crate::metrics::EXPIRY_REMOVED_BYTES).increment(report.removed_bytes);
+        metrics::counter!(crate::metrics::EXPIRY_REMOVED_BLOBS)
             .increment(report.removed_blobs as u64);
-        metrics::gauge!("ocimirror_storage_bytes").set(report.kept_bytes as f64);
+        metrics::gauge!(crate::metrics::STORAGE_BYTES).set(report.kept_bytes as f64);
         let stamp = Bytes::from(unix_secs(now).to_string());
         self.storage.put(layout::LAST_EXPIRY_PASS, stamp).await?;
         Ok(report)

@@ -114,7 +114,7 @@ impl Gate {
                 .with_challenge(self.challenge(headers, need.as_ref(), None)));
         };
         let claims = self.verifier.verify(token).map_err(|e| {
-            metrics::counter!("ocimirror_auth_token_rejected_total").increment(1);
+            metrics::counter!(crate::metrics::AUTH_TOKEN_REJECTED).increment(1);
             tracing::info!(error = %e, "bearer token refused");
             ApiError::new(Code::Unauthorized, format!("invalid token: {e}"))
                 .with_challenge(self.challenge(headers, need.as_ref(), Some("invalid_token")))

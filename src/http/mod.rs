@@ -24,7 +24,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
 use crate::registry::{Registry, TagList};
-use crate::upstream::{Namespace, Routed};
 use endpoint::Endpoint;
 use gate::Gate;
 use limit::ClientLimits;
@@ -44,8 +43,6 @@ pub struct AppState {
     next_request_id: AtomicU64,
     /// Random per process, so request ids do not repeat across replicas or restarts.
     process_tag: String,
-    /// The configured upstreams, for containerd's `?ns=`.
-    upstreams: Option<Arc<Routed>>,
     /// Per-client request rate limits, when configured.
     pub limits: Option<Arc<ClientLimits>>,
     /// The status page at `/` and `/status.json`: `None` when off, `Some(restricted)` when on;
@@ -58,7 +55,6 @@ impl AppState {
         registry: Option<Arc<Registry>>,
         gate: Option<Gate>,
         metrics: Option<PrometheusHandle>,
-        upstreams: Option<Arc<Routed>>,
         limits: Option<Arc<ClientLimits>>,
     ) -> Arc<Self> {
         Arc::new(AppState {
@@ -68,7 +64,6 @@ impl AppState {
             draining: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
             process_tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
-            upstreams,
             limits,
             status_page: None,
         })
@@ -133,8 +128,7 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
 
 fn status_snapshot(state: &AppState) -> crate::status::Snapshot {
     let restricted = state.status_page.unwrap_or(true);
-    let text = state.metrics.as_ref().map(PrometheusHandle::render);
-    crate::status::snapshot(text.as_deref(), !restricted)
+    crate::status::snapshot(!restricted)
 }
 
 async fn status_html(State(state): State<Arc<AppState>>) -> Response {
@@ -217,7 +211,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         resp.headers_mut().insert("x-request-id", v);
     }
     if resp.status() == StatusCode::UNAUTHORIZED {
-        metrics::counter!("ocimirror_auth_challenges_total").increment(1);
+        metrics::counter!(crate::metrics::AUTH_CHALLENGES).increment(1);
     }
     resp.headers_mut().insert(
         "docker-distribution-api-version",
@@ -225,11 +219,11 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     );
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!("ocimirror_http_requests_total", "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
-    metrics::histogram!("ocimirror_http_request_duration_seconds", "endpoint" => kind)
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "endpoint" => kind)
         .record(elapsed.as_secs_f64());
     tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
-    let bytes = metrics::counter!("ocimirror_http_response_bytes_total", "endpoint" => kind);
+    let bytes = metrics::counter!(crate::metrics::HTTP_RESPONSE_BYTES, "endpoint" => kind);
     resp.map(|inner| Body::new(CountedBody { inner, bytes }))
 }
 
@@ -303,15 +297,15 @@ async fn dispatch(
     }
 }
 
-/// containerd names the registry it wants in `?ns=`: route to that upstream by its name
-/// prefix. Only configured upstreams answer; any other `ns` is 404, so the client falls back to
-/// the registry itself and nothing is dialled on a request's say-so.
+/// containerd names the registry it wants in `?ns=`: the registry says which configured
+/// upstream answers for it, and the name is qualified for that upstream. Any other `ns` is 404,
+/// so the client falls back to the registry itself and nothing is dialled on a request's say-so.
 fn with_namespace(
     state: &AppState,
     ep: Endpoint,
     query: Option<&str>,
 ) -> Result<Endpoint, ApiError> {
-    let (Some(routes), Some(q)) = (&state.upstreams, query) else {
+    let (Some(registry), Some(q)) = (&state.registry, query) else {
         return Ok(ep);
     };
     let Some(ns) = url::form_urlencoded::parse(q.as_bytes())
@@ -320,33 +314,26 @@ fn with_namespace(
     else {
         return Ok(ep);
     };
-    let prefix = match routes.namespace(&ns) {
-        Some(Namespace::Default) => return Ok(ep),
-        Some(Namespace::Prefix(p)) => p.to_owned(),
-        None => {
-            return Err(ApiError::new(
-                Code::NameUnknown,
-                format!("no upstream is configured for ns={}", truncate(&ns)),
-            ));
-        }
+    let Some(namespace) = registry.namespace(&ns) else {
+        return Err(ApiError::new(
+            Code::NameUnknown,
+            format!("no upstream is configured for ns={}", truncate(&ns)),
+        ));
     };
-    let prefixed = |name: RepoName| {
-        // containerd with `override_path` to the prefix sends the prefixed name and `ns` too.
-        if name
-            .as_str()
-            .strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.starts_with('/'))
-        {
-            return Ok(name);
-        }
-        RepoName::parse(&format!("{prefix}/{name}"))
-            .map_err(|e| ApiError::new(Code::NameInvalid, format!("{prefix}/{name}: {e}")))
+    let qualify = |name: RepoName| {
+        let shown = name.to_string();
+        namespace.qualify(name).map_err(|e| {
+            ApiError::new(
+                Code::NameInvalid,
+                format!("{shown} under ns={}: {e}", truncate(&ns)),
+            )
+        })
     };
     Ok(match ep {
-        Endpoint::Manifest(n, r) => Endpoint::Manifest(prefixed(n)?, r),
-        Endpoint::Blob(n, d) => Endpoint::Blob(prefixed(n)?, d),
-        Endpoint::Tags(n) => Endpoint::Tags(prefixed(n)?),
-        Endpoint::Referrers(n, d) => Endpoint::Referrers(prefixed(n)?, d),
+        Endpoint::Manifest(n, r) => Endpoint::Manifest(qualify(n)?, r),
+        Endpoint::Blob(n, d) => Endpoint::Blob(qualify(n)?, d),
+        Endpoint::Tags(n) => Endpoint::Tags(qualify(n)?),
+        Endpoint::Referrers(n, d) => Endpoint::Referrers(qualify(n)?, d),
         other => other,
     })
 }

@@ -72,7 +72,7 @@ fn pull_text(pulled: &Option<String>, committed: &Option<String>) -> String {
 pub async fn open_storage(s: &Settings) -> Result<Arc<dyn Storage>, String> {
     let mut s = s.clone();
     s.read_only = true;
-    let b = crate::server::build_backends(&s)
+    let b = crate::assemble::build_backends(&s)
         .await
         .map_err(|e| e.to_string())?;
     Ok(b.storage)
@@ -90,7 +90,7 @@ pub fn parse_target(s: &Settings, target: &str) -> Result<(RepoName, Option<Tag>
         .map(Tag::parse)
         .transpose()
         .map_err(|e| format!("{target:?}: {e}"))?;
-    let upstreams = crate::server::build_upstreams(s).map_err(|e| e.to_string())?;
+    let upstreams = crate::assemble::build_upstreams(s).map_err(|e| e.to_string())?;
     Ok((upstreams.canonical_name(&name), tag))
 }
 

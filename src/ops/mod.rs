@@ -1,6 +1,6 @@
 //! Operator commands on a cache, outside the request path: `warm` pre-fetches images (through a
 //! running mirror, or straight into the configured storage), `ls` and `inspect` report what the
-//! storage holds. Shared here: image references as operators type them, platforms, and the parts
+//! storage holds, and `gc` runs one expiry pass. Shared here: image references as operators type them, platforms, and the parts
 //! of a manifest these commands read (descriptors with sizes and platforms).
 
 pub mod listing;
@@ -12,6 +12,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::oci::manifest::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use crate::oci::{Digest, Reference, RepoName, Tag};
+
+/// One expiry pass over the configured storage, for `ocimirror gc`.
+pub async fn expiry_pass(
+    s: &crate::config::Settings,
+    policy: crate::expiry::ExpiryPolicy,
+    dry_run: bool,
+) -> Result<crate::expiry::Report, String> {
+    let b = crate::assemble::build_backends(s)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::expiry::Collector::new(b.storage, b.leases, policy)
+        .pass(dry_run)
+        .await
+        .map_err(|e| format!("expiry: {e}"))
+}
 
 /// `name[:tag|@digest]` (a tag defaults to `latest`; with both, the digest wins).
 #[derive(Clone, Debug, PartialEq, Eq)]

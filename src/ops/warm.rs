@@ -420,15 +420,12 @@ impl MirrorSource {
             self.metrics.store(false, Ordering::Relaxed);
             return None;
         };
-        let sum = |name: &str| -> f64 {
-            text.lines()
-                .filter(|l| l.starts_with(name) && l.contains("kind=\"blob\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
+        let sum = |name: &str| {
+            crate::metrics::total_in_text_where(&text, name, "kind=\"blob\"").unwrap_or(0.0)
         };
         Some((
-            sum("ocimirror_cache_hits_total{"),
-            sum("ocimirror_cache_misses_total{"),
+            sum(crate::metrics::CACHE_HITS),
+            sum(crate::metrics::CACHE_MISSES),
         ))
     }
 }
@@ -546,7 +543,7 @@ impl LocalSource {
         if s.read_only {
             return Err("storage.read_only is set: nothing fetched would be kept".into());
         }
-        let b = crate::server::build_backends(s)
+        let b = crate::assemble::build_backends(s)
             .await
             .map_err(|e| e.to_string())?;
         let storage = b.storage.clone();
@@ -554,8 +551,8 @@ impl LocalSource {
             .expiry
             .as_ref()
             .map(|policy| AccessLog::new(storage.clone(), policy));
-        let upstreams = crate::server::build_upstreams(s).map_err(|e| e.to_string())?;
-        let registry = crate::server::build_registry_on(s, b, access.clone(), upstreams)
+        let upstreams = crate::assemble::build_upstreams(s).map_err(|e| e.to_string())?;
+        let registry = crate::assemble::build_registry_on(s, b, access.clone(), upstreams)
             .await
             .map_err(|e| e.to_string())?;
         Ok(LocalSource {

@@ -80,7 +80,7 @@ impl Registry {
                     tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
                 }
                 r => {
-                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
+                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "blob").increment(1);
                     return r;
                 }
             }
@@ -88,7 +88,7 @@ impl Registry {
         if self.settings.offline {
             return Err(RegistryError::BlobUnknown);
         }
-        metrics::counter!("ocimirror_cache_misses_total", "kind" => "blob").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "blob").increment(1);
         if head {
             if let Some(fill) = self.fills.get(digest)
                 && let Ok(Some(size)) = fill.started().await

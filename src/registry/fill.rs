@@ -195,7 +195,7 @@ impl Fills {
     ) -> io::Result<Arc<Fill>> {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
-            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            metrics::counter!(crate::metrics::FILL_JOINS).increment(1);
             return Ok(f.clone());
         }
         let spool = tempfile::tempfile_in(&self.spool_dir)?;
@@ -211,8 +211,8 @@ impl Fills {
             progress: rx,
         });
         map.insert(digest.clone(), fill.clone());
-        metrics::counter!("ocimirror_fills_started_total").increment(1);
-        metrics::gauge!("ocimirror_fills_in_flight").increment(1.0);
+        metrics::counter!(crate::metrics::FILLS_STARTED).increment(1);
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
         let job = FillJob {
             name: name.clone(),
             digest: digest.clone(),
@@ -256,11 +256,11 @@ impl FillJob {
         // Leave the map before announcing the end: a request arriving after this point finds
         // the committed blob in storage (or starts afresh after a failure).
         self.inflight.lock().expect("lock").remove(&self.digest);
-        metrics::gauge!("ocimirror_fills_in_flight").decrement(1.0);
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
         let state = match outcome {
             Ok(()) => FillState::Done,
             Err(state) => {
-                metrics::counter!("ocimirror_fills_failed_total").increment(1);
+                metrics::counter!(crate::metrics::FILLS_FAILED).increment(1);
                 state
             }
         };

@@ -96,7 +96,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<Source, RegistryError> {
         if let Some(f) = self.fills.get(digest) {
-            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            metrics::counter!(crate::metrics::FILL_JOINS).increment(1);
             return Ok(Source::Fill(f));
         }
         let this = self.clone();
@@ -120,7 +120,7 @@ impl Registry {
                 return Ok(Source::Fill(f));
             }
             if waited && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
-                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "stored")
+                metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "stored")
                     .increment(1);
                 return Ok(Source::Stored(meta));
             }
@@ -154,7 +154,7 @@ impl Registry {
                 return Ok(Source::Stored(meta));
             }
             if waited {
-                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "took_over")
+                metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "took_over")
                     .increment(1);
             }
             let fill = self

@@ -87,7 +87,7 @@ impl Registry {
         d: &Digest,
     ) -> Result<Manifest, RegistryError> {
         if let Some(m) = self.stored_manifest(repo, d, true).await? {
-            metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+            metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
             return Ok(m);
         }
         if self.settings.offline {
@@ -168,7 +168,7 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<Manifest, RegistryError> {
-        metrics::counter!("ocimirror_cache_misses_total", "kind" => "manifest").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "manifest").increment(1);
         let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
             RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
         })?;
@@ -254,7 +254,7 @@ impl Registry {
                 .duration_since(e.checked_at)
                 .unwrap_or(Duration::ZERO);
             if self.settings.offline || age < self.tag_ttl(repo) {
-                metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+                metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
                 return Ok(m.clone());
             }
         }
@@ -283,7 +283,7 @@ impl Registry {
                 let stale_ok = matches!(&*e, RegistryError::Upstream(_));
                 match cached {
                     Some(m) if stale_ok => {
-                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                         tracing::warn!(name = %repo, tag = %tag, digest = %m.digest, error = %e, "upstream failed; serving cached tag");
                         Ok(m)
                     }
@@ -316,7 +316,7 @@ impl Registry {
             Some(d) => match self.stored_manifest(repo, d, false).await? {
                 Some(m) => {
                     // Revalidated: the upstream confirmed what is stored, no body fetched.
-                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest")
+                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
                         .increment(1);
                     self.link_manifest(repo, &m).await;
                     m

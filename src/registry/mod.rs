@@ -10,6 +10,7 @@ mod coalesce;
 mod fill;
 mod lease;
 mod manifests;
+pub mod namespace;
 mod referrers;
 mod tags;
 

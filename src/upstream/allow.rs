@@ -27,7 +27,7 @@ impl AllowListed {
         if (self.allowed)(name.as_str()) {
             Ok(())
         } else {
-            metrics::counter!("ocimirror_upstream_refused_total", "reason" => "allow_list")
+            metrics::counter!(crate::metrics::UPSTREAM_REFUSED, "reason" => "allow_list")
                 .increment(1);
             Err(UpstreamError::NotAllowed)
         }

@@ -102,7 +102,7 @@ const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
 fn count(upstream: &str, op: &'static str, status: String) {
     crate::status::upstream_outcome(upstream, &status);
-    metrics::counter!("ocimirror_upstream_requests_total", "upstream" => upstream.to_owned(), "op" => op, "status" => status)
+    metrics::counter!(crate::metrics::UPSTREAM_REQUESTS, "upstream" => upstream.to_owned(), "op" => op, "status" => status)
         .increment(1);
 }
 
@@ -459,7 +459,7 @@ impl Upstream for HttpUpstream {
         let media_type = header_str(resp.headers(), CONTENT_TYPE);
         let digest = header_digest(resp.headers());
         let body = read_capped(resp).await?;
-        metrics::counter!("ocimirror_upstream_bytes_total", "upstream" => self.settings.name.clone())
+        metrics::counter!(crate::metrics::UPSTREAM_BYTES, "upstream" => self.settings.name.clone())
             .increment(body.len() as u64);
         Ok(FetchedManifest {
             body,
@@ -491,7 +491,7 @@ impl Upstream for HttpUpstream {
         let resp = check(resp)?;
         let size = content_length(resp.headers());
         // The permit is held until the body ends (or the stream is dropped).
-        let bytes = metrics::counter!("ocimirror_upstream_bytes_total", "upstream" => self.settings.name.clone());
+        let bytes = metrics::counter!(crate::metrics::UPSTREAM_BYTES, "upstream" => self.settings.name.clone());
         let stream = resp
             .bytes_stream()
             .map(move |r| {

@@ -3,6 +3,7 @@
 
 mod allow;
 mod challenge;
+pub mod config;
 mod http;
 pub mod ratelimit;
 mod route;
@@ -95,6 +96,12 @@ pub trait Upstream: Send + Sync + 'static {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<TagsResponse, UpstreamError>;
+    /// What containerd's `?ns=<registry>` value selects among the configured upstreams; None:
+    /// none answers for it (only [`Routed`] knows the set).
+    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
+        let _ = ns;
+        None
+    }
     /// The referrers of `digest` as an image index: the referrers API, or the tag-schema
     /// fallback (`<alg>-<hex>`) where the upstream lacks it. `NotFound`: neither has any.
     async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {

@@ -47,19 +47,6 @@ impl Routed {
         }
     }
 
-    /// The upstream an `ns` query value names, if it is configured (case-insensitive, as host
-    /// names are).
-    pub fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
-        let ns = ns.trim().to_ascii_lowercase();
-        if self.default_aliases.contains(&ns) {
-            return Some(Namespace::Default);
-        }
-        self.routes
-            .iter()
-            .find(|r| r.prefix == ns || r.aliases.contains(&ns))
-            .map(|r| Namespace::Prefix(&r.prefix))
-    }
-
     /// The upstream for `name` and the name it knows the repository by.
     fn route(
         &self,
@@ -77,6 +64,19 @@ impl Routed {
 
 #[async_trait]
 impl Upstream for Routed {
+    /// The upstream an `ns` query value names, if it is configured (case-insensitive, as host
+    /// names are).
+    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
+        let ns = ns.trim().to_ascii_lowercase();
+        if self.default_aliases.contains(&ns) {
+            return Some(Namespace::Default);
+        }
+        self.routes
+            .iter()
+            .find(|r| r.prefix == ns || r.aliases.contains(&ns))
+            .map(|r| Namespace::Prefix(&r.prefix))
+    }
+
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         match self.route(name) {
             Ok((u, Some(prefix), inner)) => {

@@ -214,7 +214,7 @@ impl GitHubAuthenticator {
             .await
             .map_err(|e| AuthnError::Unavailable(format!("GitHub: {}", describe_reqwest(&e))))?;
         let status = resp.status();
-        metrics::counter!("ocimirror_authn_github_requests_total", "status" => status.as_u16().to_string())
+        metrics::counter!(crate::metrics::AUTHN_GITHUB_REQUESTS, "status" => status.as_u16().to_string())
             .increment(1);
         let headers = resp.headers().clone();
         let rate_limited = status == StatusCode::TOO_MANY_REQUESTS

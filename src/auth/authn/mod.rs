@@ -399,7 +399,7 @@ impl LoginCache {
 }
 
 fn outcome(result: &'static str) {
-    metrics::counter!("ocimirror_authn_total", "result" => result).increment(1);
+    metrics::counter!(crate::metrics::AUTHN, "result" => result).increment(1);
 }
 
 /// The authenticators, in order, with throttling of failures and a cache of successes.
