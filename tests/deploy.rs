@@ -991,6 +991,24 @@ fn check_objects(what: &str, docs: &[Value], config_check: bool) {
     }
     if let Some(np) = docs.iter().find(|d| kind(d) == "NetworkPolicy") {
         check_network_policy(what, np, pod_labels, container);
+        // The `helm test` pod gets through too.
+        for pod in docs.iter().filter(|d| kind(d) == "Pod") {
+            assert!(
+                np["spec"]["ingress"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["from"].as_array().unwrap().iter().any(|f| f
+                        .get("namespaceSelector")
+                        .is_none()
+                        && labels_match(
+                            &f["podSelector"]["matchLabels"],
+                            &pod["metadata"]["labels"]
+                        ))),
+                "{what}: the NetworkPolicy keeps the test pod {} out",
+                name(pod)
+            );
+        }
     }
     for sm in docs.iter().filter(|d| kind(d) == "ServiceMonitor") {
         check_service_monitor(what, sm, service, scheme);
@@ -2116,6 +2134,36 @@ fn helm_chart_ingress_follows_the_token_path() {
             .map(|p| str_of(&p["path"], "path"))
             .collect();
         assert_eq!(routed, paths, "{yaml}");
+    }
+}
+
+/// `nameOverride` and `fullnameOverride` rename every object, and the objects still find each
+/// other.
+#[test]
+fn helm_chart_names_follow_the_overrides() {
+    if !have_helm() {
+        return;
+    }
+    let all_on = "ingress: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true}\n";
+    for (yaml, full, app) in [
+        ("fullnameOverride: mirror\n", "mirror", "ocimirror"),
+        ("nameOverride: cache\n", "ocimirror-cache", "cache"),
+    ] {
+        let docs = render_with(&format!("{all_on}{yaml}"));
+        check_kubernetes_objects(yaml, &docs);
+        for d in &docs {
+            assert!(
+                name(d).starts_with(full),
+                "{yaml}: {} {} is not named after {full}",
+                kind(d),
+                name(d)
+            );
+        }
+        assert_eq!(
+            the(&docs, "Deployment")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            app,
+            "{yaml}"
+        );
     }
 }
 
