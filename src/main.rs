@@ -1,5 +1,5 @@
 //! The `ocimirror` command: `serve` the mirror, `config check` or `config import` a file, `gc`,
-//! `keygen`, `hash-password`.
+//! `keygen`, `hash-password`, `healthcheck`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +53,19 @@ enum Command {
     HashPassword {
         #[arg(long, default_value_t = 12)]
         cost: u32,
+    },
+    /// GET a running mirror's /healthz (or --url) and exit 0 on a 2xx answer, 1 otherwise: a
+    /// container HEALTHCHECK that needs no curl in the image.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:5000/healthz")]
+        url: String,
+        /// Accept any server certificate: a loopback https:// URL does not match the name the
+        /// mirror's certificate is for.
+        #[arg(long)]
+        insecure: bool,
+        /// Give up after this long (connect and answer), e.g. 3s.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
     },
     #[command(flatten)]
     Ops(OpsCommand),
@@ -249,6 +262,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Gc(a) => gc(a),
+        Command::Healthcheck {
+            url,
+            insecure,
+            timeout,
+        } => healthcheck(&url, insecure, &timeout),
         Command::Ops(c) => ops_main(c),
         Command::Serve(a) => {
             let overrides = Overrides {
@@ -285,6 +303,62 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn healthcheck(url: &str, insecure: bool, timeout: &str) -> ExitCode {
+    let timeout = match humantime::parse_duration(timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            eprintln!("error: --timeout {timeout:?} is not a duration like 5s");
+            return ExitCode::FAILURE;
+        }
+    };
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            eprintln!("error: --url {url:?} is not an http:// or https:// URL");
+            return ExitCode::FAILURE;
+        }
+    }
+    // One request: a single-threaded runtime starts faster than the server's.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .tls_danger_accept_invalid_certs(insecure)
+            .user_agent(concat!("ocimirror-healthcheck/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        client.get(url).send().await
+    });
+    match outcome {
+        Ok(r) if r.status().is_success() => {
+            println!("{url}: {}", r.status());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why += &format!(": {c}");
+                cause = c.source();
+            }
+            eprintln!("unhealthy: {why}");
+            ExitCode::FAILURE
         }
     }
 }

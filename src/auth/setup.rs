@@ -3,7 +3,7 @@
 //! Every problem is reported at once, each with its key path for the config loader to locate.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,33 @@ pub struct AuthParts {
     pub verifier: Option<TokenVerifier>,
 }
 
+/// A key or certificate file that is absent or blank is a deployment step not yet done (a
+/// Secret created with empty entries, a volume nobody filled): said so, with the command that
+/// writes both, rather than as a PEM parse error.
+fn unwritten_key_files(key: &Path, certificate: &Path) -> Option<String> {
+    let unwritten: Vec<String> = [key, certificate]
+        .into_iter()
+        .filter_map(|p| match std::fs::read(p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some(format!("{} does not exist", p.display()))
+            }
+            Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
+                Some(format!("{} is empty", p.display()))
+            }
+            _ => None,
+        })
+        .collect();
+    (!unwritten.is_empty()).then(|| {
+        format!(
+            "{}: write the signing key and its certificate with `ocimirror keygen --key {} \
+             --certificate {}` (on Kubernetes, create the Secret from those two files)",
+            unwritten.join(" and "),
+            key.display(),
+            certificate.display()
+        )
+    })
+}
+
 impl AuthConfig {
     fn authn(&self) -> AuthnConfig {
         AuthnConfig {
@@ -198,9 +225,15 @@ impl AuthConfig {
             ));
         }
         let key: Option<SigningKey> = match (&self.key, &self.certificate) {
-            (Some(k), Some(c)) => load_signing_key(k, c)
-                .map_err(|e| problems.push(("key".into(), e.to_string())))
-                .ok(),
+            (Some(k), Some(c)) => match unwritten_key_files(k, c) {
+                Some(message) => {
+                    problems.push(("key".into(), message));
+                    None
+                }
+                None => load_signing_key(k, c)
+                    .map_err(|e| problems.push(("key".into(), e.to_string())))
+                    .ok(),
+            },
             (None, None) => None,
             (Some(_), None) => {
                 problems.push((
