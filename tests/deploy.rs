@@ -745,16 +745,16 @@ fn operator_secrets(docs: &[Value], deployment: &Value) -> BTreeSet<String> {
 // ---------------------------------------------------------------------------------------------
 
 /// The longest the mirror waits before a response's first byte: another replica's fill of the
-/// same blob (`MAX_REMOTE_WAIT` in src/registry/mod.rs), then its own fetch from the upstream,
+/// same blob (`MAX_REMOTE_WAIT` in src/registry/lease.rs), then its own fetch from the upstream,
 /// up to three round trips (the challenge, a token, the retry) each bounded by the upstream's
 /// `first_byte_timeout`.
 fn longest_wait_before_first_byte(config: &Value) -> u64 {
-    let src = read("src/registry/mod.rs");
+    let src = read("src/registry/lease.rs");
     let re = regex::Regex::new(r"const MAX_REMOTE_WAIT: Duration = Duration::from_secs\((\d+)\);")
         .unwrap();
     let remote: u64 = re
         .captures(&src)
-        .expect("MAX_REMOTE_WAIT in src/registry/mod.rs")[1]
+        .expect("MAX_REMOTE_WAIT in src/registry/lease.rs")[1]
         .parse()
         .unwrap();
     let first_byte = std::iter::once(&config["upstream"])
@@ -1208,31 +1208,29 @@ fn check_service_monitor(what: &str, sm: &Value, service: &Value, scheme: &str) 
     }
 }
 
-/// The metric names the source registers (`counter!`, `gauge!`, `histogram!`), each with the
-/// label names it is given.
+/// The metric names ocimirror exports, each with its label names: the catalogue in
+/// src/metrics.rs, where every family is declared once (`KONST = Kind "name" ["label", …]`).
 fn source_metrics() -> BTreeMap<String, BTreeSet<String>> {
-    let re =
-        regex::Regex::new(r#"(?:counter|gauge|histogram)!\(\s*"(ocimirror_[a-z0-9_]+)""#).unwrap();
-    let label = regex::Regex::new(r#""([a-z_]+)"\s*=>"#).unwrap();
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut stack = vec![root().join("src")];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                let text = fs::read_to_string(&p).unwrap();
-                for c in re.captures_iter(&text) {
-                    let m = c.get(0).unwrap();
-                    let call = &text[m.end()..];
-                    let call = &call[..call.find(';').unwrap_or(call.len())];
-                    let labels = out.entry(c[1].to_owned()).or_default();
-                    labels.extend(label.captures_iter(call).map(|l| l[1].to_owned()));
-                }
-            }
-        }
-    }
+    let re = regex::Regex::new(
+        r#"=\s*(?:Counter|Gauge|Histogram)\s+"(ocimirror_[a-z0-9_]+)"\s*\[([^\]]*)\]"#,
+    )
+    .unwrap();
+    let label = regex::Regex::new(r#""([a-z_]+)""#).unwrap();
+    let text = read("src/metrics.rs");
+    let out: BTreeMap<String, BTreeSet<String>> = re
+        .captures_iter(&text)
+        .map(|c| {
+            let labels = label
+                .captures_iter(&c[2])
+                .map(|l| l[1].to_owned())
+                .collect();
+            (c[1].to_owned(), labels)
+        })
+        .collect();
+    assert!(
+        out.len() > 20,
+        "the catalogue in src/metrics.rs was not read: {out:?}"
+    );
     out
 }
 
