@@ -5,6 +5,9 @@
 //!   log, and [`Pusher`] (the OCI push API).
 //! - `mirror`: the ocimirror binary under test ([`Mirror`], [`MirrorOpts`]) and its other
 //!   commands.
+//! - `upstream`: [`FakeUpstream`], the one scriptable in-process registry for what a real one
+//!   cannot do on demand (429s, hangs, dropped or corrupt bodies, odd headers), with counted
+//!   requests.
 //! - `skopeo`, `http`, `stored`: the client, HTTP assertions, what landed in storage.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
 //!
@@ -20,13 +23,14 @@ mod registry;
 mod s3;
 mod skopeo;
 mod stored;
+mod upstream;
 mod weed;
 
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
     http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*, stored::*,
-    weed::*,
+    upstream::*, weed::*,
 };
 
 use std::fs;
