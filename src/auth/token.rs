@@ -29,6 +29,7 @@ use serde_json::{Map, Value, json};
 
 use super::ResourceActions;
 use super::keys::{JwsAlgorithm, PublicKey, SigningKey, TrustStore};
+use crate::util::unix_secs;
 
 /// Tokens longer than this are refused unread (and never issued).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -213,13 +214,6 @@ pub struct IssuedToken {
     pub expires_in: u64,
     /// RFC 3339, UTC, whole seconds.
     pub issued_at: String,
-}
-
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs().min(i64::MAX as u64) as i64,
-        Err(e) => -(e.duration().as_secs().min(i64::MAX as u64) as i64),
-    }
 }
 
 fn b64url(bytes: &[u8]) -> String {
