@@ -16,9 +16,10 @@
 //!
 //! The rooms: `kid` the key-ID formats, `public` public keys (SPKI, JWK, verification), `der`
 //! the DER writing and certificate reading they share, `signing` the signing key, `keygen`
-//! creating one, `trust` what a verifier trusts.
+//! creating one, `trust` what a verifier trusts, `jwks` the key set the token service publishes.
 
 mod der;
+mod jwks;
 mod keygen;
 mod kid;
 mod public;
@@ -30,6 +31,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use jwks::{certificate_keys, jwks, public_jwk};
 pub use keygen::{RSA_KEYGEN_BITS, keygen};
 pub use kid::{jwk_thumbprint, libtrust_kid};
 pub use public::{EcCurve, PublicKey};

@@ -12,7 +12,6 @@ use aws_lc_rs::signature::{self as sig, KeyPair as _};
 use data_encoding::BASE64;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::Value;
 
 use super::der::{cert_info, parse_cert_pems};
 use super::{EcCurve, KeyAlgorithm, KeyError, PublicKey, read_file};
@@ -122,16 +121,6 @@ impl SigningKey {
             .iter()
             .map(|c| BASE64.encode(c.as_ref()))
             .collect()
-    }
-
-    /// The public key as a JWK for a JWKS document: key members plus `alg` and `use`. Callers
-    /// add the `kid` their tokens carry.
-    pub fn public_jwk(&self) -> Value {
-        let mut jwk = self.public.to_jwk();
-        let obj = jwk.as_object_mut().expect("to_jwk returns an object");
-        obj.insert("alg".into(), self.algorithm.jws_name().into());
-        obj.insert("use".into(), "sig".into());
-        jwk
     }
 
     pub fn public_key(&self) -> &PublicKey {
@@ -264,7 +253,7 @@ mod tests {
             BASE64.decode(ec.x5c()[0].as_bytes()).unwrap(),
             ec.certificate_chain()[0].as_ref()
         );
-        let jwk = rsa.public_jwk();
+        let jwk = super::super::public_jwk(rsa.public_key());
         assert_eq!(jwk["alg"], "RS256");
         assert_eq!(jwk["use"], "sig");
         assert_eq!(jwk_thumbprint(&jwk).unwrap(), RSA_THUMBPRINT);
