@@ -18,4 +18,5 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod upstream;
+pub mod util;
 pub mod watch;

@@ -45,6 +45,13 @@ enum Command {
         common_name: String,
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// Also write the new key's public JWKS here (a registry's `jwks`; Distribution 3).
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+        /// With --jwks: list the keys of these earlier certificates too, so that registries
+        /// given the file before the switch accept tokens of both keys (a rotation).
+        #[arg(long, value_name = "CERT", requires = "jwks")]
+        previous_certificate: Vec<PathBuf>,
     },
     /// Run one expiry pass now: forget what the config's `expiry` policy (or the flags) says,
     /// clean up abandoned temporary files, and report. Safe beside running replicas.
@@ -224,6 +231,8 @@ fn main() -> ExitCode {
             algorithm,
             common_name,
             days,
+            jwks,
+            previous_certificate,
         } => {
             let alg = match algorithm.parse::<KeyAlgorithm>() {
                 Ok(a) => a,
@@ -232,16 +241,47 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match keys::keygen(&key, &certificate, alg, &common_name, days) {
-                Ok(()) => {
-                    println!("wrote {} and {}", key.display(), certificate.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
+            let mut previous = Vec::new();
+            for c in &previous_certificate {
+                match keys::certificate_keys(c) {
+                    Ok(ks) => previous.extend(ks),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
+            if let Some(j) = &jwks
+                && j.exists()
+            {
+                eprintln!(
+                    "error: {} already exists; refusing to overwrite it",
+                    j.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            if let Err(e) = keys::keygen(&key, &certificate, alg, &common_name, days) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!("wrote {} and {}", key.display(), certificate.display());
+            if let Some(j) = jwks {
+                let written = keys::load_signing_key(&key, &certificate).and_then(|k| {
+                    let doc = keys::jwks(std::iter::once(k.public_key()).chain(&previous));
+                    std::fs::write(&j, format!("{doc:#}\n")).map_err(|source| {
+                        keys::KeyError::Write {
+                            path: j.clone(),
+                            source,
+                        }
+                    })
+                });
+                if let Err(e) = written {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+                println!("wrote {}", j.display());
+            }
+            ExitCode::SUCCESS
         }
         Command::HashPassword { cost } => {
             let mut password = String::new();

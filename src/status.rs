@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::util::human_bytes;
+
 /// An upstream's rate-limit state as the page shows it: limit, remaining, cooldown left. A
 /// closure, so that this module depends on nothing it reports on.
 pub type RateState = Arc<dyn Fn() -> (Option<u64>, Option<u64>, Option<Duration>) + Send + Sync>;
@@ -239,22 +241,6 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// The page: self-contained (inline CSS, no scripts or external assets), reloading itself every
 /// 10 seconds.
 pub fn render_html(s: &Snapshot) -> String {
@@ -378,13 +364,11 @@ mod tests {
     }
 
     #[test]
-    fn short_digests_and_sizes() {
+    fn short_digests() {
         assert_eq!(
             short_digest("sha256:0123456789abcdef0123456789abcdef"),
             "sha256:0123456789ab"
         );
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
 
     #[test]

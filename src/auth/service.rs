@@ -22,6 +22,8 @@ pub struct TokenService {
     issuer: TokenIssuer,
     refresh: Option<RefreshTokens>,
     policy: RwLock<Arc<Policy>>,
+    /// The published key set (`<path>/jwks.json`).
+    jwks: serde_json::Value,
 }
 
 /// Refresh tokens are tokens signed with the service's own key for a distinct audience, so a
@@ -77,10 +79,22 @@ impl TokenService {
     ) -> Self {
         TokenService {
             service,
+            jwks: issuer.jwks(&[]),
             issuer,
             refresh,
             policy: RwLock::new(Arc::new(policy)),
         }
+    }
+
+    /// Publish this key set instead of the signing key alone (a rotation lists earlier keys).
+    pub fn with_jwks(mut self, jwks: serde_json::Value) -> Self {
+        self.jwks = jwks;
+        self
+    }
+
+    /// The JWKS document of the keys whose tokens are valid.
+    pub fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
     }
 
     /// Swap in a new policy; requests in flight finish with the old one.

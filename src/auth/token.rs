@@ -25,10 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use data_encoding::{BASE64, BASE64URL_NOPAD};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::ResourceActions;
 use super::keys::{JwsAlgorithm, PublicKey, SigningKey, TrustStore};
+use crate::util::unix_secs;
 
 /// Tokens longer than this are refused unread (and never issued).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -215,13 +216,6 @@ pub struct IssuedToken {
     pub issued_at: String,
 }
 
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs().min(i64::MAX as u64) as i64,
-        Err(e) => -(e.duration().as_secs().min(i64::MAX as u64) as i64),
-    }
-}
-
 fn b64url(bytes: &[u8]) -> String {
     BASE64URL_NOPAD.encode(bytes)
 }
@@ -273,13 +267,11 @@ impl TokenIssuer {
         Value::Object(h)
     }
 
-    /// A JWKS document with the signing key under the `kid` tokens carry (the thumbprint when
-    /// they carry none), for a verifier configured with `jwks`.
-    pub fn jwks(&self) -> Value {
-        let mut jwk = self.key.public_jwk();
-        let kid = self.kid_value().unwrap_or(self.key.thumbprint_kid());
-        jwk["kid"] = kid.into();
-        json!({ "keys": [jwk] })
+    /// The JWKS document of the signing key and of `previous` keys (a rotation), each under
+    /// its RFC 7638 thumbprint: what a verifier configured with `jwks` needs, with tokens that
+    /// carry `kid: thumbprint`.
+    pub fn jwks(&self, previous: &[PublicKey]) -> Value {
+        super::keys::jwks(std::iter::once(self.key.public_key()).chain(previous))
     }
 
     pub fn issue(
@@ -557,6 +549,7 @@ mod tests {
     use std::sync::OnceLock;
 
     use rustls_pki_types::pem::PemObject as _;
+    use serde_json::json;
 
     use super::*;
     use crate::auth::keys::tests::{EC_CERT, EC_SEC1_KEY, RSA_CERT, RSA_PKCS1_KEY};
@@ -1238,7 +1231,7 @@ mod tests {
         issuer.include_x5c = false;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwks.json");
-        let mut jwks = issuer.jwks();
+        let mut jwks = issuer.jwks(&[]);
         jwks["keys"][0]["kid"] = "token-signer-2025".into();
         std::fs::write(&path, jwks.to_string()).unwrap();
         let trust = TrustStore::from_jwks_file(&path).unwrap();
@@ -1260,7 +1253,10 @@ mod tests {
             .verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
             .unwrap_err();
         assert!(matches!(err, TokenError::UntrustedChain(_)), "{err}");
-        assert_eq!(issuer.jwks()["keys"][0]["kid"], rsa().key.thumbprint_kid());
+        assert_eq!(
+            issuer.jwks(&[])["keys"][0]["kid"],
+            rsa().key.thumbprint_kid()
+        );
     }
 
     #[test]

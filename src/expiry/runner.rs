@@ -20,6 +20,7 @@ use crate::cache::lease::{LeaseOutcome, Leases};
 use crate::layout;
 use crate::oci::Digest;
 use crate::storage::{Storage, StorageError};
+use crate::util::unix_secs;
 
 use super::ExpiryPolicy;
 use super::access::AccessLog;
@@ -330,7 +331,7 @@ impl Collector {
                 .and_then(|s| s.trim().parse::<u64>().ok()),
             Err(_) => None,
         };
-        let now = unix_secs((self.clock)());
+        let now = u64::try_from(unix_secs((self.clock)())).unwrap_or(0);
         last.is_none_or(|l| now.saturating_sub(l) >= interval.as_secs())
     }
 }
@@ -346,12 +347,6 @@ fn spare_refs(plan: &mut Plan, d: &Digest, gone: &BTreeSet<Digest>, inv: &Invent
         n += spare_refs(plan, r, gone, inv);
     }
     n
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 fn rand_fraction() -> f64 {

@@ -101,6 +101,10 @@ pub fn router(state: Arc<AppState>, token: Option<(String, Arc<TokenEndpoint>)>)
         Some((path, ep)) => app.merge(
             Router::new()
                 .route(&path, get(token::get_token).post(token::post_token))
+                .route(
+                    &format!("{}/jwks.json", path.trim_end_matches('/')),
+                    get(token::jwks),
+                )
                 .with_state(ep),
         ),
         None => app,

@@ -13,13 +13,14 @@ use std::time::SystemTime;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::{Parsed, format_time, human_bytes, is_index};
+use super::{Parsed, format_time, is_index};
 use crate::config::Settings;
 use crate::expiry::inventory::{self, read_marker};
 use crate::layout;
 use crate::oci::{Digest, ManifestInfo, RepoName, Tag};
 use crate::storage::{Storage, StorageError};
 use crate::upstream::Upstream;
+use crate::util::human_bytes;
 
 /// Storage requests kept in flight.
 const CONCURRENCY: usize = 16;

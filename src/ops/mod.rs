@@ -178,11 +178,6 @@ pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Bytes for people: `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

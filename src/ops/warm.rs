@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use url::Url;
 
-use super::{ImageRef, Parsed, Platform, human_bytes, is_index};
+use super::{ImageRef, Parsed, Platform, is_index};
 use crate::config::Settings;
 use crate::expiry::AccessLog;
 use crate::layout;
@@ -27,6 +27,7 @@ use crate::oci::manifest::ACCEPT_ALL;
 use crate::oci::{Digest, Hasher, ManifestInfo, Reference, RepoName};
 use crate::registry::Registry;
 use crate::storage::Storage;
+use crate::util::human_bytes;
 
 /// Index nesting followed at most (an index of indexes is rare; deeper is refused).
 const MAX_DEPTH: usize = 3;
