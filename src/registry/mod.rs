@@ -2,7 +2,8 @@
 //! from storage, the descriptor cache and the upstream. Never sees HTTP types. This file holds
 //! the types, the construction and what the rooms share; each kind of request has its own room:
 //! `manifests.rs` (and tags resolving to them), `blobs.rs`, `tags.rs` (tag lists, catalog),
-//! `referrers.rs`; `fill.rs` the fill and `lease.rs` the fleet's fill lease.
+//! `referrers.rs`; `fill.rs` the fill and `lease.rs` the fleet's fill lease; `namespace.rs`
+//! containerd's `ns`.
 
 mod blobs;
 mod bodies;
@@ -10,6 +11,7 @@ mod coalesce;
 mod fill;
 mod lease;
 mod manifests;
+mod namespace;
 mod referrers;
 mod tags;
 
@@ -32,6 +34,7 @@ use coalesce::Coalescer;
 pub use fill::ClientStream;
 use fill::Fills;
 use lease::Source;
+pub use namespace::Namespace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

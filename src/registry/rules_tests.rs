@@ -729,3 +729,39 @@ async fn coalesced_requests_all_see_a_storage_outage_as_such() {
     }
     assert_eq!(fake.manifest_gets.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn ns_resolves_through_the_configured_upstreams() {
+    use crate::upstream::{Route, Routed};
+    let routed = Routed::new(
+        Fake::new(16),
+        vec!["127.0.0.1:5000".into()],
+        vec![Route {
+            prefix: "ghcr.io".into(),
+            aliases: vec!["ghcr.io:443".into()],
+            upstream: Fake::new(16),
+        }],
+    );
+    let spool = tempfile::tempdir().unwrap();
+    let r = Registry::new(
+        Arc::new(MemoryStorage::new()),
+        Arc::new(MemoryCache::new(10)),
+        Arc::new(routed),
+        RegistrySettings {
+            tag_ttl: Duration::from_secs(60),
+            tag_ttls: Vec::new(),
+            offline: false,
+            read_only: false,
+            spool_dir: spool.path().to_owned(),
+        },
+    );
+    assert_eq!(r.namespace("127.0.0.1:5000"), Some(Namespace::Default));
+    assert_eq!(r.namespace("GHCR.io"), Some(Namespace::Prefix("ghcr.io")));
+    assert_eq!(
+        r.namespace("ghcr.io:443"),
+        Some(Namespace::Prefix("ghcr.io"))
+    );
+    assert_eq!(r.namespace("evil.example"), None);
+    // A lone upstream is named by no `ns`.
+    assert_eq!(rig(16, Duration::ZERO, false).registry.namespace("x"), None);
+}

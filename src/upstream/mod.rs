@@ -101,4 +101,10 @@ pub trait Upstream: Send + Sync + 'static {
         let _ = (name, digest);
         Err(UpstreamError::NotFound)
     }
+    /// The upstream containerd's `ns` query value names among those configured; `None` for any
+    /// other value. A single upstream is not named by any (only [`Routed`] knows the names).
+    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
+        let _ = ns;
+        None
+    }
 }

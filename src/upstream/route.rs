@@ -134,6 +134,10 @@ impl Upstream for Routed {
         let (u, _, inner) = self.route(name)?;
         u.referrers(&inner, digest).await
     }
+
+    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
+        Routed::namespace(self, ns)
+    }
 }
 
 #[cfg(test)]
