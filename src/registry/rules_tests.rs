@@ -15,7 +15,7 @@ use crate::cache::MemoryCache;
 use crate::layout;
 use crate::oci::{ByteRange, Tag};
 use crate::storage::MemoryStorage;
-use crate::storage::Storage;
+use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -647,4 +647,85 @@ async fn a_tag_link_that_failed_to_update_is_repaired_on_revalidation() {
     r.registry.manifest(&name(), &latest()).await.unwrap();
     let linked = r.storage.read(&key).await.unwrap();
     assert_eq!(linked, Bytes::from(r.fake.manifest_digest.to_string()));
+}
+
+/// Storage whose blob data cannot be looked at (an S3 outage seen from one kind of key), slowly
+/// enough that concurrent requests are coalesced onto the failing look.
+struct DataDown(MemoryStorage);
+
+#[async_trait]
+impl Storage for DataDown {
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        if key.ends_with("/data") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(StorageError::Io {
+                key: key.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+            });
+        }
+        self.0.stat(key).await
+    }
+    async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.0.read(key).await
+    }
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<crate::storage::ByteStream, StorageError> {
+        self.0.read_range(key, offset, len).await
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.0.put(key, data).await
+    }
+    async fn writer(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn crate::storage::ObjectWriter>, StorageError> {
+        self.0.writer(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.0.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.0.list(prefix).await
+    }
+}
+
+#[tokio::test]
+async fn coalesced_requests_all_see_a_storage_outage_as_such() {
+    let spool = tempfile::tempdir().unwrap();
+    let fake = Fake::new(1024);
+    let registry = Arc::new(Registry::new(
+        Arc::new(DataDown(MemoryStorage::new())),
+        Arc::new(MemoryCache::new(100)),
+        fake.clone(),
+        RegistrySettings {
+            tag_ttl: Duration::from_secs(300),
+            tag_ttls: Vec::new(),
+            offline: false,
+            read_only: false,
+            spool_dir: spool.path().to_owned(),
+        },
+    ));
+    let reference = Reference::Digest(fake.manifest_digest.clone());
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let (reg, reference) = (registry.clone(), reference.clone());
+        handles.push(tokio::spawn(async move {
+            reg.manifest(&name(), &reference).await
+        }));
+    }
+    for h in handles {
+        let e = h.await.unwrap().expect_err("storage is down");
+        assert!(
+            matches!(e, RegistryError::Storage(StorageError::Io { .. })),
+            "every caller sees the storage failure, not an internal error: {e:?}"
+        );
+        let status =
+            axum::response::IntoResponse::into_response(crate::error::ApiError::from(e)).status();
+        assert_eq!(status, 503);
+    }
+    assert_eq!(fake.manifest_gets.load(Ordering::SeqCst), 0);
 }

@@ -40,6 +40,19 @@ impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound(_))
     }
+
+    /// A copy of the same kind, for an error shared by several callers (`io::Error` is not
+    /// `Clone`: its kind and message are kept).
+    pub fn duplicate(&self) -> StorageError {
+        match self {
+            StorageError::NotFound(k) => StorageError::NotFound(k.clone()),
+            StorageError::Io { key, source } => StorageError::Io {
+                key: key.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StorageError::InvalidKey(k) => StorageError::InvalidKey(k.clone()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
