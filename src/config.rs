@@ -198,6 +198,8 @@ pub struct NamedUpstream {
     pub settings: UpstreamSettings,
     pub tag_ttl: Duration,
     pub allow: Vec<String>,
+    /// The `ns` values that reach it (no other upstream has them).
+    pub ns: Vec<String>,
 }
 
 /// Everything resolved and checked: what the server runs with.
@@ -220,6 +222,8 @@ pub struct Settings {
     pub upstreams: Vec<NamedUpstream>,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
+    /// The `ns` values that reach the default upstream (no other upstream has them).
+    pub upstream_ns: Vec<String>,
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -647,19 +651,24 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     let pattern = |p: &str| crate::auth::acl::NamePattern::compile(p).map(drop);
     let upstream = c
         .upstream
-        .check("default", &pattern)
+        .check(None, &pattern)
         .map_err(|ps| section("upstream", ps))
         .ok();
     let mut named: Vec<NamedUpstream> = Vec::new();
+    let mut named_ns = Vec::new();
     for (i, u) in c.upstreams.iter().enumerate() {
         let name = u.name.clone().unwrap_or_default();
-        match u.check(&name, &pattern) {
-            Ok((settings, tag_ttl)) => named.push(NamedUpstream {
-                name,
-                settings,
-                tag_ttl,
-                allow: u.allow.clone(),
-            }),
+        match u.check(Some(&name), &pattern) {
+            Ok(checked) => {
+                named_ns.push((format!("upstreams.{i}"), checked.ns, checked.ns_given));
+                named.push(NamedUpstream {
+                    name,
+                    settings: checked.settings,
+                    tag_ttl: checked.tag_ttl,
+                    allow: u.allow.clone(),
+                    ns: Vec::new(),
+                });
+            }
             Err(ps) => section(&format!("upstreams.{i}"), ps),
         }
     }
@@ -679,6 +688,22 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         }
     };
     problems_of(upstream_names(c));
+    let mut lists = Vec::new();
+    if let Some(u) = &upstream {
+        lists.push(("upstream".to_owned(), u.ns.clone(), u.ns_given));
+    }
+    lists.extend(named_ns);
+    let (resolved, ns_problems) = resolve_ns(lists);
+    problems_of(ns_problems);
+    let mut resolved = resolved.into_iter();
+    let upstream_ns = if upstream.is_some() {
+        resolved.next().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for (n, ns) in named.iter_mut().zip(resolved) {
+        n.ns = ns;
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         problems_of(vec![(
             "log.level".into(),
@@ -724,7 +749,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     if !problems.is_empty() {
         return Err(problems);
     }
-    let (upstream, tag_ttl) = upstream.expect("validated");
+    let upstream = upstream.expect("validated");
     Ok(Settings {
         listen: listen.expect("validated"),
         data_dir: c.data_dir.clone(),
@@ -738,10 +763,11 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),
-        upstream,
+        upstream: upstream.settings,
         upstreams: named,
         upstream_allow: c.upstream.allow.clone(),
-        tag_ttl,
+        upstream_ns,
+        tag_ttl: upstream.tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
         status_page: c.server.status_page,
@@ -752,6 +778,52 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         tls: c.tls.clone(),
         limits: c.limits.clone(),
     })
+}
+
+/// Each `ns` value to one upstream. `lists` holds (key, values, whether given) per upstream, the
+/// default first: a value two upstreams are given is a problem; a default value (an upstream's
+/// name or host) that another upstream is given, or that an earlier one has by default, is left
+/// to that one, so that nothing configured before `ns` existed becomes an error.
+fn resolve_ns(
+    lists: Vec<(String, Vec<String>, bool)>,
+) -> (Vec<Vec<String>>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let mut owner: std::collections::HashMap<String, String> = Default::default();
+    for (key, values, given) in &lists {
+        if !given {
+            continue;
+        }
+        for v in values {
+            match owner.get(v) {
+                Some(other) => problems.push((
+                    format!("{key}.ns"),
+                    format!("{v:?} is also an ns of {other}: each ns value reaches one upstream"),
+                )),
+                None => {
+                    owner.insert(v.clone(), key.clone());
+                }
+            }
+        }
+    }
+    let resolved = lists
+        .into_iter()
+        .map(|(key, values, given)| {
+            if given {
+                return values;
+            }
+            values
+                .into_iter()
+                .filter(|v| match owner.get(v) {
+                    Some(_) => false,
+                    None => {
+                        owner.insert(v.clone(), key.clone());
+                        true
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (resolved, problems)
 }
 
 /// The names of `upstreams` entries: each one repository-name component (it prefixes that
@@ -911,6 +983,37 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(err.problems.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn ns_values_reach_one_upstream() {
+        let (_, s) = load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(s.upstream_ns, ["docker.io"]);
+        // A value given to two upstreams is a problem.
+        let err = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  ns: [docker.io]\nupstreams:\n  - name: hub\n    url: http://127.0.0.1:2\n    ns: [Docker.io]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.key == "upstreams.0.ns" && p.message.contains("docker.io")),
+            "{err}"
+        );
+        // Defaults never clash: a given value wins over a default, an earlier default over a
+        // later one.
+        let (_, s) = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  ns: [docker.io, ghcr.io]\nupstreams:\n  - name: ghcr.io\n    url: http://127.0.0.1:1\n  - name: quay.io\n    url: http://127.0.0.1:1\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.upstream_ns, ["docker.io", "ghcr.io"]);
+        assert_eq!(s.upstreams[0].ns, ["127.0.0.1:1"]);
+        assert_eq!(s.upstreams[1].ns, ["quay.io"]);
+        let err = load_str("upstream:\n  ns: [\"http://x\"]\n", &[]).unwrap_err();
+        assert_eq!(err.problems[0].key, "upstream.ns", "{err}");
+        assert_eq!(err.problems[0].line, Some(2), "{err}");
     }
 
     #[test]
