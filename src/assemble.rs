@@ -148,35 +148,20 @@ fn one_upstream(
     Ok(upstream)
 }
 
-/// The default upstream, and the named ones routed by name prefix.
+/// The default upstream, and the named ones routed by name prefix; each answers its `ns` values.
 pub fn build_upstreams(s: &Settings) -> Result<Arc<Routed>, AssembleError> {
     let default = one_upstream(&s.upstream, &s.upstream_allow)?;
-    let host = |u: &UpstreamSettings| {
-        let h = u.url.host_str().unwrap_or_default().to_ascii_lowercase();
-        match u.url.port() {
-            Some(p) => vec![format!("{h}:{p}")],
-            None => vec![
-                h.clone(),
-                format!("{h}:{}", u.url.port_or_known_default().unwrap_or(443)),
-            ],
-        }
-    };
-    let mut default_aliases = host(&s.upstream);
-    if s.upstream.library_prefix {
-        // Docker Hub's names as containerd sends them.
-        default_aliases.extend([
-            "docker.io".into(),
-            "index.docker.io".into(),
-            "registry-1.docker.io".into(),
-        ]);
-    }
     let mut routes = Vec::new();
     for n in &s.upstreams {
         routes.push(Route {
             prefix: n.name.clone(),
-            aliases: host(&n.settings),
+            aliases: n.ns.clone(),
             upstream: one_upstream(&n.settings, &n.allow)?,
         });
     }
-    Ok(Arc::new(Routed::new(default, default_aliases, routes)))
+    Ok(Arc::new(Routed::new(
+        default,
+        s.upstream_ns.clone(),
+        routes,
+    )))
 }

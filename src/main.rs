@@ -592,6 +592,12 @@ struct WarmArgs {
     /// With --mirror over https: trust only the CAs in this PEM file.
     #[arg(long, requires = "mirror")]
     ca_file: Option<PathBuf>,
+    /// With --mirror that requires tokens: the account to ask its token service for.
+    #[arg(long, requires = "mirror", env = "OCIMIRROR_WARM__USERNAME")]
+    username: Option<String>,
+    /// With --username: a file holding the password (else OCIMIRROR_WARM__PASSWORD).
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
     /// YAML config whose storage and upstreams to use (without --mirror).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -620,6 +626,30 @@ struct InspectArgs {
     /// Print as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The environment variable holding `warm --username`'s password when no --password-file is
+/// given (the `OCIMIRROR_<SECTION>__<KEY>` form the config's secrets take).
+const WARM_PASSWORD_ENV: &str = "OCIMIRROR_WARM__PASSWORD";
+
+/// `warm`'s credentials for the mirror's token service: --username with --password-file or
+/// the password in the environment.
+fn warm_credentials(a: &WarmArgs) -> Result<Option<ocimirror::ops::auth::Credentials>, String> {
+    let Some(username) = a.username.clone().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let password = match &a.password_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("--password-file {}: {e}", p.display()))?,
+        None => std::env::var(WARM_PASSWORD_ENV).map_err(|_| {
+            format!("--username {username:?} needs --password-file or {WARM_PASSWORD_ENV}")
+        })?,
+    };
+    Ok(Some(ocimirror::ops::auth::Credentials {
+        username,
+        password,
+    }))
 }
 
 fn ops_main(c: OpsCommand) -> ExitCode {
@@ -656,12 +686,20 @@ fn ops_main(c: OpsCommand) -> ExitCode {
                     }
                 }
             }
+            let credentials = match warm_credentials(&a) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let reports = runtime.block_on(async {
                 let source: Box<dyn ops::warm::Source> = match &a.mirror {
                     Some(url) => Box::new(ops::warm::MirrorSource::new(
                         url,
                         a.insecure,
                         a.ca_file.as_deref(),
+                        credentials,
                     )?),
                     None => {
                         for image in &a.images {

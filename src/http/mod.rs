@@ -276,7 +276,27 @@ async fn dispatch(
             "ocimirror is a pull-through mirror: pushes and deletes are not accepted",
         ));
     }
-    let ep = with_namespace(state, ep, query)?;
+    let (ep, ns) = with_namespace(state, ep, query)?;
+    let mut resp = serve(state, ep, query, headers, peer, head)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    // The distribution spec's "Registry Proxying": the `ns` that chose the upstream is named
+    // in the answer.
+    if let Some(v) = ns.and_then(|ns| HeaderValue::from_str(&ns).ok()) {
+        resp.headers_mut().insert("oci-namespace", v);
+    }
+    Ok(resp)
+}
+
+/// A read request, its `ns` applied: the gate, the limits, then the registry.
+async fn serve(
+    state: &AppState,
+    ep: Endpoint,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    head: bool,
+) -> Result<Response, ApiError> {
     let account = match &state.gate {
         Some(gate) => Some(gate.check(headers, &ep)?),
         None => None,
@@ -302,21 +322,22 @@ async fn dispatch(
 }
 
 /// containerd names the registry it wants in `?ns=`: the registry says which configured
-/// upstream answers for it, and the name is qualified for that upstream. Any other `ns` is 404,
-/// so the client falls back to the registry itself and nothing is dialled on a request's say-so.
+/// upstream answers for it, and the name is qualified for that upstream; the `ns` used is
+/// returned (lowercase, as configured). Any other `ns` is 404, so the client falls back to the
+/// registry itself and nothing is dialled on a request's say-so.
 fn with_namespace(
     state: &AppState,
     ep: Endpoint,
     query: Option<&str>,
-) -> Result<Endpoint, ApiError> {
+) -> Result<(Endpoint, Option<String>), ApiError> {
     let (Some(registry), Some(q)) = (&state.registry, query) else {
-        return Ok(ep);
+        return Ok((ep, None));
     };
     let Some(ns) = url::form_urlencoded::parse(q.as_bytes())
         .find(|(k, _)| k == "ns")
         .map(|(_, v)| v.into_owned())
     else {
-        return Ok(ep);
+        return Ok((ep, None));
     };
     let Some(namespace) = registry.namespace(&ns) else {
         return Err(ApiError::new(
@@ -333,13 +354,14 @@ fn with_namespace(
             )
         })
     };
-    Ok(match ep {
+    let ep = match ep {
         Endpoint::Manifest(n, r) => Endpoint::Manifest(qualify(n)?, r),
         Endpoint::Blob(n, d) => Endpoint::Blob(qualify(n)?, d),
         Endpoint::Tags(n) => Endpoint::Tags(qualify(n)?),
         Endpoint::Referrers(n, d) => Endpoint::Referrers(qualify(n)?, d),
         other => other,
-    })
+    };
+    Ok((ep, Some(ns.trim().to_ascii_lowercase())))
 }
 
 /// The referrers of `digest`, as an OCI image index; `artifactType` filters it (and says so).

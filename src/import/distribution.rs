@@ -382,6 +382,25 @@ fn map_proxy(d: &Src, out: &mut Out) {
     };
     d.mark("proxy.on");
     out.set("upstream.url", s(remote.trim_end_matches('/')));
+    // Distribution ignores containerd's `ns` and answers every registry from remoteurl; a
+    // remote other than Docker Hub keeps answering containerd's docker.io pulls (its usual use).
+    if let Ok(url) = url::Url::parse(&remote)
+        && url.host_str().is_some()
+        && !crate::upstream::config::is_docker_hub(&url)
+    {
+        let host = crate::upstream::config::host_port(&url);
+        out.set(
+            "upstream.ns",
+            Node::Seq(vec![s("docker.io"), s(host.clone())]),
+        );
+        out.note(
+            NoteKind::Changed,
+            d.key("proxy"),
+            format!(
+                "Distribution answers containerd's ns=<any registry> from remoteurl; ocimirror answers only the upstream's ns values: upstream.ns is [docker.io, {host}]. Remove docker.io if {host} does not mirror Docker Hub"
+            ),
+        );
+    }
     if let Some(u) = d.str("proxy.username") {
         out.set("upstream.username", s(u));
     }
@@ -634,6 +653,39 @@ pub(super) fn not_carried_reason(path: &str) -> &'static str {
 mod tests {
     use super::super::testing::{dist, noted};
     use super::*;
+
+    /// A remote other than Docker Hub keeps answering containerd's docker.io pulls (Distribution
+    /// answered every `ns` from it); Docker Hub needs nothing (it answers docker.io anyway).
+    #[test]
+    fn a_proxy_of_another_registry_keeps_answering_docker_io() {
+        let i = dist("version: 0.1\nproxy:\n  remoteurl: https://mirror.gcr.io:8443/\n");
+        let ns = |i: &super::super::Imported| {
+            i.config.get(&["upstream", "ns"]).map(|n| {
+                n.to_json()
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            ns(&i),
+            Some(vec![
+                "docker.io".to_owned(),
+                "mirror.gcr.io:8443".to_owned()
+            ])
+        );
+        assert!(
+            noted(&i, NoteKind::Changed, "distribution: proxy"),
+            "{:?}",
+            i.notes
+        );
+        let c: crate::config::Config = serde_saphyr::from_str(&i.render()).unwrap();
+        assert_eq!(c.upstream.ns.as_deref().map(<[String]>::len), Some(2));
+        let hub = dist("version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\n");
+        assert_eq!(ns(&hub), None);
+    }
 
     #[test]
     fn redis_url_carries_credentials_tls_and_db() {

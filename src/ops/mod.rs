@@ -1,8 +1,10 @@
 //! Operator commands on a cache, outside the request path: `warm` pre-fetches images (through a
-//! running mirror, or straight into the configured storage), `ls` and `inspect` report what the
+//! running mirror, with its tokens when it requires them (`auth.rs`), or straight into the
+//! configured storage), `ls` and `inspect` report what the
 //! storage holds, and `gc` runs one expiry pass. Shared here: image references as operators type them, platforms, and the parts
 //! of a manifest these commands read (descriptors with sizes and platforms).
 
+pub mod auth;
 pub mod listing;
 pub mod warm;
 

@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use url::Url;
 
+use super::auth::{Credentials, MirrorAuth};
 use super::{ImageRef, Parsed, Platform, is_index};
 use crate::config::Settings;
 use crate::expiry::AccessLog;
@@ -364,7 +365,8 @@ where
 
 // ---- through a running mirror ------------------------------------------------------------------
 
-/// Plain HTTP against a running mirror. Whether a blob was already cached is read from the
+/// Plain HTTP against a running mirror, with a token per repository from its realm when it
+/// requires them ([`MirrorAuth`]). Whether a blob was already cached is read from the
 /// mirror's `/metrics` (its blob hit and miss counters before and after each blob); when they do
 /// not move by exactly one (another replica answered, or `/metrics` is not reachable) the
 /// blob is counted as not told.
@@ -372,10 +374,19 @@ pub struct MirrorSource {
     client: reqwest::Client,
     base: Url,
     metrics: AtomicBool,
+    /// Tokens from the mirror's realm, when it requires them.
+    auth: MirrorAuth,
 }
 
 impl MirrorSource {
-    pub fn new(url: &str, insecure: bool, ca_file: Option<&Path>) -> Result<Self, String> {
+    /// `credentials` are for the mirror's token service (`auth`); without them warm asks for
+    /// anonymous tokens, as `docker pull` without a login does.
+    pub fn new(
+        url: &str,
+        insecure: bool,
+        ca_file: Option<&Path>,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, String> {
         let base = Url::parse(url).map_err(|e| format!("--mirror {url:?}: {e}"))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(format!("--mirror {url:?}: not an http or https URL"));
@@ -398,6 +409,7 @@ impl MirrorSource {
             client,
             base,
             metrics: AtomicBool::new(true),
+            auth: MirrorAuth::new(credentials),
         })
     }
 
@@ -432,7 +444,7 @@ impl MirrorSource {
 }
 
 /// An error with its causes (reqwest's own text leaves out why a request failed).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -463,13 +475,15 @@ async fn describe_error(r: reqwest::Response) -> String {
 #[async_trait]
 impl Source for MirrorSource {
     async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<Fetched, String> {
+        let url = self.url(&format!("/v2/{name}/manifests/{reference}"));
         let r = self
-            .client
-            .get(self.url(&format!("/v2/{name}/manifests/{reference}")))
-            .header(reqwest::header::ACCEPT, ACCEPT_ALL)
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the mirror: {}", chain(&e)))?;
+            .auth
+            .send(&self.client, Some(name), || {
+                self.client
+                    .get(url.clone())
+                    .header(reqwest::header::ACCEPT, ACCEPT_ALL)
+            })
+            .await?;
         if !r.status().is_success() {
             return Err(describe_error(r).await);
         }
@@ -506,12 +520,11 @@ impl Source for MirrorSource {
         bar: &ProgressBar,
     ) -> Result<BlobFetch, String> {
         let before = self.blob_counters().await;
+        let url = self.url(&format!("/v2/{name}/blobs/{digest}"));
         let r = self
-            .client
-            .get(self.url(&format!("/v2/{name}/blobs/{digest}")))
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the mirror: {}", chain(&e)))?;
+            .auth
+            .send(&self.client, Some(name), || self.client.get(url.clone()))
+            .await?;
         if !r.status().is_success() {
             return Err(describe_error(r).await);
         }

@@ -1,5 +1,6 @@
 //! The `upstream` section (and each entry of `upstreams`) as written in the config file, and its
-//! check: durations, URL, credentials, into the [`UpstreamSettings`] a client runs with.
+//! check: durations, URL, credentials, `ns` values, into the [`UpstreamSettings`] a client runs
+//! with.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +71,21 @@ pub struct UpstreamConfig {
     /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
     /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
     pub allow: Vec<String>,
+    /// The `ns` values (source registries, `host[:port]`) containerd requests reach this
+    /// upstream by. Absent: `docker.io` for Docker Hub, else the URL's `host[:port]`; for an
+    /// entry of `upstreams`, also its name.
+    pub ns: Option<Vec<String>>,
+}
+
+/// An upstream's section, checked.
+#[derive(Debug, Clone)]
+pub struct CheckedUpstream {
+    pub settings: UpstreamSettings,
+    pub tag_ttl: Duration,
+    /// Its `ns` values, lowercase.
+    pub ns: Vec<String>,
+    /// Whether `ns` was given (else these are the defaults).
+    pub ns_given: bool,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -87,6 +103,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("allow", &self.allow)
+            .field("ns", &self.ns)
             .finish()
     }
 }
@@ -106,7 +123,38 @@ impl Default for UpstreamConfig {
             read_timeout: "30s".into(),
             max_concurrent_requests: 64,
             allow: Vec::new(),
+            ns: None,
         }
+    }
+}
+
+/// `host[:port]` as containerd names a registry in `ns`, checked and lowercased.
+fn ns_value(v: &str) -> Result<String, String> {
+    let v = v.trim().to_ascii_lowercase();
+    let shown = || match Url::parse(&format!("http://{v}")) {
+        Ok(u) if u.path() == "/" && u.query().is_none() && u.username().is_empty() => {
+            match (u.host_str(), u.port()) {
+                (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+                (Some(h), None) => Some(h.to_owned()),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match shown() {
+        Some(s) if s == v && !v.is_empty() => Ok(v),
+        _ => Err(format!(
+            "{v:?} is not a registry host such as docker.io or registry.example:5000"
+        )),
+    }
+}
+
+/// The URL's `host[:port]` as containerd would name the registry.
+pub fn host_port(url: &Url) -> String {
+    let h = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(p) => format!("{h}:{p}"),
+        None => h,
     }
 }
 
@@ -119,14 +167,14 @@ pub fn is_docker_hub(url: &Url) -> bool {
 }
 
 impl UpstreamConfig {
-    /// The settings of the upstream called `name` (`default`, or its configured name) and its
-    /// tag TTL; else every problem, keyed within this section. `pattern` checks one `allow`
-    /// entry (the pattern language is the ACL's, which this module does not know).
+    /// The upstream called `name` (`None`: the default upstream) checked; else every problem,
+    /// keyed within this section. `pattern` checks one `allow` entry (the pattern language is
+    /// the ACL's, which this module does not know).
     pub fn check(
         &self,
-        name: &str,
+        name: Option<&str>,
         pattern: &dyn Fn(&str) -> Result<(), String>,
-    ) -> Result<(UpstreamSettings, Duration), Vec<(String, String)>> {
+    ) -> Result<CheckedUpstream, Vec<(String, String)>> {
         let mut problems: Vec<(String, String)> = Vec::new();
         let mut duration = |k: &str, v: &str| {
             humantime::parse_duration(v.trim())
@@ -207,6 +255,16 @@ impl UpstreamConfig {
                 problems.push(("allow".into(), e));
             }
         }
+        let mut ns = Vec::new();
+        for v in self.ns.iter().flatten() {
+            match ns_value(v) {
+                Ok(v) if ns.contains(&v) => {
+                    problems.push(("ns".into(), format!("{v:?} is listed twice")))
+                }
+                Ok(v) => ns.push(v),
+                Err(m) => problems.push(("ns".into(), m)),
+            }
+        }
         let (Some(url), Some(tag_ttl), Some(connect), Some(first_byte), Some(read), true) =
             (url, tag_ttl, connect, first_byte, read, problems.is_empty())
         else {
@@ -217,9 +275,21 @@ impl UpstreamConfig {
             LibraryPrefix::Always => true,
             LibraryPrefix::Never => false,
         };
-        Ok((
-            UpstreamSettings {
-                name: name.to_owned(),
+        let ns_given = self.ns.is_some();
+        if !ns_given {
+            ns = match name {
+                None if is_docker_hub(&url) => vec!["docker.io".to_owned()],
+                None => vec![host_port(&url)],
+                Some(n) => vec![n.to_ascii_lowercase(), host_port(&url)],
+            };
+            ns.dedup();
+        }
+        Ok(CheckedUpstream {
+            ns,
+            ns_given,
+            tag_ttl,
+            settings: UpstreamSettings {
+                name: name.unwrap_or("default").to_owned(),
                 url,
                 username,
                 password,
@@ -229,7 +299,67 @@ impl UpstreamConfig {
                 read_timeout: read,
                 max_concurrent_requests: self.max_concurrent_requests,
             },
-            tag_ttl,
-        ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        url: &str,
+        name: Option<&str>,
+        ns: Option<&[&str]>,
+    ) -> Result<CheckedUpstream, Vec<(String, String)>> {
+        let c = UpstreamConfig {
+            url: url.into(),
+            ns: ns.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        c.check(name, &|_| Ok(()))
+    }
+
+    #[test]
+    fn ns_defaults_follow_the_upstream() {
+        let ns = |url, name| check(url, name, None).unwrap().ns;
+        assert_eq!(ns("https://registry-1.docker.io", None), ["docker.io"]);
+        assert_eq!(ns("https://mirror.gcr.io", None), ["mirror.gcr.io"]);
+        assert_eq!(ns("http://127.0.0.1:5000/", None), ["127.0.0.1:5000"]);
+        assert_eq!(ns("https://ghcr.io", Some("ghcr.io")), ["ghcr.io"]);
+        assert_eq!(
+            ns("https://h.example:8443", Some("quay")),
+            ["quay", "h.example:8443"]
+        );
+        assert!(!check("https://ghcr.io", None, None).unwrap().ns_given);
+    }
+
+    #[test]
+    fn ns_values_are_hosts_lowercased_and_listed_once() {
+        let c = check(
+            "https://mirror.gcr.io",
+            None,
+            Some(&["Docker.IO", "mirror.gcr.io:443"]),
+        )
+        .unwrap();
+        assert_eq!(c.ns, ["docker.io", "mirror.gcr.io:443"]);
+        assert!(c.ns_given);
+        assert_eq!(
+            check("https://h", None, Some(&[])).unwrap().ns,
+            Vec::<String>::new()
+        );
+        for bad in [
+            "",
+            "http://docker.io",
+            "docker.io/library",
+            "a b",
+            "u@docker.io",
+            "docker.io?x",
+        ] {
+            let e = check("https://h", None, Some(&[bad])).unwrap_err();
+            assert_eq!(e[0].0, "ns", "{bad:?}");
+        }
+        let e = check("https://h", None, Some(&["docker.io", "DOCKER.io"])).unwrap_err();
+        assert!(e[0].1.contains("twice"), "{e:?}");
     }
 }

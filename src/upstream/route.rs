@@ -16,7 +16,7 @@ use crate::oci::{Digest, Reference, RepoName};
 pub struct Route {
     /// The first name component that selects this upstream.
     pub prefix: String,
-    /// Other `ns` values that mean it (its URL's `host[:port]`).
+    /// The `ns` values that mean it (by default its name and its URL's `host[:port]`).
     pub aliases: Vec<String>,
     pub upstream: Arc<dyn Upstream>,
 }
@@ -73,7 +73,7 @@ impl Upstream for Routed {
         }
         self.routes
             .iter()
-            .find(|r| r.prefix == ns || r.aliases.contains(&ns))
+            .find(|r| r.aliases.contains(&ns))
             .map(|r| Namespace::Prefix(&r.prefix))
     }
 
@@ -209,7 +209,7 @@ mod tests {
             vec!["docker.io".into(), "registry-1.docker.io".into()],
             vec![Route {
                 prefix: "ghcr.io".into(),
-                aliases: vec!["ghcr.io:443".into()],
+                aliases: vec!["ghcr.io".into(), "ghcr.io:443".into()],
                 upstream: ghcr,
             }],
         );

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
@@ -22,6 +21,13 @@ pub use crate::cache::config::{CacheBackend, CacheConfig, MemoryCacheConfig};
 pub use crate::expiry::config::{ExpiryConfig, parse_size};
 pub use crate::storage::config::{FilesystemConfig, StorageBackend, StorageConfig};
 pub use crate::upstream::config::{DOCKER_HUB, LibraryPrefix, UpstreamConfig};
+
+mod env;
+mod yaml;
+
+use env::{apply_env, apply_overrides};
+pub use yaml::find_line;
+use yaml::parse_yaml;
 
 pub const ENV_PREFIX: &str = "OCIMIRROR_";
 
@@ -198,6 +204,8 @@ pub struct NamedUpstream {
     pub settings: UpstreamSettings,
     pub tag_ttl: Duration,
     pub allow: Vec<String>,
+    /// The `ns` values that reach it (no other upstream has them).
+    pub ns: Vec<String>,
 }
 
 /// Everything resolved and checked: what the server runs with.
@@ -220,6 +228,8 @@ pub struct Settings {
     pub upstreams: Vec<NamedUpstream>,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
+    /// The `ns` values that reach the default upstream (no other upstream has them).
+    pub upstream_ns: Vec<String>,
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -338,272 +348,6 @@ pub fn load_with(
     }
 }
 
-/// Parse the file, reporting every structural problem (unknown key, wrong type, bad enum value)
-/// rather than the first: after each error the offending entry, with the block nested under
-/// it, is removed and the parse retried. Returns the config parsed from what remains.
-fn parse_yaml(text: &str) -> (Config, Vec<Problem>) {
-    const MAX_PROBLEMS: usize = 50;
-    let mut problems = Vec::new();
-    let mut current = text.to_owned();
-    loop {
-        if current.trim().is_empty() {
-            return (Config::default(), problems);
-        }
-        let err = match serde_saphyr::from_str::<Config>(&current) {
-            Ok(c) => return (c, problems),
-            Err(e) => e,
-        };
-        let line = err.location().map(|l| l.line() as usize).filter(|l| *l > 0);
-        let msg = err.to_string();
-        let first = msg.lines().next().unwrap_or("invalid YAML");
-        // Drop the crate's own "error: line N column M:" prefix; we print the line ourselves.
-        let message = match first.split_once(": ").and_then(|(_, rest)| {
-            rest.strip_prefix("line ")
-                .and_then(|r| r.split_once(": "))
-                .map(|(_, m)| m)
-        }) {
-            Some(m) => m.to_owned(),
-            None => first.trim_start_matches("error: ").to_owned(),
-        };
-        problems.push(Problem {
-            key: line
-                .and_then(|l| key_at_line(&current, l))
-                .unwrap_or_else(|| "yaml".into()),
-            line,
-            message,
-        });
-        let pruned = line.and_then(|l| remove_entry(&current, l));
-        match pruned {
-            Some(p) if problems.len() < MAX_PROBLEMS => current = p,
-            // A syntax error, or nothing left to remove: the rest cannot be interpreted.
-            _ => return (Config::default(), problems),
-        }
-    }
-}
-
-/// Blank out the mapping entry on 1-based `line` and every more-indented line after it
-/// (keeping line numbers stable for later reports). None when the line is not an entry.
-fn remove_entry(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let target = lines.get(line - 1)?;
-    let trimmed = target.trim_start();
-    if trimmed.is_empty() || trimmed.starts_with('#') || !trimmed.contains(':') {
-        return None;
-    }
-    let indent = target.len() - trimmed.len();
-    let mut out: Vec<&str> = lines.clone();
-    out[line - 1] = "";
-    for l in out.iter_mut().skip(line) {
-        let t = l.trim_start();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        if l.len() - t.len() <= indent {
-            break;
-        }
-        *l = "";
-    }
-    // A parent left with no entries would now read as null and be reported again: make it an
-    // explicit empty map, which takes the section's defaults.
-    let parent = (0..line - 1).rev().find(|&i| {
-        let t = out[i].trim_start();
-        !t.is_empty() && !t.starts_with('#') && out[i].len() - t.len() < indent
-    });
-    if let Some(p) = parent {
-        let p_indent = out[p].len() - out[p].trim_start().len();
-        let has_children = out[p + 1..]
-            .iter()
-            .map(|l| (l.len() - l.trim_start().len(), l.trim_start()))
-            .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
-            .take_while(|(i, _)| *i > p_indent)
-            .next()
-            .is_some();
-        if !has_children && out[p].trim_end().ends_with(':') {
-            let fixed = format!("{} {{}}", out[p].trim_end());
-            let mut owned: Vec<String> = out.iter().map(|s| s.to_string()).collect();
-            owned[p] = fixed;
-            return Some(owned.join("\n"));
-        }
-    }
-    Some(out.join("\n"))
-}
-
-/// The dotted key path of the block-style entry on 1-based `line`.
-fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    for (no, l) in text.lines().enumerate().take(line) {
-        let trimmed = l.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
-            continue;
-        }
-        let Some((key, _)) = trimmed.split_once(':') else {
-            continue;
-        };
-        let indent = l.len() - trimmed.len();
-        while stack.last().is_some_and(|(i, _)| *i >= indent) {
-            stack.pop();
-        }
-        stack.push((indent, key.trim().trim_matches(['"', '\'']).to_owned()));
-        if no + 1 == line {
-            return Some(
-                stack
-                    .iter()
-                    .map(|(_, k)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join("."),
-            );
-        }
-    }
-    None
-}
-
-const TOP_LEVEL: &[&str] = &[
-    "listen",
-    "data_dir",
-    "mode",
-    "log",
-    "storage",
-    "cache",
-    "upstream",
-    "server",
-    "role",
-    "auth",
-    "expiry",
-    "tls",
-    "upstreams",
-    "limits",
-];
-
-fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
-    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-    if !TOP_LEVEL.contains(&path[0].as_str()) {
-        // Not a config override (a script's own variable, say): leave it alone.
-        return Ok(());
-    }
-    let parsed: Value = if raw.is_empty() {
-        Value::String(String::new())
-    } else {
-        serde_saphyr::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
-    };
-    // Strings stay strings even when they look like numbers (passwords, tags).
-    let parsed = match parsed {
-        Value::Number(_) | Value::Bool(_) if is_string_key(&path) => Value::String(raw.to_owned()),
-        v => v,
-    };
-    let mut cur = value;
-    for (i, k) in path.iter().enumerate() {
-        let last = i + 1 == path.len();
-        let obj = match cur {
-            Value::Object(o) => o,
-            _ => {
-                return Err(vec![Problem {
-                    key: var.into(),
-                    line: None,
-                    message: format!("{} is not a section", path[..i].join(".")),
-                }]);
-            }
-        };
-        if last {
-            if obj.get(k).is_some_and(Value::is_object) && !parsed.is_object() {
-                return Err(vec![Problem {
-                    key: var.into(),
-                    line: None,
-                    message: format!(
-                        "{} is a section: set its keys with {var}__<KEY>",
-                        path.join(".")
-                    ),
-                }]);
-            }
-            obj.insert(k.clone(), parsed);
-            return Ok(());
-        }
-        cur = obj
-            .entry(k.clone())
-            .or_insert_with(|| Value::Object(Default::default()));
-        if cur.is_null() {
-            *cur = Value::Object(Default::default());
-        }
-    }
-    Ok(())
-}
-
-fn is_string_key(path: &[String]) -> bool {
-    matches!(
-        path.last().map(String::as_str),
-        Some(
-            "password"
-                | "username"
-                | "url"
-                | "listen"
-                | "root"
-                | "data_dir"
-                | "level"
-                | "max_age"
-                | "max_size"
-                | "interval"
-                | "min_idle"
-                | "certificate"
-                | "key"
-        )
-    ) || path
-        .last()
-        .is_some_and(|k| k.ends_with("timeout") || k.ends_with("ttl"))
-}
-
-fn apply_overrides(value: &mut Value, o: &Overrides) {
-    // Sections are objects here: the environment cannot replace one with a plain value.
-    let set = |value: &mut Value, path: &[&str], v: Value| {
-        let mut cur = value;
-        for k in &path[..path.len() - 1] {
-            let Some(next) = cur.as_object_mut().map(|o| {
-                o.entry(*k)
-                    .or_insert_with(|| Value::Object(Default::default()))
-            }) else {
-                return;
-            };
-            cur = next;
-        }
-        if let Some(o) = cur.as_object_mut() {
-            o.insert(path[path.len() - 1].to_owned(), v);
-        }
-    };
-    if let Some(l) = &o.listen {
-        set(value, &["listen"], l.clone().into());
-    }
-    if let Some(d) = &o.data_dir {
-        set(value, &["data_dir"], d.display().to_string().into());
-    }
-    if let Some(u) = &o.upstream {
-        set(value, &["upstream", "url"], u.clone().into());
-    }
-    if let Some(u) = &o.upstream_username {
-        set(value, &["upstream", "username"], u.clone().into());
-    }
-    if let Some(p) = &o.upstream_password_file {
-        set(
-            value,
-            &["upstream", "password_file"],
-            p.display().to_string().into(),
-        );
-    }
-    if let Some(t) = &o.tag_ttl {
-        set(value, &["upstream", "tag_ttl"], t.clone().into());
-    }
-    if o.offline {
-        set(value, &["mode"], "offline".into());
-    }
-    if o.read_only {
-        set(value, &["storage", "read_only"], true.into());
-    }
-    if let Some(r) = o.role {
-        set(
-            value,
-            &["role"],
-            serde_json::to_value(r).expect("role serialises"),
-        );
-    }
-}
-
 /// Checks of sections owned by modules above `config` (the HTTP layer's `limits` and `tls`),
 /// handed in by the caller: each gives (key path, message) problems, located and reported with
 /// the rest.
@@ -647,19 +391,24 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     let pattern = |p: &str| crate::auth::acl::NamePattern::compile(p).map(drop);
     let upstream = c
         .upstream
-        .check("default", &pattern)
+        .check(None, &pattern)
         .map_err(|ps| section("upstream", ps))
         .ok();
     let mut named: Vec<NamedUpstream> = Vec::new();
+    let mut named_ns = Vec::new();
     for (i, u) in c.upstreams.iter().enumerate() {
         let name = u.name.clone().unwrap_or_default();
-        match u.check(&name, &pattern) {
-            Ok((settings, tag_ttl)) => named.push(NamedUpstream {
-                name,
-                settings,
-                tag_ttl,
-                allow: u.allow.clone(),
-            }),
+        match u.check(Some(&name), &pattern) {
+            Ok(checked) => {
+                named_ns.push((format!("upstreams.{i}"), checked.ns, checked.ns_given));
+                named.push(NamedUpstream {
+                    name,
+                    settings: checked.settings,
+                    tag_ttl: checked.tag_ttl,
+                    allow: u.allow.clone(),
+                    ns: Vec::new(),
+                });
+            }
             Err(ps) => section(&format!("upstreams.{i}"), ps),
         }
     }
@@ -679,6 +428,22 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         }
     };
     problems_of(upstream_names(c));
+    let mut lists = Vec::new();
+    if let Some(u) = &upstream {
+        lists.push(("upstream".to_owned(), u.ns.clone(), u.ns_given));
+    }
+    lists.extend(named_ns);
+    let (resolved, ns_problems) = resolve_ns(lists);
+    problems_of(ns_problems);
+    let mut resolved = resolved.into_iter();
+    let upstream_ns = if upstream.is_some() {
+        resolved.next().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for (n, ns) in named.iter_mut().zip(resolved) {
+        n.ns = ns;
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         problems_of(vec![(
             "log.level".into(),
@@ -724,7 +489,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     if !problems.is_empty() {
         return Err(problems);
     }
-    let (upstream, tag_ttl) = upstream.expect("validated");
+    let upstream = upstream.expect("validated");
     Ok(Settings {
         listen: listen.expect("validated"),
         data_dir: c.data_dir.clone(),
@@ -738,10 +503,11 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),
-        upstream,
+        upstream: upstream.settings,
         upstreams: named,
         upstream_allow: c.upstream.allow.clone(),
-        tag_ttl,
+        upstream_ns,
+        tag_ttl: upstream.tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
         status_page: c.server.status_page,
@@ -752,6 +518,52 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         tls: c.tls.clone(),
         limits: c.limits.clone(),
     })
+}
+
+/// Each `ns` value to one upstream. `lists` holds (key, values, whether given) per upstream, the
+/// default first: a value two upstreams are given is a problem; a default value (an upstream's
+/// name or host) that another upstream is given, or that an earlier one has by default, is left
+/// to that one, so that nothing configured before `ns` existed becomes an error.
+fn resolve_ns(
+    lists: Vec<(String, Vec<String>, bool)>,
+) -> (Vec<Vec<String>>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let mut owner: std::collections::HashMap<String, String> = Default::default();
+    for (key, values, given) in &lists {
+        if !given {
+            continue;
+        }
+        for v in values {
+            match owner.get(v) {
+                Some(other) => problems.push((
+                    format!("{key}.ns"),
+                    format!("{v:?} is also an ns of {other}: each ns value reaches one upstream"),
+                )),
+                None => {
+                    owner.insert(v.clone(), key.clone());
+                }
+            }
+        }
+    }
+    let resolved = lists
+        .into_iter()
+        .map(|(key, values, given)| {
+            if given {
+                return values;
+            }
+            values
+                .into_iter()
+                .filter(|v| match owner.get(v) {
+                    Some(_) => false,
+                    None => {
+                        owner.insert(v.clone(), key.clone());
+                        true
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (resolved, problems)
 }
 
 /// The names of `upstreams` entries: each one repository-name component (it prefixes that
@@ -803,45 +615,10 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} is not an address like 0.0.0.0:5000 or :5000"))
 }
 
-/// The 1-based line of a block-style YAML key path, or of its deepest ancestor present.
-pub fn find_line(text: &str, path: &[&str]) -> Option<usize> {
-    // List indices (`acl[2]`) are not located; their list's key is.
-    let stripped: Vec<&str> = path
-        .iter()
-        .map(|p| p.split('[').next().unwrap_or(p))
-        .collect();
-    let path = &stripped[..];
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    let mut best: Option<(usize, usize)> = None;
-    for (no, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        let Some((key, _)) = trimmed.split_once(':') else {
-            continue;
-        };
-        let key = key.trim().trim_matches(['"', '\'']);
-        while stack.last().is_some_and(|(i, _)| *i >= indent) {
-            stack.pop();
-        }
-        stack.push((indent, key.to_owned()));
-        let depth = stack.len();
-        if depth <= path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
-            if depth == path.len() {
-                return Some(no + 1);
-            }
-            if best.is_none_or(|(d, _)| depth > d) {
-                best = Some((depth, no + 1));
-            }
-        }
-    }
-    best.map(|(_, l)| l)
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<(Config, Settings), ConfigErrors> {
@@ -911,6 +688,37 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(err.problems.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn ns_values_reach_one_upstream() {
+        let (_, s) = load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(s.upstream_ns, ["docker.io"]);
+        // A value given to two upstreams is a problem.
+        let err = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  ns: [docker.io]\nupstreams:\n  - name: hub\n    url: http://127.0.0.1:2\n    ns: [Docker.io]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.key == "upstreams.0.ns" && p.message.contains("docker.io")),
+            "{err}"
+        );
+        // Defaults never clash: a given value wins over a default, an earlier default over a
+        // later one.
+        let (_, s) = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  ns: [docker.io, ghcr.io]\nupstreams:\n  - name: ghcr.io\n    url: http://127.0.0.1:1\n  - name: quay.io\n    url: http://127.0.0.1:1\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.upstream_ns, ["docker.io", "ghcr.io"]);
+        assert_eq!(s.upstreams[0].ns, ["127.0.0.1:1"]);
+        assert_eq!(s.upstreams[1].ns, ["quay.io"]);
+        let err = load_str("upstream:\n  ns: [\"http://x\"]\n", &[]).unwrap_err();
+        assert_eq!(err.problems[0].key, "upstream.ns", "{err}");
+        assert_eq!(err.problems[0].line, Some(2), "{err}");
     }
 
     #[test]
@@ -1074,7 +882,7 @@ mod tests {
     fn readme_configuration_reference_covers_every_key() {
         use std::collections::{BTreeMap, BTreeSet};
 
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let table = readme
             .split("## Configuration reference")
             .nth(1)
@@ -1173,6 +981,8 @@ mod tests {
 mod props {
     use proptest::prelude::*;
 
+    use super::env::TOP_LEVEL;
+    use super::yaml::{key_at_line, remove_entry};
     use super::*;
 
     /// A config file's text, loaded as `ocimirror serve --config` would.
