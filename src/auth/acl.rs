@@ -864,6 +864,7 @@ mod tests {
                 .iter()
                 .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
                 .collect(),
+            valid_until: None,
         };
         let req = RequestInfo {
             ip: who.ip.parse().expect("test IP"),
@@ -1470,6 +1471,7 @@ mod tests {
         let id = Identity {
             account: "alice".into(),
             labels: BTreeMap::new(),
+            valid_until: None,
         };
         let req = RequestInfo {
             ip: "192.0.2.1".parse().unwrap(),

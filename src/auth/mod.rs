@@ -78,6 +78,10 @@ pub struct Identity {
     /// Facts an authenticator learnt (GitHub organisations and teams, OIDC groups, static
     /// labels), matched by ACL rules and substituted into patterns as `${labels:KEY}`.
     pub labels: BTreeMap<String, Vec<String>>,
+    /// When the credential that established this identity stops being valid (an ID token's
+    /// `exp`; a presented refresh token's), Unix seconds, if known: a refresh token issued for
+    /// it never outlives it.
+    pub valid_until: Option<i64>,
 }
 
 impl Identity {

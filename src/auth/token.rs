@@ -20,6 +20,7 @@
 //! chains that do not lead to a trusted certificate; bad signatures; expired or not yet valid
 //! tokens (±60 s leeway, as Distribution); a wrong audience or issuer; missing claims.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -173,6 +174,25 @@ pub struct Claims {
     pub jti: String,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub access: Vec<ResourceActions>,
+    /// Refresh tokens only: the labels the login produced, so that label rules still apply
+    /// when the account cannot be looked up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, Vec<String>>>,
+    /// Refresh tokens only: the authenticator that let the account in, asked again when the
+    /// token is redeemed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authn: Option<String>,
+}
+
+/// What a refresh token carries beside its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshGrant {
+    pub labels: BTreeMap<String, Vec<String>>,
+    pub authn: String,
+    /// The token expires then at the latest (Unix seconds): the end of the presented refresh
+    /// token or of the login's own credential, so a chain of refreshes never outlives the
+    /// first login's lifetime.
+    pub not_after: Option<i64>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ResourceActions>, D::Error> {
@@ -283,12 +303,35 @@ impl TokenIssuer {
         self.issue_at(subject, audience, access, SystemTime::now())
     }
 
+    /// A refresh token (no access) carrying `grant`, expiring at `grant.not_after` if that
+    /// comes before this issuer's lifetime; refused when that moment has passed.
+    pub fn issue_refresh_at(
+        &self,
+        subject: &str,
+        audience: &str,
+        grant: &RefreshGrant,
+        now: SystemTime,
+    ) -> Result<IssuedToken, TokenError> {
+        self.mint(subject, audience, Vec::new(), Some(grant), now)
+    }
+
     /// [`Self::issue`] with the clock given.
     pub fn issue_at(
         &self,
         subject: &str,
         audience: &str,
         access: Vec<ResourceActions>,
+        now: SystemTime,
+    ) -> Result<IssuedToken, TokenError> {
+        self.mint(subject, audience, access, None, now)
+    }
+
+    fn mint(
+        &self,
+        subject: &str,
+        audience: &str,
+        access: Vec<ResourceActions>,
+        grant: Option<&RefreshGrant>,
         now: SystemTime,
     ) -> Result<IssuedToken, TokenError> {
         if self.kid == KidFormat::None && !self.include_x5c {
@@ -311,15 +354,28 @@ impl TokenIssuer {
             });
         }
         let iat = unix_secs(now);
+        let exp = match grant.and_then(|g| g.not_after) {
+            Some(end) if end <= iat => {
+                return Err(TokenError::Expired {
+                    exp: end,
+                    now: iat,
+                    leeway: 0,
+                });
+            }
+            Some(end) => end.min(iat + ttl as i64),
+            None => iat + ttl as i64,
+        };
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
             aud: Audience::One(audience.to_owned()),
-            exp: iat + ttl as i64,
+            exp,
             nbf: iat,
             iat,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             access,
+            labels: grant.map(|g| g.labels.clone()),
+            authn: grant.map(|g| g.authn.clone()),
         };
         let header = serde_json::to_vec(&self.header()).expect("header serializes");
         let payload = serde_json::to_vec(&claims).expect("claims serialize");
@@ -336,7 +392,7 @@ impl TokenIssuer {
         let issued_at = UNIX_EPOCH + Duration::from_secs(iat.max(0) as u64);
         Ok(IssuedToken {
             token,
-            expires_in: ttl,
+            expires_in: (exp - iat) as u64,
             issued_at: humantime::format_rfc3339_seconds(issued_at).to_string(),
         })
     }

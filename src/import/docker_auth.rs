@@ -518,7 +518,7 @@ mod tests {
         };
         let john = Identity {
             account: "john@example.com".into(),
-            labels: Default::default(),
+            ..Default::default()
         };
         assert!(
             acl.evaluate(&john, &req, &want("john/secret-app"))

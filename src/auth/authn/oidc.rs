@@ -519,6 +519,8 @@ impl Authenticator for OidcAuthenticator {
         Ok(Some(Identity {
             account: name.to_owned(),
             labels,
+            // Validated above: a refresh token for this login ends with the ID token.
+            valid_until: claims.get("exp").and_then(Value::as_i64),
         }))
     }
 }
