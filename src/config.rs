@@ -1100,6 +1100,7 @@ fn check_upstream(
             url,
             username,
             password,
+            password_file: u.password_file.clone(),
             library_prefix,
             connect_timeout: connect?,
             first_byte_timeout: first_byte?,

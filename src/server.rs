@@ -263,6 +263,7 @@ impl Expiry {
 }
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
+    crate::watch::hangup_means_reload();
     let roles = s.role.roles();
     let mut expiry = None;
     let upstreams = build_upstreams(&s)?;

@@ -301,7 +301,7 @@ impl Registry {
             .get_manifest(repo, &Reference::Digest(d.clone()))
             .await
             .map_err(|e| manifest_upstream_error(e, d))?;
-        if !d.verify(&fetched.body) {
+        if !crate::oci::schema1::manifest_matches(d, &fetched.body) {
             return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
                 "manifest {d} from the upstream does not match its digest"
             ))));
@@ -495,7 +495,7 @@ impl Registry {
                         .get_manifest(repo, &Reference::Digest(d.clone()))
                         .await
                         .map_err(|e| tag_upstream_error(e, tag))?;
-                    if !d.verify(&fetched.body) {
+                    if !crate::oci::schema1::manifest_matches(d, &fetched.body) {
                         return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
                             "manifest for {tag} does not match the digest {d} the upstream announced"
                         ))));
@@ -513,13 +513,13 @@ impl Registry {
                 // Trust the announced digest only if the body matches it; without one, the
                 // body is the only way to learn it.
                 let d = match fetched.digest {
-                    Some(d) if d.verify(&fetched.body) => d,
+                    Some(d) if crate::oci::schema1::manifest_matches(&d, &fetched.body) => d,
                     Some(d) => {
                         return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
                             "manifest for {tag} does not match the digest {d} the upstream announced"
                         ))));
                     }
-                    None => Digest::sha256_of(&fetched.body),
+                    None => crate::oci::schema1::manifest_digest(&fetched.body),
                 };
                 self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
                     .await?
