@@ -153,3 +153,32 @@ mod tests {
         assert_eq!(payload(two.as_bytes()), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any body: no panic, and the digest it is known by matches it.
+        #[test]
+        fn any_body_matches_the_digest_it_is_known_by(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            prop_assert!(manifest_matches(&manifest_digest(&body), &body));
+        }
+
+        /// A document signed the libtrust way gives back exactly what was signed.
+        #[test]
+        fn signed_documents_give_back_their_payload(name in "[a-z/]{1,20}", layers in 0usize..4) {
+            let doc = format!(
+                "{{\n   \"schemaVersion\": 1,\n   \"name\": \"{name}\",\n   \"fsLayers\": [{}]\n}}",
+                vec!["{}"; layers].join(",")
+            );
+            let signed = super::tests::sign(&doc);
+            prop_assert_eq!(payload(&signed), Some(doc.clone().into_bytes()));
+            prop_assert_eq!(manifest_digest(&signed), Digest::sha256_of(doc.as_bytes()));
+        }
+    }
+}
