@@ -104,6 +104,7 @@ impl Expiry {
 }
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
+    crate::watch::hangup_means_reload();
     let roles = s.role.roles();
     let mut expiry = None;
     let registry = if roles.verify {

@@ -230,13 +230,16 @@ fn config_check_refuses_bad_upstream_names() {
 #[test]
 fn the_multi_upstream_example_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("dockerhub"), "token\n").unwrap();
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-upstream.yaml");
-    let text = std::fs::read_to_string(&example).unwrap().replace(
-        "/run/secrets/dockerhub",
-        &dir.path().join("dockerhub").display().to_string(),
-    );
+    let mut text = std::fs::read_to_string(&example).unwrap();
+    for secret in ["dockerhub", "ecr"] {
+        std::fs::write(dir.path().join(secret), "token\n").unwrap();
+        text = text.replace(
+            &format!("/run/secrets/{secret}"),
+            &dir.path().join(secret).display().to_string(),
+        );
+    }
     let cfg = dir.path().join("multi.yaml");
     std::fs::write(&cfg, text).unwrap();
     let (ok, err) = config_check(&cfg);

@@ -498,9 +498,9 @@ impl Source for MirrorSource {
         let digest = match (reference, announced.and_then(|a| Digest::parse(&a).ok())) {
             (Reference::Digest(d), _) => d.clone(),
             (_, Some(d)) => d,
-            (_, None) => Digest::sha256_of(&body),
+            (_, None) => crate::oci::schema1::manifest_digest(&body),
         };
-        if !digest.verify(&body) {
+        if !crate::oci::schema1::manifest_matches(&digest, &body) {
             return Err(format!("the manifest does not match its digest {digest}"));
         }
         let info = ManifestInfo::parse(&body, content_type.as_deref())

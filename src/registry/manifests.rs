@@ -148,13 +148,13 @@ impl Registry {
             .await
             .map_err(upstream_error)?;
         let d = match expected.or(fetched.digest.as_ref()) {
-            Some(d) if d.verify(&fetched.body) => d.clone(),
+            Some(d) if crate::oci::schema1::manifest_matches(d, &fetched.body) => d.clone(),
             Some(d) => {
                 return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
                     "manifest {reference} from the upstream does not match the digest {d}"
                 ))));
             }
-            None => Digest::sha256_of(&fetched.body),
+            None => crate::oci::schema1::manifest_digest(&fetched.body),
         };
         self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
             .await

@@ -293,6 +293,7 @@ impl UpstreamConfig {
                 url,
                 username,
                 password,
+                password_file: self.password_file.clone(),
                 library_prefix,
                 connect_timeout: connect,
                 first_byte_timeout: first_byte,

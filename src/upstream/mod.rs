@@ -4,9 +4,11 @@
 mod allow;
 mod challenge;
 pub mod config;
+mod credentials;
 mod http;
 pub mod ratelimit;
 mod route;
+mod token;
 
 use std::pin::Pin;
 
@@ -31,6 +33,10 @@ pub enum UpstreamError {
     NotFound,
     #[error("upstream denied access: {0}")]
     Denied(String),
+    /// The upstream refused the mirror's own credentials (even after the password file was
+    /// read again): an operator's problem, not the client's.
+    #[error("upstream refused the configured credentials: {0}")]
+    CredentialsRefused(String),
     #[error("upstream rate limit exceeded")]
     RateLimited { retry_after: Option<String> },
     #[error("upstream unavailable: {0}")]

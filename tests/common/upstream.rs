@@ -43,6 +43,9 @@ pub enum Route {
     Other,
     /// A request to the second listener (the "CDN" host redirects point to).
     Cdn,
+    /// `/_storage/<digest>` on the registry's own host, where relative redirects point (a
+    /// signed URL: no auth asked).
+    Storage,
 }
 
 impl Route {
@@ -96,17 +99,28 @@ pub enum Redirect {
     Cdn(u16),
     /// 307 to the very same URL, forever.
     Loop,
+    /// A relative `Location` (`/_storage/<digest>?sig=…`, same host), with this status.
+    Relative(u16),
 }
 
 /// Who may read, and how they prove it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Auth {
     /// The bearer-token flow: the credentials the token endpoint accepts (Basic header or an
-    /// OAuth2 password-grant POST). `None`: an open registry.
+    /// OAuth2 password-grant POST).
     pub bearer: Option<(String, String)>,
-    /// `WWW-Authenticate` values sent instead of the default Bearer challenge, one header each;
+    /// Repositories anyone may read: the token endpoint hands out anonymous tokens for them, and
+    /// refuses an anonymous token for any other with 401 (as ghcr.io does for a private or
+    /// misspelt name).
+    pub public: Vec<String>,
+    /// Basic auth at the registry itself (as ECR does): the credentials it accepts.
+    pub basic: Option<(String, String)>,
+    /// `WWW-Authenticate` values sent instead of the default challenge, one header each;
     /// `{realm}` becomes the token endpoint's URL and `{scope}` the repository scope.
     pub challenges: Vec<String>,
+    /// The token endpoint's answer, `{token}` standing for the token (default: `token`,
+    /// `access_token` and `expires_in: 300`).
+    pub token_json: Option<String>,
 }
 
 impl Auth {
@@ -115,6 +129,25 @@ impl Auth {
             bearer: Some((user.to_string(), password.to_string())),
             ..Auth::default()
         }
+    }
+
+    pub fn basic(user: &str, password: &str) -> Auth {
+        Auth {
+            basic: Some((user.to_string(), password.to_string())),
+            ..Auth::default()
+        }
+    }
+
+    /// Anonymous pulls of `public` only, through the token flow.
+    pub fn public(public: &[&str]) -> Auth {
+        Auth {
+            public: public.iter().map(|s| s.to_string()).collect(),
+            ..Auth::default()
+        }
+    }
+
+    fn bearer_flow(&self) -> bool {
+        self.bearer.is_some() || !self.public.is_empty()
     }
 }
 
@@ -216,7 +249,7 @@ struct State {
     cdn_port: u16,
     auth: Mutex<Auth>,
     token: Mutex<String>,
-    manifests: Mutex<HashMap<(String, String), (String, Bytes)>>,
+    manifests: Mutex<HashMap<(String, String), Served>>,
     blobs: Mutex<HashMap<String, Bytes>>,
     referrers: Mutex<HashMap<(String, String), Bytes>>,
     rules: Mutex<Vec<RuleSpec>>,
@@ -229,6 +262,9 @@ struct State {
     /// Opened by [`FakeUpstream::release`]: bodies held by `hold_after` go on.
     released: tokio::sync::watch::Sender<bool>,
 }
+
+/// A manifest as served: media type, bytes, and the digest announced for them.
+type Served = (String, Bytes, String);
 
 /// Options of a fake upstream.
 #[derive(Clone, Debug, Default)]
@@ -305,11 +341,26 @@ impl FakeUpstream {
     /// Serve `bytes` as `name:reference`; a tag is also served by the bytes' digest, as a real
     /// registry would (a mirror may resolve a tag with HEAD, then GET by digest).
     pub fn add_manifest(&self, name: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+        self.add_manifest_as(name, reference, media_type, bytes, &sha256_digest(bytes));
+    }
+
+    /// Serve `bytes` as `name:reference` and `name@digest`, announcing `digest` (which for a
+    /// signed schema 1 manifest is not the digest of its bytes).
+    pub fn add_manifest_as(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) {
         let mut m = self.st.manifests.lock().unwrap();
-        let v = (media_type.to_string(), Bytes::copy_from_slice(bytes));
-        if !reference.starts_with("sha256:") {
-            m.insert((name.to_string(), sha256_digest(bytes)), v.clone());
-        }
+        let v = (
+            media_type.to_string(),
+            Bytes::copy_from_slice(bytes),
+            digest.to_string(),
+        );
+        m.insert((name.to_string(), digest.to_string()), v.clone());
         m.insert((name.to_string(), reference.to_string()), v);
     }
 
@@ -342,8 +393,15 @@ impl FakeUpstream {
         );
     }
 
+    /// From now on, `auth`. New credentials (a rotated password) also revoke every token
+    /// handed out so far.
     pub fn set_auth(&self, auth: Auth) {
-        *self.st.auth.lock().unwrap() = auth;
+        let mut current = self.st.auth.lock().unwrap();
+        if (&current.bearer, &current.basic) != (&auth.bearer, &auth.basic) {
+            let n = self.st.next_rule.fetch_add(1, Ordering::SeqCst);
+            *self.st.token.lock().unwrap() = format!("tok-rotated-{n}");
+        }
+        *current = auth;
     }
 
     /// The bearer token the token endpoint hands out.

@@ -11,6 +11,24 @@ use serde_json::json;
 use super::serve::{Target, oci_error};
 use super::{Route, State};
 
+/// Whether a request to `t` carrying `authorization` may be answered.
+pub(super) fn authorized(st: &State, t: &Target, authorization: Option<&str>) -> bool {
+    let auth = st.auth.lock().unwrap().clone();
+    if let Some((u, p)) = &auth.basic {
+        return authorization == Some(&basic(u, p));
+    }
+    if !auth.bearer_flow() {
+        return true;
+    }
+    let token = st.token.lock().unwrap().clone();
+    authorization == Some(&format!("Bearer {token}"))
+        || (authorization == Some(&format!("Bearer anon-{token}")) && auth.public.contains(&t.name))
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", b64(format!("{user}:{password}").as_bytes()))
+}
+
 pub(super) fn challenge(st: &State, t: &Target) -> Response {
     let realm = format!("http://127.0.0.1:{}/token", st.port);
     let scope = match t.route {
@@ -19,18 +37,20 @@ pub(super) fn challenge(st: &State, t: &Target) -> Response {
         }
         _ => String::new(),
     };
-    let custom = st.auth.lock().unwrap().challenges.clone();
-    let values = if custom.is_empty() {
+    let auth = st.auth.lock().unwrap().clone();
+    let values = if !auth.challenges.is_empty() {
+        auth.challenges
+            .iter()
+            .map(|c| c.replace("{realm}", &realm).replace("{scope}", &scope))
+            .collect()
+    } else if auth.basic.is_some() {
+        vec!["Basic realm=\"fake registry\"".to_string()]
+    } else {
         let mut v = format!("Bearer realm=\"{realm}\",service=\"fake\"");
         if !scope.is_empty() {
             v += &format!(",scope=\"{scope}\"");
         }
         vec![v]
-    } else {
-        custom
-            .iter()
-            .map(|c| c.replace("{realm}", &realm).replace("{scope}", &scope))
-            .collect()
     };
     let mut r = oci_error(401, "UNAUTHORIZED");
     for v in values {
@@ -40,36 +60,68 @@ pub(super) fn challenge(st: &State, t: &Target) -> Response {
     r
 }
 
+/// The token endpoint: a token for the configured credentials (Basic header or an OAuth2
+/// password-grant POST), an anonymous one for a public repository, 401 otherwise.
 pub(super) async fn token(st: &State, req: Request) -> Response {
     st.token_requests.fetch_add(1, Ordering::SeqCst);
-    let Some((u, p)) = st.auth.lock().unwrap().bearer.clone() else {
+    let auth = st.auth.lock().unwrap().clone();
+    if !auth.bearer_flow() {
         return oci_error(404, "NOT_FOUND");
-    };
-    let auth = req
+    }
+    let header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let scope = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_default();
     let method = req.method().clone();
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
-    let basic_ok =
-        auth.as_deref() == Some(&format!("Basic {}", b64(format!("{u}:{p}").as_bytes())));
-    let form_ok = method == "POST" && {
-        let f: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-        f.get("username") == Some(&u) && f.get("password") == Some(&p)
-    };
-    if !(basic_ok || form_ok) {
-        return oci_error(401, "UNAUTHORIZED");
-    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let presented = header.is_some() || (method == "POST" && form.contains_key("username"));
     let token = st.token.lock().unwrap().clone();
+    let granted = match (&auth.bearer, presented) {
+        (Some((u, p)), true) => {
+            let basic_ok = header.as_deref() == Some(&basic(u, p));
+            let form_ok = method == "POST"
+                && form.get("username") == Some(u)
+                && form.get("password") == Some(p);
+            (basic_ok || form_ok).then(|| token.clone())
+        }
+        (None, true) => None,
+        (_, false) => {
+            let repo = scope.split(':').nth(1).unwrap_or_default();
+            auth.public
+                .iter()
+                .any(|n| n == repo)
+                .then(|| format!("anon-{token}"))
+        }
+    };
+    let Some(granted) = granted else {
+        let mut r = oci_error(401, "UNAUTHORIZED");
+        *r.body_mut() = Body::from(
+            json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+                .to_string(),
+        );
+        return r;
+    };
+    let body = match &auth.token_json {
+        Some(t) => t.replace("{token}", &granted),
+        None => json!({"token": granted, "access_token": granted, "expires_in": 300}).to_string(),
+    };
     Response::builder()
         .status(200)
         .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"token": token, "access_token": token, "expires_in": 300}).to_string(),
-        ))
+        .body(Body::from(body))
         .unwrap()
 }
 

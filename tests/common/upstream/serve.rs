@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::super::sha256_digest;
-use super::auth::{challenge, token};
+use super::auth::{authorized, challenge, token};
 use super::{BodyEnd, Length, Quirks, Redirect, Route, Seen, State};
 
 /// A request as parsed: its route, repository name and reference (tag or digest), when any.
@@ -34,6 +34,9 @@ pub(super) fn parse_path(path: &str) -> Target {
     }
     if path == "/token" {
         return t(Route::Token, "", "");
+    }
+    if let Some(d) = path.strip_prefix("/_storage/") {
+        return t(Route::Storage, "", d);
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return t(Route::Other, "", "");
@@ -137,9 +140,7 @@ pub(super) async fn registry(st: Arc<State>, req: Request) -> Response {
             None => with_headers(token(&st, req).await, &q),
         };
     }
-    let bearer = st.auth.lock().unwrap().bearer.is_some();
-    let token = st.token.lock().unwrap().clone();
-    if bearer && seen.auth.as_deref() != Some(&format!("Bearer {token}")) {
+    if t.route != Route::Storage && !authorized(&st, &t, seen.auth.as_deref()) {
         return challenge(&st, &t);
     }
     let q = quirks_for(&st, t.route, &seen.method, &seen.path);
@@ -206,6 +207,7 @@ fn with_headers(mut r: Response, q: &Quirks) -> Response {
 /// The content a request asks for, with the body quirks applied.
 fn answer(st: &Arc<State>, t: &Target, seen: &Seen, q: &Quirks, flight: Flight) -> Response {
     let head = seen.method == "HEAD";
+    let mut digest = None;
     let (content_type, data, not_found) = match t.route {
         Route::Ping => {
             return Response::builder()
@@ -217,11 +219,15 @@ fn answer(st: &Arc<State>, t: &Target, seen: &Seen, q: &Quirks, flight: Flight) 
         }
         Route::Manifest => {
             let key = (t.name.clone(), t.reference.clone());
-            let m = st.manifests.lock().unwrap().get(&key).cloned();
-            let (ct, data) = m.unzip();
-            (ct, data, "MANIFEST_UNKNOWN")
+            match st.manifests.lock().unwrap().get(&key).cloned() {
+                Some((ct, data, d)) => {
+                    digest = Some(d);
+                    (Some(ct), Some(data), "MANIFEST_UNKNOWN")
+                }
+                None => (None, None, "MANIFEST_UNKNOWN"),
+            }
         }
-        Route::Blob => {
+        Route::Blob | Route::Storage => {
             let data = st.blobs.lock().unwrap().get(&t.reference).cloned();
             (
                 Some("application/octet-stream".into()),
@@ -263,6 +269,7 @@ fn answer(st: &Arc<State>, t: &Target, seen: &Seen, q: &Quirks, flight: Flight) 
                 ),
             ),
             Redirect::Loop => (307, format!("http://127.0.0.1:{}{}", st.port, seen.path)),
+            Redirect::Relative(status) => (status, format!("/_storage/{}?sig=abc", t.reference)),
         };
         return Response::builder()
             .status(status)
@@ -275,7 +282,8 @@ fn answer(st: &Arc<State>, t: &Target, seen: &Seen, q: &Quirks, flight: Flight) 
         .header("content-type", content_type.unwrap_or_default())
         .header("docker-distribution-api-version", "registry/2.0");
     if matches!(t.route, Route::Manifest | Route::Blob) {
-        b = b.header("docker-content-digest", sha256_digest(&data));
+        let d = digest.unwrap_or_else(|| sha256_digest(&data));
+        b = b.header("docker-content-digest", d);
     }
     if head {
         return b
