@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+use crate::auth::RepositoryNames;
 use crate::auth::acl::NamePattern;
 use crate::cache::lease::{Leases, LocalLeases};
 use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
 use crate::config::{CacheBackend, Settings, StorageBackend};
 use crate::expiry::AccessLog;
+use crate::oci::RepoName;
 use crate::registry::{Registry, RegistrySettings};
 use crate::storage::{FsStorage, S3Storage, Storage};
 use crate::upstream::{
@@ -142,7 +144,17 @@ fn one_upstream(
             .iter()
             .map(|p| NamePattern::compile(p).expect("validated with the config"))
             .collect();
-        let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
+        // The upstream is asked for `library/alpine`; a pattern naming the short form
+        // (`alpine`) covers it, as an ACL rule does.
+        let library = settings.library_prefix;
+        let allowed: AllowFn = Arc::new(move |name| {
+            let short = name
+                .strip_prefix("library/")
+                .filter(|rest| library && !rest.contains('/'));
+            patterns
+                .iter()
+                .any(|p| p.matches(name) || short.is_some_and(|s| p.matches(s)))
+        });
         upstream = Arc::new(AllowListed::new(upstream, allowed));
     }
     Ok(upstream)
@@ -164,4 +176,99 @@ pub fn build_upstreams(s: &Settings) -> Result<Arc<Routed>, AssembleError> {
         s.upstream_ns.clone(),
         routes,
     )))
+}
+
+/// Access rules and allow-list patterns that can never match, because they name a repository
+/// in a form the mirror never serves or asks for: with a registry host in front
+/// (`docker.io/library/*`; the mirror serves the default upstream's names bare and a named
+/// upstream's under its name), or, in a named upstream's `allow`, with its own prefix (allow
+/// patterns name repositories as that upstream knows them). What `config check` warns about.
+pub fn unmatchable_name_rules(s: &Settings) -> Vec<String> {
+    let named: Vec<&str> = s.upstreams.iter().map(|n| n.name.as_str()).collect();
+    let mut hosts: Vec<(String, String)> = s
+        .upstream_ns
+        .iter()
+        .map(|a| (a.to_ascii_lowercase(), "without a host".to_owned()))
+        .collect();
+    for n in &s.upstreams {
+        hosts.extend(n.ns.iter().map(|a| {
+            (
+                a.to_ascii_lowercase(),
+                format!("under {:?}", format!("{}/", n.name)),
+            )
+        }));
+    }
+    // The first component of a glob, when it is literal; regexes and placeholders are left alone.
+    let first = |p: &str| -> Option<String> {
+        if p.len() > 2 && p.starts_with('/') && p.ends_with('/') {
+            return None;
+        }
+        let c = p.split('/').next()?;
+        (!c.contains(['*', '?', '[', '\\', '$'])).then(|| c.to_ascii_lowercase())
+    };
+    let hosted = |field: &str, p: &str, out: &mut Vec<String>| {
+        if let Some(c) = first(p)
+            && !named.contains(&c.as_str())
+            && let Some((_, how)) = hosts.iter().find(|(a, _)| *a == c)
+        {
+            out.push(format!(
+                "{field} {p:?} never matches: the mirror serves {c}'s repositories {how}"
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(auth) = &s.auth {
+        for (i, rule) in auth.acl.iter().enumerate() {
+            if let Some(p) = &rule.r#match.name {
+                hosted(&format!("acl[{i}].match.name"), p, &mut out);
+            }
+        }
+    }
+    for p in &s.upstream_allow {
+        hosted("upstream.allow", p, &mut out);
+    }
+    for (i, n) in s.upstreams.iter().enumerate() {
+        for p in &n.allow {
+            if first(p).as_deref() == Some(n.name.as_str()) && p.contains('/') {
+                out.push(format!(
+                    "upstreams[{i}].allow {p:?} never matches: allow patterns name repositories as {:?} knows them, without the {:?} prefix",
+                    n.name,
+                    format!("{}/", n.name)
+                ));
+            } else {
+                hosted(&format!("upstreams[{i}].allow"), p, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// The names each repository goes by, as the upstreams route and name them: what access is
+/// decided on. First the name the mirror serves and stores (`library/alpine`, `hub/library/x`),
+/// then the short form a client may write for it (`alpine`, `hub/x`). A name that is not a
+/// repository name is only itself.
+pub fn repository_names(upstreams: Arc<Routed>) -> RepositoryNames {
+    Arc::new(move |name: &str| {
+        let Ok(n) = RepoName::parse(name) else {
+            return vec![name.to_owned()];
+        };
+        let served = upstreams.canonical_name(&n);
+        let mut names = vec![served.as_str().to_owned()];
+        // The short form drops a `library` component, first or after an upstream's prefix,
+        // when the mapping takes it back to the same repository.
+        let parts: Vec<&str> = served.as_str().split('/').collect();
+        for i in 0..parts.len().saturating_sub(1).min(2) {
+            if parts[i] != "library" {
+                continue;
+            }
+            let short = [&parts[..i], &parts[i + 1..]].concat().join("/");
+            if let Ok(s) = RepoName::parse(&short)
+                && upstreams.canonical_name(&s) == served
+                && !names.contains(&short)
+            {
+                names.push(short);
+            }
+        }
+        names
+    })
 }

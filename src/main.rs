@@ -207,7 +207,10 @@ fn main() -> ExitCode {
             std::env::vars(),
             &Overrides::default(),
         ) {
-            Ok(_) => {
+            Ok((_, settings)) => {
+                for w in ocimirror::assemble::unmatchable_name_rules(&settings) {
+                    eprintln!("warning: {w}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }

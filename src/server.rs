@@ -132,12 +132,19 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         })?),
         None => None,
     };
+    // Access is decided on the name the mirror serves (issue 18), by the token service and the
+    // gate alike.
+    let names = crate::assemble::repository_names(build_upstreams(&s)?);
+    if let Some(service) = parts.as_ref().and_then(|p| p.token_service.as_ref()) {
+        service.set_repository_names(names.clone());
+    }
     let gate = parts.as_ref().and_then(|p| {
         p.verifier.clone().map(|verifier| Gate {
             verifier,
             realm: p.realm.clone(),
             path: p.path.clone(),
             service: p.service.clone(),
+            names: Some(names.clone()),
         })
     });
     let token = parts.as_ref().and_then(|p| {
@@ -163,7 +170,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         s.limits.burst,
         s.limits.real_ip_header.as_deref(),
     ));
-    let mut state = AppState::new(registry, gate, crate::metrics::install(), limits);
+    let mut state = AppState::new(registry, gate, crate::metrics::install(), limits)
+        .with_metrics_access(crate::http::scrape::MetricsAccess {
+            token: s.metrics_token.clone(),
+            separate: s.metrics_listen.is_some(),
+        });
     if s.status_page {
         state = state.with_status_page(s.auth.is_some());
     }
@@ -188,6 +199,21 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         },
         "listening on {addr}"
     );
+    if let Some(addr) = s.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Bind { addr, source: e })?;
+        tracing::info!(%addr, token = s.metrics_token.is_some(), "metrics on {addr}");
+        let app = crate::http::scrape::router(state.clone());
+        let header_read = s.header_read_timeout;
+        // Scrapes end with the process: nothing there to drain.
+        tokio::spawn(async move {
+            let never = std::future::pending::<()>();
+            if let Err(e) = crate::http::conn::serve(listener, app, header_read, never).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let app = router(state.clone(), token);
     let drain_state = state.clone();
     let grace = s.shutdown_timeout;

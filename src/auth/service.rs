@@ -2,13 +2,13 @@
 //! client (password, refresh token or anonymous), authorize each requested scope against the
 //! ACL (granted = requested ∩ allowed), and sign a token carrying what was granted.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::acl::Acl;
 use super::authn::{AuthnError, Chain, Login, Recheck};
 use super::token::{IssuedToken, RefreshGrant, TokenError, TokenIssuer, TokenVerifier};
-use super::{Identity, RequestInfo, ResourceActions};
+use super::{Identity, RepositoryNames, RequestInfo, ResourceActions};
 
 /// What can change at run time (reloaded from the config file): who the users are and what
 /// they may do.
@@ -24,6 +24,8 @@ pub struct TokenService {
     policy: RwLock<Arc<Policy>>,
     /// The published key set (`<path>/jwks.json`).
     jwks: serde_json::Value,
+    /// How the mirror names repositories; unset: as the client wrote them.
+    names: OnceLock<RepositoryNames>,
 }
 
 /// Refresh tokens are tokens signed with the service's own key for a distinct audience, so a
@@ -83,6 +85,32 @@ impl TokenService {
             issuer,
             refresh,
             policy: RwLock::new(Arc::new(policy)),
+            names: OnceLock::new(),
+        }
+    }
+
+    /// Decide on repositories by the names the mirror serves them under (set once, at
+    /// assembly). The token's `access` claim still names what the client asked for.
+    pub fn set_repository_names(&self, names: RepositoryNames) {
+        let _ = self.names.set(names);
+    }
+
+    /// The actions of `r` the ACL grants `identity`, a repository decided on every name it
+    /// goes by.
+    fn authorize(
+        &self,
+        policy: &Policy,
+        identity: &Identity,
+        client: &RequestInfo,
+        r: &ResourceActions,
+    ) -> Vec<String> {
+        match self.names.get() {
+            Some(names) if r.kind == "repository" => {
+                policy
+                    .acl
+                    .authorize_as(identity, client, r, &names(&r.name))
+            }
+            _ => policy.acl.authorize(identity, client, r),
         }
     }
 
@@ -146,7 +174,7 @@ impl TokenService {
         let identity = &login.identity;
         let mut granted = Vec::new();
         for r in &requested {
-            let actions = policy.acl.authorize(identity, &req.client, r);
+            let actions = self.authorize(&policy, &identity, &req.client, r);
             metrics::counter!(
                 crate::metrics::AUTH_SCOPES,
                 "result" => if actions.is_empty() { "denied" } else { "granted" }

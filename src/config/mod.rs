@@ -151,6 +151,10 @@ pub struct ServerConfig {
     pub header_read_timeout: String,
     /// Serve the status page at `/` and `/status.json` (counts only when `auth` is configured).
     pub status_page: bool,
+    /// Serve `/metrics` on this address instead of the main listener (empty: the main one).
+    pub metrics_listen: String,
+    /// A file holding the bearer token `/metrics` requires (empty: no token).
+    pub metrics_token_file: String,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +163,8 @@ impl Default for ServerConfig {
             shutdown_timeout: "30s".into(),
             header_read_timeout: "30s".into(),
             status_page: true,
+            metrics_listen: String::new(),
+            metrics_token_file: String::new(),
         }
     }
 }
@@ -234,6 +240,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
     pub status_page: bool,
+    /// Where `/metrics` is served when not on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token `/metrics` requires, read from `server.metrics_token_file`.
+    pub metrics_token: Option<String>,
     pub role: Role,
     /// Validated; built into running parts by the server.
     pub auth: Option<AuthConfig>,
@@ -382,6 +392,29 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
             "must be greater than zero".into(),
         );
     }
+    let metrics_listen = match c.server.metrics_listen.trim() {
+        "" => None,
+        a => parse_listen(a)
+            .map_err(|m| problem("server.metrics_listen", m))
+            .ok(),
+    };
+    let metrics_token = match c.server.metrics_token_file.trim() {
+        "" => None,
+        f => match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            Ok(_) => {
+                problem(
+                    "server.metrics_token_file",
+                    format!("{f} is empty: write the token /metrics requires into it"),
+                );
+                None
+            }
+            Err(e) => {
+                problem("server.metrics_token_file", format!("cannot read {f}: {e}"));
+                None
+            }
+        },
+    };
     let mut section = |prefix: &str, ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&format!("{prefix}.{key}"), message);
@@ -511,6 +544,8 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
         status_page: c.server.status_page,
+        metrics_listen,
+        metrics_token,
         role: c.role,
         auth: c.auth.clone(),
         config_path: None,

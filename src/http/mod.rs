@@ -6,6 +6,7 @@ pub mod conn;
 pub mod endpoint;
 pub mod gate;
 pub mod limit;
+pub mod scrape;
 pub mod tls;
 pub mod token;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     /// The status page at `/` and `/status.json`: `None` when off, `Some(restricted)` when on;
     /// restricted (the mirror requires authentication) shows no fills and no upstream hosts.
     pub status_page: Option<bool>,
+    /// Where `/metrics` is served and what it requires.
+    pub metrics_access: scrape::MetricsAccess,
 }
 
 impl AppState {
@@ -66,7 +69,16 @@ impl AppState {
             process_tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             limits,
             status_page: None,
+            metrics_access: scrape::MetricsAccess::default(),
         })
+    }
+
+    /// Serve `/metrics` as `access` says (on its own listener, behind a token).
+    pub fn with_metrics_access(mut self: Arc<Self>, access: scrape::MetricsAccess) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .metrics_access = access;
+        self
     }
 
     /// Serve the status page; `restricted` shows counts only.
@@ -78,13 +90,15 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: health and metrics always, `/v2` when this process serves the
+/// The whole HTTP surface: health always, metrics unless they have a listener of their own, `/v2` when this process serves the
 /// registry, and the token endpoint at `token.0` when it issues tokens.
 pub fn router(state: Arc<AppState>, token: Option<(String, Arc<TokenEndpoint>)>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics));
+        .route("/readyz", get(readyz));
+    if !state.metrics_access.separate {
+        app = app.route("/metrics", get(scrape::render));
+    }
     if state.status_page.is_some() {
         app = app
             .route("/", get(status_html))
@@ -116,17 +130,6 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else {
         (StatusCode::OK, "ready").into_response()
-    }
-}
-
-async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
-    match &state.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics disabled").into_response(),
     }
 }
 

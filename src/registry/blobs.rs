@@ -51,26 +51,36 @@ impl Registry {
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
         let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
-        let (linked, data) = (link?.is_some(), data?);
+        let (mut linked, data) = (link?.is_some(), data?);
         if !linked {
-            // The repository has not been seen to reference this blob: only the upstream can
-            // say whether it may be served under this name.
+            // Nothing has confirmed that this repository may read the blob, and a manifest
+            // listing it is only a claim: only the upstream can say, under this name.
             if self.settings.offline {
                 return Err(RegistryError::BlobUnknown);
             }
-            let size = self
-                .upstream
-                .head_blob(&repo, digest)
-                .await
-                .map_err(blob_upstream_error)?;
-            self.write_link(&layout::layer_link(&repo, digest), digest)
-                .await;
-            if head && data.is_none() {
-                return Ok(BlobReply {
-                    size,
-                    range: None,
-                    body: None,
-                });
+            match self.fills.get(digest) {
+                // Being fetched under this very name: the upstream's answer to that GET is the
+                // confirmation (the fill links the blob once it is stored).
+                Some(f) if f.name() == &repo => {
+                    f.started().await.map_err(blob_upstream_error)?;
+                    linked = true;
+                }
+                // Stored, asked about, or being fetched under another name: ask under this
+                // one. Not stored and not in flight: the fill's own GET under this name will be
+                // the confirmation, so a cold pull costs no extra request.
+                in_flight => {
+                    if data.is_some() || head || in_flight.is_some() {
+                        let size = self.confirm(&repo, digest).await?;
+                        linked = true;
+                        if head && data.is_none() {
+                            return Ok(BlobReply {
+                                size,
+                                range: None,
+                                body: None,
+                            });
+                        }
+                    }
+                }
             }
         }
         if let Some(meta) = data {
@@ -111,9 +121,21 @@ impl Registry {
             });
         }
         let fill = match self.obtain(&repo, digest).await? {
-            Source::Fill(f) => f,
-            // Another replica filled it while this one waited.
-            Source::Stored(meta) => return self.serve_stored(digest, meta, range, head).await,
+            Source::Fill(f) => {
+                // Started under another name meanwhile: its GET confirms nothing here.
+                if !linked && f.name() != &repo {
+                    self.confirm(&repo, digest).await?;
+                }
+                f
+            }
+            // Another replica filled it while this one waited. Its confirmation counts only
+            // for the repository it fetched under, whose link it wrote before its commit ended.
+            Source::Stored(meta) => {
+                if !linked && self.storage.stat(&link_key).await?.is_none() {
+                    self.confirm(&repo, digest).await?;
+                }
+                return self.serve_stored(digest, meta, range, head).await;
+            }
         };
         let size = match fill.started().await.map_err(blob_upstream_error)? {
             Some(s) => s,
@@ -133,6 +155,19 @@ impl Registry {
             range: resolved,
             body: Some(body),
         })
+    }
+
+    /// Ask the upstream whether `repo` may read `digest` (a HEAD: not a pull on Docker Hub) and
+    /// keep its yes as the repository's link, so it is asked once.
+    async fn confirm(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
+        let size = self
+            .upstream
+            .head_blob(repo, digest)
+            .await
+            .map_err(blob_upstream_error)?;
+        self.write_link(&layout::layer_link(repo, digest), digest)
+            .await;
+        Ok(size)
     }
 
     async fn serve_stored(

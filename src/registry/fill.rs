@@ -25,6 +25,7 @@ use crate::oci::{Digest, Hasher, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};
 
+use super::LINK_WRITE_TIMEOUT;
 use super::lease::FillLease;
 
 /// Bytes handed to a client per read of the spool.
@@ -55,6 +56,9 @@ pub struct Progress {
 }
 
 pub struct Fill {
+    /// The repository the fill fetches under: the upstream's answer confirms the blob for this
+    /// name only.
+    name: RepoName,
     spool: File,
     progress: watch::Receiver<Progress>,
 }
@@ -62,6 +66,11 @@ pub struct Fill {
 pub type ClientStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 impl Fill {
+    /// The repository this fill fetches the blob under.
+    pub fn name(&self) -> &RepoName {
+        &self.name
+    }
+
     /// Wait for the upstream's answer. `Ok(size)` once bytes are flowing (size when announced).
     pub async fn started(&self) -> Result<Option<u64>, UpstreamError> {
         let mut rx = self.progress.clone();
@@ -207,6 +216,7 @@ impl Fills {
             state: FillState::Connecting,
         });
         let fill = Arc::new(Fill {
+            name: name.clone(),
             spool,
             progress: rx,
         });
@@ -359,7 +369,8 @@ impl FillJob {
             }
             match w.commit().await {
                 Ok(()) => {
-                    tracing::info!(name = %self.name, digest = %self.digest, bytes = written, "blob cached")
+                    tracing::info!(name = %self.name, digest = %self.digest, bytes = written, "blob cached");
+                    self.link().await;
                 }
                 Err(e) => {
                     tracing::error!(digest = %self.digest, error = %e, "storage commit failed")
@@ -367,5 +378,18 @@ impl FillJob {
             }
         }
         Ok(())
+    }
+
+    /// The upstream served the blob under `name`: that is the confirmation that `name` may serve
+    /// it. Written before the lease is released, so a replica waiting on this fill for the same
+    /// repository finds the link and asks the upstream nothing.
+    async fn link(&self) {
+        let key = layout::layer_link(&self.name, &self.digest);
+        let body = Bytes::from(self.digest.to_string());
+        match tokio::time::timeout(LINK_WRITE_TIMEOUT, self.storage.put(&key, body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(key, error = %e, "cannot write to storage"),
+            Err(_) => tracing::error!(key, "storage write timed out"),
+        }
     }
 }

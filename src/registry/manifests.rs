@@ -196,15 +196,10 @@ impl Registry {
                 tracing::error!(digest = %d, error = %e, "cannot store manifest; serving without caching");
                 return Ok(m);
             }
-            // The upstream served this manifest under `repo`, so `repo` may serve its blobs.
-            // Written concurrently: the client asks for the blobs as soon as it has the manifest.
-            let keys: Vec<(String, &Digest)> = info
-                .blobs
-                .iter()
-                .map(|b| (layout::layer_link(repo, b), b))
-                .chain(std::iter::once((layout::revision_link(repo, d), d)))
-                .collect();
-            futures_util::future::join_all(keys.iter().map(|(k, b)| self.write_link(k, b))).await;
+            // The upstream served this manifest under `repo`: `repo` may serve the manifest. Its
+            // config and layers are only claimed by it (a manifest can list any digest), so each
+            // is linked when the upstream confirms it under `repo` (`blobs.rs`).
+            self.link_manifest(repo, &m).await;
         }
         Ok(m)
     }
