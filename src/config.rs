@@ -145,6 +145,12 @@ pub struct ServerConfig {
     pub header_read_timeout: String,
     /// Serve the status page at `/` and `/status.json` (counts only when `auth` is configured).
     pub status_page: bool,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Blob downloads open at once across the process; beyond it 503 with `Retry-After`.
+    pub max_blob_streams: usize,
+    /// A blob download whose client reads nothing for this long has its connection closed.
+    pub send_timeout: String,
 }
 
 impl Default for ServerConfig {
@@ -153,6 +159,9 @@ impl Default for ServerConfig {
             shutdown_timeout: "30s".into(),
             header_read_timeout: "30s".into(),
             status_page: true,
+            max_concurrent_streams: 16,
+            max_blob_streams: 512,
+            send_timeout: "60s".into(),
         }
     }
 }
@@ -223,6 +232,9 @@ pub struct Settings {
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub max_blob_streams: usize,
+    pub send_timeout: Duration,
     pub status_page: bool,
     pub role: Role,
     /// Validated; built into running parts by the server.
@@ -632,11 +644,21 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     };
     let shutdown = duration("server.shutdown_timeout", &c.server.shutdown_timeout);
     let header_read = duration("server.header_read_timeout", &c.server.header_read_timeout);
+    let send_timeout = duration("server.send_timeout", &c.server.send_timeout);
     if header_read.is_some_and(|d| d.is_zero()) {
         problem(
             "server.header_read_timeout",
             "must be greater than zero".into(),
         );
+    }
+    if send_timeout.is_some_and(|d| d.is_zero()) {
+        problem("server.send_timeout", "must be greater than zero".into());
+    }
+    if c.server.max_concurrent_streams == 0 {
+        problem("server.max_concurrent_streams", "must be at least 1".into());
+    }
+    if c.server.max_blob_streams == 0 {
+        problem("server.max_blob_streams", "must be at least 1".into());
     }
     let mut section = |prefix: &str, ps: Vec<(String, String)>| {
         for (key, message) in ps {
@@ -744,6 +766,9 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
+        max_concurrent_streams: c.server.max_concurrent_streams,
+        max_blob_streams: c.server.max_blob_streams,
+        send_timeout: send_timeout.expect("validated"),
         status_page: c.server.status_page,
         role: c.role,
         auth: c.auth.clone(),

@@ -166,6 +166,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     if s.status_page {
         state = state.with_status_page(s.auth.is_some());
     }
+    state = state.with_blob_streams(crate::http::stream::BlobStreams::new(
+        s.max_blob_streams,
+        s.send_timeout,
+    ));
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {
@@ -199,18 +203,16 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     };
     // Our own connection loop rather than `axum::serve`, which sets no header read timeout:
     // see `http::conn` (slowloris, idle connections).
-    let header_read = s.header_read_timeout;
+    let bounds = crate::http::conn::ConnBounds {
+        header_read_timeout: s.header_read_timeout,
+        max_concurrent_streams: s.max_concurrent_streams,
+    };
     type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
     let mut server: Serving = match s.tls.as_ref().and_then(tls_files) {
-        None => Box::pin(crate::http::conn::serve(
-            listener,
-            app,
-            header_read,
-            shutdown,
-        )),
+        None => Box::pin(crate::http::conn::serve(listener, app, bounds, shutdown)),
         Some(files) => {
             let tls = TlsListener::new(listener, files).map_err(ServeError::Config)?;
-            Box::pin(crate::http::conn::serve(tls, app, header_read, shutdown))
+            Box::pin(crate::http::conn::serve(tls, app, bounds, shutdown))
         }
     };
     let deadline = async {

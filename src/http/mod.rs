@@ -6,6 +6,7 @@ pub mod conn;
 pub mod endpoint;
 pub mod gate;
 pub mod limit;
+pub mod stream;
 pub mod tls;
 pub mod token;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     /// The status page at `/` and `/status.json`: `None` when off, `Some(restricted)` when on;
     /// restricted (the mirror requires authentication) shows no fills and no upstream hosts.
     pub status_page: Option<bool>,
+    /// The cap on open blob streams and their send timeout; `None`: unbounded.
+    pub blob_streams: Option<stream::BlobStreams>,
 }
 
 impl AppState {
@@ -66,7 +69,16 @@ impl AppState {
             process_tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             limits,
             status_page: None,
+            blob_streams: None,
         })
+    }
+
+    /// Bound blob streams (count, send timeout).
+    pub fn with_blob_streams(mut self: Arc<Self>, streams: stream::BlobStreams) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .blob_streams = Some(streams);
+        self
     }
 
     /// Serve the status page; `restricted` shows counts only.
@@ -194,13 +206,22 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
+    let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
     // Every log line of the request carries its id, which the client gets as `x-request-id`.
     let span = tracing::info_span!("request", id = %id);
     let mut resp = match parsed {
         Ok(ep) => tracing::Instrument::instrument(
-            dispatch(&state, ep, &method, req.uri().query(), req.headers(), peer),
+            dispatch(
+                &state,
+                ep,
+                &method,
+                req.uri().query(),
+                req.headers(),
+                peer,
+                conn,
+            ),
             span,
         )
         .await
@@ -264,6 +285,7 @@ async fn dispatch(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if ep == Endpoint::Upload || !matches!(*method, Method::GET | Method::HEAD) {
@@ -289,7 +311,10 @@ async fn dispatch(
         Endpoint::Manifest(name, reference) => {
             manifest(registry, &name, &reference, head, headers).await
         }
-        Endpoint::Blob(name, digest) => blob(registry, &name, &digest, head, headers).await,
+        Endpoint::Blob(name, digest) => {
+            let streams = state.blob_streams.as_ref();
+            blob(registry, &name, &digest, head, headers, streams, conn).await
+        }
         Endpoint::Tags(name) => tags(registry, &name, query).await,
         Endpoint::Catalog => catalog(registry, query).await,
         Endpoint::Referrers(name, digest) => referrers(registry, &name, &digest, query).await,
@@ -404,7 +429,14 @@ async fn blob(
     digest: &Digest,
     head: bool,
     headers: &HeaderMap,
+    streams: Option<&stream::BlobStreams>,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
+    // Taken before any work, so that refused requests cost nothing (no fill, no file).
+    let permit = match streams {
+        Some(s) if !head => Some(s.open()?),
+        _ => None,
+    };
     let range = headers
         .get(header::RANGE)
         .map(|v| {
@@ -432,9 +464,10 @@ async fn blob(
         None => reply.size,
     };
     builder = builder.header(header::CONTENT_LENGTH, length);
-    let body = match reply.body {
-        Some(s) => Body::from_stream(s),
-        None => Body::empty(),
+    let body = match (reply.body, streams.zip(permit)) {
+        (Some(s), Some((streams, permit))) => streams.guard(Body::from_stream(s), permit, conn),
+        (Some(s), None) => Body::from_stream(s),
+        (None, _) => Body::empty(),
     };
     Ok(builder.body(body).expect("valid response"))
 }
