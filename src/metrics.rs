@@ -127,6 +127,8 @@ catalogue! {
         "Pulls left in the upstream's quota window, from its ratelimit-remaining header.";
     UPSTREAM_COOLDOWNS = Counter "ocimirror_upstream_cooldowns_total" ["upstream"]
         "Manifest cooldowns started after an upstream answered 429.";
+    UPSTREAM_BOUNDS = Counter "ocimirror_upstream_bounds_total" ["bound"]
+        "Upstream bodies cut off by a bound (max_blob_size, min_blob_rate, body_size).";
     UPSTREAM_REFUSED = Counter "ocimirror_upstream_refused_total" ["reason"]
         "Upstream calls the mirror refused to make, by reason (allow_list).";
 }

@@ -78,7 +78,8 @@ where
         tracker.spawn(async move {
             let router = TowerToHyperService::new(app);
             let closer = ConnCloser::default();
-            let close = closer.0.clone();
+            let close = closer.close.clone();
+            let writes = closer.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(closer.clone());
@@ -94,7 +95,7 @@ where
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(bounds.max_concurrent_streams)
                 .max_send_buf_size(H2_SEND_BUF);
-            let io = TokioIo::new(FirstBytesDeadline::new(io, header_read_timeout));
+            let io = TokioIo::new(FirstBytesDeadline::new(io, header_read_timeout, writes));
             let conn = builder.serve_connection_with_upgrades(io, svc);
             let mut conn = std::pin::pin!(conn);
             let mut draining = false;
@@ -124,20 +125,32 @@ where
 }
 
 /// An I/O stream whose reads fail with `TimedOut` when fewer than [`FIRST_BYTES`] bytes have
-/// arrived by the deadline; after that, a plain pass-through.
+/// arrived by the deadline; after that, a plain pass-through that notes each write that moved
+/// bytes (the send timeout's measure of a client still reading).
 pub struct FirstBytesDeadline<I> {
     inner: I,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     missing: usize,
+    writes: ConnCloser,
 }
 
 impl<I> FirstBytesDeadline<I> {
-    pub fn new(inner: I, timeout: Duration) -> Self {
+    pub fn new(inner: I, timeout: Duration, writes: ConnCloser) -> Self {
         FirstBytesDeadline {
             inner,
             sleep: Some(Box::pin(tokio::time::sleep(timeout))),
             missing: FIRST_BYTES,
+            writes,
         }
+    }
+
+    fn noted(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.writes.wrote();
+        }
+        r
     }
 }
 
@@ -179,7 +192,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.noted(r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -192,7 +206,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.noted(r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

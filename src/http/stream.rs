@@ -5,14 +5,16 @@
 //!   holds a storage file or a fill's spool open and a chunk in flight; beyond the cap a `GET` is
 //!   answered 503 `UNAVAILABLE` with `Retry-After` before any work, and counted.
 //! - **A send timeout** (`server.send_timeout`, like nginx's `send_timeout`): once a stream has
-//!   handed the connection a chunk, the connection must ask for the next within this time. A
-//!   client that stops reading (HTTP/1: its socket buffer is full; HTTP/2: it sends no window
-//!   updates) stops the connection asking, and its connection is then closed, releasing the
-//!   stream's permit and files. Time spent waiting on a slow upstream is not the client's and does
-//!   not count.
+//!   handed the connection a chunk, either the connection asks for the next one or it writes
+//!   something to its socket within this time. A client that stops reading (HTTP/1: its socket
+//!   buffer stays full; HTTP/2: it sends no window updates) does neither, and its connection is
+//!   then closed, releasing the stream's permit and files; a client reading slowly keeps its
+//!   connection writing and is not cut. Time spent waiting on a slow upstream is not the client's
+//!   and does not count.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,10 +26,27 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{ApiError, Code};
 
-/// Closes the connection it was handed by the connection loop (`http::conn`) when cancelled.
-/// Every request carries its connection's as an extension.
+/// Closes the connection it was handed by the connection loop (`http::conn`) when cancelled,
+/// and knows when that connection last wrote to its socket. Every request carries its
+/// connection's as an extension.
 #[derive(Clone, Debug, Default)]
-pub struct ConnCloser(pub CancellationToken);
+pub struct ConnCloser {
+    pub close: CancellationToken,
+    /// [`now_ms`] of the last write that moved bytes.
+    pub last_write: Arc<AtomicU64>,
+}
+
+impl ConnCloser {
+    pub fn wrote(&self) {
+        self.last_write.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since a process-wide epoch.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// The cap on open blob streams and the send timeout every one of them is held to.
 pub struct BlobStreams {
@@ -66,11 +85,9 @@ impl BlobStreams {
         metrics::gauge!(crate::metrics::BLOB_STREAMS_OPEN).increment(1.0);
         let handed = Arc::new(AtomicU64::new(IDLE));
         let done = CancellationToken::new();
-        let epoch = Instant::now();
         if let Some(conn) = conn {
             tokio::spawn(watchdog(
                 handed.clone(),
-                epoch,
                 self.send_timeout,
                 done.clone(),
                 conn,
@@ -79,7 +96,6 @@ impl BlobStreams {
         Body::new(GuardedBody {
             inner: body,
             handed,
-            epoch,
             _permit: permit,
             _done: done.drop_guard(),
         })
@@ -89,44 +105,45 @@ impl BlobStreams {
 /// `handed` when the connection is asking for bytes (not waiting on the client).
 const IDLE: u64 = u64::MAX;
 
-/// Closes `conn` when a chunk handed over at `handed` (ms since `epoch`) was not followed by a
-/// request for the next one within `timeout`; ends with the body.
+/// Closes `conn` when a chunk handed over at `handed` ([`now_ms`]) was followed neither by a
+/// request for the next one nor by a write on the connection within `timeout`; ends with the
+/// body.
 async fn watchdog(
     handed: Arc<AtomicU64>,
-    epoch: Instant,
     timeout: Duration,
     done: CancellationToken,
     conn: ConnCloser,
 ) {
-    let mut deadline = epoch + timeout;
+    let limit = timeout.as_millis() as u64;
+    let mut wait = timeout;
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let at = handed.load(Ordering::Acquire);
         if at == IDLE {
-            deadline = Instant::now() + timeout;
+            wait = timeout;
             continue;
         }
-        let since = epoch + Duration::from_millis(at);
-        if Instant::now() >= since + timeout {
+        let progress = at.max(conn.last_write.load(Ordering::Relaxed));
+        let idle = now_ms().saturating_sub(progress);
+        if idle >= limit {
             metrics::counter!(crate::metrics::SEND_TIMEOUTS).increment(1);
             tracing::info!(
                 ?timeout,
                 "client read nothing of a blob for the send timeout; closing its connection"
             );
-            conn.0.cancel();
+            conn.close.cancel();
             return;
         }
-        deadline = since + timeout;
+        wait = Duration::from_millis(limit - idle);
     }
 }
 
 struct GuardedBody {
     inner: Body,
     handed: Arc<AtomicU64>,
-    epoch: Instant,
     _permit: OwnedSemaphorePermit,
     /// Ends the watchdog when the body goes.
     _done: DropGuard,
@@ -149,8 +166,7 @@ impl hyper::body::Body for GuardedBody {
         self.handed.store(IDLE, Ordering::Release);
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
-            let ms = self.epoch.elapsed().as_millis() as u64;
-            self.handed.store(ms, Ordering::Release);
+            self.handed.store(now_ms(), Ordering::Release);
         }
         polled
     }
@@ -199,10 +215,10 @@ mod tests {
         for _ in 0..10 {
             body.next().await.unwrap().unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(!conn.0.is_cancelled());
+            assert!(!conn.close.is_cancelled());
         }
         // Then it stops asking.
-        tokio::time::timeout(Duration::from_secs(30), conn.0.cancelled())
+        tokio::time::timeout(Duration::from_secs(30), conn.close.cancelled())
             .await
             .expect("the connection is closed");
     }
@@ -223,6 +239,6 @@ mod tests {
             )
             .into_data_stream();
         body.next().await.unwrap().unwrap();
-        assert!(!conn.0.is_cancelled());
+        assert!(!conn.close.is_cancelled());
     }
 }
