@@ -60,6 +60,12 @@ catalogue! {
         "Bearer tokens refused by the /v2 gate (bad signature, expired, wrong audience).";
     CLIENT_RATE_LIMITED = Counter "ocimirror_client_rate_limited_total" []
         "Requests refused with 429 by the per-client rate limits.";
+    BLOB_STREAMS_OPEN = Gauge "ocimirror_blob_streams_open" []
+        "Blob response streams open now (bounded by server.max_blob_streams).";
+    BLOB_STREAMS_REFUSED = Counter "ocimirror_blob_streams_refused_total" []
+        "Blob GETs answered 503 because server.max_blob_streams streams were open.";
+    SEND_TIMEOUTS = Counter "ocimirror_send_timeouts_total" []
+        "Connections closed because a client read nothing of a blob for server.send_timeout.";
     TLS_HANDSHAKE_FAILURES = Counter "ocimirror_tls_handshake_failures_total" []
         "TLS handshakes that failed or timed out.";
     TLS_RELOADS = Counter "ocimirror_tls_reloads_total" ["result"]
@@ -121,6 +127,8 @@ catalogue! {
         "Pulls left in the upstream's quota window, from its ratelimit-remaining header.";
     UPSTREAM_COOLDOWNS = Counter "ocimirror_upstream_cooldowns_total" ["upstream"]
         "Manifest cooldowns started after an upstream answered 429.";
+    UPSTREAM_BOUNDS = Counter "ocimirror_upstream_bounds_total" ["bound"]
+        "Upstream bodies cut off by a bound (max_blob_size, min_blob_rate, body_size).";
     UPSTREAM_REFUSED = Counter "ocimirror_upstream_refused_total" ["reason"]
         "Upstream calls the mirror refused to make, by reason (allow_list).";
 }

@@ -178,6 +178,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     if s.status_page {
         state = state.with_status_page(s.auth.is_some());
     }
+    state = state.with_blob_streams(crate::http::stream::BlobStreams::new(
+        s.max_blob_streams,
+        s.send_timeout,
+    ));
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {
@@ -205,11 +209,14 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Bind { addr, source: e })?;
         tracing::info!(%addr, token = s.metrics_token.is_some(), "metrics on {addr}");
         let app = crate::http::scrape::router(state.clone());
-        let header_read = s.header_read_timeout;
+        let bounds = crate::http::conn::ConnBounds {
+            header_read_timeout: s.header_read_timeout,
+            max_concurrent_streams: s.max_concurrent_streams,
+        };
         // Scrapes end with the process: nothing there to drain.
         tokio::spawn(async move {
             let never = std::future::pending::<()>();
-            if let Err(e) = crate::http::conn::serve(listener, app, header_read, never).await {
+            if let Err(e) = crate::http::conn::serve(listener, app, bounds, never).await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         });
@@ -226,18 +233,16 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     };
     // Our own connection loop rather than `axum::serve`, which sets no header read timeout:
     // see `http::conn` (slowloris, idle connections).
-    let header_read = s.header_read_timeout;
+    let bounds = crate::http::conn::ConnBounds {
+        header_read_timeout: s.header_read_timeout,
+        max_concurrent_streams: s.max_concurrent_streams,
+    };
     type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
     let mut server: Serving = match s.tls.as_ref().and_then(tls_files) {
-        None => Box::pin(crate::http::conn::serve(
-            listener,
-            app,
-            header_read,
-            shutdown,
-        )),
+        None => Box::pin(crate::http::conn::serve(listener, app, bounds, shutdown)),
         Some(files) => {
             let tls = TlsListener::new(listener, files).map_err(ServeError::Config)?;
-            Box::pin(crate::http::conn::serve(tls, app, header_read, shutdown))
+            Box::pin(crate::http::conn::serve(tls, app, bounds, shutdown))
         }
     };
     let deadline = async {

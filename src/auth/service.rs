@@ -174,7 +174,7 @@ impl TokenService {
         let identity = &login.identity;
         let mut granted = Vec::new();
         for r in &requested {
-            let actions = self.authorize(&policy, &identity, &req.client, r);
+            let actions = self.authorize(&policy, identity, &req.client, r);
             metrics::counter!(
                 crate::metrics::AUTH_SCOPES,
                 "result" => if actions.is_empty() { "denied" } else { "granted" }

@@ -155,6 +155,12 @@ pub struct ServerConfig {
     pub metrics_listen: String,
     /// A file holding the bearer token `/metrics` requires (empty: no token).
     pub metrics_token_file: String,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Blob downloads open at once across the process; beyond it 503 with `Retry-After`.
+    pub max_blob_streams: usize,
+    /// A blob download whose client reads nothing for this long has its connection closed.
+    pub send_timeout: String,
 }
 
 impl Default for ServerConfig {
@@ -165,6 +171,9 @@ impl Default for ServerConfig {
             status_page: true,
             metrics_listen: String::new(),
             metrics_token_file: String::new(),
+            max_concurrent_streams: 16,
+            max_blob_streams: 512,
+            send_timeout: "60s".into(),
         }
     }
 }
@@ -239,6 +248,9 @@ pub struct Settings {
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub max_blob_streams: usize,
+    pub send_timeout: Duration,
     pub status_page: bool,
     /// Where `/metrics` is served when not on the main listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -386,6 +398,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     };
     let shutdown = duration("server.shutdown_timeout", &c.server.shutdown_timeout);
     let header_read = duration("server.header_read_timeout", &c.server.header_read_timeout);
+    let send_timeout = duration("server.send_timeout", &c.server.send_timeout);
     if header_read.is_some_and(|d| d.is_zero()) {
         problem(
             "server.header_read_timeout",
@@ -415,6 +428,15 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
             }
         },
     };
+    if send_timeout.is_some_and(|d| d.is_zero()) {
+        problem("server.send_timeout", "must be greater than zero".into());
+    }
+    if c.server.max_concurrent_streams == 0 {
+        problem("server.max_concurrent_streams", "must be at least 1".into());
+    }
+    if c.server.max_blob_streams == 0 {
+        problem("server.max_blob_streams", "must be at least 1".into());
+    }
     let mut section = |prefix: &str, ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&format!("{prefix}.{key}"), message);
@@ -543,6 +565,9 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         tag_ttl: upstream.tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
+        max_concurrent_streams: c.server.max_concurrent_streams,
+        max_blob_streams: c.server.max_blob_streams,
+        send_timeout: send_timeout.expect("validated"),
         status_page: c.server.status_page,
         metrics_listen,
         metrics_token,

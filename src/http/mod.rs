@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod gate;
 pub mod limit;
 pub mod scrape;
+pub mod stream;
 pub mod tls;
 pub mod token;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub status_page: Option<bool>,
     /// Where `/metrics` is served and what it requires.
     pub metrics_access: scrape::MetricsAccess,
+    /// The cap on open blob streams and their send timeout; `None`: unbounded.
+    pub blob_streams: Option<stream::BlobStreams>,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
             limits,
             status_page: None,
             metrics_access: scrape::MetricsAccess::default(),
+            blob_streams: None,
         })
     }
 
@@ -78,6 +82,14 @@ impl AppState {
         Arc::get_mut(&mut self)
             .expect("configured before it is shared")
             .metrics_access = access;
+        self
+    }
+
+    /// Bound blob streams (count, send timeout).
+    pub fn with_blob_streams(mut self: Arc<Self>, streams: stream::BlobStreams) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .blob_streams = Some(streams);
         self
     }
 
@@ -201,13 +213,22 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
+    let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
     // Every log line of the request carries its id, which the client gets as `x-request-id`.
     let span = tracing::info_span!("request", id = %id);
     let mut resp = match parsed {
         Ok(ep) => tracing::Instrument::instrument(
-            dispatch(&state, ep, &method, req.uri().query(), req.headers(), peer),
+            dispatch(
+                &state,
+                ep,
+                &method,
+                req.uri().query(),
+                req.headers(),
+                peer,
+                conn,
+            ),
             span,
         )
         .await
@@ -271,6 +292,7 @@ async fn dispatch(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if ep == Endpoint::Upload || !matches!(*method, Method::GET | Method::HEAD) {
@@ -280,7 +302,7 @@ async fn dispatch(
         ));
     }
     let (ep, ns) = with_namespace(state, ep, query)?;
-    let mut resp = serve(state, ep, query, headers, peer, head)
+    let mut resp = serve(state, ep, query, headers, peer, head, conn)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     // The distribution spec's "Registry Proxying": the `ns` that chose the upstream is named
@@ -299,6 +321,7 @@ async fn serve(
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
     head: bool,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
     let account = match &state.gate {
         Some(gate) => Some(gate.check(headers, &ep)?),
@@ -316,7 +339,10 @@ async fn serve(
         Endpoint::Manifest(name, reference) => {
             manifest(registry, &name, &reference, head, headers).await
         }
-        Endpoint::Blob(name, digest) => blob(registry, &name, &digest, head, headers).await,
+        Endpoint::Blob(name, digest) => {
+            let streams = state.blob_streams.as_ref();
+            blob(registry, &name, &digest, head, headers, streams, conn).await
+        }
         Endpoint::Tags(name) => tags(registry, &name, query).await,
         Endpoint::Catalog => catalog(registry, query).await,
         Endpoint::Referrers(name, digest) => referrers(registry, &name, &digest, query).await,
@@ -433,7 +459,14 @@ async fn blob(
     digest: &Digest,
     head: bool,
     headers: &HeaderMap,
+    streams: Option<&stream::BlobStreams>,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
+    // Taken before any work, so that refused requests cost nothing (no fill, no file).
+    let permit = match streams {
+        Some(s) if !head => Some(s.open()?),
+        _ => None,
+    };
     let range = headers
         .get(header::RANGE)
         .map(|v| {
@@ -461,9 +494,10 @@ async fn blob(
         None => reply.size,
     };
     builder = builder.header(header::CONTENT_LENGTH, length);
-    let body = match reply.body {
-        Some(s) => Body::from_stream(s),
-        None => Body::empty(),
+    let body = match (reply.body, streams.zip(permit)) {
+        (Some(s), Some((streams, permit))) => streams.guard(Body::from_stream(s), permit, conn),
+        (Some(s), None) => Body::from_stream(s),
+        (None, _) => Body::empty(),
     };
     Ok(builder.body(body).expect("valid response"))
 }

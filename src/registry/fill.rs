@@ -28,8 +28,8 @@ use crate::upstream::{Upstream, UpstreamError};
 use super::LINK_WRITE_TIMEOUT;
 use super::lease::FillLease;
 
-/// Bytes handed to a client per read of the spool.
-const CHUNK: u64 = 256 * 1024;
+/// Bytes handed to a client per read of the spool: what a stalled reader's response holds.
+const CHUNK: u64 = 64 * 1024;
 /// Bytes gathered before one storage write.
 const STORAGE_BATCH: usize = 1024 * 1024;
 

@@ -68,6 +68,11 @@ pub struct UpstreamConfig {
     pub read_timeout: String,
     /// Requests in flight to the upstream at most (a blob until its body ends); 0: no cap.
     pub max_concurrent_requests: usize,
+    /// Largest blob fetched (`32GiB`); a body announcing or sending more fails, nothing kept.
+    pub max_blob_size: String,
+    /// Bytes per second a blob fetch must average after its first `read_timeout` (`16KiB`);
+    /// `0`: no minimum.
+    pub min_blob_rate: String,
     /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
     /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
     pub allow: Vec<String>,
@@ -102,6 +107,8 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_blob_size", &self.max_blob_size)
+            .field("min_blob_rate", &self.min_blob_rate)
             .field("allow", &self.allow)
             .field("ns", &self.ns)
             .finish()
@@ -122,6 +129,8 @@ impl Default for UpstreamConfig {
             first_byte_timeout: "30s".into(),
             read_timeout: "30s".into(),
             max_concurrent_requests: 64,
+            max_blob_size: "32GiB".into(),
+            min_blob_rate: "16KiB".into(),
             allow: Vec::new(),
             ns: None,
         }
@@ -198,6 +207,20 @@ impl UpstreamConfig {
             if d.is_some_and(|d| d.is_zero()) {
                 problems.push((k.into(), "must be greater than zero".into()));
             }
+        }
+        let mut size = |k: &str, v: &str| {
+            v.trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    problems.push((k.into(), format!("{v:?} is not a size like 32GiB: {e}")))
+                })
+                .ok()
+        };
+        let max_blob_size = size("max_blob_size", &self.max_blob_size);
+        let min_blob_rate = size("min_blob_rate", &self.min_blob_rate);
+        if max_blob_size == Some(0) {
+            problems.push(("max_blob_size".into(), "must be greater than zero".into()));
         }
         let url = match Url::parse(self.url.trim()) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
@@ -299,6 +322,11 @@ impl UpstreamConfig {
                 first_byte_timeout: first_byte,
                 read_timeout: read,
                 max_concurrent_requests: self.max_concurrent_requests,
+                blob_bounds: super::bounds::BlobBounds {
+                    max_size: max_blob_size.expect("checked"),
+                    min_rate: min_blob_rate.expect("checked"),
+                    grace: read,
+                },
             },
         })
     }

@@ -41,6 +41,8 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     /// Requests in flight to this upstream at most (a blob counts until its body ends); 0: no cap.
     pub max_concurrent_requests: usize,
+    /// Size and rate every blob body is held to.
+    pub blob_bounds: super::bounds::BlobBounds,
 }
 
 /// Debug output never shows the password (settings end up in logs and panic messages).
@@ -57,6 +59,7 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("blob_bounds", &self.blob_bounds)
             .finish()
     }
 }
@@ -238,7 +241,9 @@ impl HttpUpstream {
                 "token endpoint answered {status}"
             )));
         }
-        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        let body =
+            super::bounds::read_capped(resp, super::bounds::MAX_TOKEN_BODY, "token response")
+                .await?;
         let (token, lifetime) = token::parse(&body)?;
         self.tokens.put(scope, &token, lifetime, generation);
         Ok(Ok(token))
@@ -546,6 +551,7 @@ impl Upstream for HttpUpstream {
                 r.map_err(|e| unavailable(&e))
             })
             .boxed();
+        let stream = self.settings.blob_bounds.apply(size, stream)?;
         Ok(BlobResponse { size, stream })
     }
 
@@ -573,7 +579,8 @@ impl Upstream for HttpUpstream {
             .resp;
         let resp = check(resp)?;
         let next = header_str(resp.headers(), LINK).and_then(|l| parse_link(&l));
-        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        let body =
+            super::bounds::read_capped(resp, super::bounds::MAX_TAGS_BODY, "tag list").await?;
         Ok(TagsResponse { body, next })
     }
 
@@ -645,6 +652,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             max_concurrent_requests: 0,
+            blob_bounds: Default::default(),
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

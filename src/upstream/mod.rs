@@ -2,6 +2,7 @@
 //! HTTP. [`HttpUpstream`] is the real client (auth challenges, token cache, timeouts).
 
 mod allow;
+pub mod bounds;
 mod challenge;
 pub mod config;
 mod credentials;
