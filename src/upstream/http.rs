@@ -355,12 +355,11 @@ impl HttpUpstream {
                 self.limits.limited(resp.headers());
             }
             let status = resp.status();
-            if !(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
-                || attempt == 2
-            {
+            if !(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
                 return Ok(Sent { resp, permit });
             }
-            if status == StatusCode::UNAUTHORIZED && !force {
+            let last = attempt == 2;
+            if status == StatusCode::UNAUTHORIZED && !force && !last {
                 // Every challenge of every `WWW-Authenticate` header, the preferred answered.
                 let challenges: Vec<Challenge> = resp
                     .headers()
@@ -382,7 +381,7 @@ impl HttpUpstream {
             }
             // Refused with the credentials in force: the password file may hold newer ones.
             let sent_credentials = !matches!(scheme, Scheme::Unknown);
-            if sent_credentials && self.credentials.configured() && !reread {
+            if sent_credentials && self.credentials.configured() && !reread && !last {
                 reread = true;
                 if self.credentials.reload() {
                     force = true;
