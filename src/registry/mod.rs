@@ -197,6 +197,9 @@ impl Registry {
     }
 }
 
+/// The caller's own copy of a coalesced result's error. Every kind survives the sharing, so a
+/// joiner answers with the same status as the caller that ran the work (an S3 outage is a 503
+/// for all of them, not a 503 for one and 500s for the rest).
 fn unshare(e: Arc<RegistryError>) -> RegistryError {
     Arc::try_unwrap(e).unwrap_or_else(|e| match &*e {
         RegistryError::BlobUnknown => RegistryError::BlobUnknown,
@@ -205,7 +208,8 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
         RegistryError::ManifestInvalid(m) => RegistryError::ManifestInvalid(m.clone()),
         RegistryError::Range(r) => RegistryError::Range(r.clone()),
         RegistryError::Upstream(u) => RegistryError::Upstream(u.clone()),
-        other => RegistryError::Internal(other.to_string()),
+        RegistryError::Storage(s) => RegistryError::Storage(s.duplicate()),
+        RegistryError::Internal(m) => RegistryError::Internal(m.clone()),
     })
 }
 
