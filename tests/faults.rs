@@ -845,7 +845,13 @@ async fn upstream_at_one_kib_per_second_is_streamed_and_stored() {
     );
     let layer = img.layers[0].clone();
     f.on(Route::Blob).chunks(1024, Duration::from_secs(1));
-    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    // Below the default minimum blob rate (16 KiB/s): this upstream is slow on purpose.
+    let m = Mirror::start(
+        MirrorOpts::upstream(&f.url())
+            .short_timeouts()
+            .up("min_blob_rate", "256B"),
+    )
+    .await;
     let r = m.get_blob(NAME, &layer.digest).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let mut s = r.bytes_stream();
