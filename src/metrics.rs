@@ -119,6 +119,8 @@ catalogue! {
     // The upstream clients (`upstream/`).
     UPSTREAM_REQUESTS = Counter "ocimirror_upstream_requests_total" ["upstream", "op", "status"]
         "Requests to an upstream, by upstream, operation and status (or timeout, error, cooldown).";
+    UPSTREAM_PASSWORD_RELOADS = Counter "ocimirror_upstream_password_reloads_total" ["upstream"]
+        "Times an upstream's password_file was read again (changed, SIGHUP, or refused credentials).";
     UPSTREAM_BYTES = Counter "ocimirror_upstream_bytes_total" ["upstream"]
         "Blob and manifest body bytes fetched from an upstream.";
     UPSTREAM_RATELIMIT_LIMIT = Gauge "ocimirror_upstream_ratelimit_limit" ["upstream"]

@@ -77,7 +77,7 @@ impl Credentials {
         }
         *current = Some(read);
         self.generation.fetch_add(1, Ordering::SeqCst);
-        metrics::counter!("ocimirror_upstream_password_reloads_total", "upstream" => self.upstream.clone())
+        metrics::counter!(crate::metrics::UPSTREAM_PASSWORD_RELOADS, "upstream" => self.upstream.clone())
             .increment(1);
         tracing::info!(upstream = %self.upstream, file = %file.display(),
             "upstream password re-read; tokens obtained with the previous one are dropped");
