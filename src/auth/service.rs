@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::acl::Acl;
 use super::authn::{AuthnError, Chain, Login, Recheck};
+use super::external::ExternalAuthorizer;
 use super::token::{IssuedToken, RefreshGrant, TokenError, TokenIssuer, TokenVerifier};
 use super::{Identity, RequestInfo, ResourceActions};
 
@@ -15,6 +16,8 @@ use super::{Identity, RequestInfo, ResourceActions};
 pub struct Policy {
     pub authn: Chain,
     pub acl: Acl,
+    /// Consulted for a scope no ACL rule matches (where docker_auth consults it).
+    pub ext_authz: Option<Arc<ExternalAuthorizer>>,
 }
 
 pub struct TokenService {
@@ -146,7 +149,11 @@ impl TokenService {
         let identity = &login.identity;
         let mut granted = Vec::new();
         for r in &requested {
-            let actions = policy.acl.authorize(identity, &req.client, r);
+            let decision = policy.acl.evaluate(identity, &req.client, r);
+            let actions = match (&policy.ext_authz, decision.rule) {
+                (Some(z), None) => z.authorize(identity, &req.client, r).await,
+                _ => decision.granted,
+            };
             metrics::counter!(
                 "ocimirror_auth_scopes_total",
                 "result" => if actions.is_empty() { "denied" } else { "granted" }
@@ -333,6 +340,7 @@ mod tests {
         let policy = Policy {
             authn: chain(vec![Arc::new(fake)]),
             acl: deny_contractors(),
+            ext_authz: None,
         };
         let s = service(policy, Duration::from_secs(3600));
         let t = s
@@ -354,6 +362,7 @@ mod tests {
         s.replace_policy(Policy {
             authn: statics(&[("dan", &[("group", "contractors")]), ("erin", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         });
         for (user, pulls) in [("dan", false), ("erin", true)] {
             let t = s
@@ -376,6 +385,7 @@ mod tests {
         let both = || Policy {
             authn: statics(&[("bob", &[]), ("erin", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         };
         let s = service(both(), Duration::from_secs(3600));
         let bob = s.handle(request(password("bob", "bob-pw"))).await.unwrap();
@@ -391,6 +401,7 @@ mod tests {
         s.replace_policy(Policy {
             authn: statics(&[("erin", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         });
         let err = s
             .handle(request(Credentials::RefreshToken(bob_rt.clone())))
@@ -408,6 +419,7 @@ mod tests {
         s.replace_policy(Policy {
             authn: chain(vec![Arc::new(Fake::new("other", &[("bob", "x")]))]),
             acl: deny_contractors(),
+            ext_authz: None,
         });
         assert!(
             s.handle(request(Credentials::RefreshToken(bob_rt)))
@@ -423,6 +435,7 @@ mod tests {
         let policy = || Policy {
             authn: statics(&[("bob", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         };
         // The first login's refresh lifetime is 100 s; the service redeeming it gives an hour.
         let short = service(policy(), Duration::from_secs(100));

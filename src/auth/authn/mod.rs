@@ -34,6 +34,7 @@ use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::Identity;
+use super::external::{ExternalAuthenticator, ExternalConfig};
 
 pub use github::{GitHubAuthenticator, GitHubConfig, GitHubSettings};
 pub use oidc::{OidcAuthenticator, OidcConfig, OidcSettings};
@@ -671,7 +672,8 @@ impl Default for LoginCacheConfig {
 /// login_cache: {ttl: 5m, max_entries: 10000}
 /// ```
 ///
-/// The chain asks static users first, then GitHub, then OIDC.
+/// The chain asks static users first, then GitHub, then OIDC, then the external program
+/// (`ext_auth: {command, args, timeout}`, see [`crate::auth::external`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthnConfig {
@@ -684,6 +686,8 @@ pub struct AuthnConfig {
     pub github_auth: Option<GitHubConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oidc_auth: Option<OidcConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<ExternalConfig>,
     pub login_throttle: ThrottleConfig,
     pub login_cache: LoginCacheConfig,
 }
@@ -725,6 +729,12 @@ impl AuthnConfig {
                 .and_then(|s| OidcAuthenticator::with_clock(s, clock.clone()).map_err(|p| vec![p]))
             {
                 Ok(a) => authenticators.push(Arc::new(a)),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if let Some(e) = &self.ext_auth {
+            match e.program("ext_auth") {
+                Ok(p) => authenticators.push(Arc::new(ExternalAuthenticator::new(p))),
                 Err(p) => problems.extend(p),
             }
         }
