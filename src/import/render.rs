@@ -107,6 +107,8 @@ pub const FILE_KEYS: &[&str] = &[
     "auth.htpasswd",
     "auth.trusted_certificates",
     "auth.trusted_jwks",
+    "auth.ext_auth.command",
+    "auth.ext_authz.command",
     "tls.certificate",
     "tls.key",
 ];
