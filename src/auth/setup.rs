@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acl::{Acl, AclEntry};
 use super::authn::{
-    AuthnConfig, GitHubConfig, LoginCacheConfig, OidcConfig, StaticUser, ThrottleConfig,
+    AuthnConfig, GitHubConfig, LdapConfig, LoginCacheConfig, OidcConfig, StaticUser, ThrottleConfig,
 };
 use super::external::{ExternalAuthorizer, ExternalConfig};
 use super::keys::{SigningKey, TrustStore, certificate_keys, load_signing_key};
@@ -58,6 +58,8 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     pub github_auth: Option<GitHubConfig>,
     pub oidc_auth: Option<OidcConfig>,
+    /// docker_auth's LDAP authenticator.
+    pub ldap_auth: Option<LdapConfig>,
     /// docker_auth's external authenticator: a program decides logins.
     pub ext_auth: Option<ExternalConfig>,
     /// docker_auth's external authorizer: a program decides what no ACL rule matches.
@@ -91,6 +93,7 @@ impl Default for AuthConfig {
             allow_anonymous: false,
             github_auth: None,
             oidc_auth: None,
+            ldap_auth: None,
             ext_auth: None,
             ext_authz: None,
             login_throttle: ThrottleConfig::default(),
@@ -129,6 +132,7 @@ impl AuthConfig {
             allow_anonymous: self.allow_anonymous,
             github_auth: self.github_auth.clone(),
             oidc_auth: self.oidc_auth.clone(),
+            ldap_auth: self.ldap_auth.clone(),
             ext_auth: self.ext_auth.clone(),
             login_throttle: self.login_throttle.clone(),
             login_cache: self.login_cache.clone(),

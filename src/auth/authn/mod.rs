@@ -18,6 +18,7 @@
 //! memory dump does not yield a fast-to-crack unsalted hash.
 
 mod github;
+mod ldap;
 mod oidc;
 mod static_users;
 mod throttle;
@@ -37,6 +38,7 @@ use super::Identity;
 use super::external::{ExternalAuthenticator, ExternalConfig};
 
 pub use github::{GitHubAuthenticator, GitHubConfig, GitHubSettings};
+pub use ldap::{LdapAuthenticator, LdapConfig, LdapLabel};
 pub use oidc::{OidcAuthenticator, OidcConfig, OidcSettings};
 pub use static_users::{
     HashPasswordError, HtpasswdEntry, StaticUser, StaticUsers, hash_password, parse_htpasswd,
@@ -672,7 +674,7 @@ impl Default for LoginCacheConfig {
 /// login_cache: {ttl: 5m, max_entries: 10000}
 /// ```
 ///
-/// The chain asks static users first, then GitHub, then OIDC, then the external program
+/// The chain asks static users first, then GitHub, then OIDC, then LDAP, then the external program
 /// (`ext_auth: {command, args, timeout}`, see [`crate::auth::external`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -686,6 +688,8 @@ pub struct AuthnConfig {
     pub github_auth: Option<GitHubConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oidc_auth: Option<OidcConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_auth: Option<LdapConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ext_auth: Option<ExternalConfig>,
     pub login_throttle: ThrottleConfig,
@@ -728,6 +732,12 @@ impl AuthnConfig {
                 .settings("oidc_auth")
                 .and_then(|s| OidcAuthenticator::with_clock(s, clock.clone()).map_err(|p| vec![p]))
             {
+                Ok(a) => authenticators.push(Arc::new(a)),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if let Some(l) = &self.ldap_auth {
+            match l.build("ldap_auth") {
                 Ok(a) => authenticators.push(Arc::new(a)),
                 Err(p) => problems.extend(p),
             }
