@@ -171,6 +171,7 @@ pub(super) fn map_docker_auth(a: &Src, dist: Option<&Src>, dist_auth: &DistAuth,
     }
     map_github(a, out);
     map_oidc(a, out);
+    map_ldap(a, out);
     map_external(a, "ext_auth", out);
     map_external(a, "ext_authz", out);
     map_acl(a, out);
@@ -248,6 +249,40 @@ fn map_github(a: &Src, out: &mut Out) {
                 format!(" (not carried: {})", flow.join(", "))
             }
         ),
+    );
+}
+
+/// `ldap_auth`: the same keys (ocimirror adds `timeout`).
+fn map_ldap(a: &Src, out: &mut Out) {
+    if !a.has("ldap_auth") {
+        return;
+    }
+    out.set("auth.ldap_auth", Node::map());
+    for k in [
+        "addr",
+        "tls",
+        "ca_certificate",
+        "bind_dn",
+        "bind_password_file",
+        "base",
+        "filter",
+    ] {
+        if let Some(v) = a.str(&format!("ldap_auth.{k}")) {
+            out.set(&format!("auth.ldap_auth.{k}"), s(v));
+        } else {
+            a.mark(&format!("ldap_auth.{k}"));
+        }
+    }
+    if let Some(b) = a.bool("ldap_auth.insecure_tls_skip_verify") {
+        out.set("auth.ldap_auth.insecure_tls_skip_verify", Node::Bool(b));
+    }
+    if let Some(labels) = a.get("ldap_auth.labels") {
+        out.set("auth.ldap_auth.labels", Node::from_json(labels));
+    }
+    out.note(
+        NoteKind::Changed,
+        a.key("ldap_auth"),
+        "the same directory, search and bind; ocimirror gives up on the directory after 10s (ldap_auth.timeout) and refuses logins while it is unreachable",
     );
 }
 
@@ -474,10 +509,10 @@ pub(super) fn not_carried_reason(path: &str) -> &'static str {
         ("server.real_ip_pos", _) => "only with real_ip_header",
         (
             _,
-            "google_auth" | "gitlab_auth" | "ldap_auth" | "mongo_auth" | "xorm_auth"
-            | "plugin_authn" | "kubernetes_auth" | "keystone_auth" | "sql_auth" | "http_auth",
+            "google_auth" | "gitlab_auth" | "mongo_auth" | "xorm_auth" | "plugin_authn"
+            | "kubernetes_auth" | "keystone_auth" | "sql_auth" | "http_auth",
         ) => {
-            "ocimirror has no such authenticator: these users cannot log in (static users, htpasswd, GitHub tokens, OIDC ID tokens and ext_auth programs can)"
+            "ocimirror has no such authenticator: these users cannot log in (static users, htpasswd, GitHub tokens, OIDC ID tokens, LDAP and ext_auth programs can)"
         }
         (_, "acl_mongo" | "plugin_authz" | "casbin_authz" | "xorm_acl" | "mongo_acl") => {
             "ocimirror has no such authorizer: only the acl list (and ext_authz) decides"
@@ -564,11 +599,11 @@ mod tests {
     }
 
     #[test]
-    fn external_programs_are_carried_over() {
+    fn ldap_and_external_programs_are_carried_over() {
         let i = super::super::import(&super::super::ImportInput {
             docker_auth: Some((
                 "auth_config.yml".into(),
-                "server:\n  addr: ':5001'\ntoken:\n  issuer: x\n  expiration: 900\next_auth:\n  command: /bin/true\n  args: ['--verbose', 2]\next_authz:\n  command: /bin/false\nacl:\n  - match: {account: admin}\n    actions: ['*']\n".into(),
+                "server:\n  addr: ':5001'\ntoken:\n  issuer: x\n  expiration: 900\next_auth:\n  command: /bin/true\n  args: ['--verbose', 2]\next_authz:\n  command: /bin/false\nldap_auth:\n  addr: ldap.example.com:636\n  tls: always\n  bind_dn: cn=svc,dc=example,dc=com\n  bind_password_file: /etc/pw\n  base: dc=example,dc=com\n  filter: (uid=${account})\n  labels:\n    group:\n      attribute: memberOf\n      parse_cn: true\nacl:\n  - match: {account: admin}\n    actions: ['*']\n".into(),
             )),
             key_dir: "/k".into(),
             ..Default::default()
@@ -589,12 +624,24 @@ mod tests {
                 .and_then(Node::as_str),
             Some("/bin/false")
         );
-        assert!(!i.notes.iter().any(|n| n.kind == super::super::NoteKind::NotCarried
-            && n.key.contains("ext_auth")), "{:?}", i.notes);
+        assert!(
+            !i.notes
+                .iter()
+                .any(|n| n.kind == super::super::NoteKind::NotCarried
+                    && (n.key.contains("ext_auth") || n.key.contains("ldap_auth"))),
+            "{:?}",
+            i.notes
+        );
         // The output is a config ocimirror reads.
         let parsed: crate::config::Config = serde_saphyr::from_str(&i.render()).unwrap();
         let auth = parsed.auth.unwrap();
         assert_eq!(auth.ext_auth.unwrap().args, ["--verbose", "2"]);
         assert_eq!(auth.ext_authz.unwrap().timeout, "10s");
+        let ldap = auth.ldap_auth.unwrap();
+        assert_eq!(ldap.addr, "ldap.example.com:636");
+        assert_eq!(ldap.filter, "(uid=${account})");
+        assert_eq!(ldap.bind_password_file.unwrap().to_str(), Some("/etc/pw"));
+        assert!(ldap.labels["group"].parse_cn);
+        assert_eq!(ldap.labels["group"].attribute, "memberOf");
     }
 }
