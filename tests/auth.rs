@@ -1652,3 +1652,35 @@ async fn key_rotation_keeps_old_tokens_valid_and_publishes_both_keys() {
     let served = json_of(m3.get("/auth/jwks.json").send().await.unwrap(), 200).await;
     assert_eq!(served["keys"].as_array().unwrap().len(), 1);
 }
+
+/// examples/ldap.yaml passes `config check` once its files exist (here: made for the test).
+#[test]
+fn example_ldap_config_checks() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldap.yaml");
+    let example = example.display().to_string();
+    let keys = keygen();
+    let pw = keys._dir.path().join("bind.pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let (key, cert, pw) = (
+        keys.key.display().to_string(),
+        keys.cert.display().to_string(),
+        pw.display().to_string(),
+    );
+    let env = [
+        ("OCIMIRROR_AUTH__KEY", key.as_str()),
+        ("OCIMIRROR_AUTH__CERTIFICATE", cert.as_str()),
+        ("OCIMIRROR_AUTH__LDAP_AUTH__CA_CERTIFICATE", cert.as_str()),
+        ("OCIMIRROR_AUTH__LDAP_AUTH__BIND_PASSWORD_FILE", pw.as_str()),
+    ];
+    let out = run_bin(&["config", "check", &example], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "ok");
+    // Without the bind password file, the problem is named.
+    let out = run_bin(&["config", "check", &example], &env[..2]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("auth.ldap_auth."),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -152,6 +152,15 @@ fn check_passes(imp: &Import) -> Vec<(String, String)> {
                 jwks.display().to_string(),
             ));
         }
+        // External programs of the source machine: one that exists here.
+        for k in ["ext_auth", "ext_authz"] {
+            if !auth[k].is_null() {
+                env.push((
+                    format!("OCIMIRROR_AUTH__{}__COMMAND", k.to_ascii_uppercase()),
+                    "/bin/true".into(),
+                ));
+            }
+        }
         if !auth["htpasswd"].is_null() {
             let h = dir.join("check.htpasswd");
             let hash = ocimirror::auth::authn::hash_password("secret", 4);

@@ -132,7 +132,7 @@ pub struct AclError {
 }
 
 /// The outcome of [`Acl::evaluate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decision {
     /// Index of the rule that matched, if any.
     pub rule: Option<usize>,
@@ -198,6 +198,17 @@ impl Acl {
         requested: &ResourceActions,
         names: &[String],
     ) -> Vec<String> {
+        self.evaluate_as(id, req, requested, names).granted
+    }
+
+    /// Like [`Acl::authorize_as`], also telling which rule decided.
+    pub fn evaluate_as(
+        &self,
+        id: &Identity,
+        req: &RequestInfo,
+        requested: &ResourceActions,
+        names: &[String],
+    ) -> Decision {
         let forms: Vec<ResourceActions> = names
             .iter()
             .map(|n| ResourceActions {
@@ -205,7 +216,7 @@ impl Acl {
                 ..requested.clone()
             })
             .collect();
-        for rule in &self.rules {
+        for (index, rule) in self.rules.iter().enumerate() {
             if forms.iter().any(|f| {
                 rule.matches(&Ctx {
                     id,
@@ -213,10 +224,13 @@ impl Acl {
                     requested: f,
                 })
             }) {
-                return rule.grant(&requested.actions);
+                return Decision {
+                    rule: Some(index),
+                    granted: rule.grant(&requested.actions),
+                };
             }
         }
-        Vec::new()
+        Decision::default()
     }
 
     /// Like [`Acl::authorize`], also telling which rule decided.

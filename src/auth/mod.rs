@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod authn;
+pub mod external;
 pub mod keys;
 pub mod service;
 pub mod setup;

@@ -5,8 +5,9 @@
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::acl::Acl;
+use super::acl::{Acl, Decision};
 use super::authn::{AuthnError, Chain, Login, Recheck};
+use super::external::ExternalAuthorizer;
 use super::token::{IssuedToken, RefreshGrant, TokenError, TokenIssuer, TokenVerifier};
 use super::{Identity, RepositoryNames, RequestInfo, ResourceActions};
 
@@ -15,6 +16,8 @@ use super::{Identity, RepositoryNames, RequestInfo, ResourceActions};
 pub struct Policy {
     pub authn: Chain,
     pub acl: Acl,
+    /// Consulted for a scope no ACL rule matches (where docker_auth consults it).
+    pub ext_authz: Option<Arc<ExternalAuthorizer>>,
 }
 
 pub struct TokenService {
@@ -103,14 +106,14 @@ impl TokenService {
         identity: &Identity,
         client: &RequestInfo,
         r: &ResourceActions,
-    ) -> Vec<String> {
+    ) -> Decision {
         match self.names.get() {
             Some(names) if r.kind == "repository" => {
                 policy
                     .acl
-                    .authorize_as(identity, client, r, &names(&r.name))
+                    .evaluate_as(identity, client, r, &names(&r.name))
             }
-            _ => policy.acl.authorize(identity, client, r),
+            _ => policy.acl.evaluate(identity, client, r),
         }
     }
 
@@ -174,7 +177,11 @@ impl TokenService {
         let identity = &login.identity;
         let mut granted = Vec::new();
         for r in &requested {
-            let actions = self.authorize(&policy, identity, &req.client, r);
+            let decision = self.authorize(&policy, identity, &req.client, r);
+            let actions = match (&policy.ext_authz, decision.rule) {
+                (Some(z), None) => z.authorize(identity, &req.client, r).await,
+                _ => decision.granted,
+            };
             metrics::counter!(
                 crate::metrics::AUTH_SCOPES,
                 "result" => if actions.is_empty() { "denied" } else { "granted" }
@@ -361,6 +368,7 @@ mod tests {
         let policy = Policy {
             authn: chain(vec![Arc::new(fake)]),
             acl: deny_contractors(),
+            ext_authz: None,
         };
         let s = service(policy, Duration::from_secs(3600));
         let t = s
@@ -382,6 +390,7 @@ mod tests {
         s.replace_policy(Policy {
             authn: statics(&[("dan", &[("group", "contractors")]), ("erin", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         });
         for (user, pulls) in [("dan", false), ("erin", true)] {
             let t = s
@@ -404,6 +413,7 @@ mod tests {
         let both = || Policy {
             authn: statics(&[("bob", &[]), ("erin", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         };
         let s = service(both(), Duration::from_secs(3600));
         let bob = s.handle(request(password("bob", "bob-pw"))).await.unwrap();
@@ -419,6 +429,7 @@ mod tests {
         s.replace_policy(Policy {
             authn: statics(&[("erin", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         });
         let err = s
             .handle(request(Credentials::RefreshToken(bob_rt.clone())))
@@ -436,6 +447,7 @@ mod tests {
         s.replace_policy(Policy {
             authn: chain(vec![Arc::new(Fake::new("other", &[("bob", "x")]))]),
             acl: deny_contractors(),
+            ext_authz: None,
         });
         assert!(
             s.handle(request(Credentials::RefreshToken(bob_rt)))
@@ -451,6 +463,7 @@ mod tests {
         let policy = || Policy {
             authn: statics(&[("bob", &[])]),
             acl: deny_contractors(),
+            ext_authz: None,
         };
         // The first login's refresh lifetime is 100 s; the service redeeming it gives an hour.
         let short = service(policy(), Duration::from_secs(100));

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::acl::{Acl, AclEntry};
 use super::authn::{
-    AuthnConfig, GitHubConfig, LoginCacheConfig, OidcConfig, StaticUser, ThrottleConfig,
+    AuthnConfig, GitHubConfig, LdapConfig, LoginCacheConfig, OidcConfig, StaticUser, ThrottleConfig,
 };
+use super::external::{ExternalAuthorizer, ExternalConfig};
 use super::keys::{SigningKey, TrustStore, certificate_keys, load_signing_key};
 use super::service::{Policy, RefreshTokens, TokenService};
 use super::token::{KidFormat, TokenIssuer, TokenVerifier};
@@ -57,6 +58,12 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     pub github_auth: Option<GitHubConfig>,
     pub oidc_auth: Option<OidcConfig>,
+    /// docker_auth's LDAP authenticator.
+    pub ldap_auth: Option<LdapConfig>,
+    /// docker_auth's external authenticator: a program decides logins.
+    pub ext_auth: Option<ExternalConfig>,
+    /// docker_auth's external authorizer: a program decides what no ACL rule matches.
+    pub ext_authz: Option<ExternalConfig>,
     pub login_throttle: ThrottleConfig,
     pub login_cache: LoginCacheConfig,
     /// docker_auth's ordered ACL: the first matching rule decides.
@@ -86,6 +93,9 @@ impl Default for AuthConfig {
             allow_anonymous: false,
             github_auth: None,
             oidc_auth: None,
+            ldap_auth: None,
+            ext_auth: None,
+            ext_authz: None,
             login_throttle: ThrottleConfig::default(),
             login_cache: LoginCacheConfig::default(),
             acl: Vec::new(),
@@ -149,6 +159,8 @@ impl AuthConfig {
             allow_anonymous: self.allow_anonymous,
             github_auth: self.github_auth.clone(),
             oidc_auth: self.oidc_auth.clone(),
+            ldap_auth: self.ldap_auth.clone(),
+            ext_auth: self.ext_auth.clone(),
             login_throttle: self.login_throttle.clone(),
             login_cache: self.login_cache.clone(),
         }
@@ -172,8 +184,20 @@ impl AuthConfig {
                 );
             })
             .ok();
+        let ext_authz = match self.ext_authz.as_ref().map(|e| e.program("ext_authz")) {
+            Some(Ok(p)) => Some(Arc::new(ExternalAuthorizer::new(p))),
+            Some(Err(ps)) => {
+                problems.extend(ps.into_iter().map(|p| (p.key, p.message)));
+                None
+            }
+            None => None,
+        };
         match (authn, acl) {
-            (Some(authn), Some(acl)) if problems.is_empty() => Ok(Policy { authn, acl }),
+            (Some(authn), Some(acl)) if problems.is_empty() => Ok(Policy {
+                authn,
+                acl,
+                ext_authz,
+            }),
             _ => Err(problems),
         }
     }

@@ -171,6 +171,9 @@ pub(super) fn map_docker_auth(a: &Src, dist: Option<&Src>, dist_auth: &DistAuth,
     }
     map_github(a, out);
     map_oidc(a, out);
+    map_ldap(a, out);
+    map_external(a, "ext_auth", out);
+    map_external(a, "ext_authz", out);
     map_acl(a, out);
 }
 
@@ -246,6 +249,66 @@ fn map_github(a: &Src, out: &mut Out) {
                 format!(" (not carried: {})", flow.join(", "))
             }
         ),
+    );
+}
+
+/// `ldap_auth`: the same keys (ocimirror adds `timeout`).
+fn map_ldap(a: &Src, out: &mut Out) {
+    if !a.has("ldap_auth") {
+        return;
+    }
+    out.set("auth.ldap_auth", Node::map());
+    for k in [
+        "addr",
+        "tls",
+        "ca_certificate",
+        "bind_dn",
+        "bind_password_file",
+        "base",
+        "filter",
+    ] {
+        if let Some(v) = a.str(&format!("ldap_auth.{k}")) {
+            out.set(&format!("auth.ldap_auth.{k}"), s(v));
+        } else {
+            a.mark(&format!("ldap_auth.{k}"));
+        }
+    }
+    if let Some(b) = a.bool("ldap_auth.insecure_tls_skip_verify") {
+        out.set("auth.ldap_auth.insecure_tls_skip_verify", Node::Bool(b));
+    }
+    if let Some(labels) = a.get("ldap_auth.labels") {
+        out.set("auth.ldap_auth.labels", Node::from_json(labels));
+    }
+    out.note(
+        NoteKind::Changed,
+        a.key("ldap_auth"),
+        "the same directory, search and bind; ocimirror gives up on the directory after 10s (ldap_auth.timeout) and refuses logins while it is unreachable",
+    );
+}
+
+/// `ext_auth` / `ext_authz`: the same program with the same protocol.
+fn map_external(a: &Src, key: &str, out: &mut Out) {
+    if !a.has(key) {
+        return;
+    }
+    let Some(command) = a.str(&format!("{key}.command")) else {
+        a.mark(key);
+        out.note(
+            NoteKind::NotCarried,
+            a.key(key),
+            "no command: docker_auth refuses to start without one",
+        );
+        return;
+    };
+    out.set(&format!("auth.{key}.command"), s(command));
+    if let Some(args) = a.get(&format!("{key}.args")).and_then(Value::as_array) {
+        let args: Vec<Node> = args.iter().filter_map(scalar_string).map(s).collect();
+        out.set(&format!("auth.{key}.args"), Node::Seq(args));
+    }
+    out.note(
+        NoteKind::Changed,
+        a.key(key),
+        "the same program and protocol; ocimirror kills it after 10s (ext_auth/ext_authz.timeout) and refuses when it hangs, crashes or answers an unknown exit code",
     );
 }
 
@@ -446,15 +509,14 @@ pub(super) fn not_carried_reason(path: &str) -> &'static str {
         ("server.real_ip_pos", _) => "only with real_ip_header",
         (
             _,
-            "google_auth" | "gitlab_auth" | "ldap_auth" | "mongo_auth" | "xorm_auth" | "ext_auth"
-            | "plugin_authn" | "kubernetes_auth" | "keystone_auth" | "sql_auth" | "http_auth",
+            "google_auth" | "gitlab_auth" | "mongo_auth" | "xorm_auth" | "plugin_authn"
+            | "kubernetes_auth" | "keystone_auth" | "sql_auth" | "http_auth",
         ) => {
-            "ocimirror has no such authenticator: these users cannot log in (static users, htpasswd, GitHub tokens and OIDC ID tokens can)"
+            "ocimirror has no such authenticator: these users cannot log in (static users, htpasswd, GitHub tokens, OIDC ID tokens, LDAP and ext_auth programs can)"
         }
-        (
-            _,
-            "acl_mongo" | "ext_authz" | "plugin_authz" | "casbin_authz" | "xorm_acl" | "mongo_acl",
-        ) => "ocimirror has no such authorizer: only the acl list decides",
+        (_, "acl_mongo" | "plugin_authz" | "casbin_authz" | "xorm_acl" | "mongo_acl") => {
+            "ocimirror has no such authorizer: only the acl list (and ext_authz) decides"
+        }
         _ => {
             "not a setting ocimirror knows (nor, for an unknown key, docker_auth): not carried over"
         }
@@ -534,5 +596,52 @@ mod tests {
                 .granted
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn ldap_and_external_programs_are_carried_over() {
+        let i = super::super::import(&super::super::ImportInput {
+            docker_auth: Some((
+                "auth_config.yml".into(),
+                "server:\n  addr: ':5001'\ntoken:\n  issuer: x\n  expiration: 900\next_auth:\n  command: /bin/true\n  args: ['--verbose', 2]\next_authz:\n  command: /bin/false\nldap_auth:\n  addr: ldap.example.com:636\n  tls: always\n  bind_dn: cn=svc,dc=example,dc=com\n  bind_password_file: /etc/pw\n  base: dc=example,dc=com\n  filter: (uid=${account})\n  labels:\n    group:\n      attribute: memberOf\n      parse_cn: true\nacl:\n  - match: {account: admin}\n    actions: ['*']\n".into(),
+            )),
+            key_dir: "/k".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let c = &i.config;
+        assert_eq!(
+            c.get(&["auth", "ext_auth", "command"])
+                .and_then(Node::as_str),
+            Some("/bin/true")
+        );
+        assert_eq!(
+            c.get(&["auth", "ext_auth", "args"]),
+            Some(&Node::Seq(vec![s("--verbose"), s("2")]))
+        );
+        assert_eq!(
+            c.get(&["auth", "ext_authz", "command"])
+                .and_then(Node::as_str),
+            Some("/bin/false")
+        );
+        assert!(
+            !i.notes
+                .iter()
+                .any(|n| n.kind == super::super::NoteKind::NotCarried
+                    && (n.key.contains("ext_auth") || n.key.contains("ldap_auth"))),
+            "{:?}",
+            i.notes
+        );
+        // The output is a config ocimirror reads.
+        let parsed: crate::config::Config = serde_saphyr::from_str(&i.render()).unwrap();
+        let auth = parsed.auth.unwrap();
+        assert_eq!(auth.ext_auth.unwrap().args, ["--verbose", "2"]);
+        assert_eq!(auth.ext_authz.unwrap().timeout, "10s");
+        let ldap = auth.ldap_auth.unwrap();
+        assert_eq!(ldap.addr, "ldap.example.com:636");
+        assert_eq!(ldap.filter, "(uid=${account})");
+        assert_eq!(ldap.bind_password_file.unwrap().to_str(), Some("/etc/pw"));
+        assert!(ldap.labels["group"].parse_cn);
+        assert_eq!(ldap.labels["group"].attribute, "memberOf");
     }
 }

@@ -107,6 +107,10 @@ pub const FILE_KEYS: &[&str] = &[
     "auth.htpasswd",
     "auth.trusted_certificates",
     "auth.trusted_jwks",
+    "auth.ext_auth.command",
+    "auth.ldap_auth.ca_certificate",
+    "auth.ldap_auth.bind_password_file",
+    "auth.ext_authz.command",
     "tls.certificate",
     "tls.key",
 ];

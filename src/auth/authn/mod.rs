@@ -17,12 +17,14 @@
 //! is keyed by an HMAC-SHA-256 of user and password under a random per-process key, so even a
 //! memory dump does not yield a fast-to-crack unsalted hash.
 
+mod cache;
 mod github;
+mod ldap;
 mod oidc;
 mod static_users;
 mod throttle;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,12 +32,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::Identity;
+use super::external::{ExternalAuthenticator, ExternalConfig};
+use cache::LoginCache;
 
 pub use github::{GitHubAuthenticator, GitHubConfig, GitHubSettings};
+pub use ldap::{LdapAuthenticator, LdapConfig, LdapLabel};
 pub use oidc::{OidcAuthenticator, OidcConfig, OidcSettings};
 pub use static_users::{
     HashPasswordError, HtpasswdEntry, StaticUser, StaticUsers, hash_password, parse_htpasswd,
@@ -329,101 +333,6 @@ impl Default for ChainSettings {
     }
 }
 
-struct CachedLogin {
-    identity: Identity,
-    authenticator: &'static str,
-    expires: Instant,
-}
-
-/// Successful checks, keyed by HMAC(user, password) under a per-process random key.
-struct LoginCache {
-    mac_key: hmac::Key,
-    ttl: Duration,
-    max_entries: usize,
-    clock: Clock,
-    entries: Mutex<HashMap<[u8; 32], CachedLogin>>,
-}
-
-impl LoginCache {
-    fn new(ttl: Duration, max_entries: usize, clock: Clock) -> Self {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let mac_key =
-            hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the system random source works");
-        LoginCache {
-            mac_key,
-            ttl,
-            max_entries,
-            clock,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn enabled(&self) -> bool {
-        !self.ttl.is_zero() && self.max_entries > 0
-    }
-
-    fn key(&self, user: &str, password: &str) -> [u8; 32] {
-        let mut ctx = hmac::Context::with_key(&self.mac_key);
-        ctx.update(&(user.len() as u64).to_be_bytes());
-        ctx.update(user.as_bytes());
-        ctx.update(password.as_bytes());
-        let tag = ctx.sign();
-        let mut key = [0u8; 32];
-        key.copy_from_slice(tag.as_ref());
-        key
-    }
-
-    fn get(&self, key: &[u8; 32]) -> Option<(Identity, &'static str)> {
-        if !self.enabled() {
-            return None;
-        }
-        let now = self.clock.now();
-        let mut entries = lock(&self.entries);
-        match entries.get(key) {
-            Some(c) if c.expires > now => Some((c.identity.clone(), c.authenticator)),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn insert(&self, key: [u8; 32], identity: Identity, authenticator: &'static str) {
-        if !self.enabled() {
-            return;
-        }
-        let now = self.clock.now();
-        let mut entries = lock(&self.entries);
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
-            entries.retain(|_, c| c.expires > now);
-            while entries.len() >= self.max_entries {
-                // Same TTL for all: the earliest expiry is the oldest entry.
-                let Some(oldest) = entries
-                    .iter()
-                    .min_by_key(|(_, c)| c.expires)
-                    .map(|(k, _)| *k)
-                else {
-                    break;
-                };
-                entries.remove(&oldest);
-            }
-        }
-        entries.insert(
-            key,
-            CachedLogin {
-                identity,
-                authenticator,
-                expires: now + self.ttl,
-            },
-        );
-    }
-
-    fn len(&self) -> usize {
-        lock(&self.entries).len()
-    }
-}
-
 fn outcome(result: &'static str) {
     metrics::counter!(crate::metrics::AUTHN, "result" => result).increment(1);
 }
@@ -671,7 +580,8 @@ impl Default for LoginCacheConfig {
 /// login_cache: {ttl: 5m, max_entries: 10000}
 /// ```
 ///
-/// The chain asks static users first, then GitHub, then OIDC.
+/// The chain asks static users first, then GitHub, then OIDC, then LDAP, then the external program
+/// (`ext_auth: {command, args, timeout}`, see [`crate::auth::external`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthnConfig {
@@ -684,6 +594,10 @@ pub struct AuthnConfig {
     pub github_auth: Option<GitHubConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oidc_auth: Option<OidcConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_auth: Option<LdapConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<ExternalConfig>,
     pub login_throttle: ThrottleConfig,
     pub login_cache: LoginCacheConfig,
 }
@@ -725,6 +639,18 @@ impl AuthnConfig {
                 .and_then(|s| OidcAuthenticator::with_clock(s, clock.clone()).map_err(|p| vec![p]))
             {
                 Ok(a) => authenticators.push(Arc::new(a)),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if let Some(l) = &self.ldap_auth {
+            match l.build("ldap_auth") {
+                Ok(a) => authenticators.push(Arc::new(a)),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if let Some(e) = &self.ext_auth {
+            match e.program("ext_auth") {
+                Ok(p) => authenticators.push(Arc::new(ExternalAuthenticator::new(p))),
                 Err(p) => problems.extend(p),
             }
         }
