@@ -351,56 +351,13 @@ fn main() -> ExitCode {
 }
 
 fn healthcheck(url: &str, insecure: bool, timeout: &str) -> ExitCode {
-    let timeout = match humantime::parse_duration(timeout) {
-        Ok(t) if !t.is_zero() => t,
-        _ => {
-            eprintln!("error: --timeout {timeout:?} is not a duration like 5s");
-            return ExitCode::FAILURE;
-        }
-    };
-    match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        _ => {
-            eprintln!("error: --url {url:?} is not an http:// or https:// URL");
-            return ExitCode::FAILURE;
-        }
-    }
-    // One request: a single-threaded runtime starts faster than the server's.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .tls_danger_accept_invalid_certs(insecure)
-            .user_agent(concat!("ocimirror-healthcheck/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        client.get(url).send().await
-    });
-    match outcome {
-        Ok(r) if r.status().is_success() => {
-            println!("{url}: {}", r.status());
+    match ocimirror::ops::healthcheck::check(url, insecure, timeout) {
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
-        Ok(r) => {
-            eprintln!("unhealthy: {url} answered {}", r.status());
-            ExitCode::FAILURE
-        }
         Err(e) => {
-            let mut why = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                why += &format!(": {c}");
-                cause = c.source();
-            }
-            eprintln!("unhealthy: {why}");
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -412,44 +369,12 @@ fn config_import(
     env_file: Option<PathBuf>,
     output: Option<PathBuf>,
 ) -> ExitCode {
-    use ocimirror::import;
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
-    };
-    let mut input = import::ImportInput::default();
-    for (src, slot) in [
-        (&distribution, &mut input.distribution),
-        (&docker_auth, &mut input.docker_auth),
-    ] {
-        if let Some(p) = src {
-            match read(p) {
-                Ok(t) => *slot = Some((p.clone(), t)),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    }
-    if let Some(p) = &env_file {
-        match read(p) {
-            Ok(t) => input.registry_env = import::parse_env_file(&t),
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    input
-        .registry_env
-        .extend(std::env::vars().filter(|(k, _)| k.starts_with("REGISTRY_")));
-    // A signing key the sources do not provide goes beside the output.
-    input.key_dir = match output.as_ref().and_then(|o| o.parent()) {
-        Some(d) if !d.as_os_str().is_empty() => std::path::absolute(d).unwrap_or(d.to_path_buf()),
-        Some(_) => std::env::current_dir().unwrap_or_default(),
-        None => PathBuf::from("/etc/ocimirror"),
-    };
-    let mut imported = match import::import(&input) {
+    let mut imported = match ocimirror::import::import_files(
+        distribution.as_deref(),
+        docker_auth.as_deref(),
+        env_file.as_deref(),
+        output.as_deref(),
+    ) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("error: {e}");
@@ -473,6 +398,7 @@ fn config_import(
 }
 
 fn gc(a: GcArgs) -> ExitCode {
+    use ocimirror::ops::gc;
     let settings = match ocimirror::server::load_config(
         a.config.as_deref(),
         std::env::vars(),
@@ -484,25 +410,17 @@ fn gc(a: GcArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut policy = settings.expiry.clone().unwrap_or_default();
-    if let Some(v) = &a.max_age {
-        match humantime::parse_duration(v) {
-            Ok(d) => policy.max_age = Some(d),
-            Err(e) => {
-                eprintln!("error: --max-age {v:?} is not a duration like 30d: {e}");
-                return ExitCode::FAILURE;
-            }
+    let policy = match gc::policy(
+        settings.expiry.clone(),
+        a.max_age.as_deref(),
+        a.max_size.as_deref(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-    }
-    if let Some(v) = &a.max_size {
-        match config::parse_size(v) {
-            Ok(n) => policy.max_size = Some(n),
-            Err(e) => {
-                eprintln!("error: --max-size: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
+    };
     if settings.read_only && !a.dry_run {
         eprintln!("error: storage.read_only is set; only --dry-run is possible");
         return ExitCode::FAILURE;
@@ -518,42 +436,7 @@ fn gc(a: GcArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        );
-        return ExitCode::SUCCESS;
-    }
-    let verb = if report.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
-    println!(
-        "scanned: {} blobs ({} bytes), {} manifests, {} repositories",
-        report.blobs, report.stored_bytes, report.manifests, report.repositories
-    );
-    println!(
-        "{verb}: {} manifests, {} blobs ({} bytes; {} by age, {} by size), {} links, {} access records, {} temporary files",
-        report.removed_manifests,
-        report.removed_blobs,
-        report.removed_bytes,
-        report.removed_by_age,
-        report.removed_by_size,
-        report.removed_links,
-        report.removed_records,
-        report.removed_temp_files
-    );
-    if report.spared > 0 {
-        println!("spared: {} pulled again during the pass", report.spared);
-    }
-    println!("kept: {} bytes", report.kept_bytes);
-    if report.dry_run {
-        for d in &report.removed {
-            println!("  {d}");
-        }
-    }
+    ocimirror::ops::print(a.json, &report, &gc::report_text(&report));
     if report.errors > 0 {
         eprintln!(
             "{} deletions failed; the next pass retries them",

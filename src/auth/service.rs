@@ -109,9 +109,7 @@ impl TokenService {
     ) -> Decision {
         match self.names.get() {
             Some(names) if r.kind == "repository" => {
-                policy
-                    .acl
-                    .evaluate_as(identity, client, r, &names(&r.name))
+                policy.acl.evaluate_as(identity, client, r, &names(&r.name))
             }
             _ => policy.acl.evaluate(identity, client, r),
         }

@@ -35,6 +35,7 @@
 mod distribution;
 mod docker_auth;
 mod durations;
+mod files;
 mod render;
 mod source;
 mod tree;
@@ -44,6 +45,7 @@ use std::path::{Path, PathBuf};
 
 pub use docker_auth::rewrite_regex;
 pub use durations::{format_duration, go_duration};
+pub use files::import_files;
 pub use render::FILE_KEYS;
 pub use source::{apply_registry_env, parse_env_file};
 pub use tree::Node;

@@ -5,6 +5,8 @@
 //! of a manifest these commands read (descriptors with sizes and platforms).
 
 pub mod auth;
+pub mod gc;
+pub mod healthcheck;
 pub mod listing;
 pub mod warm;
 
