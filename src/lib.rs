@@ -1,6 +1,10 @@
 //! ocimirror: a pull-through caching mirror for OCI registries. See ARCHITECTURE.md for the
 //! parts and the flow of a pull.
 
+// A request must never panic the process on a value it did not expect: say what is wrong
+// (`expect` with the invariant, or an error) instead of `unwrap()`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod assemble;
 pub mod auth;
 pub mod cache;

@@ -1,6 +1,10 @@
 //! The `ocimirror` command: `serve` the mirror, `config check` or `config import` a file, `gc`,
 //! `keygen`, `hash-password`, `healthcheck`.
 
+// A request must never panic the process on a value it did not expect: say what is wrong
+// (`expect` with the invariant, or an error) instead of `unwrap()`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
