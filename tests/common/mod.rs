@@ -126,26 +126,7 @@ async fn wait_http_ok(url: &str, ok: &[u16], child: &mut Child, log: &Path, what
     }
 }
 
-/// Whether `OCIMIRROR_REQUIRE_ALL` asks for tests to fail rather than skip on a missing tool.
-pub fn require_all() -> bool {
-    std::env::var("OCIMIRROR_REQUIRE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Whether the tool `what` is there (`found`); when not, a skip message, or a panic under
-/// `OCIMIRROR_REQUIRE_ALL`.
-pub fn tool_or_skip(found: bool, what: &str, install: &str) -> bool {
-    if !found {
-        assert!(
-            !require_all(),
-            "OCIMIRROR_REQUIRE_ALL is set but {what} is not installed ({install})"
-        );
-        eprintln!(
-            "SKIPPED: this test needs {what} ({install}); set OCIMIRROR_REQUIRE_ALL=1 to make \
-             this a failure"
-        );
-    }
-    found
-}
+pub use ocimirror::util::tool_or_skip;
 
 /// YAML double-quoted scalar.
 pub fn q(s: &str) -> String {
