@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -85,59 +85,107 @@ async fn pull_steps(m: &str, img: &Image, pause: Duration) -> Result<(), (bool, 
     Ok(())
 }
 
-/// Four clients pull eight images in turn, with idle gaps, for `run_for`, while passes evict
-/// whatever has been idle for a second; one client reads so slowly that its streams span passes.
-/// Returns how many pulls succeeded and the failures.
-async fn run_pullers(
-    m: &Mirror,
-    images: &[Image],
-    run_for: Duration,
-) -> (usize, Vec<(bool, String)>) {
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let until = Instant::now() + run_for;
-    let mut tasks = Vec::new();
-    for client_no in 0..4 {
-        let (url, images) = (m.url(), images.to_vec());
-        let (ok, failures) = (ok.clone(), failures.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = client_no;
-            while Instant::now() < until {
-                let img = &images[i % images.len()];
-                let pause = Duration::from_millis(if client_no == 0 { 40 } else { 1 });
-                match pull(&url, img, pause).await {
-                    Ok(()) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
+/// Four clients pulling eight images in turn, with idle gaps, while passes evict whatever has
+/// been idle for a second; one client reads so slowly that its streams span passes. They run
+/// until the test has seen what it waits for (never for a fixed time: on a loaded machine a
+/// pull takes longer), up to `CAP`.
+struct Pullers {
+    ok: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<(bool, String)>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long the pullers may take to show what a test waits for before it fails.
+const CAP: Duration = Duration::from_secs(120);
+
+impl Pullers {
+    fn start(m: &Mirror, images: &[Image]) -> Pullers {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for client_no in 0..4 {
+            let (url, images) = (m.url(), images.to_vec());
+            let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = client_no;
+                while !stop.load(Ordering::Relaxed) {
+                    let img = &images[i % images.len()];
+                    let pause = Duration::from_millis(if client_no == 0 { 40 } else { 1 });
+                    match pull(&url, img, pause).await {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
                     }
-                    Err(e) => failures.lock().unwrap().push(e),
+                    i += 1;
+                    // Idle gaps, so that content is evicted between pulls.
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
                 }
-                i += 1;
-                // Idle gaps, so that content is evicted between pulls.
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-            }
-        }));
+            }));
+        }
+        Pullers {
+            ok,
+            failures,
+            stop,
+            tasks,
+        }
     }
-    for t in tasks {
-        t.await.unwrap();
+
+    fn pulls(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
     }
-    let failures = failures.lock().unwrap().clone();
-    (ok.load(Ordering::Relaxed), failures)
+
+    fn failures(&self) -> Vec<(bool, String)> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    /// Poll `seen` until it holds (or `CAP` passes), then let every pull in progress finish:
+    /// how many succeeded, and the failures.
+    async fn run_until<F, Fut>(self, mut seen: F) -> (usize, Vec<(bool, String)>)
+    where
+        F: FnMut(usize, Vec<(bool, String)>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let until = Instant::now() + CAP;
+        while Instant::now() < until && !seen(self.pulls(), self.failures()).await {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failures.lock().unwrap().clone())
+    }
 }
 
 /// Online: every pull succeeds, while content is evicted and fetched again.
-async fn evict_under_pulls(m: &Mirror, reg: &Registry, images: &[Image], run_for: Duration) {
-    let (pulls, failures) = run_pullers(m, images, run_for).await;
+async fn evict_under_pulls(m: &Mirror, reg: &Registry, images: &[Image]) {
+    let layer = &images[0].layers[0].digest;
+    let refetched = || async {
+        let removed = m.metric("ocimirror_expiry_removed_blobs_total", &[]).await;
+        let fetches = reg.count_requests("GET", &format!("/blobs/{layer}")).await;
+        (removed, fetches)
+    };
+    let (pulls, failures) = Pullers::start(m, images)
+        .run_until(|pulls, failures| async move {
+            if !failures.is_empty() || pulls < 8 {
+                return !failures.is_empty();
+            }
+            let (removed, fetches) = refetched().await;
+            removed > 0.0 && fetches >= 2
+        })
+        .await;
     assert!(
         failures.is_empty(),
         "failed pulls: {failures:?}\n{}",
         m.log_text()
     );
     assert!(pulls >= 8, "only {pulls} pulls completed");
-    let removed = m.metric("ocimirror_expiry_removed_blobs_total", &[]).await;
+    let (removed, fetches) = refetched().await;
     assert!(removed > 0.0, "no pass removed anything:\n{}", m.log_text());
     // Evicted content was fetched again: the upstream served some layer more than once.
-    let layer = &images[0].layers[0].digest;
-    let fetches = reg.count_requests("GET", &format!("/blobs/{layer}")).await;
     assert!(
         fetches >= 2,
         "the layer was fetched {fetches} times; nothing was evicted under the pulls"
@@ -162,7 +210,16 @@ async fn eviction_never_breaks_a_pull_in_progress_without_an_upstream() {
         pull(&m.url(), img, Duration::ZERO).await.unwrap();
     }
     reg.stop();
-    let (pulls, failures) = run_pullers(&m, &images, Duration::from_secs(15)).await;
+    // Until pulls have both succeeded and met evicted images, and for at least the time the
+    // slow client needs to span a few passes.
+    let started = Instant::now();
+    let (pulls, failures) = Pullers::start(&m, &images)
+        .run_until(|pulls, failures| async move {
+            pulls >= 4
+                && failures.iter().any(|(after, _)| !after)
+                && started.elapsed() >= Duration::from_secs(10)
+        })
+        .await;
     let broken: Vec<_> = failures.iter().filter(|(after, _)| *after).collect();
     assert!(
         broken.is_empty(),
@@ -186,7 +243,7 @@ async fn eviction_under_concurrent_pulls_fails_no_pull_filesystem() {
             .extra(AGGRESSIVE),
     )
     .await;
-    evict_under_pulls(&m, &reg, &images, Duration::from_secs(15)).await;
+    evict_under_pulls(&m, &reg, &images).await;
     // Whatever is left in storage is whole: every blob's bytes match its address.
     let blobs = m.storage_root().join("docker/registry/v2/blobs/sha256");
     for prefix in std::fs::read_dir(&blobs).into_iter().flatten() {
@@ -211,7 +268,7 @@ async fn eviction_under_concurrent_pulls_fails_no_pull_s3() {
             .extra(AGGRESSIVE),
     )
     .await;
-    evict_under_pulls(&m, &reg, &images, Duration::from_secs(15)).await;
+    evict_under_pulls(&m, &reg, &images).await;
 }
 
 fn gc(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
