@@ -110,8 +110,14 @@ pub async fn build_registry_on(
         path: spool_dir.display().to_string(),
         source: e,
     })?;
+    // The request path stops waiting on a failing store; the counts see the store's own
+    // failures, not the breaker's refusals.
+    let storage = match s.storage_breaker {
+        Some(p) => Arc::new(crate::storage::breaker::Breaker::new(b.storage, &p)),
+        None => b.storage,
+    };
     let mut registry = Registry::new(
-        Arc::new(crate::storage::Counted(b.storage)),
+        Arc::new(crate::storage::Counted(storage)),
         b.cache,
         upstream,
         RegistrySettings {

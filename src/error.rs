@@ -228,6 +228,11 @@ impl From<RegistryError> for ApiError {
                 tracing::error!(error = %s, "storage error");
                 ApiError::new(Code::Unavailable, "storage unavailable")
             }
+            // The breaker is open: logged once per transition, not per request.
+            RegistryError::Storage(crate::storage::StorageError::Unavailable(_)) => ApiError::new(
+                Code::Unavailable,
+                "storage unavailable: it failed repeatedly and is being probed; retry shortly",
+            ),
             RegistryError::Storage(s) => {
                 tracing::error!(error = %s, "storage error");
                 ApiError::new(Code::Internal, "storage error")

@@ -103,6 +103,12 @@ catalogue! {
     // Storage and the descriptor cache.
     STORAGE_ERRORS = Counter "ocimirror_storage_errors_total" ["op"]
         "Failed storage operations, by operation.";
+    STORAGE_BREAKER_STATE = Gauge "ocimirror_storage_breaker_state" ["circuit"]
+        "The storage circuit breaker by circuit (read, write): 0 closed, 1 half-open, 2 open.";
+    STORAGE_BREAKER_TRANSITIONS = Counter "ocimirror_storage_breaker_transitions_total" ["circuit", "to"]
+        "Storage circuit breaker transitions, by circuit and new state.";
+    STORAGE_BREAKER_REFUSED = Counter "ocimirror_storage_breaker_refused_total" ["circuit"]
+        "Storage operations refused at once by an open circuit, by circuit.";
     CACHE_ERRORS = Counter "ocimirror_cache_errors_total" ["backend", "op"]
         "Failed descriptor-cache operations, by backend and operation.";
     // Expiry (`expiry/`).

@@ -53,6 +53,8 @@ struct UpstreamEntry {
 struct Inner {
     fills: Mutex<VecDeque<FillRecord>>,
     upstreams: Mutex<BTreeMap<String, UpstreamEntry>>,
+    /// The storage breaker's circuits (`read`, `write`) and their states.
+    storage: Mutex<BTreeMap<&'static str, &'static str>>,
 }
 
 fn inner() -> &'static Inner {
@@ -107,6 +109,27 @@ pub fn upstream_outcome(name: &str, status: &str) {
         e.outcomes.pop_front();
     }
     e.outcomes.push_back(outcome);
+}
+
+/// A storage breaker circuit (`read`, `write`) is now `state` (`closed`, `half-open`, `open`).
+pub fn storage_circuit(circuit: &'static str, state: &'static str) {
+    inner().storage.lock().expect("lock").insert(circuit, state);
+}
+
+/// `ok` when no storage circuit is open (or there is no breaker), else what is open, e.g.
+/// `read circuit open`: for `/readyz`'s detail and the page.
+pub fn storage_health() -> String {
+    let circuits = inner().storage.lock().expect("lock");
+    let open: Vec<String> = circuits
+        .iter()
+        .filter(|(_, s)| **s != "closed")
+        .map(|(c, s)| format!("{c} circuit {s}"))
+        .collect();
+    if open.is_empty() {
+        "ok".into()
+    } else {
+        open.join(", ")
+    }
 }
 
 /// A fill ended.
@@ -171,6 +194,8 @@ pub struct Snapshot {
     pub bytes_served: u64,
     pub fills_in_flight: u64,
     pub stale_served: u64,
+    /// `ok`, or the storage breaker's circuits that are not closed.
+    pub storage: String,
     /// Newest first. Empty (and `fills_hidden`) when the page is restricted.
     pub recent_fills: Vec<FillRecord>,
     pub fills_hidden: bool,
@@ -229,6 +254,7 @@ pub fn snapshot(show_fills: bool) -> Snapshot {
         bytes_served: totals.response_bytes,
         fills_in_flight: totals.fills_in_flight,
         stale_served: totals.stale_served,
+        storage: storage_health(),
         recent_fills,
         fills_hidden: !show_fills,
     }
@@ -328,6 +354,7 @@ th {{ background: #e9eef3; font-weight: 600; }}
 <div class="card"><div class="k">requests served</div><div class="v">{requests}</div><div class="k">{bytes} sent</div></div>
 <div class="card"><div class="k">cache size</div><div class="v">{cache}</div></div>
 <div class="card"><div class="k">fills in flight</div><div class="v">{inflight}</div><div class="k">{stale} stale serves</div></div>
+<div class="card"><div class="k">storage</div><div class="v" id="storage">{storage}</div></div>
 </div>
 <h2>Upstreams</h2>
 <table><thead><tr><th>name</th><th>host</th><th>health</th><th>recent requests ok</th><th>rate limit remaining</th><th>cooldown</th></tr></thead>
@@ -345,6 +372,7 @@ th {{ background: #e9eef3; font-weight: 600; }}
         bytes = human_bytes(s.bytes_served),
         inflight = s.fills_in_flight,
         stale = s.stale_served,
+        storage = esc(&s.storage),
     )
 }
 

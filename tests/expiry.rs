@@ -156,7 +156,10 @@ impl Pullers {
         for t in self.tasks {
             t.await.unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failures.lock().unwrap().clone())
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failures.lock().unwrap().clone(),
+        )
     }
 }
 

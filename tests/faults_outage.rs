@@ -130,7 +130,10 @@ async fn s3_stopped_and_restarted_mid_run_fails_cleanly_and_recovers_without_a_r
         MirrorOpts::upstream(&reg.url())
             .tag_ttl("1h")
             .short_timeouts()
-            .storage_yaml(&s3_storage_yaml(&proxy.url(), "mirror")),
+            .storage_yaml(&format!(
+                "{}  breaker:\n    failures: 3\n    open_for: 2s\n",
+                s3_storage_yaml(&proxy.url(), "mirror")
+            )),
     )
     .await;
 
@@ -226,6 +229,71 @@ async fn s3_stopped_and_restarted_mid_run_fails_cleanly_and_recovers_without_a_r
     eprintln!("S3 down: HEAD cached small blob: {head}");
     assert!(head == 200 || head == 503, "HEAD during the outage: {head}");
     assert!(m.pid().is_some());
+
+    // The breaker opened after the failures above: from then on a request that needs storage
+    // is refused without asking the store, except one probe per `open_for`. Counted, not timed:
+    // the store's own failures grow by at most the probes let through meanwhile.
+    let read = ["circuit=\"read\""];
+    assert!(
+        m.metric(
+            "ocimirror_storage_breaker_transitions_total",
+            &["to=\"open\""]
+        )
+        .await
+            >= 1.0,
+        "the read circuit never opened:\n{}",
+        m.log_text()
+    );
+    let failures_before = m.metric("ocimirror_storage_errors_total", &[]).await;
+    let probes_before = m
+        .metric(
+            "ocimirror_storage_breaker_transitions_total",
+            &["to=\"half-open\""],
+        )
+        .await;
+    let refused_before = m
+        .metric("ocimirror_storage_breaker_refused_total", &read)
+        .await;
+    for _ in 0..10 {
+        let r = m
+            .get(&format!("/v2/{}/blobs/{}", cold.name, cold_big.digest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    let failures = m.metric("ocimirror_storage_errors_total", &[]).await - failures_before;
+    let probes = m
+        .metric(
+            "ocimirror_storage_breaker_transitions_total",
+            &["to=\"half-open\""],
+        )
+        .await
+        - probes_before;
+    let refused = m
+        .metric("ocimirror_storage_breaker_refused_total", &read)
+        .await
+        - refused_before;
+    assert!(
+        failures <= probes * 2.0,
+        "{failures} store failures during 10 requests with only {probes} probes let through"
+    );
+    assert!(refused >= 10.0 - probes, "only {refused} refused at once");
+    let ready = m.get("/readyz").send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let detail = ready.text().await.unwrap();
+    assert!(detail.contains("storage read circuit"), "{detail}");
+    let page: serde_json::Value = serde_json::from_str(
+        &m.get("/status.json")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(page["storage"], "ok", "{page}");
     // The mirror still answers its own endpoints.
     let r = m.get("/healthz").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -260,6 +328,14 @@ async fn s3_stopped_and_restarted_mid_run_fails_cleanly_and_recovers_without_a_r
     wait_stored(&bucket, &cold).await;
     assert_stored_blobs_whole(&bucket);
     assert_eq!(m.pid(), pid, "the mirror was not restarted");
+    // The probe closed the circuit again.
+    let ready = m.get("/readyz").send().await.unwrap().text().await.unwrap();
+    assert_eq!(ready, "ready");
+    assert_eq!(
+        m.metric("ocimirror_storage_breaker_state", &["circuit=\"read\""])
+            .await,
+        0.0
+    );
 }
 
 /// An expiry policy that evicts nearly everything as soon as it has been idle for a second.

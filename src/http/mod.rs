@@ -141,7 +141,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else {
-        (StatusCode::OK, "ready").into_response()
+        // Still ready with the store failing: the replica answers from memory and the upstream,
+        // and every replica shares the store, so taking them out would leave clients nothing.
+        match crate::status::storage_health().as_str() {
+            "ok" => (StatusCode::OK, "ready").into_response(),
+            degraded => (StatusCode::OK, format!("ready (storage {degraded})")).into_response(),
+        }
     }
 }
 

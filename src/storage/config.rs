@@ -15,6 +15,8 @@ pub struct StorageConfig {
     pub s3: S3Config,
     /// Never write: misses are streamed through from the upstream and not kept.
     pub read_only: bool,
+    /// Stop waiting on a failing store (`breaker.rs`).
+    pub breaker: super::breaker::BreakerConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -35,14 +37,20 @@ pub struct FilesystemConfig {
 impl StorageConfig {
     /// Every problem of the configured backend, keyed within this section (`s3.bucket`).
     pub fn check(&self) -> Result<(), Vec<(String, String)>> {
-        if self.backend != StorageBackend::S3 {
-            return Ok(());
+        let mut problems: Vec<(String, String)> = Vec::new();
+        if let Err(ps) = self.breaker.check() {
+            problems.extend(ps.into_iter().map(|(k, m)| (format!("breaker.{k}"), m)));
         }
-        self.s3.validate().map_err(|ps| {
-            ps.into_iter()
-                .map(|(key, message)| (format!("s3.{key}"), message))
-                .collect()
-        })
+        if self.backend == StorageBackend::S3
+            && let Err(ps) = self.s3.validate()
+        {
+            problems.extend(ps.into_iter().map(|(k, m)| (format!("s3.{k}"), m)));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The filesystem root: as configured, else under the replica's data directory.

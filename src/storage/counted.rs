@@ -16,6 +16,7 @@ pub struct Counted(pub Arc<dyn Storage>);
 fn counted<T>(op: &'static str, r: Result<T, StorageError>) -> Result<T, StorageError> {
     if let Err(e) = &r
         && !e.is_not_found()
+        && !matches!(e, StorageError::Unavailable(_))
     {
         metrics::counter!(crate::metrics::STORAGE_ERRORS, "op" => op).increment(1);
     }

@@ -2,6 +2,7 @@
 //! registry layer writes Distribution's layout through. A write becomes visible only on commit,
 //! and a writer dropped before commit publishes nothing.
 
+pub mod breaker;
 pub mod config;
 mod counted;
 mod fs;
@@ -34,6 +35,9 @@ pub enum StorageError {
     },
     #[error("invalid storage key {0:?}")]
     InvalidKey(String),
+    /// Not tried: the store failed repeatedly and the breaker is open (`breaker.rs`).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StorageError {
@@ -51,6 +55,7 @@ impl StorageError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             StorageError::InvalidKey(k) => StorageError::InvalidKey(k.clone()),
+            StorageError::Unavailable(m) => StorageError::Unavailable(m.clone()),
         }
     }
 }

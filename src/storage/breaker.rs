@@ -1,0 +1,570 @@
+//! A circuit breaker around the storage: after `failures` consecutive failed operations
+//! (timeouts, connection errors, 5xx; a missing key is an answer) the circuit opens and every
+//! operation fails at once with [`StorageError::Unavailable`] instead of waiting out the
+//! backend's own retries. After `open_for`, one operation is let through as a probe
+//! (half-open): its success closes the circuit, its failure opens it again.
+//!
+//! Reads (stat, read, ranges, listing) and writes (put, writers, delete) have a circuit each, so
+//! a store that still reads but refuses writes (a full disk, a bucket quota, a read-only mount)
+//! keeps serving what it holds while new content passes through uncommitted.
+//!
+//! The state is per replica (each process judges its own path to the store), reported in
+//! `ocimirror_storage_breaker_state{circuit}` (0 closed, 1 half-open, 2 open), with transitions
+//! counted, and on `/readyz` and the status page through [`crate::status`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError};
+
+/// `storage.breaker` as written: when to stop waiting on the store, and how long before trying
+/// it again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Off: every operation waits on the store, however long it takes to fail.
+    pub enabled: bool,
+    /// Consecutive failed operations that open the circuit.
+    pub failures: u32,
+    /// How long an open circuit fails operations at once before a probe tries the store (`10s`).
+    pub open_for: String,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            failures: 5,
+            open_for: "10s".into(),
+        }
+    }
+}
+
+/// The checked section: `None` when the breaker is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    pub failures: u32,
+    pub open_for: Duration,
+}
+
+impl BreakerConfig {
+    /// The policy, or every problem keyed within this section.
+    pub fn check(&self) -> Result<Option<BreakerPolicy>, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        if self.failures == 0 {
+            problems.push((
+                "failures".into(),
+                "must be at least 1 (set enabled: false to turn the breaker off)".into(),
+            ));
+        }
+        let open_for = match humantime::parse_duration(self.open_for.trim()) {
+            Ok(d) if d.is_zero() => {
+                problems.push((
+                    "open_for".into(),
+                    "must be longer than 0s: an open circuit would probe on every request".into(),
+                ));
+                d
+            }
+            Ok(d) => d,
+            Err(e) => {
+                problems.push((
+                    "open_for".into(),
+                    format!("{:?} is not a duration like 10s or 1m: {e}", self.open_for),
+                ));
+                Duration::ZERO
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(self.enabled.then_some(BreakerPolicy {
+            failures: self.failures,
+            open_for,
+        }))
+    }
+}
+
+/// A circuit's state as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::HalfOpen => "half-open",
+            CircuitState::Open => "open",
+        }
+    }
+
+    fn gauge(self) -> f64 {
+        match self {
+            CircuitState::Closed => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is in flight; if it has not reported by `until` (its request was dropped),
+    /// another is let through.
+    HalfOpen {
+        until: Instant,
+    },
+}
+
+/// Whether an operation was let through as the half-open probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Normal,
+    Probe,
+}
+
+/// One circuit (reads or writes).
+#[derive(Debug)]
+pub struct Circuit {
+    name: &'static str,
+    failures: u32,
+    open_for: Duration,
+    state: Mutex<State>,
+}
+
+impl Circuit {
+    fn new(name: &'static str, c: &BreakerPolicy) -> Circuit {
+        let circuit = Circuit {
+            name,
+            failures: c.failures.max(1),
+            open_for: c.open_for,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        };
+        circuit.publish(CircuitState::Closed);
+        circuit
+    }
+
+    pub fn state(&self) -> CircuitState {
+        match *self.state.lock().expect("breaker lock") {
+            State::Closed { .. } => CircuitState::Closed,
+            State::Open { .. } => CircuitState::Open,
+            State::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+
+    fn admit(&self, key: &str) -> Result<Admission, StorageError> {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("breaker lock");
+        match *state {
+            State::Closed { .. } => Ok(Admission::Normal),
+            State::Open { until } | State::HalfOpen { until } if now < until => {
+                metrics::counter!(crate::metrics::STORAGE_BREAKER_REFUSED, "circuit" => self.name)
+                    .increment(1);
+                Err(StorageError::Unavailable(format!(
+                    "{key}: the storage {} circuit is open after repeated failures; not waiting on the store",
+                    self.name
+                )))
+            }
+            State::Open { .. } | State::HalfOpen { .. } => {
+                *state = State::HalfOpen {
+                    until: now + self.open_for,
+                };
+                drop(state);
+                self.transition(CircuitState::HalfOpen);
+                Ok(Admission::Probe)
+            }
+        }
+    }
+
+    /// The outcome of an admitted operation. An error that is an answer (not found, a bad
+    /// key) counts as the store working.
+    fn record<T>(&self, admission: Admission, r: &Result<T, StorageError>) {
+        let failed = matches!(r, Err(StorageError::Io { .. }));
+        let mut state = self.state.lock().expect("breaker lock");
+        let next = match (&mut *state, failed) {
+            (State::Closed { failures }, false) => {
+                *failures = 0;
+                None
+            }
+            (State::Closed { failures }, true) => {
+                *failures += 1;
+                (*failures >= self.failures).then_some(CircuitState::Open)
+            }
+            // Only the probe's own outcome decides a half-open circuit; a late answer of an
+            // operation admitted before the circuit opened says nothing new.
+            (State::HalfOpen { .. }, false) if admission == Admission::Probe => {
+                Some(CircuitState::Closed)
+            }
+            (State::HalfOpen { .. }, true) if admission == Admission::Probe => {
+                Some(CircuitState::Open)
+            }
+            _ => None,
+        };
+        match next {
+            Some(CircuitState::Open) => {
+                *state = State::Open {
+                    until: Instant::now() + self.open_for,
+                }
+            }
+            Some(CircuitState::Closed) => *state = State::Closed { failures: 0 },
+            _ => {}
+        }
+        drop(state);
+        if let Some(s) = next {
+            self.transition(s);
+        }
+    }
+
+    fn transition(&self, to: CircuitState) {
+        match to {
+            CircuitState::Open => tracing::warn!(
+                circuit = self.name,
+                open_for = ?self.open_for,
+                "storage circuit open: {} consecutive failures; not waiting on the store until a probe succeeds",
+                self.failures
+            ),
+            CircuitState::Closed => {
+                tracing::info!(
+                    circuit = self.name,
+                    "storage circuit closed: the store answers again"
+                )
+            }
+            CircuitState::HalfOpen => {
+                tracing::debug!(circuit = self.name, "storage circuit half-open: probing")
+            }
+        }
+        metrics::counter!(crate::metrics::STORAGE_BREAKER_TRANSITIONS, "circuit" => self.name, "to" => to.as_str())
+            .increment(1);
+        self.publish(to);
+    }
+
+    fn publish(&self, s: CircuitState) {
+        metrics::gauge!(crate::metrics::STORAGE_BREAKER_STATE, "circuit" => self.name)
+            .set(s.gauge());
+        crate::status::storage_circuit(self.name, s.as_str());
+    }
+}
+
+/// The decorator: the wrapped storage behind a read and a write circuit.
+pub struct Breaker {
+    inner: Arc<dyn Storage>,
+    reads: Arc<Circuit>,
+    writes: Arc<Circuit>,
+}
+
+impl Breaker {
+    pub fn new(inner: Arc<dyn Storage>, config: &BreakerPolicy) -> Breaker {
+        Breaker {
+            inner,
+            reads: Arc::new(Circuit::new("read", config)),
+            writes: Arc::new(Circuit::new("write", config)),
+        }
+    }
+
+    pub fn reads(&self) -> CircuitState {
+        self.reads.state()
+    }
+
+    pub fn writes(&self) -> CircuitState {
+        self.writes.state()
+    }
+}
+
+async fn guarded<T>(
+    circuit: &Circuit,
+    key: &str,
+    op: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    let admission = circuit.admit(key)?;
+    let r = op.await;
+    circuit.record(admission, &r);
+    r
+}
+
+#[async_trait]
+impl Storage for Breaker {
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        guarded(&self.reads, key, self.inner.stat(key)).await
+    }
+    async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+        guarded(&self.reads, key, self.inner.read(key)).await
+    }
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        let s = guarded(&self.reads, key, self.inner.read_range(key, offset, len)).await?;
+        // A store that dies mid-stream counts too.
+        let reads = self.reads.clone();
+        Ok(s.map(move |r| {
+            if r.is_err() {
+                reads.record(Admission::Normal, &r);
+            }
+            r
+        })
+        .boxed())
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        guarded(&self.writes, key, self.inner.put(key, data)).await
+    }
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let w = guarded(&self.writes, key, self.inner.writer(key)).await?;
+        Ok(Box::new(GuardedWriter {
+            inner: w,
+            writes: self.writes.clone(),
+        }))
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        guarded(&self.writes, key, self.inner.delete(key)).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        guarded(&self.reads, prefix, self.inner.list(prefix)).await
+    }
+    async fn remove_abandoned(&self, age: Duration) -> Result<usize, StorageError> {
+        guarded(
+            &self.writes,
+            "abandoned uploads",
+            self.inner.remove_abandoned(age),
+        )
+        .await
+    }
+}
+
+struct GuardedWriter {
+    inner: Box<dyn ObjectWriter>,
+    writes: Arc<Circuit>,
+}
+
+#[async_trait]
+impl ObjectWriter for GuardedWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let r = self.inner.write(chunk).await;
+        if r.is_err() {
+            self.writes.record(Admission::Normal, &r);
+        }
+        r
+    }
+    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        let GuardedWriter { inner, writes } = *self;
+        let r = inner.commit().await;
+        writes.record(Admission::Normal, &r);
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    /// A store whose reads and writes can be made to fail, counting the calls that reach it.
+    struct Flaky {
+        inner: MemoryStorage,
+        reads_fail: AtomicBool,
+        writes_fail: AtomicBool,
+        calls: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn new() -> Arc<Flaky> {
+            Arc::new(Flaky {
+                inner: MemoryStorage::default(),
+                reads_fail: AtomicBool::new(false),
+                writes_fail: AtomicBool::new(false),
+                calls: AtomicUsize::new(0),
+            })
+        }
+        fn fail(&self, flag: &AtomicBool, key: &str) -> Result<(), StorageError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if flag.load(Ordering::SeqCst) {
+                return Err(StorageError::Io {
+                    key: key.into(),
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "store down"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Flaky {
+        async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.fail(&self.reads_fail, key)?;
+            self.inner.stat(key).await
+        }
+        async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+            self.fail(&self.reads_fail, key)?;
+            self.inner.read(key).await
+        }
+        async fn read_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: Option<u64>,
+        ) -> Result<ByteStream, StorageError> {
+            self.fail(&self.reads_fail, key)?;
+            self.inner.read_range(key, offset, len).await
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+            self.fail(&self.writes_fail, key)?;
+            self.inner.put(key, data).await
+        }
+        async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+            self.fail(&self.writes_fail, key)?;
+            self.inner.writer(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.fail(&self.writes_fail, key)?;
+            self.inner.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.fail(&self.reads_fail, prefix)?;
+            self.inner.list(prefix).await
+        }
+    }
+
+    fn config(open_for: Duration) -> BreakerPolicy {
+        BreakerPolicy {
+            failures: 3,
+            open_for,
+        }
+    }
+
+    #[tokio::test]
+    async fn opens_after_consecutive_failures_then_fails_without_asking_the_store() {
+        let store = Flaky::new();
+        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        store.reads_fail.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(matches!(b.stat("k").await, Err(StorageError::Io { .. })));
+        }
+        assert_eq!(b.reads(), CircuitState::Open);
+        let before = store.calls.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            let e = b.read("k").await.unwrap_err();
+            assert!(matches!(e, StorageError::Unavailable(_)), "{e}");
+            assert!(e.to_string().contains("circuit is open"), "{e}");
+        }
+        assert_eq!(
+            store.calls.load(Ordering::SeqCst),
+            before,
+            "the store was asked"
+        );
+        // Writes have their own circuit.
+        assert_eq!(b.writes(), CircuitState::Closed);
+        b.put("k", Bytes::from_static(b"x")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_or_a_success_resets_the_count() {
+        let store = Flaky::new();
+        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        for _ in 0..5 {
+            store.reads_fail.store(true, Ordering::SeqCst);
+            b.stat("k").await.unwrap_err();
+            b.stat("k").await.unwrap_err();
+            store.reads_fail.store(false, Ordering::SeqCst);
+            assert!(b.read("absent").await.unwrap_err().is_not_found());
+        }
+        assert_eq!(b.reads(), CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn one_probe_after_open_for_closes_or_reopens() {
+        let store = Flaky::new();
+        let b = Breaker::new(store.clone(), &config(Duration::from_millis(50)));
+        store.reads_fail.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            b.stat("k").await.unwrap_err();
+        }
+        assert_eq!(b.reads(), CircuitState::Open);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // The probe fails: open again, and the store is not asked meanwhile.
+        assert!(matches!(b.stat("k").await, Err(StorageError::Io { .. })));
+        assert_eq!(b.reads(), CircuitState::Open);
+        let before = store.calls.load(Ordering::SeqCst);
+        assert!(matches!(
+            b.stat("k").await,
+            Err(StorageError::Unavailable(_))
+        ));
+        assert_eq!(store.calls.load(Ordering::SeqCst), before);
+        // The store is back: the next probe closes the circuit.
+        store.reads_fail.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(b.stat("k").await.unwrap(), None);
+        assert_eq!(b.reads(), CircuitState::Closed);
+        assert_eq!(b.stat("k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn failing_writes_leave_reads_served() {
+        let store = Flaky::new();
+        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        b.put("held", Bytes::from_static(b"bytes")).await.unwrap();
+        store.writes_fail.store(true, Ordering::SeqCst);
+        for i in 0..3 {
+            b.put(&format!("new{i}"), Bytes::from_static(b"x"))
+                .await
+                .unwrap_err();
+        }
+        assert_eq!(b.writes(), CircuitState::Open);
+        assert!(matches!(
+            b.writer("new").await.err(),
+            Some(StorageError::Unavailable(_))
+        ));
+        assert_eq!(b.reads(), CircuitState::Closed);
+        assert_eq!(b.read("held").await.unwrap().as_ref(), b"bytes");
+    }
+
+    #[test]
+    fn config_refuses_what_cannot_work() {
+        let bad = BreakerConfig {
+            enabled: true,
+            failures: 0,
+            open_for: "0s".into(),
+        };
+        let keys: Vec<_> = bad
+            .check()
+            .unwrap_err()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["failures", "open_for"]);
+        let unreadable = BreakerConfig {
+            open_for: "soon".into(),
+            ..BreakerConfig::default()
+        };
+        let e = unreadable.check().unwrap_err();
+        assert!(e[0].1.contains("not a duration"), "{e:?}");
+        assert_eq!(
+            BreakerConfig::default().check().unwrap(),
+            Some(BreakerPolicy {
+                failures: 5,
+                open_for: Duration::from_secs(10)
+            })
+        );
+        let off = BreakerConfig {
+            enabled: false,
+            ..BreakerConfig::default()
+        };
+        assert_eq!(off.check().unwrap(), None);
+    }
+}
