@@ -13,6 +13,7 @@ use url::Url;
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
+use crate::cluster::{ClusterConfig, ClusterSettings};
 use crate::expiry::ExpiryPolicy;
 use crate::http::limit::LimitSettings;
 use crate::http::tls::TlsFiles;
@@ -49,6 +50,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Per-client request rate limits on `/v2`.
     pub limits: LimitsConfig,
+    /// Replicas streaming each other's fills in progress; absent: they wait for commits.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -98,6 +101,7 @@ impl Default for Config {
             expiry: None,
             tls: None,
             limits: LimitsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -412,6 +416,8 @@ pub struct Settings {
     /// Absent: plain HTTP.
     pub tls: Option<TlsFiles>,
     pub limits: LimitSettings,
+    /// Absent: no peer streaming.
+    pub cluster: Option<ClusterSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -945,6 +951,15 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
             format!("{h:?} is not a header name"),
         );
     }
+    let cluster = c.cluster.as_ref().and_then(|cl| {
+        cl.validate()
+            .map_err(|ps| {
+                for (key, message) in ps {
+                    problem(&format!("cluster.{key}"), message);
+                }
+            })
+            .ok()
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -987,6 +1002,7 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
                 .unwrap_or(c.limits.requests_per_second.saturating_mul(2)),
             real_ip_header: c.limits.real_ip_header.clone().filter(|h| !h.is_empty()),
         },
+        cluster,
     })
 }
 
@@ -1427,6 +1443,7 @@ mod tests {
         c.storage.s3.endpoint = Some(String::new());
         c.expiry = Some(ExpiryConfig::default());
         c.tls = Some(TlsConfig::default());
+        c.cluster = Some(ClusterConfig::default());
         c.auth = Some(AuthConfig {
             github_auth: Some(crate::auth::authn::GitHubConfig {
                 organization: Some(String::new()),

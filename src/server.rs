@@ -64,6 +64,11 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                     &buckets,
                 )
                 .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("ocimirror_blob_first_byte_seconds".into()),
+                    &buckets,
+                )
+                .ok()?
                 .install_recorder()
                 .ok()
         })
@@ -276,7 +281,12 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             }
             None => None,
         };
-        Some(build_registry_on(&s, b, access, upstreams.clone()).await?)
+        let registry = build_registry_on(&s, b, access, upstreams.clone()).await?;
+        let fleet = s.cache_backend == CacheBackend::Redis;
+        crate::cluster::start(s.cluster.as_ref(), fleet, &registry, s.header_read_timeout)
+            .await
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        Some(registry)
     } else {
         None
     };

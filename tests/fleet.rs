@@ -784,6 +784,11 @@ async fn fleet_example_config_checks_and_serves() {
     let img = p.push_oci_image("myorg/app", "v1", 801).await;
     p.push_oci_image("other/app", "v1", 802).await;
     let s3 = S3Server::start().await;
+    // The example's cluster section, on loopback, with a secret of the test's.
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("cluster-secret");
+    fs::write(&secret, "fleet-example-secret-0123456789\n").unwrap();
+    let peer_port = free_port();
     let env = vec![
         ("OCIMIRROR_STORAGE__S3__ENDPOINT", s3.endpoint.clone()),
         ("OCIMIRROR_STORAGE__S3__BUCKET", S3_BUCKET.to_string()),
@@ -791,6 +796,18 @@ async fn fleet_example_config_checks_and_serves() {
         ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_string()),
         ("OCIMIRROR_CACHE__REDIS__URL", redis.url()),
         ("OCIMIRROR_UPSTREAM__URL", reg.url()),
+        (
+            "OCIMIRROR_CLUSTER__LISTEN",
+            format!("127.0.0.1:{peer_port}"),
+        ),
+        (
+            "OCIMIRROR_CLUSTER__ADVERTISE",
+            format!("http://127.0.0.1:{peer_port}"),
+        ),
+        (
+            "OCIMIRROR_CLUSTER__SECRET_FILE",
+            secret.display().to_string(),
+        ),
     ];
     check(&env);
     let mut opts = MirrorOpts::cli(&["--config", &example.display().to_string()]);

@@ -3,6 +3,7 @@
 //! under a name only when the upstream confirmed it may be read there.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::StreamExt;
 
@@ -48,6 +49,7 @@ impl Registry {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, RegistryError> {
+        let started = Instant::now();
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
         let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
@@ -74,7 +76,7 @@ impl Registry {
             }
         }
         if let Some(meta) = data {
-            match self.serve_stored(digest, meta, range, head).await {
+            match self.serve_stored(digest, meta, range, head, started).await {
                 // Expired and deleted since the look above: fetch it again like any miss.
                 Err(RegistryError::Storage(e)) if e.is_not_found() => {
                     tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
@@ -113,7 +115,9 @@ impl Registry {
         let fill = match self.obtain(&repo, digest).await? {
             Source::Fill(f) => f,
             // Another replica filled it while this one waited.
-            Source::Stored(meta) => return self.serve_stored(digest, meta, range, head).await,
+            Source::Stored(meta) => {
+                return self.serve_stored(digest, meta, range, head, started).await;
+            }
         };
         let size = match fill.started().await.map_err(blob_upstream_error)? {
             Some(s) => s,
@@ -125,13 +129,13 @@ impl Registry {
         };
         let resolved = resolve(range, size)?;
         let body = match resolved {
-            Some((a, b)) => fill.stream(a, Some(b + 1)),
-            None => fill.stream(0, None),
+            Some((a, b)) => fill.clone().stream(a, Some(b + 1)),
+            None => fill.clone().stream(0, None),
         };
         Ok(BlobReply {
             size,
             range: resolved,
-            body: Some(body),
+            body: Some(timed(body, started, move || fill.origin().as_str())),
         })
     }
 
@@ -141,6 +145,7 @@ impl Registry {
         meta: ObjectMeta,
         range: Option<ByteRange>,
         head: bool,
+        started: Instant,
     ) -> Result<BlobReply, RegistryError> {
         let resolved = resolve(range, meta.size)?;
         let body = if head {
@@ -154,7 +159,8 @@ impl Registry {
                 .storage
                 .read_range(&layout::blob_data(digest), off, len)
                 .await?;
-            Some(s.map(|r| r.map_err(std::io::Error::other)).boxed() as ClientStream)
+            let body = s.map(|r| r.map_err(std::io::Error::other)).boxed();
+            Some(timed(body, started, || "storage"))
         };
         Ok(BlobReply {
             size: meta.size,
@@ -162,6 +168,25 @@ impl Registry {
             body,
         })
     }
+}
+
+/// Time from a request to its body's first byte, by where that byte came from (`upstream`,
+/// `peer`, `storage`): what a client waits, whichever replica it reached.
+fn timed(
+    body: ClientStream,
+    started: Instant,
+    origin: impl Fn() -> &'static str + Send + 'static,
+) -> ClientStream {
+    let mut first = true;
+    body.map(move |chunk| {
+        if first && chunk.is_ok() {
+            first = false;
+            metrics::histogram!("ocimirror_blob_first_byte_seconds", "source" => origin())
+                .record(started.elapsed().as_secs_f64());
+        }
+        chunk
+    })
+    .boxed()
 }
 
 fn resolve(range: Option<ByteRange>, size: u64) -> Result<Option<(u64, u64)>, RegistryError> {

@@ -19,7 +19,7 @@ use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fault {
+pub(super) enum Fault {
     None,
     /// Serve bytes that do not hash to the digest.
     Corrupt,
@@ -29,21 +29,30 @@ enum Fault {
     Down,
 }
 
-struct Fake {
-    blob: Bytes,
-    blob_digest: Digest,
+pub(super) struct Fake {
+    pub(super) blob: Bytes,
+    pub(super) blob_digest: Digest,
     manifest: Bytes,
     manifest_digest: Digest,
     fault: Mutex<Fault>,
     /// Delay between 64 KiB chunks, so concurrent requests overlap the fill.
     pace: Duration,
-    blob_gets: AtomicUsize,
+    pub(super) blob_gets: AtomicUsize,
     manifest_gets: AtomicUsize,
     manifest_heads: AtomicUsize,
+    /// Where each blob GET started (its range).
+    pub(super) blob_gets_from: Mutex<Vec<u64>>,
+    /// Blob bytes sent, over every GET.
+    pub(super) blob_bytes: Arc<AtomicUsize>,
+    /// Answer every range with the whole blob.
+    pub(super) ignore_ranges: std::sync::atomic::AtomicBool,
+    /// The first GET stops before this offset until the semaphore has a permit (never, for a
+    /// stalled fetch).
+    pub(super) pause: Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
 }
 
 impl Fake {
-    fn new(size: usize) -> Arc<Self> {
+    pub(super) fn new(size: usize) -> Arc<Self> {
         let blob: Bytes = (0..size)
             .map(|i| (i * 31 % 251) as u8)
             .collect::<Vec<_>>()
@@ -62,10 +71,14 @@ impl Fake {
             blob_gets: AtomicUsize::new(0),
             manifest_gets: AtomicUsize::new(0),
             manifest_heads: AtomicUsize::new(0),
+            blob_gets_from: Mutex::new(Vec::new()),
+            blob_bytes: Arc::new(AtomicUsize::new(0)),
+            ignore_ranges: std::sync::atomic::AtomicBool::new(false),
+            pause: Mutex::new(None),
         })
     }
 
-    fn set(&self, f: Fault) {
+    pub(super) fn set(&self, f: Fault) {
         *self.fault.lock().unwrap() = f;
     }
 
@@ -132,8 +145,14 @@ impl Upstream for Fake {
         Ok(self.blob.len() as u64)
     }
 
-    async fn get_blob(&self, _: &RepoName, d: &Digest) -> Result<BlobResponse, UpstreamError> {
+    async fn get_blob(
+        &self,
+        _: &RepoName,
+        d: &Digest,
+        from: u64,
+    ) -> Result<BlobResponse, UpstreamError> {
         self.blob_gets.fetch_add(1, Ordering::SeqCst);
+        self.blob_gets_from.lock().unwrap().push(from);
         let fault = self.fault()?;
         if *d != self.blob_digest {
             return Err(UpstreamError::NotFound);
@@ -148,22 +167,50 @@ impl Upstream for Fake {
         } else {
             size
         };
-        let chunks: Vec<Result<Bytes, UpstreamError>> = data[..cut]
-            .chunks(64 * 1024)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .chain(
-                (fault == Fault::Truncate).then(|| Err(UpstreamError::Unavailable("reset".into()))),
-            )
-            .collect();
+        let start = if self.ignore_ranges.load(Ordering::SeqCst) {
+            0
+        } else {
+            (from as usize).min(size)
+        };
+        let first = self.blob_gets_from.lock().unwrap().len() == 1;
+        let pause = if first {
+            self.pause.lock().unwrap().clone()
+        } else {
+            None
+        };
+        let mut chunks: Vec<(usize, Result<Bytes, UpstreamError>)> = Vec::new();
+        let mut at = start;
+        while at < cut {
+            let end = (at + 64 * 1024).min(cut);
+            chunks.push((at, Ok(Bytes::copy_from_slice(&data[at..end]))));
+            at = end;
+        }
+        if fault == Fault::Truncate {
+            chunks.push((cut, Err(UpstreamError::Unavailable("reset".into()))));
+        }
         let pace = self.pace;
+        let fake = self.blob_bytes.clone();
         let stream = futures_util::stream::iter(chunks)
-            .then(move |c| async move {
-                tokio::time::sleep(pace).await;
-                c
+            .then(move |(at, c)| {
+                let (pause, fake) = (pause.clone(), fake.clone());
+                async move {
+                    if let Some((offset, gate)) = pause
+                        && at + 64 * 1024 > offset
+                    {
+                        // Given back at once: one permit opens the gate for every stream.
+                        let _ = gate.acquire().await;
+                    }
+                    tokio::time::sleep(pace).await;
+                    if let Ok(b) = &c {
+                        fake.fetch_add(b.len(), Ordering::SeqCst);
+                    }
+                    c
+                }
             })
             .boxed();
         Ok(BlobResponse {
             size: Some(size as u64),
+            start: start as u64,
             stream,
         })
     }
@@ -213,15 +260,15 @@ fn rig(size: usize, tag_ttl: Duration, offline: bool) -> Rig {
     }
 }
 
-fn name() -> RepoName {
+pub(super) fn name() -> RepoName {
     RepoName::parse("app").unwrap()
 }
 
-fn latest() -> Reference {
+pub(super) fn latest() -> Reference {
     Reference::Tag(Tag::parse("latest").unwrap())
 }
 
-async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
+pub(super) async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
     let chunks: Vec<Bytes> = reply.body.expect("body").try_collect().await?;
     Ok(chunks.concat())
 }
@@ -505,21 +552,55 @@ async fn allow_list_refuses_before_any_upstream_call() {
 
 /// A lease store shared by the replicas of a test fleet, with its own short lifetime so that a
 /// holder's death is noticed within the test.
-struct MemLeases {
-    ttl: Duration,
-    map: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+pub(super) struct MemLeases {
+    pub(super) ttl: Duration,
+    pub(super) map: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl MemLeases {
+    pub(super) fn new(ttl: Duration) -> Arc<Self> {
+        Arc::new(MemLeases {
+            ttl,
+            map: Mutex::new(Default::default()),
+        })
+    }
 }
 
 #[async_trait]
 impl crate::cache::lease::Leases for MemLeases {
-    async fn try_acquire(&self, d: &str, _: Duration) -> crate::cache::lease::LeaseOutcome {
-        use crate::cache::lease::LeaseOutcome;
+    async fn try_acquire(
+        &self,
+        d: &str,
+        _: Duration,
+        peer: Option<&str>,
+    ) -> crate::cache::lease::LeaseOutcome {
+        use crate::cache::lease::{LeaseOutcome, lease_value};
         let mut map = self.map.lock().unwrap();
         let now = std::time::Instant::now();
         match map.get(d) {
-            Some((_, until)) if *until > now => LeaseOutcome::HeldElsewhere,
+            Some((v, until)) if *until > now => LeaseOutcome::HeldElsewhere(v.clone()),
             _ => {
-                let token = uuid::Uuid::new_v4().to_string();
+                let token = lease_value(peer);
+                map.insert(d.to_owned(), (token.clone(), now + self.ttl));
+                LeaseOutcome::Acquired(token)
+            }
+        }
+    }
+
+    async fn take_over(
+        &self,
+        d: &str,
+        held: &str,
+        _: Duration,
+        peer: Option<&str>,
+    ) -> crate::cache::lease::LeaseOutcome {
+        use crate::cache::lease::{LeaseOutcome, lease_value};
+        let mut map = self.map.lock().unwrap();
+        let now = std::time::Instant::now();
+        match map.get(d) {
+            Some((v, until)) if *until > now && v != held => LeaseOutcome::HeldElsewhere(v.clone()),
+            _ => {
+                let token = lease_value(peer);
                 map.insert(d.to_owned(), (token.clone(), now + self.ttl));
                 LeaseOutcome::Acquired(token)
             }
@@ -545,7 +626,7 @@ impl crate::cache::lease::Leases for MemLeases {
     }
 }
 
-fn replica(
+pub(super) fn replica(
     storage: &MemoryStorage,
     fake: &Arc<Fake>,
     leases: &Arc<MemLeases>,
@@ -573,10 +654,7 @@ async fn one_fill_across_replicas_sharing_storage_and_leases() {
     let spool = tempfile::tempdir().unwrap();
     let storage = MemoryStorage::new();
     let fake = Fake::new(2 * 1024 * 1024);
-    let leases = Arc::new(MemLeases {
-        ttl: Duration::from_secs(5),
-        map: Mutex::new(Default::default()),
-    });
+    let leases = MemLeases::new(Duration::from_secs(5));
     let replicas: Vec<Arc<Registry>> = (0..3)
         .map(|_| replica(&storage, &fake, &leases, &spool))
         .collect();
@@ -605,15 +683,12 @@ async fn a_replica_takes_over_when_the_lease_holder_dies() {
     let spool = tempfile::tempdir().unwrap();
     let storage = MemoryStorage::new();
     let fake = Fake::new(64 * 1024);
-    let leases = Arc::new(MemLeases {
-        ttl: Duration::from_millis(400),
-        map: Mutex::new(Default::default()),
-    });
+    let leases = MemLeases::new(Duration::from_millis(400));
     // A holder that never fills or renews: it died right after taking the lease.
     use crate::cache::lease::{LeaseOutcome, Leases, fill_lease};
     assert!(matches!(
         leases
-            .try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO)
+            .try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO, None)
             .await,
         LeaseOutcome::Acquired(_)
     ));

@@ -67,9 +67,10 @@ impl Upstream for AllowListed {
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError> {
         self.check(name)?;
-        self.inner.get_blob(name, digest).await
+        self.inner.get_blob(name, digest, from).await
     }
 
     async fn tags(

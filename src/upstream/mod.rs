@@ -57,7 +57,11 @@ pub struct FetchedManifest {
 }
 
 pub struct BlobResponse {
+    /// The whole blob's size, when the upstream said.
     pub size: Option<u64>,
+    /// The offset of the stream's first byte: the one asked for, or 0 when the upstream ignored
+    /// the range and sends the whole blob.
+    pub start: u64,
     pub stream: BlobByteStream,
 }
 
@@ -84,10 +88,13 @@ pub trait Upstream: Send + Sync + 'static {
         reference: &Reference,
     ) -> Result<FetchedManifest, UpstreamError>;
     async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
+    /// The blob's bytes from offset `from` on (a `Range` request when `from` > 0; see
+    /// [`BlobResponse::start`] for what the upstream made of it).
     async fn get_blob(
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError>;
     async fn tags(
         &self,

@@ -115,9 +115,10 @@ impl Upstream for Routed {
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError> {
         let (u, _, inner) = self.route(name)?;
-        u.get_blob(&inner, digest).await
+        u.get_blob(&inner, digest, from).await
     }
 
     async fn tags(
@@ -181,7 +182,12 @@ mod tests {
             self.asked.lock().unwrap().push(format!("{}:{n}", self.tag));
             Err(UpstreamError::NotFound)
         }
-        async fn get_blob(&self, n: &RepoName, _: &Digest) -> Result<BlobResponse, UpstreamError> {
+        async fn get_blob(
+            &self,
+            n: &RepoName,
+            _: &Digest,
+            _: u64,
+        ) -> Result<BlobResponse, UpstreamError> {
             self.asked.lock().unwrap().push(format!("{}:{n}", self.tag));
             Err(UpstreamError::NotFound)
         }
