@@ -644,6 +644,7 @@ const TOP_LEVEL: &[&str] = &[
     "tls",
     "upstreams",
     "limits",
+    "cluster",
 ];
 
 fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
