@@ -26,6 +26,8 @@ struct Net {
     gone: Mutex<HashSet<String>>,
     /// Cancelled when a replica dies: its streams break.
     alive: Mutex<HashMap<String, CancellationToken>>,
+    /// Replicas alive but out of reach (a partition): opening a stream from them times out.
+    cut: Mutex<HashSet<String>>,
     opened: AtomicUsize,
 }
 
@@ -48,6 +50,9 @@ impl Peers for NetPeers {
     ) -> Result<PeerStream, PeerError> {
         if self.net.gone.lock().unwrap().contains(holder) {
             return Err(PeerError::Gone(format!("{holder}: connection refused")));
+        }
+        if self.net.cut.lock().unwrap().contains(holder) {
+            return Err(PeerError::Failed(format!("{holder}: timed out")));
         }
         let reg = self.net.replicas.lock().unwrap().get(holder).cloned();
         let alive = self.net.alive.lock().unwrap().get(holder).cloned();
@@ -92,6 +97,7 @@ impl Peers for NetPeers {
 struct Fleet3 {
     replicas: Vec<Arc<Registry>>,
     net: Arc<Net>,
+    leases: Arc<MemLeases>,
     storage: MemoryStorage,
     fake: Arc<Fake>,
     _spool: tempfile::TempDir,
@@ -100,11 +106,20 @@ struct Fleet3 {
 impl Fleet3 {
     /// Three replicas; the fake's fetches from byte 0 stop at `pause_at` until `gate` opens.
     async fn start(size: usize, pause_at: usize, gate: &Arc<tokio::sync::Semaphore>) -> Fleet3 {
+        Self::start_with(size, pause_at, gate, Duration::from_secs(30)).await
+    }
+
+    async fn start_with(
+        size: usize,
+        pause_at: usize,
+        gate: &Arc<tokio::sync::Semaphore>,
+        lease_ttl: Duration,
+    ) -> Fleet3 {
         let spool = tempfile::tempdir().unwrap();
         let storage = MemoryStorage::new();
         let fake = Fake::new(size);
         *fake.pause.lock().unwrap() = Some((pause_at, gate.clone()));
-        let leases = MemLeases::new(Duration::from_secs(30));
+        let leases = MemLeases::new(lease_ttl);
         let net = Arc::new(Net::default());
         let mut replicas = Vec::new();
         for i in 0..3 {
@@ -125,6 +140,7 @@ impl Fleet3 {
         Fleet3 {
             replicas,
             net,
+            leases,
             storage,
             fake,
             _spool: spool,
@@ -321,4 +337,50 @@ async fn corrupt_upstream_bytes_complete_no_response_on_any_replica() {
         );
     }
     assert_eq!(f.stored().await, None, "corrupt bytes committed");
+}
+
+/// The holder is alive but out of reach of the others (a partition): they wait, and finish
+/// from storage once it has committed; the upstream sends the blob once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_cut_off_from_a_live_holder_finish_from_its_commit() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    f.net.cut.lock().unwrap().insert("peer-0".into());
+    let clients: Vec<_> = (0..4).map(|k| f.client(1 + k % 2, 0, tx.clone())).collect();
+    gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+/// The holder stalls, out of reach and no longer renewing its lease (cut off from the fleet):
+/// when the lease lapses, a relay takes it and resumes from the upstream with a range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lapsed_lease_of_an_unreachable_holder_is_taken_over() {
+    const SIZE: usize = 1 << 20;
+    let never = Arc::new(tokio::sync::Semaphore::new(0));
+    // Longer than the renewal period, so the lease lives until the holder is cut off.
+    let f = Fleet3::start_with(SIZE, SIZE / 2, &never, Duration::from_secs(5)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    let clients: Vec<_> = (0..4)
+        .map(|k| f.client(1 + k % 2, SIZE / 2 - 2, tx.clone()))
+        .collect();
+    reports(&mut rx, 4, SIZE / 2 - 2).await;
+    f.leases.frozen.store(true, Ordering::SeqCst);
+    f.net.cut.lock().unwrap().insert("peer-0".into());
+    f.net.alive.lock().unwrap()["peer-0"].cancel();
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    let froms = f.fake.blob_gets_from.lock().unwrap().clone();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[1] > 0, "resumed with a range: {froms:?}");
 }

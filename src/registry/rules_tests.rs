@@ -555,6 +555,8 @@ async fn allow_list_refuses_before_any_upstream_call() {
 pub(super) struct MemLeases {
     pub(super) ttl: Duration,
     pub(super) map: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// Renewals fail (as for a holder cut off from the lease store): leases lapse.
+    pub(super) frozen: std::sync::atomic::AtomicBool,
 }
 
 impl MemLeases {
@@ -562,6 +564,7 @@ impl MemLeases {
         Arc::new(MemLeases {
             ttl,
             map: Mutex::new(Default::default()),
+            frozen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -608,6 +611,9 @@ impl crate::cache::lease::Leases for MemLeases {
     }
 
     async fn renew(&self, d: &str, token: &str, _: Duration) -> bool {
+        if self.frozen.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut map = self.map.lock().unwrap();
         match map.get_mut(d) {
             Some((t, until)) if t == token => {
