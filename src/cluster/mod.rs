@@ -89,7 +89,7 @@ impl ClusterConfig {
             }
             Some(a) => match Url::parse(a) {
                 Ok(u)
-                    if matches!(u.scheme(), "http" | "https")
+                    if u.scheme() == "http"
                         && u.host_str().is_some()
                         && u.path() == "/"
                         && u.query().is_none()
@@ -100,7 +100,7 @@ impl ClusterConfig {
                 Ok(_) => {
                     problems.push((
                         "advertise".into(),
-                        format!("{a:?} must be an http(s) URL of a host and port, without path or credentials"),
+                        format!("{a:?} must be an http:// URL of a host and port, without path or credentials (the peer listener speaks plain HTTP)"),
                     ));
                     None
                 }

@@ -221,6 +221,10 @@ impl Fills {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
             metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            // A lease taken for a fill that another request started meanwhile is not needed.
+            if let Start::Upstream(lease) = start {
+                tokio::spawn(async move { lease.release().await });
+            }
             return Ok(f.clone());
         }
         let spool = tempfile::tempfile_in(&self.spool_dir)?;
