@@ -164,6 +164,13 @@ impl From<UpstreamError> for ApiError {
                 Code::NameUnknown,
                 format!("repository does not exist upstream or the upstream denied access ({m})"),
             ),
+            UpstreamError::CredentialsRefused(m) => ApiError::new(
+                Code::Denied,
+                format!(
+                    "the upstream refused the mirror's credentials ({m}); the mirror's operator \
+                     has to renew them"
+                ),
+            ),
             UpstreamError::RateLimited { retry_after } => ApiError::new(
                 Code::TooManyRequests,
                 "the upstream registry's rate limit is exhausted and this content is not cached",
@@ -177,16 +184,26 @@ impl From<UpstreamError> for ApiError {
                 Code::Denied,
                 "this repository is not in the mirror's allow-list and is not cached",
             ),
-            UpstreamError::ManifestTooLarge => ApiError::new(
-                Code::ManifestInvalid,
-                "the upstream manifest is larger than 4 MiB and is refused",
-            )
-            .with_status(StatusCode::BAD_GATEWAY),
-            UpstreamError::Invalid(m) => ApiError::new(
-                Code::Unavailable,
-                format!("the upstream sent an invalid response: {m}"),
-            )
-            .with_status(StatusCode::BAD_GATEWAY),
+            UpstreamError::ManifestTooLarge => {
+                tracing::warn!(
+                    reason = "larger than 4 MiB",
+                    "upstream manifest refused as invalid"
+                );
+                ApiError::new(
+                    Code::ManifestInvalid,
+                    "the upstream manifest is larger than 4 MiB and is refused",
+                )
+                .with_status(StatusCode::BAD_GATEWAY)
+            }
+            UpstreamError::Invalid(m) => {
+                // The client sees a 502; the operator needs the reason.
+                tracing::warn!(reason = %m, "upstream answer refused as invalid");
+                ApiError::new(
+                    Code::Unavailable,
+                    format!("the upstream sent an invalid response: {m}"),
+                )
+                .with_status(StatusCode::BAD_GATEWAY)
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! ocimirror: a pull-through caching mirror for OCI registries. See ARCHITECTURE.md for the
 //! parts and the flow of a pull.
 
+pub mod assemble;
 pub mod auth;
 pub mod cache;
 pub mod cluster;
@@ -10,6 +11,7 @@ pub mod expiry;
 pub mod http;
 pub mod import;
 pub mod layout;
+pub mod metrics;
 pub mod oci;
 pub mod ops;
 pub mod registry;
@@ -17,4 +19,5 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod upstream;
+pub mod util;
 pub mod watch;

@@ -1,5 +1,5 @@
 //! The `ocimirror` command: `serve` the mirror, `config check` or `config import` a file, `gc`,
-//! `keygen`, `hash-password`.
+//! `keygen`, `hash-password`, `healthcheck`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,13 @@ enum Command {
         common_name: String,
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// Also write the new key's public JWKS here (a registry's `jwks`; Distribution 3).
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+        /// With --jwks: list the keys of these earlier certificates too, so that registries
+        /// given the file before the switch accept tokens of both keys (a rotation).
+        #[arg(long, value_name = "CERT", requires = "jwks")]
+        previous_certificate: Vec<PathBuf>,
     },
     /// Run one expiry pass now: forget what the config's `expiry` policy (or the flags) says,
     /// clean up abandoned temporary files, and report. Safe beside running replicas.
@@ -53,6 +60,19 @@ enum Command {
     HashPassword {
         #[arg(long, default_value_t = 12)]
         cost: u32,
+    },
+    /// GET a running mirror's /healthz (or --url) and exit 0 on a 2xx answer, 1 otherwise: a
+    /// container HEALTHCHECK that needs no curl in the image.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:5000/healthz")]
+        url: String,
+        /// Accept any server certificate: a loopback https:// URL does not match the name the
+        /// mirror's certificate is for.
+        #[arg(long)]
+        insecure: bool,
+        /// Give up after this long (connect and answer), e.g. 3s.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
     },
     #[command(flatten)]
     Ops(OpsCommand),
@@ -182,8 +202,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match config::load(Some(&file), std::env::vars(), &Overrides::default()) {
-            Ok(_) => {
+        } => match ocimirror::server::load_config(
+            Some(&file),
+            std::env::vars(),
+            &Overrides::default(),
+        ) {
+            Ok((_, settings)) => {
+                for w in ocimirror::assemble::unmatchable_name_rules(&settings) {
+                    eprintln!("warning: {w}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -207,6 +234,8 @@ fn main() -> ExitCode {
             algorithm,
             common_name,
             days,
+            jwks,
+            previous_certificate,
         } => {
             let alg = match algorithm.parse::<KeyAlgorithm>() {
                 Ok(a) => a,
@@ -215,16 +244,47 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match keys::keygen(&key, &certificate, alg, &common_name, days) {
-                Ok(()) => {
-                    println!("wrote {} and {}", key.display(), certificate.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
+            let mut previous = Vec::new();
+            for c in &previous_certificate {
+                match keys::certificate_keys(c) {
+                    Ok(ks) => previous.extend(ks),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
+            if let Some(j) = &jwks
+                && j.exists()
+            {
+                eprintln!(
+                    "error: {} already exists; refusing to overwrite it",
+                    j.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            if let Err(e) = keys::keygen(&key, &certificate, alg, &common_name, days) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!("wrote {} and {}", key.display(), certificate.display());
+            if let Some(j) = jwks {
+                let written = keys::load_signing_key(&key, &certificate).and_then(|k| {
+                    let doc = keys::jwks(std::iter::once(k.public_key()).chain(&previous));
+                    std::fs::write(&j, format!("{doc:#}\n")).map_err(|source| {
+                        keys::KeyError::Write {
+                            path: j.clone(),
+                            source,
+                        }
+                    })
+                });
+                if let Err(e) = written {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+                println!("wrote {}", j.display());
+            }
+            ExitCode::SUCCESS
         }
         Command::HashPassword { cost } => {
             let mut password = String::new();
@@ -245,6 +305,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Gc(a) => gc(a),
+        Command::Healthcheck {
+            url,
+            insecure,
+            timeout,
+        } => healthcheck(&url, insecure, &timeout),
         Command::Ops(c) => ops_main(c),
         Command::Serve(a) => {
             let overrides = Overrides {
@@ -258,7 +323,11 @@ fn main() -> ExitCode {
                 read_only: a.read_only,
                 role: a.role,
             };
-            let settings = match config::load(a.config.as_deref(), std::env::vars(), &overrides) {
+            let settings = match ocimirror::server::load_config(
+                a.config.as_deref(),
+                std::env::vars(),
+                &overrides,
+            ) {
                 Ok((_, s)) => s,
                 Err(e) => {
                     eprint!("{e}");
@@ -277,6 +346,62 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn healthcheck(url: &str, insecure: bool, timeout: &str) -> ExitCode {
+    let timeout = match humantime::parse_duration(timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            eprintln!("error: --timeout {timeout:?} is not a duration like 5s");
+            return ExitCode::FAILURE;
+        }
+    };
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            eprintln!("error: --url {url:?} is not an http:// or https:// URL");
+            return ExitCode::FAILURE;
+        }
+    }
+    // One request: a single-threaded runtime starts faster than the server's.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .tls_danger_accept_invalid_certs(insecure)
+            .user_agent(concat!("ocimirror-healthcheck/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        client.get(url).send().await
+    });
+    match outcome {
+        Ok(r) if r.status().is_success() => {
+            println!("{url}: {}", r.status());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why += &format!(": {c}");
+                cause = c.source();
+            }
+            eprintln!("unhealthy: {why}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -348,8 +473,11 @@ fn config_import(
 }
 
 fn gc(a: GcArgs) -> ExitCode {
-    let settings = match config::load(a.config.as_deref(), std::env::vars(), &Overrides::default())
-    {
+    let settings = match ocimirror::server::load_config(
+        a.config.as_deref(),
+        std::env::vars(),
+        &Overrides::default(),
+    ) {
         Ok((_, s)) => s,
         Err(e) => {
             eprint!("{e}");
@@ -383,14 +511,13 @@ fn gc(a: GcArgs) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let report =
-        match runtime.block_on(ocimirror::server::expiry_pass(&settings, policy, a.dry_run)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let report = match runtime.block_on(ocimirror::ops::expiry_pass(&settings, policy, a.dry_run)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if a.json {
         println!(
             "{}",
@@ -468,6 +595,12 @@ struct WarmArgs {
     /// With --mirror over https: trust only the CAs in this PEM file.
     #[arg(long, requires = "mirror")]
     ca_file: Option<PathBuf>,
+    /// With --mirror that requires tokens: the account to ask its token service for.
+    #[arg(long, requires = "mirror", env = "OCIMIRROR_WARM__USERNAME")]
+    username: Option<String>,
+    /// With --username: a file holding the password (else OCIMIRROR_WARM__PASSWORD).
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
     /// YAML config whose storage and upstreams to use (without --mirror).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -498,6 +631,30 @@ struct InspectArgs {
     json: bool,
 }
 
+/// The environment variable holding `warm --username`'s password when no --password-file is
+/// given (the `OCIMIRROR_<SECTION>__<KEY>` form the config's secrets take).
+const WARM_PASSWORD_ENV: &str = "OCIMIRROR_WARM__PASSWORD";
+
+/// `warm`'s credentials for the mirror's token service: --username with --password-file or
+/// the password in the environment.
+fn warm_credentials(a: &WarmArgs) -> Result<Option<ocimirror::ops::auth::Credentials>, String> {
+    let Some(username) = a.username.clone().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let password = match &a.password_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("--password-file {}: {e}", p.display()))?,
+        None => std::env::var(WARM_PASSWORD_ENV).map_err(|_| {
+            format!("--username {username:?} needs --password-file or {WARM_PASSWORD_ENV}")
+        })?,
+    };
+    Ok(Some(ocimirror::ops::auth::Credentials {
+        username,
+        password,
+    }))
+}
+
 fn ops_main(c: OpsCommand) -> ExitCode {
     use ocimirror::ops;
     let config_path = match &c {
@@ -505,7 +662,7 @@ fn ops_main(c: OpsCommand) -> ExitCode {
         OpsCommand::Ls(a) => a.config.clone(),
         OpsCommand::Inspect(a) => a.config.clone(),
     };
-    let settings = match config::load(
+    let settings = match ocimirror::server::load_config(
         config_path.as_deref(),
         std::env::vars(),
         &Overrides::default(),
@@ -532,12 +689,20 @@ fn ops_main(c: OpsCommand) -> ExitCode {
                     }
                 }
             }
+            let credentials = match warm_credentials(&a) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let reports = runtime.block_on(async {
                 let source: Box<dyn ops::warm::Source> = match &a.mirror {
                     Some(url) => Box::new(ops::warm::MirrorSource::new(
                         url,
                         a.insecure,
                         a.ca_file.as_deref(),
+                        credentials,
                     )?),
                     None => {
                         for image in &a.images {

@@ -1,240 +1,76 @@
-//! Assembly and lifecycle: build the storage, cache, upstream and registry from [`Settings`],
-//! serve HTTP, and drain gracefully on SIGTERM or Ctrl-C.
+//! The mirror's lifecycle: start the parts [`crate::assemble`] builds from [`Settings`] for the
+//! configured role, serve HTTP, reload users and ACL, and drain gracefully on SIGTERM or Ctrl-C.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-
-use crate::auth::acl::NamePattern;
-use crate::cache::lease::{Leases, LocalLeases};
-use crate::cache::{DescriptorCache, MemoryCache, RedisCache};
-use crate::config::{CacheBackend, Settings, StorageBackend};
-use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
-use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+use crate::assemble::{
+    AssembleError, Backends, build_backends, build_registry_on, build_upstreams,
+};
 use crate::auth::service::TokenService;
+use crate::config::{Config, Settings, StorageBackend, TlsConfig};
+use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
 use crate::http::gate::Gate;
-use crate::http::tls::TlsListener;
+use crate::http::limit::LimitSettings;
+use crate::http::tls::{TlsFiles, TlsListener};
 use crate::http::token::TokenEndpoint;
 use crate::http::{AppState, router};
-use crate::registry::{Registry, RegistrySettings};
-use crate::storage::{FsStorage, S3Storage, Storage};
-use crate::upstream::{
-    AllowFn, AllowListed, HttpUpstream, Route, Routed, Upstream, UpstreamSettings,
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the upstream client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
     #[error("auth: {0}")]
     Auth(String),
     #[error("config: {0}")]
     Config(String),
-    #[error("expiry: {0}")]
-    Expiry(String),
 }
 
-/// Install the process-wide Prometheus recorder (once; later calls get the same handle).
-pub fn metrics_handle() -> Option<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let buckets = [
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ];
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("ocimirror_http_request_duration_seconds".into()),
-                    &buckets,
-                )
-                .ok()?
-                .set_buckets_for_metric(
-                    Matcher::Full("ocimirror_blob_first_byte_seconds".into()),
-                    &buckets,
-                )
-                .ok()?
-                .install_recorder()
-                .ok()
-        })
-        .clone()
-}
-
-/// The shared parts a replica works on: storage, the descriptor cache, and the fleet's leases.
-pub struct Backends {
-    pub storage: Arc<dyn Storage>,
-    pub cache: Arc<dyn DescriptorCache>,
-    pub leases: Arc<dyn Leases>,
-}
-
-pub async fn build_backends(s: &Settings) -> Result<Backends, ServeError> {
-    let storage: Arc<dyn Storage> = match s.storage_backend {
-        StorageBackend::Filesystem => {
-            if !s.read_only {
-                std::fs::create_dir_all(&s.storage_root).map_err(|e| ServeError::Dir {
-                    path: s.storage_root.display().to_string(),
-                    source: e,
-                })?;
-            }
-            let fs = FsStorage::new(&s.storage_root);
-            if !s.read_only {
-                let removed = fs.remove_abandoned_temp_files(ABANDONED_TEMP_AGE).await;
-                if removed > 0 {
-                    tracing::info!(
-                        removed,
-                        "removed temp files abandoned by an earlier process"
-                    );
-                }
-            }
-            Arc::new(fs)
-        }
-        StorageBackend::S3 => {
-            let s3 = S3Storage::new(&s.s3).map_err(|e| ServeError::Config(e.to_string()))?;
-            // Say so at start when the bucket is missing or the credentials are wrong, but keep
-            // starting: the store may come up after us, and every request reports its errors.
-            match s3.check().await {
-                Ok(()) => tracing::info!(storage = s3.describe(), "storage reachable"),
-                Err(e) => {
-                    tracing::error!(storage = s3.describe(), error = %e, "storage check failed")
-                }
-            }
-            Arc::new(s3)
-        }
-    };
-    // With a shared Redis, the same connection also carries the fleet's fill leases.
-    let (cache, leases): (Arc<dyn DescriptorCache>, Arc<dyn Leases>) = match s.cache_backend {
-        CacheBackend::Memory => (
-            Arc::new(MemoryCache::new(s.cache_max_entries)),
-            Arc::new(LocalLeases),
-        ),
-        CacheBackend::Redis => {
-            let redis = Arc::new(
-                RedisCache::new(&s.redis).map_err(|e| ServeError::Config(format!("{e:?}")))?,
-            );
-            (redis.clone(), redis)
-        }
-    };
-    Ok(Backends {
-        storage,
-        cache,
-        leases,
+/// The `tls` section's files, when both are set.
+fn tls_files(t: &TlsConfig) -> Option<TlsFiles> {
+    Some(TlsFiles {
+        certificate: t.certificate.clone()?,
+        key: t.key.clone()?,
     })
 }
 
-pub async fn build_registry(s: &Settings) -> Result<Arc<Registry>, ServeError> {
-    build_registry_on(s, build_backends(s).await?, None, build_upstreams(s)?).await
-}
-
-pub async fn build_registry_on(
-    s: &Settings,
-    b: Backends,
-    access: Option<Arc<AccessLog>>,
-    upstream: Arc<Routed>,
-) -> Result<Arc<Registry>, ServeError> {
-    let spool_dir = s.data_dir.join("spool");
-    std::fs::create_dir_all(&spool_dir).map_err(|e| ServeError::Dir {
-        path: spool_dir.display().to_string(),
-        source: e,
-    })?;
-    let mut registry = Registry::new(
-        Arc::new(crate::storage::Counted(b.storage)),
-        b.cache,
-        upstream,
-        RegistrySettings {
-            tag_ttl: s.tag_ttl,
-            tag_ttls: s
-                .upstreams
-                .iter()
-                .map(|u| (u.name.clone(), u.tag_ttl))
-                .collect(),
-            offline: s.offline,
-            read_only: s.read_only,
-            spool_dir,
-        },
-    )
-    .with_leases(b.leases);
-    if let Some(log) = access {
-        registry = registry.with_access_log(log);
-    }
-    Ok(Arc::new(registry))
-}
-
-/// One expiry pass over the configured storage, for `ocimirror gc`.
-pub async fn expiry_pass(
-    s: &Settings,
-    policy: ExpiryPolicy,
-    dry_run: bool,
-) -> Result<crate::expiry::Report, ServeError> {
-    let b = build_backends(s).await?;
-    Collector::new(b.storage, b.leases, policy)
-        .pass(dry_run)
-        .await
-        .map_err(|e| ServeError::Expiry(e.to_string()))
-}
-
-/// One upstream client, behind its allow-list when it has one.
-fn one_upstream(
-    settings: &UpstreamSettings,
-    allow: &[String],
-) -> Result<Arc<dyn Upstream>, ServeError> {
-    let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(settings.clone())?);
-    if !allow.is_empty() {
-        let patterns: Vec<NamePattern> = allow
-            .iter()
-            .map(|p| NamePattern::compile(p).expect("validated with the config"))
+/// The checks of the sections the HTTP layer owns (`limits`, and that the `tls` pair loads),
+/// for [`crate::config::load_with`]: reported with the rest of the config's problems.
+pub fn http_sections(c: &Config) -> Vec<(String, String)> {
+    let mut problems: Vec<(String, String)> =
+        LimitSettings::check(c.limits.burst, c.limits.real_ip_header.as_deref())
+            .into_iter()
+            .map(|(k, m)| (format!("limits.{k}"), m))
             .collect();
-        let allowed: AllowFn = Arc::new(move |name| patterns.iter().any(|p| p.matches(name)));
-        upstream = Arc::new(AllowListed::new(upstream, allowed));
+    if let Some(Err(e)) = c
+        .tls
+        .as_ref()
+        .and_then(tls_files)
+        .map(|f| crate::http::tls::check(&f))
+    {
+        problems.push(("tls".into(), e));
     }
-    Ok(upstream)
+    problems
 }
 
-/// The default upstream, and the named ones routed by name prefix.
-pub fn build_upstreams(s: &Settings) -> Result<Arc<Routed>, ServeError> {
-    let default = one_upstream(&s.upstream, &s.upstream_allow)?;
-    let host = |u: &UpstreamSettings| {
-        let h = u.url.host_str().unwrap_or_default().to_ascii_lowercase();
-        match u.url.port() {
-            Some(p) => vec![format!("{h}:{p}")],
-            None => vec![
-                h.clone(),
-                format!("{h}:{}", u.url.port_or_known_default().unwrap_or(443)),
-            ],
-        }
-    };
-    let mut default_aliases = host(&s.upstream);
-    if s.upstream.library_prefix {
-        // Docker Hub's names as containerd sends them.
-        default_aliases.extend([
-            "docker.io".into(),
-            "index.docker.io".into(),
-            "registry-1.docker.io".into(),
-        ]);
-    }
-    let mut routes = Vec::new();
-    for n in &s.upstreams {
-        routes.push(Route {
-            prefix: n.name.clone(),
-            aliases: host(&n.settings),
-            upstream: one_upstream(&n.settings, &n.allow)?,
-        });
-    }
-    Ok(Arc::new(Routed::new(default, default_aliases, routes)))
+/// [`crate::config::load`] with the HTTP layer's checks: what `serve` and `config check` use.
+pub fn load_config(
+    path: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &crate::config::Overrides,
+) -> Result<(Config, Settings), crate::config::ConfigErrors> {
+    crate::config::load_with(path, env, overrides, &[&http_sections])
 }
 
 /// The background work of a replica with an expiry policy: its access log, written in
@@ -268,9 +104,9 @@ impl Expiry {
 }
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
+    crate::watch::hangup_means_reload();
     let roles = s.role.roles();
     let mut expiry = None;
-    let upstreams = build_upstreams(&s)?;
     let registry = if roles.verify {
         let b = build_backends(&s).await?;
         let access = match &s.expiry {
@@ -281,9 +117,17 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             }
             None => None,
         };
-        let registry = build_registry_on(&s, b, access, upstreams.clone()).await?;
-        let fleet = s.cache_backend == CacheBackend::Redis;
-        crate::cluster::start(s.cluster.as_ref(), fleet, &registry, s.header_read_timeout)
+        let registry = build_registry_on(&s, b, access, build_upstreams(&s)?).await?;
+        let fleet = s.cache_backend == crate::config::CacheBackend::Redis;
+        let bounds = crate::cluster::PeerBounds {
+            conn: crate::http::conn::ConnBounds {
+                header_read_timeout: s.header_read_timeout,
+                max_concurrent_streams: s.max_concurrent_streams,
+            },
+            max_blob_streams: s.max_blob_streams,
+            send_timeout: s.send_timeout,
+        };
+        crate::cluster::start(s.cluster.as_ref(), fleet, &registry, bounds)
             .await
             .map_err(|e| ServeError::Config(e.to_string()))?;
         Some(registry)
@@ -301,12 +145,19 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         })?),
         None => None,
     };
+    // Access is decided on the name the mirror serves (issue 18), by the token service and the
+    // gate alike.
+    let names = crate::assemble::repository_names(build_upstreams(&s)?);
+    if let Some(service) = parts.as_ref().and_then(|p| p.token_service.as_ref()) {
+        service.set_repository_names(names.clone());
+    }
     let gate = parts.as_ref().and_then(|p| {
         p.verifier.clone().map(|verifier| Gate {
             verifier,
             realm: p.realm.clone(),
             path: p.path.clone(),
             service: p.service.clone(),
+            names: Some(names.clone()),
         })
     });
     let token = parts.as_ref().and_then(|p| {
@@ -327,11 +178,23 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             s.auth.as_ref().and_then(|a| a.htpasswd.clone()),
         ));
     }
-    let limits = crate::http::limit::ClientLimits::new(&s.limits);
-    let mut state = AppState::new(registry, gate, metrics_handle(), Some(upstreams), limits);
+    let limits = crate::http::limit::ClientLimits::new(&LimitSettings::new(
+        s.limits.requests_per_second,
+        s.limits.burst,
+        s.limits.real_ip_header.as_deref(),
+    ));
+    let mut state = AppState::new(registry, gate, crate::metrics::install(), limits)
+        .with_metrics_access(crate::http::scrape::MetricsAccess {
+            token: s.metrics_token.clone(),
+            separate: s.metrics_listen.is_some(),
+        });
     if s.status_page {
         state = state.with_status_page(s.auth.is_some());
     }
+    state = state.with_blob_streams(crate::http::stream::BlobStreams::new(
+        s.max_blob_streams,
+        s.send_timeout,
+    ));
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {
@@ -353,6 +216,24 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         },
         "listening on {addr}"
     );
+    if let Some(addr) = s.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Bind { addr, source: e })?;
+        tracing::info!(%addr, token = s.metrics_token.is_some(), "metrics on {addr}");
+        let app = crate::http::scrape::router(state.clone());
+        let bounds = crate::http::conn::ConnBounds {
+            header_read_timeout: s.header_read_timeout,
+            max_concurrent_streams: s.max_concurrent_streams,
+        };
+        // Scrapes end with the process: nothing there to drain.
+        tokio::spawn(async move {
+            let never = std::future::pending::<()>();
+            if let Err(e) = crate::http::conn::serve(listener, app, bounds, never).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let app = router(state.clone(), token);
     let drain_state = state.clone();
     let grace = s.shutdown_timeout;
@@ -365,18 +246,16 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     };
     // Our own connection loop rather than `axum::serve`, which sets no header read timeout:
     // see `http::conn` (slowloris, idle connections).
-    let header_read = s.header_read_timeout;
+    let bounds = crate::http::conn::ConnBounds {
+        header_read_timeout: s.header_read_timeout,
+        max_concurrent_streams: s.max_concurrent_streams,
+    };
     type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
-    let mut server: Serving = match &s.tls {
-        None => Box::pin(crate::http::conn::serve(
-            listener,
-            app,
-            header_read,
-            shutdown,
-        )),
+    let mut server: Serving = match s.tls.as_ref().and_then(tls_files) {
+        None => Box::pin(crate::http::conn::serve(listener, app, bounds, shutdown)),
         Some(files) => {
-            let tls = TlsListener::new(listener, files.clone()).map_err(ServeError::Config)?;
-            Box::pin(crate::http::conn::serve(tls, app, header_read, shutdown))
+            let tls = TlsListener::new(listener, files).map_err(ServeError::Config)?;
+            Box::pin(crate::http::conn::serve(tls, app, bounds, shutdown))
         }
     };
     let deadline = async {
@@ -415,7 +294,7 @@ async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Op
     let mut watch = crate::watch::FileWatch::new(files);
     loop {
         watch.changed().await;
-        let loaded = crate::config::load(Some(&config), std::env::vars(), &Default::default());
+        let loaded = load_config(Some(&config), std::env::vars(), &Default::default());
         let result = match loaded {
             Ok((c, _)) => match c.auth {
                 Some(a) => a.policy().map_err(|ps| {
@@ -431,21 +310,16 @@ async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Op
         match result {
             Ok(policy) => {
                 service.replace_policy(policy);
-                metrics::counter!("ocimirror_auth_reloads_total", "result" => "ok").increment(1);
+                metrics::counter!(crate::metrics::AUTH_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(file = %config.display(), "users and ACL reloaded");
             }
             Err(e) => {
-                metrics::counter!("ocimirror_auth_reloads_total", "result" => "refused")
-                    .increment(1);
+                metrics::counter!(crate::metrics::AUTH_RELOADS, "result" => "refused").increment(1);
                 tracing::error!(file = %config.display(), error = %e, "reload refused; the previous users and ACL stay in force");
             }
         }
     }
 }
-
-/// Temp files older than this at start-up belong to no running writer (fills take minutes,
-/// not hours): a process killed mid-write left them.
-const ABANDONED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -1,6 +1,6 @@
 //! What the status page shows: the upstreams (their recent outcomes and rate-limit state) and the
-//! last fills, kept in memory by the parts as they work, plus the counters `/metrics` already
-//! holds. Served as HTML at `/` and as JSON at `/status.json` (`http::status_page`).
+//! last fills, kept in memory by the parts as they work, plus the totals the metrics catalogue
+//! keeps ([`crate::metrics::status_totals`]). Served as HTML at `/` and as JSON at `/status.json` (`http::status_page`).
 //!
 //! Recording is cheap (one short lock, no allocation on the hot path beyond a fill's record) and
 //! process-wide, so the parts need not be handed anything. Nothing here holds a repository name
@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+
+use crate::util::human_bytes;
 
 /// An upstream's rate-limit state as the page shows it: limit, remaining, cooldown left. A
 /// closure, so that this module depends on nothing it reports on.
@@ -159,7 +161,7 @@ pub struct UpstreamStatus {
 pub struct Snapshot {
     pub version: &'static str,
     pub upstreams: Vec<UpstreamStatus>,
-    /// `ocimirror_storage_bytes`: set by expiry passes; `None` until one has run.
+    /// [`crate::metrics::STORAGE_BYTES`]: set by expiry passes; `None` until one has run.
     pub cache_bytes: Option<u64>,
     pub blob_hits: u64,
     pub blob_misses: u64,
@@ -174,11 +176,11 @@ pub struct Snapshot {
     pub fills_hidden: bool,
 }
 
-/// Everything the page shows. `metrics` is the Prometheus text of this process (the counters
-/// are read from it, so the page and `/metrics` never disagree); `show_fills` is false when the
-/// mirror requires authentication, and then upstream hosts are left out too.
-pub fn snapshot(metrics: Option<&str>, show_fills: bool) -> Snapshot {
-    let m = |name: &str| metrics.and_then(|t| metric_total(t, name));
+/// Everything the page shows, the counters from the metrics catalogue's totals (so the page and
+/// `/metrics` never disagree); `show_fills` is false when the mirror requires authentication,
+/// and then upstream hosts are left out too.
+pub fn snapshot(show_fills: bool) -> Snapshot {
+    let totals = crate::metrics::status_totals();
     let upstreams = inner()
         .upstreams
         .lock()
@@ -203,13 +205,7 @@ pub fn snapshot(metrics: Option<&str>, show_fills: bool) -> Snapshot {
             }
         })
         .collect();
-    let blobs = |name: &str| {
-        metrics
-            .and_then(|t| metric_total_where(t, name, "kind=\"blob\""))
-            .unwrap_or(0.0)
-    };
-    let hits = blobs("ocimirror_cache_hits_total");
-    let misses = blobs("ocimirror_cache_misses_total");
+    let (hits, misses) = (totals.blob_hits as f64, totals.blob_misses as f64);
     let recent_fills = if show_fills {
         inner()
             .fills
@@ -225,46 +221,17 @@ pub fn snapshot(metrics: Option<&str>, show_fills: bool) -> Snapshot {
     Snapshot {
         version: env!("CARGO_PKG_VERSION"),
         upstreams,
-        cache_bytes: m("ocimirror_storage_bytes").map(|v| v as u64),
+        cache_bytes: totals.storage_bytes,
         blob_hits: hits as u64,
         blob_misses: misses as u64,
         hit_ratio: (hits + misses > 0.0).then(|| hits / (hits + misses)),
-        requests_served: m("ocimirror_http_requests_total").unwrap_or(0.0) as u64,
-        bytes_served: m("ocimirror_http_response_bytes_total").unwrap_or(0.0) as u64,
-        fills_in_flight: m("ocimirror_fills_in_flight").unwrap_or(0.0).max(0.0) as u64,
-        stale_served: m("ocimirror_stale_served_total").unwrap_or(0.0) as u64,
+        requests_served: totals.requests,
+        bytes_served: totals.response_bytes,
+        fills_in_flight: totals.fills_in_flight,
+        stale_served: totals.stale_served,
         recent_fills,
         fills_hidden: !show_fills,
     }
-}
-
-/// The sum of every sample of `name` in Prometheus text, or `None` when it has none.
-pub fn metric_total(text: &str, name: &str) -> Option<f64> {
-    metric_total_where(text, name, "")
-}
-
-/// The sum of the series of `name` whose labels contain `label` (empty: every series).
-pub fn metric_total_where(text: &str, name: &str, label: &str) -> Option<f64> {
-    let mut total = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let value = if let Some(labelled) = rest.strip_prefix('{') {
-            labelled
-                .rsplit_once('}')
-                .filter(|(labels, _)| labels.contains(label))
-                .map(|(_, v)| v)
-        } else if rest.starts_with(' ') && label.is_empty() {
-            Some(rest)
-        } else {
-            None
-        };
-        if let Some(v) = value.and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()) {
-            *total.get_or_insert(0.0) += v;
-        }
-    }
-    total
 }
 
 fn esc(s: &str) -> String {
@@ -272,22 +239,6 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// The page: self-contained (inline CSS, no scripts or external assets), reloading itself every
@@ -413,27 +364,16 @@ mod tests {
     }
 
     #[test]
-    fn metric_totals_sum_every_series_of_exactly_that_name() {
-        let text = "# TYPE a counter\na{x=\"1\"} 2\na{x=\"}\"} 3\na_b 10\na 1\nab{y=\"z\"} 7\n";
-        assert_eq!(metric_total(text, "a"), Some(6.0));
-        assert_eq!(metric_total(text, "a_b"), Some(10.0));
-        assert_eq!(metric_total(text, "c"), None);
-        assert_eq!(metric_total_where(text, "a", "x=\"1\""), Some(2.0));
-    }
-
-    #[test]
-    fn short_digests_and_sizes() {
+    fn short_digests() {
         assert_eq!(
             short_digest("sha256:0123456789abcdef0123456789abcdef"),
             "sha256:0123456789ab"
         );
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
 
     #[test]
     fn the_page_escapes_and_hides_fills_when_asked() {
-        let mut s = snapshot(None, false);
+        let mut s = snapshot(false);
         s.upstreams.push(UpstreamStatus {
             name: "<x>".into(),
             host: "h".into(),

@@ -1,6 +1,7 @@
 //! Noticing that files an operator edits have changed: their modification times, looked at every
 //! couple of seconds, or a SIGHUP. Polling needs no inotify and follows Kubernetes' ConfigMap and
-//! Secret symlink swaps; it is how users, ACL and the TLS certificate reload without a restart.
+//! Secret symlink swaps; it is how users, ACL, the TLS certificate and upstream password files
+//! reload without a restart. SIGHUP never ends the process, whatever is configured.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,24 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .iter()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
+}
+
+/// From now on, SIGHUP means "reload what can be reloaded" (every [`FileWatch`] wakes on it),
+/// never the default "exit", whether or not anything is configured to reload: systemd's
+/// `reload` and many operators send it. Each one is logged.
+pub fn hangup_means_reload() {
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP: reloading what can be reloaded (users and ACL, certificates, upstream password files, where configured)"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+    }
 }
 
 impl FileWatch {

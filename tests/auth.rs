@@ -1528,3 +1528,127 @@ async fn example_seed_config_checks_and_serves() {
     let h = expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
     assert!(header(&h, "www-authenticate").contains(&format!("realm=\"{}/auth\"", m.url())));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Key rotation and the published JWKS
+// ---------------------------------------------------------------------------------------------
+
+/// A rotation as an operator does it: `keygen --jwks --previous-certificate` writes the new key
+/// and a key set listing both; a mirror signing with the new key and listing the old one in
+/// `previous_keys` keeps accepting the old key's access and refresh tokens and publishes both
+/// keys at `/auth/jwks.json`; without `previous_keys` the old tokens are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_old_tokens_valid_and_publishes_both_keys() {
+    let old = AuthSetup::new();
+    let (reg, imgs) = seeded_upstream(&["other/app"]).await;
+    let scope = "repository:other/app:pull";
+    let m1 = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&old.yaml("", ""))).await;
+    let old_access = token_ok(&m1.url(), scope, Some(("admin", ADMIN_PW))).await;
+    let r = token_get(
+        &m1.url(),
+        &[
+            ("service", SERVICE),
+            ("scope", scope),
+            ("offline_token", "true"),
+        ],
+        Some(("admin", ADMIN_PW)),
+    )
+    .await;
+    let old_refresh = json_of(r, 200).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_jwks = json_of(m1.get("/auth/jwks.json").send().await.unwrap(), 200).await;
+    assert_eq!(old_jwks["keys"].as_array().unwrap().len(), 1, "{old_jwks}");
+    drop(m1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert, jwks) = (
+        dir.path().join("new.key"),
+        dir.path().join("new.crt"),
+        dir.path().join("jwks.json"),
+    );
+    let out = run_bin(
+        &[
+            "keygen",
+            "--key",
+            key.to_str().unwrap(),
+            "--certificate",
+            cert.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--previous-certificate",
+            old.keys.cert.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "keygen: {}", text(&out.stderr));
+    let file: Value = serde_json::from_slice(&std::fs::read(&jwks).unwrap()).unwrap();
+    let kids: Vec<&str> = file["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2, "{file}");
+    assert_eq!(
+        kids[1], old_jwks["keys"][0]["kid"],
+        "the old key's thumbprint"
+    );
+
+    let new = AuthSetup {
+        keys: Keys {
+            _dir: tempfile::tempdir().unwrap(),
+            key,
+            cert,
+        },
+        admin_hash: old.admin_hash.clone(),
+    };
+    let rotated = format!(
+        "  previous_keys: [{}]\n",
+        q(&old.keys.cert.display().to_string())
+    );
+    let m2 = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&new.yaml(&rotated, ""))).await;
+    let served = json_of(m2.get("/auth/jwks.json").send().await.unwrap(), 200).await;
+    assert_eq!(
+        served, file,
+        "the endpoint and keygen publish the same key set"
+    );
+    let url = format!("{}/v2/other/app/manifests/v1", m2.url());
+    let r = bearer_get(&url, &old_access).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the old key's access token");
+    assert_eq!(r.bytes().await.unwrap(), imgs[0].manifest);
+    let r = token_post(
+        &m2.url(),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &old_refresh),
+            ("service", SERVICE),
+            ("scope", scope),
+        ],
+    )
+    .await;
+    let renewed = json_of(r, 200).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (h, _) = decode_jwt(&renewed);
+    assert_eq!(
+        h["kid"].as_str().unwrap(),
+        libtrust_kid(&spki_der(&new.keys.cert, true)),
+        "new tokens are signed with the new key"
+    );
+    assert_eq!(
+        bearer_get(&url, &renewed).send().await.unwrap().status(),
+        200
+    );
+    drop(m2);
+
+    // The old key no longer listed: its tokens are refused.
+    let m3 = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&new.yaml("", ""))).await;
+    let url = format!("{}/v2/other/app/manifests/v1", m3.url());
+    let r = bearer_get(&url, &old_access).send().await.unwrap();
+    expect_invalid_token(r, scope, "a token of a key no longer trusted").await;
+    let served = json_of(m3.get("/auth/jwks.json").send().await.unwrap(), 200).await;
+    assert_eq!(served["keys"].as_array().unwrap().len(), 1);
+}

@@ -371,6 +371,71 @@ async fn containerd_pulls_through_hosts_toml() {
     assert_eq!(named.count_requests("", "/v2/acme/plain/").await, 0);
 }
 
+/// A mirror of a mirror: containerd's standard `certs.d/docker.io/hosts.toml` pointed at
+/// ocimirror, whose default upstream is not Docker Hub but a plain Distribution registry (as a
+/// corporate Docker Hub mirror would be) declared `ns: [docker.io]`. containerd sends
+/// `?ns=docker.io`; the mirror answers it from that upstream. `server` is a closed port, so a
+/// refusal would show as a failed pull rather than as a quiet fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_docker_io_through_a_mirror_of_a_mirror() {
+    if !tool_or_skip(
+        have("containerd") && have("ctr") && is_root(),
+        "containerd and ctr, run as root",
+        "apt-get install containerd",
+    ) {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg
+        .pusher()
+        .push_image("library/nsapp", "v1", &runnable_image(705))
+        .await;
+    let plain = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).up("ns", "[docker.io]")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(dir.path());
+    let hosts_dir = dir.path().join("certs.d");
+    fs::create_dir_all(hosts_dir.join("docker.io")).unwrap();
+    let point_at = |mirror: &Mirror| {
+        fs::write(
+            hosts_dir.join("docker.io/hosts.toml"),
+            format!(
+                "server = \"{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                closed_url(),
+                mirror.url()
+            ),
+        )
+        .unwrap();
+    };
+    let name = "docker.io/library/nsapp:v1";
+    let pull = [
+        "images",
+        "pull",
+        "--snapshotter",
+        "native",
+        "--hosts-dir",
+        hosts_dir.to_str().unwrap(),
+        name,
+    ];
+    // Without the declaration, docker.io is not an ns of a plain registry: the mirror answers
+    // 404 and containerd, falling back to the closed `server`, fails.
+    point_at(&plain);
+    let out = ctrd.ctr(&pull).output().unwrap();
+    assert!(!out.status.success(), "pulled without ns: [docker.io]");
+    point_at(&m);
+    run(&mut ctrd.ctr(&pull));
+    let list = run(&mut ctrd.ctr(&["images", "ls"]));
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
+    assert!(line.contains(&img.digest), "{line}");
+    assert!(
+        reg.count_requests("", "/v2/library/nsapp/manifests/").await >= 1,
+        "the plain registry answered through the mirror"
+    );
+}
+
 /// `docker login` against the token service, done with skopeo (the same protocol: a 401 with a
 /// Bearer challenge, then Basic credentials to the token endpoint), then a pull with the stored
 /// credentials.

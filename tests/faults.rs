@@ -1,25 +1,18 @@
-//! ocimirror against an in-process fake upstream that misbehaves on demand: rate limits, 5xx,
-//! hangs, connections dropped or stalled mid-blob, wrong bytes, bearer-token auth, blob redirects,
-//! slow blobs (to observe coalescing and disconnects).
+//! ocimirror against the shared fake upstream (`common::upstream`) misbehaving on demand: rate
+//! limits, 5xx, hangs, connections dropped or stalled mid-blob, wrong bytes, bearer-token auth,
+//! blob redirects, slow blobs (to observe coalescing and disconnects).
 //!
 //! The mirror is the real binary; the fake is an axum server inside the test process.
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::response::Response;
-use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 
+/// The faults these tests inject, each a script of the fake upstream (see [`set_fault`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     None,
@@ -52,419 +45,56 @@ enum Fault {
     TokenHang,
 }
 
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    auth: Option<String>,
-}
-
-struct FakeState {
-    port: u16,
-    cdn_port: u16,
-    manifests: Mutex<HashMap<(String, String), (String, Bytes)>>,
-    blobs: Mutex<HashMap<String, Bytes>>,
-    fault: Mutex<Fault>,
-    /// Bearer-token mode: Basic credentials the token endpoint accepts.
-    creds: Option<(String, String)>,
-    token: String,
-    redirect_blobs: AtomicBool,
-    /// Blob bodies in chunks of this size with this pause after each.
-    slow: Mutex<Option<(usize, Duration)>>,
-    seen: Mutex<Vec<Seen>>,
-    seen_cdn: Mutex<Vec<Seen>>,
-    token_requests: AtomicUsize,
-    /// Blob bodies fully handed to the server.
-    blob_bodies_done: AtomicUsize,
-}
-
-struct Fake {
-    st: Arc<FakeState>,
-}
-
-fn b64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn oci_err(status: u16, code: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("docker-distribution-api-version", "registry/2.0")
-        .body(Body::from(
-            json!({"errors": [{"code": code, "message": code.to_lowercase(), "detail": null}]})
-                .to_string(),
-        ))
-        .unwrap()
-}
-
-impl Fake {
-    async fn start(creds: Option<(&str, &str)>) -> Fake {
-        Fake::start_on(creds, 0).await
-    }
-
-    /// The fake registry on `port` (0: any free port).
-    async fn start_on(creds: Option<(&str, &str)>, port: u16) -> Fake {
-        let l1 = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let st = Arc::new(FakeState {
-            port: l1.local_addr().unwrap().port(),
-            cdn_port: l2.local_addr().unwrap().port(),
-            manifests: Mutex::default(),
-            blobs: Mutex::default(),
-            fault: Mutex::new(Fault::None),
-            creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
-            token: "tok-0123456789abcdef".to_string(),
-            redirect_blobs: AtomicBool::new(false),
-            slow: Mutex::new(None),
-            seen: Mutex::default(),
-            seen_cdn: Mutex::default(),
-            token_requests: AtomicUsize::new(0),
-            blob_bodies_done: AtomicUsize::new(0),
-        });
-        let s1 = st.clone();
-        let app = Router::new().fallback(move |req: Request| {
-            let st = s1.clone();
-            async move { registry(st, req).await }
-        });
-        let s2 = st.clone();
-        let cdn = Router::new().fallback(move |req: Request| {
-            let st = s2.clone();
-            async move { cdn(st, req).await }
-        });
-        tokio::spawn(async move { axum::serve(l1, app).await.unwrap() });
-        tokio::spawn(async move { axum::serve(l2, cdn).await.unwrap() });
-        Fake { st }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.st.port)
-    }
-
-    /// Serve `bytes` as `name:reference`; a tag is also served by the bytes' digest, as a real
-    /// registry would (a mirror may resolve a tag with HEAD, then GET by digest).
-    fn add_manifest(&self, name: &str, reference: &str, media_type: &str, bytes: &[u8]) {
-        let mut m = self.st.manifests.lock().unwrap();
-        let v = (media_type.to_string(), Bytes::copy_from_slice(bytes));
-        if !reference.starts_with("sha256:") {
-            m.insert((name.to_string(), sha256_digest(bytes)), v.clone());
-        }
-        m.insert((name.to_string(), reference.to_string()), v);
-    }
-
-    /// Serve `img` as `name:tag` (and by digest).
-    fn add_image(&self, name: &str, tag: &str, img: &Image) -> Image {
-        self.add_manifest(name, tag, &img.media_type, &img.manifest);
-        self.add_manifest(name, &img.digest, &img.media_type, &img.manifest);
-        let mut blobs = self.st.blobs.lock().unwrap();
-        for (d, b) in &img.blobs {
-            blobs.insert(d.clone(), b.clone());
-        }
-        let mut img = img.clone();
-        img.name = name.to_string();
-        img.tag = tag.to_string();
-        img
-    }
-
-    fn set_fault(&self, f: Fault) {
-        *self.st.fault.lock().unwrap() = f;
-    }
-
-    fn set_slow(&self, chunk: usize, pause: Duration) {
-        *self.st.slow.lock().unwrap() = Some((chunk, pause));
-    }
-
-    fn redirect_blobs(&self, on: bool) {
-        self.st.redirect_blobs.store(on, Ordering::SeqCst);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.st.seen.lock().unwrap().clone()
-    }
-
-    /// Requests the fake registry received with `method` (empty = any) and path containing `sub`.
-    fn count(&self, method: &str, sub: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|s| (method.is_empty() || s.method == method) && s.path.contains(sub))
-            .count()
-    }
-
-    fn tokens(&self) -> usize {
-        self.st.token_requests.load(Ordering::SeqCst)
-    }
-}
-
-fn challenge(st: &FakeState, path: &str) -> Response {
-    let mut v = format!(
-        "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"fake\"",
-        st.port
-    );
-    let rest = path.trim_start_matches("/v2/");
-    let name = ["/manifests/", "/blobs/", "/tags/list"]
-        .iter()
-        .find_map(|m| rest.rfind(m).map(|i| &rest[..i]));
-    if let Some(name) = name {
-        v += &format!(",scope=\"repository:{name}:pull\"");
-    }
-    let mut r = oci_err(401, "UNAUTHORIZED");
-    r.headers_mut()
-        .insert("www-authenticate", v.parse().unwrap());
-    r
-}
-
-async fn token(st: Arc<FakeState>, req: Request) -> Response {
-    st.token_requests.fetch_add(1, Ordering::SeqCst);
-    let (u, p) = st.creds.clone().expect("token endpoint in bearer mode");
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let method = req.method().clone();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let basic_ok =
-        auth.as_deref() == Some(&format!("Basic {}", b64(format!("{u}:{p}").as_bytes())));
-    let form_ok = method == "POST" && {
-        let f: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-        f.get("username") == Some(&u) && f.get("password") == Some(&p)
-    };
-    if !(basic_ok || form_ok) {
-        return oci_err(401, "UNAUTHORIZED");
-    }
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({"token": st.token, "access_token": st.token, "expires_in": 300}).to_string(),
-        ))
-        .unwrap()
-}
-
-/// A blob body: paced by the receiver, optionally slow, optionally broken half-way.
-fn blob_body(st: Arc<FakeState>, data: Bytes, fault: Fault) -> Body {
-    let (chunk, pause) = st
-        .slow
-        .lock()
-        .unwrap()
-        .unwrap_or((64 << 10, Duration::ZERO));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    tokio::spawn(async move {
-        let broken = matches!(
-            fault,
-            Fault::DropMidBlob | Fault::StallMidBlob | Fault::TruncatedChunked
-        );
-        let limit = if broken { data.len() / 2 } else { data.len() };
-        let mut off = 0;
-        while off < limit {
-            let end = (off + chunk).min(limit);
-            if tx.send(Ok(data.slice(off..end))).await.is_err() {
-                return;
-            }
-            off = end;
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
-        }
-        match fault {
-            Fault::DropMidBlob => {
-                let _ = tx
-                    .send(Err(std::io::Error::other("fake: connection dropped")))
-                    .await;
-            }
-            Fault::StallMidBlob => tx.closed().await,
-            _ => {
-                st.blob_bodies_done.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Body::from_stream(stream)
-}
-
-fn blob_response(st: Arc<FakeState>, digest: &str, head: bool, fault: Fault) -> Response {
-    let Some(data) = st.blobs.lock().unwrap().get(digest).cloned() else {
-        return oci_err(404, "BLOB_UNKNOWN");
-    };
-    let b = Response::builder()
-        .status(200)
-        .header("content-type", "application/octet-stream")
-        .header("content-length", data.len())
-        .header("docker-content-digest", digest)
-        .header("docker-distribution-api-version", "registry/2.0");
-    if head {
-        return b.body(Body::empty()).unwrap();
-    }
-    let data = if fault == Fault::WrongBytes {
-        Bytes::from(data.iter().map(|x| x ^ 0x5a).collect::<Vec<u8>>())
-    } else {
-        data
-    };
-    let mut r = b.body(blob_body(st, data.clone(), fault)).unwrap();
-    let h = r.headers_mut();
+/// Script `fault` on `f`, replacing every rule it had.
+fn set_fault(f: &FakeUpstream, fault: Fault) {
+    f.clear();
+    let blob_get = || f.on(Route::Blob).get();
     match fault {
+        Fault::None => {}
+        Fault::TooMany => {
+            f.on_repo()
+                .reply(429, "TOOMANYREQUESTS")
+                .header("retry-after", "7");
+        }
+        Fault::Status500 => {
+            f.on_repo().reply(500, "UNKNOWN");
+        }
+        Fault::Status503 => {
+            f.on_repo().reply(503, "UNAVAILABLE");
+        }
+        Fault::Hang => {
+            f.on_repo().hang();
+        }
+        Fault::DropMidBlob => {
+            blob_get().cut(BodyEnd::Drop);
+        }
+        Fault::StallMidBlob => {
+            blob_get().cut(BodyEnd::Stall);
+        }
+        Fault::WrongBytes => {
+            blob_get().corrupt();
+        }
         Fault::ShortLength => {
-            let short = data.len() - 100;
-            h.insert("content-length", short.into());
-            *r.body_mut() = Body::from(data.slice(..short));
+            blob_get().length(Length::Short(100));
         }
         Fault::LongLength => {
-            h.insert("content-length", (data.len() + 100).into());
+            blob_get().length(Length::Long(100));
         }
-        Fault::TruncatedChunked | Fault::NoLength => {
-            h.remove("content-length");
+        Fault::TruncatedChunked => {
+            blob_get().length(Length::Chunked).cut(BodyEnd::Clean);
         }
-        _ => {}
-    }
-    r
-}
-
-async fn registry(st: Arc<FakeState>, req: Request) -> Response {
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    st.seen.lock().unwrap().push(Seen {
-        method: method.clone(),
-        path: path.clone(),
-        auth: auth.clone(),
-    });
-    if path == "/token" {
-        let fault = *st.fault.lock().unwrap();
-        match fault {
-            Fault::TokenDown => return oci_err(503, "UNAVAILABLE"),
-            Fault::TokenHang => {}
-            _ => return token(st, req).await,
+        Fault::NoLength => {
+            blob_get().length(Length::Chunked);
         }
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        return oci_err(503, "UNAVAILABLE");
-    }
-    if st.creds.is_some() && auth.as_deref() != Some(&format!("Bearer {}", st.token)) {
-        return challenge(&st, &path);
-    }
-    if path == "/v2/" || path == "/v2" {
-        return Response::builder()
-            .status(200)
-            .header("docker-distribution-api-version", "registry/2.0")
-            .header("content-type", "application/json")
-            .body(Body::from("{}"))
-            .unwrap();
-    }
-    let fault = *st.fault.lock().unwrap();
-    match fault {
-        Fault::TooMany => {
-            let mut r = oci_err(429, "TOOMANYREQUESTS");
-            r.headers_mut().insert("retry-after", "7".parse().unwrap());
-            return r;
+        Fault::RedirectLoop => {
+            blob_get().redirect(Redirect::Loop);
         }
-        Fault::Status500 => return oci_err(500, "UNKNOWN"),
-        Fault::Status503 => return oci_err(503, "UNAVAILABLE"),
-        Fault::Hang => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return oci_err(500, "UNKNOWN");
+        Fault::TokenDown => {
+            f.on(Route::Token).reply(503, "UNAVAILABLE");
         }
-        _ => {}
-    }
-    let head = method == "HEAD";
-    let Some(rest) = path.strip_prefix("/v2/") else {
-        return oci_err(404, "NOT_FOUND");
-    };
-    if let Some(i) = rest.rfind("/manifests/") {
-        let key = (rest[..i].to_string(), rest[i + 11..].to_string());
-        let Some((mt, bytes)) = st.manifests.lock().unwrap().get(&key).cloned() else {
-            return oci_err(404, "MANIFEST_UNKNOWN");
-        };
-        let b = Response::builder()
-            .status(200)
-            .header("content-type", mt)
-            .header("content-length", bytes.len())
-            .header("docker-content-digest", sha256_digest(&bytes))
-            .header("docker-distribution-api-version", "registry/2.0");
-        return b
-            .body(if head {
-                Body::empty()
-            } else {
-                Body::from(bytes)
-            })
-            .unwrap();
-    }
-    if let Some(i) = rest.rfind("/blobs/") {
-        let digest = rest[i + 7..].to_string();
-        if !head && fault == Fault::RedirectLoop {
-            return Response::builder()
-                .status(307)
-                .header("location", format!("http://127.0.0.1:{}{path}", st.port))
-                .body(Body::empty())
-                .unwrap();
+        Fault::TokenHang => {
+            f.on(Route::Token).hang();
         }
-        if !head && st.redirect_blobs.load(Ordering::SeqCst) {
-            return Response::builder()
-                .status(307)
-                .header(
-                    "location",
-                    format!("http://127.0.0.1:{}/cdn/{digest}?sig=abc", st.cdn_port),
-                )
-                .body(Body::empty())
-                .unwrap();
-        }
-        return blob_response(st, &digest, head, fault);
-    }
-    if let Some(name) = rest.strip_suffix("/tags/list") {
-        let mut tags: Vec<String> = st
-            .manifests
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|(n, r)| n == name && !r.starts_with("sha256:"))
-            .map(|(_, r)| r.clone())
-            .collect();
-        tags.sort();
-        return Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .body(Body::from(json!({"name": name, "tags": tags}).to_string()))
-            .unwrap();
-    }
-    oci_err(404, "NOT_FOUND")
-}
-
-async fn cdn(st: Arc<FakeState>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    st.seen_cdn.lock().unwrap().push(Seen {
-        method: req.method().as_str().to_string(),
-        path: path.clone(),
-        auth: req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
-    });
-    match path.strip_prefix("/cdn/") {
-        Some(d) => blob_response(st.clone(), d, req.method() == "HEAD", Fault::None),
-        None => oci_err(404, "NOT_FOUND"),
     }
 }
 
@@ -472,8 +102,13 @@ async fn cdn(st: Arc<FakeState>, req: Request) -> Response {
 
 const NAME: &str = "fake/app";
 
-async fn fake_with_image(creds: Option<(&str, &str)>) -> (Fake, Image) {
-    let f = Fake::start(creds).await;
+async fn fake_with_image(creds: Option<(&str, &str)>) -> (FakeUpstream, Image) {
+    let auth = creds.map_or_else(Auth::default, |(u, p)| Auth::bearer(u, p));
+    let f = FakeUpstream::start_with(FakeOpts {
+        auth,
+        ..FakeOpts::default()
+    })
+    .await;
     let img = f.add_image(NAME, "v1", &build_oci_image(500));
     (f, img)
 }
@@ -507,6 +142,27 @@ async fn assert_broken_fetch(resp: reqwest::Result<reqwest::Response>, size: Opt
     }
 }
 
+/// Wait (up to 30 s) until every fill the mirror started has ended, and check that each one
+/// failed: after that, nothing can be committed any more.
+async fn wait_fills_failed(m: &Mirror) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = m.metrics().await;
+        let started = metric_sum(&text, "ocimirror_fills_started_total", &[]);
+        let failed = metric_sum(&text, "ocimirror_fills_failed_total", &[]);
+        let in_flight = metric_sum(&text, "ocimirror_fills_in_flight", &[]);
+        if started >= 1.0 && in_flight == 0.0 && failed == started {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fills did not all end in failure: {started} started, {failed} failed, \
+             {in_flight} in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn nothing_stored_for(m: &Mirror, digest: &str) {
     assert!(
         !blob_data_path(&m.storage_root(), digest).exists(),
@@ -532,7 +188,7 @@ fn nothing_stored_for(m: &Mirror, digest: &str) {
 async fn upstream_429_is_relayed_with_retry_after() {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
-    f.set_fault(Fault::TooMany);
+    set_fault(&f, Fault::TooMany);
     // The first answer is the upstream's; then the mirror keeps off the upstream's manifests
     // for the rest of those 7 s and says how long is left. Blobs are not held back.
     let manifests0 = f.count("", "/manifests/");
@@ -573,7 +229,7 @@ async fn upstream_429_is_relayed_with_retry_after() {
         "upstream 429s are counted"
     );
     // Errors are not cached: once the cooldown is over, the manifest is fetched.
-    f.set_fault(Fault::None);
+    set_fault(&f, Fault::None);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = m.get_manifest(NAME, "v1").send().await.unwrap();
@@ -595,7 +251,7 @@ async fn upstream_5xx_becomes_503_unavailable() {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     for fault in [Fault::Status500, Fault::Status503] {
-        f.set_fault(fault);
+        set_fault(&f, fault);
         for r in [
             m.get_manifest(NAME, "v1"),
             m.get_manifest(NAME, &img.digest),
@@ -610,7 +266,7 @@ async fn upstream_5xx_becomes_503_unavailable() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 503, "{fault:?}: HEAD blob");
     }
-    f.set_fault(Fault::None);
+    set_fault(&f, Fault::None);
     let r = m
         .get_blob(NAME, &img.layers[1].digest)
         .send()
@@ -639,7 +295,7 @@ async fn upstream_404_is_relayed() {
 async fn upstream_hang_times_out_with_503() {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
-    f.set_fault(Fault::Hang);
+    set_fault(&f, Fault::Hang);
     for r in [
         m.get_manifest(NAME, "v1"),
         m.get_blob(NAME, &img.layers[0].digest),
@@ -683,7 +339,7 @@ async fn stale_tag_served_when_upstream_fails() {
         Fault::Hang,
         Fault::TooMany,
     ] {
-        f.set_fault(fault);
+        set_fault(&f, fault);
         let heads = f.count("HEAD", "/manifests/v1");
         // The request's own timeout bounds the hang case: the mirror must answer, stale, well
         // before it (its first-byte timeout is 1 s).
@@ -734,7 +390,7 @@ async fn broken_fill_case(fault: Fault) {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     let layer = img.biggest_layer();
-    f.set_fault(fault);
+    set_fault(&f, fault);
     let resp = m
         .get_blob(NAME, &layer.digest)
         .timeout(Duration::from_secs(40))
@@ -748,13 +404,13 @@ async fn broken_fill_case(fault: Fault) {
         .send()
         .await;
     assert_broken_fetch(resp, (!wrong_length).then_some(layer.size)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_fills_failed(&m).await;
     nothing_stored_for(&m, &layer.digest);
     let fetched = f.count("GET", &format!("/blobs/{}", layer.digest));
     assert!(fetched >= 1);
 
     // Healed: fetched again and served right.
-    f.set_fault(Fault::None);
+    set_fault(&f, Fault::None);
     let r = m.get_blob(NAME, &layer.digest).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(stream_hash(r).await, Ok((layer.size, layer.digest.clone())));
@@ -907,7 +563,7 @@ async fn bearer_token_fetched_once_for_many_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_redirect_does_not_forward_authorization() {
     let (f, img) = fake_with_image(Some(("bob", "builder"))).await;
-    f.redirect_blobs(true);
+    f.on(Route::Blob).get().redirect(Redirect::Cdn(307));
     let m = Mirror::start(
         MirrorOpts::upstream(&f.url())
             .short_timeouts()
@@ -920,7 +576,7 @@ async fn blob_redirect_does_not_forward_authorization() {
         assert_eq!(r.status().as_u16(), 200, "{}", d.digest);
         assert_eq!(r.bytes().await.unwrap(), img.blob(&d.digest));
     }
-    let cdn = f.st.seen_cdn.lock().unwrap().clone();
+    let cdn = f.seen_cdn();
     assert!(
         cdn.iter().filter(|s| s.method == "GET").count() >= img.all_blobs().len(),
         "blob GETs followed the redirect: {cdn:?}"
@@ -942,14 +598,15 @@ async fn blob_redirect_does_not_forward_authorization() {
 // ---------------------------------------------------------------------------------------------
 
 /// A fake with one image whose single layer is ~4 MiB, served at 128 KiB per 50 ms (~1.6 s).
-async fn slow_fake() -> (Fake, Image, Descriptor) {
-    let f = Fake::start(None).await;
+async fn slow_fake() -> (FakeUpstream, Image, Descriptor) {
+    let f = FakeUpstream::start().await;
     let img = f.add_image(
         NAME,
         "slow",
         &build_image(Kind::Oci, 600, &[4 << 20], "amd64", "linux"),
     );
-    f.set_slow(128 << 10, Duration::from_millis(50));
+    f.on(Route::Blob)
+        .chunks(128 << 10, Duration::from_millis(50));
     let layer = img.layers[0].clone();
     (f, img, layer)
 }
@@ -968,7 +625,7 @@ async fn client_disconnect_does_not_cancel_fill() {
         got.extend_from_slice(&s.next().await.expect("body").unwrap());
     }
     assert_eq!(
-        f.st.blob_bodies_done.load(Ordering::SeqCst),
+        f.bodies_done(),
         0,
         "the client must get bytes while the upstream is still sending (streaming fill)"
     );
@@ -992,7 +649,15 @@ async fn client_disconnect_does_not_cancel_fill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_gets_coalesce_into_one_upstream_fetch() {
     let (f, _img, layer) = slow_fake().await;
-    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    // The fill stays in flight until the late requests below are in (however long the
+    // machine takes to send them: the read timeout allows for it).
+    f.on(Route::Blob).get().hold_after(256 << 10);
+    let m = Mirror::start(
+        MirrorOpts::upstream(&f.url())
+            .short_timeouts()
+            .up("read_timeout", "30s"),
+    )
+    .await;
     let fills0 = m.metric("ocimirror_fills_started_total", &[]).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -1004,8 +669,11 @@ async fn concurrent_cold_gets_coalesce_into_one_upstream_fetch() {
         }));
     }
     // A late joiner and a Range request while the fill is in flight.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(f.st.blob_bodies_done.load(Ordering::SeqCst), 0);
+    let blob_path = format!("/blobs/{}", layer.digest);
+    f.wait_for("the fill's upstream GET", |f| {
+        f.count("GET", &blob_path) >= 1
+    })
+    .await;
     let late = m.get_blob(NAME, &layer.digest).send().await.unwrap();
     let ranged = m
         .get_blob(NAME, &layer.digest)
@@ -1019,6 +687,8 @@ async fn concurrent_cold_gets_coalesce_into_one_upstream_fetch() {
         format!("bytes 0-99/{}", layer.size)
     );
     assert_eq!(ranged.bytes().await.unwrap().len(), 100);
+    assert_eq!(f.bodies_done(), 0, "the fill was still in flight");
+    f.release();
     assert_eq!(
         stream_hash(late).await,
         Ok((layer.size, layer.digest.clone()))
@@ -1050,11 +720,11 @@ async fn concurrent_cold_gets_coalesce_into_one_upstream_fetch() {
 async fn harness_fake_upstream_behaves() {
     // skopeo does the bearer-token dance with the fake and follows the blob redirect.
     let (f, img) = fake_with_image(Some(("alice", "pw"))).await;
-    f.redirect_blobs(true);
-    let hp = format!("127.0.0.1:{}", f.st.port);
+    f.on(Route::Blob).get().redirect(Redirect::Cdn(307));
+    let hp = f.hostport();
     pull_and_check_oci(&hp, &img, Some("alice:pw")).await;
     assert!(f.tokens() >= 1);
-    assert!(!f.st.seen_cdn.lock().unwrap().is_empty());
+    assert!(!f.seen_cdn().is_empty());
     assert!(
         skopeo_inspect_raw(&format!("{hp}/{NAME}:v1"), Some("alice:nope"))
             .await
@@ -1071,7 +741,7 @@ async fn harness_fake_upstream_behaves() {
         layer.size.to_string()
     );
 
-    g.set_fault(Fault::DropMidBlob);
+    set_fault(&g, Fault::DropMidBlob);
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(
         header(r.headers(), "content-length"),
@@ -1082,13 +752,13 @@ async fn harness_fake_upstream_behaves() {
         "drop mid-blob is a body error"
     );
 
-    g.set_fault(Fault::WrongBytes);
+    set_fault(&g, Fault::WrongBytes);
     let r = c.get(&url).send().await.unwrap();
     let (n, d) = stream_hash(r).await.unwrap();
     assert_eq!(n, layer.size);
     assert_ne!(d, layer.digest);
 
-    g.set_fault(Fault::StallMidBlob);
+    set_fault(&g, Fault::StallMidBlob);
     let r = c.get(&url).send().await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_secs(2), stream_hash(r))
@@ -1097,16 +767,17 @@ async fn harness_fake_upstream_behaves() {
         "stall mid-blob never ends"
     );
 
-    g.set_fault(Fault::TooMany);
+    set_fault(&g, Fault::TooMany);
     let r = c.get(&url).send().await.unwrap();
     let h = expect_oci_error(r, 429, &["TOOMANYREQUESTS"]).await;
     assert_eq!(header(&h, "retry-after"), "7");
 
-    g.set_fault(Fault::None);
-    g.set_slow(128 << 10, Duration::from_millis(20));
+    set_fault(&g, Fault::None);
+    g.on(Route::Blob)
+        .chunks(128 << 10, Duration::from_millis(20));
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(stream_hash(r).await, Ok((layer.size, layer.digest.clone())));
-    assert_eq!(g.st.blob_bodies_done.load(Ordering::SeqCst), 1);
+    assert_eq!(g.bodies_done(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1138,7 +809,7 @@ async fn upstream_redirect_loop_is_an_error_and_not_stored() {
 async fn upstream_blob_without_content_length_is_served_and_stored() {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
-    f.set_fault(Fault::NoLength);
+    set_fault(&f, Fault::NoLength);
     for d in img.all_blobs() {
         let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200);
@@ -1166,22 +837,28 @@ async fn wait_committed(m: &Mirror, digest: &str) {
 /// read timeout): the client gets bytes as they come and the whole blob, and it is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_at_one_kib_per_second_is_streamed_and_stored() {
-    let f = Fake::start(None).await;
+    let f = FakeUpstream::start().await;
     let img = f.add_image(
         NAME,
         "crawl",
         &build_image(Kind::Oci, 610, &[6 << 10], "amd64", "linux"),
     );
     let layer = img.layers[0].clone();
-    f.set_slow(1024, Duration::from_secs(1));
-    let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
+    f.on(Route::Blob).chunks(1024, Duration::from_secs(1));
+    // Below the default minimum blob rate (16 KiB/s): this upstream is slow on purpose.
+    let m = Mirror::start(
+        MirrorOpts::upstream(&f.url())
+            .short_timeouts()
+            .up("min_blob_rate", "256B"),
+    )
+    .await;
     let r = m.get_blob(NAME, &layer.digest).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let mut s = r.bytes_stream();
     let mut got = Vec::new();
     got.extend_from_slice(&s.next().await.expect("first bytes").unwrap());
     assert_eq!(
-        f.st.blob_bodies_done.load(Ordering::SeqCst),
+        f.bodies_done(),
         0,
         "first bytes reach the client while the upstream is still sending"
     );
@@ -1201,7 +878,11 @@ async fn upstream_down_at_start_then_up() {
     let m = Mirror::start(MirrorOpts::upstream(&url).short_timeouts()).await;
     let r = m.get_manifest(NAME, "v1").send().await.unwrap();
     expect_oci_error(r, 503, &["UNAVAILABLE"]).await;
-    let f = Fake::start_on(None, port).await;
+    let f = FakeUpstream::start_with(FakeOpts {
+        port,
+        ..FakeOpts::default()
+    })
+    .await;
     let img = f.add_image(NAME, "v1", &build_oci_image(620));
     let r = m.get_manifest(NAME, "v1").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -1226,7 +907,7 @@ async fn token_endpoint_down_or_hanging_is_503_then_recovers() {
     )
     .await;
     for fault in [Fault::TokenDown, Fault::TokenHang] {
-        f.set_fault(fault);
+        set_fault(&f, fault);
         for r in [
             m.get_manifest(NAME, "v1"),
             m.get_blob(NAME, &img.layers[0].digest),
@@ -1241,7 +922,7 @@ async fn token_endpoint_down_or_hanging_is_503_then_recovers() {
         }
         nothing_stored_for(&m, &img.layers[0].digest);
     }
-    f.set_fault(Fault::None);
+    set_fault(&f, Fault::None);
     let r = m.get_manifest(NAME, "v1").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.bytes().await.unwrap(), img.manifest);
@@ -1263,7 +944,7 @@ async fn token_endpoint_down_or_hanging_is_503_then_recovers() {
 async fn upstream_429_storm_is_relayed_not_amplified_and_not_stored() {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
-    f.set_fault(Fault::TooMany);
+    set_fault(&f, Fault::TooMany);
     let before = f.seen().len();
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -1297,7 +978,7 @@ async fn upstream_429_storm_is_relayed_not_amplified_and_not_stored() {
     for d in img.all_blobs() {
         nothing_stored_for(&m, &d.digest);
     }
-    f.set_fault(Fault::None);
+    set_fault(&f, Fault::None);
     // The mirror may hold off for the upstream's Retry-After (7 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1321,13 +1002,14 @@ async fn upstream_429_storm_is_relayed_not_amplified_and_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnecting_at_every_point_of_a_fill() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let f = Fake::start(None).await;
+    let f = FakeUpstream::start().await;
     let img = f.add_image(
         NAME,
         "cuts",
         &build_image(Kind::Oci, 630, &[1 << 20; 5], "amd64", "linux"),
     );
-    f.set_slow(64 << 10, Duration::from_millis(20));
+    f.on(Route::Blob)
+        .chunks(64 << 10, Duration::from_millis(20));
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     // The manifest first, so the blobs are linked to the repository.
     let r = m.get_manifest(NAME, "cuts").send().await.unwrap();
@@ -1419,13 +1101,14 @@ fn age_file(path: &std::path::Path, hours: u32) {
 /// another process sharing the root may own them) are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_fills_then_restart_serves_whole_blobs_and_cleans_temp_files() {
-    let f = Fake::start(None).await;
+    let f = FakeUpstream::start().await;
     let img = f.add_image(
         NAME,
         "kill",
         &build_image(Kind::Oci, 640, &[4 << 20, 3 << 20], "amd64", "linux"),
     );
-    f.set_slow(128 << 10, Duration::from_millis(50));
+    f.on(Route::Blob)
+        .chunks(128 << 10, Duration::from_millis(50));
     let mut m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     let r = m.get_manifest(NAME, "kill").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

@@ -400,11 +400,7 @@ async fn three_replicas_stream_one_fill_to_every_client() {
         return;
     };
     let b = f.blob("stream/big", 48 << 20, 901).await;
-    f.proxy
-        .state
-        .shaping
-        .rate
-        .store(16 << 20, Ordering::SeqCst);
+    f.proxy.state.shaping.rate.store(16 << 20, Ordering::SeqCst);
     f.proxy
         .state
         .shaping
@@ -412,11 +408,23 @@ async fn three_replicas_stream_one_fill_to_every_client() {
         .store(b.size / 2, Ordering::SeqCst);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Replica 0 takes the lease: its client asks first.
-    let mut clients = vec![client_task(&f.replicas[0], 0, &b, &f.proxy.state, tx.clone())];
+    let mut clients = vec![client_task(
+        &f.replicas[0],
+        0,
+        &b,
+        &f.proxy.state,
+        tx.clone(),
+    )];
     firsts(&mut rx, 1).await;
     for k in 1..CLIENTS {
         let r = k % 3;
-        clients.push(client_task(&f.replicas[r], r, &b, &f.proxy.state, tx.clone()));
+        clients.push(client_task(
+            &f.replicas[r],
+            r,
+            &b,
+            &f.proxy.state,
+            tx.clone(),
+        ));
     }
     let got = firsts(&mut rx, CLIENTS - 1).await;
     // Every first byte came while the only upstream body was held half-way.
@@ -446,8 +454,15 @@ async fn three_replicas_stream_one_fill_to_every_client() {
         .skip((lo % BigBlob::CHUNK) as usize)
         .take((hi - lo + 1) as usize)
         .collect();
-    assert!(part[..] == expected[..], "ranged bytes from a relaying replica");
-    assert_eq!(f.proxy.blob_bodies_done(), 0, "the range waited for the fill");
+    assert!(
+        part[..] == expected[..],
+        "ranged bytes from a relaying replica"
+    );
+    assert_eq!(
+        f.proxy.blob_bodies_done(),
+        0,
+        "the range waited for the fill"
+    );
 
     f.proxy.open_gate();
     let mut wrong = Vec::new();
@@ -463,7 +478,11 @@ async fn three_replicas_stream_one_fill_to_every_client() {
             wrong.push(format!("replica {}: {:?}", s.replica, s.result));
         }
     }
-    assert!(wrong.is_empty(), "clients without the blob:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "clients without the blob:\n{}",
+        wrong.join("\n")
+    );
     let gets = f.proxy.blob_gets();
     assert_eq!(gets.len(), 1, "upstream blob GETs: {gets:?}");
     // One peer stream on each replica that did not fetch, whatever its number of clients; their
@@ -476,8 +495,11 @@ async fn three_replicas_stream_one_fill_to_every_client() {
     assert_eq!(opened, [0.0, 1.0, 1.0], "peer streams opened per replica");
     for m in &f.replicas[1..] {
         assert!(
-            m.metric("ocimirror_blob_first_byte_seconds_count", &["source=\"peer\""])
-                .await
+            m.metric(
+                "ocimirror_blob_first_byte_seconds_count",
+                &["source=\"peer\""]
+            )
+            .await
                 >= 1.0
         );
     }
@@ -494,11 +516,7 @@ async fn killed_holder_is_resumed_not_restarted() {
         return;
     };
     let b = f.blob("stream/kill", 32 << 20, 902).await;
-    f.proxy
-        .state
-        .shaping
-        .rate
-        .store(32 << 20, Ordering::SeqCst);
+    f.proxy.state.shaping.rate.store(32 << 20, Ordering::SeqCst);
     f.proxy
         .state
         .shaping
@@ -510,14 +528,19 @@ async fn killed_holder_is_resumed_not_restarted() {
     let mut clients = Vec::new();
     for k in 0..8 {
         let r = 1 + k % 2;
-        clients.push(client_task(&f.replicas[r], r, &b, &f.proxy.state, tx.clone()));
+        clients.push(client_task(
+            &f.replicas[r],
+            r,
+            &b,
+            &f.proxy.state,
+            tx.clone(),
+        ));
     }
     firsts(&mut rx, 8).await;
     // Let the relays catch up with all the holder has before it dies.
     let deadline = Instant::now() + Duration::from_secs(30);
     for m in &f.replicas[1..] {
-        while m.metric("ocimirror_peer_bytes_relayed_total", &[]).await < (b.size / 2 - 1) as f64
-        {
+        while m.metric("ocimirror_peer_bytes_relayed_total", &[]).await < (b.size / 2 - 1) as f64 {
             assert!(Instant::now() < deadline, "relays did not catch up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -537,7 +560,10 @@ async fn killed_holder_is_resumed_not_restarted() {
     let gets = f.proxy.blob_gets();
     assert_eq!(gets.len(), 2, "the holder's fetch and one resume: {gets:?}");
     assert!(
-        gets[1].1.as_deref().is_some_and(|r| r.starts_with("bytes=")),
+        gets[1]
+            .1
+            .as_deref()
+            .is_some_and(|r| r.starts_with("bytes=")),
         "the resume asked for the rest with a Range: {gets:?}"
     );
     let sent = f.proxy.blob_bytes();
@@ -579,11 +605,23 @@ async fn corrupt_upstream_bytes_complete_no_response_anywhere() {
         .pause_at
         .store(b.size / 2, Ordering::SeqCst);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut clients = vec![client_task(&f.replicas[0], 0, &b, &f.proxy.state, tx.clone())];
+    let mut clients = vec![client_task(
+        &f.replicas[0],
+        0,
+        &b,
+        &f.proxy.state,
+        tx.clone(),
+    )];
     firsts(&mut rx, 1).await;
     for k in 0..6 {
         let r = 1 + k % 2;
-        clients.push(client_task(&f.replicas[r], r, &b, &f.proxy.state, tx.clone()));
+        clients.push(client_task(
+            &f.replicas[r],
+            r,
+            &b,
+            &f.proxy.state,
+            tx.clone(),
+        ));
     }
     firsts(&mut rx, 6).await;
     f.proxy.open_gate();
@@ -613,12 +651,24 @@ async fn peer_endpoint_wants_the_secret_and_is_not_public() {
     let status = |r: reqwest::Response| r.status().as_u16();
     assert_eq!(status(c.get(&peer).send().await.unwrap()), 401, "no secret");
     assert_eq!(
-        status(c.get(&peer).bearer_auth("wrong-secret-0123456789").send().await.unwrap()),
+        status(
+            c.get(&peer)
+                .bearer_auth("wrong-secret-0123456789")
+                .send()
+                .await
+                .unwrap()
+        ),
         401,
         "wrong secret"
     );
     assert_eq!(
-        status(c.get(&peer).bearer_auth(&SECRET[..SECRET.len() - 1]).send().await.unwrap()),
+        status(
+            c.get(&peer)
+                .bearer_auth(&SECRET[..SECRET.len() - 1])
+                .send()
+                .await
+                .unwrap()
+        ),
         401,
         "a prefix of the secret"
     );

@@ -144,7 +144,7 @@ fn check_passes(imp: &Import) -> Vec<(String, String)> {
             let jwks = dir.join("check.jwks");
             fs::write(
                 &jwks,
-                serde_json::json!({"keys": [k.public_jwk()]}).to_string(),
+                ocimirror::auth::keys::jwks([k.public_key()]).to_string(),
             )
             .unwrap();
             env.push((

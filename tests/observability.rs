@@ -250,8 +250,11 @@ async fn dashboard_uses_only_exported_metrics() {
     std::fs::write(v2.join("repositories"), b"x").unwrap();
     let _ = broken.get_manifest(REPO, "v1").send().await.unwrap();
 
-    let mut live = exported_names(&m.metrics().await);
-    live.extend(exported_names(&broken.metrics().await));
+    let (text, broken_text) = (m.metrics().await, broken.metrics().await);
+    assert_matches_catalogue(&text);
+    assert_matches_catalogue(&broken_text);
+    let mut live = exported_names(&text);
+    live.extend(exported_names(&broken_text));
     for base in live.clone() {
         for suffix in ["_bucket", "_sum", "_count"] {
             live.insert(format!("{base}{suffix}"));
@@ -286,12 +289,21 @@ async fn dashboard_uses_only_exported_metrics() {
     }
 }
 
-/// Names given to `metrics::counter!`, `gauge!` or `histogram!` in the source.
+/// The families of the metrics catalogue (`src/metrics.rs`), which every emitter names.
 fn source_metric_names() -> BTreeSet<String> {
-    let re =
-        regex::Regex::new(r#"(?:counter|gauge|histogram)!\(\s*"(ocimirror_[a-z0-9_]+)""#).unwrap();
-    let mut out = BTreeSet::new();
+    ocimirror::metrics::FAMILIES
+        .iter()
+        .map(|f| f.name.to_owned())
+        .collect()
+}
+
+/// Every `ocimirror_*` family is declared once, in the catalogue: no `counter!`, `gauge!` or
+/// `histogram!` in the source names one by a string of its own.
+#[test]
+fn emitters_name_families_only_through_the_catalogue() {
+    let re = regex::Regex::new(r#"(?:counter|gauge|histogram)!\(\s*"ocimirror_"#).unwrap();
     let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let mut literal = Vec::new();
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -299,11 +311,59 @@ fn source_metric_names() -> BTreeSet<String> {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "rs") {
                 let text = std::fs::read_to_string(&p).unwrap();
-                out.extend(re.captures_iter(&text).map(|c| c[1].to_owned()));
+                if re.is_match(&text) {
+                    literal.push(p.display().to_string());
+                }
             }
         }
     }
-    out
+    assert!(
+        literal.is_empty(),
+        "metric names outside the catalogue in {literal:?}"
+    );
+}
+
+/// What a live mirror exports is what the catalogue declares: every family it exports is in the
+/// catalogue with its help text, and every series carries only the catalogue's labels for it.
+fn assert_matches_catalogue(text: &str) {
+    use ocimirror::metrics::family;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ocimirror_") {
+            let name = format!("ocimirror_{}", rest.split(' ').next().unwrap());
+            let f = family(&name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+            assert!(line.ends_with(f.help), "{line}");
+            continue;
+        }
+        if line.starts_with('#') || !line.starts_with("ocimirror_") {
+            continue;
+        }
+        let name: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| family(b).is_some()))
+            .unwrap_or(&name);
+        let f = family(base).unwrap_or_else(|| panic!("{base} is not in the catalogue: {line}"));
+        assert!(
+            text.contains(&format!("# HELP {base} ")),
+            "{base} exported without its help text"
+        );
+        if let (Some(a), Some(b)) = (line.find('{'), line.rfind('}')) {
+            for pair in line[a + 1..b].split("\",") {
+                let label = pair.split('=').next().unwrap().trim_start_matches(',');
+                if label.is_empty() || label == "le" {
+                    continue;
+                }
+                assert!(
+                    f.labels.contains(&label),
+                    "{base} has label {label}, not among {:?}: {line}",
+                    f.labels
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

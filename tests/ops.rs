@@ -413,3 +413,164 @@ async fn warm_with_a_missing_image_fails_and_names_it() {
         0
     );
 }
+
+/// Run the binary with `env` (and no other `OCIMIRROR_*` variable); (success, stdout, stderr).
+async fn ocimirror_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(common::ocimirror_bin());
+    cmd.args(args).stdin(std::process::Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OCIMIRROR_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().await.expect("run ocimirror");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `examples/seed.yaml` served (its ACL: the named user may do everything, anonymous users pull
+/// `myorg/**`), with an `admin` whose password the test knows and tokens living `token_ttl`.
+async fn seed_mirror(reg: &Registry, dir: &Path, token_ttl: &str) -> Mirror {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seed.yaml");
+    let (key, cert) = ocimirror_keygen(dir);
+    let users = format!(
+        "{{\"\": {{}}, admin: {{password: \"{}\"}}}}",
+        ocimirror_hash_password("warm-pw-0001")
+    );
+    Mirror::start(
+        MirrorOpts::cli(&[
+            "--config",
+            &example.display().to_string(),
+            "--upstream",
+            &reg.url(),
+        ])
+        .env("OCIMIRROR_AUTH__KEY", &key)
+        .env("OCIMIRROR_AUTH__CERTIFICATE", &cert)
+        .env("OCIMIRROR_AUTH__USERS", &users)
+        .env("OCIMIRROR_AUTH__TOKEN_TTL", token_ttl)
+        .env(
+            "OCIMIRROR_STORAGE__FILESYSTEM__ROOT",
+            &dir.join("storage").display().to_string(),
+        ),
+    )
+    .await
+}
+
+/// `warm --mirror` through a mirror with `auth`: anonymous tokens where the ACL allows them, a
+/// refused scope reported for its image alone, and credentials from --password-file or the
+/// environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_through_a_mirror_with_auth() {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let open = reg.pusher().push_oci_image("myorg/app", "v1", 4601).await;
+    // seed.yaml's upstream allow-list has library/* and myorg/**; its ACL gives anonymous
+    // users myorg/** only.
+    let closed = reg.pusher().push_oci_image("library/app", "v1", 4602).await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = seed_mirror(&reg, dir.path(), "5m").await;
+
+    // Anonymous: myorg/app is warmed, library/app is refused, each reported for itself.
+    let (ok, out, err) = ocimirror_with_env(
+        &[
+            "warm",
+            "--mirror",
+            &m.url(),
+            "--json",
+            "myorg/app:v1",
+            "library/app:v1",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["error"], Value::Null, "{report}");
+    assert_eq!(report[0]["digest"], open.digest.as_str());
+    assert_eq!(report[0]["blobs_fetched"], 4, "{report}");
+    let refused = report[1]["error"].as_str().unwrap();
+    assert!(refused.contains("DENIED"), "{refused}");
+    assert!(refused.contains("repository:library/app:pull"), "{refused}");
+    assert!(err.contains("library/app:v1"), "{err}");
+    assert_eq!(reg.count_requests("GET", "/v2/library/app/").await, 0);
+
+    // The named user, password from a file.
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "warm-pw-0001\n").unwrap();
+    let (ok, out, err) = ocimirror_with_env(
+        &[
+            "warm",
+            "--mirror",
+            &m.url(),
+            "--username",
+            "admin",
+            "--password-file",
+            &pw.display().to_string(),
+            "library/app:v1",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&closed.digest), "{out}");
+    assert!(out.contains("4 fetched"), "{out}");
+
+    // The password from the environment; a wrong one is named as such.
+    let args = [
+        "warm",
+        "--mirror",
+        &m.url(),
+        "--username",
+        "admin",
+        "library/app:v1",
+    ];
+    let (ok, out, err) =
+        ocimirror_with_env(&args, &[("OCIMIRROR_WARM__PASSWORD", "warm-pw-0001")]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("4 already cached"), "{out}");
+    let (ok, _, err) = ocimirror_with_env(&args, &[("OCIMIRROR_WARM__PASSWORD", "wrong")]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("refused the credentials of \"admin\""),
+        "{err}"
+    );
+    let (ok, _, err) = ocimirror_with_env(&args, &[]).await;
+    assert!(!ok);
+    assert!(err.contains("OCIMIRROR_WARM__PASSWORD"), "{err}");
+}
+
+/// A token is used until shortly before it expires, then a new one is obtained: with tokens
+/// living 3 s (renewed 0.3 s early), a request after 3.5 s needs a second token, and one made at
+/// once does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_renews_an_expired_token() {
+    use ocimirror::ops::auth::{Credentials, MirrorAuth};
+    let reg = Registry::start(RegistryOpts::default()).await;
+    reg.pusher().push_oci_image("library/app", "v1", 4603).await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = seed_mirror(&reg, dir.path(), "3s").await;
+    let auth = MirrorAuth::new(Some(Credentials {
+        username: "admin".into(),
+        password: "warm-pw-0001".into(),
+    }));
+    let c = client();
+    let name = ocimirror::oci::RepoName::parse("library/app").unwrap();
+    let url = format!("{}/v2/library/app/manifests/v1", m.url());
+    let get = || {
+        c.get(url.as_str())
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+    };
+    let r = auth.send(&c, Some(&name), get).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(auth.tokens_obtained(), 1);
+    let r = auth.send(&c, Some(&name), get).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(auth.tokens_obtained(), 1, "a fresh token is reused");
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let r = auth.send(&c, Some(&name), get).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(auth.tokens_obtained(), 2, "an expired token is replaced");
+}

@@ -1,94 +1,15 @@
 //! Living within the upstream's limits: after a 429 the mirror leaves the upstream alone for
 //! manifest requests until `Retry-After` has passed, serving cached tags meanwhile; quota headers
 //! become metrics; and no more than `max_concurrent_requests` requests are in flight upstream.
-//! The upstream is an in-process fake, since a real registry cannot be made to rate-limit.
+//! The upstream is the shared fake (`common::upstream`), since a real registry cannot be made to
+//! rate-limit.
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use common::*;
-
-#[derive(Default)]
-struct Fake {
-    limited: AtomicBool,
-    manifest_requests: AtomicUsize,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-    manifest: Vec<u8>,
-}
-
-/// Decrements the in-flight count when the response body is done.
-struct Flight(Arc<Fake>);
-
-impl Drop for Flight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn handle(State(f): State<Arc<Fake>>, req: Request) -> Response {
-    let path = req.uri().path().to_owned();
-    if path == "/v2/" {
-        return StatusCode::OK.into_response();
-    }
-    if path.contains("/manifests/") {
-        f.manifest_requests.fetch_add(1, Ordering::SeqCst);
-        if f.limited.load(Ordering::SeqCst) {
-            let mut r = (
-                StatusCode::TOO_MANY_REQUESTS,
-                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
-            )
-                .into_response();
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("3"));
-            r.headers_mut()
-                .insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
-            return r;
-        }
-        let digest = sha256_digest(&f.manifest);
-        let mut r = Response::new(Body::from(f.manifest.clone()));
-        let h = r.headers_mut();
-        h.insert("content-type", HeaderValue::from_static(OCI_MANIFEST));
-        h.insert("docker-content-digest", digest.parse().unwrap());
-        h.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
-        h.insert(
-            "ratelimit-remaining",
-            HeaderValue::from_static("99;w=21600"),
-        );
-        h.insert("content-length", f.manifest.len().into());
-        if req.method() == "HEAD" {
-            *r.body_mut() = Body::empty();
-        }
-        return r;
-    }
-    if path.contains("/blobs/") {
-        let now = f.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        f.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let flight = Flight(f.clone());
-        // The mirror checks digests: serve the bytes that hash to the one asked for.
-        let digest = path.rsplit('/').next().unwrap().to_owned();
-        let data = blob_for(&digest);
-        let stream = futures_util::stream::once(async move {
-            // Hold the request open for a while, so requests overlap.
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            drop(flight);
-            Ok::<_, std::io::Error>(data)
-        });
-        let mut r = Response::new(Body::from_stream(stream));
-        r.headers_mut()
-            .insert("content-length", blob_for(&digest).len().into());
-        return r;
-    }
-    StatusCode::NOT_FOUND.into_response()
-}
 
 /// Six small blobs the fake serves, by digest.
 fn blobs() -> Vec<Bytes> {
@@ -97,14 +18,10 @@ fn blobs() -> Vec<Bytes> {
         .collect()
 }
 
-fn blob_for(digest: &str) -> Bytes {
-    blobs()
-        .into_iter()
-        .find(|b| sha256_digest(b) == digest)
-        .unwrap_or_default()
-}
-
-async fn start_fake() -> (Arc<Fake>, String) {
+/// A fake serving `team/app:v1` and `:v2` (one manifest over [`blobs`]) with Docker Hub's quota
+/// headers, and blob bodies held back 400 ms so that requests overlap.
+async fn start_fake() -> (FakeUpstream, Vec<u8>) {
+    let f = FakeUpstream::start().await;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -114,23 +31,32 @@ async fn start_fake() -> (Arc<Fake>, String) {
         })).collect::<Vec<_>>(),
     }))
     .unwrap();
-    let fake = Arc::new(Fake {
-        manifest,
-        ..Fake::default()
-    });
-    let app = axum::Router::new()
-        .fallback(handle)
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (fake, url)
+    for b in blobs() {
+        f.add_blob(b);
+    }
+    for tag in ["v1", "v2"] {
+        f.add_manifest("team/app", tag, OCI_MANIFEST, &manifest);
+    }
+    f.on(Route::Manifest)
+        .header("ratelimit-limit", "100;w=21600")
+        .header("ratelimit-remaining", "99;w=21600");
+    f.on(Route::Blob).body_delay(Duration::from_millis(400));
+    (f, manifest)
+}
+
+/// From now on, manifests answer 429 (`Retry-After: 3`, quota exhausted) until the rule is
+/// removed.
+fn limit(f: &FakeUpstream) -> Rule<'_> {
+    f.on(Route::Manifest)
+        .reply(429, "TOOMANYREQUESTS")
+        .header("retry-after", "3")
+        .header("ratelimit-remaining", "0;w=21600")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_429_manifests_are_left_alone_until_retry_after_and_cached_tags_stay_served() {
-    let (fake, url) = start_fake().await;
-    let m = Mirror::start(MirrorOpts::upstream(&url).tag_ttl("0s")).await;
+    let (fake, manifest) = start_fake().await;
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url()).tag_ttl("0s")).await;
     let get = |tag: &str| m.get_manifest("team/app", tag).send();
 
     let r = get("v1").await.unwrap();
@@ -145,12 +71,12 @@ async fn after_a_429_manifests_are_left_alone_until_retry_after_and_cached_tags_
         99.0
     );
 
-    fake.limited.store(true, Ordering::SeqCst);
+    let limited = limit(&fake);
     // The revalidation meets the 429: the cached tag is served.
     let r = get("v1").await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), fake.manifest);
-    let asked = fake.manifest_requests.load(Ordering::SeqCst);
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+    let asked = fake.count_route(Route::Manifest, "");
     assert_eq!(
         m.metric("ocimirror_upstream_ratelimit_remaining", &[])
             .await,
@@ -171,7 +97,7 @@ async fn after_a_429_manifests_are_left_alone_until_retry_after_and_cached_tags_
         .parse()
         .unwrap();
     assert!((1..=3).contains(&wait), "retry-after {wait}");
-    assert_eq!(fake.manifest_requests.load(Ordering::SeqCst), asked);
+    assert_eq!(fake.count_route(Route::Manifest, ""), asked);
     assert!(m.metric("ocimirror_upstream_cooldowns_total", &[]).await >= 1.0);
     assert!(
         m.metric(
@@ -189,9 +115,9 @@ async fn after_a_429_manifests_are_left_alone_until_retry_after_and_cached_tags_
     assert_eq!(r.bytes().await.unwrap(), blobs()[1]);
 
     // Once Retry-After has passed, the upstream is asked again.
-    fake.limited.store(false, Ordering::SeqCst);
+    limited.remove();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fake.manifest_requests.load(Ordering::SeqCst) == asked {
+    while fake.count_route(Route::Manifest, "") == asked {
         assert!(
             Instant::now() < deadline,
             "never asked again:\n{}",
@@ -205,8 +131,9 @@ async fn after_a_429_manifests_are_left_alone_until_retry_after_and_cached_tags_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_requests_in_flight_are_capped() {
-    let (fake, url) = start_fake().await;
-    let m = Mirror::start(MirrorOpts::upstream(&url).up("max_concurrent_requests", "2")).await;
+    let (fake, _) = start_fake().await;
+    let m =
+        Mirror::start(MirrorOpts::upstream(&fake.url()).up("max_concurrent_requests", "2")).await;
     assert_eq!(
         m.get_manifest("team/app", "v1")
             .send()
@@ -224,7 +151,7 @@ async fn upstream_requests_in_flight_are_capped() {
         }
     });
     futures_util::future::join_all(gets).await;
-    let max = fake.max_in_flight.load(Ordering::SeqCst);
+    let max = fake.max_in_flight(Route::Blob);
     assert_eq!(
         max, 2,
         "at most 2 blob requests at once, and the cap was reached"

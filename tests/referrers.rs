@@ -1,14 +1,9 @@
 //! The OCI referrers API through the mirror: from a real Distribution 2.8 (which lacks the API,
 //! so the tag-schema fallback is used), cached like a tag, filtered by `artifactType`; and from
-//! an upstream that has the API (an in-process fake, since Distribution 2.8 does not).
+//! an upstream that has the API (the shared fake upstream, since Distribution 2.8 does not).
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use common::*;
 use serde_json::{Value, json};
 
@@ -134,45 +129,27 @@ async fn tag_schema_fallback_cached_and_filtered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_referrers_api_is_proxied() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
     let subject = format!("sha256:{}", "ab".repeat(32));
     let index = json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": format!("sha256:{}", "cd".repeat(32)), "size": 10, "artifactType": SIG}],
     });
-    let body = serde_json::to_vec(&index).unwrap();
-    let want = format!("/v2/team/app/referrers/{subject}");
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let (c, body, want) = (c.clone(), body.clone(), want.clone());
-        async move {
-            if req.uri().path() == want {
-                c.fetch_add(1, Ordering::SeqCst);
-                let mut r = Response::new(axum::body::Body::from(body));
-                r.headers_mut().insert(
-                    "content-type",
-                    HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
-                );
-                return r;
-            }
-            if req.uri().path() == "/v2/" {
-                return StatusCode::OK.into_response();
-            }
-            StatusCode::NOT_FOUND.into_response()
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let f = FakeUpstream::start().await;
+    f.add_referrers("team/app", &subject, &serde_json::to_vec(&index).unwrap());
 
-    let m = Mirror::start(MirrorOpts::upstream(&url).tag_ttl("0s")).await;
+    let m = Mirror::start(MirrorOpts::upstream(&f.url()).tag_ttl("0s")).await;
     let (s, _, got) = referrers(&m, &format!("/v2/team/app/referrers/{subject}")).await;
     assert_eq!(s, 200);
     assert_eq!(got, index);
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        f.count("GET", &format!("/v2/team/app/referrers/{subject}")),
         1,
         "the API itself, not the fallback"
+    );
+    assert_eq!(
+        f.count_route(Route::Manifest, ""),
+        0,
+        "no fallback tag asked for"
     );
     // Malformed digests are refused before anything else.
     let r = m

@@ -126,6 +126,80 @@ async fn unknown_ns_is_refused_and_nothing_is_dialled() {
     );
 }
 
+/// A mirror of a mirror: the default upstream is a plain registry declared `ns: [docker.io]`, so
+/// containerd's `?ns=docker.io` reaches it, and the answer names the `ns` used in
+/// `OCI-Namespace`. Its own host is no longer an `ns` of it (the list replaces the defaults), and
+/// a request without `ns` carries no such header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_ns_reaches_the_upstream_and_is_named_in_the_answer() {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg.pusher().push_oci_image("library/app", "v1", 1301).await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).up("ns", "[docker.io]")).await;
+    for (path, ns) in [
+        (
+            "/v2/library/app/manifests/v1?ns=docker.io",
+            Some("docker.io"),
+        ),
+        (
+            "/v2/library/app/manifests/v1?ns=Docker.IO",
+            Some("docker.io"),
+        ),
+        ("/v2/library/app/manifests/v1", None),
+    ] {
+        let r = m
+            .get(path)
+            .header("accept", ACCEPT_MANIFESTS)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        assert_eq!(
+            r.headers()
+                .get("oci-namespace")
+                .map(|v| v.to_str().unwrap()),
+            ns,
+            "{path}"
+        );
+        assert_eq!(header(r.headers(), "docker-content-digest"), img.digest);
+    }
+    let layer = img.all_blobs()[1].digest.clone();
+    let r = m
+        .get(&format!("/v2/library/app/blobs/{layer}?ns=docker.io"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(r.headers(), "oci-namespace"), "docker.io");
+    let r = m
+        .get(&format!(
+            "/v2/library/app/manifests/v1?ns={}",
+            reg.hostport()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let h = expect_oci_error(r, 404, &["NAME_UNKNOWN"]).await;
+    assert!(h.get("oci-namespace").is_none());
+}
+
+#[test]
+fn config_check_refuses_an_ns_on_two_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "upstream:\n  url: https://mirror.gcr.io\n  ns: [docker.io]\nupstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n    ns: [docker.io, index.docker.io]\n",
+    )
+    .unwrap();
+    let (ok, err) = config_check(&cfg);
+    assert!(!ok);
+    assert!(err.contains("upstreams.0.ns"), "{err}");
+    assert!(
+        err.contains("\"docker.io\" is also an ns of upstream"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_from_both_upstreams_through_one_endpoint() {
     let (_a, _b, img_a, img_b, m) = two_upstreams().await;
@@ -156,13 +230,16 @@ fn config_check_refuses_bad_upstream_names() {
 #[test]
 fn the_multi_upstream_example_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("dockerhub"), "token\n").unwrap();
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-upstream.yaml");
-    let text = std::fs::read_to_string(&example).unwrap().replace(
-        "/run/secrets/dockerhub",
-        &dir.path().join("dockerhub").display().to_string(),
-    );
+    let mut text = std::fs::read_to_string(&example).unwrap();
+    for secret in ["dockerhub", "ecr"] {
+        std::fs::write(dir.path().join(secret), "token\n").unwrap();
+        text = text.replace(
+            &format!("/run/secrets/{secret}"),
+            &dir.path().join(secret).display().to_string(),
+        );
+    }
     let cfg = dir.path().join("multi.yaml");
     std::fs::write(&cfg, text).unwrap();
     let (ok, err) = config_check(&cfg);

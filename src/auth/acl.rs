@@ -187,6 +187,38 @@ impl Acl {
         self.evaluate(id, req, requested).granted
     }
 
+    /// Like [`Acl::authorize`] for a resource known by several names (a repository's
+    /// [`super::RepositoryNames`]): a rule's conditions hold when they hold for any of them, so
+    /// a rule naming either form decides for the repository and neither form steps around it.
+    /// Rules are still tried in order; the first that holds for some name decides.
+    pub fn authorize_as(
+        &self,
+        id: &Identity,
+        req: &RequestInfo,
+        requested: &ResourceActions,
+        names: &[String],
+    ) -> Vec<String> {
+        let forms: Vec<ResourceActions> = names
+            .iter()
+            .map(|n| ResourceActions {
+                name: n.clone(),
+                ..requested.clone()
+            })
+            .collect();
+        for rule in &self.rules {
+            if forms.iter().any(|f| {
+                rule.matches(&Ctx {
+                    id,
+                    req,
+                    requested: f,
+                })
+            }) {
+                return rule.grant(&requested.actions);
+            }
+        }
+        Vec::new()
+    }
+
     /// Like [`Acl::authorize`], also telling which rule decided.
     pub fn evaluate(
         &self,
@@ -864,6 +896,7 @@ mod tests {
                 .iter()
                 .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
                 .collect(),
+            valid_until: None,
         };
         let req = RequestInfo {
             ip: who.ip.parse().expect("test IP"),
@@ -1470,6 +1503,7 @@ mod tests {
         let id = Identity {
             account: "alice".into(),
             labels: BTreeMap::new(),
+            valid_until: None,
         };
         let req = RequestInfo {
             ip: "192.0.2.1".parse().unwrap(),

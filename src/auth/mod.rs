@@ -14,6 +14,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// The names a repository goes by, the name the mirror serves and stores it under first (after
+/// Docker Hub's `library/` mapping and upstream routing), then the other names a client may use
+/// for the same repository (`alpine` for `library/alpine`). Handed in at assembly, so that
+/// access is decided on what the mirror serves without auth knowing the upstreams.
+pub type RepositoryNames = std::sync::Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// One resource and the actions on it: a requested scope (`repository:myorg/app:pull`) and,
 /// with the same shape, an entry of a token's `access` claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +84,10 @@ pub struct Identity {
     /// Facts an authenticator learnt (GitHub organisations and teams, OIDC groups, static
     /// labels), matched by ACL rules and substituted into patterns as `${labels:KEY}`.
     pub labels: BTreeMap<String, Vec<String>>,
+    /// When the credential that established this identity stops being valid (an ID token's
+    /// `exp`; a presented refresh token's), Unix seconds, if known: a refresh token issued for
+    /// it never outlives it.
+    pub valid_until: Option<i64>,
 }
 
 impl Identity {

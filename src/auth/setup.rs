@@ -3,7 +3,7 @@
 //! Every problem is reported at once, each with its key path for the config loader to locate.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use super::acl::{Acl, AclEntry};
 use super::authn::{
     AuthnConfig, GitHubConfig, LoginCacheConfig, OidcConfig, StaticUser, ThrottleConfig,
 };
-use super::keys::{SigningKey, TrustStore, load_signing_key};
+use super::keys::{SigningKey, TrustStore, certificate_keys, load_signing_key};
 use super::service::{Policy, RefreshTokens, TokenService};
 use super::token::{KidFormat, TokenIssuer, TokenVerifier};
 
@@ -32,6 +32,10 @@ pub struct AuthConfig {
     /// Signing key (PKCS#8 or PKCS#1 PEM) and its certificate; `ocimirror keygen` writes both.
     pub key: Option<PathBuf>,
     pub certificate: Option<PathBuf>,
+    /// Certificates (PEM) of earlier signing keys: a key rotation. Their tokens stay valid on
+    /// `/v2` (and their refresh tokens redeemable) until they expire, and `jwks.json` lists
+    /// them; nothing is signed with them.
+    pub previous_keys: Vec<PathBuf>,
     /// Token header `kid`: `libtrust` (Distribution 2.x, docker_auth), `thumbprint` (RFC 7638,
     /// Distribution 3.x without a certificate bundle) or `none`.
     pub kid: String,
@@ -70,6 +74,7 @@ impl Default for AuthConfig {
             refresh_token_ttl: "168h".into(),
             key: None,
             certificate: None,
+            previous_keys: Vec::new(),
             kid: "libtrust".into(),
             x5c: true,
             trusted_issuers: Vec::new(),
@@ -107,6 +112,33 @@ pub struct AuthParts {
     pub real_ip_header: Option<String>,
     pub token_service: Option<Arc<TokenService>>,
     pub verifier: Option<TokenVerifier>,
+}
+
+/// A key or certificate file that is absent or blank is a deployment step not yet done (a
+/// Secret created with empty entries, a volume nobody filled): said so, with the command that
+/// writes both, rather than as a PEM parse error.
+fn unwritten_key_files(key: &Path, certificate: &Path) -> Option<String> {
+    let unwritten: Vec<String> = [key, certificate]
+        .into_iter()
+        .filter_map(|p| match std::fs::read(p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some(format!("{} does not exist", p.display()))
+            }
+            Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
+                Some(format!("{} is empty", p.display()))
+            }
+            _ => None,
+        })
+        .collect();
+    (!unwritten.is_empty()).then(|| {
+        format!(
+            "{}: write the signing key and its certificate with `ocimirror keygen --key {} \
+             --certificate {}` (on Kubernetes, create the Secret from those two files)",
+            unwritten.join(" and "),
+            key.display(),
+            certificate.display()
+        )
+    })
 }
 
 impl AuthConfig {
@@ -198,9 +230,15 @@ impl AuthConfig {
             ));
         }
         let key: Option<SigningKey> = match (&self.key, &self.certificate) {
-            (Some(k), Some(c)) => load_signing_key(k, c)
-                .map_err(|e| problems.push(("key".into(), e.to_string())))
-                .ok(),
+            (Some(k), Some(c)) => match unwritten_key_files(k, c) {
+                Some(message) => {
+                    problems.push(("key".into(), message));
+                    None
+                }
+                None => load_signing_key(k, c)
+                    .map_err(|e| problems.push(("key".into(), e.to_string())))
+                    .ok(),
+            },
             (None, None) => None,
             (Some(_), None) => {
                 problems.push((
@@ -225,6 +263,18 @@ impl AuthConfig {
             && let Err(e) = trust.add_signing_key(k)
         {
             problems.push(("certificate".into(), e.to_string()));
+        }
+        // Earlier signing keys: trusted like the current one (x5c root and key IDs).
+        let mut previous = TrustStore::new();
+        let mut previous_keys = Vec::new();
+        for (i, p) in self.previous_keys.iter().enumerate() {
+            let added = certificate_keys(p)
+                .and_then(|ks| previous.add_cert_bundle_file(p).map(|_| ks))
+                .and_then(|ks| trust.add_cert_bundle_file(p).map(|_| ks));
+            match added {
+                Ok(ks) => previous_keys.extend(ks),
+                Err(e) => problems.push((format!("previous_keys[{i}]"), e.to_string())),
+            }
         }
         if let Some(p) = &self.trusted_certificates
             && let Err(e) = trust.add_cert_bundle_file(p)
@@ -271,7 +321,8 @@ impl AuthConfig {
                 let mut issuer = TokenIssuer::new(key.clone(), self.issuer.clone(), token_ttl);
                 issuer.kid = kid;
                 issuer.include_x5c = self.x5c;
-                let mut own = TrustStore::new();
+                let jwks = issuer.jwks(&previous_keys);
+                let mut own = previous;
                 own.add_signing_key(&key)
                     .map_err(|e| vec![("key".into(), e.to_string())])?;
                 let audience = format!("{}/refresh", self.service);
@@ -285,12 +336,10 @@ impl AuthConfig {
                     verifier: TokenVerifier::new(own, vec![self.issuer.clone()], audience.clone()),
                     audience,
                 };
-                Some(Arc::new(TokenService::new(
-                    self.service.clone(),
-                    issuer,
-                    Some(refresh),
-                    policy,
-                )))
+                Some(Arc::new(
+                    TokenService::new(self.service.clone(), issuer, Some(refresh), policy)
+                        .with_jwks(jwks),
+                ))
             }
             _ => None,
         };

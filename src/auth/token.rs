@@ -20,15 +20,17 @@
 //! chains that do not lead to a trusted certificate; bad signatures; expired or not yet valid
 //! tokens (±60 s leeway, as Distribution); a wrong audience or issuer; missing claims.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use data_encoding::{BASE64, BASE64URL_NOPAD};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::ResourceActions;
 use super::keys::{JwsAlgorithm, PublicKey, SigningKey, TrustStore};
+use crate::util::unix_secs;
 
 /// Tokens longer than this are refused unread (and never issued).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -172,6 +174,25 @@ pub struct Claims {
     pub jti: String,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub access: Vec<ResourceActions>,
+    /// Refresh tokens only: the labels the login produced, so that label rules still apply
+    /// when the account cannot be looked up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, Vec<String>>>,
+    /// Refresh tokens only: the authenticator that let the account in, asked again when the
+    /// token is redeemed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authn: Option<String>,
+}
+
+/// What a refresh token carries beside its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshGrant {
+    pub labels: BTreeMap<String, Vec<String>>,
+    pub authn: String,
+    /// The token expires then at the latest (Unix seconds): the end of the presented refresh
+    /// token or of the login's own credential, so a chain of refreshes never outlives the
+    /// first login's lifetime.
+    pub not_after: Option<i64>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ResourceActions>, D::Error> {
@@ -213,13 +234,6 @@ pub struct IssuedToken {
     pub expires_in: u64,
     /// RFC 3339, UTC, whole seconds.
     pub issued_at: String,
-}
-
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs().min(i64::MAX as u64) as i64,
-        Err(e) => -(e.duration().as_secs().min(i64::MAX as u64) as i64),
-    }
 }
 
 fn b64url(bytes: &[u8]) -> String {
@@ -273,13 +287,11 @@ impl TokenIssuer {
         Value::Object(h)
     }
 
-    /// A JWKS document with the signing key under the `kid` tokens carry (the thumbprint when
-    /// they carry none), for a verifier configured with `jwks`.
-    pub fn jwks(&self) -> Value {
-        let mut jwk = self.key.public_jwk();
-        let kid = self.kid_value().unwrap_or(self.key.thumbprint_kid());
-        jwk["kid"] = kid.into();
-        json!({ "keys": [jwk] })
+    /// The JWKS document of the signing key and of `previous` keys (a rotation), each under
+    /// its RFC 7638 thumbprint: what a verifier configured with `jwks` needs, with tokens that
+    /// carry `kid: thumbprint`.
+    pub fn jwks(&self, previous: &[PublicKey]) -> Value {
+        super::keys::jwks(std::iter::once(self.key.public_key()).chain(previous))
     }
 
     pub fn issue(
@@ -291,12 +303,35 @@ impl TokenIssuer {
         self.issue_at(subject, audience, access, SystemTime::now())
     }
 
+    /// A refresh token (no access) carrying `grant`, expiring at `grant.not_after` if that
+    /// comes before this issuer's lifetime; refused when that moment has passed.
+    pub fn issue_refresh_at(
+        &self,
+        subject: &str,
+        audience: &str,
+        grant: &RefreshGrant,
+        now: SystemTime,
+    ) -> Result<IssuedToken, TokenError> {
+        self.mint(subject, audience, Vec::new(), Some(grant), now)
+    }
+
     /// [`Self::issue`] with the clock given.
     pub fn issue_at(
         &self,
         subject: &str,
         audience: &str,
         access: Vec<ResourceActions>,
+        now: SystemTime,
+    ) -> Result<IssuedToken, TokenError> {
+        self.mint(subject, audience, access, None, now)
+    }
+
+    fn mint(
+        &self,
+        subject: &str,
+        audience: &str,
+        access: Vec<ResourceActions>,
+        grant: Option<&RefreshGrant>,
         now: SystemTime,
     ) -> Result<IssuedToken, TokenError> {
         if self.kid == KidFormat::None && !self.include_x5c {
@@ -319,15 +354,28 @@ impl TokenIssuer {
             });
         }
         let iat = unix_secs(now);
+        let exp = match grant.and_then(|g| g.not_after) {
+            Some(end) if end <= iat => {
+                return Err(TokenError::Expired {
+                    exp: end,
+                    now: iat,
+                    leeway: 0,
+                });
+            }
+            Some(end) => end.min(iat + ttl as i64),
+            None => iat + ttl as i64,
+        };
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
             aud: Audience::One(audience.to_owned()),
-            exp: iat + ttl as i64,
+            exp,
             nbf: iat,
             iat,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             access,
+            labels: grant.map(|g| g.labels.clone()),
+            authn: grant.map(|g| g.authn.clone()),
         };
         let header = serde_json::to_vec(&self.header()).expect("header serializes");
         let payload = serde_json::to_vec(&claims).expect("claims serialize");
@@ -344,7 +392,7 @@ impl TokenIssuer {
         let issued_at = UNIX_EPOCH + Duration::from_secs(iat.max(0) as u64);
         Ok(IssuedToken {
             token,
-            expires_in: ttl,
+            expires_in: (exp - iat) as u64,
             issued_at: humantime::format_rfc3339_seconds(issued_at).to_string(),
         })
     }
@@ -557,6 +605,7 @@ mod tests {
     use std::sync::OnceLock;
 
     use rustls_pki_types::pem::PemObject as _;
+    use serde_json::json;
 
     use super::*;
     use crate::auth::keys::tests::{EC_CERT, EC_SEC1_KEY, RSA_CERT, RSA_PKCS1_KEY};
@@ -1238,7 +1287,7 @@ mod tests {
         issuer.include_x5c = false;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwks.json");
-        let mut jwks = issuer.jwks();
+        let mut jwks = issuer.jwks(&[]);
         jwks["keys"][0]["kid"] = "token-signer-2025".into();
         std::fs::write(&path, jwks.to_string()).unwrap();
         let trust = TrustStore::from_jwks_file(&path).unwrap();
@@ -1260,7 +1309,10 @@ mod tests {
             .verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
             .unwrap_err();
         assert!(matches!(err, TokenError::UntrustedChain(_)), "{err}");
-        assert_eq!(issuer.jwks()["keys"][0]["kid"], rsa().key.thumbprint_kid());
+        assert_eq!(
+            issuer.jwks(&[])["keys"][0]["kid"],
+            rsa().key.thumbprint_kid()
+        );
     }
 
     #[test]

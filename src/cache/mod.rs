@@ -3,6 +3,7 @@
 //! Advisory by contract: a backend error is logged by the backend and reads as a miss, so the
 //! cache can never fail a request.
 
+pub mod config;
 pub mod lease;
 mod memory;
 mod redis;

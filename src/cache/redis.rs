@@ -414,7 +414,7 @@ impl Health {
 
     fn failed(&self, op: Op, fault: &Fault) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("ocimirror_cache_errors_total", "backend" => "redis", "op" => op.as_str())
+        metrics::counter!(crate::metrics::CACHE_ERRORS, "backend" => "redis", "op" => op.as_str())
             .increment(1);
         let now = self.now_ms();
         if fault.backs_off() {
@@ -757,8 +757,6 @@ mod tests {
 
     use super::*;
 
-    const REQUIRE_ALL: &str = "OCIMIRROR_REQUIRE_ALL";
-
     /// Whether `redis-server` can run here; without it the Redis tests skip, unless
     /// `OCIMIRROR_REQUIRE_ALL` is set (the test script sets it), where they fail.
     fn redis_installed() -> bool {
@@ -766,18 +764,7 @@ mod tests {
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var_os(REQUIRE_ALL).is_none(),
-                "redis-server is not installed and {REQUIRE_ALL} is set \
-                 (apt-get install redis-server)"
-            );
-            eprintln!(
-                "SKIPPED: redis-server is not installed (apt-get install redis-server); \
-                 set {REQUIRE_ALL} to make this a failure"
-            );
-        }
-        found
+        crate::util::tool_or_skip(found, "redis-server", "apt-get install redis-server")
     }
 
     fn free_port() -> u16 {
@@ -1292,12 +1279,18 @@ mod tests {
         };
         let c = RedisCache::new(&config(&server.url())).unwrap();
         let ttl = Duration::from_secs(30);
-        let a = match c.try_acquire("fill:x", ttl, Some("http://10.0.0.1:5001")).await {
+        let a = match c
+            .try_acquire("fill:x", ttl, Some("http://10.0.0.1:5001"))
+            .await
+        {
             LeaseOutcome::Acquired(t) => t,
             other => panic!("{other:?}"),
         };
         // Another replica learns who holds it, and where to reach it.
-        let held = match c.try_acquire("fill:x", ttl, Some("http://10.0.0.2:5001")).await {
+        let held = match c
+            .try_acquire("fill:x", ttl, Some("http://10.0.0.2:5001"))
+            .await
+        {
             LeaseOutcome::HeldElsewhere(v) => v,
             other => panic!("{other:?}"),
         };
@@ -1307,12 +1300,16 @@ mod tests {
             Some("http://10.0.0.1:5001")
         );
         // Taken from the holder it saw, once: a third replica seeing the old value loses.
-        let b = match c.take_over("fill:x", &held, ttl, Some("http://10.0.0.2:5001")).await {
+        let b = match c
+            .take_over("fill:x", &held, ttl, Some("http://10.0.0.2:5001"))
+            .await
+        {
             LeaseOutcome::Acquired(t) => t,
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            c.take_over("fill:x", &held, ttl, Some("http://10.0.0.3:5001")).await,
+            c.take_over("fill:x", &held, ttl, Some("http://10.0.0.3:5001"))
+                .await,
             LeaseOutcome::HeldElsewhere(b.clone())
         );
         // The old holder can neither renew nor release it any more; the new one can.

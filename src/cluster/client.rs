@@ -11,11 +11,13 @@ use reqwest::StatusCode;
 use url::Url;
 
 use super::{ClusterError, Secret};
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
 use crate::registry::{PeerError, PeerStream, Peers};
 
 /// Header of a peer answer: the whole blob's size, when the holder knows it.
 pub const SIZE_HEADER: &str = "x-ocimirror-blob-size";
+/// Header of a peer answer: the repository the holder's upstream served the blob under.
+pub const REPOSITORY_HEADER: &str = "x-ocimirror-fill-repository";
 /// Replicas are near each other: a holder that does not accept a connection this fast is
 /// treated as unreachable for now.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,11 +112,16 @@ impl Peers for PeerClient {
             .get(SIZE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let name = resp
+            .headers()
+            .get(REPOSITORY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| RepoName::parse(v).ok());
         let holder = holder.to_owned();
         let stream = resp
             .bytes_stream()
             .map(move |r| r.map_err(|e| PeerError::Failed(format!("{holder}: {e}"))))
             .boxed();
-        Ok(PeerStream { size, stream })
+        Ok(PeerStream { size, name, stream })
     }
 }

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -17,39 +17,46 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 
-use super::Secret;
-use super::client::SIZE_HEADER;
+use super::client::{REPOSITORY_HEADER, SIZE_HEADER};
+use super::{PeerBounds, Secret};
+use crate::http::stream::{BlobStreams, ConnCloser};
 use crate::oci::Digest;
 use crate::registry::Registry;
 
 struct Peer {
     registry: Arc<Registry>,
     secret: Secret,
+    /// The public listener's cap and send timeout hold here too: a stalled or greedy peer
+    /// holds no more than a client could.
+    streams: BlobStreams,
 }
 
-pub fn router(registry: Arc<Registry>, secret: Secret) -> Router {
+pub fn router(registry: Arc<Registry>, secret: Secret, streams: BlobStreams) -> Router {
     Router::new()
         .route("/fills/{digest}", get(fill))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not a peer endpoint\n") })
-        .with_state(Arc::new(Peer { registry, secret }))
+        .with_state(Arc::new(Peer {
+            registry,
+            secret,
+            streams,
+        }))
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     secret: Secret,
-    header_read_timeout: Duration,
+    bounds: PeerBounds,
 ) {
-    let app = router(registry, secret);
+    let app = router(
+        registry,
+        secret,
+        BlobStreams::new(bounds.max_blob_streams, bounds.send_timeout),
+    );
     // Until the process ends: peers may be streaming fills this replica still commits while
     // it drains.
-    if let Err(e) = crate::http::conn::serve(
-        listener,
-        app,
-        header_read_timeout,
-        std::future::pending::<()>(),
-    )
-    .await
+    if let Err(e) =
+        crate::http::conn::serve(listener, app, bounds.conn, std::future::pending::<()>()).await
     {
         tracing::error!(error = %e, "the peer listener stopped");
     }
@@ -59,6 +66,7 @@ async fn fill(
     State(peer): State<Arc<Peer>>,
     Path(digest): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    conn: Option<Extension<ConnCloser>>,
     headers: HeaderMap,
 ) -> Response {
     let presented = headers
@@ -67,7 +75,7 @@ async fn fill(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if !peer.secret.matches(presented.as_bytes()) {
-        metrics::counter!("ocimirror_peer_requests_refused_total").increment(1);
+        metrics::counter!(crate::metrics::PEER_REQUESTS_REFUSED).increment(1);
         return (
             StatusCode::UNAUTHORIZED,
             "the fleet's cluster secret is required\n",
@@ -82,11 +90,18 @@ async fn fill(
         Some(Ok(f)) => f,
         Some(Err(_)) => return (StatusCode::BAD_REQUEST, "from: not an offset\n").into_response(),
     };
+    let Ok(permit) = peer.streams.open() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many blob streams open\n",
+        )
+            .into_response();
+    };
     let Some(f) = peer.registry.fill_in_progress(&digest, from).await else {
         return (StatusCode::NOT_FOUND, "no fill of it in progress\n").into_response();
     };
-    metrics::counter!("ocimirror_peer_streams_served_total").increment(1);
-    let served = metrics::counter!("ocimirror_peer_bytes_served_total");
+    metrics::counter!(crate::metrics::PEER_STREAMS_SERVED).increment(1);
+    let served = metrics::counter!(crate::metrics::PEER_BYTES_SERVED);
     let body = f.body.map(move |chunk| {
         if let Ok(c) = &chunk {
             served.increment(c.len() as u64);
@@ -96,10 +111,16 @@ async fn fill(
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(name) = &f.name {
+        resp = resp.header(REPOSITORY_HEADER, name.as_str());
+    }
     if let Some(size) = f.size {
         resp = resp
             .header(SIZE_HEADER, size)
             .header(header::CONTENT_LENGTH, size - from);
     }
-    resp.body(Body::from_stream(body)).expect("valid response")
+    let body = peer
+        .streams
+        .guard(Body::from_stream(body), permit, conn.map(|c| c.0));
+    resp.body(body).expect("valid response")
 }

@@ -170,9 +170,9 @@ impl AccessLog {
         }
         let failed = st.pending.len();
         drop(st);
-        metrics::counter!("ocimirror_access_records_written_total").increment(written as u64);
+        metrics::counter!(crate::metrics::ACCESS_RECORDS_WRITTEN).increment(written as u64);
         if failed > 0 {
-            metrics::counter!("ocimirror_storage_errors_total", "op" => "access_record")
+            metrics::counter!(crate::metrics::STORAGE_ERRORS, "op" => "access_record")
                 .increment(failed as u64);
         }
         written

@@ -4,6 +4,7 @@
 //! function of the snapshot, the policy and the time) and carries that out ([`runner`]).
 
 pub mod access;
+pub mod config;
 pub mod inventory;
 pub mod policy;
 pub mod runner;

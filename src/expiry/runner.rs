@@ -20,6 +20,7 @@ use crate::cache::lease::{LeaseOutcome, Leases};
 use crate::layout;
 use crate::oci::Digest;
 use crate::storage::{Storage, StorageError};
+use crate::util::unix_secs;
 
 use super::ExpiryPolicy;
 use super::access::AccessLog;
@@ -144,7 +145,7 @@ impl Collector {
             Ok(_) => "ok",
             Err(_) => "failed",
         };
-        metrics::counter!("ocimirror_expiry_passes_total", "result" => result).increment(1);
+        metrics::counter!(crate::metrics::EXPIRY_PASSES, "result" => result).increment(1);
         r
     }
 
@@ -163,7 +164,7 @@ impl Collector {
             stored_bytes: inv.total_bytes(),
             ..Report::default()
         };
-        metrics::gauge!("ocimirror_storage_bytes").set(report.stored_bytes as f64);
+        metrics::gauge!(crate::metrics::STORAGE_BYTES).set(report.stored_bytes as f64);
         let mut gone = BTreeSet::new();
         if !dry_run && !plan.is_empty() {
             tokio::time::sleep(self.settle).await;
@@ -237,10 +238,10 @@ impl Collector {
                 0
             }
         };
-        metrics::counter!("ocimirror_expiry_removed_bytes_total").increment(report.removed_bytes);
-        metrics::counter!("ocimirror_expiry_removed_blobs_total")
+        metrics::counter!(crate::metrics::EXPIRY_REMOVED_BYTES).increment(report.removed_bytes);
+        metrics::counter!(crate::metrics::EXPIRY_REMOVED_BLOBS)
             .increment(report.removed_blobs as u64);
-        metrics::gauge!("ocimirror_storage_bytes").set(report.kept_bytes as f64);
+        metrics::gauge!(crate::metrics::STORAGE_BYTES).set(report.kept_bytes as f64);
         let stamp = Bytes::from(unix_secs(now).to_string());
         self.storage.put(layout::LAST_EXPIRY_PASS, stamp).await?;
         Ok(report)
@@ -330,7 +331,7 @@ impl Collector {
                 .and_then(|s| s.trim().parse::<u64>().ok()),
             Err(_) => None,
         };
-        let now = unix_secs((self.clock)());
+        let now = u64::try_from(unix_secs((self.clock)())).unwrap_or(0);
         last.is_none_or(|l| now.saturating_sub(l) >= interval.as_secs())
     }
 }
@@ -346,12 +347,6 @@ fn spare_refs(plan: &mut Plan, d: &Digest, gone: &BTreeSet<Digest>, inv: &Invent
         n += spare_refs(plan, r, gone, inv);
     }
     n
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 fn rand_fraction() -> f64 {

@@ -11,6 +11,12 @@
 //!   keep-alive connections are closed, and in-flight requests finish; the future returned by
 //!   [`serve`] completes when the last connection is done (the caller bounds that with its grace
 //!   period).
+//! - **Bounded streams.** An HTTP/2 connection (TLS or cleartext prior knowledge) may have at
+//!   most `max_concurrent_streams` requests open, each with a small send buffer, so one
+//!   connection cannot open hundreds of blob streams.
+//! - **Closed on request.** Each request carries a [`ConnCloser`] for its connection; a blob
+//!   stream whose client stopped reading (`http::stream`'s send timeout) closes the connection
+//!   through it.
 //! - The client address is given to handlers as axum's `ConnectInfo<SocketAddr>`.
 
 use std::future::Future;
@@ -32,15 +38,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::stream::ConnCloser;
+
 /// Bytes a connection must have sent within the first deadline: enough for hyper to tell an
 /// HTTP/2 preface (24 bytes) from an HTTP/1 request line.
 const FIRST_BYTES: usize = 24;
+/// Bytes an HTTP/2 stream may have queued for sending: a stalled reader's stream holds this
+/// much at most (hyper's default is 400 KiB).
+const H2_SEND_BUF: usize = 64 * 1024;
+
+/// How connections are bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnBounds {
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+}
 
 /// Serve `app` on `listener` until `shutdown` resolves and the connections have finished.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
-    header_read_timeout: Duration,
+    bounds: ConnBounds,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()>
 where
@@ -56,10 +74,15 @@ where
         };
         let app = app.clone();
         let stop = stop.clone();
+        let header_read_timeout = bounds.header_read_timeout;
         tracker.spawn(async move {
             let router = TowerToHyperService::new(app);
+            let closer = ConnCloser::default();
+            let close = closer.close.clone();
+            let writes = closer.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(closer.clone());
                 hyper::service::Service::call(&router, req.map(Body::new))
             });
             let mut builder = Builder::new(TokioExecutor::new());
@@ -67,8 +90,12 @@ where
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout);
-            builder.http2().timer(TokioTimer::new());
-            let io = TokioIo::new(FirstBytesDeadline::new(io, header_read_timeout));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(bounds.max_concurrent_streams)
+                .max_send_buf_size(H2_SEND_BUF);
+            let io = TokioIo::new(FirstBytesDeadline::new(io, header_read_timeout, writes));
             let conn = builder.serve_connection_with_upgrades(io, svc);
             let mut conn = std::pin::pin!(conn);
             let mut draining = false;
@@ -80,6 +107,8 @@ where
                         }
                         break;
                     }
+                    // A stalled reader: dropping the connection closes it at once.
+                    _ = close.cancelled() => break,
                     _ = stop.cancelled(), if !draining => {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
@@ -96,20 +125,32 @@ where
 }
 
 /// An I/O stream whose reads fail with `TimedOut` when fewer than [`FIRST_BYTES`] bytes have
-/// arrived by the deadline; after that, a plain pass-through.
+/// arrived by the deadline; after that, a plain pass-through that notes each write that moved
+/// bytes (the send timeout's measure of a client still reading).
 pub struct FirstBytesDeadline<I> {
     inner: I,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     missing: usize,
+    writes: ConnCloser,
 }
 
 impl<I> FirstBytesDeadline<I> {
-    pub fn new(inner: I, timeout: Duration) -> Self {
+    pub fn new(inner: I, timeout: Duration, writes: ConnCloser) -> Self {
         FirstBytesDeadline {
             inner,
             sleep: Some(Box::pin(tokio::time::sleep(timeout))),
             missing: FIRST_BYTES,
+            writes,
         }
+    }
+
+    fn noted(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.writes.wrote();
+        }
+        r
     }
 }
 
@@ -151,7 +192,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.noted(r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -164,7 +206,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.noted(r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

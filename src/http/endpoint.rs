@@ -5,7 +5,7 @@
 use axum::http::Method;
 
 use crate::error::{ApiError, Code};
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, NameError, Reference, RepoName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -63,7 +63,17 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
     match kind {
         "manifests" => {
             let name = RepoName::parse(name)?;
-            Ok(Endpoint::Manifest(name, Reference::parse(last)?))
+            match Reference::parse(last) {
+                Ok(r) => Ok(Endpoint::Manifest(name, r)),
+                // Neither a tag nor a digest: a manifest that cannot exist, so 404 (as the
+                // distribution spec's conformance suite expects), asked of no upstream. A
+                // reference with a `:` claims to be a digest and stays 400 DIGEST_INVALID.
+                Err(NameError::BadTag(t)) if !write => Err(ApiError::new(
+                    Code::ManifestUnknown,
+                    format!("manifest unknown: {t:?} is neither a tag nor a digest"),
+                )),
+                Err(e) => Err(e.into()),
+            }
         }
         // `/blobs/uploads` (POST without the trailing slash).
         "blobs" if last == "uploads" => {
@@ -164,7 +174,17 @@ mod tests {
         assert_eq!(code("/v2/UPPER/manifests/latest"), Code::NameInvalid);
         assert_eq!(code("/v2/a/../b/manifests/latest"), Code::NameInvalid);
         assert_eq!(code("/v2/a%2e%2e/manifests/latest"), Code::NameInvalid);
-        assert_eq!(code("/v2/a/manifests/.bad"), Code::TagInvalid);
+        assert_eq!(code("/v2/a/manifests/.bad"), Code::ManifestUnknown);
+        assert_eq!(
+            code("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            Code::ManifestUnknown
+        );
+        assert_eq!(
+            parse(&Method::PUT, "/v2/a/manifests/.bad")
+                .unwrap_err()
+                .code,
+            Code::TagInvalid
+        );
         assert_eq!(code("/v2/a/manifests/sha256:xyz"), Code::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/sha256:xyz"), Code::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/latest"), Code::DigestInvalid);
@@ -269,6 +289,28 @@ mod props {
             prop_assert_eq!(parse(&m, &format!("/v2/{name}/referrers/{d}")).unwrap(), Endpoint::Referrers(n, d));
         }
 
+        /// Any reference: a valid tag or digest routes; one with a `:` that is not a digest is
+        /// 400 DIGEST_INVALID; anything else names no manifest there could be, 404.
+        #[test]
+        fn references_route_or_are_a_bad_digest_or_unknown(
+            name in valid_name(),
+            r in "[a-zA-Z0-9._:@+=~-]{1,140}",
+            head in any::<bool>(),
+        ) {
+            let m = if head { Method::HEAD } else { Method::GET };
+            let got = parse(&m, &format!("/v2/{name}/manifests/{r}"));
+            let want = if r.contains(':') {
+                Digest::parse(&r).map(Reference::Digest).map_err(|_| Code::DigestInvalid)
+            } else {
+                crate::oci::Tag::parse(&r).map(Reference::Tag).map_err(|_| Code::ManifestUnknown)
+            };
+            match (got, want) {
+                (Ok(Endpoint::Manifest(_, a)), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(e), Err(code)) => prop_assert_eq!(e.code, code),
+                (got, want) => prop_assert!(false, "{:?}: {:?}, want {:?}", r, got, want),
+            }
+        }
+
         /// Writes are recognised as writes, so they are refused as such.
         #[test]
         fn write_routes_are_uploads(name in valid_name(), d in digest(), session in "[a-zA-Z0-9_.=-]{1,40}") {
@@ -312,6 +354,7 @@ mod props {
                 Err(e) => prop_assert!(matches!(
                     e.code,
                     Code::NotFound | Code::NameInvalid | Code::TagInvalid | Code::DigestInvalid
+                        | Code::ManifestUnknown
                 ), "{:?}: {:?}", path, e.code),
             }
         }

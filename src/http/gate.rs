@@ -5,8 +5,8 @@
 use axum::http::{HeaderMap, header};
 
 use super::endpoint::Endpoint;
-use crate::auth::ResourceActions;
 use crate::auth::token::TokenVerifier;
+use crate::auth::{RepositoryNames, ResourceActions};
 use crate::error::{ApiError, Code};
 
 pub struct Gate {
@@ -15,6 +15,10 @@ pub struct Gate {
     pub realm: Option<String>,
     pub path: String,
     pub service: String,
+    /// How the mirror names repositories: a token granting a repository under any of its names
+    /// grants it (the token service decided on the name the mirror serves). `None`: names
+    /// compare as written.
+    pub names: Option<RepositoryNames>,
 }
 
 /// The access `ep` requires; `None` for the base endpoint, which needs only a valid token.
@@ -38,12 +42,23 @@ pub fn required_access(ep: &Endpoint) -> Option<ResourceActions> {
     }
 }
 
-/// True when `granted` (a token's access claim) covers every action of `need`.
-pub fn covers(granted: &[ResourceActions], need: &ResourceActions) -> bool {
+/// True when `granted` (a token's access claim) covers every action of `need`, repositories
+/// compared by the name the mirror serves them under (`served`).
+pub fn covers(
+    granted: &[ResourceActions],
+    need: &ResourceActions,
+    served: &dyn Fn(&str) -> String,
+) -> bool {
+    let repository = need.kind == "repository";
+    let need_name = if repository {
+        served(&need.name)
+    } else {
+        need.name.clone()
+    };
     need.actions.iter().all(|action| {
         granted.iter().any(|g| {
             g.kind == need.kind
-                && g.name == need.name
+                && (g.name == need.name || repository && served(&g.name) == need_name)
                 && g.actions.iter().any(|a| a == action || a == "*")
         })
     })
@@ -99,6 +114,13 @@ impl Gate {
         c
     }
 
+    fn served(&self, name: &str) -> String {
+        self.names
+            .as_ref()
+            .and_then(|f| f(name).into_iter().next())
+            .unwrap_or_else(|| name.to_owned())
+    }
+
     /// Check the request's token for `ep`; returns the account it names.
     pub fn check(&self, headers: &HeaderMap, ep: &Endpoint) -> Result<String, ApiError> {
         let need = required_access(ep);
@@ -114,16 +136,18 @@ impl Gate {
                 .with_challenge(self.challenge(headers, need.as_ref(), None)));
         };
         let claims = self.verifier.verify(token).map_err(|e| {
-            metrics::counter!("ocimirror_auth_token_rejected_total").increment(1);
+            metrics::counter!(crate::metrics::AUTH_TOKEN_REJECTED).increment(1);
             tracing::info!(error = %e, "bearer token refused");
             ApiError::new(Code::Unauthorized, format!("invalid token: {e}"))
                 .with_challenge(self.challenge(headers, need.as_ref(), Some("invalid_token")))
         })?;
         match need {
-            Some(n) if !covers(&claims.access, &n) => Err(ApiError::new(
-                Code::Denied,
-                format!("the token does not grant {}", n.to_scope()),
-            )),
+            Some(n) if !covers(&claims.access, &n, &|name| self.served(name)) => {
+                Err(ApiError::new(
+                    Code::Denied,
+                    format!("the token does not grant {}", n.to_scope()),
+                ))
+            }
             _ => Ok(claims.sub),
         }
     }
@@ -132,6 +156,10 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn as_written(n: &str) -> String {
+        n.to_owned()
+    }
 
     fn ra(kind: &str, name: &str, actions: &[&str]) -> ResourceActions {
         ResourceActions {
@@ -144,15 +172,61 @@ mod tests {
     #[test]
     fn coverage() {
         let need = ra("repository", "myorg/app", &["pull"]);
-        assert!(covers(&[ra("repository", "myorg/app", &["pull"])], &need));
-        assert!(covers(&[ra("repository", "myorg/app", &["*"])], &need));
-        assert!(!covers(&[ra("repository", "myorg/app", &["push"])], &need));
+        assert!(covers(
+            &[ra("repository", "myorg/app", &["pull"])],
+            &need,
+            &as_written
+        ));
+        assert!(covers(
+            &[ra("repository", "myorg/app", &["*"])],
+            &need,
+            &as_written
+        ));
+        assert!(!covers(
+            &[ra("repository", "myorg/app", &["push"])],
+            &need,
+            &as_written
+        ));
         assert!(!covers(
             &[ra("repository", "myorg/other", &["pull"])],
-            &need
+            &need,
+            &as_written
         ));
-        assert!(!covers(&[ra("registry", "myorg/app", &["pull"])], &need));
-        assert!(!covers(&[], &need));
+        assert!(!covers(
+            &[ra("registry", "myorg/app", &["pull"])],
+            &need,
+            &as_written
+        ));
+        assert!(!covers(&[], &need, &as_written));
+    }
+
+    /// Issue 18: the token service decides on the name the mirror serves, so a grant under
+    /// either name of a repository covers it, and never another repository.
+    #[test]
+    fn repositories_compare_by_the_name_the_mirror_serves() {
+        let served = |n: &str| {
+            if n.contains('/') {
+                n.to_owned()
+            } else {
+                format!("library/{n}")
+            }
+        };
+        let short = ra("repository", "small", &["pull"]);
+        let long = ra("repository", "library/small", &["pull"]);
+        assert!(covers(std::slice::from_ref(&long), &short, &served));
+        assert!(covers(std::slice::from_ref(&short), &long, &served));
+        assert!(!covers(std::slice::from_ref(&short), &long, &as_written));
+        assert!(!covers(
+            &[ra("repository", "other", &["pull"])],
+            &long,
+            &served
+        ));
+        let catalog = ra("registry", "catalog", &["*"]);
+        assert!(!covers(
+            &[ra("registry", "library/catalog", &["*"])],
+            &catalog,
+            &served
+        ));
     }
 
     #[test]

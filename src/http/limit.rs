@@ -25,6 +25,35 @@ pub struct LimitSettings {
     pub real_ip_header: Option<String>,
 }
 
+impl LimitSettings {
+    /// From the `limits` section: a burst left unset is twice the rate; an empty header name is
+    /// none.
+    pub fn new(requests_per_second: u32, burst: Option<u32>, real_ip_header: Option<&str>) -> Self {
+        LimitSettings {
+            requests_per_second,
+            burst: burst.unwrap_or(requests_per_second.saturating_mul(2)),
+            real_ip_header: real_ip_header.filter(|h| !h.is_empty()).map(str::to_owned),
+        }
+    }
+
+    /// The `limits` section's problems, keyed within it.
+    pub fn check(burst: Option<u32>, real_ip_header: Option<&str>) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if burst == Some(0) {
+            problems.push(("burst".into(), "must be at least 1".into()));
+        }
+        if let Some(h) = real_ip_header
+            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            problems.push((
+                "real_ip_header".into(),
+                format!("{h:?} is not a header name"),
+            ));
+        }
+        problems
+    }
+}
+
 pub struct ClientLimits {
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
@@ -84,7 +113,7 @@ impl ClientLimits {
         match self.limiter.check_key(&key) {
             Ok(()) => Ok(()),
             Err(not_until) => {
-                metrics::counter!("ocimirror_client_rate_limited_total").increment(1);
+                metrics::counter!(crate::metrics::CLIENT_RATE_LIMITED).increment(1);
                 let wait = not_until.wait_time_from(self.clock.now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 Err(ApiError::new(

@@ -6,6 +6,8 @@ pub mod conn;
 pub mod endpoint;
 pub mod gate;
 pub mod limit;
+pub mod scrape;
+pub mod stream;
 pub mod tls;
 pub mod token;
 
@@ -24,7 +26,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
 use crate::registry::{Registry, TagList};
-use crate::upstream::{Namespace, Routed};
 use endpoint::Endpoint;
 use gate::Gate;
 use limit::ClientLimits;
@@ -44,13 +45,15 @@ pub struct AppState {
     next_request_id: AtomicU64,
     /// Random per process, so request ids do not repeat across replicas or restarts.
     process_tag: String,
-    /// The configured upstreams, for containerd's `?ns=`.
-    upstreams: Option<Arc<Routed>>,
     /// Per-client request rate limits, when configured.
     pub limits: Option<Arc<ClientLimits>>,
     /// The status page at `/` and `/status.json`: `None` when off, `Some(restricted)` when on;
     /// restricted (the mirror requires authentication) shows no fills and no upstream hosts.
     pub status_page: Option<bool>,
+    /// Where `/metrics` is served and what it requires.
+    pub metrics_access: scrape::MetricsAccess,
+    /// The cap on open blob streams and their send timeout; `None`: unbounded.
+    pub blob_streams: Option<stream::BlobStreams>,
 }
 
 impl AppState {
@@ -58,7 +61,6 @@ impl AppState {
         registry: Option<Arc<Registry>>,
         gate: Option<Gate>,
         metrics: Option<PrometheusHandle>,
-        upstreams: Option<Arc<Routed>>,
         limits: Option<Arc<ClientLimits>>,
     ) -> Arc<Self> {
         Arc::new(AppState {
@@ -68,10 +70,27 @@ impl AppState {
             draining: AtomicBool::new(false),
             next_request_id: AtomicU64::new(1),
             process_tag: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
-            upstreams,
             limits,
             status_page: None,
+            metrics_access: scrape::MetricsAccess::default(),
+            blob_streams: None,
         })
+    }
+
+    /// Serve `/metrics` as `access` says (on its own listener, behind a token).
+    pub fn with_metrics_access(mut self: Arc<Self>, access: scrape::MetricsAccess) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .metrics_access = access;
+        self
+    }
+
+    /// Bound blob streams (count, send timeout).
+    pub fn with_blob_streams(mut self: Arc<Self>, streams: stream::BlobStreams) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .blob_streams = Some(streams);
+        self
     }
 
     /// Serve the status page; `restricted` shows counts only.
@@ -83,13 +102,15 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: health and metrics always, `/v2` when this process serves the
+/// The whole HTTP surface: health always, metrics unless they have a listener of their own, `/v2` when this process serves the
 /// registry, and the token endpoint at `token.0` when it issues tokens.
 pub fn router(state: Arc<AppState>, token: Option<(String, Arc<TokenEndpoint>)>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics));
+        .route("/readyz", get(readyz));
+    if !state.metrics_access.separate {
+        app = app.route("/metrics", get(scrape::render));
+    }
     if state.status_page.is_some() {
         app = app
             .route("/", get(status_html))
@@ -106,6 +127,10 @@ pub fn router(state: Arc<AppState>, token: Option<(String, Arc<TokenEndpoint>)>)
         Some((path, ep)) => app.merge(
             Router::new()
                 .route(&path, get(token::get_token).post(token::post_token))
+                .route(
+                    &format!("{}/jwks.json", path.trim_end_matches('/')),
+                    get(token::jwks),
+                )
                 .with_state(ep),
         ),
         None => app,
@@ -120,21 +145,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
-    match &state.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics disabled").into_response(),
-    }
-}
-
 fn status_snapshot(state: &AppState) -> crate::status::Snapshot {
     let restricted = state.status_page.unwrap_or(true);
-    let text = state.metrics.as_ref().map(PrometheusHandle::render);
-    crate::status::snapshot(text.as_deref(), !restricted)
+    crate::status::snapshot(!restricted)
 }
 
 async fn status_html(State(state): State<Arc<AppState>>) -> Response {
@@ -200,13 +213,22 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
+    let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
     // Every log line of the request carries its id, which the client gets as `x-request-id`.
     let span = tracing::info_span!("request", id = %id);
     let mut resp = match parsed {
         Ok(ep) => tracing::Instrument::instrument(
-            dispatch(&state, ep, &method, req.uri().query(), req.headers(), peer),
+            dispatch(
+                &state,
+                ep,
+                &method,
+                req.uri().query(),
+                req.headers(),
+                peer,
+                conn,
+            ),
             span,
         )
         .await
@@ -217,7 +239,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         resp.headers_mut().insert("x-request-id", v);
     }
     if resp.status() == StatusCode::UNAUTHORIZED {
-        metrics::counter!("ocimirror_auth_challenges_total").increment(1);
+        metrics::counter!(crate::metrics::AUTH_CHALLENGES).increment(1);
     }
     resp.headers_mut().insert(
         "docker-distribution-api-version",
@@ -225,11 +247,11 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     );
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!("ocimirror_http_requests_total", "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
-    metrics::histogram!("ocimirror_http_request_duration_seconds", "endpoint" => kind)
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "endpoint" => kind)
         .record(elapsed.as_secs_f64());
     tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
-    let bytes = metrics::counter!("ocimirror_http_response_bytes_total", "endpoint" => kind);
+    let bytes = metrics::counter!(crate::metrics::HTTP_RESPONSE_BYTES, "endpoint" => kind);
     resp.map(|inner| Body::new(CountedBody { inner, bytes }))
 }
 
@@ -270,6 +292,7 @@ async fn dispatch(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if ep == Endpoint::Upload || !matches!(*method, Method::GET | Method::HEAD) {
@@ -278,7 +301,28 @@ async fn dispatch(
             "ocimirror is a pull-through mirror: pushes and deletes are not accepted",
         ));
     }
-    let ep = with_namespace(state, ep, query)?;
+    let (ep, ns) = with_namespace(state, ep, query)?;
+    let mut resp = serve(state, ep, query, headers, peer, head, conn)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    // The distribution spec's "Registry Proxying": the `ns` that chose the upstream is named
+    // in the answer.
+    if let Some(v) = ns.and_then(|ns| HeaderValue::from_str(&ns).ok()) {
+        resp.headers_mut().insert("oci-namespace", v);
+    }
+    Ok(resp)
+}
+
+/// A read request, its `ns` applied: the gate, the limits, then the registry.
+async fn serve(
+    state: &AppState,
+    ep: Endpoint,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    head: bool,
+    conn: Option<stream::ConnCloser>,
+) -> Result<Response, ApiError> {
     let account = match &state.gate {
         Some(gate) => Some(gate.check(headers, &ep)?),
         None => None,
@@ -295,7 +339,10 @@ async fn dispatch(
         Endpoint::Manifest(name, reference) => {
             manifest(registry, &name, &reference, head, headers).await
         }
-        Endpoint::Blob(name, digest) => blob(registry, &name, &digest, head, headers).await,
+        Endpoint::Blob(name, digest) => {
+            let streams = state.blob_streams.as_ref();
+            blob(registry, &name, &digest, head, headers, streams, conn).await
+        }
         Endpoint::Tags(name) => tags(registry, &name, query).await,
         Endpoint::Catalog => catalog(registry, query).await,
         Endpoint::Referrers(name, digest) => referrers(registry, &name, &digest, query).await,
@@ -303,52 +350,47 @@ async fn dispatch(
     }
 }
 
-/// containerd names the registry it wants in `?ns=`: route to that upstream by its name
-/// prefix. Only configured upstreams answer; any other `ns` is 404, so the client falls back to
-/// the registry itself and nothing is dialled on a request's say-so.
+/// containerd names the registry it wants in `?ns=`: the registry says which configured
+/// upstream answers for it, and the name is qualified for that upstream; the `ns` used is
+/// returned (lowercase, as configured). Any other `ns` is 404, so the client falls back to the
+/// registry itself and nothing is dialled on a request's say-so.
 fn with_namespace(
     state: &AppState,
     ep: Endpoint,
     query: Option<&str>,
-) -> Result<Endpoint, ApiError> {
-    let (Some(routes), Some(q)) = (&state.upstreams, query) else {
-        return Ok(ep);
+) -> Result<(Endpoint, Option<String>), ApiError> {
+    let (Some(registry), Some(q)) = (&state.registry, query) else {
+        return Ok((ep, None));
     };
     let Some(ns) = url::form_urlencoded::parse(q.as_bytes())
         .find(|(k, _)| k == "ns")
         .map(|(_, v)| v.into_owned())
     else {
-        return Ok(ep);
+        return Ok((ep, None));
     };
-    let prefix = match routes.namespace(&ns) {
-        Some(Namespace::Default) => return Ok(ep),
-        Some(Namespace::Prefix(p)) => p.to_owned(),
-        None => {
-            return Err(ApiError::new(
-                Code::NameUnknown,
-                format!("no upstream is configured for ns={}", truncate(&ns)),
-            ));
-        }
+    let Some(namespace) = registry.namespace(&ns) else {
+        return Err(ApiError::new(
+            Code::NameUnknown,
+            format!("no upstream is configured for ns={}", truncate(&ns)),
+        ));
     };
-    let prefixed = |name: RepoName| {
-        // containerd with `override_path` to the prefix sends the prefixed name and `ns` too.
-        if name
-            .as_str()
-            .strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.starts_with('/'))
-        {
-            return Ok(name);
-        }
-        RepoName::parse(&format!("{prefix}/{name}"))
-            .map_err(|e| ApiError::new(Code::NameInvalid, format!("{prefix}/{name}: {e}")))
+    let qualify = |name: RepoName| {
+        let shown = name.to_string();
+        namespace.qualify(name).map_err(|e| {
+            ApiError::new(
+                Code::NameInvalid,
+                format!("{shown} under ns={}: {e}", truncate(&ns)),
+            )
+        })
     };
-    Ok(match ep {
-        Endpoint::Manifest(n, r) => Endpoint::Manifest(prefixed(n)?, r),
-        Endpoint::Blob(n, d) => Endpoint::Blob(prefixed(n)?, d),
-        Endpoint::Tags(n) => Endpoint::Tags(prefixed(n)?),
-        Endpoint::Referrers(n, d) => Endpoint::Referrers(prefixed(n)?, d),
+    let ep = match ep {
+        Endpoint::Manifest(n, r) => Endpoint::Manifest(qualify(n)?, r),
+        Endpoint::Blob(n, d) => Endpoint::Blob(qualify(n)?, d),
+        Endpoint::Tags(n) => Endpoint::Tags(qualify(n)?),
+        Endpoint::Referrers(n, d) => Endpoint::Referrers(qualify(n)?, d),
         other => other,
-    })
+    };
+    Ok((ep, Some(ns.trim().to_ascii_lowercase())))
 }
 
 /// The referrers of `digest`, as an OCI image index; `artifactType` filters it (and says so).
@@ -417,7 +459,14 @@ async fn blob(
     digest: &Digest,
     head: bool,
     headers: &HeaderMap,
+    streams: Option<&stream::BlobStreams>,
+    conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
+    // Taken before any work, so that refused requests cost nothing (no fill, no file).
+    let permit = match streams {
+        Some(s) if !head => Some(s.open()?),
+        _ => None,
+    };
     let range = headers
         .get(header::RANGE)
         .map(|v| {
@@ -445,9 +494,10 @@ async fn blob(
         None => reply.size,
     };
     builder = builder.header(header::CONTENT_LENGTH, length);
-    let body = match reply.body {
-        Some(s) => Body::from_stream(s),
-        None => Body::empty(),
+    let body = match (reply.body, streams.zip(permit)) {
+        (Some(s), Some((streams, permit))) => streams.guard(Body::from_stream(s), permit, conn),
+        (Some(s), None) => Body::from_stream(s),
+        (None, _) => Body::empty(),
     };
     Ok(builder.body(body).expect("valid response"))
 }

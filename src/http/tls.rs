@@ -32,6 +32,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The `tls` section's own check: the pair loads and matches.
+pub fn check(files: &TlsFiles) -> Result<(), String> {
+    load(files).map(drop)
+}
+
 /// Load and check a certificate chain and its key.
 pub fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
@@ -118,11 +123,11 @@ async fn accept_loop(
                     let _ = tx.send((tls, peer)).await;
                 }
                 Ok(Err(e)) => {
-                    metrics::counter!("ocimirror_tls_handshake_failures_total").increment(1);
+                    metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
-                    metrics::counter!("ocimirror_tls_handshake_failures_total").increment(1);
+                    metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
                     tracing::debug!(%peer, "TLS handshake timed out");
                 }
             }
@@ -137,12 +142,11 @@ async fn reload_loop(files: TlsFiles, current: Arc<Current>) {
         match load(&files) {
             Ok(ck) => {
                 *current.0.write().expect("lock") = Arc::new(ck);
-                metrics::counter!("ocimirror_tls_reloads_total", "result" => "ok").increment(1);
+                metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(certificate = %files.certificate.display(), "TLS certificate reloaded");
             }
             Err(e) => {
-                metrics::counter!("ocimirror_tls_reloads_total", "result" => "refused")
-                    .increment(1);
+                metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "refused").increment(1);
                 tracing::error!(error = %e, "TLS certificate reload refused; the previous one stays in force");
             }
         }

@@ -113,6 +113,16 @@ fn respond(
     }
 }
 
+/// `GET <path>/jwks.json`: the public keys whose tokens are valid (Distribution 3's `jwks`).
+/// Public, and cacheable for a short while: a rotation is seen within a minute.
+pub async fn jwks(State(ep): State<Arc<TokenEndpoint>>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(ep.service.jwks().clone()),
+    )
+        .into_response()
+}
+
 pub async fn get_token(
     State(ep): State<Arc<TokenEndpoint>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -5,6 +5,7 @@ pub mod digest;
 pub mod manifest;
 pub mod name;
 pub mod range;
+pub mod schema1;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{ManifestError, ManifestInfo};

@@ -13,13 +13,14 @@ use std::time::SystemTime;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::{Parsed, format_time, human_bytes, is_index};
+use super::{Parsed, format_time, is_index};
 use crate::config::Settings;
 use crate::expiry::inventory::{self, read_marker};
 use crate::layout;
 use crate::oci::{Digest, ManifestInfo, RepoName, Tag};
 use crate::storage::{Storage, StorageError};
 use crate::upstream::Upstream;
+use crate::util::human_bytes;
 
 /// Storage requests kept in flight.
 const CONCURRENCY: usize = 16;
@@ -72,7 +73,7 @@ fn pull_text(pulled: &Option<String>, committed: &Option<String>) -> String {
 pub async fn open_storage(s: &Settings) -> Result<Arc<dyn Storage>, String> {
     let mut s = s.clone();
     s.read_only = true;
-    let b = crate::server::build_backends(&s)
+    let b = crate::assemble::build_backends(&s)
         .await
         .map_err(|e| e.to_string())?;
     Ok(b.storage)
@@ -90,7 +91,7 @@ pub fn parse_target(s: &Settings, target: &str) -> Result<(RepoName, Option<Tag>
         .map(Tag::parse)
         .transpose()
         .map_err(|e| format!("{target:?}: {e}"))?;
-    let upstreams = crate::server::build_upstreams(s).map_err(|e| e.to_string())?;
+    let upstreams = crate::assemble::build_upstreams(s).map_err(|e| e.to_string())?;
     Ok((upstreams.canonical_name(&name), tag))
 }
 

@@ -1,8 +1,10 @@
 //! Operator commands on a cache, outside the request path: `warm` pre-fetches images (through a
-//! running mirror, or straight into the configured storage), `ls` and `inspect` report what the
-//! storage holds. Shared here: image references as operators type them, platforms, and the parts
+//! running mirror, with its tokens when it requires them (`auth.rs`), or straight into the
+//! configured storage), `ls` and `inspect` report what the
+//! storage holds, and `gc` runs one expiry pass. Shared here: image references as operators type them, platforms, and the parts
 //! of a manifest these commands read (descriptors with sizes and platforms).
 
+pub mod auth;
 pub mod listing;
 pub mod warm;
 
@@ -12,6 +14,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::oci::manifest::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use crate::oci::{Digest, Reference, RepoName, Tag};
+
+/// One expiry pass over the configured storage, for `ocimirror gc`.
+pub async fn expiry_pass(
+    s: &crate::config::Settings,
+    policy: crate::expiry::ExpiryPolicy,
+    dry_run: bool,
+) -> Result<crate::expiry::Report, String> {
+    let b = crate::assemble::build_backends(s)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::expiry::Collector::new(b.storage, b.leases, policy)
+        .pass(dry_run)
+        .await
+        .map_err(|e| format!("expiry: {e}"))
+}
 
 /// `name[:tag|@digest]` (a tag defaults to `latest`; with both, the digest wins).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,11 +178,6 @@ pub fn print<T: Serialize>(json: bool, value: &T, text: &str) {
 /// RFC 3339, to the second, UTC.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// Bytes for people: `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
 #[cfg(test)]

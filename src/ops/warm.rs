@@ -19,7 +19,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use url::Url;
 
-use super::{ImageRef, Parsed, Platform, human_bytes, is_index};
+use super::auth::{Credentials, MirrorAuth};
+use super::{ImageRef, Parsed, Platform, is_index};
 use crate::config::Settings;
 use crate::expiry::AccessLog;
 use crate::layout;
@@ -27,6 +28,7 @@ use crate::oci::manifest::ACCEPT_ALL;
 use crate::oci::{Digest, Hasher, ManifestInfo, Reference, RepoName};
 use crate::registry::Registry;
 use crate::storage::Storage;
+use crate::util::human_bytes;
 
 /// Index nesting followed at most (an index of indexes is rare; deeper is refused).
 const MAX_DEPTH: usize = 3;
@@ -363,7 +365,8 @@ where
 
 // ---- through a running mirror ------------------------------------------------------------------
 
-/// Plain HTTP against a running mirror. Whether a blob was already cached is read from the
+/// Plain HTTP against a running mirror, with a token per repository from its realm when it
+/// requires them ([`MirrorAuth`]). Whether a blob was already cached is read from the
 /// mirror's `/metrics` (its blob hit and miss counters before and after each blob); when they do
 /// not move by exactly one (another replica answered, or `/metrics` is not reachable) the
 /// blob is counted as not told.
@@ -371,10 +374,19 @@ pub struct MirrorSource {
     client: reqwest::Client,
     base: Url,
     metrics: AtomicBool,
+    /// Tokens from the mirror's realm, when it requires them.
+    auth: MirrorAuth,
 }
 
 impl MirrorSource {
-    pub fn new(url: &str, insecure: bool, ca_file: Option<&Path>) -> Result<Self, String> {
+    /// `credentials` are for the mirror's token service (`auth`); without them warm asks for
+    /// anonymous tokens, as `docker pull` without a login does.
+    pub fn new(
+        url: &str,
+        insecure: bool,
+        ca_file: Option<&Path>,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, String> {
         let base = Url::parse(url).map_err(|e| format!("--mirror {url:?}: {e}"))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(format!("--mirror {url:?}: not an http or https URL"));
@@ -397,6 +409,7 @@ impl MirrorSource {
             client,
             base,
             metrics: AtomicBool::new(true),
+            auth: MirrorAuth::new(credentials),
         })
     }
 
@@ -420,21 +433,18 @@ impl MirrorSource {
             self.metrics.store(false, Ordering::Relaxed);
             return None;
         };
-        let sum = |name: &str| -> f64 {
-            text.lines()
-                .filter(|l| l.starts_with(name) && l.contains("kind=\"blob\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
+        let sum = |name: &str| {
+            crate::metrics::total_in_text_where(&text, name, "kind=\"blob\"").unwrap_or(0.0)
         };
         Some((
-            sum("ocimirror_cache_hits_total{"),
-            sum("ocimirror_cache_misses_total{"),
+            sum(crate::metrics::CACHE_HITS),
+            sum(crate::metrics::CACHE_MISSES),
         ))
     }
 }
 
 /// An error with its causes (reqwest's own text leaves out why a request failed).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -465,13 +475,15 @@ async fn describe_error(r: reqwest::Response) -> String {
 #[async_trait]
 impl Source for MirrorSource {
     async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<Fetched, String> {
+        let url = self.url(&format!("/v2/{name}/manifests/{reference}"));
         let r = self
-            .client
-            .get(self.url(&format!("/v2/{name}/manifests/{reference}")))
-            .header(reqwest::header::ACCEPT, ACCEPT_ALL)
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the mirror: {}", chain(&e)))?;
+            .auth
+            .send(&self.client, Some(name), || {
+                self.client
+                    .get(url.clone())
+                    .header(reqwest::header::ACCEPT, ACCEPT_ALL)
+            })
+            .await?;
         if !r.status().is_success() {
             return Err(describe_error(r).await);
         }
@@ -486,9 +498,9 @@ impl Source for MirrorSource {
         let digest = match (reference, announced.and_then(|a| Digest::parse(&a).ok())) {
             (Reference::Digest(d), _) => d.clone(),
             (_, Some(d)) => d,
-            (_, None) => Digest::sha256_of(&body),
+            (_, None) => crate::oci::schema1::manifest_digest(&body),
         };
-        if !digest.verify(&body) {
+        if !crate::oci::schema1::manifest_matches(&digest, &body) {
             return Err(format!("the manifest does not match its digest {digest}"));
         }
         let info = ManifestInfo::parse(&body, content_type.as_deref())
@@ -508,12 +520,11 @@ impl Source for MirrorSource {
         bar: &ProgressBar,
     ) -> Result<BlobFetch, String> {
         let before = self.blob_counters().await;
+        let url = self.url(&format!("/v2/{name}/blobs/{digest}"));
         let r = self
-            .client
-            .get(self.url(&format!("/v2/{name}/blobs/{digest}")))
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the mirror: {}", chain(&e)))?;
+            .auth
+            .send(&self.client, Some(name), || self.client.get(url.clone()))
+            .await?;
         if !r.status().is_success() {
             return Err(describe_error(r).await);
         }
@@ -546,7 +557,7 @@ impl LocalSource {
         if s.read_only {
             return Err("storage.read_only is set: nothing fetched would be kept".into());
         }
-        let b = crate::server::build_backends(s)
+        let b = crate::assemble::build_backends(s)
             .await
             .map_err(|e| e.to_string())?;
         let storage = b.storage.clone();
@@ -554,8 +565,8 @@ impl LocalSource {
             .expiry
             .as_ref()
             .map(|policy| AccessLog::new(storage.clone(), policy));
-        let upstreams = crate::server::build_upstreams(s).map_err(|e| e.to_string())?;
-        let registry = crate::server::build_registry_on(s, b, access.clone(), upstreams)
+        let upstreams = crate::assemble::build_upstreams(s).map_err(|e| e.to_string())?;
+        let registry = crate::assemble::build_registry_on(s, b, access.clone(), upstreams)
             .await
             .map_err(|e| e.to_string())?;
         Ok(LocalSource {

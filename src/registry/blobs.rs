@@ -1,12 +1,15 @@
 //! Blobs: served from storage when the repository links them, else from the one fill of their
 //! digest (or, in a fleet, from storage once another replica committed it). A blob is served
-//! under a name only when the upstream confirmed it may be read there.
+//! under a name only when the upstream confirmed it may be read there: a fill's GET confirms it
+//! for the repository it fetched under, also for the clients of another replica relaying that
+//! fill; any other repository asks with a HEAD first.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use super::fill::Fill;
 use super::lease::Source;
 use super::{BlobReply, ClientStream, Registry, RegistryError};
 use crate::layout;
@@ -53,26 +56,41 @@ impl Registry {
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
         let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
-        let (linked, data) = (link?.is_some(), data?);
+        let (mut linked, data) = (link?.is_some(), data?);
         if !linked {
-            // The repository has not been seen to reference this blob: only the upstream can
-            // say whether it may be served under this name.
+            // Nothing has confirmed that this repository may read the blob, and a manifest
+            // listing it is only a claim: only the upstream can say, under this name.
             if self.settings.offline {
                 return Err(RegistryError::BlobUnknown);
             }
-            let size = self
-                .upstream
-                .head_blob(&repo, digest)
-                .await
-                .map_err(blob_upstream_error)?;
-            self.write_link(&layout::layer_link(&repo, digest), digest)
-                .await;
-            if head && data.is_none() {
-                return Ok(BlobReply {
-                    size,
-                    range: None,
-                    body: None,
-                });
+            match self.fills.get(digest) {
+                // Being fetched under this very name: the upstream's answer to that GET is the
+                // confirmation (the fill links the blob once it is stored). A relay of another
+                // replica's fill carries the name that replica fetches under: another
+                // repository's fill confirms nothing here.
+                Some(f) if f.name() == &repo => {
+                    let under = f.confirmed_under().await.map_err(blob_upstream_error)?;
+                    if under.as_ref() != Some(&repo) {
+                        self.confirm(&repo, digest).await?;
+                    }
+                    linked = true;
+                }
+                // Stored, asked about, or being fetched under another name: ask under this
+                // one. Not stored and not in flight: the fill's own GET under this name will be
+                // the confirmation, so a cold pull costs no extra request.
+                in_flight => {
+                    if data.is_some() || head || in_flight.is_some() {
+                        let size = self.confirm(&repo, digest).await?;
+                        linked = true;
+                        if head && data.is_none() {
+                            return Ok(BlobReply {
+                                size,
+                                range: None,
+                                body: None,
+                            });
+                        }
+                    }
+                }
             }
         }
         if let Some(meta) = data {
@@ -82,7 +100,7 @@ impl Registry {
                     tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
                 }
                 r => {
-                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "blob").increment(1);
+                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "blob").increment(1);
                     return r;
                 }
             }
@@ -90,7 +108,7 @@ impl Registry {
         if self.settings.offline {
             return Err(RegistryError::BlobUnknown);
         }
-        metrics::counter!("ocimirror_cache_misses_total", "kind" => "blob").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "blob").increment(1);
         if head {
             if let Some(fill) = self.fills.get(digest)
                 && let Ok(Some(size)) = fill.started().await
@@ -113,9 +131,21 @@ impl Registry {
             });
         }
         let fill = match self.obtain(&repo, digest).await? {
-            Source::Fill(f) => f,
-            // Another replica filled it while this one waited.
+            Source::Fill(f) => {
+                // Started under another name meanwhile, here or (relayed) on the replica
+                // fetching it: its GET confirms nothing here. A refusal is reported below.
+                let confirmed = linked || (f.name() == &repo && confirms(&f, &repo).await);
+                if !confirmed {
+                    self.confirm(&repo, digest).await?;
+                }
+                f
+            }
+            // Another replica filled it while this one waited. Its confirmation counts only
+            // for the repository it fetched under, whose link it wrote before its commit ended.
             Source::Stored(meta) => {
+                if !linked && self.storage.stat(&link_key).await?.is_none() {
+                    self.confirm(&repo, digest).await?;
+                }
                 return self.serve_stored(digest, meta, range, head, started).await;
             }
         };
@@ -137,6 +167,19 @@ impl Registry {
             range: resolved,
             body: Some(timed(body, started, move || fill.origin().as_str())),
         })
+    }
+
+    /// Ask the upstream whether `repo` may read `digest` (a HEAD: not a pull on Docker Hub) and
+    /// keep its yes as the repository's link, so it is asked once.
+    async fn confirm(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
+        let size = self
+            .upstream
+            .head_blob(repo, digest)
+            .await
+            .map_err(blob_upstream_error)?;
+        self.write_link(&layout::layer_link(repo, digest), digest)
+            .await;
+        Ok(size)
     }
 
     async fn serve_stored(
@@ -170,6 +213,15 @@ impl Registry {
     }
 }
 
+/// Whether `fill`'s upstream answer confirmed the blob under `repo` (see
+/// [`Fill::confirmed_under`]); true as well when its upstream refused, which the caller reports.
+async fn confirms(fill: &Fill, repo: &RepoName) -> bool {
+    match fill.confirmed_under().await {
+        Ok(under) => under.as_ref() == Some(repo),
+        Err(_) => true,
+    }
+}
+
 /// Time from a request to its body's first byte, by where that byte came from (`upstream`,
 /// `peer`, `storage`): what a client waits, whichever replica it reached.
 fn timed(
@@ -181,7 +233,7 @@ fn timed(
     body.map(move |chunk| {
         if first && chunk.is_ok() {
             first = false;
-            metrics::histogram!("ocimirror_blob_first_byte_seconds", "source" => origin())
+            metrics::histogram!(crate::metrics::BLOB_FIRST_BYTE, "source" => origin())
                 .record(started.elapsed().as_secs_f64());
         }
         chunk

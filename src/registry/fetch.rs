@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::LINK_WRITE_TIMEOUT;
 use super::fill::{FillState, Origin, Progress};
 use super::lease::{Fleet, Next, REMOTE_POLL_MAX, REMOTE_POLL_MIN, Start};
 use super::peer::PeerError;
@@ -29,7 +30,7 @@ use crate::cache::lease::holder_peer;
 use crate::layout;
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::storage::{ObjectWriter, Storage};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes gathered before one storage write.
 const STORAGE_BATCH: usize = 1024 * 1024;
@@ -140,7 +141,7 @@ impl FillJob {
         let state = match outcome {
             Ok(()) => FillState::Done,
             Err(state) => {
-                metrics::counter!("ocimirror_fills_failed_total").increment(1);
+                metrics::counter!(crate::metrics::FILLS_FAILED).increment(1);
                 state
             }
         };
@@ -236,8 +237,7 @@ impl FillJob {
                 PeerError::Gone(_) => "gone",
                 PeerError::Failed(_) => "failed",
             };
-            metrics::counter!("ocimirror_peer_streams_failed_total", "reason" => reason)
-                .increment(1);
+            metrics::counter!(crate::metrics::PEER_STREAMS_FAILED, "reason" => reason).increment(1);
             tracing::debug!(digest = %digest, holder, error = %why, "peer stream ended early");
             Stop::Peer(why)
         };
@@ -245,16 +245,61 @@ impl FillJob {
             .open(holder, &self.digest, self.written)
             .await
             .map_err(failed)?;
-        metrics::counter!("ocimirror_peer_streams_opened_total").increment(1);
+        metrics::counter!(crate::metrics::PEER_STREAMS_OPENED).increment(1);
         if self.written > 0 {
-            metrics::counter!("ocimirror_fill_resumes_total", "from" => "peer").increment(1);
+            metrics::counter!(crate::metrics::FILL_RESUMES, "from" => "peer").increment(1);
         }
+        // The holder's bytes are held to this replica's own bounds, as its upstream's would be.
+        let bounds = self.upstream.blob_bounds(&self.name);
+        if let Some(n) = opened.size
+            && n > bounds.max_size
+        {
+            let e = UpstreamError::Invalid(format!(
+                "the holder announces a {n}-byte blob, above upstream.max_blob_size ({})",
+                bounds.max_size
+            ));
+            return Err(Stop::Fail(if self.written == 0 {
+                FillState::Refused(e)
+            } else {
+                self.broken(e.to_string())
+            }));
+        }
+        self.tx.send_modify(|p| p.confirmed = opened.name.clone());
         self.set_origin(Origin::Peer);
         self.learn_size(opened.size).map_err(Stop::Fail)?;
-        let relayed = metrics::counter!("ocimirror_peer_bytes_relayed_total");
+        let relayed = metrics::counter!(crate::metrics::PEER_BYTES_RELAYED);
         let mut stream = opened.stream;
-        while let Some(chunk) = stream.next().await {
+        let opened_at = tokio::time::Instant::now();
+        let mut seen = 0u64;
+        loop {
+            // Falling behind upstream.min_blob_rate: this holder is no better than a slow
+            // upstream. The stream is dropped and the fill goes on from wherever is next.
+            let next = if let Some(secs) = seen.checked_div(bounds.min_rate) {
+                let deadline = opened_at + bounds.grace + std::time::Duration::from_secs(secs);
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        metrics::counter!(crate::metrics::UPSTREAM_BOUNDS, "bound" => "min_blob_rate")
+                            .increment(1);
+                        return Err(failed(PeerError::Failed(format!(
+                            "the holder sent {seen} bytes, slower than upstream.min_blob_rate"
+                        ))));
+                    }
+                }
+            } else {
+                stream.next().await
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(failed)?;
+            seen += chunk.len() as u64;
+            if self.written + chunk.len() as u64 > bounds.max_size {
+                metrics::counter!(crate::metrics::UPSTREAM_BOUNDS, "bound" => "max_blob_size")
+                    .increment(1);
+                return Err(Stop::Fail(self.broken(format!(
+                    "the holder sent more than upstream.max_blob_size ({} bytes)",
+                    bounds.max_size
+                ))));
+            }
             relayed.increment(chunk.len() as u64);
             self.absorb(&chunk).map_err(Stop::Fail)?;
         }
@@ -272,7 +317,7 @@ impl FillJob {
         };
         self.set_origin(Origin::Storage);
         if self.written > 0 {
-            metrics::counter!("ocimirror_fill_resumes_total", "from" => "storage").increment(1);
+            metrics::counter!(crate::metrics::FILL_RESUMES, "from" => "storage").increment(1);
         }
         self.learn_size(Some(meta.size))?;
         let mut stream = match self.storage.read_range(&key, self.written, None).await {
@@ -302,6 +347,10 @@ impl FillJob {
                     self.broken(format!("resuming from the upstream: {e}"))
                 }
             })?;
+        // The upstream's answer confirms the blob under this fill's name (from here on, for
+        // a relay that took over).
+        let name = self.name.clone();
+        self.tx.send_modify(|p| p.confirmed = Some(name));
         self.learn_size(resp.size)?;
         if from > 0 {
             let how = if resp.start == from {
@@ -310,7 +359,7 @@ impl FillJob {
                 "upstream_whole"
             };
             tracing::info!(digest = %self.digest, from, how, "resuming the fill from the upstream");
-            metrics::counter!("ocimirror_fill_resumes_total", "from" => how).increment(1);
+            metrics::counter!(crate::metrics::FILL_RESUMES, "from" => how).increment(1);
         }
         let mut writer = self.open_writer().await;
         let mut pending = BytesMut::with_capacity(STORAGE_BATCH);
@@ -345,7 +394,8 @@ impl FillJob {
         if let Some(w) = writer {
             match w.commit().await {
                 Ok(()) => {
-                    tracing::info!(name = %self.name, digest = %self.digest, bytes = self.written, "blob cached")
+                    tracing::info!(name = %self.name, digest = %self.digest, bytes = self.written, "blob cached");
+                    self.link().await;
                 }
                 Err(e) => {
                     tracing::error!(digest = %self.digest, error = %e, "storage commit failed")
@@ -382,6 +432,19 @@ impl FillJob {
             at += n as u64;
         }
         w
+    }
+
+    /// The upstream served the blob under `name`: that is the confirmation that `name` may serve
+    /// it. Written before the lease is released, so a replica waiting on (or relaying) this fill
+    /// for the same repository finds the link and asks the upstream nothing.
+    async fn link(&self) {
+        let key = layout::layer_link(&self.name, &self.digest);
+        let body = Bytes::from(self.digest.to_string());
+        match tokio::time::timeout(LINK_WRITE_TIMEOUT, self.storage.put(&key, body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(key, error = %e, "cannot write to storage"),
+            Err(_) => tracing::error!(key, "storage write timed out"),
+        }
     }
 
     async fn write(&self, writer: &mut Option<Box<dyn ObjectWriter>>, batch: Bytes) {

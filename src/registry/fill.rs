@@ -28,8 +28,8 @@ use crate::upstream::{Upstream, UpstreamError};
 use super::fetch::FillJob;
 use super::lease::{Fleet, Start};
 
-/// Bytes handed to a client per read of the spool.
-const CHUNK: u64 = 256 * 1024;
+/// Bytes handed to a client per read of the spool: what a stalled reader's response holds.
+const CHUNK: u64 = 64 * 1024;
 
 #[derive(Clone, Debug)]
 pub enum FillState {
@@ -72,9 +72,15 @@ pub struct Progress {
     pub verified: bool,
     pub state: FillState,
     pub origin: Origin,
+    /// The repository under which the upstream served the bytes: this fill's own name once its
+    /// upstream answered, for a relay the holder's fill's (as the holder said; `None` when it
+    /// did not). The upstream's answer confirms the blob for that name only.
+    pub confirmed: Option<RepoName>,
 }
 
 pub struct Fill {
+    /// The repository the fill fetches under when it reads the upstream.
+    name: RepoName,
     spool: File,
     progress: watch::Receiver<Progress>,
 }
@@ -82,6 +88,19 @@ pub struct Fill {
 pub type ClientStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 impl Fill {
+    /// The repository this fill fetches the blob under when it reads the upstream.
+    pub fn name(&self) -> &RepoName {
+        &self.name
+    }
+
+    /// Wait for the fill's source to answer; then the repository the upstream confirmed the
+    /// blob under (see [`Progress::confirmed`]). A request under another name is a join of
+    /// another repository's fill, whether the fill runs here or on the replica relayed.
+    pub async fn confirmed_under(&self) -> Result<Option<RepoName>, UpstreamError> {
+        self.started().await?;
+        Ok(self.progress.borrow().confirmed.clone())
+    }
+
     /// Where the bytes are coming from now.
     pub fn origin(&self) -> Origin {
         self.progress.borrow().origin
@@ -220,7 +239,7 @@ impl Fills {
     ) -> io::Result<Arc<Fill>> {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
-            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            metrics::counter!(crate::metrics::FILL_JOINS).increment(1);
             // A lease taken for a fill that another request started meanwhile is not needed.
             if let Start::Upstream(lease) = start {
                 tokio::spawn(async move { lease.release().await });
@@ -239,16 +258,18 @@ impl Fills {
             verified: false,
             state: FillState::Connecting,
             origin,
+            confirmed: None,
         });
         let fill = Arc::new(Fill {
+            name: name.clone(),
             spool,
             progress: rx,
         });
         map.insert(digest.clone(), fill.clone());
         if origin == Origin::Upstream {
-            metrics::counter!("ocimirror_fills_started_total").increment(1);
+            metrics::counter!(crate::metrics::FILLS_STARTED).increment(1);
         }
-        metrics::gauge!("ocimirror_fills_in_flight").increment(1.0);
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
         let job = FillJob::new(
             name.clone(),
             digest.clone(),
@@ -265,7 +286,7 @@ impl Fills {
             // Leave the map before announcing the end: a request arriving after this point
             // finds the committed blob in storage (or starts afresh after a failure).
             inflight.lock().expect("lock").remove(&digest);
-            metrics::gauge!("ocimirror_fills_in_flight").decrement(1.0);
+            metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
         }));
         Ok(fill)
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::rules_tests::{Fake, Fault, MemLeases, latest, name, read_all, replica};
+use super::rules_tests::{Fake, Fault, MemLeases, latest, name, read_all, replica, repo};
 use super::*;
 use crate::oci::ByteRange;
 use crate::storage::MemoryStorage;
@@ -89,6 +89,7 @@ impl Peers for NetPeers {
         .boxed();
         Ok(PeerStream {
             size: f.size,
+            name: f.name,
             stream,
         })
     }
@@ -383,4 +384,54 @@ async fn a_lapsed_lease_of_an_unreachable_holder_is_taken_over() {
     let froms = f.fake.blob_gets_from.lock().unwrap().clone();
     assert_eq!(froms.len(), 2, "{froms:?}");
     assert!(froms[1] > 0, "resumed with a range: {froms:?}");
+}
+
+/// Issue 20 across replicas: a relay is a join of another replica's fill. The holder's GET
+/// confirms the blob for the repository it fetched under only: a request under another name on
+/// a relaying replica is asked of the upstream with a HEAD first (and refused where the
+/// upstream denies it), one under the same name costs nothing beyond the holder's one GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_of_another_repositorys_fill_asks_the_upstream_first() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let d = f.fake.blob_digest.clone();
+    f.fake.deny("library/evil");
+    let heads = || f.fake.blob_heads.load(Ordering::SeqCst);
+    let reply = |i: usize, n: &str| {
+        let (reg, d, n) = (f.replicas[i].clone(), d.clone(), repo(n));
+        async move { reg.blob(&n, &d, None, false).await }
+    };
+    // Replica 0 holds the lease and fetches under `private`, held half-way.
+    let holder = reply(0, "private").await.unwrap();
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    // Replica 1 relays it, but under `evil` the upstream denies the blob: nothing is served.
+    assert!(matches!(
+        reply(1, "evil").await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    assert_eq!(heads(), 1);
+    // Under `shared`, which the upstream allows, replica 1 serves the relay after one HEAD.
+    let shared = reply(1, "shared").await.unwrap();
+    assert_eq!(heads(), 2);
+    // Under `private` on replica 2, the holder's GET is the confirmation: no HEAD.
+    let private = reply(2, "private").await.unwrap();
+    assert_eq!(heads(), 2);
+    assert_eq!(
+        f.net.opened.load(Ordering::SeqCst),
+        2,
+        "replicas 1 and 2 relay the holder's fill"
+    );
+    gate.add_permits(1);
+    for r in [holder, shared, private] {
+        assert_eq!(read_all(r).await.unwrap(), f.fake.blob);
+    }
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    for r in &f.replicas {
+        r.wait_for_fills().await;
+    }
+    for (n, linked) in [("private", true), ("shared", true), ("evil", false)] {
+        let key = crate::layout::layer_link(&repo(&format!("library/{n}")), &d);
+        assert_eq!(f.storage.stat(&key).await.unwrap().is_some(), linked, "{n}");
+    }
 }

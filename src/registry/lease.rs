@@ -217,8 +217,7 @@ impl Fleet {
                     return Next::Stored;
                 }
                 tracing::info!(digest = %digest, reason, "taking the fill over from its holder");
-                metrics::counter!("ocimirror_fill_takeovers_total", "reason" => reason)
-                    .increment(1);
+                metrics::counter!(crate::metrics::FILL_TAKEOVERS, "reason" => reason).increment(1);
                 Next::Upstream(lease)
             }
             // Nobody to coordinate with any more (Redis down): fetch the rest alone.
@@ -238,7 +237,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<Source, RegistryError> {
         if let Some(f) = self.fills.get(digest) {
-            metrics::counter!("ocimirror_fill_joins_total").increment(1);
+            metrics::counter!(crate::metrics::FILL_JOINS).increment(1);
             return Ok(Source::Fill(f));
         }
         let this = self.clone();
@@ -263,7 +262,7 @@ impl Registry {
                 return Ok(Source::Fill(f));
             }
             if waited && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
-                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "stored")
+                metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "stored")
                     .increment(1);
                 return Ok(Source::Stored(meta));
             }
@@ -301,7 +300,7 @@ impl Registry {
                 return Ok(Source::Stored(meta));
             }
             if waited {
-                metrics::counter!("ocimirror_fill_remote_waits_total", "result" => "took_over")
+                metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "took_over")
                     .increment(1);
             }
             return self.start(repo, digest, Start::Upstream(lease));

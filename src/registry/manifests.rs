@@ -87,7 +87,7 @@ impl Registry {
         d: &Digest,
     ) -> Result<Manifest, RegistryError> {
         if let Some(m) = self.stored_manifest(repo, d, true).await? {
-            metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+            metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
             return Ok(m);
         }
         if self.settings.offline {
@@ -148,13 +148,13 @@ impl Registry {
             .await
             .map_err(upstream_error)?;
         let d = match expected.or(fetched.digest.as_ref()) {
-            Some(d) if d.verify(&fetched.body) => d.clone(),
+            Some(d) if crate::oci::schema1::manifest_matches(d, &fetched.body) => d.clone(),
             Some(d) => {
                 return Err(RegistryError::Upstream(UpstreamError::Invalid(format!(
                     "manifest {reference} from the upstream does not match the digest {d}"
                 ))));
             }
-            None => Digest::sha256_of(&fetched.body),
+            None => crate::oci::schema1::manifest_digest(&fetched.body),
         };
         self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
             .await
@@ -168,7 +168,7 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<Manifest, RegistryError> {
-        metrics::counter!("ocimirror_cache_misses_total", "kind" => "manifest").increment(1);
+        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "manifest").increment(1);
         let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
             RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
         })?;
@@ -196,15 +196,10 @@ impl Registry {
                 tracing::error!(digest = %d, error = %e, "cannot store manifest; serving without caching");
                 return Ok(m);
             }
-            // The upstream served this manifest under `repo`, so `repo` may serve its blobs.
-            // Written concurrently: the client asks for the blobs as soon as it has the manifest.
-            let keys: Vec<(String, &Digest)> = info
-                .blobs
-                .iter()
-                .map(|b| (layout::layer_link(repo, b), b))
-                .chain(std::iter::once((layout::revision_link(repo, d), d)))
-                .collect();
-            futures_util::future::join_all(keys.iter().map(|(k, b)| self.write_link(k, b))).await;
+            // The upstream served this manifest under `repo`: `repo` may serve the manifest. Its
+            // config and layers are only claimed by it (a manifest can list any digest), so each
+            // is linked when the upstream confirms it under `repo` (`blobs.rs`).
+            self.link_manifest(repo, &m).await;
         }
         Ok(m)
     }
@@ -254,7 +249,7 @@ impl Registry {
                 .duration_since(e.checked_at)
                 .unwrap_or(Duration::ZERO);
             if self.settings.offline || age < self.tag_ttl(repo) {
-                metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest").increment(1);
+                metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
                 return Ok(m.clone());
             }
         }
@@ -283,7 +278,7 @@ impl Registry {
                 let stale_ok = matches!(&*e, RegistryError::Upstream(_));
                 match cached {
                     Some(m) if stale_ok => {
-                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                         tracing::warn!(name = %repo, tag = %tag, digest = %m.digest, error = %e, "upstream failed; serving cached tag");
                         Ok(m)
                     }
@@ -316,7 +311,7 @@ impl Registry {
             Some(d) => match self.stored_manifest(repo, d, false).await? {
                 Some(m) => {
                     // Revalidated: the upstream confirmed what is stored, no body fetched.
-                    metrics::counter!("ocimirror_cache_hits_total", "kind" => "manifest")
+                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
                         .increment(1);
                     self.link_manifest(repo, &m).await;
                     m

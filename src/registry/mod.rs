@@ -13,7 +13,7 @@ mod fetch;
 mod fill;
 mod lease;
 mod manifests;
-mod namespace;
+pub mod namespace;
 mod peer;
 mod referrers;
 mod tags;
@@ -37,7 +37,6 @@ use coalesce::Coalescer;
 pub use fill::ClientStream;
 use fill::Fills;
 use lease::{Fleet, Source};
-pub use namespace::Namespace;
 pub use peer::{PeerByteStream, PeerError, PeerStream, Peers};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +91,8 @@ pub struct BlobReply {
 pub struct FillStream {
     /// The whole blob's size, when known.
     pub size: Option<u64>,
+    /// The repository the upstream served the blob under (see [`PeerStream::name`]).
+    pub name: Option<RepoName>,
     pub body: ClientStream,
 }
 
@@ -194,8 +195,10 @@ impl Registry {
         if size.is_some_and(|s| from > s) {
             return None;
         }
+        let name = fill.confirmed_under().await.ok()?;
         Some(FillStream {
             size,
+            name,
             body: fill.stream(from, None),
         })
     }

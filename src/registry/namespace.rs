@@ -1,16 +1,47 @@
-//! containerd's `?ns=<registry>`: which configured upstream a request names. Resolved here so
-//! that the HTTP layer talks to the registry only; only configured upstreams answer, so nothing
-//! is dialled on a request's say-so.
+//! containerd's `?ns=<registry>`: which configured upstream a request names by its source
+//! registry, so that the HTTP layer asks the registry rather than the upstreams. Only configured
+//! upstreams answer; a request never makes the mirror dial a host.
 
-pub use crate::upstream::Namespace;
+use crate::oci::{NameError, RepoName};
 
 use super::Registry;
 
+/// What an `ns` value selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespace {
+    /// The default upstream: names stay as they are.
+    Default,
+    /// A named upstream: names are qualified with its prefix.
+    Prefix(String),
+}
+
+impl Namespace {
+    /// `name` as the mirror knows it under this namespace. A name that already carries the
+    /// prefix (containerd with `override_path` to the prefix sends both) is kept.
+    pub fn qualify(&self, name: RepoName) -> Result<RepoName, NameError> {
+        match self {
+            Namespace::Default => Ok(name),
+            Namespace::Prefix(prefix) => {
+                if name
+                    .as_str()
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+                {
+                    return Ok(name);
+                }
+                RepoName::parse(&format!("{prefix}/{name}"))
+            }
+        }
+    }
+}
+
 impl Registry {
-    /// The upstream containerd's `ns` query value names: the default one, the one whose
-    /// repositories live under a name prefix, or `None` when no configured upstream goes by
-    /// that name (the client then falls back to the mirror's own name).
-    pub fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
-        self.upstream.namespace(ns)
+    /// The upstream an `ns` query value names, if one is configured for it.
+    pub fn namespace(&self, ns: &str) -> Option<Namespace> {
+        use crate::upstream::Namespace as Routed;
+        match self.upstream.namespace(ns)? {
+            Routed::Default => Some(Namespace::Default),
+            Routed::Prefix(p) => Some(Namespace::Prefix(p.to_owned())),
+        }
     }
 }

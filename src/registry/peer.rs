@@ -7,13 +7,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
 
 pub type PeerByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, PeerError>> + Send>>;
 
 pub struct PeerStream {
     /// The whole blob's size, when the holder knows it.
     pub size: Option<u64>,
+    /// The repository the holder's upstream served the blob under (`None`: the holder did not
+    /// say). Its answer confirms the blob for that name only.
+    pub name: Option<RepoName>,
     /// The blob's bytes from the offset asked for. It ends cleanly only after the holder has
     /// verified the whole blob's digest (the holder holds its last byte back until then); any
     /// failure on the way is an error item.

@@ -55,7 +55,7 @@ impl Registry {
                 match (r, stored) {
                     (Ok(b), _) => b,
                     (Err(e), Some((b, _))) if matches!(&*e, RegistryError::Upstream(_)) => {
-                        metrics::counter!("ocimirror_stale_served_total").increment(1);
+                        metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                         tracing::warn!(name = %repo, digest = %digest, error = %e, "upstream failed; serving cached referrers");
                         b
                     }

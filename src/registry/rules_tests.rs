@@ -49,6 +49,12 @@ pub(super) struct Fake {
     /// The first GET stops before this offset until the semaphore has a permit (never, for a
     /// stalled fetch).
     pub(super) pause: Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
+    pub(super) blob_heads: AtomicUsize,
+    /// While set, blob bodies stop after their first chunk: a fill stays in flight.
+    stall: Arc<std::sync::atomic::AtomicBool>,
+    /// Repositories under which the upstream denies knowing the blob (a private repository's
+    /// digest asked for under a public name).
+    denied: Mutex<Vec<String>>,
 }
 
 impl Fake {
@@ -75,7 +81,18 @@ impl Fake {
             blob_bytes: Arc::new(AtomicUsize::new(0)),
             ignore_ranges: std::sync::atomic::AtomicBool::new(false),
             pause: Mutex::new(None),
+            blob_heads: AtomicUsize::new(0),
+            stall: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            denied: Mutex::new(Vec::new()),
         })
+    }
+
+    pub(super) fn deny(&self, repo: &str) {
+        self.denied.lock().unwrap().push(repo.to_owned());
+    }
+
+    fn is_denied(&self, n: &RepoName) -> bool {
+        self.denied.lock().unwrap().iter().any(|r| r == n.as_str())
     }
 
     pub(super) fn set(&self, f: Fault) {
@@ -137,9 +154,10 @@ impl Upstream for Fake {
         })
     }
 
-    async fn head_blob(&self, _: &RepoName, d: &Digest) -> Result<u64, UpstreamError> {
+    async fn head_blob(&self, n: &RepoName, d: &Digest) -> Result<u64, UpstreamError> {
+        self.blob_heads.fetch_add(1, Ordering::SeqCst);
         self.fault()?;
-        if *d != self.blob_digest {
+        if *d != self.blob_digest || self.is_denied(n) {
             return Err(UpstreamError::NotFound);
         }
         Ok(self.blob.len() as u64)
@@ -147,14 +165,14 @@ impl Upstream for Fake {
 
     async fn get_blob(
         &self,
-        _: &RepoName,
+        n: &RepoName,
         d: &Digest,
         from: u64,
     ) -> Result<BlobResponse, UpstreamError> {
         self.blob_gets.fetch_add(1, Ordering::SeqCst);
         self.blob_gets_from.lock().unwrap().push(from);
         let fault = self.fault()?;
-        if *d != self.blob_digest {
+        if *d != self.blob_digest || self.is_denied(n) {
             return Err(UpstreamError::NotFound);
         }
         let mut data = self.blob.to_vec();
@@ -190,9 +208,11 @@ impl Upstream for Fake {
         }
         let pace = self.pace;
         let fake = self.blob_bytes.clone();
+        let stall = self.stall.clone();
         let stream = futures_util::stream::iter(chunks)
-            .then(move |(at, c)| {
-                let (pause, fake) = (pause.clone(), fake.clone());
+            .enumerate()
+            .then(move |(i, (at, c))| {
+                let (pause, fake, stall) = (pause.clone(), fake.clone(), stall.clone());
                 async move {
                     if let Some((offset, gate)) = pause
                         && at + 64 * 1024 > offset
@@ -201,6 +221,9 @@ impl Upstream for Fake {
                         let _ = gate.acquire().await;
                     }
                     tokio::time::sleep(pace).await;
+                    while i > 0 && stall.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     if let Ok(b) = &c {
                         fake.fetch_add(b.len(), Ordering::SeqCst);
                     }
@@ -811,38 +834,179 @@ async fn coalesced_requests_all_see_a_storage_outage_as_such() {
     assert_eq!(fake.manifest_gets.load(Ordering::SeqCst), 0);
 }
 
-#[test]
-fn ns_resolves_through_the_configured_upstreams() {
-    use crate::upstream::{Route, Routed};
-    let routed = Routed::new(
-        Fake::new(16),
-        vec!["127.0.0.1:5000".into()],
-        vec![Route {
-            prefix: "ghcr.io".into(),
-            aliases: vec!["ghcr.io:443".into()],
-            upstream: Fake::new(16),
-        }],
-    );
-    let spool = tempfile::tempdir().unwrap();
-    let r = Registry::new(
-        Arc::new(MemoryStorage::new()),
-        Arc::new(MemoryCache::new(10)),
-        Arc::new(routed),
-        RegistrySettings {
-            tag_ttl: Duration::from_secs(60),
-            tag_ttls: Vec::new(),
-            offline: false,
-            read_only: false,
-            spool_dir: spool.path().to_owned(),
-        },
-    );
-    assert_eq!(r.namespace("127.0.0.1:5000"), Some(Namespace::Default));
-    assert_eq!(r.namespace("GHCR.io"), Some(Namespace::Prefix("ghcr.io")));
+pub(super) fn repo(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+/// Issue 20: a manifest is only a claim on the blobs it lists. A repository whose manifest lists
+/// a digest cached for another repository gets it only when the upstream confirms it under that
+/// repository; a cold pull still costs one GET per blob and no HEAD.
+#[tokio::test]
+async fn a_manifest_listing_a_blob_does_not_let_its_repository_serve_it() {
+    let r = rig(1024, Duration::from_secs(300), false);
+    let d = r.fake.blob_digest.clone();
+    r.registry
+        .manifest(&repo("private"), &latest())
+        .await
+        .unwrap();
+    let got = read_all(
+        r.registry
+            .blob(&repo("private"), &d, None, false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
     assert_eq!(
-        r.namespace("ghcr.io:443"),
-        Some(Namespace::Prefix("ghcr.io"))
+        r.fake.blob_heads.load(Ordering::SeqCst),
+        0,
+        "the cold pull asked more than its GET"
     );
-    assert_eq!(r.namespace("evil.example"), None);
-    // A lone upstream is named by no `ns`.
-    assert_eq!(rig(16, Duration::ZERO, false).registry.namespace("x"), None);
+    let private_link = layout::layer_link(&repo("library/private"), &d);
+    assert!(r.storage.stat(&private_link).await.unwrap().is_some());
+
+    // The attacker's repository lists the same digest; its upstream does not serve it there.
+    r.fake.deny("library/evil");
+    r.registry.manifest(&repo("evil"), &latest()).await.unwrap();
+    let evil_link = layout::layer_link(&repo("library/evil"), &d);
+    assert!(
+        r.storage.stat(&evil_link).await.unwrap().is_none(),
+        "a manifest's claim was linked"
+    );
+    for head in [false, true] {
+        assert!(matches!(
+            r.registry.blob(&repo("evil"), &d, None, head).await,
+            Err(RegistryError::BlobUnknown)
+        ));
+    }
+    assert!(r.storage.stat(&evil_link).await.unwrap().is_none());
+    assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 2);
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
+
+    // A legitimate image sharing the blob: one HEAD confirms it, the bytes come from storage,
+    // and the confirmation is kept (no upstream call the next time).
+    let got = read_all(
+        r.registry
+            .blob(&repo("shared"), &d, None, false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 3);
+    let got = read_all(
+        r.registry
+            .blob(&repo("shared"), &d, None, false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 3);
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+/// A request under one name joining a fill started under another must be confirmed under its
+/// own name first: the fill's GET answered for the other repository only.
+#[tokio::test]
+async fn joining_a_fill_started_under_another_name_asks_the_upstream_first() {
+    let r = rig(512 * 1024, Duration::from_secs(300), false);
+    let d = r.fake.blob_digest.clone();
+    r.fake.deny("library/evil");
+    r.fake.stall.store(true, Ordering::SeqCst);
+    let first = r
+        .registry
+        .blob(&repo("private"), &d, None, false)
+        .await
+        .unwrap();
+    assert!(
+        r.registry.fills.get(&d).is_some(),
+        "the fill should be in flight"
+    );
+    assert!(matches!(
+        r.registry.blob(&repo("evil"), &d, None, false).await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 1);
+    // Under the same name, joining costs nothing.
+    let same = r
+        .registry
+        .blob(&repo("private"), &d, None, false)
+        .await
+        .unwrap();
+    assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 1);
+    // Under another name the upstream allows, it joins after one HEAD.
+    let other = r
+        .registry
+        .blob(&repo("shared"), &d, None, false)
+        .await
+        .unwrap();
+    assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 2);
+    r.fake.stall.store(false, Ordering::SeqCst);
+    for reply in [first, same, other] {
+        assert_eq!(read_all(reply).await.unwrap(), r.fake.blob);
+    }
+    assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
+    r.registry.wait_for_fills().await;
+    for (name, linked) in [("private", true), ("shared", true), ("evil", false)] {
+        let key = layout::layer_link(&repo(&format!("library/{name}")), &d);
+        assert_eq!(
+            r.storage.stat(&key).await.unwrap().is_some(),
+            linked,
+            "{name}"
+        );
+    }
+}
+
+/// Offline, only confirmed links serve, whoever wrote them (a Distribution-written cache's
+/// links were made by fetches, so they count).
+#[tokio::test]
+async fn offline_serves_confirmed_links_only() {
+    let r = rig(1024, Duration::ZERO, false);
+    let d = r.fake.blob_digest.clone();
+    r.registry
+        .manifest(&repo("private"), &latest())
+        .await
+        .unwrap();
+    read_all(
+        r.registry
+            .blob(&repo("private"), &d, None, false)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    r.registry
+        .manifest(&repo("claims"), &latest())
+        .await
+        .unwrap();
+    let written_by_distribution = layout::layer_link(&repo("library/fetched"), &d);
+    r.storage
+        .put(&written_by_distribution, Bytes::from(d.to_string()))
+        .await
+        .unwrap();
+    let offline = Arc::new(Registry::new(
+        Arc::new(r.storage.clone()),
+        Arc::new(MemoryCache::new(10)),
+        r.fake.clone(),
+        RegistrySettings {
+            tag_ttl: Duration::ZERO,
+            tag_ttls: Vec::new(),
+            offline: true,
+            read_only: false,
+            spool_dir: r._spool.path().to_owned(),
+        },
+    ));
+    let calls = |f: &Fake| f.blob_heads.load(Ordering::SeqCst) + f.blob_gets.load(Ordering::SeqCst);
+    let before = calls(&r.fake);
+    for name in ["private", "fetched"] {
+        let got = read_all(offline.blob(&repo(name), &d, None, false).await.unwrap()).await;
+        assert_eq!(got.unwrap(), r.fake.blob, "{name}");
+    }
+    assert!(matches!(
+        offline.blob(&repo("claims"), &d, None, false).await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    assert_eq!(calls(&r.fake), before);
 }

@@ -44,7 +44,7 @@ impl Registry {
                 Err(UpstreamError::NotAllowed) => refused = Some(UpstreamError::NotAllowed),
                 Err(e) => {
                     tracing::warn!(name = %repo, error = %e, "upstream tag list failed; answering from cache");
-                    metrics::counter!("ocimirror_stale_served_total").increment(1);
+                    metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                 }
             }
         }

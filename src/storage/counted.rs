@@ -17,7 +17,7 @@ fn counted<T>(op: &'static str, r: Result<T, StorageError>) -> Result<T, Storage
     if let Err(e) = &r
         && !e.is_not_found()
     {
-        metrics::counter!("ocimirror_storage_errors_total", "op" => op).increment(1);
+        metrics::counter!(crate::metrics::STORAGE_ERRORS, "op" => op).increment(1);
     }
     r
 }

@@ -14,7 +14,7 @@ use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError, check_k
 
 /// Read buffer for streamed objects: large enough to amortise the blocking-pool hop per read,
 /// small enough that many concurrent downloads keep memory flat.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 /// Temp files live beside, not inside, `docker/`, so Distribution never sees them.
 const TMP_DIR: &str = "_ocimirror_tmp";
 

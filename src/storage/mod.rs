@@ -2,6 +2,7 @@
 //! registry layer writes Distribution's layout through. A write becomes visible only on commit,
 //! and a writer dropped before commit publishes nothing.
 
+pub mod config;
 mod counted;
 mod fs;
 mod memory;

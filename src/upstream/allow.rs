@@ -27,7 +27,7 @@ impl AllowListed {
         if (self.allowed)(name.as_str()) {
             Ok(())
         } else {
-            metrics::counter!("ocimirror_upstream_refused_total", "reason" => "allow_list")
+            metrics::counter!(crate::metrics::UPSTREAM_REFUSED, "reason" => "allow_list")
                 .increment(1);
             Err(UpstreamError::NotAllowed)
         }
@@ -38,6 +38,10 @@ impl AllowListed {
 impl Upstream for AllowListed {
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         self.inner.canonical_name(name)
+    }
+
+    fn blob_bounds(&self, name: &RepoName) -> super::bounds::BlobBounds {
+        self.inner.blob_bounds(name)
     }
 
     async fn head_manifest(

@@ -1,10 +1,11 @@
 //! The HTTP client for one upstream registry: pooled connections, the Docker token flow
-//! (challenge → token for the repository's pull scope → cached until it expires), Basic auth,
-//! timeouts, and the mapping of upstream statuses to [`UpstreamError`].
+//! (challenges → token for the repository's pull scope → cached until it expires), Basic auth,
+//! credentials re-read when the upstream refuses them, timeouts, and the mapping of upstream
+//! statuses to [`UpstreamError`].
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,11 +15,12 @@ use reqwest::header::{
     RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+use super::credentials::Credentials;
 use super::ratelimit::RateLimits;
+use super::token::{self, TokenCache};
 use super::{
     BlobResponse, Challenge, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError,
 };
@@ -32,12 +34,16 @@ pub struct UpstreamSettings {
     pub url: Url,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Where `password` was read from: read again when it changes or is refused.
+    pub password_file: Option<PathBuf>,
     pub library_prefix: bool,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub read_timeout: Duration,
     /// Requests in flight to this upstream at most (a blob counts until its body ends); 0: no cap.
     pub max_concurrent_requests: usize,
+    /// Size and rate every blob body is held to.
+    pub blob_bounds: super::bounds::BlobBounds,
 }
 
 /// Debug output never shows the password (settings end up in logs and panic messages).
@@ -48,11 +54,13 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("url", &self.url.as_str())
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
             .field("library_prefix", &self.library_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("blob_bounds", &self.blob_bounds)
             .finish()
     }
 }
@@ -68,16 +76,12 @@ enum Scheme {
     },
 }
 
-struct CachedToken {
-    token: String,
-    expires: Instant,
-}
-
 pub struct HttpUpstream {
     settings: UpstreamSettings,
     client: reqwest::Client,
     scheme: Mutex<Scheme>,
-    tokens: Mutex<HashMap<String, CachedToken>>,
+    credentials: Arc<Credentials>,
+    tokens: TokenCache,
     limits: Arc<RateLimits>,
     permits: Option<Arc<Semaphore>>,
 }
@@ -88,22 +92,9 @@ struct Sent {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
-/// The token spec's default lifetime when the server does not say.
-const DEFAULT_TOKEN_LIFETIME: u64 = 60;
-
 fn count(upstream: &str, op: &'static str, status: String) {
     crate::status::upstream_outcome(upstream, &status);
-    metrics::counter!("ocimirror_upstream_requests_total", "upstream" => upstream.to_owned(), "op" => op, "status" => status)
+    metrics::counter!(crate::metrics::UPSTREAM_REQUESTS, "upstream" => upstream.to_owned(), "op" => op, "status" => status)
         .increment(1);
 }
 
@@ -137,11 +128,19 @@ impl HttpUpstream {
             &settings.url,
             Arc::new(move || state.snapshot()),
         );
+        let credentials = Credentials::new(
+            &settings.name,
+            settings.username.clone(),
+            settings.password.clone(),
+            settings.password_file.clone(),
+        );
+        credentials.watch();
         Ok(HttpUpstream {
             settings,
             client,
             scheme: Mutex::new(Scheme::Unknown),
-            tokens: Mutex::new(HashMap::new()),
+            credentials,
+            tokens: TokenCache::default(),
             limits,
             permits,
         })
@@ -159,13 +158,10 @@ impl HttpUpstream {
         format!("repository:{name}:pull")
     }
 
-    fn basic(&self) -> Option<(&str, &str)> {
-        self.settings
-            .username
-            .as_deref()
-            .map(|u| (u, self.settings.password.as_deref().unwrap_or("")))
-    }
-
+    /// A token for `scope`: the cached one unless `force`, else a new one. A refusal is the
+    /// upstream's answer about the repository when the mirror asked anonymously; with
+    /// credentials, the password file is read again and, when that changes nothing, the
+    /// operator is told.
     async fn token(
         &self,
         realm: &Url,
@@ -173,12 +169,38 @@ impl HttpUpstream {
         scope: &str,
         force: bool,
     ) -> Result<String, UpstreamError> {
-        if !force
-            && let Some(t) = self.tokens.lock().expect("lock").get(scope)
-            && t.expires > Instant::now()
-        {
-            return Ok(t.token.clone());
+        if !force && let Some(t) = self.tokens.get(scope, self.credentials.generation()) {
+            return Ok(t);
         }
+        let (status, detail) = match self.fetch_token(realm, service, scope).await? {
+            Ok(t) => return Ok(t),
+            Err(refused) => refused,
+        };
+        if !self.credentials.configured() {
+            return Err(UpstreamError::Denied(format!(
+                "its token endpoint refused an anonymous token for {scope}: {status} {detail}"
+            )));
+        }
+        if self.credentials.reload()
+            && let Ok(t) = self.fetch_token(realm, service, scope).await?
+        {
+            return Ok(t);
+        }
+        tracing::error!(upstream = %self.settings.name, %status, scope, detail,
+            "the upstream's token endpoint refused the configured credentials; renew upstream.password or the password_file");
+        Err(UpstreamError::CredentialsRefused(format!(
+            "its token endpoint answered {status} {detail} for {scope}"
+        )))
+    }
+
+    /// One request to the token endpoint: the token (now cached), or the status and detail of
+    /// a refusal (401 or 403).
+    async fn fetch_token(
+        &self,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<Result<String, (StatusCode, String)>, UpstreamError> {
         let mut url = realm.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -188,7 +210,10 @@ impl HttpUpstream {
             q.append_pair("scope", scope);
         }
         let mut req = self.client.get(url);
-        if let Some((u, p)) = self.basic() {
+        // The generation before the password: a token is never filed under a newer password
+        // than the one it was obtained with.
+        let generation = self.credentials.generation();
+        if let Some((u, p)) = self.credentials.basic() {
             req = req.basic_auth(u, Some(p));
         }
         let resp = tokio::time::timeout(self.settings.first_byte_timeout, req.send())
@@ -204,10 +229,8 @@ impl HttpUpstream {
         let status = resp.status();
         count(&self.settings.name, "token", status.as_str().to_owned());
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            // The mirror's own credentials are wrong: an operator problem, not "no such image".
-            return Err(UpstreamError::Unavailable(format!(
-                "upstream token endpoint refused the configured credentials ({status})"
-            )));
+            let body = read_capped(resp).await.unwrap_or_default();
+            return Ok(Err((status, token::refusal_detail(&body))));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(UpstreamError::RateLimited {
@@ -219,40 +242,35 @@ impl HttpUpstream {
                 "token endpoint answered {status}"
             )));
         }
-        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
-        let token = parsed
-            .token
-            .or(parsed.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| UpstreamError::Invalid("token response has no token".into()))?;
-        let lifetime = parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1);
-        // Renew a little early so a token never expires between our check and the upstream's.
-        let margin = (lifetime / 10).clamp(1, 30);
-        self.tokens.lock().expect("lock").insert(
-            scope.to_owned(),
-            CachedToken {
-                token: token.clone(),
-                expires: Instant::now() + Duration::from_secs(lifetime - margin.min(lifetime - 1)),
-            },
-        );
-        Ok(token)
+        let body =
+            super::bounds::read_capped(resp, super::bounds::MAX_TOKEN_BODY, "token response")
+                .await?;
+        let (token, lifetime) = token::parse(&body)?;
+        self.tokens.put(scope, &token, lifetime, generation);
+        Ok(Ok(token))
     }
 
-    fn learn(&self, challenge: &Challenge) {
-        let scheme = match challenge.scheme.as_str() {
-            "basic" => Scheme::Basic,
-            "bearer" => match challenge.param("realm").and_then(|r| Url::parse(r).ok()) {
-                Some(realm) if matches!(realm.scheme(), "http" | "https") => Scheme::Bearer {
-                    realm,
-                    service: challenge.param("service").map(str::to_owned),
+    /// Settle on the most preferred of the offered challenges the mirror can answer: Bearer
+    /// with an http(s) realm, then Basic. False when it can answer none.
+    fn learn(&self, challenges: &[Challenge]) -> bool {
+        let mut offered: Vec<&Challenge> = challenges.iter().collect();
+        offered.sort_by_key(|c| c.preference());
+        for c in offered {
+            let scheme = match c.scheme.as_str() {
+                "basic" => Scheme::Basic,
+                "bearer" => match c.param("realm").and_then(|r| Url::parse(r).ok()) {
+                    Some(realm) if matches!(realm.scheme(), "http" | "https") => Scheme::Bearer {
+                        realm,
+                        service: c.param("service").map(str::to_owned),
+                    },
+                    _ => continue,
                 },
-                _ => return,
-            },
-            _ => return,
-        };
-        *self.scheme.lock().expect("lock") = scheme;
+                _ => continue,
+            };
+            *self.scheme.lock().expect("lock") = scheme;
+            return true;
+        }
+        false
     }
 
     /// A place among the requests in flight to this upstream. Blob fetches queue for as long
@@ -296,7 +314,10 @@ impl HttpUpstream {
         let permit = self.permit(op).await?;
         let url = self.url(path, query);
         let scope = Self::scope(name);
-        for attempt in 0..2 {
+        // After a challenge or a new password: a new token rather than the cached one.
+        let mut force = false;
+        let mut reread = false;
+        for attempt in 0..3 {
             let mut req = self.client.request(method.clone(), url.clone());
             if let Some((k, v)) = &header {
                 req = req.header(k, *v);
@@ -305,14 +326,12 @@ impl HttpUpstream {
             match &scheme {
                 Scheme::Unknown => {}
                 Scheme::Basic => {
-                    if let Some((u, p)) = self.basic() {
+                    if let Some((u, p)) = self.credentials.basic() {
                         req = req.basic_auth(u, Some(p));
                     }
                 }
                 Scheme::Bearer { realm, service } => {
-                    let token = self
-                        .token(realm, service.as_deref(), &scope, attempt > 0)
-                        .await?;
+                    let token = self.token(realm, service.as_deref(), &scope, force).await?;
                     req = req.bearer_auth(token);
                 }
             }
@@ -336,24 +355,53 @@ impl HttpUpstream {
             if resp.status() == StatusCode::TOO_MANY_REQUESTS && op.starts_with("manifest") {
                 self.limits.limited(resp.headers());
             }
-            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
-                let challenge = resp
+            let status = resp.status();
+            if !(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
+                return Ok(Sent { resp, permit });
+            }
+            let last = attempt == 2;
+            if status == StatusCode::UNAUTHORIZED && !force && !last {
+                // Every challenge of every `WWW-Authenticate` header, the preferred answered.
+                let challenges: Vec<Challenge> = resp
                     .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Challenge::parse(v).ok());
-                if let Some(ch) = challenge {
-                    let was_basic = matches!(scheme, Scheme::Basic);
-                    self.learn(&ch);
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(|v| Challenge::parse_all(v).ok())
+                    .flatten()
+                    .collect();
+                let was_basic = matches!(scheme, Scheme::Basic);
+                if self.learn(&challenges) {
+                    force = true;
+                    let now_basic = matches!(*self.scheme.lock().expect("lock"), Scheme::Basic);
                     // Retrying Basic with the same credentials cannot succeed.
-                    if !(was_basic && ch.scheme == "basic") {
+                    if !(was_basic && now_basic) {
                         continue;
                     }
                 }
             }
+            // Refused with the credentials in force: the password file may hold newer ones.
+            let sent_credentials = !matches!(scheme, Scheme::Unknown);
+            if sent_credentials && self.credentials.configured() && !reread && !last {
+                reread = true;
+                if self.credentials.reload() {
+                    force = true;
+                    continue;
+                }
+            }
+            if status == StatusCode::UNAUTHORIZED
+                && matches!(scheme, Scheme::Basic)
+                && self.credentials.configured()
+            {
+                tracing::error!(upstream = %self.settings.name, %status, path,
+                    "the upstream refused the configured credentials; renew upstream.password or the password_file");
+                return Err(UpstreamError::CredentialsRefused(format!(
+                    "it answered {status} to them"
+                )));
+            }
             return Ok(Sent { resp, permit });
         }
-        unreachable!("the loop returns on its second attempt")
+        unreachable!("the loop returns on its last attempt")
     }
 }
 
@@ -433,6 +481,10 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 #[async_trait]
 impl Upstream for HttpUpstream {
+    fn blob_bounds(&self, _: &RepoName) -> super::bounds::BlobBounds {
+        self.settings.blob_bounds
+    }
+
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         if self.settings.library_prefix {
             name.with_library_prefix()
@@ -471,7 +523,7 @@ impl Upstream for HttpUpstream {
         let media_type = header_str(resp.headers(), CONTENT_TYPE);
         let digest = header_digest(resp.headers());
         let body = read_capped(resp).await?;
-        metrics::counter!("ocimirror_upstream_bytes_total", "upstream" => self.settings.name.clone())
+        metrics::counter!(crate::metrics::UPSTREAM_BYTES, "upstream" => self.settings.name.clone())
             .increment(body.len() as u64);
         Ok(FetchedManifest {
             body,
@@ -529,7 +581,7 @@ impl Upstream for HttpUpstream {
             (0, content_length(resp.headers()))
         };
         // The permit is held until the body ends (or the stream is dropped).
-        let bytes = metrics::counter!("ocimirror_upstream_bytes_total", "upstream" => self.settings.name.clone());
+        let bytes = metrics::counter!(crate::metrics::UPSTREAM_BYTES, "upstream" => self.settings.name.clone());
         let stream = resp
             .bytes_stream()
             .map(move |r| {
@@ -540,6 +592,7 @@ impl Upstream for HttpUpstream {
                 r.map_err(|e| unavailable(&e))
             })
             .boxed();
+        let stream = self.settings.blob_bounds.apply_at(start, size, stream)?;
         Ok(BlobResponse {
             size,
             start,
@@ -571,7 +624,8 @@ impl Upstream for HttpUpstream {
             .resp;
         let resp = check(resp)?;
         let next = header_str(resp.headers(), LINK).and_then(|l| parse_link(&l));
-        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        let body =
+            super::bounds::read_capped(resp, super::bounds::MAX_TAGS_BODY, "tag list").await?;
         Ok(TagsResponse { body, next })
     }
 
@@ -644,11 +698,13 @@ mod tests {
             url: Url::parse("https://registry-1.docker.io").unwrap(),
             username: Some("bot".into()),
             password: Some("hunter2-secret".into()),
+            password_file: None,
             library_prefix: true,
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             max_concurrent_requests: 0,
+            blob_bounds: Default::default(),
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

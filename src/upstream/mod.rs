@@ -2,10 +2,14 @@
 //! HTTP. [`HttpUpstream`] is the real client (auth challenges, token cache, timeouts).
 
 mod allow;
+pub mod bounds;
 mod challenge;
+pub mod config;
+mod credentials;
 mod http;
 pub mod ratelimit;
 mod route;
+mod token;
 
 use std::pin::Pin;
 
@@ -30,6 +34,10 @@ pub enum UpstreamError {
     NotFound,
     #[error("upstream denied access: {0}")]
     Denied(String),
+    /// The upstream refused the mirror's own credentials (even after the password file was
+    /// read again): an operator's problem, not the client's.
+    #[error("upstream refused the configured credentials: {0}")]
+    CredentialsRefused(String),
     #[error("upstream rate limit exceeded")]
     RateLimited { retry_after: Option<String> },
     #[error("upstream unavailable: {0}")]
@@ -102,16 +110,22 @@ pub trait Upstream: Send + Sync + 'static {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<TagsResponse, UpstreamError>;
+    /// The bounds a blob of `name` is held to, wherever its bytes come from (the upstream, or
+    /// another replica relaying its own fetch).
+    fn blob_bounds(&self, name: &RepoName) -> bounds::BlobBounds {
+        let _ = name;
+        bounds::BlobBounds::default()
+    }
+    /// What containerd's `?ns=<registry>` value selects among the configured upstreams; None:
+    /// none answers for it (only [`Routed`] knows the set).
+    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
+        let _ = ns;
+        None
+    }
     /// The referrers of `digest` as an image index: the referrers API, or the tag-schema
     /// fallback (`<alg>-<hex>`) where the upstream lacks it. `NotFound`: neither has any.
     async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
         let _ = (name, digest);
         Err(UpstreamError::NotFound)
-    }
-    /// The upstream containerd's `ns` query value names among those configured; `None` for any
-    /// other value. A single upstream is not named by any (only [`Routed`] knows the names).
-    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
-        let _ = ns;
-        None
     }
 }

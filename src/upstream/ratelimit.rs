@@ -63,14 +63,14 @@ impl RateLimits {
                 .and_then(parse_quota)
         };
         if let Some((limit, w)) = quota("ratelimit-limit") {
-            metrics::gauge!("ocimirror_upstream_ratelimit_limit", "upstream" => self.upstream.clone()).set(limit as f64);
+            metrics::gauge!(crate::metrics::UPSTREAM_RATELIMIT_LIMIT, "upstream" => self.upstream.clone()).set(limit as f64);
             self.quota.lock().expect("lock").0 = Some(limit);
             if w.is_some() {
                 *self.window.lock().expect("lock") = w;
             }
         }
         if let Some((remaining, _)) = quota("ratelimit-remaining") {
-            metrics::gauge!("ocimirror_upstream_ratelimit_remaining", "upstream" => self.upstream.clone()).set(remaining as f64);
+            metrics::gauge!(crate::metrics::UPSTREAM_RATELIMIT_REMAINING, "upstream" => self.upstream.clone()).set(remaining as f64);
             self.quota.lock().expect("lock").1 = Some(remaining);
         }
     }
@@ -90,7 +90,7 @@ impl RateLimits {
         if c.is_none_or(|t| t < until) {
             *c = Some(until);
         }
-        metrics::counter!("ocimirror_upstream_cooldowns_total", "upstream" => self.upstream.clone())
+        metrics::counter!(crate::metrics::UPSTREAM_COOLDOWNS, "upstream" => self.upstream.clone())
             .increment(1);
         tracing::warn!(
             ?wait,

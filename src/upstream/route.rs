@@ -16,7 +16,7 @@ use crate::oci::{Digest, Reference, RepoName};
 pub struct Route {
     /// The first name component that selects this upstream.
     pub prefix: String,
-    /// Other `ns` values that mean it (its URL's `host[:port]`).
+    /// The `ns` values that mean it (by default its name and its URL's `host[:port]`).
     pub aliases: Vec<String>,
     pub upstream: Arc<dyn Upstream>,
 }
@@ -47,19 +47,6 @@ impl Routed {
         }
     }
 
-    /// The upstream an `ns` query value names, if it is configured (case-insensitive, as host
-    /// names are).
-    pub fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
-        let ns = ns.trim().to_ascii_lowercase();
-        if self.default_aliases.contains(&ns) {
-            return Some(Namespace::Default);
-        }
-        self.routes
-            .iter()
-            .find(|r| r.prefix == ns || r.aliases.contains(&ns))
-            .map(|r| Namespace::Prefix(&r.prefix))
-    }
-
     /// The upstream for `name` and the name it knows the repository by.
     fn route(
         &self,
@@ -77,6 +64,25 @@ impl Routed {
 
 #[async_trait]
 impl Upstream for Routed {
+    fn blob_bounds(&self, name: &RepoName) -> super::bounds::BlobBounds {
+        self.route(name)
+            .map(|(u, _, inner)| u.blob_bounds(&inner))
+            .unwrap_or_default()
+    }
+
+    /// The upstream an `ns` query value names, if it is configured (case-insensitive, as host
+    /// names are).
+    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
+        let ns = ns.trim().to_ascii_lowercase();
+        if self.default_aliases.contains(&ns) {
+            return Some(Namespace::Default);
+        }
+        self.routes
+            .iter()
+            .find(|r| r.aliases.contains(&ns))
+            .map(|r| Namespace::Prefix(&r.prefix))
+    }
+
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         match self.route(name) {
             Ok((u, Some(prefix), inner)) => {
@@ -134,10 +140,6 @@ impl Upstream for Routed {
     async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
         let (u, _, inner) = self.route(name)?;
         u.referrers(&inner, digest).await
-    }
-
-    fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
-        Routed::namespace(self, ns)
     }
 }
 
@@ -219,7 +221,7 @@ mod tests {
             vec!["docker.io".into(), "registry-1.docker.io".into()],
             vec![Route {
                 prefix: "ghcr.io".into(),
-                aliases: vec!["ghcr.io:443".into()],
+                aliases: vec!["ghcr.io".into(), "ghcr.io:443".into()],
                 upstream: ghcr,
             }],
         );

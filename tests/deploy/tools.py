@@ -1,8 +1,9 @@
 """Helpers for tests/deploy.rs, on PyPI packages that work offline.
 
-  tools.py helm-render CHART [VALUES.yaml]   the chart's manifests, as `helm template` prints
-                                             them (Helm's Go SDK, via helm-python-sdk)
-  tools.py helm-lint CHART [VALUES.yaml]     `helm lint --strict`; exit 1 on any finding
+  tools.py helm-render CHART [VALUES.yaml…]  the chart's manifests, as `helm template -f …`
+                                             prints them (Helm's Go SDK, via helm-python-sdk);
+                                             exit 1 with Helm's message if it refuses them
+  tools.py helm-lint CHART [VALUES.yaml…]    `helm lint --strict`; exit 1 on any finding
   tools.py compose-check FILE                the Compose file against the Compose
                                              specification (compose-spec); exit 1 if invalid
 
@@ -17,20 +18,36 @@ import sys
 import yaml
 
 
+def merge(base, over):
+    """Values files in order, as Helm coalesces `-f a -f b`: maps merge key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def load_values(argv):
-    if len(argv) > 3:
-        with open(argv[3], encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
-    return None
+    values = None
+    for path in argv[3:]:
+        with open(path, encoding="utf-8") as f:
+            values = merge(values or {}, yaml.safe_load(f) or {})
+    return values
 
 
 def helm_render(argv):
     import helm_python
 
     chart = helm_python.Chart.load(argv[2])
-    rendered = chart.render(
-        load_values(argv), name="ocimirror", namespace="ocimirror", is_install=True
-    )
+    try:
+        rendered = chart.render(
+            load_values(argv), name="ocimirror", namespace="ocimirror", is_install=True
+        )
+    except helm_python.HelmError as e:
+        print(e, file=sys.stderr)
+        return 1
     for path in sorted(rendered):
         text = rendered[path]
         if path.endswith("NOTES.txt") or not text.strip():

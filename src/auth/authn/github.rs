@@ -214,7 +214,7 @@ impl GitHubAuthenticator {
             .await
             .map_err(|e| AuthnError::Unavailable(format!("GitHub: {}", describe_reqwest(&e))))?;
         let status = resp.status();
-        metrics::counter!("ocimirror_authn_github_requests_total", "status" => status.as_u16().to_string())
+        metrics::counter!(crate::metrics::AUTHN_GITHUB_REQUESTS, "status" => status.as_u16().to_string())
             .increment(1);
         let headers = resp.headers().clone();
         let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
@@ -302,7 +302,8 @@ impl Authenticator for GitHubAuthenticator {
         if !looks_like_token(password) {
             return Ok(None);
         }
-        let (_, body) = self.get(self.url("/user"), password).await?;
+        let (headers, body) = self.get(self.url("/user"), password).await?;
+        let valid_until = token_expiration(&headers);
         let login = Self::parse::<User>("/user", &body)?.login;
         if !login.eq_ignore_ascii_case(user) {
             tracing::info!(user, login, "GitHub token belongs to another user");
@@ -357,8 +358,20 @@ impl Authenticator for GitHubAuthenticator {
         Ok(Some(Identity {
             account: login,
             labels,
+            valid_until,
         }))
     }
+}
+
+/// When a fine-grained or expiring token stops working, from GitHub's
+/// `github-authentication-token-expiration` header (`2026-01-31 12:00:00 UTC`), Unix seconds.
+fn token_expiration(headers: &HeaderMap) -> Option<i64> {
+    let v = headers
+        .get("github-authentication-token-expiration")?
+        .to_str()
+        .ok()?;
+    let t = humantime::parse_rfc3339_weak(v.trim().trim_end_matches("UTC").trim()).ok()?;
+    Some(crate::util::unix_secs(t))
 }
 
 #[cfg(test)]

@@ -112,6 +112,32 @@ pub trait Authenticator: Send + Sync {
     fn cacheable(&self) -> bool {
         true
     }
+
+    /// Whether `account`, whom this authenticator let in before, may still log in, and with
+    /// which labels: asked when a refresh token is redeemed. The default, for authenticators
+    /// that can only check a credential (GitHub and OIDC tokens, external programs): cannot
+    /// tell. `Err(Unavailable)`: no answer now.
+    async fn recheck(&self, _account: &str) -> Result<Recheck, AuthnError> {
+        Ok(Recheck::CannotTell)
+    }
+}
+
+/// The answer of [`Authenticator::recheck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// The account is there, with these labels now.
+    Exists(BTreeMap<String, Vec<String>>),
+    /// The account was removed or disabled.
+    Gone,
+    /// The authenticator cannot look an account up without its credential.
+    CannotTell,
+}
+
+/// A successful authentication and the authenticator that made it (`None`: anonymous).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub identity: Identity,
+    pub authenticator: Option<&'static str>,
 }
 
 /// A problem in the authentication config, located by its dotted key path (relative to the
@@ -399,7 +425,7 @@ impl LoginCache {
 }
 
 fn outcome(result: &'static str) {
-    metrics::counter!("ocimirror_authn_total", "result" => result).increment(1);
+    metrics::counter!(crate::metrics::AUTHN, "result" => result).increment(1);
 }
 
 /// The authenticators, in order, with throttling of failures and a cache of successes.
@@ -467,10 +493,22 @@ impl Chain {
         ip: IpAddr,
         credentials: Option<(&str, &str)>,
     ) -> Result<Identity, AuthnError> {
+        self.login(ip, credentials).await.map(|l| l.identity)
+    }
+
+    /// [`Chain::authenticate`], also saying which authenticator recognised the user.
+    pub async fn login(
+        &self,
+        ip: IpAddr,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<Login, AuthnError> {
         let Some((user, password)) = credentials.filter(|(u, _)| !u.is_empty()) else {
             return if self.allow_anonymous {
                 outcome("anonymous");
-                Ok(Identity::anonymous())
+                Ok(Login {
+                    identity: Identity::anonymous(),
+                    authenticator: None,
+                })
             } else {
                 outcome("anonymous_refused");
                 Err(AuthnError::AnonymousNotAllowed)
@@ -501,16 +539,22 @@ impl Chain {
         if let Some((identity, by)) = self.cache.get(&key) {
             outcome("cached");
             tracing::debug!(%ip, user, authenticator = by, "login ok (cached)");
-            return Ok(identity);
+            return Ok(Login {
+                identity,
+                authenticator: Some(by),
+            });
         }
         // Reserve one of this address's remaining failure allowances for the duration of the
         // check, so that a burst of concurrent guesses cannot all slip past the limit.
         let attempt = self.throttle.begin(ip).await.map_err(throttled)?;
         // A concurrent identical login may have filled the cache while we waited.
-        if let Some((identity, _)) = self.cache.get(&key) {
+        if let Some((identity, by)) = self.cache.get(&key) {
             attempt.succeeded();
             outcome("cached");
-            return Ok(identity);
+            return Ok(Login {
+                identity,
+                authenticator: Some(by),
+            });
         }
 
         let mut unavailable: Option<String> = None;
@@ -523,7 +567,10 @@ impl Chain {
                     }
                     outcome("ok");
                     tracing::info!(%ip, user, account = %identity.account, authenticator = a.name(), "login ok");
-                    return Ok(identity);
+                    return Ok(Login {
+                        identity,
+                        authenticator: Some(a.name()),
+                    });
                 }
                 Ok(None) => {}
                 Err(AuthnError::Unavailable(msg)) => {
@@ -555,6 +602,27 @@ impl Chain {
                 tracing::info!(%ip, user, "login refused: unknown user");
                 Err(AuthnError::UnknownUser)
             }
+        }
+    }
+
+    /// The `'static` name of a configured authenticator (refresh tokens name it as a string).
+    pub fn authenticator_name(&self, name: &str) -> Option<&'static str> {
+        self.authenticators
+            .iter()
+            .map(|a| a.name())
+            .find(|n| *n == name)
+    }
+
+    /// Ask the authenticator named `authenticator` whether `account` still exists (a refresh
+    /// token is being redeemed). An authenticator no longer configured knows nobody.
+    pub async fn recheck(&self, authenticator: &str, account: &str) -> Result<Recheck, AuthnError> {
+        match self
+            .authenticators
+            .iter()
+            .find(|a| a.name() == authenticator)
+        {
+            Some(a) => a.recheck(account).await,
+            None => Ok(Recheck::Gone),
         }
     }
 }
@@ -739,6 +807,7 @@ pub(crate) mod tests {
                 Some((_, p)) if *p == password => Ok(Some(Identity {
                     account: user.to_owned(),
                     labels: BTreeMap::from([("by".into(), vec![self.name.to_owned()])]),
+                    valid_until: None,
                 })),
                 Some(_) => Err(AuthnError::WrongPassword),
             }

@@ -312,7 +312,7 @@ impl OidcAuthenticator {
             .send()
             .await
             .map_err(|e| describe_reqwest(&e))?;
-        metrics::counter!("ocimirror_authn_oidc_requests_total", "status" => resp.status().as_u16().to_string())
+        metrics::counter!(crate::metrics::AUTHN_OIDC_REQUESTS, "status" => resp.status().as_u16().to_string())
             .increment(1);
         if !resp.status().is_success() {
             return Err(format!("{url} answered {}", resp.status()));
@@ -519,6 +519,8 @@ impl Authenticator for OidcAuthenticator {
         Ok(Some(Identity {
             account: name.to_owned(),
             labels,
+            // Validated above: a refresh token for this login ends with the ID token.
+            valid_until: claims.get("exp").and_then(Value::as_i64),
         }))
     }
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::{Authenticator, AuthnError, ConfigProblem};
+use super::{Authenticator, AuthnError, ConfigProblem, Recheck};
 use crate::auth::Identity;
 
 const MIN_COST: u32 = 4;
@@ -400,6 +400,7 @@ impl Authenticator for StaticUsers {
                     Ok(Some(Identity {
                         account: user.to_owned(),
                         labels: u.labels.clone(),
+                        valid_until: None,
                     }))
                 } else {
                     Err(AuthnError::WrongPassword)
@@ -411,6 +412,13 @@ impl Authenticator for StaticUsers {
                 Ok(None)
             }
         }
+    }
+
+    async fn recheck(&self, account: &str) -> Result<Recheck, AuthnError> {
+        Ok(match self.users.get(account) {
+            Some(u) => Recheck::Exists(u.labels.clone()),
+            None => Recheck::Gone,
+        })
     }
 }
 

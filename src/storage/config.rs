@@ -1,0 +1,55 @@
+//! The `storage` section as written in the config file, and its check.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::S3Config;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub filesystem: FilesystemConfig,
+    /// An S3-compatible bucket (MinIO, SeaweedFS, Ceph, AWS), shared by replicas.
+    pub s3: S3Config,
+    /// Never write: misses are streamed through from the upstream and not kept.
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Filesystem,
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// The storage root (Distribution's `rootdirectory`); default `<data_dir>/storage`.
+    pub root: Option<PathBuf>,
+}
+
+impl StorageConfig {
+    /// Every problem of the configured backend, keyed within this section (`s3.bucket`).
+    pub fn check(&self) -> Result<(), Vec<(String, String)>> {
+        if self.backend != StorageBackend::S3 {
+            return Ok(());
+        }
+        self.s3.validate().map_err(|ps| {
+            ps.into_iter()
+                .map(|(key, message)| (format!("s3.{key}"), message))
+                .collect()
+        })
+    }
+
+    /// The filesystem root: as configured, else under the replica's data directory.
+    pub fn root(&self, data_dir: &Path) -> PathBuf {
+        self.filesystem
+            .root
+            .clone()
+            .unwrap_or_else(|| data_dir.join("storage"))
+    }
+}

@@ -1,0 +1,343 @@
+//! The attacks of docs/reliability.md's "Bounds" table, each against the real binary with the
+//! bound set low: the bound holds (refusals and cut-offs counted, descriptors and disk bounded)
+//! and a well-behaved client keeps pulling meanwhile.
+//!
+//! The upstream is an in-process fake (a real registry cannot announce 100 GB or trickle on
+//! demand), kept here so that these tests own their harness.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// How the fake answers a blob GET of a digest it holds no bytes for.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Zeros forever, announcing this `Content-Length` (None: chunked).
+    Endless(Option<u64>),
+    /// One byte every 100 ms, announcing a MiB.
+    Trickle,
+}
+
+#[derive(Default)]
+struct FakeState {
+    manifests: Mutex<HashMap<String, (String, Bytes)>>,
+    blobs: Mutex<HashMap<String, Bytes>>,
+    hostile: Mutex<HashMap<String, Hostile>>,
+    blob_gets: AtomicUsize,
+}
+
+struct Fake {
+    st: Arc<FakeState>,
+    url: String,
+}
+
+impl Fake {
+    async fn start() -> Fake {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let st = Arc::new(FakeState::default());
+        let s = st.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let st = s.clone();
+            async move { serve(st, req).await }
+        });
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        Fake { st, url }
+    }
+
+    fn add_image(&self, name: &str, tag: &str, img: &Image) {
+        let mut m = self.st.manifests.lock().unwrap();
+        let v = (img.media_type.clone(), Bytes::from(img.manifest.clone()));
+        m.insert(format!("{name}:{tag}"), v.clone());
+        m.insert(format!("{name}:{}", img.digest), v);
+        let mut b = self.st.blobs.lock().unwrap();
+        for (d, bytes) in &img.blobs {
+            b.insert(d.clone(), bytes.clone());
+        }
+    }
+
+    fn hostile(&self, digest: &str, h: Hostile) {
+        self.st.hostile.lock().unwrap().insert(digest.to_owned(), h);
+    }
+}
+
+async fn serve(st: Arc<FakeState>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let head = req.method() == axum::http::Method::HEAD;
+    let not_found = || Response::builder().status(404).body(Body::empty()).unwrap();
+    if path == "/v2/" {
+        return Response::new(Body::from("{}"));
+    }
+    if let Some((name, reference)) = path
+        .strip_prefix("/v2/")
+        .and_then(|p| p.rsplit_once("/manifests/"))
+    {
+        let Some((mt, body)) = st
+            .manifests
+            .lock()
+            .unwrap()
+            .get(&format!("{name}:{reference}"))
+            .cloned()
+        else {
+            return not_found();
+        };
+        let b = Response::builder()
+            .header("content-type", mt)
+            .header("docker-content-digest", sha256_digest(&body))
+            .header("content-length", body.len());
+        return b
+            .body(if head {
+                Body::empty()
+            } else {
+                Body::from(body)
+            })
+            .unwrap();
+    }
+    let Some((_, digest)) = path.rsplit_once("/blobs/") else {
+        return not_found();
+    };
+    let hostile = st.hostile.lock().unwrap().get(digest).copied();
+    if let Some(h) = hostile {
+        let b = Response::builder().header("content-type", "application/octet-stream");
+        if head {
+            return b.body(Body::empty()).unwrap();
+        }
+        st.blob_gets.fetch_add(1, Ordering::SeqCst);
+        return match h {
+            Hostile::Endless(announce) => {
+                let b = match announce {
+                    Some(n) => b.header("content-length", n),
+                    None => b,
+                };
+                let zeros = Bytes::from(vec![0u8; 64 * 1024]);
+                let s = futures_util::stream::repeat_with(move || {
+                    Ok::<_, std::io::Error>(zeros.clone())
+                });
+                b.body(Body::from_stream(s)).unwrap()
+            }
+            Hostile::Trickle => {
+                let s = futures_util::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Some((Ok::<_, std::io::Error>(Bytes::from_static(b"x")), ()))
+                });
+                b.header("content-length", 1 << 20)
+                    .body(Body::from_stream(s))
+                    .unwrap()
+            }
+        };
+    }
+    let Some(bytes) = st.blobs.lock().unwrap().get(digest).cloned() else {
+        return not_found();
+    };
+    if !head {
+        st.blob_gets.fetch_add(1, Ordering::SeqCst);
+    }
+    Response::builder()
+        .header("content-length", bytes.len())
+        .body(if head {
+            Body::empty()
+        } else {
+            Body::from(bytes)
+        })
+        .unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A well-behaved pull of `img`: the manifest, then every blob, each verified; 503s with
+/// `Retry-After` are retried as a client would.
+async fn pull(m: &Mirror, name: &str, img: &Image) {
+    let r = m.get_manifest(name, &img.digest).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "manifest");
+    for d in img.all_blobs() {
+        let mut tries = 0;
+        loop {
+            let r = m.get_blob(name, &d.digest).send().await.unwrap();
+            if r.status().as_u16() == 503 && tries < 60 {
+                assert!(r.headers().contains_key("retry-after"));
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            assert_eq!(r.status().as_u16(), 200, "blob {}", d.digest);
+            let body = r.bytes().await.unwrap();
+            assert_eq!(sha256_digest(&body), d.digest);
+            break;
+        }
+    }
+}
+
+/// Many connections ask for a cached big blob and never read: beyond `max_blob_streams` they are
+/// refused at once, the rest are closed after `send_timeout`, descriptors stay bounded, and a
+/// well-behaved pull completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_are_bounded_and_cut_off() {
+    let fake = Fake::start().await;
+    let big = build_image(Kind::Oci, 21, &[8 << 20], "amd64", "linux");
+    let small = build_oci_image(22);
+    fake.add_image("big", "v1", &big);
+    fake.add_image("small", "v1", &small);
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url).short_timeouts().extra(
+        "server:\n  max_blob_streams: 16\n  send_timeout: 2s\n  max_concurrent_streams: 4\n",
+    ))
+    .await;
+    pull(&m, "big", &big).await;
+    let pid = m.pid().unwrap();
+    let before = open_fds(pid);
+    let layer = big.biggest_layer().digest;
+
+    const ATTACKERS: usize = 48;
+    let mut held = Vec::new();
+    for _ in 0..ATTACKERS {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(m.hostport().parse().unwrap()).await.unwrap();
+        let req = format!(
+            "GET /v2/big/blobs/{layer} HTTP/1.1\r\nhost: {}\r\n\r\n",
+            m.hostport()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    // Every attacker is either streaming (holding a permit) or refused.
+    let mut refused = 0.0;
+    for _ in 0..100 {
+        refused = m.metric("ocimirror_blob_streams_refused_total", &[]).await;
+        let open = m.metric("ocimirror_blob_streams_open", &[]).await;
+        if refused + open >= ATTACKERS as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused >= (ATTACKERS - 16) as f64,
+        "refused {refused} of {ATTACKERS}"
+    );
+    assert!(m.metric("ocimirror_blob_streams_open", &[]).await <= 16.0);
+    // Each attacker holds at most its socket and one blob file.
+    let during = open_fds(pid);
+    assert!(
+        during <= before + ATTACKERS + 16 + 8,
+        "descriptors {before} -> {during}"
+    );
+
+    // A well-behaved client pulls meanwhile (waiting out 503s as told).
+    pull(&m, "small", &small).await;
+    // The stalled readers were cut off: their connections closed by the mirror.
+    let timeouts = m.metric("ocimirror_send_timeouts_total", &[]).await;
+    assert!(timeouts >= 1.0, "send timeouts {timeouts}");
+    for _ in 0..100 {
+        if m.metric("ocimirror_blob_streams_open", &[]).await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(m.metric("ocimirror_blob_streams_open", &[]).await, 0.0);
+    let after = open_fds(pid);
+    assert!(
+        after <= before + ATTACKERS + 8,
+        "descriptors after the cut-off {before} -> {after}"
+    );
+    drop(held);
+}
+
+/// Files under `dir`, recursively, with their total size.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// An upstream announcing 100 GB, or sending without end, cannot fill the disk: the fetch stops
+/// at `upstream.max_blob_size`, nothing is kept, and other pulls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_upstream_blob_stops_at_max_blob_size() {
+    let fake = Fake::start().await;
+    let small = build_oci_image(23);
+    fake.add_image("small", "v1", &small);
+    let announced = sha256_digest(b"announces 100 GB");
+    let chunked = sha256_digest(b"sends without end");
+    fake.hostile(&announced, Hostile::Endless(Some(100 << 30)));
+    fake.hostile(&chunked, Hostile::Endless(None));
+    let m = Mirror::start(
+        MirrorOpts::upstream(&fake.url)
+            .short_timeouts()
+            .up("max_blob_size", "4MiB"),
+    )
+    .await;
+
+    let r = m.get_blob("evil", &announced).send().await.unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let r = m.get_blob("evil", &chunked).send().await.unwrap();
+    // Without a length the answer starts before the size is known; its body must fail.
+    if r.status().is_success() {
+        assert!(
+            r.bytes().await.is_err(),
+            "a body past the bound ends in an error"
+        );
+    }
+    pull(&m, "small", &small).await;
+    assert!(
+        m.metric("ocimirror_upstream_bounds_total", &["max_blob_size"])
+            .await
+            >= 2.0
+    );
+    assert!(
+        disk_use(&m.data_dir()) < 16 << 20,
+        "data dir holds {} bytes",
+        disk_use(&m.data_dir())
+    );
+    assert!(
+        !blob_data_path(&m.storage_root(), &chunked).exists(),
+        "nothing kept"
+    );
+}
+
+/// An upstream trickling a blob falls behind `upstream.min_blob_rate` and is cut off, releasing
+/// its fill; a second request starts a fresh fetch rather than joining a fill held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_upstream_is_cut_off_at_the_minimum_rate() {
+    let fake = Fake::start().await;
+    let small = build_oci_image(24);
+    fake.add_image("small", "v1", &small);
+    let slow = sha256_digest(b"trickles");
+    fake.hostile(&slow, Hostile::Trickle);
+    let m = Mirror::start(
+        MirrorOpts::upstream(&fake.url)
+            .short_timeouts()
+            .up("min_blob_rate", "64KiB"),
+    )
+    .await;
+    let r = m.get_blob("evil", &slow).send().await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(60), r.bytes())
+        .await
+        .expect("the fetch ends");
+    assert!(
+        body.is_err(),
+        "a cut-off fill ends the response in an error"
+    );
+    pull(&m, "small", &small).await;
+    assert!(
+        m.metric("ocimirror_upstream_bounds_total", &["min_blob_rate"])
+            .await
+            >= 1.0
+    );
+    assert!(m.metric("ocimirror_fills_in_flight", &[]).await == 0.0);
+}
