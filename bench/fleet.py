@@ -155,6 +155,28 @@ def fmt(v):
     return "—" if v is None else f"{v:.2f}"
 
 
+def worst(reps, key):
+    vals = [x[key] for x in reps]
+    return None if not vals or any(v is None for v in vals) else max(vals)
+
+
+def ratio_lines(by):
+    """The fleet's latest first byte and slowest last byte over every replica, as a ratio of each
+    other setup's."""
+    if "fleet" not in by:
+        return []
+    out = []
+    for key, reps in by.items():
+        if key == "fleet":
+            continue
+        row = []
+        for what, k in (("latest first byte", "first_byte_max"), ("slowest last byte", "last_byte_max")):
+            f, o = worst(by["fleet"], k), worst(reps, k)
+            row.append(f"{what} {fmt(f)} / {fmt(o)} s = " + ("—" if not f or not o else f"{f / o:.2f}x"))
+        out.append(f"- fleet vs {key}: " + "; ".join(row))
+    return out
+
+
 def section(results_json, md_path):
     with open(results_json) as f:
         r = json.load(f)
@@ -196,6 +218,10 @@ def section(results_json, md_path):
             f"the single fill's time (fleet slowest {fmt(fleet_last)} s against one replica alone "
             f"{fmt(alone_last)} s: {fleet_last / alone_last:.2f}x).",
         ]
+    ratios = ratio_lines(by)
+    if ratios:
+        lines += ["", "Ratios (the fleet with peer streaming against each other setup; below 1: the "
+                  "fleet is faster):", ""] + ratios
     if r.get("problems"):
         lines += ["", "Problems during this run:", ""] + [f"- {p}" for p in r["problems"]]
     text = "\n".join(lines) + "\n"

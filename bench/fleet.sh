@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Fleet leg of the benchmark: FLEET_CLIENTS clients at once GET one uncached 256 MiB blob, spread
-# over the replicas of a fleet on one SeaweedFS bucket and one Redis, from an upstream behind a
-# proxy giving blob bodies a fixed bandwidth in all (bench/fleet.py throttle). Three setups, each on an empty bucket root:
-#   fleet   3 ocimirror replicas with `cluster` sections (peer streaming)
-#   alone   1 ocimirror replica taking every client
-#   distrib 3 Distribution 2.8 proxies on the same bucket root and Redis
+# Fleet leg of the benchmark: FLEET_CLIENTS clients at once GET one uncached blob (FLEET_MIB),
+# spread over the replicas of a fleet on one SeaweedFS bucket and one Redis, from an upstream
+# behind a proxy giving blob bodies a fixed bandwidth in all (bench/fleet.py throttle). Setups,
+# each on an empty bucket root:
+#   fleet     3 ocimirror replicas with `cluster` sections (peer streaming)
+#   nocluster the same 3 replicas without `cluster` (the others wait for the holder's commit)
+#   alone     1 ocimirror replica taking every client
+#   distrib   3 Distribution 2.8 proxies on the same bucket root and Redis (FLEET_DISTRIB=0: skip)
 # Per replica: the earliest and latest first byte among its clients, its slowest client's last
-# byte; per setup: upstream GETs of the blob. Writes the "## Fleet" section of docs/benchmarks.md
-# (bench/run.sh keeps it when it rewrites the file; BENCH_FLEET=1 runs this script after it).
+# byte; per setup: upstream GETs of the blob; then the ratios of the fleet with peer streaming to
+# the others. Writes the "## Fleet" section of docs/benchmarks.md (bench/run.sh keeps it when it
+# rewrites the file; BENCH_FLEET=1 runs this script after it).
 #
 # Usage: bench/fleet.sh
 #
@@ -15,7 +18,9 @@
 #   OCIMIRROR_BIN=PATH   the binary; else target/release/ocimirror if present (no build), else the
 #                        debug build (`cargo build`), which the section says
 #   FLEET_CLIENTS=12     concurrent clients
+#   FLEET_MIB=256        the blob's size, MiB (64 for a run of about a minute)
 #   FLEET_MIBPS=40       the upstream's bandwidth for blob bodies, MiB/s, shared by its responses
+#   FLEET_DISTRIB=1      also the Distribution proxies (0: skip them)
 #   FLEET_MD=PATH        where to write the section (default docs/benchmarks.md; "-" = print only)
 #   FLEET_KEEP=1         keep the temp dir (logs, configs)
 set -euo pipefail
@@ -24,6 +29,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 CLIENTS=${FLEET_CLIENTS:-12}
 MIBPS=${FLEET_MIBPS:-40}
+BIG_MIB=${FLEET_MIB:-256}
 MD_OUT=${FLEET_MD:-$ROOT/docs/benchmarks.md}
 log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -87,7 +93,7 @@ EOF
 docker-registry serve "$WORK/upstream/config.yml" >"$WORK/upstream.log" 2>&1 &
 PIDS+=("$!")
 waitok "http://127.0.0.1:$UP_PORT/v2/" "$!" || die "upstream did not start"
-python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --only bench/big --out "$WORK/images.json" \
+python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --only bench/big --big-mib "$BIG_MIB" --out "$WORK/images.json" \
   2>"$WORK/seed.log" || die "seeding failed: $(tail -3 "$WORK/seed.log")"
 read -r DIGEST SIZE < <(python3 -c 'import json,sys; l = json.load(open(sys.argv[1]))["bench/big"]["layers"][0]; print(l["digest"], l["size"])' "$WORK/images.json")
 PACE_PORT=$(freeport)
@@ -217,10 +223,14 @@ EOF2
 
 for i in 0 1 2; do start_ocimirror fleet "$i" 1; done
 run_setup fleet "ocimirror, 3 replicas (cluster)"
+for i in 0 1 2; do start_ocimirror nocluster "$i" 0; done
+run_setup nocluster "ocimirror, 3 replicas (no cluster)"
 start_ocimirror alone 0 0
 run_setup alone "ocimirror, 1 replica"
-for i in 0 1 2; do start_distribution distrib "$i"; done
-run_setup distrib "Distribution 2.8 proxy, 3 replicas"
+if [[ ${FLEET_DISTRIB:-1} != 0 ]]; then
+  for i in 0 1 2; do start_distribution distrib "$i"; done
+  run_setup distrib "Distribution 2.8 proxy, 3 replicas"
+fi
 
 # ------------------------------------------------------------------ report
 python3 - "$WORK/results.json" "$DIGEST" "$SIZE" "$CLIENTS" "$MIBPS" "$BUILD" "$LOADAVG_START" \
