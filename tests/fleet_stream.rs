@@ -726,3 +726,62 @@ async fn redis_down_replicas_fetch_alone() {
     f.fills_settled().await;
     assert_eq!(f.stored(&b).await, Some((b.size, b.digest.clone())));
 }
+
+/// A relay is a join of another replica's fill (issue 20): the holder fetches under one
+/// repository; on a replica relaying it, a request for the same digest under a repository the
+/// upstream does not serve it in is refused after a HEAD there, one under a repository that has
+/// it is served after a HEAD there, and one under the holder's own name costs no request. The
+/// upstream sends the blob once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_under_another_repository_is_confirmed_there_first() {
+    let Some(f) = Fleet::start(3).await else {
+        return;
+    };
+    let b = f.blob("stream/conf", 8 << 20, 905).await;
+    let shared = f.blob("stream/shared", 8 << 20, 905).await;
+    assert_eq!(b.digest, shared.digest, "one blob in two repositories");
+    // A repository the upstream has, without this blob.
+    f.blob("stream/other", 1 << 20, 906).await;
+    let blob_path = format!("/blobs/{}", b.digest);
+    let heads = || f.reg.count_requests("HEAD", &blob_path);
+    assert_eq!(heads().await, 0);
+    f.proxy
+        .state
+        .shaping
+        .pause_at
+        .store(b.size / 2, Ordering::SeqCst);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = client_task(&f.replicas[0], 0, &b, &f.proxy.state, tx.clone());
+    firsts(&mut rx, 1).await;
+
+    let r = f.replicas[1]
+        .get_blob("stream/other", &b.digest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "a relay served a blob under a repository the upstream does not serve it in"
+    );
+    assert_eq!(heads().await, 1);
+    let on_shared = client_task(&f.replicas[1], 1, &shared, &f.proxy.state, tx.clone());
+    firsts(&mut rx, 1).await;
+    assert_eq!(heads().await, 2);
+    let on_same = client_task(&f.replicas[2], 2, &b, &f.proxy.state, tx.clone());
+    firsts(&mut rx, 1).await;
+    assert_eq!(heads().await, 2, "the holder's own repository asked again");
+    assert_eq!(f.proxy.blob_bodies_done(), 0, "all of it during the fill");
+
+    f.proxy.open_gate();
+    for c in [holder, on_shared, on_same] {
+        let s = c.await.unwrap();
+        assert_eq!(
+            s.result,
+            Ok((b.size, b.digest.clone())),
+            "replica {}'s client",
+            s.replica
+        );
+    }
+    assert_eq!(f.proxy.blob_gets().len(), 1, "upstream blob GETs");
+}
