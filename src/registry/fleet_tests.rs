@@ -436,3 +436,26 @@ async fn a_relay_of_another_repositorys_fill_asks_the_upstream_first() {
         assert_eq!(f.storage.stat(&key).await.unwrap().is_some(), linked, "{n}");
     }
 }
+
+/// A relay is no way around the blob bounds (issue 21): a relaying replica holds the holder's
+/// stream to its own `upstream.max_blob_size`, so its clients get an error, never the blob,
+/// while the holder (whose upstream here ignores the bound) serves its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_holds_the_holders_stream_to_the_blob_size_bound() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    f.fake.bounds.lock().unwrap().max_size = (SIZE / 4) as u64;
+    let relayed = f.client(1, 0, tx.clone());
+    gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
+    assert!(
+        relayed.await.unwrap().is_err(),
+        "a relay served a blob above upstream.max_blob_size"
+    );
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(f.net.opened.load(Ordering::SeqCst), 1);
+}

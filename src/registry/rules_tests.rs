@@ -55,6 +55,9 @@ pub(super) struct Fake {
     /// Repositories under which the upstream denies knowing the blob (a private repository's
     /// digest asked for under a public name).
     denied: Mutex<Vec<String>>,
+    /// The blob bounds the registry is told to hold blobs to (this fake's own bodies ignore
+    /// them, as a holder's fill past its own bounds would not).
+    pub(super) bounds: Mutex<crate::upstream::bounds::BlobBounds>,
 }
 
 impl Fake {
@@ -84,6 +87,7 @@ impl Fake {
             blob_heads: AtomicUsize::new(0),
             stall: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             denied: Mutex::new(Vec::new()),
+            bounds: Mutex::new(Default::default()),
         })
     }
 
@@ -114,6 +118,10 @@ impl Fake {
 impl Upstream for Fake {
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         name.with_library_prefix()
+    }
+
+    fn blob_bounds(&self, _: &RepoName) -> crate::upstream::bounds::BlobBounds {
+        *self.bounds.lock().unwrap()
     }
 
     async fn head_manifest(
