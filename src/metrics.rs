@@ -100,6 +100,25 @@ catalogue! {
         "Requests that joined a fill already running instead of fetching again.";
     FILL_REMOTE_WAITS = Counter "ocimirror_fill_remote_waits_total" ["result"]
         "Waits for another replica's fill, by result (stored, took_over).";
+    FILL_TAKEOVERS = Counter "ocimirror_fill_takeovers_total" ["reason"]
+        "Fill leases taken over from another replica, by reason (holder_gone, lease_free).";
+    FILL_RESUMES = Counter "ocimirror_fill_resumes_total" ["from"]
+        "Fills continued from the bytes already held instead of restarting, by where the rest came from.";
+    BLOB_FIRST_BYTE = Histogram "ocimirror_blob_first_byte_seconds" ["source"]
+        "Time from a blob GET to its first body byte being available, by source (upstream, peer, storage).";
+    // The fleet's peer streams (`registry/fetch.rs` relaying, `cluster/` serving).
+    PEER_STREAMS_OPENED = Counter "ocimirror_peer_streams_opened_total" []
+        "Streams of another replica's fill in progress opened by this replica.";
+    PEER_STREAMS_FAILED = Counter "ocimirror_peer_streams_failed_total" ["reason"]
+        "Peer streams that could not be opened or broke, by reason.";
+    PEER_BYTES_RELAYED = Counter "ocimirror_peer_bytes_relayed_total" []
+        "Blob bytes received from other replicas' fills in progress.";
+    PEER_STREAMS_SERVED = Counter "ocimirror_peer_streams_served_total" []
+        "Streams of this replica's fills in progress served to other replicas.";
+    PEER_BYTES_SERVED = Counter "ocimirror_peer_bytes_served_total" []
+        "Blob bytes of this replica's fills in progress sent to other replicas.";
+    PEER_REQUESTS_REFUSED = Counter "ocimirror_peer_requests_refused_total" []
+        "Requests to the peer listener refused (missing or wrong secret, or not a fill stream).";
     // Storage and the descriptor cache.
     STORAGE_ERRORS = Counter "ocimirror_storage_errors_total" ["op"]
         "Failed storage operations, by operation.";
@@ -168,6 +187,8 @@ pub fn install() -> Option<PrometheusHandle> {
             ];
             let prometheus = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.into()), &buckets)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(BLOB_FIRST_BYTE.into()), &buckets)
                 .ok()?
                 .build_recorder();
             let handle = prometheus.handle();

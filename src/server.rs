@@ -117,7 +117,20 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             }
             None => None,
         };
-        Some(build_registry_on(&s, b, access, build_upstreams(&s)?).await?)
+        let registry = build_registry_on(&s, b, access, build_upstreams(&s)?).await?;
+        let fleet = s.cache_backend == crate::config::CacheBackend::Redis;
+        let bounds = crate::cluster::PeerBounds {
+            conn: crate::http::conn::ConnBounds {
+                header_read_timeout: s.header_read_timeout,
+                max_concurrent_streams: s.max_concurrent_streams,
+            },
+            max_blob_streams: s.max_blob_streams,
+            send_timeout: s.send_timeout,
+        };
+        crate::cluster::start(s.cluster.as_ref(), fleet, &registry, bounds)
+            .await
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        Some(registry)
     } else {
         None
     };

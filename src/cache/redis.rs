@@ -44,7 +44,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::lease::{LeaseOutcome, Leases};
+use super::lease::{LeaseOutcome, Leases, lease_value};
 use super::{DescriptorCache, ManifestEntry, TagEntry};
 use crate::oci::Digest;
 
@@ -620,20 +620,47 @@ impl RedisCache {
 /// Compare-and-act scripts: only the holder (the token's owner) may extend or drop a lease.
 const RENEW_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 const RELEASE_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/// Take the lease, or say who holds it, in one round trip: answers the lease's value (ours
+/// when taken; empty when it expired in between).
+const ACQUIRE_SCRIPT: &str = "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end return redis.call('get', KEYS[1]) or ''";
+/// Take a lease from a gone holder only if it still has the value seen (or expired meanwhile).
+const TAKE_OVER_SCRIPT: &str = "local v = redis.call('get', KEYS[1]) if v == false or v == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return ARGV[2] end return v";
 
 #[async_trait]
 impl Leases for RedisCache {
-    async fn try_acquire(&self, name: &str, ttl: Duration) -> LeaseOutcome {
-        let token = uuid::Uuid::new_v4().to_string();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.lease_key(name))
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
+    async fn try_acquire(&self, name: &str, ttl: Duration, peer: Option<&str>) -> LeaseOutcome {
+        let value = lease_value(peer);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ACQUIRE_SCRIPT)
+            .arg(1)
+            .arg(self.lease_key(name))
+            .arg(&value)
             .arg(ttl.as_millis() as u64);
-        match self.query::<Option<String>>(Op::AcquireLease, cmd).await {
-            Ok(Some(_)) => LeaseOutcome::Acquired(token),
-            Ok(None) => LeaseOutcome::HeldElsewhere,
+        match self.query::<String>(Op::AcquireLease, cmd).await {
+            Ok(v) if v == value => LeaseOutcome::Acquired(value),
+            Ok(held) => LeaseOutcome::HeldElsewhere(held),
+            Err(_) => LeaseOutcome::Unavailable,
+        }
+    }
+
+    async fn take_over(
+        &self,
+        name: &str,
+        held: &str,
+        ttl: Duration,
+        peer: Option<&str>,
+    ) -> LeaseOutcome {
+        let value = lease_value(peer);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE_OVER_SCRIPT)
+            .arg(1)
+            .arg(self.lease_key(name))
+            .arg(held)
+            .arg(&value)
+            .arg(ttl.as_millis() as u64);
+        match self.query::<String>(Op::AcquireLease, cmd).await {
+            Ok(v) if v == value => LeaseOutcome::Acquired(value),
+            Ok(now) => LeaseOutcome::HeldElsewhere(now),
             Err(_) => LeaseOutcome::Unavailable,
         }
     }
@@ -1243,5 +1270,57 @@ mod tests {
         assert_eq!(h.may_log(1, 6), Some(0));
         assert_eq!(h.may_log(0, every), Some(2));
         assert_eq!(h.may_log(0, every + 1), None);
+    }
+
+    #[tokio::test]
+    async fn fill_leases_name_their_holder_and_pass_only_from_a_gone_one() {
+        let Some(server) = Server::start().await else {
+            return;
+        };
+        let c = RedisCache::new(&config(&server.url())).unwrap();
+        let ttl = Duration::from_secs(30);
+        let a = match c
+            .try_acquire("fill:x", ttl, Some("http://10.0.0.1:5001"))
+            .await
+        {
+            LeaseOutcome::Acquired(t) => t,
+            other => panic!("{other:?}"),
+        };
+        // Another replica learns who holds it, and where to reach it.
+        let held = match c
+            .try_acquire("fill:x", ttl, Some("http://10.0.0.2:5001"))
+            .await
+        {
+            LeaseOutcome::HeldElsewhere(v) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(held, a);
+        assert_eq!(
+            super::super::lease::holder_peer(&held),
+            Some("http://10.0.0.1:5001")
+        );
+        // Taken from the holder it saw, once: a third replica seeing the old value loses.
+        let b = match c
+            .take_over("fill:x", &held, ttl, Some("http://10.0.0.2:5001"))
+            .await
+        {
+            LeaseOutcome::Acquired(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            c.take_over("fill:x", &held, ttl, Some("http://10.0.0.3:5001"))
+                .await,
+            LeaseOutcome::HeldElsewhere(b.clone())
+        );
+        // The old holder can neither renew nor release it any more; the new one can.
+        assert!(!c.renew("fill:x", &a, ttl).await);
+        c.release("fill:x", &a).await;
+        assert!(c.renew("fill:x", &b, ttl).await);
+        c.release("fill:x", &b).await;
+        assert!(matches!(
+            c.try_acquire("fill:x", ttl, None).await,
+            LeaseOutcome::Acquired(_)
+        ));
+        assert_eq!(c.errors(), 0);
     }
 }

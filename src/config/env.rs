@@ -20,6 +20,7 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "tls",
     "upstreams",
     "limits",
+    "cluster",
 ];
 
 pub(super) fn apply_env(

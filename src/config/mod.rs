@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
+use crate::cluster::ClusterSettings;
 use crate::expiry::ExpiryPolicy;
 use crate::oci::RepoName;
 use crate::storage::S3Config;
@@ -18,6 +19,7 @@ use crate::upstream::UpstreamSettings;
 
 // The sections other modules own, under the names the file's shape gives them.
 pub use crate::cache::config::{CacheBackend, CacheConfig, MemoryCacheConfig};
+pub use crate::cluster::config::ClusterConfig;
 pub use crate::expiry::config::{ExpiryConfig, parse_size};
 pub use crate::storage::config::{FilesystemConfig, StorageBackend, StorageConfig};
 pub use crate::upstream::config::{DOCKER_HUB, LibraryPrefix, UpstreamConfig};
@@ -57,6 +59,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Per-client request rate limits on `/v2`.
     pub limits: LimitsConfig,
+    /// Replicas streaming each other's fills in progress; absent: they wait for commits.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -106,6 +110,7 @@ impl Default for Config {
             expiry: None,
             tls: None,
             limits: LimitsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -269,6 +274,8 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     /// Checked by the HTTP layer's own check (see [`SectionCheck`]).
     pub limits: LimitsConfig,
+    /// Absent: no peer streaming.
+    pub cluster: Option<ClusterSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,6 +486,10 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         .expiry
         .as_ref()
         .and_then(|e| e.check().map_err(|ps| section("expiry", ps)).ok());
+    let cluster = c
+        .cluster
+        .as_ref()
+        .and_then(|cl| cl.check().map_err(|ps| section("cluster", ps)).ok());
     let mut problems_of = |ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&key, message);
@@ -580,6 +591,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         expiry,
         tls: c.tls.clone(),
         limits: c.limits.clone(),
+        cluster,
     })
 }
 
@@ -973,6 +985,7 @@ mod tests {
         c.storage.s3.endpoint = Some(String::new());
         c.expiry = Some(ExpiryConfig::default());
         c.tls = Some(TlsConfig::default());
+        c.cluster = Some(ClusterConfig::default());
         c.auth = Some(AuthConfig {
             github_auth: Some(crate::auth::authn::GitHubConfig {
                 organization: Some(String::new()),

@@ -116,9 +116,9 @@ impl Collector {
         if dry_run {
             return self.pass_unleased(true).await;
         }
-        let token = match self.leases.try_acquire(LEASE, LEASE_TTL).await {
+        let token = match self.leases.try_acquire(LEASE, LEASE_TTL, None).await {
             LeaseOutcome::Acquired(t) => Some(t),
-            LeaseOutcome::HeldElsewhere => return Err(PassError::Busy),
+            LeaseOutcome::HeldElsewhere(_) => return Err(PassError::Busy),
             // A replica on its own, or no lease store: deletions are idempotent, so a pass here
             // is still safe.
             LeaseOutcome::Local | LeaseOutcome::Unavailable => None,

@@ -1,11 +1,15 @@
 //! Blobs: served from storage when the repository links them, else from the one fill of their
 //! digest (or, in a fleet, from storage once another replica committed it). A blob is served
-//! under a name only when the upstream confirmed it may be read there.
+//! under a name only when the upstream confirmed it may be read there: a fill's GET confirms it
+//! for the repository it fetched under, also for the clients of another replica relaying that
+//! fill; any other repository asks with a HEAD first.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use super::fill::Fill;
 use super::lease::Source;
 use super::{BlobReply, ClientStream, Registry, RegistryError};
 use crate::layout;
@@ -48,6 +52,7 @@ impl Registry {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, RegistryError> {
+        let started = Instant::now();
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
         let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
@@ -60,9 +65,14 @@ impl Registry {
             }
             match self.fills.get(digest) {
                 // Being fetched under this very name: the upstream's answer to that GET is the
-                // confirmation (the fill links the blob once it is stored).
+                // confirmation (the fill links the blob once it is stored). A relay of another
+                // replica's fill carries the name that replica fetches under: another
+                // repository's fill confirms nothing here.
                 Some(f) if f.name() == &repo => {
-                    f.started().await.map_err(blob_upstream_error)?;
+                    let under = f.confirmed_under().await.map_err(blob_upstream_error)?;
+                    if under.as_ref() != Some(&repo) {
+                        self.confirm(&repo, digest).await?;
+                    }
                     linked = true;
                 }
                 // Stored, asked about, or being fetched under another name: ask under this
@@ -84,7 +94,7 @@ impl Registry {
             }
         }
         if let Some(meta) = data {
-            match self.serve_stored(digest, meta, range, head).await {
+            match self.serve_stored(digest, meta, range, head, started).await {
                 // Expired and deleted since the look above: fetch it again like any miss.
                 Err(RegistryError::Storage(e)) if e.is_not_found() => {
                     tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
@@ -122,8 +132,10 @@ impl Registry {
         }
         let fill = match self.obtain(&repo, digest).await? {
             Source::Fill(f) => {
-                // Started under another name meanwhile: its GET confirms nothing here.
-                if !linked && f.name() != &repo {
+                // Started under another name meanwhile, here or (relayed) on the replica
+                // fetching it: its GET confirms nothing here. A refusal is reported below.
+                let confirmed = linked || (f.name() == &repo && confirms(&f, &repo).await);
+                if !confirmed {
                     self.confirm(&repo, digest).await?;
                 }
                 f
@@ -134,7 +146,7 @@ impl Registry {
                 if !linked && self.storage.stat(&link_key).await?.is_none() {
                     self.confirm(&repo, digest).await?;
                 }
-                return self.serve_stored(digest, meta, range, head).await;
+                return self.serve_stored(digest, meta, range, head, started).await;
             }
         };
         let size = match fill.started().await.map_err(blob_upstream_error)? {
@@ -147,13 +159,13 @@ impl Registry {
         };
         let resolved = resolve(range, size)?;
         let body = match resolved {
-            Some((a, b)) => fill.stream(a, Some(b + 1)),
-            None => fill.stream(0, None),
+            Some((a, b)) => fill.clone().stream(a, Some(b + 1)),
+            None => fill.clone().stream(0, None),
         };
         Ok(BlobReply {
             size,
             range: resolved,
-            body: Some(body),
+            body: Some(timed(body, started, move || fill.origin().as_str())),
         })
     }
 
@@ -176,6 +188,7 @@ impl Registry {
         meta: ObjectMeta,
         range: Option<ByteRange>,
         head: bool,
+        started: Instant,
     ) -> Result<BlobReply, RegistryError> {
         let resolved = resolve(range, meta.size)?;
         let body = if head {
@@ -189,7 +202,8 @@ impl Registry {
                 .storage
                 .read_range(&layout::blob_data(digest), off, len)
                 .await?;
-            Some(s.map(|r| r.map_err(std::io::Error::other)).boxed() as ClientStream)
+            let body = s.map(|r| r.map_err(std::io::Error::other)).boxed();
+            Some(timed(body, started, || "storage"))
         };
         Ok(BlobReply {
             size: meta.size,
@@ -197,6 +211,34 @@ impl Registry {
             body,
         })
     }
+}
+
+/// Whether `fill`'s upstream answer confirmed the blob under `repo` (see
+/// [`Fill::confirmed_under`]); true as well when its upstream refused, which the caller reports.
+async fn confirms(fill: &Fill, repo: &RepoName) -> bool {
+    match fill.confirmed_under().await {
+        Ok(under) => under.as_ref() == Some(repo),
+        Err(_) => true,
+    }
+}
+
+/// Time from a request to its body's first byte, by where that byte came from (`upstream`,
+/// `peer`, `storage`): what a client waits, whichever replica it reached.
+fn timed(
+    body: ClientStream,
+    started: Instant,
+    origin: impl Fn() -> &'static str + Send + 'static,
+) -> ClientStream {
+    let mut first = true;
+    body.map(move |chunk| {
+        if first && chunk.is_ok() {
+            first = false;
+            metrics::histogram!(crate::metrics::BLOB_FIRST_BYTE, "source" => origin())
+                .record(started.elapsed().as_secs_f64());
+        }
+        chunk
+    })
+    .boxed()
 }
 
 fn resolve(range: Option<ByteRange>, size: u64) -> Result<Option<(u64, u64)>, RegistryError> {

@@ -1,12 +1,13 @@
-//! The fill: one upstream fetch per blob digest, however many clients want it.
+//! The fill: one fetch per blob digest, however many clients want it.
 //!
-//! A fill runs in its own task. It streams the upstream body into an anonymous spool file (local,
-//! unlinked, so nothing to clean up after a crash) and into a storage writer, hashing as it goes,
-//! and publishes a watermark of bytes written. Every client, first or late, reads the spool up to
-//! the watermark, so a slow or vanished client never slows or cancels the fill, late joiners never
-//! refetch, and a range is answered as soon as its bytes are there. The storage object is
-//! committed only when length and digest match; on any failure nothing is committed and every
-//! client's stream ends in an error, never a short success.
+//! A fill runs in its own task (`fetch.rs`). It writes the blob's bytes, from the upstream or,
+//! in a fleet, from the replica holding the digest's fill lease, into an anonymous spool file
+//! (local, unlinked, so nothing to clean up after a crash), hashing as it goes, and publishes a
+//! watermark of bytes written. Every client, first or late, reads the spool up to the watermark,
+//! so a slow or vanished client never slows or cancels the fill, late joiners never refetch, and
+//! a range is answered as soon as its bytes are there. The last byte is released only once the
+//! digest has been checked; on any failure every client's stream ends in an error, never a
+//! short success.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,18 +21,15 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::layout;
-use crate::oci::{Digest, Hasher, RepoName};
+use crate::oci::{Digest, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};
 
-use super::LINK_WRITE_TIMEOUT;
-use super::lease::FillLease;
+use super::fetch::FillJob;
+use super::lease::{Fleet, Start};
 
 /// Bytes handed to a client per read of the spool: what a stalled reader's response holds.
 const CHUNK: u64 = 64 * 1024;
-/// Bytes gathered before one storage write.
-const STORAGE_BATCH: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub enum FillState {
@@ -45,6 +43,26 @@ pub enum FillState {
     Broken(String),
 }
 
+/// Where a fill's bytes are coming from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Upstream,
+    /// The replica holding the fill lease, streaming its own fill.
+    Peer,
+    /// The shared storage, where the lease holder committed the blob meanwhile.
+    Storage,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Upstream => "upstream",
+            Origin::Peer => "peer",
+            Origin::Storage => "storage",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Progress {
     pub size: Option<u64>,
@@ -53,11 +71,15 @@ pub struct Progress {
     /// a corrupt body can never reach a client as a complete response.
     pub verified: bool,
     pub state: FillState,
+    pub origin: Origin,
+    /// The repository under which the upstream served the bytes: this fill's own name once its
+    /// upstream answered, for a relay the holder's fill's (as the holder said; `None` when it
+    /// did not). The upstream's answer confirms the blob for that name only.
+    pub confirmed: Option<RepoName>,
 }
 
 pub struct Fill {
-    /// The repository the fill fetches under: the upstream's answer confirms the blob for this
-    /// name only.
+    /// The repository the fill fetches under when it reads the upstream.
     name: RepoName,
     spool: File,
     progress: watch::Receiver<Progress>,
@@ -66,9 +88,22 @@ pub struct Fill {
 pub type ClientStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 impl Fill {
-    /// The repository this fill fetches the blob under.
+    /// The repository this fill fetches the blob under when it reads the upstream.
     pub fn name(&self) -> &RepoName {
         &self.name
+    }
+
+    /// Wait for the fill's source to answer; then the repository the upstream confirmed the
+    /// blob under (see [`Progress::confirmed`]). A request under another name is a join of
+    /// another repository's fill, whether the fill runs here or on the replica relayed.
+    pub async fn confirmed_under(&self) -> Result<Option<RepoName>, UpstreamError> {
+        self.started().await?;
+        Ok(self.progress.borrow().confirmed.clone())
+    }
+
+    /// Where the bytes are coming from now.
+    pub fn origin(&self) -> Origin {
+        self.progress.borrow().origin
     }
 
     /// Wait for the upstream's answer. `Ok(size)` once bytes are flowing (size when announced).
@@ -193,27 +228,37 @@ impl Fills {
         self.inflight.lock().expect("lock").get(digest).cloned()
     }
 
-    /// Join the fill for `digest`, starting one (fetching under `name`) when none is in flight.
-    /// `lease` is what this replica holds for the digest, renewed while the fill runs and
-    /// released when it ends.
+    /// Join the fill for `digest`, starting one (fetching under `name`, from where `start` says)
+    /// when none is in flight.
     pub fn join_or_start(
         &self,
         name: &RepoName,
         digest: &Digest,
-        lease: FillLease,
+        start: Start,
+        fleet: Arc<Fleet>,
     ) -> io::Result<Arc<Fill>> {
         let mut map = self.inflight.lock().expect("lock");
         if let Some(f) = map.get(digest) {
             metrics::counter!(crate::metrics::FILL_JOINS).increment(1);
+            // A lease taken for a fill that another request started meanwhile is not needed.
+            if let Start::Upstream(lease) = start {
+                tokio::spawn(async move { lease.release().await });
+            }
             return Ok(f.clone());
         }
         let spool = tempfile::tempfile_in(&self.spool_dir)?;
         let writer_spool = spool.try_clone()?;
+        let origin = match start {
+            Start::Upstream(_) => Origin::Upstream,
+            Start::Peer(_) => Origin::Peer,
+        };
         let (tx, rx) = watch::channel(Progress {
             size: None,
             written: 0,
             verified: false,
             state: FillState::Connecting,
+            origin,
+            confirmed: None,
         });
         let fill = Arc::new(Fill {
             name: name.clone(),
@@ -221,20 +266,28 @@ impl Fills {
             progress: rx,
         });
         map.insert(digest.clone(), fill.clone());
-        metrics::counter!(crate::metrics::FILLS_STARTED).increment(1);
+        if origin == Origin::Upstream {
+            metrics::counter!(crate::metrics::FILLS_STARTED).increment(1);
+        }
         metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
-        let job = FillJob {
-            name: name.clone(),
-            digest: digest.clone(),
-            spool: writer_spool,
+        let job = FillJob::new(
+            name.clone(),
+            digest.clone(),
+            writer_spool,
             tx,
-            storage: self.storage.clone(),
-            upstream: self.upstream.clone(),
-            read_only: self.read_only,
-            inflight: self.inflight.clone(),
-            lease,
-        };
-        self.tasks.spawn(job.run());
+            self.storage.clone(),
+            self.upstream.clone(),
+            self.read_only,
+            fleet,
+        );
+        let inflight = self.inflight.clone();
+        let digest = digest.clone();
+        self.tasks.spawn(job.run(start, move || {
+            // Leave the map before announcing the end: a request arriving after this point
+            // finds the committed blob in storage (or starts afresh after a failure).
+            inflight.lock().expect("lock").remove(&digest);
+            metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
+        }));
         Ok(fill)
     }
 
@@ -243,153 +296,5 @@ impl Fills {
         self.tasks.close();
         self.tasks.wait().await;
         self.tasks.reopen();
-    }
-}
-
-struct FillJob {
-    name: RepoName,
-    digest: Digest,
-    spool: File,
-    tx: watch::Sender<Progress>,
-    storage: Arc<dyn Storage>,
-    upstream: Arc<dyn Upstream>,
-    read_only: bool,
-    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
-    lease: FillLease,
-}
-
-impl FillJob {
-    async fn run(self) {
-        let started = std::time::Instant::now();
-        let outcome = self.lease.hold(&self.digest, self.fetch()).await;
-        self.lease.release().await;
-        // Leave the map before announcing the end: a request arriving after this point finds
-        // the committed blob in storage (or starts afresh after a failure).
-        self.inflight.lock().expect("lock").remove(&self.digest);
-        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
-        let state = match outcome {
-            Ok(()) => FillState::Done,
-            Err(state) => {
-                metrics::counter!(crate::metrics::FILLS_FAILED).increment(1);
-                state
-            }
-        };
-        let result = match state {
-            FillState::Done => "done",
-            FillState::Refused(_) => "refused",
-            _ => "broken",
-        };
-        let written = self.tx.borrow().written;
-        crate::status::fill_ended(&self.digest.to_string(), written, started.elapsed(), result);
-        self.tx.send_modify(|p| p.state = state);
-    }
-
-    async fn fetch(&self) -> Result<(), FillState> {
-        let resp = self
-            .upstream
-            .get_blob(&self.name, &self.digest)
-            .await
-            .map_err(|e| {
-                tracing::warn!(name = %self.name, digest = %self.digest, error = %e, "blob fetch refused");
-                FillState::Refused(e)
-            })?;
-        let size = resp.size;
-        self.tx.send_modify(|p| {
-            p.size = size;
-            p.state = FillState::Streaming;
-        });
-        let key = layout::blob_data(&self.digest);
-        let mut writer = if self.read_only {
-            None
-        } else {
-            match self.storage.writer(&key).await {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    // Clients are still served from the spool; only the caching is lost.
-                    tracing::error!(digest = %self.digest, error = %e, "cannot open storage writer; serving without caching");
-                    None
-                }
-            }
-        };
-        let broken = |m: String| {
-            tracing::warn!(name = %self.name, digest = %self.digest, error = %m, "fill failed; nothing stored");
-            FillState::Broken(m)
-        };
-        // Upstream chunks are small (often 16 KiB); storage writes are batched so that a
-        // backend paying per call (a blocking-pool hop, an S3 part) is called per MiB.
-        let mut pending = BytesMut::with_capacity(STORAGE_BATCH);
-        let mut hasher = Hasher::new(self.digest.algorithm());
-        let mut written: u64 = 0;
-        let mut stream = resp.stream;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| broken(format!("upstream stream broke: {e}")))?;
-            if size.is_some_and(|s| written + chunk.len() as u64 > s) {
-                return Err(broken(
-                    "upstream sent more bytes than its Content-Length".into(),
-                ));
-            }
-            hasher.update(&chunk);
-            self.spool
-                .write_all_at(&chunk, written)
-                .map_err(|e| broken(format!("spool write failed: {e}")))?;
-            written += chunk.len() as u64;
-            self.tx.send_modify(|p| p.written = written);
-            if writer.is_some() {
-                pending.extend_from_slice(&chunk);
-                if pending.len() >= STORAGE_BATCH {
-                    let batch = pending.split().freeze();
-                    if let Some(w) = writer.as_mut()
-                        && let Err(e) = w.write(batch).await
-                    {
-                        tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
-                        writer = None;
-                    }
-                }
-            }
-        }
-        if let Some(s) = size
-            && s != written
-        {
-            return Err(broken(format!(
-                "upstream sent {written} bytes, Content-Length said {s}"
-            )));
-        }
-        let actual = hasher.finish();
-        if actual != self.digest {
-            return Err(broken(format!("content hashes to {actual}")));
-        }
-        // Clients may finish now; the commit (an fsync for big blobs) need not delay them.
-        self.tx.send_modify(|p| p.verified = true);
-        if let Some(mut w) = writer {
-            if !pending.is_empty()
-                && let Err(e) = w.write(pending.split().freeze()).await
-            {
-                tracing::error!(digest = %self.digest, error = %e, "storage write failed; not cached");
-                return Ok(());
-            }
-            match w.commit().await {
-                Ok(()) => {
-                    tracing::info!(name = %self.name, digest = %self.digest, bytes = written, "blob cached");
-                    self.link().await;
-                }
-                Err(e) => {
-                    tracing::error!(digest = %self.digest, error = %e, "storage commit failed")
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The upstream served the blob under `name`: that is the confirmation that `name` may serve
-    /// it. Written before the lease is released, so a replica waiting on this fill for the same
-    /// repository finds the link and asks the upstream nothing.
-    async fn link(&self) {
-        let key = layout::layer_link(&self.name, &self.digest);
-        let body = Bytes::from(self.digest.to_string());
-        match tokio::time::timeout(LINK_WRITE_TIMEOUT, self.storage.put(&key, body)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(key, error = %e, "cannot write to storage"),
-            Err(_) => tracing::error!(key, "storage write timed out"),
-        }
     }
 }

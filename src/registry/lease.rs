@@ -1,24 +1,33 @@
-//! The fleet's fill lease: which replica fetches an uncached blob. A replica that misses a blob
-//! takes the digest's lease (or learns that another replica holds it) here, renews it while its
-//! fill runs and releases it after the commit. One decision per digest per replica at a time.
+//! The fleet's fill lease: which replica fetches an uncached blob from the upstream, and where
+//! the others get its bytes. A replica that misses a blob takes the digest's lease (or learns
+//! which replica holds it) here, renews it while its fill runs and releases it after the commit.
+//!
+//! A replica that finds the lease held streams the holder's fill through the peer seam (when the
+//! fleet has a `cluster` section and the lease names the holder's address), else waits for the
+//! commit as replicas without peers always did. When a peer stream breaks, [`Fleet::after_break`]
+//! says where the rest comes from: storage (the holder committed), the lease's new holder, or the
+//! upstream under a lease taken over from a holder that is gone or whose lease lapsed.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::fill::Fill;
+use super::peer::{PeerError, Peers};
 use super::{Registry, RegistryError, unshare};
-use crate::cache::lease::{LeaseOutcome, Leases, fill_lease};
+use crate::cache::lease::{LeaseOutcome, Leases, fill_lease, holder_peer};
 use crate::layout;
 use crate::oci::{Digest, RepoName};
-use crate::storage::ObjectMeta;
+use crate::storage::{ObjectMeta, Storage};
 
-/// How long a fleet lease lives without renewal: the time other replicas wait before taking
-/// over from a holder that died.
-pub const LEASE_TTL: Duration = Duration::from_secs(15);
-/// Polling of the shared storage while another replica fills.
-const REMOTE_POLL_MIN: Duration = Duration::from_millis(100);
-const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
+/// How long a fleet lease lives without renewal: the longest a holder that died unseen (or sits
+/// behind a partition) keeps the others from taking over.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Renewals per lifetime: a missed renewal or two (a slow Redis) does not lose the lease.
+const RENEWALS_PER_TTL: u32 = 4;
+/// Polling of the shared storage (and of the lease) while another replica fills.
+pub const REMOTE_POLL_MIN: Duration = Duration::from_millis(100);
+pub const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
 /// After this long waiting for another replica, fetch here as well.
 const MAX_REMOTE_WAIT: Duration = Duration::from_secs(600);
 
@@ -29,8 +38,27 @@ pub(super) enum Source {
     Stored(ObjectMeta),
 }
 
+/// How a new fill starts.
+pub enum Start {
+    /// Fetch from the upstream, holding this lease.
+    Upstream(FillLease),
+    /// Stream from the replica holding the lease with this value.
+    Peer(String),
+}
+
+/// Where the rest of a fill comes from after its peer stream broke.
+pub enum Next {
+    Upstream(FillLease),
+    /// The lease with this value (its holder, or a new one).
+    Peer(String),
+    /// The holder committed the blob.
+    Stored,
+    /// A holder that cannot be streamed from (no peer address) holds the lease: look again.
+    Wait,
+}
+
 /// What this replica holds while it fills a digest.
-pub(super) enum FillLease {
+pub enum FillLease {
     /// No fleet to coordinate with (a replica on its own, or a lease store that cannot answer):
     /// nothing to renew or release.
     Local,
@@ -59,7 +87,7 @@ impl FillLease {
         };
         let renew = async {
             loop {
-                tokio::time::sleep(LEASE_TTL / 3).await;
+                tokio::time::sleep(LEASE_TTL / RENEWALS_PER_TTL).await;
                 if !leases.renew(name, token, LEASE_TTL).await {
                     // Another replica may now fill too; storage commits are atomic, so both
                     // finishing is wasteful but correct.
@@ -87,9 +115,122 @@ impl FillLease {
     }
 }
 
+/// The fleet as a fill sees it: the lease store, the peers (with a `cluster` section, set once
+/// the peer listener is up) and the shared storage.
+pub struct Fleet {
+    leases: Arc<dyn Leases>,
+    peers: OnceLock<Arc<dyn Peers>>,
+    storage: Arc<dyn Storage>,
+}
+
+impl Fleet {
+    pub fn new(leases: Arc<dyn Leases>, storage: Arc<dyn Storage>) -> Self {
+        Fleet {
+            leases,
+            peers: OnceLock::new(),
+            storage,
+        }
+    }
+
+    pub fn with_leases(&self, leases: Arc<dyn Leases>) -> Self {
+        let f = Fleet::new(leases, self.storage.clone());
+        if let Some(p) = self.peers() {
+            f.set_peers(p.clone());
+        }
+        f
+    }
+
+    /// False when peers were set already.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) -> bool {
+        self.peers.set(peers).is_ok()
+    }
+
+    pub fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
+    }
+
+    fn advertise(&self) -> Option<&str> {
+        self.peers().map(|p| p.advertise())
+    }
+
+    /// Whether the holder of the lease with value `held` can be streamed from: it said where,
+    /// and it is not this replica (replicas sharing one `cluster.advertise` would stream from
+    /// themselves).
+    fn streamable(&self, held: &str) -> bool {
+        match (self.advertise(), holder_peer(held)) {
+            (Some(me), Some(holder)) if holder == me => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::error!(holder, "another replica's fill lease names this replica's own peer address: cluster.advertise must differ per replica; waiting for commits instead");
+                });
+                false
+            }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        }
+    }
+
+    fn lease(&self, name: String, token: String) -> FillLease {
+        FillLease::Fleet {
+            leases: self.leases.clone(),
+            name,
+            token,
+        }
+    }
+
+    async fn stored(&self, digest: &Digest) -> bool {
+        matches!(
+            self.storage.stat(&layout::blob_data(digest)).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// The stream from the holder of the lease `held` broke (`why`), with part of the blob
+    /// here: where the rest comes from. A holder that is gone (nothing listens at its address)
+    /// loses its lease at once; one that is only unreachable keeps it until it lapses.
+    pub async fn after_break(&self, digest: &Digest, held: &str, why: &PeerError) -> Next {
+        if self.stored(digest).await {
+            return Next::Stored;
+        }
+        let name = fill_lease(digest);
+        let (outcome, reason) = match why {
+            PeerError::Gone(_) => (
+                self.leases
+                    .take_over(&name, held, LEASE_TTL, self.advertise())
+                    .await,
+                "holder_gone",
+            ),
+            _ => (
+                self.leases
+                    .try_acquire(&name, LEASE_TTL, self.advertise())
+                    .await,
+                "lease_free",
+            ),
+        };
+        match outcome {
+            LeaseOutcome::Acquired(token) => {
+                let lease = self.lease(name, token);
+                // The holder releases after its commit: a free lease may mean the blob has
+                // just landed.
+                if self.stored(digest).await {
+                    lease.release().await;
+                    return Next::Stored;
+                }
+                tracing::info!(digest = %digest, reason, "taking the fill over from its holder");
+                metrics::counter!(crate::metrics::FILL_TAKEOVERS, "reason" => reason).increment(1);
+                Next::Upstream(lease)
+            }
+            // Nobody to coordinate with any more (Redis down): fetch the rest alone.
+            LeaseOutcome::Local | LeaseOutcome::Unavailable => Next::Upstream(FillLease::Local),
+            LeaseOutcome::HeldElsewhere(v) if self.streamable(&v) => Next::Peer(v),
+            LeaseOutcome::HeldElsewhere(_) => Next::Wait,
+        }
+    }
+}
+
 impl Registry {
     /// The fill to stream `digest` from, or the stored blob when another replica of the fleet
-    /// committed it meanwhile.
+    /// committed it meanwhile. One decision per digest per replica at a time.
     pub(super) async fn obtain(
         self: &Arc<Self>,
         repo: &RepoName,
@@ -115,6 +256,7 @@ impl Registry {
         let mut poll = REMOTE_POLL_MIN;
         let mut waited = false;
         let name = fill_lease(digest);
+        let fleet = &self.fleet;
         loop {
             if let Some(f) = self.fills.get(digest) {
                 return Ok(Source::Fill(f));
@@ -124,22 +266,26 @@ impl Registry {
                     .increment(1);
                 return Ok(Source::Stored(meta));
             }
-            let lease = match self.leases.try_acquire(&name, LEASE_TTL).await {
-                LeaseOutcome::Acquired(token) => FillLease::Fleet {
-                    leases: self.leases.clone(),
-                    name: name.clone(),
-                    token,
-                },
+            let lease = match fleet
+                .leases
+                .try_acquire(&name, LEASE_TTL, fleet.advertise())
+                .await
+            {
+                LeaseOutcome::Acquired(token) => fleet.lease(name.clone(), token),
                 LeaseOutcome::Local | LeaseOutcome::Unavailable => FillLease::Local,
-                LeaseOutcome::HeldElsewhere if started.elapsed() < MAX_REMOTE_WAIT => {
-                    // Another replica is fetching it: wait for its commit rather than fetch
-                    // the same bytes again.
+                // Another replica is fetching it: stream its fill as it arrives.
+                LeaseOutcome::HeldElsewhere(held) if fleet.streamable(&held) => {
+                    return self.start(repo, digest, Start::Peer(held));
+                }
+                LeaseOutcome::HeldElsewhere(_) if started.elapsed() < MAX_REMOTE_WAIT => {
+                    // Another replica is fetching it and cannot stream it: wait for its commit
+                    // rather than fetch the same bytes again.
                     waited = true;
                     tokio::time::sleep(poll).await;
                     poll = (poll * 3 / 2).min(REMOTE_POLL_MAX);
                     continue;
                 }
-                LeaseOutcome::HeldElsewhere => {
+                LeaseOutcome::HeldElsewhere(_) => {
                     tracing::warn!(digest = %digest, "another replica's fill is taking too long; fetching here too");
                     FillLease::Local
                 }
@@ -157,11 +303,20 @@ impl Registry {
                 metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "took_over")
                     .increment(1);
             }
-            let fill = self
-                .fills
-                .join_or_start(repo, digest, lease)
-                .map_err(|e| RegistryError::Internal(format!("cannot create spool file: {e}")))?;
-            return Ok(Source::Fill(fill));
+            return self.start(repo, digest, Start::Upstream(lease));
         }
+    }
+
+    fn start(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        start: Start,
+    ) -> Result<Source, RegistryError> {
+        let fill = self
+            .fills
+            .join_or_start(repo, digest, start, self.fleet.clone())
+            .map_err(|e| RegistryError::Internal(format!("cannot create spool file: {e}")))?;
+        Ok(Source::Fill(fill))
     }
 }

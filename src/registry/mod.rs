@@ -2,15 +2,19 @@
 //! from storage, the descriptor cache and the upstream. Never sees HTTP types. This file holds
 //! the types, the construction and what the rooms share; each kind of request has its own room:
 //! `manifests.rs` (and tags resolving to them), `blobs.rs`, `tags.rs` (tag lists, catalog),
-//! `referrers.rs`; `fill.rs` the fill and `lease.rs` the fleet's fill lease.
+//! `referrers.rs`; `fill.rs` the fill (spool, watermark, clients), `fetch.rs` its task (sources,
+//! hashing, commit, resuming), `lease.rs` the fleet's fill lease and `peer.rs` the seam to the
+//! other replicas; `namespace.rs` containerd's `ns`.
 
 mod blobs;
 mod bodies;
 mod coalesce;
+mod fetch;
 mod fill;
 mod lease;
 mod manifests;
 pub mod namespace;
+mod peer;
 mod referrers;
 mod tags;
 
@@ -32,7 +36,8 @@ use bodies::ManifestBodies;
 use coalesce::Coalescer;
 pub use fill::ClientStream;
 use fill::Fills;
-use lease::Source;
+use lease::{Fleet, Source};
+pub use peer::{PeerByteStream, PeerError, PeerStream, Peers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -82,6 +87,15 @@ pub struct BlobReply {
     pub body: Option<ClientStream>,
 }
 
+/// A fill in progress, as a peer streams it.
+pub struct FillStream {
+    /// The whole blob's size, when known.
+    pub size: Option<u64>,
+    /// The repository the upstream served the blob under (see [`PeerStream::name`]).
+    pub name: Option<RepoName>,
+    pub body: ClientStream,
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct TagList {
     pub name: String,
@@ -111,7 +125,7 @@ pub struct Registry {
     settings: RegistrySettings,
     fills: Fills,
     manifests: Coalescer<(RepoName, Reference), Shared<Manifest>>,
-    leases: Arc<dyn Leases>,
+    fleet: Arc<Fleet>,
     decisions: Coalescer<Digest, Shared<Source>>,
     referrer_fetches: Coalescer<(RepoName, Digest), Shared<Bytes>>,
     bodies: ManifestBodies,
@@ -139,13 +153,13 @@ impl Registry {
             settings.read_only,
         );
         Registry {
-            storage,
+            storage: storage.clone(),
             cache,
             upstream,
             settings,
             fills,
             manifests: Coalescer::default(),
-            leases: Arc::new(LocalLeases),
+            fleet: Arc::new(Fleet::new(Arc::new(LocalLeases), storage.clone())),
             decisions: Coalescer::default(),
             referrer_fetches: Coalescer::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
@@ -161,8 +175,32 @@ impl Registry {
 
     /// Coordinate fills with the other replicas of a fleet through `leases`.
     pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
-        self.leases = leases;
+        self.fleet = Arc::new(self.fleet.with_leases(leases));
         self
+    }
+
+    /// Stream the fills other replicas of the fleet hold through `peers`, instead of waiting
+    /// for their commits (set once the peer listener serves this replica's own fills). False
+    /// when peers were set already.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) -> bool {
+        self.fleet.set_peers(peers)
+    }
+
+    /// For a peer: the fill of `digest` in progress here, from byte `from` on, as clients get
+    /// it (the last byte only once verified). `None` when there is none, or its upstream
+    /// refused. Never storage: a peer asks only the replica its lease names.
+    pub async fn fill_in_progress(&self, digest: &Digest, from: u64) -> Option<FillStream> {
+        let fill = self.fills.get(digest)?;
+        let size = fill.started().await.ok()?;
+        if size.is_some_and(|s| from > s) {
+            return None;
+        }
+        let name = fill.confirmed_under().await.ok()?;
+        Some(FillStream {
+            size,
+            name,
+            body: fill.stream(from, None),
+        })
     }
 
     /// How long a tag of `repo` is trusted: its upstream's `tag_ttl`.
@@ -213,5 +251,7 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
     })
 }
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod rules_tests;

@@ -19,7 +19,7 @@ use crate::storage::{ObjectMeta, Storage, StorageError};
 use crate::upstream::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fault {
+pub(super) enum Fault {
     None,
     /// Serve bytes that do not hash to the digest.
     Corrupt,
@@ -29,27 +29,39 @@ enum Fault {
     Down,
 }
 
-struct Fake {
-    blob: Bytes,
-    blob_digest: Digest,
+pub(super) struct Fake {
+    pub(super) blob: Bytes,
+    pub(super) blob_digest: Digest,
     manifest: Bytes,
     manifest_digest: Digest,
     fault: Mutex<Fault>,
     /// Delay between 64 KiB chunks, so concurrent requests overlap the fill.
     pace: Duration,
-    blob_gets: AtomicUsize,
+    pub(super) blob_gets: AtomicUsize,
     manifest_gets: AtomicUsize,
     manifest_heads: AtomicUsize,
-    blob_heads: AtomicUsize,
+    /// Where each blob GET started (its range).
+    pub(super) blob_gets_from: Mutex<Vec<u64>>,
+    /// Blob bytes sent, over every GET.
+    pub(super) blob_bytes: Arc<AtomicUsize>,
+    /// Answer every range with the whole blob.
+    pub(super) ignore_ranges: std::sync::atomic::AtomicBool,
+    /// The first GET stops before this offset until the semaphore has a permit (never, for a
+    /// stalled fetch).
+    pub(super) pause: Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
+    pub(super) blob_heads: AtomicUsize,
     /// While set, blob bodies stop after their first chunk: a fill stays in flight.
     stall: Arc<std::sync::atomic::AtomicBool>,
     /// Repositories under which the upstream denies knowing the blob (a private repository's
     /// digest asked for under a public name).
     denied: Mutex<Vec<String>>,
+    /// The blob bounds the registry is told to hold blobs to (this fake's own bodies ignore
+    /// them, as a holder's fill past its own bounds would not).
+    pub(super) bounds: Mutex<crate::upstream::bounds::BlobBounds>,
 }
 
 impl Fake {
-    fn new(size: usize) -> Arc<Self> {
+    pub(super) fn new(size: usize) -> Arc<Self> {
         let blob: Bytes = (0..size)
             .map(|i| (i * 31 % 251) as u8)
             .collect::<Vec<_>>()
@@ -68,13 +80,18 @@ impl Fake {
             blob_gets: AtomicUsize::new(0),
             manifest_gets: AtomicUsize::new(0),
             manifest_heads: AtomicUsize::new(0),
+            blob_gets_from: Mutex::new(Vec::new()),
+            blob_bytes: Arc::new(AtomicUsize::new(0)),
+            ignore_ranges: std::sync::atomic::AtomicBool::new(false),
+            pause: Mutex::new(None),
             blob_heads: AtomicUsize::new(0),
             stall: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             denied: Mutex::new(Vec::new()),
+            bounds: Mutex::new(Default::default()),
         })
     }
 
-    fn deny(&self, repo: &str) {
+    pub(super) fn deny(&self, repo: &str) {
         self.denied.lock().unwrap().push(repo.to_owned());
     }
 
@@ -82,7 +99,7 @@ impl Fake {
         self.denied.lock().unwrap().iter().any(|r| r == n.as_str())
     }
 
-    fn set(&self, f: Fault) {
+    pub(super) fn set(&self, f: Fault) {
         *self.fault.lock().unwrap() = f;
     }
 
@@ -101,6 +118,10 @@ impl Fake {
 impl Upstream for Fake {
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         name.with_library_prefix()
+    }
+
+    fn blob_bounds(&self, _: &RepoName) -> crate::upstream::bounds::BlobBounds {
+        *self.bounds.lock().unwrap()
     }
 
     async fn head_manifest(
@@ -150,8 +171,14 @@ impl Upstream for Fake {
         Ok(self.blob.len() as u64)
     }
 
-    async fn get_blob(&self, n: &RepoName, d: &Digest) -> Result<BlobResponse, UpstreamError> {
+    async fn get_blob(
+        &self,
+        n: &RepoName,
+        d: &Digest,
+        from: u64,
+    ) -> Result<BlobResponse, UpstreamError> {
         self.blob_gets.fetch_add(1, Ordering::SeqCst);
+        self.blob_gets_from.lock().unwrap().push(from);
         let fault = self.fault()?;
         if *d != self.blob_digest || self.is_denied(n) {
             return Err(UpstreamError::NotFound);
@@ -166,23 +193,47 @@ impl Upstream for Fake {
         } else {
             size
         };
-        let chunks: Vec<Result<Bytes, UpstreamError>> = data[..cut]
-            .chunks(64 * 1024)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .chain(
-                (fault == Fault::Truncate).then(|| Err(UpstreamError::Unavailable("reset".into()))),
-            )
-            .collect();
+        let start = if self.ignore_ranges.load(Ordering::SeqCst) {
+            0
+        } else {
+            (from as usize).min(size)
+        };
+        let first = self.blob_gets_from.lock().unwrap().len() == 1;
+        let pause = if first {
+            self.pause.lock().unwrap().clone()
+        } else {
+            None
+        };
+        let mut chunks: Vec<(usize, Result<Bytes, UpstreamError>)> = Vec::new();
+        let mut at = start;
+        while at < cut {
+            let end = (at + 64 * 1024).min(cut);
+            chunks.push((at, Ok(Bytes::copy_from_slice(&data[at..end]))));
+            at = end;
+        }
+        if fault == Fault::Truncate {
+            chunks.push((cut, Err(UpstreamError::Unavailable("reset".into()))));
+        }
         let pace = self.pace;
+        let fake = self.blob_bytes.clone();
         let stall = self.stall.clone();
         let stream = futures_util::stream::iter(chunks)
             .enumerate()
-            .then(move |(i, c)| {
-                let stall = stall.clone();
+            .then(move |(i, (at, c))| {
+                let (pause, fake, stall) = (pause.clone(), fake.clone(), stall.clone());
                 async move {
+                    if let Some((offset, gate)) = pause
+                        && at + 64 * 1024 > offset
+                    {
+                        // Given back at once: one permit opens the gate for every stream.
+                        let _ = gate.acquire().await;
+                    }
                     tokio::time::sleep(pace).await;
                     while i > 0 && stall.load(Ordering::SeqCst) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if let Ok(b) = &c {
+                        fake.fetch_add(b.len(), Ordering::SeqCst);
                     }
                     c
                 }
@@ -190,6 +241,7 @@ impl Upstream for Fake {
             .boxed();
         Ok(BlobResponse {
             size: Some(size as u64),
+            start: start as u64,
             stream,
         })
     }
@@ -239,15 +291,15 @@ fn rig(size: usize, tag_ttl: Duration, offline: bool) -> Rig {
     }
 }
 
-fn name() -> RepoName {
+pub(super) fn name() -> RepoName {
     RepoName::parse("app").unwrap()
 }
 
-fn latest() -> Reference {
+pub(super) fn latest() -> Reference {
     Reference::Tag(Tag::parse("latest").unwrap())
 }
 
-async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
+pub(super) async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
     let chunks: Vec<Bytes> = reply.body.expect("body").try_collect().await?;
     Ok(chunks.concat())
 }
@@ -531,21 +583,58 @@ async fn allow_list_refuses_before_any_upstream_call() {
 
 /// A lease store shared by the replicas of a test fleet, with its own short lifetime so that a
 /// holder's death is noticed within the test.
-struct MemLeases {
-    ttl: Duration,
-    map: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+pub(super) struct MemLeases {
+    pub(super) ttl: Duration,
+    pub(super) map: Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// Renewals fail (as for a holder cut off from the lease store): leases lapse.
+    pub(super) frozen: std::sync::atomic::AtomicBool,
+}
+
+impl MemLeases {
+    pub(super) fn new(ttl: Duration) -> Arc<Self> {
+        Arc::new(MemLeases {
+            ttl,
+            map: Mutex::new(Default::default()),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
 }
 
 #[async_trait]
 impl crate::cache::lease::Leases for MemLeases {
-    async fn try_acquire(&self, d: &str, _: Duration) -> crate::cache::lease::LeaseOutcome {
-        use crate::cache::lease::LeaseOutcome;
+    async fn try_acquire(
+        &self,
+        d: &str,
+        _: Duration,
+        peer: Option<&str>,
+    ) -> crate::cache::lease::LeaseOutcome {
+        use crate::cache::lease::{LeaseOutcome, lease_value};
         let mut map = self.map.lock().unwrap();
         let now = std::time::Instant::now();
         match map.get(d) {
-            Some((_, until)) if *until > now => LeaseOutcome::HeldElsewhere,
+            Some((v, until)) if *until > now => LeaseOutcome::HeldElsewhere(v.clone()),
             _ => {
-                let token = uuid::Uuid::new_v4().to_string();
+                let token = lease_value(peer);
+                map.insert(d.to_owned(), (token.clone(), now + self.ttl));
+                LeaseOutcome::Acquired(token)
+            }
+        }
+    }
+
+    async fn take_over(
+        &self,
+        d: &str,
+        held: &str,
+        _: Duration,
+        peer: Option<&str>,
+    ) -> crate::cache::lease::LeaseOutcome {
+        use crate::cache::lease::{LeaseOutcome, lease_value};
+        let mut map = self.map.lock().unwrap();
+        let now = std::time::Instant::now();
+        match map.get(d) {
+            Some((v, until)) if *until > now && v != held => LeaseOutcome::HeldElsewhere(v.clone()),
+            _ => {
+                let token = lease_value(peer);
                 map.insert(d.to_owned(), (token.clone(), now + self.ttl));
                 LeaseOutcome::Acquired(token)
             }
@@ -553,6 +642,9 @@ impl crate::cache::lease::Leases for MemLeases {
     }
 
     async fn renew(&self, d: &str, token: &str, _: Duration) -> bool {
+        if self.frozen.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut map = self.map.lock().unwrap();
         match map.get_mut(d) {
             Some((t, until)) if t == token => {
@@ -571,7 +663,7 @@ impl crate::cache::lease::Leases for MemLeases {
     }
 }
 
-fn replica(
+pub(super) fn replica(
     storage: &MemoryStorage,
     fake: &Arc<Fake>,
     leases: &Arc<MemLeases>,
@@ -599,10 +691,7 @@ async fn one_fill_across_replicas_sharing_storage_and_leases() {
     let spool = tempfile::tempdir().unwrap();
     let storage = MemoryStorage::new();
     let fake = Fake::new(2 * 1024 * 1024);
-    let leases = Arc::new(MemLeases {
-        ttl: Duration::from_secs(5),
-        map: Mutex::new(Default::default()),
-    });
+    let leases = MemLeases::new(Duration::from_secs(5));
     let replicas: Vec<Arc<Registry>> = (0..3)
         .map(|_| replica(&storage, &fake, &leases, &spool))
         .collect();
@@ -631,15 +720,12 @@ async fn a_replica_takes_over_when_the_lease_holder_dies() {
     let spool = tempfile::tempdir().unwrap();
     let storage = MemoryStorage::new();
     let fake = Fake::new(64 * 1024);
-    let leases = Arc::new(MemLeases {
-        ttl: Duration::from_millis(400),
-        map: Mutex::new(Default::default()),
-    });
+    let leases = MemLeases::new(Duration::from_millis(400));
     // A holder that never fills or renews: it died right after taking the lease.
     use crate::cache::lease::{LeaseOutcome, Leases, fill_lease};
     assert!(matches!(
         leases
-            .try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO)
+            .try_acquire(&fill_lease(&fake.blob_digest), Duration::ZERO, None)
             .await,
         LeaseOutcome::Acquired(_)
     ));
@@ -756,7 +842,7 @@ async fn coalesced_requests_all_see_a_storage_outage_as_such() {
     assert_eq!(fake.manifest_gets.load(Ordering::SeqCst), 0);
 }
 
-fn repo(s: &str) -> RepoName {
+pub(super) fn repo(s: &str) -> RepoName {
     RepoName::parse(s).unwrap()
 }
 

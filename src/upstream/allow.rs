@@ -40,6 +40,10 @@ impl Upstream for AllowListed {
         self.inner.canonical_name(name)
     }
 
+    fn blob_bounds(&self, name: &RepoName) -> super::bounds::BlobBounds {
+        self.inner.blob_bounds(name)
+    }
+
     async fn head_manifest(
         &self,
         name: &RepoName,
@@ -67,9 +71,10 @@ impl Upstream for AllowListed {
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError> {
         self.check(name)?;
-        self.inner.get_blob(name, digest).await
+        self.inner.get_blob(name, digest, from).await
     }
 
     async fn tags(

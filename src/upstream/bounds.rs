@@ -57,6 +57,17 @@ impl BlobBounds {
         announced: Option<u64>,
         stream: BlobByteStream,
     ) -> Result<BlobByteStream, UpstreamError> {
+        self.apply_at(0, announced, stream)
+    }
+
+    /// [`apply`](Self::apply) to a stream of the blob's bytes from offset `start` on (a ranged
+    /// resume): the size bound counts the blob's bytes, the rate this stream's own.
+    pub fn apply_at(
+        self,
+        start: u64,
+        announced: Option<u64>,
+        stream: BlobByteStream,
+    ) -> Result<BlobByteStream, UpstreamError> {
         if let Some(n) = announced
             && n > self.max_size
         {
@@ -91,7 +102,7 @@ impl BlobBounds {
             match next {
                 Some(Ok(chunk)) => {
                     let seen = seen + chunk.len() as u64;
-                    if seen > self.max_size {
+                    if start + seen > self.max_size {
                         tripped("max_blob_size");
                         let e = UpstreamError::Invalid(format!(
                             "the upstream sent more than upstream.max_blob_size ({} bytes)",
@@ -179,6 +190,10 @@ mod tests {
         assert!(e.is_some());
         let (n, e) = drain(b.apply(None, chunks(10, 10)).unwrap()).await;
         assert_eq!((n, e), (100, None));
+        // A resumed stream: the blob's bytes before it count too.
+        let (n, e) = drain(b.apply_at(60, None, chunks(10, 10)).unwrap()).await;
+        assert_eq!(n, 40);
+        assert!(e.is_some());
     }
 
     #[tokio::test]

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{
-    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LINK, RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderName, LINK, RANGE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -308,7 +309,7 @@ impl HttpUpstream {
         path: &str,
         query: Option<&str>,
         name: &RepoName,
-        accept: Option<&str>,
+        header: Option<(HeaderName, &str)>,
     ) -> Result<Sent, UpstreamError> {
         let permit = self.permit(op).await?;
         let url = self.url(path, query);
@@ -318,8 +319,8 @@ impl HttpUpstream {
         let mut reread = false;
         for attempt in 0..3 {
             let mut req = self.client.request(method.clone(), url.clone());
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
+            if let Some((k, v)) = &header {
+                req = req.header(k, *v);
             }
             let scheme = self.scheme.lock().expect("lock").clone();
             match &scheme {
@@ -420,7 +421,7 @@ impl HttpUpstream {
         }
         let path = format!("/v2/{name}/manifests/{reference}");
         check(
-            self.send(op, method, &path, None, name, Some(ACCEPT_ALL))
+            self.send(op, method, &path, None, name, Some((ACCEPT, ACCEPT_ALL)))
                 .await?
                 .resp,
         )
@@ -461,6 +462,17 @@ fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// `bytes <first>-<last>/<total>`: the first byte's offset and the total (None when `*`).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, _) = range.split_once('-')?;
+    let total = match total {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((first.parse().ok()?, total))
+}
+
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -469,6 +481,10 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 #[async_trait]
 impl Upstream for HttpUpstream {
+    fn blob_bounds(&self, _: &RepoName) -> super::bounds::BlobBounds {
+        self.settings.blob_bounds
+    }
+
     fn canonical_name(&self, name: &RepoName) -> RepoName {
         if self.settings.library_prefix {
             name.with_library_prefix()
@@ -531,13 +547,39 @@ impl Upstream for HttpUpstream {
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError> {
         let path = format!("/v2/{name}/blobs/{digest}");
+        let range = format!("bytes={from}-");
         let Sent { resp, permit } = self
-            .send("blob_get", Method::GET, &path, None, name, None)
+            .send(
+                "blob_get",
+                Method::GET,
+                &path,
+                None,
+                name,
+                (from > 0).then_some((RANGE, range.as_str())),
+            )
             .await?;
         let resp = check(resp)?;
-        let size = content_length(resp.headers());
+        // A 206 says where its bytes start and how long the blob is; anything else is the
+        // whole blob, whatever was asked.
+        let (start, size) = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            match header_str(resp.headers(), CONTENT_RANGE)
+                .as_deref()
+                .and_then(parse_content_range)
+            {
+                Some((start, total)) if start <= from => (start, total),
+                _ => {
+                    return Err(UpstreamError::Invalid(format!(
+                        "a range from byte {from} was answered with Content-Range {:?}",
+                        header_str(resp.headers(), CONTENT_RANGE).unwrap_or_default()
+                    )));
+                }
+            }
+        } else {
+            (0, content_length(resp.headers()))
+        };
         // The permit is held until the body ends (or the stream is dropped).
         let bytes = metrics::counter!(crate::metrics::UPSTREAM_BYTES, "upstream" => self.settings.name.clone());
         let stream = resp
@@ -550,8 +592,12 @@ impl Upstream for HttpUpstream {
                 r.map_err(|e| unavailable(&e))
             })
             .boxed();
-        let stream = self.settings.blob_bounds.apply(size, stream)?;
-        Ok(BlobResponse { size, stream })
+        let stream = self.settings.blob_bounds.apply_at(start, size, stream)?;
+        Ok(BlobResponse {
+            size,
+            start,
+            stream,
+        })
     }
 
     async fn tags(
@@ -586,7 +632,14 @@ impl Upstream for HttpUpstream {
     async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
         let path = format!("/v2/{name}/referrers/{digest}");
         let resp = self
-            .send("referrers", Method::GET, &path, None, name, Some(OCI_INDEX))
+            .send(
+                "referrers",
+                Method::GET,
+                &path,
+                None,
+                name,
+                Some((ACCEPT, OCI_INDEX)),
+            )
             .await?
             .resp;
         // Registries without the API answer 404 (Distribution 2.x), or 400/405 (some others).

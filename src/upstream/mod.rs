@@ -65,7 +65,11 @@ pub struct FetchedManifest {
 }
 
 pub struct BlobResponse {
+    /// The whole blob's size, when the upstream said.
     pub size: Option<u64>,
+    /// The offset of the stream's first byte: the one asked for, or 0 when the upstream ignored
+    /// the range and sends the whole blob.
+    pub start: u64,
     pub stream: BlobByteStream,
 }
 
@@ -92,10 +96,13 @@ pub trait Upstream: Send + Sync + 'static {
         reference: &Reference,
     ) -> Result<FetchedManifest, UpstreamError>;
     async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
+    /// The blob's bytes from offset `from` on (a `Range` request when `from` > 0; see
+    /// [`BlobResponse::start`] for what the upstream made of it).
     async fn get_blob(
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError>;
     async fn tags(
         &self,
@@ -103,6 +110,12 @@ pub trait Upstream: Send + Sync + 'static {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<TagsResponse, UpstreamError>;
+    /// The bounds a blob of `name` is held to, wherever its bytes come from (the upstream, or
+    /// another replica relaying its own fetch).
+    fn blob_bounds(&self, name: &RepoName) -> bounds::BlobBounds {
+        let _ = name;
+        bounds::BlobBounds::default()
+    }
     /// What containerd's `?ns=<registry>` value selects among the configured upstreams; None:
     /// none answers for it (only [`Routed`] knows the set).
     fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {

@@ -64,6 +64,12 @@ impl Routed {
 
 #[async_trait]
 impl Upstream for Routed {
+    fn blob_bounds(&self, name: &RepoName) -> super::bounds::BlobBounds {
+        self.route(name)
+            .map(|(u, _, inner)| u.blob_bounds(&inner))
+            .unwrap_or_default()
+    }
+
     /// The upstream an `ns` query value names, if it is configured (case-insensitive, as host
     /// names are).
     fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {
@@ -115,9 +121,10 @@ impl Upstream for Routed {
         &self,
         name: &RepoName,
         digest: &Digest,
+        from: u64,
     ) -> Result<BlobResponse, UpstreamError> {
         let (u, _, inner) = self.route(name)?;
-        u.get_blob(&inner, digest).await
+        u.get_blob(&inner, digest, from).await
     }
 
     async fn tags(
@@ -177,7 +184,12 @@ mod tests {
             self.asked.lock().unwrap().push(format!("{}:{n}", self.tag));
             Err(UpstreamError::NotFound)
         }
-        async fn get_blob(&self, n: &RepoName, _: &Digest) -> Result<BlobResponse, UpstreamError> {
+        async fn get_blob(
+            &self,
+            n: &RepoName,
+            _: &Digest,
+            _: u64,
+        ) -> Result<BlobResponse, UpstreamError> {
             self.asked.lock().unwrap().push(format!("{}:{n}", self.tag));
             Err(UpstreamError::NotFound)
         }

@@ -141,7 +141,16 @@ s3_impl_passing_through! {
             .missing_head_ms
             .load(std::sync::atomic::Ordering::Relaxed);
         if r.is_err() && ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            // Late by `ms`, or until the test lets late answers through (sets 0).
+            let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+            while tokio::time::Instant::now() < until
+                && self
+                    .missing_head_ms
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         r
     }
@@ -227,6 +236,7 @@ impl S3Server {
 
     /// From now on, a `HeadObject` (OpenDAL's stat) that finds no object answers `d` late, with
     /// what it found when it was asked: a slow store whose "not there" may be stale on arrival.
+    /// Setting zero lets the answers held back arrive at once.
     pub fn set_slow_missing_heads(&self, d: Duration) {
         self.missing_head_ms
             .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -227,8 +227,8 @@ struct Taken;
 
 #[async_trait]
 impl Leases for Taken {
-    async fn try_acquire(&self, _: &str, _: Duration) -> LeaseOutcome {
-        LeaseOutcome::HeldElsewhere
+    async fn try_acquire(&self, _: &str, _: Duration, _: Option<&str>) -> LeaseOutcome {
+        LeaseOutcome::HeldElsewhere(String::new())
     }
     async fn renew(&self, _: &str, _: &str, _: Duration) -> bool {
         false

@@ -1,0 +1,461 @@
+//! A fleet's replicas streaming each other's fills, in one process: replicas sharing a memory
+//! storage and a lease store, their peer seam wired straight to each other's
+//! `Registry::fill_in_progress`, and a scripted upstream that can hold a fetch half-way (so the
+//! order of events is fixed, not timed) and counts every byte it sends.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::rules_tests::{Fake, Fault, MemLeases, latest, name, read_all, replica, repo};
+use super::*;
+use crate::oci::ByteRange;
+use crate::storage::MemoryStorage;
+
+/// The replicas of a test fleet, by peer address.
+#[derive(Default)]
+struct Net {
+    replicas: Mutex<HashMap<String, Arc<Registry>>>,
+    /// Replicas that died: nothing listens at their address.
+    gone: Mutex<HashSet<String>>,
+    /// Cancelled when a replica dies: its streams break.
+    alive: Mutex<HashMap<String, CancellationToken>>,
+    /// Replicas alive but out of reach (a partition): opening a stream from them times out.
+    cut: Mutex<HashSet<String>>,
+    opened: AtomicUsize,
+}
+
+struct NetPeers {
+    me: String,
+    net: Arc<Net>,
+}
+
+#[async_trait]
+impl Peers for NetPeers {
+    fn advertise(&self) -> &str {
+        &self.me
+    }
+
+    async fn open(
+        &self,
+        holder: &str,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<PeerStream, PeerError> {
+        if self.net.gone.lock().unwrap().contains(holder) {
+            return Err(PeerError::Gone(format!("{holder}: connection refused")));
+        }
+        if self.net.cut.lock().unwrap().contains(holder) {
+            return Err(PeerError::Failed(format!("{holder}: timed out")));
+        }
+        let reg = self.net.replicas.lock().unwrap().get(holder).cloned();
+        let alive = self.net.alive.lock().unwrap().get(holder).cloned();
+        let (Some(reg), Some(alive)) = (reg, alive) else {
+            return Err(PeerError::Failed(format!("no replica at {holder}")));
+        };
+        let f = reg
+            .fill_in_progress(digest, from)
+            .await
+            .ok_or(PeerError::NoFill)?;
+        self.net.opened.fetch_add(1, Ordering::SeqCst);
+        let stream = futures_util::stream::unfold(
+            (f.body, alive, false),
+            |(mut body, alive, ended)| async move {
+                if ended {
+                    return None;
+                }
+                tokio::select! {
+                    _ = alive.cancelled() => {
+                        let e = PeerError::Failed("connection reset".into());
+                        Some((Err(e), (body, alive, true)))
+                    }
+                    item = body.next() => match item {
+                        None => None,
+                        Some(Ok(b)) => Some((Ok(b), (body, alive, false))),
+                        Some(Err(e)) => {
+                            let e = PeerError::Failed(e.to_string());
+                            Some((Err(e), (body, alive, true)))
+                        }
+                    },
+                }
+            },
+        )
+        .boxed();
+        Ok(PeerStream {
+            size: f.size,
+            name: f.name,
+            stream,
+        })
+    }
+}
+
+struct Fleet3 {
+    replicas: Vec<Arc<Registry>>,
+    net: Arc<Net>,
+    leases: Arc<MemLeases>,
+    storage: MemoryStorage,
+    fake: Arc<Fake>,
+    _spool: tempfile::TempDir,
+}
+
+impl Fleet3 {
+    /// Three replicas; the fake's fetches from byte 0 stop at `pause_at` until `gate` opens.
+    async fn start(size: usize, pause_at: usize, gate: &Arc<tokio::sync::Semaphore>) -> Fleet3 {
+        Self::start_with(size, pause_at, gate, Duration::from_secs(30)).await
+    }
+
+    async fn start_with(
+        size: usize,
+        pause_at: usize,
+        gate: &Arc<tokio::sync::Semaphore>,
+        lease_ttl: Duration,
+    ) -> Fleet3 {
+        let spool = tempfile::tempdir().unwrap();
+        let storage = MemoryStorage::new();
+        let fake = Fake::new(size);
+        *fake.pause.lock().unwrap() = Some((pause_at, gate.clone()));
+        let leases = MemLeases::new(lease_ttl);
+        let net = Arc::new(Net::default());
+        let mut replicas = Vec::new();
+        for i in 0..3 {
+            let me = format!("peer-{i}");
+            let r = replica(&storage, &fake, &leases, &spool);
+            assert!(r.set_peers(Arc::new(NetPeers {
+                me: me.clone(),
+                net: net.clone(),
+            })));
+            net.replicas.lock().unwrap().insert(me.clone(), r.clone());
+            net.alive
+                .lock()
+                .unwrap()
+                .insert(me, CancellationToken::new());
+            r.manifest(&name(), &latest()).await.unwrap();
+            replicas.push(r);
+        }
+        Fleet3 {
+            replicas,
+            net,
+            leases,
+            storage,
+            fake,
+            _spool: spool,
+        }
+    }
+
+    fn kill(&self, i: usize) {
+        let me = format!("peer-{i}");
+        self.net.gone.lock().unwrap().insert(me.clone());
+        self.net.alive.lock().unwrap()[&me].cancel();
+    }
+
+    /// A client of replica `i`: reports `(i, bytes so far)` after its first chunk and once it
+    /// has `report_at` bytes, and returns the whole body.
+    fn client(
+        &self,
+        i: usize,
+        report_at: usize,
+        seen: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
+    ) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+        let reg = self.replicas[i].clone();
+        let d = self.fake.blob_digest.clone();
+        tokio::spawn(async move {
+            let reply = reg
+                .blob(&name(), &d, None, false)
+                .await
+                .map_err(std::io::Error::other)?;
+            let mut body = reply.body.expect("a body");
+            let mut got = Vec::new();
+            let mut reported = 0;
+            while let Some(chunk) = body.next().await {
+                got.extend_from_slice(&chunk?);
+                if reported == 0 || (reported < report_at && got.len() >= report_at) {
+                    reported = got.len();
+                    let _ = seen.send((i, got.len()));
+                }
+            }
+            Ok(got)
+        })
+    }
+
+    async fn stored(&self) -> Option<Bytes> {
+        self.storage
+            .read(&crate::layout::blob_data(&self.fake.blob_digest))
+            .await
+            .ok()
+    }
+}
+
+/// Wait for `n` reports of at least `min` bytes, one per client (up to 60 s: a bound on a
+/// hang, not a measure).
+async fn reports(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, usize)>,
+    n: usize,
+    min: usize,
+) -> Vec<usize> {
+    let mut by = Vec::new();
+    while by.len() < n {
+        let (i, len) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} clients reached {min} bytes", by.len()))
+            .expect("clients report");
+        if len >= min {
+            by.push(i);
+        }
+    }
+    by
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_streams_the_holders_fill_while_it_runs() {
+    const SIZE: usize = 2 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    for k in 0..18 {
+        clients.push(f.client(k % 3, 0, tx.clone()));
+    }
+    // Every client of every replica has its first bytes while the one upstream fetch is held
+    // half-way: the fill is still running.
+    let firsts = reports(&mut rx, 18, 1).await;
+    for i in 0..3 {
+        assert_eq!(firsts.iter().filter(|&&r| r == i).count(), 6, "replica {i}");
+    }
+    assert!(f.fake.blob_bytes.load(Ordering::SeqCst) <= SIZE / 2);
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    // A lazily pulling client asks a range of what has arrived, on every replica.
+    for (i, r) in f.replicas.iter().enumerate() {
+        let range = ByteRange::parse("bytes=100000-199999").unwrap();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(60),
+            r.blob(&name(), &f.fake.blob_digest, Some(range), false),
+        )
+        .await
+        .expect("a range of what has arrived is answered during the fill")
+        .unwrap();
+        assert_eq!(reply.range, Some((100000, 199999)));
+        let got = tokio::time::timeout(Duration::from_secs(60), read_all(reply))
+            .await
+            .expect("the range completes during the fill")
+            .unwrap();
+        assert_eq!(got, f.fake.blob[100000..200000], "replica {i}");
+    }
+    gate.add_permits(1);
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    // One peer stream per replica that does not hold the lease, however many clients.
+    assert_eq!(f.net.opened.load(Ordering::SeqCst), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while f.stored().await.is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.stored().await.as_deref(), Some(&f.fake.blob[..]));
+}
+
+/// Replica 0 takes the lease and fetches; its upstream stalls half-way and it dies. The other
+/// two, each with part of the blob from it, carry on: one takes the lease over and asks the
+/// upstream for the rest only, the other streams from it; every client completes.
+async fn holder_dies_half_way(ignore_ranges: bool) -> Fleet3 {
+    const SIZE: usize = 2 << 20;
+    let never = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &never).await;
+    f.fake.ignore_ranges.store(ignore_ranges, Ordering::SeqCst);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    let mut clients = Vec::new();
+    // Every relay has all the holder could give it (all it fetched but its last byte), and
+    // gives its clients all it has but its own last byte.
+    for k in 0..8 {
+        clients.push(f.client(1 + k % 2, SIZE / 2 - 2, tx.clone()));
+    }
+    reports(&mut rx, 8, SIZE / 2 - 2).await;
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    f.kill(0);
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    holder.abort();
+    assert_eq!(
+        f.stored().await.as_deref(),
+        Some(&f.fake.blob[..]),
+        "the replica that took over committed the whole blob"
+    );
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_resumes_with_a_range_when_the_holder_dies() {
+    let f = holder_dies_half_way(false).await;
+    let froms = f.fake.blob_gets_from.lock().unwrap().clone();
+    assert_eq!(
+        froms.len(),
+        2,
+        "the holder's fetch and one resume: {froms:?}"
+    );
+    assert_eq!(froms[0], 0);
+    assert!(froms[1] > 0, "the resume asks for the rest only: {froms:?}");
+    let sent = f.fake.blob_bytes.load(Ordering::SeqCst);
+    let size = f.fake.blob.len();
+    assert!(
+        sent <= size + 64 * 1024,
+        "the upstream sent {sent} bytes for a blob of {size}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_skips_what_it_has_when_the_upstream_ignores_ranges() {
+    let f = holder_dies_half_way(true).await;
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_upstream_bytes_complete_no_response_on_any_replica() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    f.fake.set(Fault::Corrupt);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = vec![f.client(0, 0, tx.clone())];
+    reports(&mut rx, 1, 1).await;
+    for k in 0..6 {
+        clients.push(f.client(1 + k % 2, 0, tx.clone()));
+    }
+    reports(&mut rx, 6, 1).await;
+    gate.add_permits(1);
+    for (k, c) in clients.into_iter().enumerate() {
+        let r = c.await.unwrap();
+        assert!(
+            r.is_err(),
+            "client {k} got a complete response of corrupt bytes"
+        );
+    }
+    assert_eq!(f.stored().await, None, "corrupt bytes committed");
+}
+
+/// The holder is alive but out of reach of the others (a partition): they wait, and finish
+/// from storage once it has committed; the upstream sends the blob once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_cut_off_from_a_live_holder_finish_from_its_commit() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    f.net.cut.lock().unwrap().insert("peer-0".into());
+    let clients: Vec<_> = (0..4).map(|k| f.client(1 + k % 2, 0, tx.clone())).collect();
+    gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+}
+
+/// The holder stalls, out of reach and no longer renewing its lease (cut off from the fleet):
+/// when the lease lapses, a relay takes it and resumes from the upstream with a range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lapsed_lease_of_an_unreachable_holder_is_taken_over() {
+    const SIZE: usize = 1 << 20;
+    let never = Arc::new(tokio::sync::Semaphore::new(0));
+    // Longer than the renewal period, so the lease lives until the holder is cut off.
+    let f = Fleet3::start_with(SIZE, SIZE / 2, &never, Duration::from_secs(5)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    let clients: Vec<_> = (0..4)
+        .map(|k| f.client(1 + k % 2, SIZE / 2 - 2, tx.clone()))
+        .collect();
+    reports(&mut rx, 4, SIZE / 2 - 2).await;
+    f.leases.frozen.store(true, Ordering::SeqCst);
+    f.net.cut.lock().unwrap().insert("peer-0".into());
+    f.net.alive.lock().unwrap()["peer-0"].cancel();
+    for c in clients {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    let froms = f.fake.blob_gets_from.lock().unwrap().clone();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[1] > 0, "resumed with a range: {froms:?}");
+}
+
+/// Issue 20 across replicas: a relay is a join of another replica's fill. The holder's GET
+/// confirms the blob for the repository it fetched under only: a request under another name on
+/// a relaying replica is asked of the upstream with a HEAD first (and refused where the
+/// upstream denies it), one under the same name costs nothing beyond the holder's one GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_of_another_repositorys_fill_asks_the_upstream_first() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let d = f.fake.blob_digest.clone();
+    f.fake.deny("library/evil");
+    let heads = || f.fake.blob_heads.load(Ordering::SeqCst);
+    let reply = |i: usize, n: &str| {
+        let (reg, d, n) = (f.replicas[i].clone(), d.clone(), repo(n));
+        async move { reg.blob(&n, &d, None, false).await }
+    };
+    // Replica 0 holds the lease and fetches under `private`, held half-way.
+    let holder = reply(0, "private").await.unwrap();
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    // Replica 1 relays it, but under `evil` the upstream denies the blob: nothing is served.
+    assert!(matches!(
+        reply(1, "evil").await,
+        Err(RegistryError::BlobUnknown)
+    ));
+    assert_eq!(heads(), 1);
+    // Under `shared`, which the upstream allows, replica 1 serves the relay after one HEAD.
+    let shared = reply(1, "shared").await.unwrap();
+    assert_eq!(heads(), 2);
+    // Under `private` on replica 2, the holder's GET is the confirmation: no HEAD.
+    let private = reply(2, "private").await.unwrap();
+    assert_eq!(heads(), 2);
+    assert_eq!(
+        f.net.opened.load(Ordering::SeqCst),
+        2,
+        "replicas 1 and 2 relay the holder's fill"
+    );
+    gate.add_permits(1);
+    for r in [holder, shared, private] {
+        assert_eq!(read_all(r).await.unwrap(), f.fake.blob);
+    }
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    for r in &f.replicas {
+        r.wait_for_fills().await;
+    }
+    for (n, linked) in [("private", true), ("shared", true), ("evil", false)] {
+        let key = crate::layout::layer_link(&repo(&format!("library/{n}")), &d);
+        assert_eq!(f.storage.stat(&key).await.unwrap().is_some(), linked, "{n}");
+    }
+}
+
+/// A relay is no way around the blob bounds (issue 21): a relaying replica holds the holder's
+/// stream to its own `upstream.max_blob_size`, so its clients get an error, never the blob,
+/// while the holder (whose upstream here ignores the bound) serves its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_holds_the_holders_stream_to_the_blob_size_bound() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    f.fake.bounds.lock().unwrap().max_size = (SIZE / 4) as u64;
+    let relayed = f.client(1, 0, tx.clone());
+    gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
+    assert!(
+        relayed.await.unwrap().is_err(),
+        "a relay served a blob above upstream.max_blob_size"
+    );
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    assert_eq!(f.net.opened.load(Ordering::SeqCst), 1);
+}
