@@ -64,6 +64,8 @@ catalogue! {
         "Blob response streams open now (bounded by server.max_blob_streams).";
     BLOB_STREAMS_REFUSED = Counter "ocimirror_blob_streams_refused_total" []
         "Blob GETs answered 503 because server.max_blob_streams streams were open.";
+    BLOB_STREAMS_CLIENT_REFUSED = Counter "ocimirror_blob_streams_client_refused_total" []
+        "Blob GETs answered 503 because their client had server.max_blob_streams_per_client open.";
     SEND_TIMEOUTS = Counter "ocimirror_send_timeouts_total" []
         "Connections closed because a client read nothing of a blob for server.send_timeout.";
     TLS_HANDSHAKE_FAILURES = Counter "ocimirror_tls_handshake_failures_total" []

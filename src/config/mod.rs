@@ -159,6 +159,8 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Blob downloads open at once across the process; beyond it 503 with `Retry-After`.
     pub max_blob_streams: usize,
+    /// Blob downloads one client (address, IPv6 /64) may have open at once.
+    pub max_blob_streams_per_client: usize,
     /// A blob download whose client reads nothing for this long has its connection closed.
     pub send_timeout: String,
 }
@@ -173,6 +175,7 @@ impl Default for ServerConfig {
             metrics_token_file: String::new(),
             max_concurrent_streams: 16,
             max_blob_streams: 512,
+            max_blob_streams_per_client: 128,
             send_timeout: "60s".into(),
         }
     }
@@ -250,6 +253,7 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub max_blob_streams: usize,
+    pub max_blob_streams_per_client: usize,
     pub send_timeout: Duration,
     pub status_page: bool,
     /// Where `/metrics` is served when not on the main listener.
@@ -437,6 +441,12 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     if c.server.max_blob_streams == 0 {
         problem("server.max_blob_streams", "must be at least 1".into());
     }
+    if c.server.max_blob_streams_per_client == 0 {
+        problem(
+            "server.max_blob_streams_per_client",
+            "must be at least 1".into(),
+        );
+    }
     let mut section = |prefix: &str, ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&format!("{prefix}.{key}"), message);
@@ -567,6 +577,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         header_read_timeout: header_read.expect("validated"),
         max_concurrent_streams: c.server.max_concurrent_streams,
         max_blob_streams: c.server.max_blob_streams,
+        max_blob_streams_per_client: c.server.max_blob_streams_per_client,
         send_timeout: send_timeout.expect("validated"),
         status_page: c.server.status_page,
         metrics_listen,
