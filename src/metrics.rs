@@ -83,6 +83,8 @@ catalogue! {
         "Requests to GitHub's API by the GitHub authenticator, by status.";
     AUTHN_OIDC_REQUESTS = Counter "ocimirror_authn_oidc_requests_total" ["status"]
         "Requests to the OIDC provider by the OIDC authenticator, by status.";
+    AUTHN_CHECKS_REFUSED = Counter "ocimirror_authn_checks_refused_total" []
+        "Logins answered 503 because login_throttle.max_pending_checks password checks were waiting.";
     AUTHN_THROTTLE_EVICTIONS = Counter "ocimirror_authn_throttle_evictions_total" []
         "Clients dropped from the login throttle's table to bound its memory.";
     // The pull-through rules (`registry/`).

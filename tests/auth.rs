@@ -1858,9 +1858,7 @@ async fn a_planted_manifest_on_a_second_upstream_cannot_read_a_private_images_bl
     let repos = m.storage_root().join("docker/registry/v2/repositories");
     for f in files_under(&repos) {
         let p = f.display().to_string();
-        if p.contains("/_layers/")
-            && secret.iter().any(|d| p.contains(hex_of(&d.digest)))
-        {
+        if p.contains("/_layers/") && secret.iter().any(|d| p.contains(hex_of(&d.digest))) {
             assert!(p.contains("/myorg/legacy/"), "planted link {p}");
         }
     }
@@ -1870,9 +1868,17 @@ async fn a_planted_manifest_on_a_second_upstream_cannot_read_a_private_images_bl
     // kept (a second pull asks nothing about that layer).
     let shared = format!("/v2/myorg/base-user/blobs/{}", base.digest);
     pull_and_check_oci(&format!("{}/up2", m.hostport()), &legit, None).await;
-    assert_eq!(up2.count_requests("GET", &shared).await, 0, "served from storage");
+    assert_eq!(
+        up2.count_requests("GET", &shared).await,
+        0,
+        "served from storage"
+    );
     let heads = up2.count_requests("HEAD", &shared).await;
     assert_eq!(heads, 1, "confirmed once under myorg/base-user");
     pull_and_check_oci(&format!("{}/up2", m.hostport()), &legit, None).await;
-    assert_eq!(up2.count_requests("", &shared).await, heads, "confirmation kept");
+    assert_eq!(
+        up2.count_requests("", &shared).await,
+        heads,
+        "confirmation kept"
+    );
 }
