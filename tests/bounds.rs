@@ -341,3 +341,57 @@ async fn a_trickling_upstream_is_cut_off_at_the_minimum_rate() {
     );
     assert!(m.metric("ocimirror_fills_in_flight", &[]).await == 0.0);
 }
+
+/// A manifest listing thousands of layers (Distribution accepts ~22,700 in 4 MiB) is refused
+/// with `MANIFEST_INVALID` saying why, by tag and by digest, and nothing of it is kept; a
+/// well-behaved pull goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_with_absurd_fan_out_is_refused() {
+    let fake = Fake::start().await;
+    let small = build_oci_image(25);
+    fake.add_image("small", "v1", &small);
+    let layers: Vec<serde_json::Value> = (0..5000u64)
+        .map(|i| {
+            serde_json::json!({"mediaType": OCI_LAYER_GZIP,
+                "digest": sha256_digest(&i.to_le_bytes()), "size": 1})
+        })
+        .collect();
+    let mut wide = small.clone();
+    wide.manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": small.config.json(), "layers": layers,
+    }))
+    .unwrap();
+    wide.digest = sha256_digest(&wide.manifest);
+    fake.add_image("wide", "v1", &wide);
+    let m =
+        Mirror::start(MirrorOpts::upstream(&fake.url).up("max_manifest_descriptors", "200")).await;
+
+    for reference in ["v1", wide.digest.as_str()] {
+        let r = m.get_manifest("wide", reference).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 502, "{reference}");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(error_codes(&body), vec!["MANIFEST_INVALID"]);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("5001 descriptors") && text.contains("200"),
+            "{text}"
+        );
+    }
+    assert!(!blob_data_path(&m.storage_root(), &wide.digest).exists());
+    assert!(
+        files_under(&m.storage_root())
+            .iter()
+            .all(|p| !p.display().to_string().contains("/wide/")),
+        "nothing kept for the refused manifest"
+    );
+    assert!(
+        m.metric(
+            "ocimirror_upstream_bounds_total",
+            &["max_manifest_descriptors"]
+        )
+        .await
+            >= 2.0
+    );
+    pull(&m, "small", &small).await;
+}

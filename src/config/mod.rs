@@ -221,6 +221,7 @@ pub struct NamedUpstream {
     pub name: String,
     pub settings: UpstreamSettings,
     pub tag_ttl: Duration,
+    pub max_manifest_descriptors: usize,
     pub allow: Vec<String>,
     /// The `ns` values that reach it (no other upstream has them).
     pub ns: Vec<String>,
@@ -246,6 +247,8 @@ pub struct Settings {
     pub upstreams: Vec<NamedUpstream>,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
+    /// The default upstream's `max_manifest_descriptors`.
+    pub upstream_max_descriptors: usize,
     /// The `ns` values that reach the default upstream (no other upstream has them).
     pub upstream_ns: Vec<String>,
     pub tag_ttl: Duration,
@@ -470,6 +473,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
                     name,
                     settings: checked.settings,
                     tag_ttl: checked.tag_ttl,
+                    max_manifest_descriptors: checked.max_manifest_descriptors,
                     allow: u.allow.clone(),
                     ns: Vec::new(),
                 });
@@ -571,6 +575,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         upstream: upstream.settings,
         upstreams: named,
         upstream_allow: c.upstream.allow.clone(),
+        upstream_max_descriptors: upstream.max_manifest_descriptors,
         upstream_ns,
         tag_ttl: upstream.tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),

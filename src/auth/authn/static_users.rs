@@ -495,9 +495,17 @@ pub(crate) mod tests {
         assert_eq!(s.verifications(), before);
         drop(busy);
         for w in waiting {
-            assert!(w.await.unwrap().unwrap().is_some(), "the queued logins pass");
+            assert!(
+                w.await.unwrap().unwrap().is_some(),
+                "the queued logins pass"
+            );
         }
-        assert!(s.authenticate("alice", "wonderland").await.unwrap().is_some());
+        assert!(
+            s.authenticate("alice", "wonderland")
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[tokio::test]
