@@ -114,6 +114,7 @@ pub struct Registry {
     leases: Arc<dyn Leases>,
     decisions: Coalescer<Digest, Shared<Source>>,
     referrer_fetches: Coalescer<(RepoName, Digest), Shared<Bytes>>,
+    referrer_answers: referrers::Answers,
     bodies: ManifestBodies,
     /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
     access: Option<Arc<AccessLog>>,
@@ -148,6 +149,7 @@ impl Registry {
             leases: Arc::new(LocalLeases),
             decisions: Coalescer::default(),
             referrer_fetches: Coalescer::default(),
+            referrer_answers: referrers::Answers::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
             access: None,
         }
