@@ -28,9 +28,12 @@ struct Kept {
     answers: HashMap<Option<String>, Bytes>,
 }
 
+type ByIndex = HashMap<(RepoName, Digest), Kept>;
+
+/// Kept answers, and the bytes they hold.
 #[derive(Default)]
 pub(super) struct Answers {
-    inner: Mutex<(HashMap<(RepoName, Digest), Kept>, usize)>,
+    inner: Mutex<(ByIndex, usize)>,
 }
 
 impl Answers {
