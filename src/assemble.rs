@@ -13,6 +13,7 @@ use crate::expiry::AccessLog;
 use crate::oci::RepoName;
 use crate::registry::{Registry, RegistrySettings};
 use crate::storage::{FsStorage, S3Storage, Storage};
+use crate::upstream::fanout::FanOutBounded;
 use crate::upstream::{
     AllowFn, AllowListed, HttpUpstream, Route, Routed, Upstream, UpstreamSettings,
 };
@@ -143,8 +144,12 @@ pub async fn build_registry_on(
 fn one_upstream(
     settings: &UpstreamSettings,
     allow: &[String],
+    max_descriptors: usize,
 ) -> Result<Arc<dyn Upstream>, AssembleError> {
-    let mut upstream: Arc<dyn Upstream> = Arc::new(HttpUpstream::new(settings.clone())?);
+    let mut upstream: Arc<dyn Upstream> = Arc::new(FanOutBounded::new(
+        Arc::new(HttpUpstream::new(settings.clone())?),
+        max_descriptors,
+    ));
     if !allow.is_empty() {
         let patterns: Vec<NamePattern> = allow
             .iter()
@@ -168,13 +173,13 @@ fn one_upstream(
 
 /// The default upstream, and the named ones routed by name prefix; each answers its `ns` values.
 pub fn build_upstreams(s: &Settings) -> Result<Arc<Routed>, AssembleError> {
-    let default = one_upstream(&s.upstream, &s.upstream_allow)?;
+    let default = one_upstream(&s.upstream, &s.upstream_allow, s.upstream_max_descriptors)?;
     let mut routes = Vec::new();
     for n in &s.upstreams {
         routes.push(Route {
             prefix: n.name.clone(),
             aliases: n.ns.clone(),
-            upstream: one_upstream(&n.settings, &n.allow)?,
+            upstream: one_upstream(&n.settings, &n.allow, n.max_manifest_descriptors)?,
         });
     }
     Ok(Arc::new(Routed::new(

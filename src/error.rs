@@ -195,6 +195,10 @@ impl From<UpstreamError> for ApiError {
                 )
                 .with_status(StatusCode::BAD_GATEWAY)
             }
+            UpstreamError::ManifestRefused(m) => {
+                tracing::warn!(reason = %m, "upstream manifest refused as invalid");
+                ApiError::new(Code::ManifestInvalid, m).with_status(StatusCode::BAD_GATEWAY)
+            }
             UpstreamError::Invalid(m) => {
                 // The client sees a 502; the operator needs the reason.
                 tracing::warn!(reason = %m, "upstream answer refused as invalid");

@@ -64,6 +64,8 @@ catalogue! {
         "Blob response streams open now (bounded by server.max_blob_streams).";
     BLOB_STREAMS_REFUSED = Counter "ocimirror_blob_streams_refused_total" []
         "Blob GETs answered 503 because server.max_blob_streams streams were open.";
+    BLOB_STREAMS_CLIENT_REFUSED = Counter "ocimirror_blob_streams_client_refused_total" []
+        "Blob GETs answered 503 because their client had server.max_blob_streams_per_client open.";
     SEND_TIMEOUTS = Counter "ocimirror_send_timeouts_total" []
         "Connections closed because a client read nothing of a blob for server.send_timeout.";
     TLS_HANDSHAKE_FAILURES = Counter "ocimirror_tls_handshake_failures_total" []
@@ -81,6 +83,8 @@ catalogue! {
         "Requests to GitHub's API by the GitHub authenticator, by status.";
     AUTHN_OIDC_REQUESTS = Counter "ocimirror_authn_oidc_requests_total" ["status"]
         "Requests to the OIDC provider by the OIDC authenticator, by status.";
+    AUTHN_CHECKS_REFUSED = Counter "ocimirror_authn_checks_refused_total" []
+        "Logins answered 503 because login_throttle.max_pending_checks password checks were waiting.";
     AUTHN_THROTTLE_EVICTIONS = Counter "ocimirror_authn_throttle_evictions_total" []
         "Clients dropped from the login throttle's table to bound its memory.";
     // The pull-through rules (`registry/`).

@@ -191,10 +191,12 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     if s.status_page {
         state = state.with_status_page(s.auth.is_some());
     }
-    state = state.with_blob_streams(crate::http::stream::BlobStreams::new(
-        s.max_blob_streams,
-        s.send_timeout,
-    ));
+    state = state.with_blob_streams(
+        crate::http::stream::BlobStreams::new(s.max_blob_streams, s.send_timeout).per_client(
+            s.max_blob_streams_per_client,
+            s.limits.real_ip_header.as_deref(),
+        ),
+    );
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {

@@ -1684,3 +1684,233 @@ fn example_ldap_config_checks() {
         text(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Cross-repository blob disclosure through a planted manifest
+// ---------------------------------------------------------------------------------------------
+
+const DOCKER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+const OCI_NONDISTRIBUTABLE: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// `media_type` manifest over `config` and `layers` (raw descriptor JSON).
+fn manifest_json(media_type: &str, config: &Descriptor, layers: Vec<Value>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": config.json(),
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+/// The attack of issue "cross-repository blob disclosure": a private image pulled by its user,
+/// and on a second upstream (a real Distribution accepting foreign layers) an attacker's
+/// manifests whose foreign-layer / cross-repository descriptors carry the private image's
+/// digests and sizes. Anonymously, under the attacker's repository only, the attacker gets the
+/// manifests but never the private bytes, before or after the victim's pull; a legitimate image
+/// on that upstream sharing a base layer is served once that upstream confirms the layer under
+/// its own name, and the confirmation is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_manifest_on_a_second_upstream_cannot_read_a_private_images_blobs() {
+    if !tool_or_skip(
+        std::process::Command::new("skopeo")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "skopeo",
+        "apt-get install skopeo",
+    ) {
+        return;
+    }
+    // up1: the default upstream, private (Basic auth), holding myorg/legacy.
+    let up1 = Registry::start(RegistryOpts {
+        auth: Some(("puller".into(), "up1-pass".into())),
+        ..Default::default()
+    })
+    .await;
+    let legacy = up1
+        .pusher()
+        .push_image(
+            "myorg/legacy",
+            "v1",
+            &build_image(Kind::Oci, 2001, &[4 << 10, 64 << 10], "amd64", "linux"),
+        )
+        .await;
+    // up2: anyone may push there (the attacker did), foreign layers accepted.
+    let up2 = Registry::start(RegistryOpts {
+        allow_urls: true,
+        ..Default::default()
+    })
+    .await;
+    let p2 = up2.pusher();
+    let secret: Vec<Descriptor> = legacy.all_blobs();
+    let foreign = |mt: &str, d: &Descriptor| {
+        json!({"mediaType": mt, "digest": d.digest, "size": d.size,
+               "urls": ["http://127.0.0.1:9/layer.tar.gz"]})
+    };
+    // Docker schema 2 with foreign layers.
+    let dcfg = br#"{"architecture":"amd64","os":"windows","rootfs":{"type":"layers"}}"#.to_vec();
+    let dcfg_d = Descriptor::of(DOCKER_CONFIG, &dcfg);
+    p2.push_blob("myorg/app", dcfg.clone().into()).await;
+    let evil = manifest_json(
+        DOCKER_MANIFEST,
+        &dcfg_d,
+        secret.iter().map(|d| foreign(DOCKER_FOREIGN, d)).collect(),
+    );
+    p2.push_manifest("myorg/app", "evil", DOCKER_MANIFEST, &evil)
+        .await;
+    // OCI with non-distributable and plain layer descriptors pointing elsewhere.
+    let ocfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}"#.to_vec();
+    let ocfg_d = Descriptor::of(OCI_CONFIG, &ocfg);
+    p2.push_blob("myorg/app", ocfg.clone().into()).await;
+    let evil_oci = manifest_json(
+        OCI_MANIFEST,
+        &ocfg_d,
+        secret
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                foreign(
+                    if i % 2 == 0 {
+                        OCI_NONDISTRIBUTABLE
+                    } else {
+                        OCI_LAYER_GZIP
+                    },
+                    d,
+                )
+            })
+            .collect(),
+    );
+    p2.push_manifest("myorg/app", "evil-oci", OCI_MANIFEST, &evil_oci)
+        .await;
+    // A legitimate image on up2 sharing legacy's base layer (really pushed there).
+    let own = build_image(Kind::Oci, 2002, &[8 << 10], "amd64", "linux");
+    let base = legacy.layers[0].clone();
+    p2.push_blob("myorg/base-user", legacy.blob(&base.digest).clone())
+        .await;
+    let mut legit = own.clone();
+    legit.layers.insert(0, base.clone());
+    legit
+        .blobs
+        .insert(base.digest.clone(), legacy.blob(&base.digest).clone());
+    legit.manifest = manifest_json(
+        OCI_MANIFEST,
+        &legit.config,
+        legit.layers.iter().map(|d| d.json()).collect(),
+    );
+    legit.digest = sha256_digest(&legit.manifest);
+    let legit = p2.push_image("myorg/base-user", "v1", &legit).await;
+
+    // The mirror: alice may pull everything, anonymous only what lives on up2.
+    let keys = keygen();
+    let alice_pw = "alice-Pw-1";
+    let m = Mirror::start(
+        MirrorOpts::upstream(&up1.url())
+            .up("username", "puller")
+            .up("password", "up1-pass")
+            .extra(&format!(
+                "upstreams:\n  - name: up2\n    url: {}\n\
+                 auth:\n  key: {}\n  certificate: {}\n  users:\n    \"\": {{}}\n    alice:\n      password: {}\n  acl:\n    - match: {{account: \"alice\"}}\n      actions: [\"pull\"]\n    - match: {{account: \"\", name: \"up2/**\"}}\n      actions: [\"pull\"]\n",
+                q(&up2.url()),
+                q(&keys.key.display().to_string()),
+                q(&keys.cert.display().to_string()),
+                q(&hash_password(alice_pw)),
+            )),
+    )
+    .await;
+    let base_url = m.url();
+    let attacker = token_ok(&base_url, "repository:up2/myorg/app:pull", None).await;
+    let get = |path: String| bearer_get(&format!("{base_url}{path}"), &attacker);
+    let ask_secrets = |what: &'static str| {
+        let secret = secret.clone();
+        let attacker = attacker.clone();
+        let base_url = base_url.clone();
+        async move {
+            for d in &secret {
+                let url = format!("{base_url}/v2/up2/myorg/app/blobs/{}", d.digest);
+                let r = bearer_get(&url, &attacker).send().await.unwrap();
+                expect_oci_error(r, 404, &["BLOB_UNKNOWN"]).await;
+                let r = client()
+                    .head(&url)
+                    .bearer_auth(&attacker)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 404, "{what}: HEAD {}", d.digest);
+            }
+        }
+    };
+
+    // The attacker plants the claims before the victim's pull: the manifests are served as
+    // they are (a manifest is content, and up2 holds them).
+    for (tag, body) in [("evil", &evil), ("evil-oci", &evil_oci)] {
+        let r = get(format!("/v2/up2/myorg/app/manifests/{tag}"))
+            .header("accept", ACCEPT_MANIFESTS)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{tag}");
+        assert_eq!(&r.bytes().await.unwrap()[..], &body[..]);
+    }
+    ask_secrets("before the victim's pull").await;
+
+    // The victim pulls the private image with skopeo; it is cached whole.
+    pull_and_check_oci(&m.hostport(), &legacy, Some(&format!("alice:{alice_pw}"))).await;
+    for d in &secret {
+        assert!(blob_data_path(&m.storage_root(), &d.digest).exists());
+    }
+
+    // Now the blobs are stored: still refused under the attacker's name, with or without
+    // fetching the manifests again; the private repository itself is denied.
+    ask_secrets("after the victim's pull").await;
+    for tag in ["evil", "evil-oci"] {
+        let r = get(format!("/v2/up2/myorg/app/manifests/{tag}"))
+            .header("accept", ACCEPT_MANIFESTS)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    ask_secrets("after fetching the manifests again").await;
+    let r = get(format!("/v2/myorg/legacy/blobs/{}", secret[1].digest))
+        .send()
+        .await
+        .unwrap();
+    expect_oci_error(r, 403, &["DENIED"]).await;
+    // Each refusal was up2's answer under the attacker's repository (never a fetch of a
+    // descriptor's URL, nothing asked of up1 under that name).
+    for d in &secret {
+        let asked = up2
+            .count_requests("", &format!("/v2/myorg/app/blobs/{}", d.digest))
+            .await;
+        assert!(asked >= 1, "up2 asked about {}", d.digest);
+    }
+    assert_eq!(up1.count_requests("", "/v2/myorg/app/").await, 0);
+    // Nothing links the private digests anywhere but under myorg/legacy.
+    let repos = m.storage_root().join("docker/registry/v2/repositories");
+    for f in files_under(&repos) {
+        let p = f.display().to_string();
+        if p.contains("/_layers/") && secret.iter().any(|d| p.contains(hex_of(&d.digest))) {
+            assert!(p.contains("/myorg/legacy/"), "planted link {p}");
+        }
+    }
+
+    // A legitimate image on up2 sharing the base layer pulls anonymously: up2 confirms the
+    // layer under its name with a HEAD, the bytes come from storage, and the confirmation is
+    // kept (a second pull asks nothing about that layer).
+    let shared = format!("/v2/myorg/base-user/blobs/{}", base.digest);
+    pull_and_check_oci(&format!("{}/up2", m.hostport()), &legit, None).await;
+    assert_eq!(
+        up2.count_requests("GET", &shared).await,
+        0,
+        "served from storage"
+    );
+    let heads = up2.count_requests("HEAD", &shared).await;
+    assert_eq!(heads, 1, "confirmed once under myorg/base-user");
+    pull_and_check_oci(&format!("{}/up2", m.hostport()), &legit, None).await;
+    assert_eq!(
+        up2.count_requests("", &shared).await,
+        heads,
+        "confirmation kept"
+    );
+}

@@ -341,3 +341,179 @@ async fn a_trickling_upstream_is_cut_off_at_the_minimum_rate() {
     );
     assert!(m.metric("ocimirror_fills_in_flight", &[]).await == 0.0);
 }
+
+/// A manifest listing thousands of layers (Distribution accepts ~22,700 in 4 MiB) is refused
+/// with `MANIFEST_INVALID` saying why, by tag and by digest, and nothing of it is kept; a
+/// well-behaved pull goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_with_absurd_fan_out_is_refused() {
+    let fake = Fake::start().await;
+    let small = build_oci_image(25);
+    fake.add_image("small", "v1", &small);
+    let layers: Vec<serde_json::Value> = (0..5000u64)
+        .map(|i| {
+            serde_json::json!({"mediaType": OCI_LAYER_GZIP,
+                "digest": sha256_digest(&i.to_le_bytes()), "size": 1})
+        })
+        .collect();
+    let mut wide = small.clone();
+    wide.manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": small.config.json(), "layers": layers,
+    }))
+    .unwrap();
+    wide.digest = sha256_digest(&wide.manifest);
+    fake.add_image("wide", "v1", &wide);
+    let m =
+        Mirror::start(MirrorOpts::upstream(&fake.url).up("max_manifest_descriptors", "200")).await;
+
+    for reference in ["v1", wide.digest.as_str()] {
+        let r = m.get_manifest("wide", reference).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 502, "{reference}");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(error_codes(&body), vec!["MANIFEST_INVALID"]);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("5001 descriptors") && text.contains("200"),
+            "{text}"
+        );
+    }
+    assert!(!blob_data_path(&m.storage_root(), &wide.digest).exists());
+    assert!(
+        files_under(&m.storage_root())
+            .iter()
+            .all(|p| !p.display().to_string().contains("/wide/")),
+        "nothing kept for the refused manifest"
+    );
+    assert!(
+        m.metric(
+            "ocimirror_upstream_bounds_total",
+            &["max_manifest_descriptors"]
+        )
+        .await
+            >= 2.0
+    );
+    pull(&m, "small", &small).await;
+}
+
+/// A stalled GET of `layer` from `source` (its socket's receive buffer kept small).
+async fn stalled_get(m: &Mirror, source: &str, name: &str, layer: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(m.hostport().parse().unwrap()).await.unwrap();
+    let req = format!(
+        "GET /v2/{name}/blobs/{layer} HTTP/1.1\r\nhost: {}\r\n\r\n",
+        m.hostport()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+/// One client opening many never-read blob streams gets its share of `max_blob_streams` and
+/// no more; a client from another address still streams while it holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_blob_stream() {
+    let fake = Fake::start().await;
+    let big = build_image(Kind::Oci, 26, &[8 << 20], "amd64", "linux");
+    fake.add_image("big", "v1", &big);
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url).short_timeouts().extra(
+        "server:\n  max_blob_streams: 8\n  max_blob_streams_per_client: 3\n  send_timeout: 60s\n",
+    ))
+    .await;
+    pull(&m, "big", &big).await;
+    let layer = big.biggest_layer().digest;
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(stalled_get(&m, "127.0.0.1", "big", &layer).await);
+    }
+    let mut refused = 0.0;
+    for _ in 0..100 {
+        refused = m
+            .metric("ocimirror_blob_streams_client_refused_total", &[])
+            .await;
+        if refused >= 9.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused, 9.0, "12 asked, 3 may stream");
+    assert_eq!(m.metric("ocimirror_blob_streams_open", &[]).await, 3.0);
+    // Another client (another loopback address) streams the same blob meanwhile.
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = other
+            .get(format!("{}/v2/big/blobs/{layer}", m.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(sha256_digest(&r.bytes().await.unwrap()), layer);
+    }
+    assert_eq!(
+        m.metric("ocimirror_blob_streams_refused_total", &[]).await,
+        0.0
+    );
+    drop(held);
+}
+
+/// Peak resident memory of `pid` in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+/// The mirror's memory does not grow with blob size: after a small blob has been fetched and
+/// served, a blob 16 times larger (fetched through a fill, then served from storage, to two
+/// clients at once each time) raises the process's peak RSS by far less than its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_flat_in_blob_size() {
+    const SMALL: usize = 3 << 20;
+    const LARGE: usize = 48 << 20;
+    let fake = Fake::start().await;
+    let small = build_image(Kind::Oci, 27, &[SMALL], "amd64", "linux");
+    let large = build_image(Kind::Oci, 28, &[LARGE], "amd64", "linux");
+    fake.add_image("small", "v1", &small);
+    fake.add_image("large", "v1", &large);
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url)).await;
+    let pid = m.pid().unwrap();
+    let twice = |name: &'static str, img: &Image| {
+        let d = img.biggest_layer().digest;
+        let m = &m;
+        async move {
+            let get = || async {
+                let r = m.get_blob(name, &d).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let (n, got) = stream_hash(r).await.unwrap();
+                assert_eq!(got, d);
+                n
+            };
+            // Cold (both join one fill), then warm (both from storage).
+            let (a, b) = tokio::join!(get(), get());
+            let (c, e) = tokio::join!(get(), get());
+            a + b + c + e
+        }
+    };
+    pull(&m, "small", &small).await;
+    twice("small", &small).await;
+    let after_small = peak_rss_kib(pid);
+    let served = twice("large", &large).await;
+    assert_eq!(served, 4 * large.biggest_layer().size);
+    let after_large = peak_rss_kib(pid);
+    let growth = after_large.saturating_sub(after_small) * 1024;
+    eprintln!(
+        "peak RSS: {after_small} KiB after the small blob, {after_large} KiB after the large"
+    );
+    assert!(
+        growth < (LARGE / 4) as u64,
+        "peak RSS grew by {growth} bytes for a {LARGE}-byte blob ({after_small} -> {after_large} KiB)"
+    );
+}

@@ -71,6 +71,8 @@ pub enum TokenServiceError {
     Throttled(Duration),
     #[error("authentication backend unavailable: {0}")]
     Unavailable(String),
+    #[error("too many logins are being checked; retry shortly")]
+    Busy,
     #[error("cannot issue token: {0}")]
     Internal(String),
 }
@@ -170,6 +172,7 @@ impl TokenService {
         .map_err(|e| match e {
             AuthnError::Throttled { retry_after } => TokenServiceError::Throttled(retry_after),
             AuthnError::Unavailable(m) => TokenServiceError::Unavailable(m),
+            AuthnError::Busy => TokenServiceError::Busy,
             other => TokenServiceError::Unauthorized(other.to_string()),
         })?;
         let identity = &login.identity;

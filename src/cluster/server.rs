@@ -90,7 +90,9 @@ async fn fill(
         Some(Ok(f)) => f,
         Some(Err(_)) => return (StatusCode::BAD_REQUEST, "from: not an offset\n").into_response(),
     };
-    let Ok(permit) = peer.streams.open() else {
+    // Peers hold the fleet's secret and relay for many clients each: only the process-wide cap
+    // applies to them, not a single client's share.
+    let Ok(permit) = peer.streams.open(&http::HeaderMap::new(), None) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many blob streams open\n",

@@ -164,6 +164,8 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Blob downloads open at once across the process; beyond it 503 with `Retry-After`.
     pub max_blob_streams: usize,
+    /// Blob downloads one client (address, IPv6 /64) may have open at once.
+    pub max_blob_streams_per_client: usize,
     /// A blob download whose client reads nothing for this long has its connection closed.
     pub send_timeout: String,
 }
@@ -178,6 +180,7 @@ impl Default for ServerConfig {
             metrics_token_file: String::new(),
             max_concurrent_streams: 16,
             max_blob_streams: 512,
+            max_blob_streams_per_client: 128,
             send_timeout: "60s".into(),
         }
     }
@@ -223,6 +226,7 @@ pub struct NamedUpstream {
     pub name: String,
     pub settings: UpstreamSettings,
     pub tag_ttl: Duration,
+    pub max_manifest_descriptors: usize,
     pub allow: Vec<String>,
     /// The `ns` values that reach it (no other upstream has them).
     pub ns: Vec<String>,
@@ -250,6 +254,8 @@ pub struct Settings {
     pub upstreams: Vec<NamedUpstream>,
     /// Validated allow-list patterns (empty: everything may be fetched).
     pub upstream_allow: Vec<String>,
+    /// The default upstream's `max_manifest_descriptors`.
+    pub upstream_max_descriptors: usize,
     /// The `ns` values that reach the default upstream (no other upstream has them).
     pub upstream_ns: Vec<String>,
     pub tag_ttl: Duration,
@@ -257,6 +263,7 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub max_blob_streams: usize,
+    pub max_blob_streams_per_client: usize,
     pub send_timeout: Duration,
     pub status_page: bool,
     /// Where `/metrics` is served when not on the main listener.
@@ -446,6 +453,12 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     if c.server.max_blob_streams == 0 {
         problem("server.max_blob_streams", "must be at least 1".into());
     }
+    if c.server.max_blob_streams_per_client == 0 {
+        problem(
+            "server.max_blob_streams_per_client",
+            "must be at least 1".into(),
+        );
+    }
     let mut section = |prefix: &str, ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&format!("{prefix}.{key}"), message);
@@ -469,6 +482,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
                     name,
                     settings: checked.settings,
                     tag_ttl: checked.tag_ttl,
+                    max_manifest_descriptors: checked.max_manifest_descriptors,
                     allow: u.allow.clone(),
                     ns: Vec::new(),
                 });
@@ -575,12 +589,14 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         upstream: upstream.settings,
         upstreams: named,
         upstream_allow: c.upstream.allow.clone(),
+        upstream_max_descriptors: upstream.max_manifest_descriptors,
         upstream_ns,
         tag_ttl: upstream.tag_ttl,
         shutdown_timeout: shutdown.expect("validated"),
         header_read_timeout: header_read.expect("validated"),
         max_concurrent_streams: c.server.max_concurrent_streams,
         max_blob_streams: c.server.max_blob_streams,
+        max_blob_streams_per_client: c.server.max_blob_streams_per_client,
         send_timeout: send_timeout.expect("validated"),
         status_page: c.server.status_page,
         metrics_listen,

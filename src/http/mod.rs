@@ -346,7 +346,21 @@ async fn serve(
         }
         Endpoint::Blob(name, digest) => {
             let streams = state.blob_streams.as_ref();
-            blob(registry, &name, &digest, head, headers, streams, conn).await
+            let permit = match streams {
+                // Taken before any work, so that refused requests cost nothing (no fill, no file).
+                Some(s) if !head => Some(s.open(headers, peer)?),
+                _ => None,
+            };
+            blob(
+                registry,
+                &name,
+                &digest,
+                head,
+                headers,
+                streams.zip(permit),
+                conn,
+            )
+            .await
         }
         Endpoint::Tags(name) => tags(registry, &name, query).await,
         Endpoint::Catalog => catalog(registry, query).await,
@@ -464,14 +478,9 @@ async fn blob(
     digest: &Digest,
     head: bool,
     headers: &HeaderMap,
-    streams: Option<&stream::BlobStreams>,
+    streams: Option<(&stream::BlobStreams, stream::StreamPermit)>,
     conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
-    // Taken before any work, so that refused requests cost nothing (no fill, no file).
-    let permit = match streams {
-        Some(s) if !head => Some(s.open()?),
-        _ => None,
-    };
     let range = headers
         .get(header::RANGE)
         .map(|v| {
@@ -499,7 +508,7 @@ async fn blob(
         None => reply.size,
     };
     builder = builder.header(header::CONTENT_LENGTH, length);
-    let body = match (reply.body, streams.zip(permit)) {
+    let body = match (reply.body, streams) {
         (Some(s), Some((streams, permit))) => streams.guard(Body::from_stream(s), permit, conn),
         (Some(s), None) => Body::from_stream(s),
         (None, _) => Body::empty(),

@@ -4,6 +4,10 @@
 //! - **A process-wide cap on open blob streams** (`server.max_blob_streams`). Each streamed blob
 //!   holds a storage file or a fill's spool open and a chunk in flight; beyond the cap a `GET` is
 //!   answered 503 `UNAVAILABLE` with `Retry-After` before any work, and counted.
+//! - **A per-client share of that cap** (`server.max_blob_streams_per_client`), so that one
+//!   client cannot hold every place until the send timeout frees them. A client is its address
+//!   (from `limits.real_ip_header` when set), IPv6 by /64 as the login throttle counts it; beyond
+//!   its share a `GET` gets the same 503, counted apart.
 //! - **A send timeout** (`server.send_timeout`, like nginx's `send_timeout`): once a stream has
 //!   handed the connection a chunk, either the connection asks for the next one or it writes
 //!   something to its socket within this time. A client that stops reading (HTTP/1: its socket
@@ -12,14 +16,17 @@
 //!   connection writing and is not cut. Time spent waiting on a slow upstream is not the client's
 //!   and does not count.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -48,40 +55,120 @@ pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// The cap on open blob streams and the send timeout every one of them is held to.
+/// The cap on open blob streams, each client's share of it, and the send timeout every one of
+/// them is held to.
 pub struct BlobStreams {
     permits: Arc<Semaphore>,
+    per_client: usize,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    real_ip_header: Option<String>,
     send_timeout: Duration,
+}
+
+/// One open blob stream's places: in the process-wide cap and in its client's share.
+pub struct StreamPermit {
+    _global: OwnedSemaphorePermit,
+    _client: Option<ClientSlot>,
+}
+
+impl std::fmt::Debug for StreamPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamPermit")
+            .field("client", &self._client.as_ref().map(|c| c.key))
+            .finish()
+    }
+}
+
+struct ClientSlot {
+    key: IpAddr,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = clients.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn refused(what: &str) -> ApiError {
+    ApiError::new(Code::Unavailable, what.to_owned()).with_retry_after(1)
 }
 
 impl BlobStreams {
     pub fn new(max_streams: usize, send_timeout: Duration) -> Self {
         BlobStreams {
             permits: Arc::new(Semaphore::new(max_streams)),
+            per_client: max_streams,
+            clients: Arc::default(),
+            real_ip_header: None,
             send_timeout,
         }
     }
 
-    /// A place for one more blob stream, or 503 with `Retry-After` when every one is taken.
-    pub fn open(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
+    /// At most `per_client` streams for one client, whose address is taken from
+    /// `real_ip_header` when the request has it.
+    pub fn per_client(mut self, per_client: usize, real_ip_header: Option<&str>) -> Self {
+        self.per_client = per_client;
+        self.real_ip_header = real_ip_header.filter(|h| !h.is_empty()).map(str::to_owned);
+        self
+    }
+
+    /// A place for one more blob stream of the client at `peer`, or 503 with `Retry-After` when
+    /// its share or every place is taken.
+    pub fn open(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<StreamPermit, ApiError> {
+        let ip = self
+            .real_ip_header
+            .as_deref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .or(peer.map(|p| p.ip()));
+        let client = match ip {
+            Some(ip) => {
+                let key = crate::auth::authn::client_key(ip);
+                let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+                let n = clients.entry(key).or_insert(0);
+                if *n >= self.per_client {
+                    drop(clients);
+                    metrics::counter!(crate::metrics::BLOB_STREAMS_CLIENT_REFUSED).increment(1);
+                    return Err(refused(
+                        "this client has too many blob downloads in progress; finish or close \
+                         some and retry",
+                    ));
+                }
+                *n += 1;
+                Some(ClientSlot {
+                    key,
+                    clients: self.clients.clone(),
+                })
+            }
+            None => None,
+        };
+        // The client's slot is given back (dropped) with the refusal.
+        let global = self.permits.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!(crate::metrics::BLOB_STREAMS_REFUSED).increment(1);
-            ApiError::new(
-                Code::Unavailable,
-                "too many blob downloads in progress; retry shortly",
-            )
-            .with_retry_after(1)
+            refused("too many blob downloads in progress; retry shortly")
+        })?;
+        Ok(StreamPermit {
+            _global: global,
+            _client: client,
         })
     }
 
     /// `body`, holding `permit` until it ends or is dropped, and closing `conn` when the
     /// connection stops asking for its bytes for longer than the send timeout.
-    pub fn guard(
-        &self,
-        body: Body,
-        permit: OwnedSemaphorePermit,
-        conn: Option<ConnCloser>,
-    ) -> Body {
+    pub fn guard(&self, body: Body, permit: StreamPermit, conn: Option<ConnCloser>) -> Body {
         metrics::gauge!(crate::metrics::BLOB_STREAMS_OPEN).increment(1.0);
         let handed = Arc::new(AtomicU64::new(IDLE));
         let done = CancellationToken::new();
@@ -144,7 +231,7 @@ async fn watchdog(
 struct GuardedBody {
     inner: Body,
     handed: Arc<AtomicU64>,
-    _permit: OwnedSemaphorePermit,
+    _permit: StreamPermit,
     /// Ends the watchdog when the body goes.
     _done: DropGuard,
 }
@@ -188,13 +275,47 @@ mod tests {
     #[tokio::test]
     async fn the_cap_refuses_with_retry_after_and_frees_on_drop() {
         let s = BlobStreams::new(1, Duration::from_secs(60));
-        let p = s.open().unwrap();
-        let e = s.open().unwrap_err();
+        let none = HeaderMap::new();
+        let p = s.open(&none, None).unwrap();
+        let e = s.open(&none, None).unwrap_err();
         assert_eq!(e.code, Code::Unavailable);
         let body = s.guard(Body::from("x"), p, None);
-        assert!(s.open().is_err());
+        assert!(s.open(&none, None).is_err());
         drop(body);
-        assert!(s.open().is_ok());
+        assert!(s.open(&none, None).is_ok());
+    }
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 40000))
+    }
+
+    #[tokio::test]
+    async fn one_client_gets_its_share_and_others_still_get_theirs() {
+        let s = BlobStreams::new(8, Duration::from_secs(60)).per_client(3, Some("x-real-ip"));
+        let none = HeaderMap::new();
+        let mut held: Vec<_> = (0..3)
+            .map(|_| s.open(&none, peer("10.0.0.1")).unwrap())
+            .collect();
+        let e = s.open(&none, peer("10.0.0.1")).unwrap_err();
+        assert_eq!(e.code, Code::Unavailable);
+        // Another port or another address in the same IPv6 /64 is the same client.
+        held.extend((0..3).map(|_| s.open(&none, peer("2001:db8::1")).unwrap()));
+        assert!(s.open(&none, peer("2001:db8::ffff")).is_err());
+        // Others get theirs; the process-wide cap still holds.
+        held.push(s.open(&none, peer("10.0.0.2")).unwrap());
+        held.push(s.open(&none, peer("2001:db8:0:1::1")).unwrap());
+        assert!(s.open(&none, peer("10.0.0.3")).is_err(), "8 open in all");
+        // Behind a proxy, the client is the header's address.
+        drop(held.pop());
+        let mut via = HeaderMap::new();
+        via.insert("x-real-ip", "10.0.0.9".parse().unwrap());
+        held.push(s.open(&via, peer("10.0.0.1")).unwrap());
+        // A stream ending gives its client's place back.
+        drop(held.remove(0));
+        drop(held.pop());
+        assert!(s.open(&none, peer("10.0.0.1")).is_ok());
+        drop(held);
+        assert!(s.clients.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -207,7 +328,7 @@ mod tests {
         let mut body = s
             .guard(
                 Body::from_stream(chunks),
-                s.open().unwrap(),
+                s.open(&HeaderMap::new(), None).unwrap(),
                 Some(conn.clone()),
             )
             .into_data_stream();
@@ -234,7 +355,7 @@ mod tests {
         let mut body = s
             .guard(
                 Body::from_stream(slow),
-                s.open().unwrap(),
+                s.open(&HeaderMap::new(), None).unwrap(),
                 Some(conn.clone()),
             )
             .into_data_stream();

@@ -75,6 +75,11 @@ fn to_api(e: TokenServiceError) -> ApiError {
         )
         .with_retry_after(d.as_secs().max(1)),
         TokenServiceError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
+        TokenServiceError::Busy => ApiError::new(
+            Code::Unavailable,
+            "too many logins are being checked; retry shortly",
+        )
+        .with_retry_after(1),
         TokenServiceError::Internal(m) => {
             tracing::error!(error = %m, "token issue failed");
             ApiError::new(Code::Internal, "cannot issue a token")

@@ -128,6 +128,7 @@ pub struct Registry {
     fleet: Arc<Fleet>,
     decisions: Coalescer<Digest, Shared<Source>>,
     referrer_fetches: Coalescer<(RepoName, Digest), Shared<Bytes>>,
+    referrer_answers: referrers::Answers,
     bodies: ManifestBodies,
     /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
     access: Option<Arc<AccessLog>>,
@@ -162,6 +163,7 @@ impl Registry {
             fleet: Arc::new(Fleet::new(Arc::new(LocalLeases), storage.clone())),
             decisions: Coalescer::default(),
             referrer_fetches: Coalescer::default(),
+            referrer_answers: referrers::Answers::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
             access: None,
         }

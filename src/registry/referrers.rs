@@ -1,7 +1,11 @@
 //! Referrers (the OCI referrers API): the upstream's index of what refers to a manifest, kept
-//! like a tag — trusted for `tag_ttl`, served stale when the upstream fails.
+//! like a tag — trusted for `tag_ttl`, served stale when the upstream fails. Answers from a
+//! fresh stored index are kept in memory per (repository, digest, `artifactType`), tied to the
+//! stored copy's size and time, so a 4 MiB, 18,000-entry index is read and filtered once per
+//! fetch rather than on every request.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -9,7 +13,73 @@ use bytes::Bytes;
 use super::{Registry, RegistryError, unshare};
 use crate::layout;
 use crate::oci::{Digest, RepoName};
+use crate::storage::ObjectMeta;
 use crate::upstream::UpstreamError;
+
+/// Memory for kept answers; beyond it, all are dropped (they are rebuilt from storage).
+const ANSWERS_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Filters kept per index: a client cannot grow one entry without bound by varying them.
+const FILTERS_PER_INDEX: usize = 16;
+
+/// One stored index's answers, by filter (None: unfiltered).
+struct Kept {
+    size: u64,
+    modified: Option<SystemTime>,
+    answers: HashMap<Option<String>, Bytes>,
+}
+
+type ByIndex = HashMap<(RepoName, Digest), Kept>;
+
+/// Kept answers, and the bytes they hold.
+#[derive(Default)]
+pub(super) struct Answers {
+    inner: Mutex<(ByIndex, usize)>,
+}
+
+impl Answers {
+    fn get(
+        &self,
+        key: &(RepoName, Digest),
+        meta: &ObjectMeta,
+        filter: Option<&str>,
+    ) -> Option<Bytes> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = g.0.get(key)?;
+        if k.size != meta.size || k.modified != meta.modified || meta.modified.is_none() {
+            return None;
+        }
+        k.answers.get(&filter.map(str::to_owned)).cloned()
+    }
+
+    fn put(&self, key: (RepoName, Digest), meta: &ObjectMeta, filter: Option<&str>, b: Bytes) {
+        if meta.modified.is_none() || b.len() > ANSWERS_MAX_BYTES / 4 {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, used) = &mut *g;
+        if *used + b.len() > ANSWERS_MAX_BYTES {
+            map.clear();
+            *used = 0;
+        }
+        let k = map.entry(key).or_insert_with(|| Kept {
+            size: meta.size,
+            modified: meta.modified,
+            answers: HashMap::new(),
+        });
+        if k.size != meta.size || k.modified != meta.modified {
+            *used -= k.answers.values().map(Bytes::len).sum::<usize>();
+            k.answers.clear();
+            (k.size, k.modified) = (meta.size, meta.modified);
+        }
+        if k.answers.len() >= FILTERS_PER_INDEX {
+            return;
+        }
+        *used += b.len();
+        if let Some(old) = k.answers.insert(filter.map(str::to_owned), b) {
+            *used -= old.len();
+        }
+    }
+}
 
 impl Registry {
     /// The referrers of `digest` as an OCI image index, filtered by `artifact_type`. Fetched
@@ -24,22 +94,38 @@ impl Registry {
     ) -> Result<Bytes, RegistryError> {
         let repo = self.upstream.canonical_name(name);
         let key = layout::referrers(&repo, digest);
-        let stored = match self.storage.stat(&key).await? {
+        let meta = self.storage.stat(&key).await?;
+        let fresh = meta.as_ref().is_some_and(|m| {
+            self.settings.offline
+                || m.modified
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age < self.tag_ttl(&repo))
+        });
+        let answer_key = (repo.clone(), digest.clone());
+        if fresh
+            && let Some(m) = &meta
+            && let Some(b) = self.referrer_answers.get(&answer_key, m, artifact_type)
+        {
+            return Ok(b);
+        }
+        let stored = match meta {
             Some(meta) => match self.storage.read(&key).await {
-                Ok(b) => Some((b, meta.modified)),
+                Ok(b) => Some((b, meta)),
                 Err(e) if e.is_not_found() => None,
                 Err(e) => return Err(e.into()),
             },
             None => None,
         };
-        let fresh = stored.as_ref().is_some_and(|(_, at)| {
-            self.settings.offline
-                || at
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age < self.tag_ttl(&repo))
-        });
         let index = match stored {
-            Some((b, _)) if fresh => b,
+            Some((b, meta)) if fresh => {
+                let answer = match artifact_type {
+                    None => b,
+                    Some(t) => filter_index(&b, t)?,
+                };
+                self.referrer_answers
+                    .put(answer_key, &meta, artifact_type, answer.clone());
+                return Ok(answer);
+            }
             _ if self.settings.offline => empty_index(),
             stored => {
                 let this = self.clone();
@@ -115,4 +201,72 @@ fn filter_index(index: &[u8], t: &str) -> Result<Bytes, RegistryError> {
         list.retain(|d| d.get("artifactType").and_then(|a| a.as_str()) == Some(t));
     }
     Ok(Bytes::from(serde_json::to_vec(&v).expect("serialises")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn key(n: u8) -> (RepoName, Digest) {
+        let hex = format!("{n:02x}").repeat(32);
+        (
+            RepoName::parse("myorg/app").unwrap(),
+            Digest::parse(&format!("sha256:{hex}")).unwrap(),
+        )
+    }
+
+    fn meta(size: u64, secs: u64) -> ObjectMeta {
+        ObjectMeta {
+            size,
+            modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        }
+    }
+
+    #[test]
+    fn answers_are_kept_per_filter_for_the_stored_copy_they_came_from() {
+        let a = Answers::default();
+        let m = meta(10, 1);
+        a.put(key(1), &m, None, Bytes::from_static(b"all"));
+        a.put(key(1), &m, Some("sig"), Bytes::from_static(b"sigs"));
+        assert_eq!(a.get(&key(1), &m, None).as_deref(), Some(&b"all"[..]));
+        assert_eq!(
+            a.get(&key(1), &m, Some("sig")).as_deref(),
+            Some(&b"sigs"[..])
+        );
+        assert_eq!(a.get(&key(1), &m, Some("sbom")), None);
+        assert_eq!(a.get(&key(2), &m, None), None);
+        // A new stored copy (refetched) is never answered from the old one.
+        assert_eq!(a.get(&key(1), &meta(10, 2), None), None);
+        assert_eq!(a.get(&key(1), &meta(11, 1), None), None);
+        a.put(key(1), &meta(10, 2), None, Bytes::from_static(b"new"));
+        assert_eq!(a.get(&key(1), &m, Some("sig")), None, "old answers dropped");
+        assert_eq!(a.inner.lock().unwrap().1, 3);
+        // Without a modification time nothing can be tied to a copy: nothing is kept.
+        let timeless = ObjectMeta {
+            size: 10,
+            modified: None,
+        };
+        a.put(key(3), &timeless, None, Bytes::from_static(b"x"));
+        assert_eq!(a.get(&key(3), &timeless, None), None);
+    }
+
+    #[test]
+    fn answers_are_bounded() {
+        let a = Answers::default();
+        let m = meta(1, 1);
+        for i in 0..100 {
+            a.put(key(1), &m, Some(&format!("t{i}")), Bytes::from_static(b"x"));
+        }
+        assert_eq!(
+            a.inner.lock().unwrap().0[&key(1)].answers.len(),
+            FILTERS_PER_INDEX
+        );
+        let big = Bytes::from(vec![0u8; ANSWERS_MAX_BYTES / 4]);
+        for i in 0..20 {
+            a.put(key(i), &m, None, big.clone());
+            assert!(a.inner.lock().unwrap().1 <= ANSWERS_MAX_BYTES);
+        }
+    }
 }

@@ -1,6 +1,12 @@
 //! Tag lists and the catalog, paginated the way Distribution does. A tag list comes from the
 //! upstream (sorted and paged here whatever the upstream did), or from storage when it fails;
-//! the catalog lists what storage holds.
+//! the catalog lists what storage holds. The upstream's list is paged while it is parsed: only
+//! the tags the page needs are kept, so `n=1` against a list of millions holds one tag, not all.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{CatalogPage, Registry, RegistryError, TagList, TagsPage};
 use crate::layout;
@@ -19,7 +25,7 @@ impl Registry {
         if !self.settings.offline {
             match self.upstream.tags(&repo, n, last).await {
                 Ok(resp) => {
-                    let list: TagList = serde_json::from_slice(&resp.body).map_err(|e| {
+                    let kept = parse_page(&resp.body, n, last).map_err(|e| {
                         RegistryError::Upstream(UpstreamError::Invalid(format!("tag list: {e}")))
                     })?;
                     let upstream_next = resp
@@ -27,10 +33,7 @@ impl Registry {
                         .and_then(|l| l.split_once('?').map(|(_, q)| q.to_owned()));
                     // Upstreams differ (Distribution 2.8 ignores `n` and does not sort): answer
                     // as the spec says whatever they did — sorted, after `last`, at most `n`.
-                    let mut all = list.tags;
-                    all.sort();
-                    all.dedup();
-                    let (tags, local_next) = paginate(all, n, last);
+                    let (tags, local_next) = paginate(kept.into_iter().collect(), n, last);
                     return Ok(TagsPage {
                         list: TagList {
                             name: name.to_string(),
@@ -73,6 +76,116 @@ impl Registry {
     }
 }
 
+/// The tags of an upstream tag list (`{"name": …, "tags": [...]}`) that a page of `n` after
+/// `last` can show, sorted and without duplicates: those after `last`, and of them the `n + 1`
+/// first (one more than the page, to know whether a next page exists). Without `n`, all of them.
+fn parse_page(
+    body: &[u8],
+    n: Option<usize>,
+    last: Option<&str>,
+) -> Result<BTreeSet<String>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let kept = PageSeed {
+        keep: n.map(|n| n.saturating_add(1)),
+        last,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(kept)
+}
+
+#[derive(Clone, Copy)]
+struct PageSeed<'a> {
+    keep: Option<usize>,
+    last: Option<&'a str>,
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = BTreeSet<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageSeed<'_> {
+    type Value = BTreeSet<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a tag list object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kept = BTreeSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "tags" {
+                kept = map.next_value_seed(TagsSeed(self))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// The `tags` array (or `null`, as some registries send for none).
+struct TagsSeed<'a>(PageSeed<'a>);
+
+impl<'de> DeserializeSeed<'de> for TagsSeed<'_> {
+    type Value = BTreeSet<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TagsSeed<'_> {
+    type Value = BTreeSet<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of tags")
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(BTreeSet::new())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(BTreeSet::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let PageSeed { keep, last } = self.0;
+        let mut kept = BTreeSet::new();
+        while let Some(tag) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
+            if last.is_some_and(|l| tag.as_ref() <= l) {
+                continue;
+            }
+            if let Some(k) = keep
+                && kept.len() >= k
+            {
+                // Full: only a tag sorting before the greatest kept one gets in.
+                if kept
+                    .last()
+                    .is_some_and(|g: &String| tag.as_ref() >= g.as_str())
+                {
+                    continue;
+                }
+                if kept.insert(tag.into_owned()) {
+                    kept.pop_last();
+                }
+                continue;
+            }
+            kept.insert(tag.into_owned());
+        }
+        Ok(kept)
+    }
+}
+
 /// Page through a sorted list the way Distribution does: entries after `last`, at most `n`,
 /// with the next page's query when more remain.
 fn paginate(
@@ -102,6 +215,39 @@ fn paginate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_list_is_paged_while_parsed() {
+        let body = br#"{"name":"x","tags":["d","a","c","b","a","e"],"extra":{"k":[1]}}"#;
+        let got =
+            |n, last| -> Vec<String> { parse_page(body, n, last).unwrap().into_iter().collect() };
+        assert_eq!(got(None, None), ["a", "b", "c", "d", "e"]);
+        assert_eq!(got(Some(1), None), ["a", "b"], "one more than the page");
+        assert_eq!(got(Some(2), Some("b")), ["c", "d", "e"]);
+        assert_eq!(got(Some(0), None), ["a"]);
+        assert!(got(Some(5), Some("e")).is_empty());
+        assert!(
+            parse_page(br#"{"name":"x","tags":null}"#, None, None)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse_page(br#"{"name":"x"}"#, Some(3), None)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(parse_page(br#"{"tags":[1]}"#, None, None).is_err());
+        assert!(parse_page(br#"{"tags":[]} trailing"#, None, None).is_err());
+        assert!(parse_page(b"[]", None, None).is_err());
+        // A page of the list as the whole list would have given it.
+        let all: Vec<String> = (0..500).rev().map(|i| format!("t{i:04}")).collect();
+        let body = serde_json::to_vec(&serde_json::json!({"name": "x", "tags": all})).unwrap();
+        let kept = parse_page(&body, Some(10), Some("t0100")).unwrap();
+        let (page, next) = paginate(kept.into_iter().collect(), Some(10), Some("t0100"));
+        assert_eq!(page.first().map(String::as_str), Some("t0101"));
+        assert_eq!(page.len(), 10);
+        assert_eq!(next.as_deref(), Some("n=10&last=t0110"));
+    }
 
     #[test]
     fn pagination() {

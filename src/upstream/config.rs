@@ -73,6 +73,8 @@ pub struct UpstreamConfig {
     /// Bytes per second a blob fetch must average after its first `read_timeout` (`16KiB`);
     /// `0`: no minimum.
     pub min_blob_rate: String,
+    /// Descriptors (config, layers, index entries) a manifest may list; more: refused.
+    pub max_manifest_descriptors: usize,
     /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
     /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
     pub allow: Vec<String>,
@@ -87,6 +89,7 @@ pub struct UpstreamConfig {
 pub struct CheckedUpstream {
     pub settings: UpstreamSettings,
     pub tag_ttl: Duration,
+    pub max_manifest_descriptors: usize,
     /// Its `ns` values, lowercase.
     pub ns: Vec<String>,
     /// Whether `ns` was given (else these are the defaults).
@@ -109,6 +112,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_blob_size", &self.max_blob_size)
             .field("min_blob_rate", &self.min_blob_rate)
+            .field("max_manifest_descriptors", &self.max_manifest_descriptors)
             .field("allow", &self.allow)
             .field("ns", &self.ns)
             .finish()
@@ -131,6 +135,7 @@ impl Default for UpstreamConfig {
             max_concurrent_requests: 64,
             max_blob_size: "32GiB".into(),
             min_blob_rate: "16KiB".into(),
+            max_manifest_descriptors: super::fanout::DEFAULT_MAX_DESCRIPTORS,
             allow: Vec::new(),
             ns: None,
         }
@@ -222,6 +227,12 @@ impl UpstreamConfig {
         if max_blob_size == Some(0) {
             problems.push(("max_blob_size".into(), "must be greater than zero".into()));
         }
+        if self.max_manifest_descriptors == 0 {
+            problems.push((
+                "max_manifest_descriptors".into(),
+                "must be at least 1 (a manifest lists its config)".into(),
+            ));
+        }
         let url = match Url::parse(self.url.trim()) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
                 if !url.username().is_empty() || url.password().is_some() {
@@ -311,6 +322,7 @@ impl UpstreamConfig {
             ns,
             ns_given,
             tag_ttl,
+            max_manifest_descriptors: self.max_manifest_descriptors,
             settings: UpstreamSettings {
                 name: name.unwrap_or("default").to_owned(),
                 url,

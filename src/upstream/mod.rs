@@ -6,6 +6,7 @@ pub mod bounds;
 mod challenge;
 pub mod config;
 mod credentials;
+pub mod fanout;
 mod http;
 pub mod ratelimit;
 mod route;
@@ -46,6 +47,9 @@ pub enum UpstreamError {
     Invalid(String),
     #[error("upstream manifest is larger than the 4 MiB limit")]
     ManifestTooLarge,
+    /// A manifest the mirror will not take (too many descriptors), with why.
+    #[error("upstream manifest refused: {0}")]
+    ManifestRefused(String),
     #[error("repository is not in the mirror's upstream allow-list")]
     NotAllowed,
 }

@@ -237,6 +237,9 @@ pub struct RegistryOpts {
     pub proxy_remote: Option<String>,
     /// Distribution's token auth (`auth: token:`), e.g. with ocimirror as the token server.
     pub token: Option<RegistryTokenAuth>,
+    /// Accept pushed manifests whose descriptors carry `urls` (foreign / non-distributable
+    /// layers, as Docker Hub does for Windows images); Distribution refuses them by default.
+    pub allow_urls: bool,
 }
 
 /// Distribution's `auth.token` section.
@@ -347,6 +350,9 @@ impl Registry {
         }
         if let Some(remote) = &opts.proxy_remote {
             cfg += &format!("proxy:\n  remoteurl: {remote}\n");
+        }
+        if opts.allow_urls {
+            cfg += "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n";
         }
         let cfg_path = dir.join(config_name);
         fs::write(&cfg_path, cfg).unwrap();

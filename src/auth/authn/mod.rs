@@ -11,7 +11,8 @@
 //! How the token endpoint should answer each outcome: [`AuthnError::WrongPassword`],
 //! [`AuthnError::UnknownUser`] and [`AuthnError::AnonymousNotAllowed`] all become the same 401
 //! (never tell a client which one it was); [`AuthnError::Throttled`] becomes 429 with
-//! `Retry-After`; [`AuthnError::Unavailable`] becomes 503.
+//! `Retry-After`; [`AuthnError::Unavailable`] becomes 503, and [`AuthnError::Busy`] (the
+//! bounded queue of password checks is full) 503 with `Retry-After`.
 //!
 //! Secrets (passwords, tokens) never appear in errors, logs or `Debug` output. The success cache
 //! is keyed by an HMAC-SHA-256 of user and password under a random per-process key, so even a
@@ -71,6 +72,10 @@ pub enum AuthnError {
     /// A backend (GitHub, the OIDC provider, the blocking pool) could not give an answer.
     #[error("authentication backend unavailable: {0}")]
     Unavailable(String),
+    /// Every password check is busy and `login_throttle.max_pending_checks` wait already: the
+    /// password was not checked (the client retries, rather than wait behind the queue).
+    #[error("too many logins are being checked; retry shortly")]
+    Busy,
 }
 
 fn retry_after_secs(d: Duration) -> u64 {
@@ -492,6 +497,12 @@ impl Chain {
                     tracing::info!(%ip, user, authenticator = a.name(), "login refused: wrong password");
                     return Err(AuthnError::WrongPassword);
                 }
+                Err(AuthnError::Busy) => {
+                    drop(attempt);
+                    outcome("busy");
+                    tracing::warn!(%ip, user, authenticator = a.name(), "login refused: the queue of password checks is full");
+                    return Err(AuthnError::Busy);
+                }
                 Err(e) => {
                     // Not expected from an authenticator; pass it on without counting a failure.
                     drop(attempt);
@@ -616,6 +627,7 @@ impl AuthnConfig {
         if !self.users.is_empty() || self.htpasswd.is_some() {
             match StaticUsers::load(&self.users, self.htpasswd.as_deref()) {
                 Ok(s) => {
+                    let s = s.with_max_pending(self.login_throttle.max_pending_checks);
                     anonymous |= s.allows_anonymous();
                     if !s.is_empty() {
                         authenticators.push(Arc::new(s));

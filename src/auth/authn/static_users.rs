@@ -194,6 +194,9 @@ pub fn hash_password(password: &str, cost: u32) -> String {
         .format_for_version(bcrypt::Version::TwoY)
 }
 
+/// Password checks that may wait for a free CPU by default (`login_throttle.max_pending_checks`).
+pub const DEFAULT_MAX_PENDING: usize = 16;
+
 struct User {
     hash: Arc<str>,
     labels: BTreeMap<String, Vec<String>>,
@@ -205,6 +208,9 @@ pub struct StaticUsers {
     /// Checked for unknown users, with the highest configured cost.
     dummy: Arc<str>,
     permits: Arc<Semaphore>,
+    /// Places for checks running or waiting for a permit: beyond them a login is refused at
+    /// once, so a burst of logins cannot queue minutes of bcrypt work ahead of everyone.
+    queue: Arc<Semaphore>,
     verifications: Arc<AtomicU64>,
 }
 
@@ -313,6 +319,7 @@ impl StaticUsers {
             anonymous,
             dummy: dummy_hash(dummy_cost),
             permits: Arc::new(Semaphore::new((parallel / 2).max(1))),
+            queue: Arc::new(Semaphore::new((parallel / 2).max(1) + DEFAULT_MAX_PENDING)),
             verifications: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -361,8 +368,20 @@ impl StaticUsers {
         self.verifications.load(Ordering::Relaxed)
     }
 
+    /// At most `max_pending` password checks wait for a free CPU; more are refused at once.
+    pub fn with_max_pending(mut self, max_pending: usize) -> Self {
+        self.queue = Arc::new(Semaphore::new(
+            self.permits.available_permits() + max_pending,
+        ));
+        self
+    }
+
     /// Check `password` against `hash` on the blocking pool.
     async fn verify(&self, password: &str, hash: Arc<str>) -> Result<bool, AuthnError> {
+        let _place = self.queue.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!(crate::metrics::AUTHN_CHECKS_REFUSED).increment(1);
+            AuthnError::Busy
+        })?;
         let _permit = self
             .permits
             .acquire()
@@ -441,6 +460,52 @@ pub(crate) mod tests {
         users(&format!(
             "alice: {{password: \"{ALICE}\", labels: {{group: [admins, devs]}}}}\n\"\": {{}}\n"
         ))
+    }
+
+    #[tokio::test]
+    async fn checks_beyond_the_queue_are_refused_at_once() {
+        let s = Arc::new(
+            StaticUsers::new(&alice_and_anonymous(), None)
+                .unwrap()
+                .with_max_pending(2),
+        );
+        // Every CPU busy, as with long checks running.
+        let cpus = s.permits.available_permits();
+        let busy = s
+            .permits
+            .clone()
+            .acquire_many_owned(cpus as u32)
+            .await
+            .unwrap();
+        let waiting: Vec<_> = (0..cpus + 2)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.authenticate("alice", "wonderland").await })
+            })
+            .collect();
+        while s.queue.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // The queue is full: the next login is refused without waiting or checking.
+        let before = s.verifications();
+        assert_eq!(
+            s.authenticate("alice", "wonderland").await,
+            Err(AuthnError::Busy)
+        );
+        assert_eq!(s.verifications(), before);
+        drop(busy);
+        for w in waiting {
+            assert!(
+                w.await.unwrap().unwrap().is_some(),
+                "the queued logins pass"
+            );
+        }
+        assert!(
+            s.authenticate("alice", "wonderland")
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[tokio::test]

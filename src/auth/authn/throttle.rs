@@ -3,7 +3,9 @@
 //! Each address may fail `max_failures` times within any sliding `window`; after that its
 //! attempts are refused, without checking the password, until the oldest failure leaves the
 //! window. IPv6 clients are counted per /64 (one host usually owns a whole /64, so per-address
-//! counting would give it 2^64 allowances). Checks in progress hold one of the address's remaining
+//! counting would give it 2^64 allowances), and their failures also count against their /48,
+//! which may fail `max_failures_per_48` times in the window: a site is usually given a /48, so
+//! without it an attacker could move through 65,536 /64s. Checks in progress hold one of the address's remaining
 //! allowances, so a burst of concurrent guesses cannot overshoot the limit; attempts beyond the
 //! allowance wait for the ones in progress instead of being refused, so concurrent legitimate
 //! logins from one address (a NAT, a CI runner) only queue.
@@ -34,6 +36,10 @@ pub struct ThrottleConfig {
     pub window: String,
     /// Addresses tracked at most.
     pub max_clients: usize,
+    /// Failures allowed per IPv6 /48 within `window`; `0`: IPv6 is counted per /64 only.
+    pub max_failures_per_48: u32,
+    /// Password checks that may wait for a free CPU; beyond them a login gets 503 at once.
+    pub max_pending_checks: usize,
 }
 
 impl Default for ThrottleConfig {
@@ -42,6 +48,8 @@ impl Default for ThrottleConfig {
             max_failures: 5,
             window: "1m".into(),
             max_clients: 10_000,
+            max_failures_per_48: 50,
+            max_pending_checks: super::static_users::DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -68,6 +76,7 @@ impl ThrottleConfig {
                 max_failures: self.max_failures,
                 window,
                 max_clients: self.max_clients,
+                max_failures_per_48: self.max_failures_per_48,
             }),
             _ => Err(problems),
         }
@@ -79,6 +88,7 @@ pub struct ThrottleSettings {
     pub max_failures: u32,
     pub window: Duration,
     pub max_clients: usize,
+    pub max_failures_per_48: u32,
 }
 
 impl Default for ThrottleSettings {
@@ -87,6 +97,7 @@ impl Default for ThrottleSettings {
             max_failures: 5,
             window: Duration::from_secs(60),
             max_clients: 10_000,
+            max_failures_per_48: 50,
         }
     }
 }
@@ -131,10 +142,23 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A counted group of addresses: the [`client_key`] of an address (prefix 0), or its IPv6 /48.
+type Key = (IpAddr, u8);
+
+/// The IPv6 /48 an address belongs to, if it is a native IPv6 address.
+fn site_48(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => Some(IpAddr::V6(Ipv6Addr::from(
+            u128::from(v6) & 0xffff_ffff_ffff_0000_0000_0000_0000_0000,
+        ))),
+        _ => None,
+    }
+}
+
 pub struct LoginThrottle {
     settings: ThrottleSettings,
     clock: Clock,
-    clients: Mutex<HashMap<IpAddr, Client>>,
+    clients: Mutex<HashMap<Key, Client>>,
 }
 
 impl LoginThrottle {
@@ -150,6 +174,17 @@ impl LoginThrottle {
         self.settings.max_failures > 0
     }
 
+    /// The groups `ip` is counted in, each with the failures it may have.
+    fn keys(&self, ip: IpAddr) -> Vec<(Key, u32)> {
+        let mut keys = vec![((client_key(ip), 0), self.settings.max_failures)];
+        if self.settings.max_failures_per_48 > 0
+            && let Some(site) = site_48(ip)
+        {
+            keys.push(((site, 48), self.settings.max_failures_per_48));
+        }
+        keys
+    }
+
     fn retry_after(&self, c: &Client, now: Instant) -> Duration {
         c.failures
             .front()
@@ -163,51 +198,67 @@ impl LoginThrottle {
         }
         let now = self.clock.now();
         let mut clients = lock(&self.clients);
-        if let Some(c) = clients.get_mut(&client_key(ip)) {
-            c.prune(now, self.settings.window);
-            if c.failures.len() as u32 >= self.settings.max_failures {
-                return Err(self.retry_after(c, now));
+        let mut refused = None;
+        for (key, limit) in self.keys(ip) {
+            if let Some(c) = clients.get_mut(&key) {
+                c.prune(now, self.settings.window);
+                if c.failures.len() as u32 >= limit {
+                    refused = refused.max(Some(self.retry_after(c, now)));
+                }
             }
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
-    /// Start a password check for `ip`: refuse if it has used up its failures, wait while checks
-    /// in progress hold its remaining allowance. Report the outcome on the returned [`Attempt`];
-    /// dropping it unreported releases the allowance and counts nothing.
+    /// Start a password check for `ip`: refuse if it (or its IPv6 /48) has used up its failures,
+    /// wait while checks in progress hold its remaining allowance. Report the outcome on the
+    /// returned [`Attempt`]; dropping it unreported releases the allowance and counts nothing.
     pub async fn begin(self: &Arc<Self>, ip: IpAddr) -> Result<Attempt, Duration> {
-        let key = client_key(ip);
+        let keys = self.keys(ip);
         if !self.enabled() {
             return Ok(Attempt {
                 throttle: None,
-                key,
+                keys: Vec::new(),
             });
         }
         loop {
             let mut woken = {
                 let now = self.clock.now();
                 let mut clients = lock(&self.clients);
-                if !clients.contains_key(&key) {
-                    self.make_room(&mut clients, now);
+                let mut refused = None;
+                let mut full = None;
+                for &(key, limit) in &keys {
+                    if !clients.contains_key(&key) {
+                        self.make_room(&mut clients, now);
+                    }
+                    let c = clients.entry(key).or_insert_with(Client::new);
+                    c.prune(now, self.settings.window);
+                    let failures = c.failures.len() as u32;
+                    if failures >= limit {
+                        refused = refused.max(Some(self.retry_after(c, now)));
+                    } else if failures + c.in_flight >= limit && full.is_none() {
+                        full = Some(key);
+                    }
                 }
-                let c = clients.entry(key).or_insert_with(Client::new);
-                c.prune(now, self.settings.window);
-                let failures = c.failures.len() as u32;
-                if failures >= self.settings.max_failures {
-                    let retry = self.retry_after(c, now);
-                    if c.idle() {
-                        clients.remove(&key);
+                if let Some(retry) = refused {
+                    for (key, _) in &keys {
+                        if clients.get(key).is_some_and(Client::idle) {
+                            clients.remove(key);
+                        }
                     }
                     return Err(retry);
                 }
-                if failures + c.in_flight < self.settings.max_failures {
-                    c.in_flight += 1;
+                let Some(full) = full else {
+                    for (key, _) in &keys {
+                        clients.get_mut(key).expect("inserted above").in_flight += 1;
+                    }
                     return Ok(Attempt {
                         throttle: Some(self.clone()),
-                        key,
+                        keys: keys.into_iter().map(|(k, _)| k).collect(),
                     });
-                }
+                };
                 // Register for the wake-up before letting go of the lock, so none is missed.
+                let c = clients.get(&full).expect("inserted above");
                 let mut woken = Box::pin(c.wake.clone().notified_owned());
                 woken.as_mut().enable();
                 woken
@@ -216,32 +267,38 @@ impl LoginThrottle {
         }
     }
 
-    fn finish(&self, key: IpAddr, failed: bool) {
+    fn finish(&self, keys: &[Key], failed: bool) {
         let now = self.clock.now();
         let mut clients = lock(&self.clients);
-        if !clients.contains_key(&key) {
-            if !failed {
-                return;
+        for &key in keys {
+            if !clients.contains_key(&key) {
+                if !failed {
+                    continue;
+                }
+                self.make_room(&mut clients, now);
             }
-            self.make_room(&mut clients, now);
-        }
-        let c = clients.entry(key).or_insert_with(Client::new);
-        c.in_flight = c.in_flight.saturating_sub(1);
-        if failed {
-            c.failures.push_back(now);
-            while c.failures.len() > self.settings.max_failures as usize {
-                c.failures.pop_front();
+            let limit = match key.1 {
+                48 => self.settings.max_failures_per_48,
+                _ => self.settings.max_failures,
+            };
+            let c = clients.entry(key).or_insert_with(Client::new);
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if failed {
+                c.failures.push_back(now);
+                while c.failures.len() > limit as usize {
+                    c.failures.pop_front();
+                }
             }
-        }
-        c.wake.notify_waiters();
-        c.prune(now, self.settings.window);
-        if c.idle() {
-            clients.remove(&key);
+            c.wake.notify_waiters();
+            c.prune(now, self.settings.window);
+            if c.idle() {
+                clients.remove(&key);
+            }
         }
     }
 
     /// Make room for one more entry if the table is full.
-    fn make_room(&self, clients: &mut HashMap<IpAddr, Client>, now: Instant) {
+    fn make_room(&self, clients: &mut HashMap<Key, Client>, now: Instant) {
         if clients.len() < self.settings.max_clients {
             return;
         }
@@ -273,19 +330,19 @@ impl LoginThrottle {
 #[must_use = "report the outcome with failed() or succeeded()"]
 pub struct Attempt {
     throttle: Option<Arc<LoginThrottle>>,
-    key: IpAddr,
+    keys: Vec<Key>,
 }
 
 impl Attempt {
     pub fn failed(mut self) {
         if let Some(t) = self.throttle.take() {
-            t.finish(self.key, true);
+            t.finish(&self.keys, true);
         }
     }
 
     pub fn succeeded(mut self) {
         if let Some(t) = self.throttle.take() {
-            t.finish(self.key, false);
+            t.finish(&self.keys, false);
         }
     }
 }
@@ -293,7 +350,7 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         if let Some(t) = self.throttle.take() {
-            t.finish(self.key, false);
+            t.finish(&self.keys, false);
         }
     }
 }
@@ -309,6 +366,7 @@ mod tests {
             max_failures,
             window: Duration::from_secs(60),
             max_clients,
+            max_failures_per_48: 4,
         };
         (Arc::new(LoginThrottle::new(settings, clock.clone())), clock)
     }
@@ -357,6 +415,49 @@ mod tests {
         fail(&t, mapped).await.unwrap();
         fail(&t, v4(7)).await.unwrap();
         assert!(t.check(v4(7)).is_err());
+    }
+
+    #[tokio::test]
+    async fn ipv6_also_counts_per_48() {
+        let (t, clock) = throttle(2, 100);
+        // One failure from each of four /64s of one /48 (the test's limit per /48 is 4).
+        for n in 0..4 {
+            let ip: IpAddr = format!("2001:db8:7:{n}::1").parse().unwrap();
+            fail(&t, ip).await.unwrap();
+        }
+        let fresh: IpAddr = "2001:db8:7:ff::1".parse().unwrap();
+        assert_eq!(t.check(fresh), Err(Duration::from_secs(60)));
+        assert!(
+            fail(&t, fresh).await.is_err(),
+            "a new /64 of that /48 is refused"
+        );
+        // Another /48 and IPv4 are not.
+        let other: IpAddr = "2001:db8:8::1".parse().unwrap();
+        assert!(t.check(other).is_ok());
+        assert!(t.check(v4(1)).is_ok());
+        clock.advance(Duration::from_secs(60));
+        assert!(t.check(fresh).is_ok());
+        t.begin(fresh).await.unwrap().succeeded();
+        // In-flight checks hold the /48's allowance too: four /64s each start one, a fifth
+        // waits until one of them ends.
+        let held: Vec<_> = futures_util::future::join_all((10..14).map(|n| {
+            let t = t.clone();
+            async move {
+                let ip: IpAddr = format!("2001:db8:9:{n}::1").parse().unwrap();
+                t.begin(ip).await.unwrap()
+            }
+        }))
+        .await;
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move {
+            let ip: IpAddr = "2001:db8:9:99::1".parse().unwrap();
+            t2.begin(ip).await.map(Attempt::succeeded)
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let mut held = held.into_iter();
+        held.next().unwrap().succeeded();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
     }
 
     #[tokio::test]
@@ -435,6 +536,8 @@ mod tests {
             max_failures: 3,
             window: "0s".into(),
             max_clients: 0,
+            max_failures_per_48: 0,
+            max_pending_checks: 0,
         };
         let p = bad.settings("t").unwrap_err();
         assert_eq!(p.len(), 2, "{p:?}");
@@ -442,6 +545,8 @@ mod tests {
             max_failures: 0,
             window: "0s".into(),
             max_clients: 0,
+            max_failures_per_48: 0,
+            max_pending_checks: 0,
         };
         assert_eq!(off.settings("t").unwrap().max_failures, 0);
     }
