@@ -100,6 +100,10 @@ catalogue! {
         "Requests that joined a fill already running instead of fetching again.";
     FILL_REMOTE_WAITS = Counter "ocimirror_fill_remote_waits_total" ["result"]
         "Waits for another replica's fill, by result (stored, took_over).";
+    VERIFY = Counter "ocimirror_verify_total" ["result"]
+        "Manifests checked against a verify rule as they were served, by result (passed, unsigned, untrusted, malformed, other_digest, other_repository).";
+    VERIFY_RELOADS = Counter "ocimirror_verify_reloads_total" ["result"]
+        "Reloads of the verify rules and their keys, by result (ok, refused).";
     // Storage and the descriptor cache.
     STORAGE_ERRORS = Counter "ocimirror_storage_errors_total" ["op"]
         "Failed storage operations, by operation.";

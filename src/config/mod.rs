@@ -21,6 +21,8 @@ pub use crate::cache::config::{CacheBackend, CacheConfig, MemoryCacheConfig};
 pub use crate::expiry::config::{ExpiryConfig, parse_size};
 pub use crate::storage::config::{FilesystemConfig, StorageBackend, StorageConfig};
 pub use crate::upstream::config::{DOCKER_HUB, LibraryPrefix, UpstreamConfig};
+use crate::verify::Policy;
+pub use crate::verify::config::VerifyRuleConfig;
 
 mod env;
 mod yaml;
@@ -57,6 +59,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Per-client request rate limits on `/v2`.
     pub limits: LimitsConfig,
+    /// Signature rules, first match applies; empty: nothing is checked.
+    pub verify: Vec<VerifyRuleConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -106,6 +110,7 @@ impl Default for Config {
             expiry: None,
             tls: None,
             limits: LimitsConfig::default(),
+            verify: Vec::new(),
         }
     }
 }
@@ -267,6 +272,8 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     /// Checked by the HTTP layer's own check (see [`SectionCheck`]).
     pub limits: LimitsConfig,
+    /// The signature rules with their keys loaded; no rules: nothing is checked.
+    pub verify: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,6 +484,9 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         .expiry
         .as_ref()
         .and_then(|e| e.check().map_err(|ps| section("expiry", ps)).ok());
+    let verify = crate::verify::config::check(&c.verify)
+        .map_err(|ps| section("verify", ps))
+        .unwrap_or_default();
     let mut problems_of = |ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&key, message);
@@ -577,6 +587,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         expiry,
         tls: c.tls.clone(),
         limits: c.limits.clone(),
+        verify,
     })
 }
 

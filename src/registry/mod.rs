@@ -12,6 +12,7 @@ mod lease;
 mod manifests;
 pub mod namespace;
 mod referrers;
+mod signatures;
 mod tags;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub enum RegistryError {
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Unverified(crate::verify::Refusal),
 }
 
 /// Coalesced results are shared, so errors travel as text-bearing clones.
@@ -117,6 +120,7 @@ pub struct Registry {
     bodies: ManifestBodies,
     /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
     access: Option<Arc<AccessLog>>,
+    verifier: Option<Arc<crate::verify::Verifier>>,
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -150,6 +154,7 @@ impl Registry {
             referrer_fetches: Coalescer::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
             access: None,
+            verifier: None,
         }
     }
 
@@ -210,6 +215,7 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
         RegistryError::Upstream(u) => RegistryError::Upstream(u.clone()),
         RegistryError::Storage(s) => RegistryError::Storage(s.duplicate()),
         RegistryError::Internal(m) => RegistryError::Internal(m.clone()),
+        RegistryError::Unverified(r) => RegistryError::Unverified(r.clone()),
     })
 }
 
