@@ -981,6 +981,7 @@ mod tests {
         c.storage.s3.endpoint = Some(String::new());
         c.expiry = Some(ExpiryConfig::default());
         c.tls = Some(TlsConfig::default());
+        c.verify = vec![VerifyRuleConfig::default()];
         c.auth = Some(AuthConfig {
             github_auth: Some(crate::auth::authn::GitHubConfig {
                 organization: Some(String::new()),
@@ -1005,6 +1006,10 @@ mod tests {
                         out.insert(p.clone());
                         flatten(child, &p, out);
                     }
+                }
+                // A list of sections (`verify`) is documented as `verify[].<key>`.
+                Value::Array(a) if a.first().is_some_and(|v| v.is_object()) => {
+                    flatten(&a[0], &format!("{path}[]"), out);
                 }
                 _ => {}
             }

@@ -90,7 +90,8 @@ impl Registry {
         }
     }
 
-    /// Before a fetched manifest is stored: refused in enforce mode, nothing is stored.
+    /// Before a fetched manifest is stored: refused in enforce mode, nothing is stored (and the
+    /// request ends here, so it is counted and logged here).
     pub(super) async fn check_before_store(
         self: &Arc<Self>,
         repo: &RepoName,
@@ -98,7 +99,7 @@ impl Registry {
         body: &[u8],
     ) -> Result<(), RegistryError> {
         match self.signature_verdict(repo, d, body).await? {
-            Verdict::Refused(r, Mode::Enforce) => Err(RegistryError::Unverified(r)),
+            v @ Verdict::Refused(_, Mode::Enforce) => record(repo, d, v),
             _ => Ok(()),
         }
     }
@@ -111,27 +112,33 @@ impl Registry {
         body: &[u8],
     ) -> Result<(), RegistryError> {
         let verdict = self.signature_verdict(repo, d, body).await?;
-        let result = match &verdict {
-            Verdict::Unchecked => return Ok(()),
-            Verdict::Passed(_) => "passed",
-            Verdict::Refused(r, _) => r.label(),
-        };
-        metrics::counter!(crate::metrics::VERIFY, "result" => result).increment(1);
-        match verdict {
-            Verdict::Passed(v) => {
-                tracing::debug!(name = %repo, digest = %d, key = %v.key, via = ?v.via, "signature policy passed");
-                Ok(())
-            }
-            Verdict::Refused(r, Mode::Enforce) => {
-                tracing::warn!(name = %repo, digest = %d, reason = %r, "manifest refused: signature verification failed");
-                Err(RegistryError::Unverified(r))
-            }
-            Verdict::Refused(r, Mode::Warn) => {
-                tracing::warn!(name = %repo, digest = %d, reason = %r, "serving a manifest that failed signature verification (warn mode)");
-                Ok(())
-            }
-            Verdict::Unchecked => Ok(()),
+        record(repo, d, verdict)
+    }
+}
+
+/// Count and log a verdict on a manifest being answered; the error for a refusal in enforce
+/// mode.
+fn record(repo: &RepoName, d: &Digest, verdict: Verdict) -> Result<(), RegistryError> {
+    let result = match &verdict {
+        Verdict::Unchecked => return Ok(()),
+        Verdict::Passed(_) => "passed",
+        Verdict::Refused(r, _) => r.label(),
+    };
+    metrics::counter!(crate::metrics::VERIFY, "result" => result).increment(1);
+    match verdict {
+        Verdict::Passed(v) => {
+            tracing::debug!(name = %repo, digest = %d, key = %v.key, via = ?v.via, "signature policy passed");
+            Ok(())
         }
+        Verdict::Refused(r, Mode::Enforce) => {
+            tracing::warn!(name = %repo, digest = %d, reason = %r, "manifest refused: signature verification failed");
+            Err(RegistryError::Unverified(r))
+        }
+        Verdict::Refused(r, Mode::Warn) => {
+            tracing::warn!(name = %repo, digest = %d, reason = %r, "serving a manifest that failed signature verification (warn mode)");
+            Ok(())
+        }
+        Verdict::Unchecked => Ok(()),
     }
 }
 
