@@ -171,6 +171,9 @@ pub struct Snapshot {
     pub bytes_served: u64,
     pub fills_in_flight: u64,
     pub stale_served: u64,
+    /// Manifests that passed / failed a `verify` rule as they were served (warn mode included).
+    pub verify_passed: u64,
+    pub verify_failed: u64,
     /// Newest first. Empty (and `fills_hidden`) when the page is restricted.
     pub recent_fills: Vec<FillRecord>,
     pub fills_hidden: bool,
@@ -229,6 +232,8 @@ pub fn snapshot(show_fills: bool) -> Snapshot {
         bytes_served: totals.response_bytes,
         fills_in_flight: totals.fills_in_flight,
         stale_served: totals.stale_served,
+        verify_passed: totals.verify_passed,
+        verify_failed: totals.verify_failed,
         recent_fills,
         fills_hidden: !show_fills,
     }
@@ -328,6 +333,7 @@ th {{ background: #e9eef3; font-weight: 600; }}
 <div class="card"><div class="k">requests served</div><div class="v">{requests}</div><div class="k">{bytes} sent</div></div>
 <div class="card"><div class="k">cache size</div><div class="v">{cache}</div></div>
 <div class="card"><div class="k">fills in flight</div><div class="v">{inflight}</div><div class="k">{stale} stale serves</div></div>
+<div class="card"><div class="k">signatures verified</div><div class="v">{verified}</div><div class="k">{unverified} failed</div></div>
 </div>
 <h2>Upstreams</h2>
 <table><thead><tr><th>name</th><th>host</th><th>health</th><th>recent requests ok</th><th>rate limit remaining</th><th>cooldown</th></tr></thead>
@@ -345,6 +351,8 @@ th {{ background: #e9eef3; font-weight: 600; }}
         bytes = human_bytes(s.bytes_served),
         inflight = s.fills_in_flight,
         stale = s.stale_served,
+        verified = s.verify_passed,
+        unverified = s.verify_failed,
     )
 }
 

@@ -245,6 +245,11 @@ async fn signed_image_pulls_verified_once_and_survives_restart_and_outage() {
         0.0
     );
 
+    let status = m.get("/status.json").send().await.unwrap();
+    let status: Value = serde_json::from_slice(&status.bytes().await.unwrap()).unwrap();
+    assert!(status["verify_passed"].as_u64().unwrap() >= 2, "{status}");
+    assert_eq!(status["verify_failed"], 0, "{status}");
+
     m.restart(None).await;
     reg.stop();
     pull_and_check_oci(&m.hostport(), &img, None).await;
@@ -372,6 +377,41 @@ async fn an_index_signed_once_serves_every_platform() {
     pull_and_check_index(&m.hostport(), &idx, None).await;
     let r = m.get_manifest("myorg/multi", child).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "covered by its index now");
+
+    // `ocimirror inspect` checks the stored signatures offline: the verdict and the key.
+    let fingerprint = {
+        let out = Command::new("openssl")
+            .args([
+                "pkey",
+                "-pubin",
+                "-in",
+                release.to_str().unwrap(),
+                "-outform",
+                "DER",
+            ])
+            .output()
+            .unwrap();
+        format!("SHA256:{}", sha256_hex(&out.stdout))
+    };
+    let out = Command::new(ocimirror_bin())
+        .args(["inspect", "myorg/multi:1", "--config"])
+        .arg(m.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("signature verified, key {fingerprint}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("signature verified through index {}", idx.digest)),
+        "{text}"
+    );
 }
 
 /// Sigstore bundles among the referrers: a messageSignature over the manifest, and a DSSE

@@ -36,6 +36,36 @@ impl Registry {
         self.verifier.clone()
     }
 
+    /// What the policy says of the stored manifest `d` of `name`, for `ocimirror inspect`:
+    /// None when no rule covers it (or it is not stored); checked from what is stored when the
+    /// registry is offline.
+    pub async fn signature_status(
+        self: &Arc<Self>,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<String>, RegistryError> {
+        let repo = self.upstream.canonical_name(name);
+        let body = match self.storage.read(&crate::layout::blob_data(d)).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match self.signature_verdict(&repo, d, &body).await? {
+            Verdict::Unchecked => None,
+            Verdict::Passed(v) => Some(match v.via {
+                None => format!("verified, key {}", v.key),
+                Some(i) => format!("verified through index {i}, key {}", v.key),
+            }),
+            Verdict::Refused(r, mode) => Some(format!(
+                "{}: {r}",
+                match mode {
+                    Mode::Enforce => "refused",
+                    Mode::Warn => "unverified (warn mode)",
+                }
+            )),
+        })
+    }
+
     /// The verdict on manifest `d` (`body`) of `repo`.
     pub(super) async fn signature_verdict(
         self: &Arc<Self>,
