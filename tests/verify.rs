@@ -293,10 +293,19 @@ async fn refusals_name_their_reason_and_warn_mode_serves() {
     push_signatures(&p, "myorg/otherdigest", &other.digest, &[(pl, sig)]).await;
 
     // Signed for the same digest, but in another repository.
+    // The same image, signed for myorg/original, where it passes.
     let moved = p.push_oci_image("myorg/otherrepo", "1", 1716).await;
+    let original = p.push_oci_image("myorg/original", "1", 1716).await;
     let pl = payload(&format!("{host}/myorg/original"), &moved.digest);
     let sig = B64.encode(keys.sign("release", &pl));
-    push_signatures(&p, "myorg/otherrepo", &moved.digest, &[(pl, sig)]).await;
+    push_signatures(
+        &p,
+        "myorg/otherrepo",
+        &moved.digest,
+        &[(pl.clone(), sig.clone())],
+    )
+    .await;
+    push_signatures(&p, "myorg/original", &original.digest, &[(pl, sig)]).await;
 
     let malformed = p.push_oci_image("myorg/malformed", "1", 1717).await;
     let pl = payload(&format!("{host}/myorg/malformed"), &malformed.digest);
@@ -328,7 +337,18 @@ async fn refusals_name_their_reason_and_warn_mode_serves() {
     )
     .await;
     refused(&m, "myorg/otherdigest", &other, "another digest").await;
-    refused(&m, "myorg/otherrepo", &moved, "another repository").await;
+    // Verified under myorg/original first: that verdict is not one for myorg/otherrepo.
+    // (The manifest is stored, for myorg/original.)
+    pull_and_check_oci(&m.hostport(), &original, None).await;
+    denied(&m, "myorg/otherrepo", &moved.tag, "another repository").await;
+    denied(&m, "myorg/otherrepo", &moved.digest, "another repository").await;
+    // Its signature manifest is content like any other; the refused manifest is not linked.
+    let manifests = m
+        .storage_root()
+        .join("docker/registry/v2/repositories/myorg/otherrepo/_manifests");
+    let revision = manifests.join(format!("revisions/sha256/{}", hex_of(&moved.digest)));
+    assert!(!revision.exists(), "refused, yet linked");
+    assert!(!manifests.join("tags/1").exists(), "refused, yet tagged");
     refused(&m, "myorg/malformed", &malformed, "malformed signature").await;
     let err = pull(&m, &unsigned).await.expect_err("skopeo refused");
     assert!(err.contains("no signature found"), "{err}");

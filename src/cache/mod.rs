@@ -46,7 +46,8 @@ pub trait DescriptorCache: Send + Sync + 'static {
     async fn set_tag(&self, repo: &str, tag: &str, entry: TagEntry);
     async fn manifest(&self, digest: &Digest) -> Option<ManifestEntry>;
     async fn set_manifest(&self, digest: &Digest, entry: ManifestEntry);
-    /// `rule` identifies a `verify` rule and its key set (a new key set is a new `rule`).
+    /// `rule` identifies a `verify` rule with its key set and the repository (a new key set is a
+    /// new `rule`).
     async fn verdict(&self, rule: &str, digest: &Digest) -> Option<VerdictEntry>;
     async fn set_verdict(&self, rule: &str, digest: &Digest, entry: VerdictEntry);
 }

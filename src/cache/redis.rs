@@ -11,7 +11,7 @@
 //! | `<prefix>tag:<repo>:<tag>`         | `{"digest":"sha256:…","checked_at":1700000000123}`     |
 //! | `<prefix>manifest:<digest>`        | `{"media_type":"application/vnd.oci…","size":1234}`    |
 //! | `<prefix>fill:<digest>`            | a random token: the replica filling this blob (expires unless renewed) |
-//! | `<prefix>verdict:<rule>:<digest>`  | `{"key":"SHA256:…","via":null}`: a passed signature check under a `verify` rule's key set |
+//! | `<prefix>verdict:<rule>:<digest>`  | `{"key":"SHA256:…","via":null}`: a passed signature check under a `verify` rule's key set (`<rule>` is `<rule id>@<repo>`) |
 //!
 //! `<repo>` is the upstream-qualified repository key exactly as the caller gives it (it may hold
 //! `/` and `:`); a tag never holds `:`, so the last `:` of a tag key separates the two.

@@ -125,6 +125,7 @@ impl Registry {
                 .await
                 .map_err(|e| manifest_upstream_error(e, d))?;
             if let Some(m) = self.stored_manifest(repo, d, false).await? {
+                self.check_before_store(repo, d, &m.body).await?;
                 self.link_manifest(repo, &m).await;
                 return Ok(m);
             }
@@ -318,6 +319,7 @@ impl Registry {
                     // Revalidated: the upstream confirmed what is stored, no body fetched.
                     metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
                         .increment(1);
+                    self.check_before_store(repo, d, &m.body).await?;
                     self.link_manifest(repo, &m).await;
                     m
                 }

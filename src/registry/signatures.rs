@@ -1,6 +1,6 @@
 //! The registry's side of signature verification (`verify/`): the verdict on a manifest under
-//! the first `verify` rule matching its repository, cached per (rule, digest) in the descriptor
-//! cache, with the signatures fetched through the registry's own pull path (so they are stored,
+//! the first `verify` rule matching its repository, cached per (rule, repository, digest) in the
+//! descriptor cache, with the signatures fetched through the registry's own pull path (so they are stored,
 //! revalidated and served stale like any content). A passed index covers its children.
 
 use std::sync::Arc;
@@ -83,10 +83,13 @@ impl Registry {
         if verify::is_signature_artifact(body) {
             return Ok(Verdict::Unchecked);
         }
-        if let Some(v) = self.cache.verdict(rule.id(), d).await {
+        // Per repository too: a signature names the repository it was made for, so a digest
+        // verified under one name says nothing about another.
+        let key = format!("{}@{repo}", rule.id());
+        if let Some(v) = self.cache.verdict(&key, d).await {
             return Ok(Verdict::Passed(v));
         }
-        if let Some(r) = verifier.recent_failure(rule.id(), d) {
+        if let Some(r) = verifier.recent_failure(&key, d) {
             return Ok(Verdict::Refused(r, rule.mode));
         }
         let source = Source(self.clone());
@@ -95,7 +98,7 @@ impl Registry {
                 format!("cannot fetch the signatures of {d}: {m}"),
             ))),
             Ok(Err(r)) => {
-                verifier.note_failure(rule.id(), d, r.clone());
+                verifier.note_failure(&key, d, r.clone());
                 Ok(Verdict::Refused(r, rule.mode))
             }
             Ok(Ok(passed)) => {
@@ -103,7 +106,7 @@ impl Registry {
                     key: passed.key,
                     via: None,
                 };
-                self.cache.set_verdict(rule.id(), d, own.clone()).await;
+                self.cache.set_verdict(&key, d, own.clone()).await;
                 // An index signed once covers the manifests it lists.
                 if let Ok(info) = ManifestInfo::parse(body, None) {
                     for child in &info.children {
@@ -111,7 +114,7 @@ impl Registry {
                             key: own.key.clone(),
                             via: Some(d.clone()),
                         };
-                        self.cache.set_verdict(rule.id(), child, entry).await;
+                        self.cache.set_verdict(&key, child, entry).await;
                     }
                 }
                 tracing::info!(name = %repo, digest = %d, key = %own.key, via = passed.via, "signature verified");
