@@ -134,6 +134,8 @@ pub async fn build_registry_on(
         },
     )
     .with_leases(b.leases);
+    // Always there, so that a reload can add rules to a mirror started without any.
+    registry = registry.with_verifier(Arc::new(crate::verify::Verifier::new(s.verify.clone())));
     if let Some(log) = access {
         registry = registry.with_access_log(log);
     }

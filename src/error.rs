@@ -245,6 +245,10 @@ impl From<RegistryError> for ApiError {
                 tracing::error!(error = %m, "internal error");
                 ApiError::new(Code::Internal, "internal error")
             }
+            RegistryError::Unverified(r) => ApiError::new(
+                Code::Denied,
+                format!("refused by the mirror's signature policy: {r}"),
+            ),
         }
     }
 }

@@ -24,4 +24,5 @@ pub mod status;
 pub mod storage;
 pub mod upstream;
 pub mod util;
+pub mod verify;
 pub mod watch;

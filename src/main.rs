@@ -653,9 +653,11 @@ fn ops_main(c: OpsCommand) -> ExitCode {
             let detail = runtime.block_on(async {
                 let storage = ops::listing::open_storage(&settings).await?;
                 let (name, tag) = ops::listing::parse_target(&settings, &a.repository)?;
-                ops::listing::inspect(storage.as_ref(), &name, tag.as_ref(), recorded)
+                let mut d = ops::listing::inspect(storage.as_ref(), &name, tag.as_ref(), recorded)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                ops::listing::add_signatures(&settings, &mut d).await?;
+                Ok::<_, String>(d)
             });
             match detail {
                 Ok(d) => {

@@ -123,6 +123,10 @@ catalogue! {
         "Blob bytes of this replica's fills in progress sent to other replicas.";
     PEER_REQUESTS_REFUSED = Counter "ocimirror_peer_requests_refused_total" []
         "Requests to the peer listener refused (missing or wrong secret, or not a fill stream).";
+    VERIFY = Counter "ocimirror_verify_total" ["result"]
+        "Manifests checked against a verify rule as they were served, by result (passed, unsigned, untrusted, malformed, other_digest, other_repository).";
+    VERIFY_RELOADS = Counter "ocimirror_verify_reloads_total" ["result"]
+        "Reloads of the verify rules and their keys, by result (ok, refused).";
     // Storage and the descriptor cache.
     STORAGE_ERRORS = Counter "ocimirror_storage_errors_total" ["op"]
         "Failed storage operations, by operation.";
@@ -260,6 +264,8 @@ struct Totals {
     requests: AtomicU64,
     response_bytes: AtomicU64,
     stale_served: AtomicU64,
+    verify_passed: AtomicU64,
+    verify_failed: AtomicU64,
     fills_in_flight: AtomicF64,
     /// NaN until an expiry pass sets it.
     storage_bytes: AtomicF64,
@@ -271,6 +277,8 @@ static TOTALS: Totals = Totals {
     requests: AtomicU64::new(0),
     response_bytes: AtomicU64::new(0),
     stale_served: AtomicU64::new(0),
+    verify_passed: AtomicU64::new(0),
+    verify_failed: AtomicU64::new(0),
     fills_in_flight: AtomicF64::new(0.0),
     storage_bytes: AtomicF64::new(f64::NAN),
 };
@@ -284,6 +292,9 @@ pub struct StatusTotals {
     pub requests: u64,
     pub response_bytes: u64,
     pub stale_served: u64,
+    /// Manifests that passed / failed a `verify` rule as they were served.
+    pub verify_passed: u64,
+    pub verify_failed: u64,
     pub fills_in_flight: u64,
     /// `None` until an expiry pass has measured it.
     pub storage_bytes: Option<u64>,
@@ -298,6 +309,8 @@ pub fn status_totals() -> StatusTotals {
         requests: t.requests.load(Ordering::Relaxed),
         response_bytes: t.response_bytes.load(Ordering::Relaxed),
         stale_served: t.stale_served.load(Ordering::Relaxed),
+        verify_passed: t.verify_passed.load(Ordering::Relaxed),
+        verify_failed: t.verify_failed.load(Ordering::Relaxed),
         fills_in_flight: t.fills_in_flight.get().max(0.0) as u64,
         storage_bytes: (!stored.is_nan()).then_some(stored.max(0.0) as u64),
     }
@@ -309,10 +322,16 @@ fn counter_total(key: &Key) -> Option<&'static AtomicU64> {
         key.labels()
             .any(|l| l.key() == "kind" && l.value() == "blob")
     };
+    let passed = || {
+        key.labels()
+            .any(|l| l.key() == "result" && l.value() == "passed")
+    };
     match key.name() {
         HTTP_REQUESTS => Some(&TOTALS.requests),
         HTTP_RESPONSE_BYTES => Some(&TOTALS.response_bytes),
         STALE_SERVED => Some(&TOTALS.stale_served),
+        VERIFY if passed() => Some(&TOTALS.verify_passed),
+        VERIFY => Some(&TOTALS.verify_failed),
         CACHE_HITS if blob() => Some(&TOTALS.blob_hits),
         CACHE_MISSES if blob() => Some(&TOTALS.blob_misses),
         _ => None,

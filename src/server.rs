@@ -178,6 +178,9 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             s.auth.as_ref().and_then(|a| a.htpasswd.clone()),
         ));
     }
+    if let (Some(v), Some(path)) = (registry.as_ref().and_then(|r| r.verifier()), &s.config_path) {
+        tokio::spawn(reload_verify(v, path.clone(), key_files(&s.verify)));
+    }
     let limits = crate::http::limit::ClientLimits::new(&LimitSettings::new(
         s.limits.requests_per_second,
         s.limits.burst,
@@ -318,6 +321,44 @@ async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Op
             Err(e) => {
                 metrics::counter!(crate::metrics::AUTH_RELOADS, "result" => "refused").increment(1);
                 tracing::error!(file = %config.display(), error = %e, "reload refused; the previous users and ACL stay in force");
+            }
+        }
+    }
+}
+
+fn key_files(p: &crate::verify::Policy) -> Vec<PathBuf> {
+    p.rules
+        .iter()
+        .flat_map(|r| r.keys.iter().map(|k| k.path().to_owned()))
+        .collect()
+}
+
+/// Reload the `verify` rules and their keys when the config file or a key file changes, or on
+/// SIGHUP. A new key set is a new rule identity, so no verdict made under the old one is used.
+/// A section that does not validate is refused with a logged error; the rules in force stay.
+async fn reload_verify(
+    verifier: Arc<crate::verify::Verifier>,
+    config: PathBuf,
+    mut keys: Vec<PathBuf>,
+) {
+    loop {
+        let files: Vec<PathBuf> = std::iter::once(config.clone())
+            .chain(keys.iter().cloned())
+            .collect();
+        let mut watch = crate::watch::FileWatch::new(files);
+        watch.changed().await;
+        match load_config(Some(&config), std::env::vars(), &Default::default()) {
+            Ok((_, s)) => {
+                keys = key_files(&s.verify);
+                let rules = s.verify.rules.len();
+                verifier.replace(s.verify);
+                metrics::counter!(crate::metrics::VERIFY_RELOADS, "result" => "ok").increment(1);
+                tracing::info!(file = %config.display(), rules, "signature rules reloaded");
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::VERIFY_RELOADS, "result" => "refused")
+                    .increment(1);
+                tracing::error!(file = %config.display(), error = %e, "reload refused; the previous signature rules stay in force");
             }
         }
     }

@@ -196,6 +196,9 @@ pub struct Snapshot {
     pub stale_served: u64,
     /// `ok`, or the storage breaker's circuits that are not closed.
     pub storage: String,
+    /// Manifests that passed / failed a `verify` rule as they were served (warn mode included).
+    pub verify_passed: u64,
+    pub verify_failed: u64,
     /// Newest first. Empty (and `fills_hidden`) when the page is restricted.
     pub recent_fills: Vec<FillRecord>,
     pub fills_hidden: bool,
@@ -255,6 +258,8 @@ pub fn snapshot(show_fills: bool) -> Snapshot {
         fills_in_flight: totals.fills_in_flight,
         stale_served: totals.stale_served,
         storage: storage_health(),
+        verify_passed: totals.verify_passed,
+        verify_failed: totals.verify_failed,
         recent_fills,
         fills_hidden: !show_fills,
     }
@@ -355,6 +360,7 @@ th {{ background: #e9eef3; font-weight: 600; }}
 <div class="card"><div class="k">cache size</div><div class="v">{cache}</div></div>
 <div class="card"><div class="k">fills in flight</div><div class="v">{inflight}</div><div class="k">{stale} stale serves</div></div>
 <div class="card"><div class="k">storage</div><div class="v" id="storage">{storage}</div></div>
+<div class="card"><div class="k">signatures verified</div><div class="v">{verified}</div><div class="k">{unverified} failed</div></div>
 </div>
 <h2>Upstreams</h2>
 <table><thead><tr><th>name</th><th>host</th><th>health</th><th>recent requests ok</th><th>rate limit remaining</th><th>cooldown</th></tr></thead>
@@ -373,6 +379,8 @@ th {{ background: #e9eef3; font-weight: 600; }}
         inflight = s.fills_in_flight,
         stale = s.stale_served,
         storage = esc(&s.storage),
+        verified = s.verify_passed,
+        unverified = s.verify_failed,
     )
 }
 

@@ -5,13 +5,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{DescriptorCache, ManifestEntry, TagEntry};
+use super::{DescriptorCache, ManifestEntry, TagEntry, VerdictEntry};
 use crate::oci::Digest;
 
 pub struct MemoryCache {
     max_entries: usize,
     tags: Mutex<HashMap<(String, String), TagEntry>>,
     manifests: Mutex<HashMap<Digest, ManifestEntry>>,
+    verdicts: Mutex<HashMap<(String, Digest), VerdictEntry>>,
 }
 
 impl MemoryCache {
@@ -20,6 +21,7 @@ impl MemoryCache {
             max_entries: max_entries.max(1),
             tags: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            verdicts: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -65,6 +67,23 @@ impl DescriptorCache for MemoryCache {
             make_room(&mut m, self.max_entries);
         }
         m.insert(digest.clone(), entry);
+    }
+
+    async fn verdict(&self, rule: &str, digest: &Digest) -> Option<VerdictEntry> {
+        self.verdicts
+            .lock()
+            .expect("lock")
+            .get(&(rule.to_owned(), digest.clone()))
+            .cloned()
+    }
+
+    async fn set_verdict(&self, rule: &str, digest: &Digest, entry: VerdictEntry) {
+        let mut v = self.verdicts.lock().expect("lock");
+        let key = (rule.to_owned(), digest.clone());
+        if !v.contains_key(&key) {
+            make_room(&mut v, self.max_entries);
+        }
+        v.insert(key, entry);
     }
 }
 

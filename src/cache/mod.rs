@@ -30,6 +30,15 @@ pub struct ManifestEntry {
     pub size: u64,
 }
 
+/// A passed signature check of a manifest under one `verify` rule (its key set).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerdictEntry {
+    /// Fingerprint of the key that verified the signature.
+    pub key: String,
+    /// The index whose signature covers this manifest; None: its own signature.
+    pub via: Option<Digest>,
+}
+
 #[async_trait]
 pub trait DescriptorCache: Send + Sync + 'static {
     /// `repo` is the upstream-qualified repository key.
@@ -37,6 +46,10 @@ pub trait DescriptorCache: Send + Sync + 'static {
     async fn set_tag(&self, repo: &str, tag: &str, entry: TagEntry);
     async fn manifest(&self, digest: &Digest) -> Option<ManifestEntry>;
     async fn set_manifest(&self, digest: &Digest, entry: ManifestEntry);
+    /// `rule` identifies a `verify` rule with its key set and the repository (a new key set is a
+    /// new `rule`).
+    async fn verdict(&self, rule: &str, digest: &Digest) -> Option<VerdictEntry>;
+    async fn set_verdict(&self, rule: &str, digest: &Digest, entry: VerdictEntry);
 }
 
 #[cfg(test)]
@@ -72,9 +85,29 @@ pub(crate) mod suite {
         c.set_manifest(&d, m.clone()).await;
         assert_eq!(c.manifest(&d).await, Some(m));
 
+        verdicts(c).await;
         qualified_repos(c).await;
         values_round_trip(c).await;
         concurrent_use(c).await;
+    }
+
+    /// Verdicts are kept per rule: another rule (key set) has none of them.
+    async fn verdicts(c: &dyn DescriptorCache) {
+        let d = Digest::sha256_of(b"signed");
+        assert_eq!(c.verdict("r1", &d).await, None);
+        let v = VerdictEntry {
+            key: "SHA256:ab".into(),
+            via: Some(Digest::sha256_of(b"index")),
+        };
+        c.set_verdict("r1", &d, v.clone()).await;
+        assert_eq!(c.verdict("r1", &d).await, Some(v));
+        assert_eq!(c.verdict("r2", &d).await, None);
+        let own = VerdictEntry {
+            key: "SHA256:cd".into(),
+            via: None,
+        };
+        c.set_verdict("r2", &d, own.clone()).await;
+        assert_eq!(c.verdict("r2", &d).await, Some(own));
     }
 
     /// Repository keys are upstream-qualified (`docker.io/library/alpine`, `localhost:5000/x`):

@@ -11,6 +11,7 @@
 //! | `<prefix>tag:<repo>:<tag>`         | `{"digest":"sha256:…","checked_at":1700000000123}`     |
 //! | `<prefix>manifest:<digest>`        | `{"media_type":"application/vnd.oci…","size":1234}`    |
 //! | `<prefix>fill:<digest>`            | a random token: the replica filling this blob (expires unless renewed) |
+//! | `<prefix>verdict:<rule>:<digest>`  | `{"key":"SHA256:…","via":null}`: a passed signature check under a `verify` rule's key set (`<rule>` is `<rule id>@<repo>`) |
 //!
 //! `<repo>` is the upstream-qualified repository key exactly as the caller gives it (it may hold
 //! `/` and `:`); a tag never holds `:`, so the last `:` of a tag key separates the two.
@@ -45,7 +46,7 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::lease::{LeaseOutcome, Leases, lease_value};
-use super::{DescriptorCache, ManifestEntry, TagEntry};
+use super::{DescriptorCache, ManifestEntry, TagEntry, VerdictEntry};
 use crate::oci::Digest;
 
 /// How long the cache leaves Redis alone after a connection failure or a timeout.
@@ -291,6 +292,8 @@ enum Op {
     SetTag,
     GetManifest,
     SetManifest,
+    GetVerdict,
+    SetVerdict,
     AcquireLease,
     RenewLease,
     ReleaseLease,
@@ -303,6 +306,8 @@ impl Op {
             Op::SetTag => "set_tag",
             Op::GetManifest => "get_manifest",
             Op::SetManifest => "set_manifest",
+            Op::GetVerdict => "get_verdict",
+            Op::SetVerdict => "set_verdict",
             Op::AcquireLease => "acquire_lease",
             Op::RenewLease => "renew_lease",
             Op::ReleaseLease => "release_lease",
@@ -516,6 +521,10 @@ impl RedisCache {
         format!("{}{name}", self.config.key_prefix)
     }
 
+    fn verdict_key(&self, rule: &str, digest: &Digest) -> String {
+        format!("{}verdict:{rule}:{digest}", self.config.key_prefix)
+    }
+
     fn manifest_key(&self, digest: &Digest) -> String {
         format!("{}manifest:{digest}", self.config.key_prefix)
     }
@@ -701,6 +710,12 @@ struct ManifestValue {
     size: u64,
 }
 
+#[derive(Serialize, Deserialize)]
+struct VerdictValue {
+    key: String,
+    via: Option<String>,
+}
+
 #[async_trait]
 impl DescriptorCache for RedisCache {
     async fn tag(&self, repo: &str, tag: &str) -> Option<TagEntry> {
@@ -746,6 +761,29 @@ impl DescriptorCache for RedisCache {
             size: entry.size,
         };
         self.set(Op::SetManifest, self.manifest_key(digest), &v)
+            .await;
+    }
+
+    async fn verdict(&self, rule: &str, digest: &Digest) -> Option<VerdictEntry> {
+        let key = self.verdict_key(rule, digest);
+        let v: VerdictValue = self.get(Op::GetVerdict, key.clone()).await?;
+        let via = match v.via.as_deref().map(Digest::parse).transpose() {
+            Ok(via) => via,
+            Err(e) => {
+                self.health
+                    .failed(Op::GetVerdict, &Fault::Decode(format!("{key}: {e}")));
+                return None;
+            }
+        };
+        Some(VerdictEntry { key: v.key, via })
+    }
+
+    async fn set_verdict(&self, rule: &str, digest: &Digest, entry: VerdictEntry) {
+        let v = VerdictValue {
+            key: entry.key,
+            via: entry.via.map(|d| d.to_string()),
+        };
+        self.set(Op::SetVerdict, self.verdict_key(rule, digest), &v)
             .await;
     }
 }

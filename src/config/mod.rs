@@ -23,6 +23,8 @@ pub use crate::cluster::config::ClusterConfig;
 pub use crate::expiry::config::{ExpiryConfig, parse_size};
 pub use crate::storage::config::{FilesystemConfig, StorageBackend, StorageConfig};
 pub use crate::upstream::config::{DOCKER_HUB, LibraryPrefix, UpstreamConfig};
+use crate::verify::Policy;
+pub use crate::verify::config::VerifyRuleConfig;
 
 mod env;
 mod yaml;
@@ -61,6 +63,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Replicas streaming each other's fills in progress; absent: they wait for commits.
     pub cluster: Option<ClusterConfig>,
+    /// Signature rules, first match applies; empty: nothing is checked.
+    pub verify: Vec<VerifyRuleConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -111,6 +115,7 @@ impl Default for Config {
             tls: None,
             limits: LimitsConfig::default(),
             cluster: None,
+            verify: Vec::new(),
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// Absent: no peer streaming.
     pub cluster: Option<ClusterSettings>,
+    /// The signature rules with their keys loaded; no rules: nothing is checked.
+    pub verify: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,6 +511,9 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         .cluster
         .as_ref()
         .and_then(|cl| cl.check().map_err(|ps| section("cluster", ps)).ok());
+    let verify = crate::verify::config::check(&c.verify)
+        .map_err(|ps| section("verify", ps))
+        .unwrap_or_default();
     let mut problems_of = |ps: Vec<(String, String)>| {
         for (key, message) in ps {
             problem(&key, message);
@@ -608,6 +618,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         tls: c.tls.clone(),
         limits: c.limits.clone(),
         cluster,
+        verify,
     })
 }
 
@@ -1002,6 +1013,7 @@ mod tests {
         c.expiry = Some(ExpiryConfig::default());
         c.tls = Some(TlsConfig::default());
         c.cluster = Some(ClusterConfig::default());
+        c.verify = vec![VerifyRuleConfig::default()];
         c.auth = Some(AuthConfig {
             github_auth: Some(crate::auth::authn::GitHubConfig {
                 organization: Some(String::new()),
@@ -1026,6 +1038,10 @@ mod tests {
                         out.insert(p.clone());
                         flatten(child, &p, out);
                     }
+                }
+                // A list of sections (`verify`) is documented as `verify[].<key>`.
+                Value::Array(a) if a.first().is_some_and(|v| v.is_object()) => {
+                    flatten(&a[0], &format!("{path}[]"), out);
                 }
                 _ => {}
             }

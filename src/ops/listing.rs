@@ -227,6 +227,9 @@ pub struct ManifestDetail {
     pub platforms: Vec<PlatformEntry>,
     /// An image's config and layers.
     pub blobs: Vec<BlobDetail>,
+    /// The `verify` verdict from the stored signatures, and the key; None: no rule covers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -254,6 +257,39 @@ pub enum InspectError {
     NotFound(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Each stored manifest's `verify` verdict, checked offline from the signatures in storage by
+/// a registry built on the config's storage (indexes first, so their children show the index
+/// that covers them).
+pub async fn add_signatures(s: &Settings, detail: &mut RepoDetail) -> Result<(), String> {
+    if s.verify.rules.is_empty() {
+        return Ok(());
+    }
+    let mut s = s.clone();
+    s.read_only = true;
+    s.offline = true;
+    let b = crate::assemble::build_backends(&s)
+        .await
+        .map_err(|e| e.to_string())?;
+    let upstreams = crate::assemble::build_upstreams(&s).map_err(|e| e.to_string())?;
+    let registry = crate::assemble::build_registry_on(&s, b, None, upstreams)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = RepoName::parse(&detail.repository).map_err(|e| e.to_string())?;
+    let mut order: Vec<usize> = (0..detail.manifests.len()).collect();
+    order.sort_by_key(|&i| detail.manifests[i].platforms.is_empty());
+    for i in order {
+        let m = &mut detail.manifests[i];
+        let Ok(d) = Digest::parse(&m.digest) else {
+            continue;
+        };
+        m.signature = registry
+            .signature_status(&name, &d)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// One repository (every manifest it holds) or one tag of it (its manifest, and an index's
@@ -321,6 +357,7 @@ pub async fn inspect(
             committed: time(f.committed),
             platforms: Vec::new(),
             blobs: Vec::new(),
+            signature: None,
         };
         let Some(body) = body else {
             missing += 1;
@@ -432,6 +469,9 @@ impl RepoDetail {
                 m.size.unwrap_or(0),
                 pull_text(&m.last_pull, &m.committed)
             );
+            if let Some(sig) = &m.signature {
+                let _ = writeln!(s, "  signature {sig}");
+            }
             for p in &m.platforms {
                 let _ = writeln!(
                     s,

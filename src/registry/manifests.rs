@@ -24,6 +24,9 @@ impl Registry {
             Reference::Digest(d) => self.manifest_by_digest(&repo, d).await,
             Reference::Tag(t) => self.manifest_by_tag(&repo, t).await,
         }?;
+        // Whatever path it came by (storage, revalidation, a fetch, stale), what is served
+        // passes the signature policy.
+        self.check_served(&repo, &m.digest, &m.body).await?;
         if let Some(log) = &self.access {
             log.touch(&m.digest);
         }
@@ -110,7 +113,7 @@ impl Registry {
     }
 
     async fn fetch_manifest_by_digest(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         d: &Digest,
     ) -> Result<Manifest, RegistryError> {
@@ -122,6 +125,7 @@ impl Registry {
                 .await
                 .map_err(|e| manifest_upstream_error(e, d))?;
             if let Some(m) = self.stored_manifest(repo, d, false).await? {
+                self.check_before_store(repo, d, &m.body).await?;
                 self.link_manifest(repo, &m).await;
                 return Ok(m);
             }
@@ -136,7 +140,7 @@ impl Registry {
     /// else the one the upstream announced; without either, the body is the only way to learn
     /// it), then store and link it.
     async fn fetch_and_store(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         reference: &Reference,
         expected: Option<&Digest>,
@@ -156,6 +160,8 @@ impl Registry {
             }
             None => crate::oci::schema1::manifest_digest(&fetched.body),
         };
+        // Refused by the signature policy: nothing of it is stored.
+        self.check_before_store(repo, &d, &fetched.body).await?;
         self.store_manifest(repo, &d, fetched.body, fetched.media_type.as_deref())
             .await
     }
@@ -292,7 +298,7 @@ impl Registry {
     /// fetch the manifest only when its digest is new to us. A tag never seen (`known` false)
     /// needs the body whatever the HEAD says, so it is fetched with one GET.
     async fn revalidate_tag(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         tag: &Tag,
         known: bool,
@@ -313,6 +319,7 @@ impl Registry {
                     // Revalidated: the upstream confirmed what is stored, no body fetched.
                     metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
                         .increment(1);
+                    self.check_before_store(repo, d, &m.body).await?;
                     self.link_manifest(repo, &m).await;
                     m
                 }

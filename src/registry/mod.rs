@@ -16,6 +16,7 @@ mod manifests;
 pub mod namespace;
 mod peer;
 mod referrers;
+mod signatures;
 mod tags;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum RegistryError {
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Unverified(crate::verify::Refusal),
 }
 
 /// Coalesced results are shared, so errors travel as text-bearing clones.
@@ -132,6 +135,7 @@ pub struct Registry {
     bodies: ManifestBodies,
     /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
     access: Option<Arc<AccessLog>>,
+    verifier: Option<Arc<crate::verify::Verifier>>,
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -166,6 +170,7 @@ impl Registry {
             referrer_answers: referrers::Answers::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
             access: None,
+            verifier: None,
         }
     }
 
@@ -250,6 +255,7 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
         RegistryError::Upstream(u) => RegistryError::Upstream(u.clone()),
         RegistryError::Storage(s) => RegistryError::Storage(s.duplicate()),
         RegistryError::Internal(m) => RegistryError::Internal(m.clone()),
+        RegistryError::Unverified(r) => RegistryError::Unverified(r.clone()),
     })
 }
 

@@ -1,0 +1,135 @@
+//! cosign's tag scheme: the signatures of `sha256:<hex>` are the layers of the manifest tagged
+//! `sha256-<hex>.sig` in the same repository, each a simple-signing payload with its signature
+//! (base64) in the `dev.cosignproject.cosign/signature` annotation. The payload names the
+//! digest (`critical.image.docker-manifest-digest`) and the repository
+//! (`critical.identity.docker-reference`) it was signed for.
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::oci::Digest;
+
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Payloads are a few hundred bytes; anything much larger is not one.
+pub const MAX_PAYLOAD: u64 = 64 * 1024;
+
+/// The tag cosign publishes the signatures of `d` under.
+pub fn signature_tag(d: &Digest) -> String {
+    format!("{}.sig", d.to_string().replacen(':', "-", 1))
+}
+
+#[derive(Deserialize)]
+struct SigManifest {
+    #[serde(default)]
+    layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+struct Layer {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    annotations: std::collections::HashMap<String, String>,
+}
+
+/// One signature: the payload blob it covers and the signature bytes.
+pub struct Signature {
+    pub payload: Digest,
+    pub payload_size: u64,
+    pub signature: Vec<u8>,
+}
+
+/// The signatures a `.sig` manifest carries; `Err` when it is not one.
+pub fn signatures(manifest: &[u8]) -> Result<Vec<Signature>, String> {
+    let m: SigManifest =
+        serde_json::from_slice(manifest).map_err(|e| format!("signature manifest: {e}"))?;
+    let mut out = Vec::new();
+    for l in m.layers {
+        let Some(sig) = l.annotations.get(SIGNATURE_ANNOTATION) else {
+            continue;
+        };
+        if l.media_type != SIMPLE_SIGNING {
+            return Err(format!("signature layer of type {:?}", l.media_type));
+        }
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(sig.trim())
+            .map_err(|e| format!("signature annotation is not base64: {e}"))?;
+        let payload = Digest::parse(&l.digest).map_err(|e| format!("payload digest: {e}"))?;
+        out.push(Signature {
+            payload,
+            payload_size: l.size,
+            signature,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    critical: Critical,
+}
+
+#[derive(Deserialize)]
+struct Critical {
+    identity: Identity,
+    image: Image,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct Identity {
+    #[serde(rename = "docker-reference")]
+    docker_reference: String,
+}
+
+#[derive(Deserialize)]
+struct Image {
+    #[serde(rename = "docker-manifest-digest")]
+    docker_manifest_digest: String,
+}
+
+/// What a verified payload claims: the digest and the repository reference it was signed for.
+pub struct Claim {
+    pub digest: String,
+    pub reference: String,
+}
+
+pub fn claim(payload: &[u8]) -> Result<Claim, String> {
+    let p: Payload =
+        serde_json::from_slice(payload).map_err(|e| format!("simple-signing payload: {e}"))?;
+    if p.critical.kind != "cosign container image signature" {
+        return Err(format!(
+            "simple-signing payload of type {:?}",
+            p.critical.kind
+        ));
+    }
+    Ok(Claim {
+        digest: p.critical.image.docker_manifest_digest,
+        reference: p.critical.identity.docker_reference,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_and_payload() {
+        let d = Digest::sha256_of(b"x");
+        assert_eq!(
+            signature_tag(&d),
+            format!("sha256-{}.sig", &d.to_string()[7..])
+        );
+        let p = br#"{"critical":{"identity":{"docker-reference":"r.io/a/b"},"image":{"docker-manifest-digest":"sha256:ab"},"type":"cosign container image signature"},"optional":null}"#;
+        let c = claim(p).unwrap();
+        assert_eq!(
+            (c.digest.as_str(), c.reference.as_str()),
+            ("sha256:ab", "r.io/a/b")
+        );
+        assert!(claim(b"{}").is_err());
+    }
+}

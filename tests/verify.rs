@@ -1,0 +1,544 @@
+//! Signature verification at the mirror (`verify`), against signatures made outside ocimirror:
+//! keys and signatures from the `openssl` CLI, simple-signing payloads, cosign signature
+//! manifests and Sigstore bundles built here and pushed to a real Distribution the way cosign
+//! lays them out; images pulled with skopeo.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use common::*;
+use serde_json::{Value, json};
+
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// Key pairs made with openssl in a temporary directory.
+struct Keys {
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    /// None (skip) when openssl is missing and missing tools may be skipped.
+    fn new() -> Option<Keys> {
+        let found = Command::new("openssl").arg("version").output().is_ok();
+        if !tool_or_skip(found, "openssl", "apt-get install openssl") {
+            return None;
+        }
+        Some(Keys {
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A new ECDSA P-256 key pair `name`; returns the public key file.
+    fn ec(&self, name: &str) -> PathBuf {
+        let key = format!("{name}.key");
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ]);
+        self.openssl(&[
+            "pkey",
+            "-in",
+            &key,
+            "-pubout",
+            "-out",
+            &format!("{name}.pub"),
+        ]);
+        self.public(name)
+    }
+
+    fn public(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.pub"))
+    }
+
+    /// `openssl dgst -sha256 -sign`: an ASN.1 ECDSA signature of `data`, as cosign makes them.
+    fn sign(&self, name: &str, data: &[u8]) -> Vec<u8> {
+        let input = self.dir.path().join("to-sign");
+        std::fs::write(&input, data).unwrap();
+        let out = self.dir.path().join("sig");
+        self.openssl(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &format!("{name}.key"),
+            "-out",
+            out.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]);
+        std::fs::read(out).unwrap()
+    }
+}
+
+/// The simple-signing payload cosign signs for `digest` of `reference`.
+fn payload(reference: &str, digest: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "critical": {
+            "identity": {"docker-reference": reference},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    }))
+    .unwrap()
+}
+
+/// Push cosign's signature manifest for `target` in `name`: one layer per (payload, signature
+/// annotation), tagged `sha256-<hex>.sig`.
+async fn push_signatures(p: &Pusher, name: &str, target: &str, sigs: &[(Vec<u8>, String)]) {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (payload, sig) in sigs {
+        let d = p.push_blob(name, Bytes::from(payload.clone())).await;
+        diff_ids.push(d.clone());
+        layers.push(json!({
+            "mediaType": SIMPLE_SIGNING, "size": payload.len(), "digest": d,
+            "annotations": {"dev.cosignproject.cosign/signature": sig},
+        }));
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": "", "created": "0001-01-01T00:00:00Z",
+        "history": [{"created": "0001-01-01T00:00:00Z"}], "os": "",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {},
+    }))
+    .unwrap();
+    let cd = p.push_blob(name, Bytes::from(config.clone())).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": cd},
+        "layers": layers,
+    }))
+    .unwrap();
+    let tag = format!("sha256-{}.sig", hex_of(target));
+    p.push_manifest(name, &tag, OCI_MANIFEST, &manifest).await;
+}
+
+/// Sign `target` of `name` with key `key` the way `cosign sign` does.
+async fn cosign_sign(reg: &Registry, keys: &Keys, key: &str, name: &str, target: &str) {
+    let pl = payload(&format!("{}/{name}", reg.hostport()), target);
+    let sig = B64.encode(keys.sign(key, &pl));
+    push_signatures(&reg.pusher(), name, target, &[(pl, sig)]).await;
+}
+
+/// Attach `bundle` to `subject` as a referrer, with the tag-schema index Distribution 2.8 needs.
+async fn push_bundle(p: &Pusher, name: &str, subject: &Image, bundle: &Value) {
+    let body = serde_json::to_vec(bundle).unwrap();
+    let bd = p.push_blob(name, Bytes::from(body.clone())).await;
+    p.push_blob(name, Bytes::from_static(b"{}")).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE,
+        "config": {"mediaType": EMPTY, "digest": sha256_digest(b"{}"), "size": 2},
+        "layers": [{"mediaType": BUNDLE, "digest": bd, "size": body.len()}],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": subject.manifest.len()},
+    }))
+    .unwrap();
+    let md = sha256_digest(&manifest);
+    p.push_manifest(name, &md, OCI_MANIFEST, &manifest).await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": md, "size": manifest.len(), "artifactType": BUNDLE}],
+    }))
+    .unwrap();
+    let tag = format!("sha256-{}", hex_of(&subject.digest));
+    p.push_manifest(name, &tag, OCI_INDEX, &index).await;
+}
+
+fn rule(pattern: &str, keys: &[&Path], mode: &str) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| q(&k.display().to_string())).collect();
+    format!(
+        "  - match: {}\n    keys: [{}]\n    mode: {mode}\n",
+        q(pattern),
+        keys.join(", ")
+    )
+}
+
+fn opts(reg: &Registry, rules: &[String]) -> MirrorOpts {
+    MirrorOpts::upstream(&reg.url())
+        .tag_ttl("1h")
+        .extra(&format!("verify:\n{}", rules.concat()))
+}
+
+/// The manifest request is refused with 403 DENIED naming `reason`.
+async fn denied(m: &Mirror, name: &str, reference: &str, reason: &str) {
+    let r = m.get_manifest(name, reference).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 403, "{name}: {body}");
+    assert_eq!(error_codes(body.as_bytes()), vec!["DENIED"], "{body}");
+    assert!(
+        body.contains(reason),
+        "{name}: {body:?} does not say {reason:?}"
+    );
+}
+
+/// Refused by tag and by digest, naming `reason`, and nothing of it is stored.
+async fn refused(m: &Mirror, name: &str, img: &Image, reason: &str) {
+    denied(m, name, &img.tag, reason).await;
+    assert!(
+        !blob_data_path(&m.storage_root(), &img.digest).exists(),
+        "{name}: a refused manifest was stored"
+    );
+    denied(m, name, &img.digest, reason).await;
+}
+
+async fn pull(m: &Mirror, img: &Image) -> Result<(), String> {
+    let out = tempfile::tempdir().unwrap();
+    skopeo_copy(
+        &format!("{}/{}:{}", m.hostport(), img.name, img.tag),
+        &format!("oci:{}:t", out.path().display()),
+        false,
+        None,
+    )
+    .await
+}
+
+/// A signed image pulls, its signature is fetched once, and it keeps pulling after a restart
+/// while the upstream is down (the signature is cached like content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_image_pulls_verified_once_and_survives_restart_and_outage() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let mut reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let img = p.push_oci_image("myorg/app", "1.0", 1701).await;
+    cosign_sign(&reg, &keys, "release", "myorg/app", &img.digest).await;
+    let open = p.push_oci_image("other/app", "1.0", 1702).await;
+
+    let mut m = Mirror::start(opts(&reg, &[rule("myorg/**", &[&release], "enforce")])).await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    // No rule covers other/app: served without any check.
+    pull_and_check_oci(&m.hostport(), &open, None).await;
+    let sig_tag = format!("/manifests/sha256-{}.sig", hex_of(&img.digest));
+    assert_eq!(reg.count_requests("GET", &sig_tag).await, 1, "one fetch");
+    assert!(
+        m.metric("ocimirror_verify_total", &["result=\"passed\""])
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        m.metric("ocimirror_verify_total", &["result=\"unsigned\""])
+            .await,
+        0.0
+    );
+
+    let status = m.get("/status.json").send().await.unwrap();
+    let status: Value = serde_json::from_slice(&status.bytes().await.unwrap()).unwrap();
+    assert!(status["verify_passed"].as_u64().unwrap() >= 2, "{status}");
+    assert_eq!(status["verify_failed"], 0, "{status}");
+
+    m.restart(None).await;
+    reg.stop();
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    let r = m
+        .get_manifest("myorg/app", &img.digest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Unsigned, wrongly keyed, tampered, another digest's, another repository's and malformed
+/// signatures are each refused with their reason; warn mode serves and counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_their_reason_and_warn_mode_serves() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    keys.ec("stranger");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let host = reg.hostport();
+
+    let unsigned = p.push_oci_image("myorg/unsigned", "1", 1711).await;
+
+    let wrong = p.push_oci_image("myorg/wrongkey", "1", 1712).await;
+    cosign_sign(&reg, &keys, "stranger", "myorg/wrongkey", &wrong.digest).await;
+
+    let tampered = p.push_oci_image("myorg/tampered", "1", 1713).await;
+    let signed = payload(&format!("{host}/myorg/tampered"), &tampered.digest);
+    let sig = B64.encode(keys.sign("release", &signed));
+    let mut changed = signed.clone();
+    let at = changed.len() - 2;
+    changed.insert(at, b' ');
+    push_signatures(&p, "myorg/tampered", &tampered.digest, &[(changed, sig)]).await;
+
+    // A valid signature of another image, copied to this one's signature tag.
+    let other = p.push_oci_image("myorg/otherdigest", "1", 1714).await;
+    let elsewhere = p.push_oci_image("myorg/otherdigest", "2", 1715).await;
+    let pl = payload(&format!("{host}/myorg/otherdigest"), &elsewhere.digest);
+    let sig = B64.encode(keys.sign("release", &pl));
+    push_signatures(&p, "myorg/otherdigest", &other.digest, &[(pl, sig)]).await;
+
+    // Signed for the same digest, but in another repository.
+    // The same image, signed for myorg/original, where it passes.
+    let moved = p.push_oci_image("myorg/otherrepo", "1", 1716).await;
+    let original = p.push_oci_image("myorg/original", "1", 1716).await;
+    let pl = payload(&format!("{host}/myorg/original"), &moved.digest);
+    let sig = B64.encode(keys.sign("release", &pl));
+    push_signatures(
+        &p,
+        "myorg/otherrepo",
+        &moved.digest,
+        &[(pl.clone(), sig.clone())],
+    )
+    .await;
+    push_signatures(&p, "myorg/original", &original.digest, &[(pl, sig)]).await;
+
+    let malformed = p.push_oci_image("myorg/malformed", "1", 1717).await;
+    let pl = payload(&format!("{host}/myorg/malformed"), &malformed.digest);
+    push_signatures(
+        &p,
+        "myorg/malformed",
+        &malformed.digest,
+        &[(pl, "%%%".into())],
+    )
+    .await;
+
+    let warned = p.push_oci_image("warnorg/app", "1", 1718).await;
+
+    let m = Mirror::start(opts(
+        &reg,
+        &[
+            rule("myorg/**", &[&release], "enforce"),
+            rule("warnorg/*", &[&release], "warn"),
+        ],
+    ))
+    .await;
+    refused(&m, "myorg/unsigned", &unsigned, "no signature found").await;
+    refused(&m, "myorg/wrongkey", &wrong, "verifies with a trusted key").await;
+    refused(
+        &m,
+        "myorg/tampered",
+        &tampered,
+        "verifies with a trusted key",
+    )
+    .await;
+    refused(&m, "myorg/otherdigest", &other, "another digest").await;
+    // Verified under myorg/original first: that verdict is not one for myorg/otherrepo.
+    // (The manifest is stored, for myorg/original.)
+    pull_and_check_oci(&m.hostport(), &original, None).await;
+    denied(&m, "myorg/otherrepo", &moved.tag, "another repository").await;
+    denied(&m, "myorg/otherrepo", &moved.digest, "another repository").await;
+    // Its signature manifest is content like any other; the refused manifest is not linked.
+    let manifests = m
+        .storage_root()
+        .join("docker/registry/v2/repositories/myorg/otherrepo/_manifests");
+    let revision = manifests.join(format!("revisions/sha256/{}", hex_of(&moved.digest)));
+    assert!(!revision.exists(), "refused, yet linked");
+    assert!(!manifests.join("tags/1").exists(), "refused, yet tagged");
+    refused(&m, "myorg/malformed", &malformed, "malformed signature").await;
+    let err = pull(&m, &unsigned).await.expect_err("skopeo refused");
+    assert!(err.contains("no signature found"), "{err}");
+    for result in [
+        "unsigned",
+        "untrusted",
+        "other_digest",
+        "other_repository",
+        "malformed",
+    ] {
+        let label = format!("result=\"{result}\"");
+        assert!(
+            m.metric("ocimirror_verify_total", &[&label]).await >= 1.0,
+            "{result} counted"
+        );
+    }
+
+    let before = m
+        .metric("ocimirror_verify_total", &["result=\"unsigned\""])
+        .await;
+    pull_and_check_oci(&m.hostport(), &warned, None).await;
+    let after = m
+        .metric("ocimirror_verify_total", &["result=\"unsigned\""])
+        .await;
+    assert!(after > before, "warn mode counts ({before} -> {after})");
+    assert!(
+        blob_data_path(&m.storage_root(), &warned.digest).exists(),
+        "warn mode stores what it serves"
+    );
+    assert!(m.log_text().contains("warn mode"));
+}
+
+/// An index signed once serves every platform; its children alone are not signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_signed_once_serves_every_platform() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let idx = reg.pusher().push_index("myorg/multi", "1", 1721).await;
+    cosign_sign(&reg, &keys, "release", "myorg/multi", &idx.digest).await;
+    let m = Mirror::start(opts(&reg, &[rule("myorg/**", &[&release], "enforce")])).await;
+
+    let child = &idx.children[0].digest;
+    let r = m.get_manifest("myorg/multi", child).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a child alone is not signed");
+    pull_and_check_index(&m.hostport(), &idx, None).await;
+    let r = m.get_manifest("myorg/multi", child).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "covered by its index now");
+
+    // `ocimirror inspect` checks the stored signatures offline: the verdict and the key.
+    let fingerprint = {
+        let out = Command::new("openssl")
+            .args([
+                "pkey",
+                "-pubin",
+                "-in",
+                release.to_str().unwrap(),
+                "-outform",
+                "DER",
+            ])
+            .output()
+            .unwrap();
+        format!("SHA256:{}", sha256_hex(&out.stdout))
+    };
+    let out = Command::new(ocimirror_bin())
+        .args(["inspect", "myorg/multi:1", "--config"])
+        .arg(m.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("signature verified, key {fingerprint}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("signature verified through index {}", idx.digest)),
+        "{text}"
+    );
+}
+
+/// Sigstore bundles among the referrers: a messageSignature over the manifest, and a DSSE
+/// envelope with an in-toto statement; a bundle for another digest is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstore_bundles_in_the_referrers() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+
+    let plain = p.push_oci_image("myorg/bundled", "1", 1731).await;
+    let sig = keys.sign("release", &plain.manifest);
+    let digest = hex::decode(hex_of(&plain.digest)).unwrap();
+    let bundle = json!({
+        "mediaType": BUNDLE,
+        "verificationMaterial": {"publicKey": {"hint": "release"}},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(&digest)},
+            "signature": B64.encode(sig),
+        },
+    });
+    push_bundle(&p, "myorg/bundled", &plain, &bundle).await;
+
+    let attested = p.push_oci_image("myorg/dsse", "1", 1732).await;
+    let statement = serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{}/myorg/dsse", reg.hostport()), "digest": {"sha256": hex_of(&attested.digest)}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }))
+    .unwrap();
+    let ptype = "application/vnd.in-toto+json";
+    let pae = [
+        format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes(),
+        statement.clone(),
+    ]
+    .concat();
+    let envelope = |sig: Vec<u8>| {
+        json!({
+            "mediaType": BUNDLE,
+            "verificationMaterial": {"publicKey": {"hint": "release"}},
+            "dsseEnvelope": {"payload": B64.encode(&statement), "payloadType": ptype,
+                "signatures": [{"sig": B64.encode(sig), "keyid": ""}]},
+        })
+    };
+    push_bundle(
+        &p,
+        "myorg/dsse",
+        &attested,
+        &envelope(keys.sign("release", &pae)),
+    )
+    .await;
+
+    // A valid envelope for `attested`, attached to another image.
+    let misplaced = p.push_oci_image("myorg/dsse", "2", 1733).await;
+    push_bundle(
+        &p,
+        "myorg/dsse",
+        &misplaced,
+        &envelope(keys.sign("release", &pae)),
+    )
+    .await;
+
+    let m = Mirror::start(opts(&reg, &[rule("myorg/**", &[&release], "enforce")])).await;
+    pull_and_check_oci(&m.hostport(), &plain, None).await;
+    pull_and_check_oci(&m.hostport(), &attested, None).await;
+    refused(&m, "myorg/dsse", &misplaced, "another digest").await;
+}
+
+/// A key removed from the config stops passing after a reload (SIGHUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_key_stops_passing_after_reload() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let next = keys.ec("next");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg.pusher().push_oci_image("myorg/app", "1", 1741).await;
+    cosign_sign(&reg, &keys, "release", "myorg/app", &img.digest).await;
+    let mut m = Mirror::start(opts(
+        &reg,
+        &[rule("myorg/**", &[&release, &next], "enforce")],
+    ))
+    .await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+
+    let new = opts(&reg, &[rule("myorg/**", &[&next], "enforce")]);
+    m.rewrite_config(new);
+    let pid = m.pid().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut reloaded = 0.0;
+    for _ in 0..200 {
+        reloaded = m
+            .metric("ocimirror_verify_reloads_total", &["result=\"ok\""])
+            .await;
+        if reloaded >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reloaded >= 1.0, "reloaded");
+    denied(&m, "myorg/app", &img.tag, "verifies with a trusted key").await;
+    denied(&m, "myorg/app", &img.digest, "verifies with a trusted key").await;
+}
