@@ -13,7 +13,7 @@ use crate::auth::setup::{AuthConfig, Roles};
 use crate::cache::RedisConfig;
 use crate::expiry::ExpiryPolicy;
 use crate::oci::RepoName;
-use crate::storage::S3Config;
+use crate::storage::{AzblobConfig, GcsConfig, S3Config};
 use crate::upstream::UpstreamSettings;
 
 // The sections other modules own, under the names the file's shape gives them.
@@ -234,6 +234,8 @@ pub struct Settings {
     pub storage_root: PathBuf,
     pub storage_backend: StorageBackend,
     pub s3: S3Config,
+    pub gcs: GcsConfig,
+    pub azblob: AzblobConfig,
     pub read_only: bool,
     pub cache_max_entries: usize,
     pub cache_backend: CacheBackend,
@@ -554,6 +556,8 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         storage_root: c.storage.root(&c.data_dir),
         storage_backend: c.storage.backend,
         s3: c.storage.s3.clone(),
+        gcs: c.storage.gcs.clone(),
+        azblob: c.storage.azblob.clone(),
         read_only: c.storage.read_only,
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::S3Config;
+use super::{AzblobConfig, GcsConfig, S3Config};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -13,6 +13,10 @@ pub struct StorageConfig {
     pub filesystem: FilesystemConfig,
     /// An S3-compatible bucket (MinIO, SeaweedFS, Ceph, AWS), shared by replicas.
     pub s3: S3Config,
+    /// A Google Cloud Storage bucket, shared by replicas.
+    pub gcs: GcsConfig,
+    /// An Azure Blob Storage container, shared by replicas.
+    pub azblob: AzblobConfig,
     /// Never write: misses are streamed through from the upstream and not kept.
     pub read_only: bool,
 }
@@ -23,6 +27,8 @@ pub enum StorageBackend {
     #[default]
     Filesystem,
     S3,
+    Gcs,
+    Azblob,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -35,12 +41,15 @@ pub struct FilesystemConfig {
 impl StorageConfig {
     /// Every problem of the configured backend, keyed within this section (`s3.bucket`).
     pub fn check(&self) -> Result<(), Vec<(String, String)>> {
-        if self.backend != StorageBackend::S3 {
-            return Ok(());
-        }
-        self.s3.validate().map_err(|ps| {
+        let (section, checked) = match self.backend {
+            StorageBackend::Filesystem => return Ok(()),
+            StorageBackend::S3 => ("s3", self.s3.validate()),
+            StorageBackend::Gcs => ("gcs", self.gcs.validate()),
+            StorageBackend::Azblob => ("azblob", self.azblob.validate()),
+        };
+        checked.map_err(|ps| {
             ps.into_iter()
-                .map(|(key, message)| (format!("s3.{key}"), message))
+                .map(|(key, message)| (format!("{section}.{key}"), message))
                 .collect()
         })
     }
