@@ -105,7 +105,11 @@ mod tests {
             c.storage.gcs.credential_file.as_deref(),
             Some(std::path::Path::new("/etc/gcs.json"))
         );
-        assert!(noted(&i, NoteKind::Changed, "distribution: storage.gcs.chunksize"), "{:?}", i.notes);
+        assert!(
+            noted(&i, NoteKind::Changed, "distribution: storage.gcs.chunksize"),
+            "{:?}",
+            i.notes
+        );
     }
 
     #[test]
@@ -127,7 +131,11 @@ mod tests {
             Some("https://acct.blob.core.chinacloudapi.cn")
         );
         assert!(
-            noted(&i, NoteKind::NotCarried, "distribution: storage.azure.accountkey"),
+            noted(
+                &i,
+                NoteKind::NotCarried,
+                "distribution: storage.azure.accountkey"
+            ),
             "{:?}",
             i.notes
         );
