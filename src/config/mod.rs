@@ -14,7 +14,7 @@ use crate::cache::RedisConfig;
 use crate::cluster::ClusterSettings;
 use crate::expiry::ExpiryPolicy;
 use crate::oci::RepoName;
-use crate::storage::S3Config;
+use crate::storage::{AzblobConfig, GcsConfig, S3Config};
 use crate::upstream::UpstreamSettings;
 
 // The sections other modules own, under the names the file's shape gives them.
@@ -248,6 +248,8 @@ pub struct Settings {
     pub storage_root: PathBuf,
     pub storage_backend: StorageBackend,
     pub s3: S3Config,
+    pub gcs: GcsConfig,
+    pub azblob: AzblobConfig,
     pub read_only: bool,
     /// `None`: storage operations are never cut short.
     pub storage_breaker: Option<crate::storage::breaker::BreakerPolicy>,
@@ -591,6 +593,8 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         storage_root: c.storage.root(&c.data_dir),
         storage_backend: c.storage.backend,
         s3: c.storage.s3.clone(),
+        gcs: c.storage.gcs.clone(),
+        azblob: c.storage.azblob.clone(),
         read_only: c.storage.read_only,
         storage_breaker: c.storage.breaker.check().ok().flatten(),
         cache_max_entries: c.cache.memory.max_entries,

@@ -180,12 +180,14 @@ fn map_storage(d: &Src, out: &mut Out) {
             }
         }
         Some("s3") => map_s3(d, out),
+        Some("gcs") => super::cloud_storage::map_gcs(d, out),
+        Some("azure") => super::cloud_storage::map_azure(d, out),
         Some(other) => {
             d.mark(&format!("storage.{other}"));
             out.note(
                 NoteKind::NotCarried,
                 d.key(&format!("storage.{other}")),
-                format!("ocimirror has no {other} backend (filesystem and S3 only): the output keeps its cache under data_dir, so the existing cache is not reused"),
+                format!("ocimirror has no {other} backend (filesystem, S3, GCS and Azure only): the output keeps its cache under data_dir, so the existing cache is not reused"),
             );
         }
     }

@@ -32,6 +32,7 @@
 //!   where the output is written, and the ones missing there are listed, since the output is
 //!   usually written for another machine.
 
+mod cloud_storage;
 mod distribution;
 mod docker_auth;
 mod durations;
@@ -191,7 +192,7 @@ pub fn import(input: &ImportInput) -> Result<Imported, ImportError> {
     if let Node::Map(entries) = &mut out.config {
         for (k, v) in entries.iter_mut() {
             if k == "storage" {
-                v.reorder(&["backend", "filesystem", "s3", "read_only"]);
+                v.reorder(&["backend", "filesystem", "s3", "gcs", "azblob", "read_only"]);
             }
             if k == "cache" {
                 v.reorder(&["backend", "memory", "redis"]);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::S3Config;
+use super::{AzblobConfig, GcsConfig, S3Config};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -13,6 +13,10 @@ pub struct StorageConfig {
     pub filesystem: FilesystemConfig,
     /// An S3-compatible bucket (MinIO, SeaweedFS, Ceph, AWS), shared by replicas.
     pub s3: S3Config,
+    /// A Google Cloud Storage bucket, shared by replicas.
+    pub gcs: GcsConfig,
+    /// An Azure Blob Storage container, shared by replicas.
+    pub azblob: AzblobConfig,
     /// Never write: misses are streamed through from the upstream and not kept.
     pub read_only: bool,
     /// Stop waiting on a failing store (`breaker.rs`).
@@ -25,6 +29,8 @@ pub enum StorageBackend {
     #[default]
     Filesystem,
     S3,
+    Gcs,
+    Azblob,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -41,10 +47,14 @@ impl StorageConfig {
         if let Err(ps) = self.breaker.check() {
             problems.extend(ps.into_iter().map(|(k, m)| (format!("breaker.{k}"), m)));
         }
-        if self.backend == StorageBackend::S3
-            && let Err(ps) = self.s3.validate()
-        {
-            problems.extend(ps.into_iter().map(|(k, m)| (format!("s3.{k}"), m)));
+        let (section, checked) = match self.backend {
+            StorageBackend::Filesystem => ("", Ok(())),
+            StorageBackend::S3 => ("s3", self.s3.validate()),
+            StorageBackend::Gcs => ("gcs", self.gcs.validate()),
+            StorageBackend::Azblob => ("azblob", self.azblob.validate()),
+        };
+        if let Err(ps) = checked {
+            problems.extend(ps.into_iter().map(|(k, m)| (format!("{section}.{k}"), m)));
         }
         if problems.is_empty() {
             Ok(())

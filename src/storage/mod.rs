@@ -3,10 +3,12 @@
 //! and a writer dropped before commit publishes nothing.
 
 pub mod breaker;
+mod cloud;
 pub mod config;
 mod counted;
 mod fs;
 mod memory;
+mod object;
 mod s3;
 
 use std::pin::Pin;
@@ -16,10 +18,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
+pub use cloud::{AzblobConfig, GcsConfig};
 pub use counted::Counted;
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
-pub use s3::{S3Config, S3Storage};
+pub use object::ObjectStorage;
+pub use s3::S3Config;
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>;
 

@@ -1,29 +1,24 @@
-//! S3 backend, on OpenDAL. Keys live under the configured root prefix exactly as Distribution's S3
-//! driver lays them out (`<root>/docker/registry/v2/...`), so a bucket filled by a Distribution
-//! proxy is served as it is, and the other way round.
+//! The S3 backend: its config section and the OpenDAL operator it makes for [`ObjectStorage`].
 //!
 //! Streamed writes buffer one part (`part_size_mib`) at a time: an object that ends within the
 //! first part is one `PutObject`, a larger one a multipart upload that `CompleteMultipartUpload`
-//! publishes at once on commit. Either way nothing is visible under the key before commit. A
-//! writer dropped before commit aborts its multipart upload in the background (where a tokio
-//! runtime is still there to run it); a bucket lifecycle rule "abort incomplete multipart uploads
-//! after N days" catches the rest (a killed process).
+//! publishes at once on commit. A writer dropped before commit aborts its multipart upload in
+//! the background; uploads a killed process left behind are swept by expiry (`uploads.rs`) when
+//! the credentials are static, else a bucket lifecycle rule "abort incomplete multipart uploads
+//! after N days" catches them.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use opendal::layers::{RetryLayer, TimeoutLayer};
-use opendal::{ErrorKind, Operator};
+use opendal::Operator;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 mod uploads;
 
-use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError, check_key};
+pub(super) use uploads::UploadSweeper;
+
+use super::{ObjectStorage, StorageError};
 
 /// Default multipart part size. Parts must be at least 5 MiB (except the last), and an upload has at
 /// most 10,000 of them, so 8 MiB allows objects up to ~78 GiB. A writer holds up to three parts in
@@ -34,10 +29,6 @@ const MAX_PART_SIZE_MIB: u64 = 5 * 1024;
 /// Region used when neither the config nor `AWS_REGION`/`AWS_DEFAULT_REGION` names one; what most
 /// S3-compatible servers expect.
 const DEFAULT_REGION: &str = "us-east-1";
-/// Whole-operation limit (stat, put, one part upload, complete, list page).
-const OP_TIMEOUT: Duration = Duration::from_secs(120);
-/// Limit for one read or write step of a streamed body.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `storage.s3` section.
 ///
@@ -118,7 +109,7 @@ impl fmt::Debug for S3Config {
     }
 }
 
-fn nonempty(v: &Option<String>) -> Option<&str> {
+pub(super) fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
@@ -133,7 +124,7 @@ fn is_aws_host(url: &Url) -> bool {
     })
 }
 
-fn read_secret_file(path: &PathBuf) -> Result<String, String> {
+pub(super) fn read_secret_file(path: &PathBuf) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let s = s.trim_end_matches(['\n', '\r']).to_owned();
@@ -270,45 +261,16 @@ impl S3Config {
     }
 }
 
-fn config_error(message: String) -> StorageError {
+pub(super) fn config_error(message: String) -> StorageError {
     StorageError::Io {
         key: "storage.s3".into(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message),
     }
 }
 
-fn err(key: &str, e: opendal::Error) -> StorageError {
-    if e.kind() == ErrorKind::NotFound {
-        StorageError::NotFound(key.to_owned())
-    } else {
-        StorageError::Io {
-            key: key.to_owned(),
-            source: std::io::Error::other(e),
-        }
-    }
-}
-
-/// An S3 bucket (or a prefix of one) as a [`Storage`].
-#[derive(Clone)]
-pub struct S3Storage {
-    op: Operator,
-    part_size: usize,
-    describe: String,
-    uploads: Option<uploads::UploadSweeper>,
-}
-
-impl fmt::Debug for S3Storage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Storage")
-            .field("location", &self.describe)
-            .field("part_size", &self.part_size)
-            .finish()
-    }
-}
-
-impl S3Storage {
-    /// Builds the client; sends nothing (see [`S3Storage::check`]).
-    pub fn new(config: &S3Config) -> Result<S3Storage, StorageError> {
+impl ObjectStorage {
+    /// Builds the client; sends nothing (see [`ObjectStorage::check`]).
+    pub fn s3(config: &S3Config) -> Result<ObjectStorage, StorageError> {
         if let Err(problems) = config.validate() {
             let text = problems
                 .iter()
@@ -363,14 +325,7 @@ impl S3Storage {
                 nonempty(&config.session_token).map(str::to_owned),
             ));
         }
-        let op = Operator::new(b)
-            .map_err(|e| config_error(format!("storage.s3: {e}")))?
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(OP_TIMEOUT)
-                    .with_io_timeout(IO_TIMEOUT),
-            )
-            .layer(RetryLayer::new().with_jitter().with_max_times(3));
+        let op = Operator::new(b).map_err(|e| config_error(format!("storage.s3: {e}")))?;
         let describe = format!(
             "s3://{}{} at {} ({}, {})",
             config.bucket.trim(),
@@ -396,30 +351,12 @@ impl S3Storage {
         .filter(|_| sweepable)
         .map(|url| uploads::UploadSweeper::new(url, &root, &region, keys))
         .transpose()?;
-        Ok(S3Storage {
+        Ok(ObjectStorage::from_operator(
             op,
-            part_size: (config.part_size_mib * 1024 * 1024) as usize,
+            (config.part_size_mib * 1024 * 1024) as usize,
             describe,
             uploads,
-        })
-    }
-
-    /// One request that needs the bucket and the credentials (a one-key listing of the root), for
-    /// a clear error at start rather than at the first pull. Unlike OpenDAL's own check, a missing
-    /// bucket is an error.
-    pub async fn check(&self) -> Result<(), StorageError> {
-        let fail = |e: opendal::Error| StorageError::Io {
-            key: self.describe.clone(),
-            source: std::io::Error::other(e),
-        };
-        let mut lister = self.op.lister_with("/").limit(1).await.map_err(fail)?;
-        lister.try_next().await.map_err(fail)?;
-        Ok(())
-    }
-
-    /// `s3://bucket/root at endpoint (region, addressing)`, for logs.
-    pub fn describe(&self) -> &str {
-        &self.describe
+        ))
     }
 }
 
@@ -441,203 +378,6 @@ fn bucket_url(endpoint: Option<&str>, region: &str, bucket: &str, path_style: bo
         let path = format!("{}/", u.path().trim_end_matches('/'));
         u.set_path(&path);
         Some(u)
-    }
-}
-
-#[async_trait]
-impl Storage for S3Storage {
-    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        check_key(key)?;
-        match self.op.stat(key).await {
-            Ok(m) if m.is_dir() => Ok(None),
-            Ok(m) => Ok(Some(ObjectMeta {
-                size: m.content_length(),
-                modified: m.last_modified().map(SystemTime::from),
-            })),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(key, e)),
-        }
-    }
-
-    async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
-        check_key(key)?;
-        self.op
-            .read(key)
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| err(key, e))
-    }
-
-    async fn read_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: Option<u64>,
-    ) -> Result<ByteStream, StorageError> {
-        check_key(key)?;
-        let empty = || futures_util::stream::empty().boxed();
-        if len == Some(0) {
-            // No valid HTTP range is empty: answer from a stat.
-            return match self.stat(key).await? {
-                Some(_) => Ok(empty()),
-                None => Err(StorageError::NotFound(key.to_owned())),
-            };
-        }
-        let reader = self.op.reader(key).await.map_err(|e| err(key, e))?;
-        let mut stream = match len {
-            Some(l) => {
-                reader
-                    .into_bytes_stream(offset..offset.saturating_add(l))
-                    .await
-            }
-            None => reader.into_bytes_stream(offset..).await,
-        }
-        .map_err(|e| err(key, e))?;
-        // Open the GET now, so a missing key is an error of this call rather than of the stream.
-        let size = match stream.metadata().await {
-            // The whole object's size, from `Content-Range`.
-            Ok(meta) => meta.content_length(),
-            // The object exists but ends before `offset`: nothing to read, as on a file.
-            Err(e) if e.kind() == ErrorKind::RangeNotSatisfied => return Ok(empty()),
-            Err(e) => return Err(err(key, e)),
-        };
-        // A range past the end is clipped, as on a file; OpenDAL would call the short body an
-        // error, so stop after the bytes the server sends.
-        let available = size.saturating_sub(offset).min(len.unwrap_or(u64::MAX));
-        let owned = key.to_owned();
-        let stream = stream.map_err(move |e| StorageError::Io {
-            key: owned.clone(),
-            source: e,
-        });
-        Ok(limit(stream, available))
-    }
-
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        check_key(key)?;
-        self.op
-            .write(key, data)
-            .await
-            .map(|_| ())
-            .map_err(|e| err(key, e))
-    }
-
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        check_key(key)?;
-        let w = self
-            .op
-            .writer_with(key)
-            .chunk(self.part_size)
-            .await
-            .map_err(|e| err(key, e))?;
-        Ok(Box::new(S3Writer {
-            key: key.to_owned(),
-            inner: Some(w),
-        }))
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        check_key(key)?;
-        match self.op.delete(key).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(key, e)),
-        }
-    }
-
-    async fn remove_abandoned(&self, age: std::time::Duration) -> Result<usize, StorageError> {
-        match &self.uploads {
-            Some(u) => u.sweep(age).await,
-            None => Ok(0),
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        check_key(prefix)?;
-        let dir = format!("{prefix}/");
-        // Non-recursive: a delimiter listing, so "subdirectories" come back as common prefixes and
-        // a prefix with millions of keys below it lists in one page per thousand children.
-        // A missing prefix lists as empty on S3; a 404 here means the bucket is missing.
-        let entries = self.op.list(&dir).await.map_err(|e| StorageError::Io {
-            key: prefix.to_owned(),
-            source: std::io::Error::other(e),
-        })?;
-        let mut names: Vec<String> = entries
-            .iter()
-            .filter_map(|e| e.path().strip_prefix(&dir))
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|name| !name.is_empty() && !name.contains('/'))
-            .map(str::to_owned)
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-}
-
-/// The first `n` bytes of `stream`, which is not polled again once they are out.
-fn limit(
-    stream: impl futures_util::Stream<Item = Result<Bytes, StorageError>> + Send + 'static,
-    n: u64,
-) -> ByteStream {
-    futures_util::stream::try_unfold((Box::pin(stream), n), |(mut stream, left)| async move {
-        if left == 0 {
-            return Ok(None);
-        }
-        match stream.try_next().await? {
-            Some(mut chunk) => {
-                if chunk.len() as u64 > left {
-                    chunk.truncate(left as usize);
-                }
-                let left = left - chunk.len() as u64;
-                Ok(Some((chunk, (stream, left))))
-            }
-            None => Ok(None),
-        }
-    })
-    .boxed()
-}
-
-struct S3Writer {
-    key: String,
-    /// `None` once committed.
-    inner: Option<opendal::Writer>,
-}
-
-#[async_trait]
-impl ObjectWriter for S3Writer {
-    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        let w = self.inner.as_mut().expect("writer used after commit");
-        w.write(chunk).await.map_err(|e| err(&self.key, e))
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
-        let mut w = self.inner.take().expect("writer committed twice");
-        match w.close().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if let Err(abort) = w.abort().await {
-                    tracing::warn!(key = %self.key, error = %abort, "aborting a failed S3 upload");
-                }
-                Err(err(&self.key, e))
-            }
-        }
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        let Some(mut w) = self.inner.take() else {
-            return;
-        };
-        // Abort needs a request (when a multipart upload was started); run it in the background.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let key = std::mem::take(&mut self.key);
-            rt.spawn(async move {
-                if let Err(e) = w.abort().await {
-                    tracing::warn!(key = %key, error = %e, "aborting a dropped S3 upload");
-                }
-            });
-        }
     }
 }
 

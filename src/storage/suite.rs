@@ -17,6 +17,13 @@ async fn collect(s: &dyn Storage, key: &str, off: u64, len: Option<u64>) -> Vec<
 }
 
 pub async fn run(s: &dyn Storage) {
+    run_within_one_part(s).await;
+    large_object(s).await;
+}
+
+/// Everything but objects larger than one upload part: for an emulator that lacks the store's
+/// multipart API (fake-gcs-server has no XML multipart uploads, which Google Cloud Storage has).
+pub async fn run_within_one_part(s: &dyn Storage) {
     // Not found is a distinct, recognisable error; stat says None.
     assert!(s.read("x/missing").await.unwrap_err().is_not_found());
     assert!(
@@ -86,7 +93,6 @@ pub async fn run(s: &dyn Storage) {
     empty_objects(s).await;
     ranges(s).await;
     atomic_commit(s).await;
-    large_object(s).await;
     concurrent_writers(s).await;
 }
 

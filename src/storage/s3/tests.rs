@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
-use super::{S3Config, S3Storage};
+use super::{ObjectStorage, S3Config};
 use crate::storage::Storage;
 use crate::storage::suite;
 
@@ -93,7 +93,7 @@ async fn s3s_server() -> S3sServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3s_fs_behaviour_suite() {
     let server = s3s_server().await;
-    let s = S3Storage::new(&config(&server.endpoint, "/suite")).unwrap();
+    let s = ObjectStorage::s3(&config(&server.endpoint, "/suite")).unwrap();
     s.check().await.unwrap();
     suite::run(&s).await;
 }
@@ -124,7 +124,7 @@ async fn s3s_fs_signatures_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3s_fs_dropped_writer_aborts_its_multipart_upload() {
     let server = s3s_server().await;
-    let s = S3Storage::new(&config(&server.endpoint, "drop")).unwrap();
+    let s = ObjectStorage::s3(&config(&server.endpoint, "drop")).unwrap();
     let mut w = s.writer("blob").await.unwrap();
     let data = suite::pattern(11 * MIB, 3);
     for c in data.chunks(64 * 1024) {
@@ -154,7 +154,7 @@ async fn s3s_fs_dropped_writer_aborts_its_multipart_upload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3s_fs_range_reads_stream() {
     let server = s3s_server().await;
-    let s = S3Storage::new(&config(&server.endpoint, "")).unwrap();
+    let s = ObjectStorage::s3(&config(&server.endpoint, "")).unwrap();
     let data = suite::pattern(6 * MIB, 9);
     s.put("x/big", Bytes::from(data.clone())).await.unwrap();
     let chunks: Vec<Bytes> = s
@@ -178,7 +178,7 @@ async fn s3s_fs_missing_bucket_is_an_error() {
     let server = s3s_server().await;
     let mut c = config(&server.endpoint, "");
     c.bucket = "no-such-bucket".into();
-    let s = S3Storage::new(&c).unwrap();
+    let s = ObjectStorage::s3(&c).unwrap();
     assert!(s.check().await.is_err());
     assert!(s.list("x").await.is_err());
 }
@@ -192,7 +192,7 @@ async fn s3s_fs_secret_from_file() {
     let mut c = config(&server.endpoint, "f");
     c.secret_access_key = None;
     c.secret_access_key_file = Some(file);
-    let s = S3Storage::new(&c).unwrap();
+    let s = ObjectStorage::s3(&c).unwrap();
     s.put("k", Bytes::from_static(b"v")).await.unwrap();
     assert_eq!(s.read("k").await.unwrap(), Bytes::from_static(b"v"));
 }
@@ -226,7 +226,7 @@ async fn s3s_fs_credentials_and_endpoint_from_aws_environment() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let s = S3Storage::new(&config(&server.endpoint, "env")).unwrap();
+    let s = ObjectStorage::s3(&config(&server.endpoint, "env")).unwrap();
     assert_eq!(s.read("k").await.unwrap(), Bytes::from_static(b"from env"));
 }
 
@@ -235,7 +235,7 @@ async fn aws_environment_child() {
     if std::env::var_os("OCIMIRROR_S3_ENV_CHILD").is_none() {
         return; // only meaningful when started by the test above
     }
-    let s = S3Storage::new(&S3Config {
+    let s = ObjectStorage::s3(&S3Config {
         bucket: BUCKET.into(),
         root: "env".into(),
         ..S3Config::default()
@@ -253,8 +253,8 @@ const BLOB_HEX: &str = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef01
 /// Objects written under raw keys the way Distribution's S3 driver lays them out with
 /// `rootdirectory: /registry` are found under the Distribution keys, and the other way round.
 async fn distribution_layout(endpoint: &str) {
-    let raw = S3Storage::new(&config(endpoint, "")).unwrap();
-    let mirror = S3Storage::new(&config(endpoint, "/registry/")).unwrap();
+    let raw = ObjectStorage::s3(&config(endpoint, "")).unwrap();
+    let mirror = ObjectStorage::s3(&config(endpoint, "/registry/")).unwrap();
     let blob = format!("docker/registry/v2/blobs/sha256/ab/{BLOB_HEX}/data");
     let link = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link";
     raw.put(&format!("registry/{blob}"), Bytes::from_static(b"layer"))
@@ -307,11 +307,11 @@ async fn distribution_layout(endpoint: &str) {
 
 /// A wrong secret is refused by the server: an error, never "not found" or empty.
 async fn signatures_are_checked(endpoint: &str) {
-    let good = S3Storage::new(&config(endpoint, "sig")).unwrap();
+    let good = ObjectStorage::s3(&config(endpoint, "sig")).unwrap();
     good.put("k", Bytes::from_static(b"v")).await.unwrap();
     let mut c = config(endpoint, "sig");
     c.secret_access_key = Some("wrong-secret".into());
-    let bad = S3Storage::new(&c).unwrap();
+    let bad = ObjectStorage::s3(&c).unwrap();
     assert!(bad.check().await.is_err());
     assert!(bad.stat("k").await.is_err());
     let e = bad.read("k").await.unwrap_err();
@@ -451,7 +451,7 @@ async fn seaweedfs() -> Option<Weed> {
     // requests (a volume server must have joined before writes work).
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(90);
-    let probe = S3Storage::new(&config(&weed.s3, "probe")).unwrap();
+    let probe = ObjectStorage::s3(&config(&weed.s3, "probe")).unwrap();
     let mut bucket = false;
     loop {
         if !bucket {
@@ -484,7 +484,7 @@ async fn seaweedfs_behaviour_suite_and_checks() {
     let Some(weed) = seaweedfs().await else {
         return;
     };
-    let s = S3Storage::new(&config(&weed.s3, "/suite")).unwrap();
+    let s = ObjectStorage::s3(&config(&weed.s3, "/suite")).unwrap();
     s.check().await.unwrap();
     suite::run(&s).await;
     // A prefix that only has children is not an object (s3s-fs answers 500 here, so this is not
@@ -508,8 +508,8 @@ async fn seaweedfs_behaviour_suite_and_checks() {
 /// A writer killed mid-upload (here: leaked, so it never aborts) leaves a multipart upload;
 /// `remove_abandoned` aborts it, and only under its own root.
 async fn abandoned_uploads_are_aborted(endpoint: &str) {
-    let mine = S3Storage::new(&config(endpoint, "/uploads-mine")).unwrap();
-    let other = S3Storage::new(&config(endpoint, "/uploads-other")).unwrap();
+    let mine = ObjectStorage::s3(&config(endpoint, "/uploads-mine")).unwrap();
+    let other = ObjectStorage::s3(&config(endpoint, "/uploads-other")).unwrap();
     for s in [&mine, &other] {
         let mut w = s.writer("docker/registry/v2/blobs/x/data").await.unwrap();
         // Several parts (5 MiB each), so the multipart upload has begun.
@@ -600,12 +600,12 @@ fn config_problems_are_all_reported() {
     };
     let keys: Vec<String> = c.validate().unwrap_err().into_iter().map(|p| p.0).collect();
     assert_eq!(keys, vec!["secret_access_key"]);
-    assert!(S3Storage::new(&c).is_err());
+    assert!(ObjectStorage::s3(&c).is_err());
 }
 
 #[test]
 fn addressing_defaults_by_endpoint() {
-    let custom = S3Storage::new(&S3Config {
+    let custom = ObjectStorage::s3(&S3Config {
         endpoint: Some("http://127.0.0.1:1/".into()),
         bucket: "b".into(),
         ..S3Config::default()
@@ -616,7 +616,7 @@ fn addressing_defaults_by_endpoint() {
         "{}",
         custom.describe()
     );
-    let aws = S3Storage::new(&S3Config {
+    let aws = ObjectStorage::s3(&S3Config {
         endpoint: Some("https://s3.eu-west-1.amazonaws.com".into()),
         region: Some("eu-west-1".into()),
         bucket: "b".into(),
@@ -634,7 +634,7 @@ fn addressing_defaults_by_endpoint() {
         "{}",
         aws.describe()
     );
-    let forced = S3Storage::new(&S3Config {
+    let forced = ObjectStorage::s3(&S3Config {
         endpoint: Some("https://s3.eu-west-1.amazonaws.com".into()),
         bucket: "b".into(),
         path_style: Some(true),
