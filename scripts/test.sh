@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need when it is
-# missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, OpenLDAP, SeaweedFS, the deployment
+# missing (the Distribution registry, skopeo, htpasswd, openssl, Redis, OpenLDAP, SeaweedFS, the GCS and Azure emulators, the deployment
 # files' validators, cargo-nextest, cargo-deny), checks formatting, lints and the dependency tree,
 # builds once, then runs every test. Usage: scripts/test.sh [extra nextest args]
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v podman >/dev/null || need_apt+=(podman)
 command -v containerd >/dev/null || need_apt+=(containerd)
 command -v chromium >/dev/null || need_apt+=(chromium)
+# npm, for Azurite (the Azure Blob Storage emulator) below.
+command -v npm >/dev/null || need_apt+=(npm)
 # OpenLDAP for the LDAP authenticator's tests (they start their own slapd; the system one stays off).
 command -v slapd >/dev/null || [ -x /usr/sbin/slapd ] || need_apt+=(slapd ldap-utils)
 if ((${#need_apt[@]})); then
