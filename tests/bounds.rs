@@ -339,7 +339,17 @@ async fn a_trickling_upstream_is_cut_off_at_the_minimum_rate() {
             .await
             >= 1.0
     );
-    assert!(m.metric("ocimirror_fills_in_flight", &[]).await == 0.0);
+    // Every fill ends: the gauge drops once each fill's task has finished (after its clients'
+    // last bytes), so it is awaited, with a bound on a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while m.metric("ocimirror_fills_in_flight", &[]).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a fill is still in flight:\n{}",
+            m.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A manifest listing thousands of layers (Distribution accepts ~22,700 in 4 MiB) is refused

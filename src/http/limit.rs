@@ -95,20 +95,10 @@ impl ClientLimits {
     ) -> Result<(), ApiError> {
         let key = match account.filter(|a| !a.is_empty()) {
             Some(a) => format!("account:{a}"),
-            None => {
-                let ip = self
-                    .real_ip_header
-                    .as_deref()
-                    .and_then(|h| headers.get(h))
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split(',').next())
-                    .and_then(|v| v.trim().parse().ok())
-                    .or(peer.map(|p| p.ip()));
-                match ip {
-                    Some(ip) => format!("addr:{}", client_key(ip)),
-                    None => "addr:unknown".to_owned(),
-                }
-            }
+            None => match client_ip(self.real_ip_header.as_deref(), headers, peer) {
+                Some(ip) => format!("addr:{}", client_key(ip)),
+                None => "addr:unknown".to_owned(),
+            },
         };
         match self.limiter.check_key(&key) {
             Ok(()) => Ok(()),
@@ -124,6 +114,21 @@ impl ClientLimits {
             }
         }
     }
+}
+
+/// The client's address: the first entry of `real_ip_header` when configured and present (set
+/// by the proxy in front), else the connection's peer.
+pub(crate) fn client_ip(
+    real_ip_header: Option<&str>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<std::net::IpAddr> {
+    real_ip_header
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .or(peer.map(|p| p.ip()))
 }
 
 #[cfg(test)]

@@ -126,14 +126,7 @@ impl BlobStreams {
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Result<StreamPermit, ApiError> {
-        let ip = self
-            .real_ip_header
-            .as_deref()
-            .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .or(peer.map(|p| p.ip()));
+        let ip = super::limit::client_ip(self.real_ip_header.as_deref(), headers, peer);
         let client = match ip {
             Some(ip) => {
                 let key = crate::auth::authn::client_key(ip);
