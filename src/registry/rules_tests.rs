@@ -1,5 +1,8 @@
 //! The pull-through rules against an in-memory storage and a scripted upstream: counts every
 //! upstream call, so "exactly one fetch" and "zero requests when cached" are checked exactly.
+//!
+//! Size: the whole file is test code (compiled only under `cfg(test)`); its length is the fake
+//! upstream and storage plus one test per rule, which belong together.
 
 use std::sync::Arc;
 use std::sync::Mutex;

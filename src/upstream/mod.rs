@@ -115,11 +115,9 @@ pub trait Upstream: Send + Sync + 'static {
         last: Option<&str>,
     ) -> Result<TagsResponse, UpstreamError>;
     /// The bounds a blob of `name` is held to, wherever its bytes come from (the upstream, or
-    /// another replica relaying its own fetch).
-    fn blob_bounds(&self, name: &RepoName) -> bounds::BlobBounds {
-        let _ = name;
-        bounds::BlobBounds::default()
-    }
+    /// another replica relaying its own fetch). No default: a wrapper that forgot to pass it on
+    /// would silently lift the bounds.
+    fn blob_bounds(&self, name: &RepoName) -> bounds::BlobBounds;
     /// What containerd's `?ns=<registry>` value selects among the configured upstreams; None:
     /// none answers for it (only [`Routed`] knows the set).
     fn namespace(&self, ns: &str) -> Option<Namespace<'_>> {

@@ -157,6 +157,10 @@ mod tests {
 
     #[async_trait]
     impl Upstream for Recorder {
+        fn blob_bounds(&self, _: &RepoName) -> crate::upstream::bounds::BlobBounds {
+            Default::default()
+        }
+
         fn canonical_name(&self, name: &RepoName) -> RepoName {
             if self.library {
                 name.with_library_prefix()
