@@ -6,51 +6,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::*;
 use data_encoding::BASE64URL_NOPAD;
 use serde_json::Value;
-use tempfile::TempDir;
 
 const SERVICE: &str = "ocimirror";
 
-struct Keys {
-    _dir: TempDir,
-    key: PathBuf,
-    cert: PathBuf,
-}
-
-fn keygen() -> Keys {
-    let dir = tempfile::Builder::new()
-        .prefix("ocim-acl-names")
-        .tempdir()
-        .unwrap();
-    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-    let out = Command::new(ocimirror_bin())
-        .arg("keygen")
-        .arg("--key")
-        .arg(&key)
-        .arg("--certificate")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Keys {
-        _dir: dir,
-        key,
-        cert,
-    }
-}
-
 /// An `auth:` section with only the anonymous user and `rules` (YAML list items, indented by 4).
-fn auth_yaml(keys: &Keys, rules: &str) -> String {
+fn auth_yaml(keys: &TokenKeys, rules: &str) -> String {
     format!(
         "auth:\n  key: {}\n  certificate: {}\n  users:\n    \"\": {{}}\n  acl:\n{rules}",
         q(&keys.key.display().to_string()),
@@ -115,7 +80,7 @@ const DENY_OFFICIAL: &str = "    - match: {account: \"\", name: \"library/*\"}\n
 /// and at the gate, and through every other spelling of the path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_on_library_names_holds_for_the_short_name() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let reg = Registry::start(RegistryOpts::default()).await;
     let img = reg
         .pusher()
@@ -166,7 +131,7 @@ async fn a_rule_on_library_names_holds_for_the_short_name() {
 /// either name opens the repository under both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_allowing_library_names_allows_the_short_name() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let reg = Registry::start(RegistryOpts::default()).await;
     let img = reg
         .pusher()
@@ -201,7 +166,7 @@ async fn a_rule_allowing_library_names_allows_the_short_name() {
 /// A rule naming the short form (`small`) covers `library/small`: both names are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_form_rule_covers_the_library_name() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let rules = "    - match: {account: \"\", name: \"small\"}\n      actions: []\n    - match: {account: \"\"}\n      actions: [pull]\n";
     let m = Mirror::start(
         MirrorOpts::upstream(&closed_url())
@@ -222,7 +187,7 @@ async fn a_short_form_rule_covers_the_library_name() {
 /// rules, and distinct content.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_mapping_the_names_and_their_rules_are_distinct() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let reg = Registry::start(RegistryOpts::default()).await;
     let p = reg.pusher();
     let short = p
@@ -271,7 +236,7 @@ async fn without_the_mapping_the_names_and_their_rules_are_distinct() {
 /// Decided by the token endpoint alone: no upstream is contacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_maps_the_names_of_a_docker_hub_upstream() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let rules = "    - match: {account: \"\", name: \"hub/library/*\"}\n      actions: []\n    - match: {account: \"\", name: \"hub/busybox\"}\n      actions: []\n    - match: {account: \"\"}\n      actions: [pull]\n";
     let m = Mirror::start(
         MirrorOpts::upstream(&closed_url())
@@ -347,7 +312,7 @@ async fn a_short_form_allow_pattern_covers_the_library_name() {
 /// the file.
 #[test]
 fn config_check_warns_about_rules_that_can_never_match() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
     let rules = "    - match: {name: \"docker.io/library/*\"}\n      actions: []\n    - match: {name: \"ghcr.io/**\"}\n      actions: [pull]\n    - match: {name: \"library/*\"}\n      actions: [pull]\n";

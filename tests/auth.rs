@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,39 +48,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-/// A token-signing key and certificate written by `ocimirror keygen`.
-struct Keys {
-    _dir: TempDir,
-    key: PathBuf,
-    cert: PathBuf,
-}
-
-fn keygen() -> Keys {
-    let dir = tempfile::Builder::new()
-        .prefix("ocim-keys")
-        .tempdir()
-        .unwrap();
-    let key = dir.path().join("token.key");
-    let cert = dir.path().join("token.crt");
-    let out = run_bin(
-        &[
-            "keygen",
-            "--key",
-            key.to_str().unwrap(),
-            "--certificate",
-            cert.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "keygen: {}", text(&out.stderr));
-    assert!(key.exists() && cert.exists());
-    Keys {
-        _dir: dir,
-        key,
-        cert,
-    }
-}
-
 /// `echo -n pw | ocimirror hash-password --cost 4`.
 fn hash_password(pw: &str) -> String {
     let mut child = Command::new(bin())
@@ -108,14 +75,14 @@ fn hash_password(pw: &str) -> String {
 
 /// Keys plus the admin's password hash: what every token-issuing mirror here is configured with.
 struct AuthSetup {
-    keys: Keys,
+    keys: TokenKeys,
     admin_hash: String,
 }
 
 impl AuthSetup {
     fn new() -> Self {
         AuthSetup {
-            keys: keygen(),
+            keys: TokenKeys::generate(),
             admin_hash: hash_password(ADMIN_PW),
         }
     }
@@ -1107,7 +1074,7 @@ async fn registry_role_accepts_docker_auth_style_tokens() {
 
     // The same token from another issuer or for another audience, or signed by another key
     // under this kid, or naming an unknown kid: refused.
-    let stranger = keygen();
+    let stranger = TokenKeys::generate();
     let scope = "repository:myorg/app:pull";
     for (what, t) in [
         (
@@ -1373,7 +1340,7 @@ async fn split_roles_auth_and_registry_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_role_needs_a_realm_and_auth_role_an_auth_section() {
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let dir = TempDir::new().unwrap();
     let write = |name: &str, yaml: String| {
         let p = dir.path().join(name);
@@ -1498,7 +1465,7 @@ async fn example_seed_config_checks_and_serves() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seed.yaml");
     assert!(example.exists(), "{} is missing", example.display());
     let example = example.display().to_string();
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let key = keys.key.display().to_string();
     let cert = keys.cert.display().to_string();
     let env = [
@@ -1597,11 +1564,7 @@ async fn key_rotation_keeps_old_tokens_valid_and_publishes_both_keys() {
     );
 
     let new = AuthSetup {
-        keys: Keys {
-            _dir: tempfile::tempdir().unwrap(),
-            key,
-            cert,
-        },
+        keys: TokenKeys::from_files(key, cert),
         admin_hash: old.admin_hash.clone(),
     };
     let rotated = format!(
@@ -1658,8 +1621,8 @@ async fn key_rotation_keeps_old_tokens_valid_and_publishes_both_keys() {
 fn example_ldap_config_checks() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldap.yaml");
     let example = example.display().to_string();
-    let keys = keygen();
-    let pw = keys._dir.path().join("bind.pw");
+    let keys = TokenKeys::generate();
+    let pw = keys.key.with_file_name("bind.pw");
     std::fs::write(&pw, "secret\n").unwrap();
     let (key, cert, pw) = (
         keys.key.display().to_string(),
@@ -1802,7 +1765,7 @@ async fn a_planted_manifest_on_a_second_upstream_cannot_read_a_private_images_bl
     let legit = p2.push_image("myorg/base-user", "v1", &legit).await;
 
     // The mirror: alice may pull everything, anonymous only what lives on up2.
-    let keys = keygen();
+    let keys = TokenKeys::generate();
     let alice_pw = "alice-Pw-1";
     let m = Mirror::start(
         MirrorOpts::upstream(&up1.url())

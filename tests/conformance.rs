@@ -32,107 +32,83 @@ const ERROR_CODES: &[&str] = &[
     "TOOMANYREQUESTS",
 ];
 
+/// One request of the workflow: `what` fails unless the status is `status` and, when `digest` is
+/// given, its Docker-Content-Digest is absent or `digest`.
+async fn check(
+    failures: &mut Vec<String>,
+    what: &str,
+    req: reqwest::RequestBuilder,
+    status: u16,
+    digest: Option<&str>,
+) {
+    let r = req.send().await.unwrap();
+    if r.status() != status {
+        failures.push(format!("{what} is {status}: got {}", r.status()));
+    }
+    if let Some(want) = digest {
+        let got = header(r.headers(), "docker-content-digest");
+        if !(got.is_empty() || got == want) {
+            failures.push(format!("{what}'s Docker-Content-Digest: got {got}"));
+        }
+    }
+}
+
 /// Every check of the pull workflow against the registry at `base`; returns the failures.
 async fn pull_workflow(base: &str, tag: &str, manifest_digest: &str, blob: &str) -> Vec<String> {
     let c = client();
     let mut failures = Vec::new();
+    let f = &mut failures;
+    let req = |method: Method, path: String| c.request(method, format!("{base}/v2/{NAME}/{path}"));
+    let dummy = sha256_digest(b"a blob no registry holds");
+
+    // Pull blobs.
+    for method in [Method::HEAD, Method::GET] {
+        let what = format!("{method} nonexistent blob");
+        check(
+            f,
+            &what,
+            req(method.clone(), format!("blobs/{dummy}")),
+            404,
+            None,
+        )
+        .await;
+        let what = format!("{method} existing blob");
+        let head = method == Method::HEAD;
+        let digest = head.then_some(blob);
+        check(
+            f,
+            &what,
+            req(method.clone(), format!("blobs/{blob}")),
+            200,
+            digest,
+        )
+        .await;
+    }
+
+    // Pull manifests.
+    for method in [Method::HEAD, Method::GET] {
+        let what = format!("{method} nonexistent manifest");
+        let path = format!("manifests/{NONEXISTENT_MANIFEST}");
+        check(f, &what, req(method.clone(), path), 404, None).await;
+        let what = format!("{method} manifest by digest");
+        let r = req(method.clone(), format!("manifests/{manifest_digest}"));
+        check(
+            f,
+            &what,
+            r.header("accept", OCI_MANIFEST),
+            200,
+            Some(manifest_digest),
+        )
+        .await;
+        // The suite's "HEAD request to manifest path (tag)" is a GET.
+        let r = req(Method::GET, format!("manifests/{tag}")).header("accept", OCI_MANIFEST);
+        check(f, "GET manifest by tag", r, 200, Some(manifest_digest)).await;
+    }
     let mut expect = |what: &str, ok: bool, got: String| {
         if !ok {
             failures.push(format!("{what}: got {got}"));
         }
     };
-    let req = |method: Method, path: String| c.request(method, format!("{base}/v2/{NAME}/{path}"));
-    let dummy = sha256_digest(b"a blob no registry holds");
-
-    // Pull blobs.
-    let r = req(Method::HEAD, format!("blobs/{dummy}"))
-        .send()
-        .await
-        .unwrap();
-    expect(
-        "HEAD nonexistent blob is 404",
-        r.status() == 404,
-        r.status().to_string(),
-    );
-    let r = req(Method::HEAD, format!("blobs/{blob}"))
-        .send()
-        .await
-        .unwrap();
-    let digest = header(r.headers(), "docker-content-digest").to_owned();
-    expect(
-        "HEAD existing blob is 200",
-        r.status() == 200,
-        r.status().to_string(),
-    );
-    expect(
-        "HEAD existing blob's Docker-Content-Digest",
-        digest.is_empty() || digest == blob,
-        digest,
-    );
-    let r = req(Method::GET, format!("blobs/{dummy}"))
-        .send()
-        .await
-        .unwrap();
-    expect(
-        "GET nonexistent blob is 404",
-        r.status() == 404,
-        r.status().to_string(),
-    );
-    let r = req(Method::GET, format!("blobs/{blob}"))
-        .send()
-        .await
-        .unwrap();
-    expect(
-        "GET existing blob is 200",
-        r.status() == 200,
-        r.status().to_string(),
-    );
-
-    // Pull manifests.
-    for method in [Method::HEAD, Method::GET] {
-        let r = req(method.clone(), format!("manifests/{NONEXISTENT_MANIFEST}"))
-            .send()
-            .await
-            .unwrap();
-        expect(
-            &format!("{method} nonexistent manifest is 404"),
-            r.status() == 404,
-            r.status().to_string(),
-        );
-        let r = req(method.clone(), format!("manifests/{manifest_digest}"))
-            .header("accept", OCI_MANIFEST)
-            .send()
-            .await
-            .unwrap();
-        let digest = header(r.headers(), "docker-content-digest").to_owned();
-        expect(
-            &format!("{method} manifest by digest is 200"),
-            r.status() == 200,
-            r.status().to_string(),
-        );
-        expect(
-            &format!("{method} manifest by digest's Docker-Content-Digest"),
-            digest.is_empty() || digest == manifest_digest,
-            digest,
-        );
-        // The suite's "HEAD request to manifest path (tag)" is a GET.
-        let r = req(Method::GET, format!("manifests/{tag}"))
-            .header("accept", OCI_MANIFEST)
-            .send()
-            .await
-            .unwrap();
-        let digest = header(r.headers(), "docker-content-digest").to_owned();
-        expect(
-            "GET manifest by tag is 200",
-            r.status() == 200,
-            r.status().to_string(),
-        );
-        expect(
-            "GET manifest by tag's Docker-Content-Digest",
-            digest.is_empty() || digest == manifest_digest,
-            digest,
-        );
-    }
 
     // Error codes: a 400 carries the spec's error JSON.
     let r = req(Method::PUT, "manifests/sha256:totallywrong".into())

@@ -445,29 +445,7 @@ fn hash_file(path: &Path) -> Option<(u64, String)> {
 /// GET `name@digest` from `m` and hash the body as it streams: (bytes, digest) or what went
 /// wrong, as text.
 async fn get_and_hash(m: &Mirror, name: &str, digest: &str) -> Result<(u64, String), String> {
-    let r = m
-        .get_blob(name, digest)
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = r.status().as_u16();
-    if status != 200 {
-        let body = r.text().await.unwrap_or_default();
-        return Err(format!("status {status}: {body}"));
-    }
-    let cl = r
-        .headers()
-        .get("content-length")
-        .map(|v| v.to_str().unwrap().to_string());
-    let got = stream_hash(r)
-        .await
-        .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))?;
-    if let Some(cl) = cl
-        && cl != got.0.to_string()
-    {
-        return Err(format!("Content-Length {cl} but {} bytes", got.0));
-    }
-    Ok(got)
+    fetch_hash(m.get_blob(name, digest)).await
 }
 
 /// Each replica's manifest GET of `img` answers 200 with the upstream's bytes (and writes the
@@ -527,19 +505,7 @@ async fn three_replicas_sixteen_clients_each_one_upstream_fetch() {
                 r,
                 i,
                 tokio::spawn(async move {
-                    let r = client()
-                        .get(format!("{url}/v2/fleet/big/blobs/{digest}"))
-                        .send()
-                        .await
-                        .map_err(|e| format!("request failed: {e}"))?;
-                    let status = r.status().as_u16();
-                    if status != 200 {
-                        let body = r.text().await.unwrap_or_default();
-                        return Err(format!("status {status}: {body}"));
-                    }
-                    stream_hash(r)
-                        .await
-                        .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))
+                    fetch_hash(client().get(format!("{url}/v2/fleet/big/blobs/{digest}"))).await
                 }),
             ));
         }
@@ -661,22 +627,12 @@ async fn killed_lease_holder_is_taken_over() {
     let b_url = b.url();
     let d = digest.clone();
     let waiting = tokio::spawn(async move {
-        let r = client()
-            .get(format!("{b_url}/v2/fleet/tko/blobs/{d}"))
-            .timeout(Duration::from_secs(90))
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = r.status().as_u16();
-        if status != 200 {
-            return Err(format!(
-                "status {status}: {}",
-                r.text().await.unwrap_or_default()
-            ));
-        }
-        stream_hash(r)
-            .await
-            .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))
+        fetch_hash(
+            client()
+                .get(format!("{b_url}/v2/fleet/tko/blobs/{d}"))
+                .timeout(Duration::from_secs(90)),
+        )
+        .await
     });
     // B has taken the request in (counted it a miss) and is waiting for the fleet's fill.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -894,21 +850,7 @@ async fn lease_freed_by_a_commit_is_not_a_second_fetch() {
     let b_url = b.url();
     let d = digest.clone();
     let waiting = tokio::spawn(async move {
-        let r = client()
-            .get(format!("{b_url}/v2/fleet/race/blobs/{d}"))
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = r.status().as_u16();
-        if status != 200 {
-            return Err(format!(
-                "status {status}: {}",
-                r.text().await.unwrap_or_default()
-            ));
-        }
-        stream_hash(r)
-            .await
-            .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))
+        fetch_hash(client().get(format!("{b_url}/v2/fleet/race/blobs/{d}"))).await
     });
     // A commits and releases while B's answer is on its way.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -63,6 +63,46 @@ impl Import {
     fn noted(&self, key: &str) -> bool {
         self.stderr.contains(&format!("- {key}:"))
     }
+    /// Each `(path, value)` is a string at that path of the output.
+    fn expect(&self, pairs: &[(&str, &str)]) {
+        for (path, want) in pairs {
+            assert_eq!(self.str(path), *want, "{path} in:\n{}", self.text);
+        }
+    }
+    /// The notes list each of `keys` as not carried over from `source`.
+    fn assert_noted(&self, source: &str, keys: &[&str]) {
+        for key in keys {
+            let key = format!("{source}: {key}");
+            assert!(self.noted(&key), "{key} not noted:\n{}", self.stderr);
+        }
+    }
+    /// The notes do not list any of `keys` (options ocimirror carries, or does the same way).
+    fn assert_not_noted(&self, source: &str, keys: &[&str]) {
+        for key in keys {
+            let key = format!("{source}: {key}");
+            assert!(!self.noted(&key), "{key} noted:\n{}", self.stderr);
+        }
+    }
+}
+
+/// Import one of Distribution's fixtures and check that the output passes `config check`.
+fn distribution(name: &str) -> Import {
+    let imp = import(&[
+        "--distribution",
+        fixture("distribution").join(name).to_str().unwrap(),
+    ]);
+    check_passes(&imp);
+    imp
+}
+
+/// Import one of docker_auth's fixtures and check that the output passes `config check`.
+fn docker_auth(name: &str) -> Import {
+    let imp = import(&[
+        "--docker-auth",
+        fixture("docker_auth").join(name).to_str().unwrap(),
+    ]);
+    check_passes(&imp);
+    imp
 }
 
 /// Run `config import` with `args` (paths of sources), writing into a fresh directory.
@@ -198,11 +238,10 @@ fn debian_package_config_imports() {
     check_passes(&imp);
     assert_eq!(imp.str("listen"), ":5000");
     // Not a proxy: it serves what it holds and never goes upstream.
-    assert_eq!(imp.str("mode"), "offline");
-    assert_eq!(
-        imp.str("storage.filesystem.root"),
-        "/var/lib/docker-registry"
-    );
+    imp.expect(&[
+        ("mode", "offline"),
+        ("storage.filesystem.root", "/var/lib/docker-registry"),
+    ]);
     // Basic auth became token auth with the same htpasswd file, any user allowed everything.
     assert_eq!(imp.str("auth.htpasswd"), "/etc/docker/registry");
     assert_eq!(imp.get("auth.acl")[0]["match"]["account"], "/.+/");
@@ -216,203 +255,172 @@ fn debian_package_config_imports() {
     );
     // Debian's path is the config directory: Distribution refuses every login with it.
     assert!(imp.stderr.contains("is a directory"), "{}", imp.stderr);
-    for key in ["http.headers", "health", "storage.delete", "log.fields"] {
-        assert!(
-            imp.noted(&format!("distribution: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
+    imp.assert_noted(
+        "distribution",
+        &["http.headers", "health", "storage.delete", "log.fields"],
+    );
 }
 
 #[test]
 fn distribution_config_example_imports() {
-    let imp = import(&[
-        "--distribution",
-        fixture("distribution/config-example.yml").to_str().unwrap(),
+    let imp = distribution("config-example.yml");
+    imp.expect(&[
+        ("auth.htpasswd", "/etc/registry"),
+        ("storage.filesystem.root", "/var/lib/registry"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("auth.htpasswd"), "/etc/registry");
-    assert_eq!(imp.str("storage.filesystem.root"), "/var/lib/registry");
-    assert!(imp.noted("distribution: storage.tag"), "{}", imp.stderr);
+    imp.assert_noted("distribution", &["storage.tag"]);
 }
 
 #[test]
 fn distribution_mirror_recipe_imports() {
-    let imp = import(&[
-        "--distribution",
-        fixture("distribution/mirror-recipe.yml").to_str().unwrap(),
+    let imp = distribution("mirror-recipe.yml");
+    imp.expect(&[
+        ("upstream.url", "https://registry-1.docker.io"),
+        ("upstream.username", "myhubuser"),
+        ("upstream.password", "myhubtoken"),
+        ("expiry.max_age", "72h"),
+        ("log.level", "debug"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("upstream.url"), "https://registry-1.docker.io");
-    assert_eq!(imp.str("upstream.username"), "myhubuser");
-    assert_eq!(imp.str("upstream.password"), "myhubtoken");
-    assert_eq!(imp.str("expiry.max_age"), "72h");
-    assert_eq!(imp.str("log.level"), "debug");
     assert!(imp.get("mode").is_null(), "a proxy is online");
     assert!(
         imp.get("auth").is_null(),
         "no auth: an open mirror, as it was"
     );
-    for key in [
-        "http.debug",
-        "storage.delete",
-        "storage.tag",
-        "health",
-        "log.fields",
-    ] {
-        assert!(
-            imp.noted(&format!("distribution: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
+    imp.assert_noted(
+        "distribution",
+        &[
+            "http.debug",
+            "storage.delete",
+            "storage.tag",
+            "health",
+            "log.fields",
+        ],
+    );
     assert!(!imp.noted("distribution: proxy.ttl") || imp.stderr.contains("expiry.max_age"));
 }
 
 #[test]
 fn distribution_redis_cache_example_imports() {
-    let imp = import(&[
-        "--distribution",
-        fixture("distribution/config-cache.yml").to_str().unwrap(),
+    let imp = distribution("config-cache.yml");
+    imp.expect(&[
+        ("cache.backend", "redis"),
+        ("cache.redis.url", "redis://localhost:6379/0"),
+        ("cache.redis.connect_timeout", "10ms"),
+        ("storage.filesystem.root", "/var/lib/registry-cache"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("cache.backend"), "redis");
-    assert_eq!(imp.str("cache.redis.url"), "redis://localhost:6379/0");
-    assert_eq!(imp.str("cache.redis.connect_timeout"), "10ms");
-    assert_eq!(
-        imp.str("storage.filesystem.root"),
-        "/var/lib/registry-cache"
-    );
     // Distribution's default proxy expiry.
     assert_eq!(imp.str("expiry.max_age"), "168h");
-    for key in [
-        "proxy.cacheTTL",
-        "notifications",
-        "redis.pool",
-        "redis.readtimeout",
-        "storage.maintenance.uploadpurging",
-        "http.secret",
-    ] {
-        assert!(
-            imp.noted(&format!("distribution: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
+    imp.assert_noted(
+        "distribution",
+        &[
+            "proxy.cacheTTL",
+            "notifications",
+            "redis.pool",
+            "redis.readtimeout",
+            "storage.maintenance.uploadpurging",
+            "http.secret",
+        ],
+    );
 }
 
 #[test]
 fn distribution_s3_imports() {
-    let imp = import(&[
-        "--distribution",
-        fixture("distribution/s3.yml").to_str().unwrap(),
+    let imp = distribution("s3.yml");
+    imp.expect(&[
+        ("storage.backend", "s3"),
+        ("storage.s3.endpoint", "http://myobjects.local"),
+        ("storage.s3.region", "us-west-1"),
+        ("storage.s3.bucket", "bucketname"),
+        ("storage.s3.root", "/s3/object/name/prefix"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("storage.backend"), "s3");
-    assert_eq!(imp.str("storage.s3.endpoint"), "http://myobjects.local");
-    assert_eq!(imp.str("storage.s3.region"), "us-west-1");
-    assert_eq!(imp.str("storage.s3.bucket"), "bucketname");
-    assert_eq!(imp.str("storage.s3.root"), "/s3/object/name/prefix");
     assert_eq!(imp.get("storage.s3.path_style"), &Value::Bool(true));
-    assert_eq!(imp.str("storage.s3.access_key_id"), "awsaccesskey");
-    assert_eq!(imp.str("storage.s3.secret_access_key"), "awssecretkey");
+    imp.expect(&[
+        ("storage.s3.access_key_id", "awsaccesskey"),
+        ("storage.s3.secret_access_key", "awssecretkey"),
+    ]);
     assert_eq!(imp.get("storage.s3.part_size_mib"), &Value::from(5));
-    assert_eq!(imp.str("server.shutdown_timeout"), "1m");
-    assert_eq!(imp.str("log.format"), "json");
+    imp.expect(&[("server.shutdown_timeout", "1m"), ("log.format", "json")]);
     assert!(imp.get("storage.read_only").is_null());
-    for key in [
-        "storage.s3.multipartcopychunksize",
-        "storage.redirect",
-        "storage.delete",
-    ] {
-        assert!(
-            imp.noted(&format!("distribution: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
+    imp.assert_noted(
+        "distribution",
+        &[
+            "storage.s3.multipartcopychunksize",
+            "storage.redirect",
+            "storage.delete",
+        ],
+    );
     // Options ocimirror does the same way are not listed.
-    for key in [
-        "storage.s3.encrypt",
-        "storage.s3.secure",
-        "storage.s3.v4auth",
-    ] {
-        assert!(
-            !imp.noted(&format!("distribution: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
+    imp.assert_not_noted(
+        "distribution",
+        &[
+            "storage.s3.encrypt",
+            "storage.s3.secure",
+            "storage.s3.v4auth",
+        ],
+    );
 }
 
 #[test]
 fn distribution_token_auth_becomes_a_verifying_registry() {
-    let imp = import(&[
-        "--distribution",
-        fixture("distribution/token.yml").to_str().unwrap(),
+    let imp = distribution("token.yml");
+    imp.expect(&[
+        ("role", "registry"),
+        ("auth.realm", "https://127.0.0.1:5001/auth"),
+        ("auth.service", "Docker registry"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("role"), "registry");
-    assert_eq!(imp.str("auth.realm"), "https://127.0.0.1:5001/auth");
-    assert_eq!(imp.str("auth.service"), "Docker registry");
     assert_eq!(
         imp.get("auth.trusted_issuers"),
         &serde_json::json!(["Acme auth server"])
     );
-    assert_eq!(imp.str("auth.trusted_certificates"), "/path/to/server.pem");
-    assert_eq!(imp.str("listen"), "localhost:5000");
+    imp.expect(&[
+        ("auth.trusted_certificates", "/path/to/server.pem"),
+        ("listen", "localhost:5000"),
+    ]);
 }
 
 #[test]
 fn distribution_all_options_lists_everything_not_carried() {
-    let imp = import(&[
-        "--distribution",
-        fixture("distribution/all-options.yml").to_str().unwrap(),
-    ]);
-    check_passes(&imp);
+    let imp = distribution("all-options.yml");
     // One storage driver: the one ocimirror has; the others listed.
-    assert_eq!(imp.str("storage.backend"), "filesystem");
-    assert_eq!(imp.str("cache.backend"), "redis");
-    assert_eq!(
-        imp.str("cache.redis.url"),
-        "redis://:asecret@localhost:6379/0"
-    );
+    imp.expect(&[
+        ("storage.backend", "filesystem"),
+        ("cache.backend", "redis"),
+        ("cache.redis.url", "redis://:asecret@localhost:6379/0"),
+    ]);
     assert_eq!(imp.get("cache.memory.max_entries"), &Value::from(10000));
-    assert_eq!(imp.str("log.level"), "debug,access=warn");
-    assert_eq!(imp.str("auth.trusted_jwks"), "/path/to/jwks");
-    assert_eq!(imp.str("tls.certificate"), "/path/to/x509/public");
-    assert_eq!(imp.str("tls.key"), "/path/to/x509/private");
-    for key in [
-        "storage.azure",
-        "storage.gcs",
-        "storage.s3",
-        "storage.inmemory",
-        "storage.filesystem.maxthreads",
-        "auth.silly",
-        "auth.htpasswd",
-        "auth.token.signingalgorithms",
-        "middleware",
-        "notifications",
-        "health",
-        "validation",
-        "http.tls.clientcas",
-        "http.tls.letsencrypt",
-        "http.prefix",
-        "http.host",
-        "http.headers",
-        "log.hooks",
-        "proxy.exec",
-        "proxy.remotenamespace",
-        "redis.tls.certificate",
-        "redis.poolsize",
-    ] {
-        assert!(
-            imp.noted(&format!("distribution: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
+    imp.expect(&[
+        ("log.level", "debug,access=warn"),
+        ("auth.trusted_jwks", "/path/to/jwks"),
+        ("tls.certificate", "/path/to/x509/public"),
+        ("tls.key", "/path/to/x509/private"),
+    ]);
+    imp.assert_noted(
+        "distribution",
+        &[
+            "storage.azure",
+            "storage.gcs",
+            "storage.s3",
+            "storage.inmemory",
+            "storage.filesystem.maxthreads",
+            "auth.silly",
+            "auth.htpasswd",
+            "auth.token.signingalgorithms",
+            "middleware",
+            "notifications",
+            "health",
+            "validation",
+            "http.tls.clientcas",
+            "http.tls.letsencrypt",
+            "http.prefix",
+            "http.host",
+            "http.headers",
+            "log.hooks",
+            "proxy.exec",
+            "proxy.remotenamespace",
+            "redis.tls.certificate",
+            "redis.poolsize",
+        ],
+    );
 }
 
 #[test]
@@ -426,9 +434,11 @@ fn twuni_helm_chart_with_its_environment_imports() {
         env.to_str().unwrap(),
     ]);
     check_passes(&imp);
-    assert_eq!(imp.str("storage.filesystem.root"), "/var/lib/registry");
-    assert_eq!(imp.str("upstream.url"), "https://registry-1.docker.io");
-    assert_eq!(imp.str("upstream.username"), "myhubuser");
+    imp.expect(&[
+        ("storage.filesystem.root", "/var/lib/registry"),
+        ("upstream.url", "https://registry-1.docker.io"),
+        ("upstream.username", "myhubuser"),
+    ]);
     assert!(
         imp.stderr.contains("REGISTRY_PROXY_REMOTEURL"),
         "{}",
@@ -443,21 +453,16 @@ fn twuni_helm_chart_with_its_environment_imports() {
         env.to_str().unwrap(),
     ]);
     check_passes(&imp);
-    assert_eq!(imp.str("storage.backend"), "s3");
-    assert_eq!(imp.str("storage.s3.bucket"), "my-bucket");
-    assert_eq!(
-        imp.str("storage.s3.endpoint"),
-        "https://s3.us-east-1.amazonaws.com"
-    );
-    assert_eq!(imp.str("storage.s3.root"), "/object/prefix");
-    assert_eq!(imp.str("auth.htpasswd"), "/auth/htpasswd");
-    assert_eq!(imp.str("mode"), "offline");
-    assert!(
-        imp.noted("distribution: storage.s3.encrypt"),
-        "{}",
-        imp.stderr
-    );
-    assert!(imp.noted("distribution: storage.delete"), "{}", imp.stderr);
+    imp.expect(&[
+        ("storage.backend", "s3"),
+        ("storage.s3.bucket", "my-bucket"),
+        ("storage.s3.endpoint", "https://s3.us-east-1.amazonaws.com"),
+        ("storage.s3.root", "/object/prefix"),
+        ("auth.htpasswd", "/auth/htpasswd"),
+        ("mode", "offline"),
+    ]);
+    imp.assert_noted("distribution", &["storage.s3.encrypt"]);
+    imp.assert_noted("distribution", &["storage.delete"]);
 
     // The process environment is applied too (and wins over the file), as Distribution does.
     let dir = tempfile::tempdir().unwrap();
@@ -486,30 +491,29 @@ fn twuni_helm_chart_with_its_environment_imports() {
 
 #[test]
 fn docker_auth_reference_imports() {
-    let imp = import(&[
-        "--docker-auth",
-        fixture("docker_auth/reference.yml").to_str().unwrap(),
+    let imp = docker_auth("reference.yml");
+    imp.expect(&[
+        ("role", "auth"),
+        ("listen", ":5001"),
+        ("auth.issuer", "Acme auth server"),
+        ("auth.token_ttl", "15m"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("role"), "auth");
-    assert_eq!(imp.str("listen"), ":5001");
-    assert_eq!(imp.str("auth.issuer"), "Acme auth server");
-    assert_eq!(imp.str("auth.token_ttl"), "15m");
     // docker_auth signs with the server's pair when token.* is unset.
-    assert_eq!(imp.str("auth.key"), "/path/to/server.key");
-    assert_eq!(imp.str("auth.certificate"), "/path/to/server.pem");
-    assert_eq!(imp.str("tls.certificate"), "/path/to/server.pem");
+    imp.expect(&[
+        ("auth.key", "/path/to/server.key"),
+        ("auth.certificate", "/path/to/server.pem"),
+        ("tls.certificate", "/path/to/server.pem"),
+    ]);
     // Users copied as they are (bcrypt hashes unchanged), anonymous included.
     assert_eq!(
         imp.str("auth.users.admin.password"),
         "$2y$05$LO.vzwpWC5LZGqThvEfznu8qhb5SGqvBSWY1J3yZ4AxtMRZ3kN5jC"
     );
     assert!(imp.get("auth.users").get("").is_some(), "{}", imp.text);
-    assert_eq!(imp.str("auth.github_auth.organization"), "acme");
-    assert_eq!(
-        imp.str("auth.github_auth.api_url"),
-        "https://github.acme.com/api/v3"
-    );
+    imp.expect(&[
+        ("auth.github_auth.organization", "acme"),
+        ("auth.github_auth.api_url", "https://github.acme.com/api/v3"),
+    ]);
     let acl = imp.get("auth.acl").as_array().unwrap();
     assert_eq!(acl.len(), 16);
     assert_eq!(acl[1]["match"]["ip"], "::1");
@@ -520,45 +524,32 @@ fn docker_auth_reference_imports() {
         acl[12]["match"]["labels"]["group"],
         "/.*?(?:trainee|dev).*/"
     );
-    for key in [
-        "google_auth",
-        "ldap_auth",
-        "mongo_auth",
-        "ext_auth",
-        "acl_mongo",
-        "ext_authz",
-        "server.letsencrypt",
-    ] {
-        assert!(
-            imp.noted(&format!("docker_auth: {key}")),
-            "{key}:\n{}",
-            imp.stderr
-        );
-    }
-    assert!(
-        imp.noted("docker_auth: acl[12].match.labels.group"),
-        "{}",
-        imp.stderr
+    imp.assert_noted(
+        "docker_auth",
+        &[
+            "google_auth",
+            "ldap_auth",
+            "mongo_auth",
+            "ext_auth",
+            "acl_mongo",
+            "ext_authz",
+            "server.letsencrypt",
+        ],
     );
+    imp.assert_noted("docker_auth", &["acl[12].match.labels.group"]);
     assert!(imp.stderr.contains("token_db"), "{}", imp.stderr);
 }
 
 #[test]
 fn docker_auth_simple_and_helm_chart_import() {
-    let imp = import(&[
-        "--docker-auth",
-        fixture("docker_auth/simple.yml").to_str().unwrap(),
-    ]);
-    check_passes(&imp);
+    let imp = docker_auth("simple.yml");
     assert_eq!(imp.get("auth.acl").as_array().unwrap().len(), 2);
 
-    let imp = import(&[
-        "--docker-auth",
-        fixture("docker_auth/helm-chart.yml").to_str().unwrap(),
+    let imp = docker_auth("helm-chart.yml");
+    imp.expect(&[
+        ("auth.key", "/config/certs/server.key"),
+        ("auth.certificate", "/config/certs/server.pem"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("auth.key"), "/config/certs/server.key");
-    assert_eq!(imp.str("auth.certificate"), "/config/certs/server.pem");
     assert_eq!(imp.get("auth.acl")[1]["match"]["account"], "test");
     assert_eq!(imp.get("auth.acl")[1]["actions"][0], "pull");
     assert_eq!(
@@ -569,30 +560,21 @@ fn docker_auth_simple_and_helm_chart_import() {
 
 #[test]
 fn docker_auth_oidc_imports() {
-    let imp = import(&[
-        "--docker-auth",
-        fixture("docker_auth/oidc.yml").to_str().unwrap(),
+    let imp = docker_auth("oidc.yml");
+    imp.expect(&[
+        ("auth.path", "/registry-auth/auth"),
+        ("auth.kid", "thumbprint"),
+        ("auth.real_ip_header", "X-Forwarded-For"),
+        ("auth.oidc_auth.issuer", "https://accounts.example.com"),
+        ("auth.oidc_auth.client_id", "docker-registry"),
+        ("auth.oidc_auth.username_claim", "email"),
+        ("auth.oidc_auth.groups_claim", "groups"),
     ]);
-    check_passes(&imp);
-    assert_eq!(imp.str("auth.path"), "/registry-auth/auth");
-    assert_eq!(imp.str("auth.kid"), "thumbprint");
-    assert_eq!(imp.str("auth.real_ip_header"), "X-Forwarded-For");
-    assert_eq!(
-        imp.str("auth.oidc_auth.issuer"),
-        "https://accounts.example.com"
-    );
-    assert_eq!(imp.str("auth.oidc_auth.client_id"), "docker-registry");
-    assert_eq!(imp.str("auth.oidc_auth.username_claim"), "email");
-    assert_eq!(imp.str("auth.oidc_auth.groups_claim"), "groups");
     let acl = imp.get("auth.acl");
     assert_eq!(acl[0]["match"]["labels"]["groups"], "/.*?(?:admins).*/");
     assert_eq!(acl[1]["match"]["account"], "/^(.+)@example\\.com$/");
     assert_eq!(acl[2]["match"]["name"], "/.*?(?:secret).*/");
-    assert!(
-        imp.noted("docker_auth: server.real_ip_pos"),
-        "{}",
-        imp.stderr
-    );
+    imp.assert_noted("docker_auth", &["server.real_ip_pos"]);
     assert!(imp.stderr.contains("level_token_db"), "{}", imp.stderr);
 }
 
@@ -607,17 +589,15 @@ fn distribution_and_docker_auth_together() {
     check_passes(&imp);
     // One process does both: no role restriction, the registry's service as audience.
     assert!(imp.get("role").is_null(), "{}", imp.text);
-    assert_eq!(imp.str("listen"), "localhost:5000");
-    assert_eq!(imp.str("auth.service"), "Docker registry");
-    assert_eq!(imp.str("auth.issuer"), "Acme auth server");
+    imp.expect(&[
+        ("listen", "localhost:5000"),
+        ("auth.service", "Docker registry"),
+        ("auth.issuer", "Acme auth server"),
+    ]);
     assert!(imp.get("auth.realm").is_null(), "{}", imp.text);
     assert_eq!(imp.str("auth.trusted_certificates"), "/path/to/server.pem");
-    assert!(imp.noted("docker_auth: server.addr"), "{}", imp.stderr);
-    assert!(
-        imp.noted("distribution: auth.token.realm"),
-        "{}",
-        imp.stderr
-    );
+    imp.assert_noted("docker_auth", &["server.addr"]);
+    imp.assert_noted("distribution", &["auth.token.realm"]);
 }
 
 #[test]

@@ -35,6 +35,23 @@ async fn record(seen: &mut String, r: reqwest::Response) -> (u16, Vec<u8>) {
     (status, body)
 }
 
+/// Send `req` and record what came back.
+async fn send(seen: &mut String, req: reqwest::RequestBuilder) -> (u16, Vec<u8>) {
+    record(seen, req.send().await.unwrap()).await
+}
+
+/// An OAuth2 form POSTed to the token endpoint at `base`.
+fn oauth(c: &reqwest::Client, base: &str, form: String) -> reqwest::RequestBuilder {
+    c.post(format!("{base}/auth"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+}
+
+/// A token response, parsed (token responses carry tokens by design and are not recorded).
+async fn json(req: reqwest::RequestBuilder) -> Value {
+    serde_json::from_slice(&req.send().await.unwrap().bytes().await.unwrap()).unwrap()
+}
+
 fn basic(user: &str, pw: &str) -> String {
     BASE64.encode(format!("{user}:{pw}").as_bytes())
 }
@@ -92,56 +109,43 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
     let mut tokens: Vec<String> = Vec::new();
 
     // An anonymous request: the challenge.
-    let r = m.get_manifest(&img.name, "v1").send().await.unwrap();
-    let (st, _) = record(&mut seen, r).await;
+    let (st, _) = send(&mut seen, m.get_manifest(&img.name, "v1")).await;
     assert_eq!(st, 401);
 
     // Logins that fail (GET with Basic, OAuth2 POST with a password): 4, under the throttle's 5.
     for _ in 0..2 {
-        let r = c
-            .get(format!(
+        let (st, _) = send(
+            &mut seen,
+            c.get(format!(
                 "{base}/auth?service=ocimirror&scope=repository:priv/app:pull"
             ))
-            .basic_auth("admin", Some(WRONG_ADMIN_PW))
-            .send()
-            .await
-            .unwrap();
-        let (st, _) = record(&mut seen, r).await;
+            .basic_auth("admin", Some(WRONG_ADMIN_PW)),
+        )
+        .await;
         assert!(st == 401 || st == 429, "{st}");
         let form = format!(
             "grant_type=password&service=ocimirror&client_id=t&username=admin&password={WRONG_ADMIN_PW}&scope=repository:priv/app:pull"
         );
-        let r = c
-            .post(format!("{base}/auth"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .unwrap();
-        let (st, _) = record(&mut seen, r).await;
+        let (st, _) = send(&mut seen, oauth(&c, &base, form)).await;
         assert!(st == 401 || st == 429, "{st}");
     }
     // A wrong bearer token (a password where a token belongs).
-    let r = m
-        .get_manifest(&img.name, "v1")
-        .bearer_auth(ADMIN_PW)
-        .send()
-        .await
-        .unwrap();
-    let (st, _) = record(&mut seen, r).await;
+    let (st, _) = send(
+        &mut seen,
+        m.get_manifest(&img.name, "v1").bearer_auth(ADMIN_PW),
+    )
+    .await;
     assert_eq!(st, 401);
 
     // Good logins: an access token (GET) and access + refresh tokens (POST, offline). These
     // responses carry tokens by design and are not searched.
-    let r = c
-        .get(format!(
+    let v = json(
+        c.get(format!(
             "{base}/auth?service=ocimirror&scope=repository:priv/app:pull&offline_token=true"
         ))
-        .basic_auth("admin", Some(ADMIN_PW))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        .basic_auth("admin", Some(ADMIN_PW)),
+    )
+    .await;
     let token = v["token"].as_str().expect("token").to_string();
     tokens.push(token.clone());
     if let Some(rt) = v["refresh_token"].as_str() {
@@ -150,14 +154,7 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
     let form = format!(
         "grant_type=password&service=ocimirror&client_id=t&username=admin&password={ADMIN_PW}&scope=repository:priv/app:pull&access_type=offline"
     );
-    let r = c
-        .post(format!("{base}/auth"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let v = json(oauth(&c, &base, form)).await;
     tokens.push(
         v["access_token"]
             .as_str()
@@ -170,25 +167,16 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         .to_string();
     tokens.push(refresh.clone());
     // The refresh token used where it does not belong, and for a new access token.
-    let r = m
-        .get_manifest(&img.name, "v1")
-        .bearer_auth(&refresh)
-        .send()
-        .await
-        .unwrap();
-    let (st, _) = record(&mut seen, r).await;
+    let (st, _) = send(
+        &mut seen,
+        m.get_manifest(&img.name, "v1").bearer_auth(&refresh),
+    )
+    .await;
     assert_eq!(st, 401);
     let form = format!(
         "grant_type=refresh_token&service=ocimirror&client_id=t&refresh_token={refresh}&scope=repository:priv/app:pull"
     );
-    let r = c
-        .post(format!("{base}/auth"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let v = json(oauth(&c, &base, form)).await;
     tokens.push(
         v["access_token"]
             .as_str()
@@ -197,42 +185,34 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
     );
 
     // Pulls with the token: manifest, every blob; an unknown tag and blob (upstream 404s).
-    let r = m
-        .get_manifest(&img.name, "v1")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = record(&mut seen, r).await;
+    let (st, body) = send(
+        &mut seen,
+        m.get_manifest(&img.name, "v1").bearer_auth(&token),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(body, img.manifest);
     for d in img.all_blobs() {
-        let r = m
-            .get_blob(&img.name, &d.digest)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        let (st, body) = record(&mut seen, r).await;
+        let (st, body) = send(
+            &mut seen,
+            m.get_blob(&img.name, &d.digest).bearer_auth(&token),
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(sha256_digest(&body), d.digest);
     }
-    let r = m
-        .get_manifest(&img.name, "nope")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (st, _) = record(&mut seen, r).await;
+    let (st, _) = send(
+        &mut seen,
+        m.get_manifest(&img.name, "nope").bearer_auth(&token),
+    )
+    .await;
     assert_eq!(st, 404);
     // Beyond the token's scope.
-    let r = m
-        .get_manifest("other/app", "v1")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (st, _) = record(&mut seen, r).await;
+    let (st, _) = send(
+        &mut seen,
+        m.get_manifest("other/app", "v1").bearer_auth(&token),
+    )
+    .await;
     assert!(st == 401 || st == 403, "{st}");
 
     let metrics = m.metrics().await;
@@ -253,25 +233,21 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
 
     // The same mirror with a wrong upstream password: the pull fails, and says nothing secret.
     m.restart(Some(opts(WRONG_UPSTREAM_PW))).await;
-    let r = c
-        .get(format!(
+    let v = json(
+        c.get(format!(
             "{}/auth?service=ocimirror&scope=repository:priv/other:pull",
             m.url()
         ))
-        .basic_auth("admin", Some(ADMIN_PW))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        .basic_auth("admin", Some(ADMIN_PW)),
+    )
+    .await;
     let token2 = v["token"].as_str().unwrap().to_string();
     tokens.push(token2.clone());
-    let r = m
-        .get_manifest("priv/other", "v1")
-        .bearer_auth(&token2)
-        .send()
-        .await
-        .unwrap();
-    let (st, _) = record(&mut seen, r).await;
+    let (st, _) = send(
+        &mut seen,
+        m.get_manifest("priv/other", "v1").bearer_auth(&token2),
+    )
+    .await;
     assert_ne!(st, 200);
     let metrics2 = m.metrics().await;
     let log = format!(

@@ -140,6 +140,33 @@ pub async fn stream_hash(resp: reqwest::Response) -> Result<(u64, String), (u64,
     Ok((n, format!("sha256:{}", hex::encode(ctx.finish().as_ref()))))
 }
 
+/// Send `req`, require a 200, and hash the body as it streams: (bytes, digest), or what went
+/// wrong as text (including a body shorter or longer than its Content-Length).
+pub async fn fetch_hash(req: reqwest::RequestBuilder) -> Result<(u64, String), String> {
+    let r = req
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = r.status().as_u16();
+    if status != 200 {
+        let body = r.text().await.unwrap_or_default();
+        return Err(format!("status {status}: {body}"));
+    }
+    let cl = r
+        .headers()
+        .get("content-length")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let got = stream_hash(r)
+        .await
+        .map_err(|(n, e)| format!("body broke after {n} bytes: {e}"))?;
+    if let Some(cl) = cl
+        && cl != got.0.to_string()
+    {
+        return Err(format!("Content-Length {cl} but {} bytes", got.0));
+    }
+    Ok(got)
+}
+
 pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name)
         .unwrap_or_else(|| panic!("missing header {name}: {h:?}"))

@@ -382,6 +382,38 @@ pub fn ocimirror_keygen(dir: &std::path::Path) -> (String, String) {
     (key.display().to_string(), cert.display().to_string())
 }
 
+/// A token-signing key and certificate written by `ocimirror keygen` into a directory of their
+/// own, removed on drop.
+pub struct TokenKeys {
+    _dir: Option<tempfile::TempDir>,
+    pub key: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+}
+
+impl TokenKeys {
+    pub fn generate() -> TokenKeys {
+        let dir = tempfile::Builder::new()
+            .prefix("ocim-keys")
+            .tempdir()
+            .unwrap();
+        let (key, cert) = ocimirror_keygen(dir.path());
+        TokenKeys {
+            _dir: Some(dir),
+            key: key.into(),
+            cert: cert.into(),
+        }
+    }
+
+    /// A pair made elsewhere (and kept there).
+    pub fn from_files(key: std::path::PathBuf, cert: std::path::PathBuf) -> TokenKeys {
+        TokenKeys {
+            _dir: None,
+            key,
+            cert,
+        }
+    }
+}
+
 /// `ocimirror hash-password --cost 4` of `pw`.
 pub fn ocimirror_hash_password(pw: &str) -> String {
     let mut child = Command::new(ocimirror_bin())

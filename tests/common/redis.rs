@@ -3,37 +3,31 @@
 //! real servers: a master, its replica and Sentinels (`redis-server --sentinel`) that fail it
 //! over, and a three-node Cluster.
 
-use std::fs;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use tempfile::TempDir;
-
 use super::{free_port, q, tool_or_skip};
+
+#[path = "../parts/redis_process.rs"]
+mod process;
+
+use process::{RedisProcess, redis_server_runs};
 
 /// A real `redis-server` on a loopback port, no persistence, in a temporary directory; killed on
 /// drop. [`RedisServer::stop`] and [`RedisServer::run`] again on the same port make an outage.
 pub struct RedisServer {
-    dir: TempDir,
+    process: RedisProcess,
     pub port: u16,
-    child: Option<Child>,
     /// `requirepass`, when started with [`RedisServer::start_with_password`].
     password: Option<String>,
-    /// Written to `redis.conf` in `dir` before the first start and passed first (a Sentinel
-    /// rewrites it, and reads it back on a restart).
-    conf: Option<String>,
-    /// More arguments, after the common ones.
-    extra: Vec<String>,
-    /// The log line that says the server serves.
-    ready: &'static str,
 }
 
 fn redis_installed() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    tool_or_skip(found, "redis-server", "apt-get install redis-server")
+    tool_or_skip(
+        redis_server_runs(),
+        "redis-server",
+        "apt-get install redis-server",
+    )
 }
 
 impl RedisServer {
@@ -56,23 +50,24 @@ impl RedisServer {
         Some(s)
     }
 
+    /// `conf`: a `redis.conf` passed first; `extra`: arguments after the port and password;
+    /// `ready`: the log line that says it serves.
     fn new(
         password: Option<String>,
         conf: Option<String>,
         extra: Vec<String>,
         ready: &'static str,
     ) -> RedisServer {
+        let port = free_port();
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        if let Some(pw) = &password {
+            args.extend(["--requirepass".to_string(), pw.clone()]);
+        }
+        args.extend(extra);
         RedisServer {
-            dir: tempfile::Builder::new()
-                .prefix("ocim-redis")
-                .tempdir()
-                .unwrap(),
-            port: free_port(),
-            child: None,
+            process: RedisProcess::new(conf, args, ready),
+            port,
             password,
-            conf,
-            extra,
-            ready,
         }
     }
 
@@ -82,6 +77,20 @@ impl RedisServer {
         let mut s = RedisServer::new(None, None, extra, "Ready to accept connections");
         s.run().await;
         s
+    }
+
+    /// Start (again) on the same port, empty.
+    pub async fn run(&mut self) {
+        self.process.run().await;
+    }
+
+    /// SIGKILL (an outage: connections drop, the port refuses).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.pid().is_some()
     }
 
     pub fn addr(&self) -> String {
@@ -101,63 +110,6 @@ impl RedisServer {
             "cache:\n  backend: redis\n  redis:\n    url: {}\n",
             q(&self.url())
         )
-    }
-
-    /// Start (again) on the same port, empty.
-    pub async fn run(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let log = self.dir.path().join("redis.log");
-        let _ = fs::remove_file(&log);
-        let mut cmd = Command::new("redis-server");
-        let conf_path = self.dir.path().join("redis.conf");
-        if let Some(conf) = &self.conf {
-            if !conf_path.exists() {
-                fs::write(&conf_path, conf).unwrap();
-            }
-            cmd.arg(&conf_path);
-        }
-        if let Some(pw) = &self.password {
-            cmd.arg("--requirepass").arg(pw);
-        }
-        let mut child = cmd
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        for _ in 0..200 {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(self.ready) {
-                self.child = Some(child);
-                return;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis-server exited ({status}):\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "redis-server not ready after 10s:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    /// SIGKILL (an outage: connections drop, the port refuses).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 
     /// A direct connection, with bounds generous enough for a loaded test machine (the
@@ -345,7 +297,7 @@ impl RedisCluster {
     /// Wait (up to 20 s) until every running node says the cluster is ok.
     pub async fn wait_ok(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
             loop {
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
@@ -381,18 +333,12 @@ impl RedisCluster {
     pub async fn keys_per_node(&self, pattern: &str) -> Vec<Vec<String>> {
         let mut all = Vec::new();
         for n in &self.nodes {
-            all.push(if n.child.is_some() {
+            all.push(if n.is_running() {
                 n.keys(pattern).await
             } else {
                 Vec::new()
             });
         }
         all
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -1,68 +1,23 @@
 //! SeaweedFS (`weed server`) as a real S3 service on loopback ports, with the test bucket.
 
-use std::fs;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use super::{S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, s3_operator, s3_storage_yaml, tool_or_skip};
 
-use serde_json::json;
-use tempfile::TempDir;
+#[path = "../parts/weed_process.rs"]
+mod process;
 
-use super::{
-    S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, client, s3_operator, s3_storage_yaml, tail,
-    tool_or_skip,
-};
+use process::{WeedProcess, find_weed};
 
 /// SeaweedFS (`weed server`: master, volume, filer and S3 with the test keys) on free loopback
 /// ports with the test bucket; killed on drop.
 pub struct Weed {
-    child: Child,
-    dir: TempDir,
-    ports: Vec<u16>,
+    process: WeedProcess,
     pub endpoint: String,
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- weed log tail ----\n{}", self.log_tail());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Unix sockets it keeps beside its ports, in /tmp whatever -dir says.
-        for port in &self.ports {
-            for kind in [
-                "master-grpc",
-                "volume-grpc",
-                "filer",
-                "filer-grpc",
-                "s3",
-                "s3-grpc",
-            ] {
-                let _ = fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
-            }
-        }
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 impl Weed {
     /// `None` (skip) when `weed` is not on PATH, unless `OCIMIRROR_REQUIRE_ALL`.
     pub async fn start() -> Option<Weed> {
-        let weed = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("weed"))
-                .find(|p| p.is_file())
-        });
+        let weed = find_weed();
         if !tool_or_skip(
             weed.is_some(),
             "SeaweedFS (`weed` on PATH)",
@@ -70,101 +25,25 @@ impl Weed {
         ) {
             return None;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("ocim-weed")
-            .tempdir()
-            .unwrap();
-        let data = dir.path().join("data");
-        fs::create_dir(&data).unwrap();
-        let s3_config = dir.path().join("s3.json");
-        fs::write(
-            &s3_config,
-            json!({"identities": [{
-                "name": "ocimirror",
-                "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }]})
-            .to_string(),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("weed.log")).unwrap();
-        let ports = free_ports(8);
-        let [
-            master,
-            master_grpc,
-            volume,
-            volume_grpc,
-            filer,
-            filer_grpc,
-            s3,
-            s3_grpc,
-        ] = ports[..].try_into().unwrap();
-        let started = Instant::now();
-        let child = Command::new(weed.unwrap())
-            .arg("server")
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-dir={}", data.display()))
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-master.port.grpc={master_grpc}"))
-            // No reports to the project's telemetry service: loopback only.
-            .arg("-master.telemetry=false")
-            .arg("-master.volumeSizeLimitMB=64")
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-volume.port.grpc={volume_grpc}"))
-            .arg("-filer")
-            .arg(format!("-filer.port={filer}"))
-            .arg(format!("-filer.port.grpc={filer_grpc}"))
-            .arg("-s3")
-            .arg(format!("-s3.port={s3}"))
-            .arg(format!("-s3.port.grpc={s3_grpc}"))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.config={}", s3_config.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start weed");
-        let weed = Weed {
-            child,
-            dir,
-            ports: ports.clone(),
-            endpoint: format!("http://127.0.0.1:{s3}"),
-        };
-        // The bucket is a directory under /buckets on the filer; then wait until S3 accepts a
-        // signed write (a volume server must have joined first).
-        let http = client();
-        let probe = s3_operator(&weed.endpoint, "probe");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut bucket = false;
-        loop {
-            if !bucket {
-                bucket = http
-                    .post(format!("http://127.0.0.1:{filer}/buckets/{S3_BUCKET}/"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-            }
-            if bucket && probe.write("p", b"p".to_vec()).await.is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not come up in 90 s:\n{}",
-                weed.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        eprintln!(
-            "SeaweedFS up in {:.1} s on {}",
-            started.elapsed().as_secs_f64(),
-            weed.endpoint
-        );
-        Some(weed)
+        let process = WeedProcess::spawn(&weed?, S3_ACCESS_KEY, S3_SECRET_KEY);
+        let probe = s3_operator(&process.endpoint, "probe");
+        process
+            .ready(S3_BUCKET, || async {
+                probe.write("p", b"p".to_vec()).await.is_ok()
+            })
+            .await;
+        Some(Weed {
+            endpoint: process.endpoint.clone(),
+            process,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     pub fn log_tail(&self) -> String {
-        tail(&self.dir.path().join("weed.log"), 30)
+        self.process.log_tail()
     }
 
     pub fn storage_yaml(&self, root: &str) -> String {

