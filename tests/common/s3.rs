@@ -10,6 +10,11 @@ use tempfile::TempDir;
 
 use super::q;
 
+#[path = "../parts/s3s_serve.rs"]
+mod s3s_serve;
+
+use s3s_serve::serve_s3;
+
 pub const S3_ACCESS_KEY: &str = "AKIAOCIMIRRORTEST";
 pub const S3_SECRET_KEY: &str = "ocimirror-test-secret-key/with+odd=chars";
 pub const S3_BUCKET: &str = "ocimirror-test";
@@ -182,9 +187,6 @@ impl Drop for S3Server {
 
 impl S3Server {
     pub async fn start() -> S3Server {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use hyper_util::server::conn::auto::Builder as ConnBuilder;
-
         let dir = tempfile::Builder::new()
             .prefix("ocim-s3")
             .tempdir()
@@ -197,29 +199,9 @@ impl S3Server {
             delay_ms: slow_ms.clone(),
             missing_head_ms: missing_head_ms.clone(),
         };
-        let mut b = s3s::service::S3ServiceBuilder::new(fs);
-        b.set_auth(s3s::auth::SimpleAuth::from_single(
-            S3_ACCESS_KEY,
-            S3_SECRET_KEY,
-        ));
-        let service = b.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let _ = ConnBuilder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                });
-            }
-        });
+        let (endpoint, task) = serve_s3(fs, S3_ACCESS_KEY, S3_SECRET_KEY).await;
         S3Server {
-            endpoint: format!("http://{addr}"),
+            endpoint,
             dir,
             task,
             slow_ms,

@@ -55,33 +55,16 @@ impl S3sServer {
     }
 }
 
-async fn s3s_server() -> S3sServer {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+#[path = "../../../tests/parts/s3s_serve.rs"]
+mod s3s_serve;
 
+async fn s3s_server() -> S3sServer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
     let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
-    let mut b = s3s::service::S3ServiceBuilder::new(fs);
-    b.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
-    let service = b.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = ConnBuilder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    });
+    let (endpoint, task) = s3s_serve::serve_s3(fs, AK, SK).await;
     S3sServer {
-        endpoint: format!("http://{addr}"),
+        endpoint,
         dir,
         task,
     }
