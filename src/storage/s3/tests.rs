@@ -496,6 +496,8 @@ async fn seaweedfs_behaviour_suite_and_checks() {
     distribution_layout(&weed.s3).await;
     signatures_are_checked(&weed.s3).await;
     abandoned_uploads_are_aborted(&weed.s3).await;
+    // SigV4 query signing: the access key id is in the URL, the secret never.
+    suite::presigned_reads(&s, Some(SK), true).await;
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", weed.child.id())) {
         let rss = status
             .lines()
