@@ -30,6 +30,7 @@ done
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ -n ${OCIMIRROR_BIN:-} ]]; then
   BIN=$(realpath "$OCIMIRROR_BIN") BUILD="binary given in OCIMIRROR_BIN"
+  [[ $BIN == */debug/* ]] && BUILD="DEBUG build (unoptimised), given in OCIMIRROR_BIN"
 elif [[ -x $TARGET/release/ocimirror ]]; then
   BIN=$TARGET/release/ocimirror BUILD="release build"
 else
@@ -172,7 +173,8 @@ import json, sys
 r = json.loads(sys.argv[1]); mode = sys.argv[2]
 cpu = float(sys.argv[4]) - float(sys.argv[3]); sent = float(sys.argv[6]) - float(sys.argv[5])
 mib = r["bytes"] / r["seconds"] / 2**20
-print(f"| redirect {mode} | {mib:.0f} | {r[\"responses\"] / r[\"seconds\"]:.0f} | {r[\"redirects\"]} | {cpu:.2f} | {sent / 2**20:.1f} |")
+rate = r["responses"] / r["seconds"]
+print("| redirect %s | %.0f | %.0f | %d | %.2f | %.1f |" % (mode, mib, rate, r["redirects"], cpu, sent / 2**20))
 ' "$res" "$mode" "$cpu0" "$cpu1" "$sent0" "$sent1")")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 done
