@@ -144,6 +144,9 @@ pub async fn build_registry_on(
     if let Some(log) = access {
         registry = registry.with_access_log(log);
     }
+    if let Some(r) = &s.redirect {
+        registry = registry.with_redirect(r.expiry);
+    }
     Ok(Arc::new(registry))
 }
 

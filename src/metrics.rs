@@ -108,6 +108,8 @@ catalogue! {
         "Fill leases taken over from another replica, by reason (holder_gone, lease_free).";
     FILL_RESUMES = Counter "ocimirror_fill_resumes_total" ["from"]
         "Fills continued from the bytes already held instead of restarting, by where the rest came from.";
+    BLOB_REDIRECTS = Counter "ocimirror_blob_redirects_total" []
+        "Blob GETs answered with a redirect to a presigned URL of the stored object (storage.redirect).";
     BLOB_FIRST_BYTE = Histogram "ocimirror_blob_first_byte_seconds" ["source"]
         "Time from a blob GET to its first body byte being available, by source (upstream, peer, storage).";
     // The fleet's peer streams (`registry/fetch.rs` relaying, `cluster/` serving).

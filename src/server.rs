@@ -200,6 +200,12 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             s.limits.real_ip_header.as_deref(),
         ),
     );
+    if let Some(policy) = &s.redirect {
+        state = state.with_redirect(crate::http::redirect::RedirectClients::new(
+            policy.clone(),
+            s.limits.real_ip_header.as_deref(),
+        ));
+    }
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {

@@ -498,3 +498,77 @@ async fn login_to_the_token_service_then_pull() {
     ]));
     assert_image_in(&read_oci_layout(&dest), &img);
 }
+
+/// containerd pulls through a mirror with `storage.redirect` on SeaweedFS: the blobs come from
+/// the store (followed `307`s), and the `Ocimirror-No-Redirect` header, set in hosts.toml's
+/// `header` table, keeps a client on the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_follows_redirects_to_the_store() {
+    if !tool_or_skip(
+        have("containerd") && have("ctr") && is_root(),
+        "containerd and ctr, run as root",
+        "apt-get install containerd",
+    ) {
+        return;
+    }
+    let Some(weed) = Weed::start().await else {
+        return;
+    };
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg
+        .pusher()
+        .push_image("acme/redirected", "v1", &runnable_image(706))
+        .await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).storage_yaml(
+        &(weed.storage_yaml("/containerd") + "  redirect:\n    enabled: true\n    expiry: 5m\n"),
+    ))
+    .await;
+    // Stored by a first pull, through the mirror.
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+    let redirects = || m.metric("ocimirror_blob_redirects_total", &[]);
+    assert_eq!(redirects().await, 0.0);
+    let name = format!("{}/acme/redirected:v1", reg.hostport());
+    for (opt_out, expected) in [(false, 2.0), (true, 2.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ctrd = Containerd::start(dir.path());
+        let hosts_dir = dir.path().join("certs.d");
+        let d = hosts_dir.join(reg.hostport());
+        fs::create_dir_all(&d).unwrap();
+        let header = if opt_out {
+            format!(
+                "  [host.\"{}/v2\".header]\n    ocimirror-no-redirect = \"1\"\n",
+                m.url()
+            )
+        } else {
+            String::new()
+        };
+        fs::write(
+            d.join("hosts.toml"),
+            format!(
+                "server = \"{}\"\n\n[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+                 override_path = true\n{header}",
+                closed_url(),
+                m.url()
+            ),
+        )
+        .unwrap();
+        run(&mut ctrd.ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            &name,
+        ]));
+        let list = run(&mut ctrd.ctr(&["images", "ls"]));
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(&name) && l.contains(&img.digest)),
+            "{list}"
+        );
+        // The config and the layer: from the store the first time, from the mirror with the
+        // header (the count stays).
+        assert_eq!(redirects().await, expected, "opt-out {opt_out}");
+    }
+}

@@ -254,6 +254,8 @@ pub struct Settings {
     pub read_only: bool,
     /// `None`: storage operations are never cut short.
     pub storage_breaker: Option<crate::storage::breaker::BreakerPolicy>,
+    /// `None`: blob bytes always go through the mirror.
+    pub redirect: Option<crate::storage::config::RedirectPolicy>,
     pub cache_max_entries: usize,
     pub cache_backend: CacheBackend,
     pub redis: RedisConfig,
@@ -598,6 +600,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         azblob: c.storage.azblob.clone(),
         read_only: c.storage.read_only,
         storage_breaker: c.storage.breaker.check().ok().flatten(),
+        redirect: c.storage.redirect_policy().ok().flatten(),
         cache_max_entries: c.cache.memory.max_entries,
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),

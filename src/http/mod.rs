@@ -6,6 +6,7 @@ pub mod conn;
 pub mod endpoint;
 pub mod gate;
 pub mod limit;
+pub mod redirect;
 pub mod scrape;
 pub mod stream;
 pub mod tls;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub metrics_access: scrape::MetricsAccess,
     /// The cap on open blob streams and their send timeout; `None`: unbounded.
     pub blob_streams: Option<stream::BlobStreams>,
+    /// Who may be sent to the store for a blob's bytes; `None`: redirects are off.
+    pub redirect: Option<redirect::RedirectClients>,
 }
 
 impl AppState {
@@ -74,7 +77,16 @@ impl AppState {
             status_page: None,
             metrics_access: scrape::MetricsAccess::default(),
             blob_streams: None,
+            redirect: None,
         })
+    }
+
+    /// Send the clients `clients` allows to the store for stored blobs.
+    pub fn with_redirect(mut self: Arc<Self>, clients: redirect::RedirectClients) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .redirect = Some(clients);
+        self
     }
 
     /// Serve `/metrics` as `access` says (on its own listener, behind a token).
@@ -351,11 +363,15 @@ async fn serve(
                 Some(s) if !head => Some(s.open(headers, peer)?),
                 _ => None,
             };
+            let redirect = state
+                .redirect
+                .as_ref()
+                .is_some_and(|r| r.allow(headers, peer));
             blob(
                 registry,
                 &name,
                 &digest,
-                head,
+                (head, redirect),
                 headers,
                 streams.zip(permit),
                 conn,
@@ -472,11 +488,12 @@ async fn manifest(
     Ok(builder.body(body).expect("valid response"))
 }
 
+/// `(head, redirect)`: a HEAD; whether the client may be sent to the store.
 async fn blob(
     registry: &Arc<Registry>,
     name: &RepoName,
     digest: &Digest,
-    head: bool,
+    (head, redirect): (bool, bool),
     headers: &HeaderMap,
     streams: Option<(&stream::BlobStreams, stream::StreamPermit)>,
     conn: Option<stream::ConnCloser>,
@@ -489,7 +506,16 @@ async fn blob(
                 .and_then(|s| ByteRange::parse(s).map_err(ApiError::from))
         })
         .transpose()?;
-    let reply = registry.blob(name, digest, range, head).await?;
+    let reply = if redirect {
+        registry
+            .blob_redirectable(name, digest, range, head)
+            .await?
+    } else {
+        registry.blob(name, digest, range, head).await?
+    };
+    if let Some(location) = &reply.location {
+        return Ok(redirect::response(digest, location));
+    }
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("docker-content-digest", digest.to_string())

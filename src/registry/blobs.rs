@@ -25,7 +25,35 @@ impl Registry {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, RegistryError> {
-        let mut reply = self.blob_reply(name, digest, range, head).await?;
+        self.blob_to(name, digest, range, head, false).await
+    }
+
+    /// [`Registry::blob`] for a client that may be sent to the store: with redirects on, a
+    /// whole-blob GET of a blob in storage (under a repository that may read it, as for any
+    /// answer) is answered with a presigned URL of the object instead of its bytes. HEAD,
+    /// ranges and misses are answered as by [`Registry::blob`]; a store that cannot presign
+    /// serves the bytes.
+    pub async fn blob_redirectable(
+        self: &Arc<Self>,
+        name: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobReply, RegistryError> {
+        self.blob_to(name, digest, range, head, self.redirect.is_some())
+            .await
+    }
+
+    async fn blob_to(
+        self: &Arc<Self>,
+        name: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+        redirect: bool,
+    ) -> Result<BlobReply, RegistryError> {
+        // A pull all the same: noted for expiry below (`touch`, as there is no body to hold).
+        let mut reply = self.blob_reply(name, digest, range, head, redirect).await?;
         if let Some(log) = &self.access {
             match reply.body.take() {
                 // Held until the stream ends, so that expiry leaves it alone meanwhile.
@@ -51,6 +79,7 @@ impl Registry {
         digest: &Digest,
         range: Option<ByteRange>,
         head: bool,
+        redirect: bool,
     ) -> Result<BlobReply, RegistryError> {
         let started = Instant::now();
         let repo = self.upstream.canonical_name(name);
@@ -87,6 +116,7 @@ impl Registry {
                                 size,
                                 range: None,
                                 body: None,
+                                location: None,
                             });
                         }
                     }
@@ -94,7 +124,10 @@ impl Registry {
             }
         }
         if let Some(meta) = data {
-            match self.serve_stored(digest, meta, range, head, started).await {
+            match self
+                .serve_stored(digest, meta, range, head, redirect, started)
+                .await
+            {
                 // Expired and deleted since the look above: fetch it again like any miss.
                 Err(RegistryError::Storage(e)) if e.is_not_found() => {
                     tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
@@ -117,6 +150,7 @@ impl Registry {
                     size,
                     range: None,
                     body: None,
+                    location: None,
                 });
             }
             let size = self
@@ -128,6 +162,7 @@ impl Registry {
                 size,
                 range: None,
                 body: None,
+                location: None,
             });
         }
         let fill = match self.obtain(&repo, digest).await? {
@@ -146,7 +181,9 @@ impl Registry {
                 if !linked && self.storage.stat(&link_key).await?.is_none() {
                     self.confirm(&repo, digest).await?;
                 }
-                return self.serve_stored(digest, meta, range, head, started).await;
+                return self
+                    .serve_stored(digest, meta, range, head, redirect, started)
+                    .await;
             }
         };
         let size = match fill.started().await.map_err(blob_upstream_error)? {
@@ -166,6 +203,7 @@ impl Registry {
             size,
             range: resolved,
             body: Some(timed(body, started, move || fill.origin().as_str())),
+            location: None,
         })
     }
 
@@ -188,9 +226,23 @@ impl Registry {
         meta: ObjectMeta,
         range: Option<ByteRange>,
         head: bool,
+        redirect: bool,
         started: Instant,
     ) -> Result<BlobReply, RegistryError> {
         let resolved = resolve(range, meta.size)?;
+        if redirect
+            && !head
+            && resolved.is_none()
+            && let Some(location) = self.presigned(digest).await
+        {
+            metrics::counter!(crate::metrics::BLOB_REDIRECTS).increment(1);
+            return Ok(BlobReply {
+                size: meta.size,
+                range: None,
+                body: None,
+                location: Some(location),
+            });
+        }
         let body = if head {
             None
         } else {
@@ -209,7 +261,30 @@ impl Registry {
             size: meta.size,
             range: resolved,
             body,
+            location: None,
         })
+    }
+
+    /// A presigned URL of the stored blob, or `None` (the bytes are served) when the store
+    /// cannot make one. A failure is counted (`ocimirror_storage_errors_total{op="presign"}`)
+    /// and logged once per process: it repeats for every pull until the credentials change.
+    async fn presigned(&self, digest: &Digest) -> Option<String> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let expiry = self.redirect?;
+        match self
+            .storage
+            .presign_read(&layout::blob_data(digest), expiry)
+            .await
+        {
+            Ok(url) => url,
+            Err(e) => {
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot presign a blob URL; serving blobs through the mirror");
+                }
+                None
+            }
+        }
     }
 }
 

@@ -83,11 +83,13 @@ pub struct Manifest {
 }
 
 /// A blob answer: the full size, the inclusive range served (None: the whole blob) and the body
-/// (None for HEAD).
+/// (None for HEAD), or where the client reads the bytes instead (`location`, a presigned URL of
+/// the stored object, with no body).
 pub struct BlobReply {
     pub size: u64,
     pub range: Option<(u64, u64)>,
     pub body: Option<ClientStream>,
+    pub location: Option<String>,
 }
 
 /// A fill in progress, as a peer streams it.
@@ -136,6 +138,8 @@ pub struct Registry {
     /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
     access: Option<Arc<AccessLog>>,
     verifier: Option<Arc<crate::verify::Verifier>>,
+    /// How long a presigned URL of a stored blob lives; `None`: blobs are never redirected.
+    redirect: Option<Duration>,
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -171,12 +175,20 @@ impl Registry {
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
             access: None,
             verifier: None,
+            redirect: None,
         }
     }
 
     /// Note every pull in `log`, for expiry.
     pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Self {
         self.access = Some(log);
+        self
+    }
+
+    /// Answer whole-blob GETs of stored blobs that allow it with a URL of the object in the
+    /// store, valid for `expiry` (see [`Registry::blob_redirectable`]).
+    pub fn with_redirect(mut self, expiry: Duration) -> Self {
+        self.redirect = Some(expiry);
         self
     }
 

@@ -344,6 +344,14 @@ impl Storage for Breaker {
         )
         .await
     }
+    /// Not guarded: signing is local, and a failure to sign says nothing of the store's health.
+    async fn presign_read(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        self.inner.presign_read(key, expiry).await
+    }
 }
 
 struct GuardedWriter {

@@ -19,6 +19,7 @@ use opendal::Operator;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::presign::{AzureSas, Presigner};
 use super::s3::{DEFAULT_PART_SIZE_MIB, config_error, nonempty, read_secret_file};
 use super::{ObjectStorage, StorageError};
 
@@ -265,8 +266,19 @@ impl ObjectStorage {
         let secret = |p: &PathBuf, key: &str| {
             read_secret_file(p).map_err(|m| config_error(format!("storage.azblob.{key}: {m}")))
         };
+        let mut presigner = Presigner::None;
         match (&config.account_key_file, &config.sas_token_file) {
-            (Some(k), _) => b = b.account_key(&secret(k, "account_key_file")?),
+            (Some(k), _) => {
+                let key = secret(k, "account_key_file")?;
+                b = b.account_key(&key);
+                presigner = Presigner::AzureKey(AzureSas {
+                    endpoint: endpoint.clone(),
+                    account: account.unwrap_or_default().to_owned(),
+                    key,
+                    container: container.to_owned(),
+                    root: root.trim_matches('/').to_owned(),
+                });
+            }
             (None, Some(s)) => {
                 let sas = secret(s, "sas_token_file")?;
                 b = b.sas_token(sas.trim_start_matches('?'));
@@ -285,7 +297,8 @@ impl ObjectStorage {
             (DEFAULT_PART_SIZE_MIB * 1024 * 1024) as usize,
             describe,
             None,
-        ))
+        )
+        .with_presigner(presigner))
     }
 }
 

@@ -56,6 +56,13 @@ impl Storage for Counted {
     async fn remove_abandoned(&self, age: Duration) -> Result<usize, StorageError> {
         counted("delete", self.0.remove_abandoned(age).await)
     }
+    async fn presign_read(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        counted("presign", self.0.presign_read(key, expiry).await)
+    }
 }
 
 struct CountedWriter(Box<dyn ObjectWriter>);

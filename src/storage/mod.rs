@@ -9,6 +9,7 @@ mod counted;
 mod fs;
 mod memory;
 mod object;
+mod presign;
 mod s3;
 
 use std::pin::Pin;
@@ -97,6 +98,17 @@ pub trait Storage: Send + Sync + 'static {
     async fn remove_abandoned(&self, age: Duration) -> Result<usize, StorageError> {
         let _ = age;
         Ok(0)
+    }
+    /// A URL that reads `key` without credentials until `expiry` has passed (a presigned
+    /// request), for clients sent to the store itself (`storage.redirect`). `None`: this store
+    /// cannot hand out such URLs (a filesystem), and the bytes go through the mirror.
+    async fn presign_read(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let _ = (key, expiry);
+        Ok(None)
     }
 }
 

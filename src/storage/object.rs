@@ -17,6 +17,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind, Operator};
 
+use super::presign::Presigner;
 use super::s3::UploadSweeper;
 use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError, check_key};
 
@@ -44,6 +45,7 @@ pub struct ObjectStorage {
     describe: String,
     /// S3 only: the sweeper of multipart uploads killed writers left behind.
     uploads: Option<UploadSweeper>,
+    presigner: Presigner,
 }
 
 impl fmt::Debug for ObjectStorage {
@@ -75,7 +77,14 @@ impl ObjectStorage {
             part_size,
             describe,
             uploads,
+            presigner: Presigner::Operator,
         }
+    }
+
+    /// Presigned URLs made by `presigner` rather than OpenDAL.
+    pub(super) fn with_presigner(mut self, presigner: Presigner) -> ObjectStorage {
+        self.presigner = presigner;
+        self
     }
 
     /// One request that needs the bucket and the credentials (a one-key listing of the root), for
@@ -211,6 +220,15 @@ impl Storage for ObjectStorage {
             Some(u) => u.sweep(age).await,
             None => Ok(0),
         }
+    }
+
+    async fn presign_read(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        check_key(key)?;
+        self.presigner.presign_read(&self.op, key, expiry).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

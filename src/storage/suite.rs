@@ -289,3 +289,55 @@ async fn concurrent_writers(s: &dyn Storage) {
         got.len()
     );
 }
+
+/// Presigned reads (`storage.redirect`): a URL a plain client GETs the object with, carrying no
+/// `secret`; with `expires` (a store that checks signatures), refused once its expiry passed.
+pub async fn presigned_reads(s: &dyn Storage, secret: Option<&str>, expires: bool) {
+    let key = "docker/registry/v2/blobs/sha256/pr/presigned/data";
+    s.put(key, Bytes::from_static(b"presigned bytes"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = s
+        .presign_read(key, std::time::Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("this store presigns");
+    if let Some(secret) = secret {
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        assert!(!url.contains(secret) && !url.contains(&encoded), "{url}");
+    }
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        Bytes::from_static(b"presigned bytes")
+    );
+    if expires {
+        // The signature covers the key: another key's URL is not made from this one.
+        let other = url.replace("/presigned/", "/other/");
+        assert!(
+            http.get(&other)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_client_error()
+        );
+        let short = s
+            .presign_read(key, std::time::Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(http.get(&short).send().await.unwrap().status(), 200);
+        // Signatures have whole seconds: well past the expiry.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let r = http.get(&short).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            403,
+            "{short}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+}

@@ -10,10 +10,12 @@
 //!   requests.
 //! - `skopeo`, `http`, `stored`: the client, HTTP assertions, what landed in storage.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
+//! - `azurite`: Azure Blob Storage (Azurite) as a store.
 //!
 //! Everything is re-exported here, so tests `use common::*`. Nothing reaches beyond 127.0.0.1.
 #![allow(dead_code)]
 
+mod azurite;
 mod http;
 mod images;
 mod mirror;
@@ -29,8 +31,8 @@ mod weed;
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*, stored::*,
-    upstream::*, weed::*,
+    azurite::*, http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*,
+    stored::*, upstream::*, weed::*,
 };
 
 use std::fs;

