@@ -3,92 +3,23 @@
 //! Azure Blob Storage. fake-gcs-server has no XML multipart uploads, so objects larger than one
 //! part (8 MiB) are not written to it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::{AzblobConfig, GcsConfig};
 use crate::storage::{ObjectStorage, Storage, suite};
 
+#[path = "../../../tests/parts/cloud_emulators.rs"]
+mod emulators;
+
+use emulators::{
+    AZURITE_ACCOUNT as AZ_ACCOUNT, AZURITE_KEY as AZ_KEY, Emulator, on_path, start_azurite,
+    start_fake_gcs,
+};
+
 const BUCKET: &str = "ocimirror-test";
-/// Azurite's well-known development account and key (public, in Microsoft's documentation).
-const AZ_ACCOUNT: &str = "devstoreaccount1";
-const AZ_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
-
-/// An emulator process, killed on drop.
-struct Emulator {
-    child: Child,
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Emulator {
-    fn start(
-        bin: &Path,
-        args: impl Fn(u16, &Path) -> Vec<String>,
-        endpoint: impl Fn(u16) -> String,
-    ) -> Emulator {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(bin)
-            .args(args(port, dir.path()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        Emulator {
-            child,
-            dir,
-            endpoint: endpoint(port),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// Retry `create` (the bucket or container) until the emulator answers it.
-    async fn ready(&self, what: &str, create: impl AsyncFn() -> Result<(), String>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match create().await {
-                Ok(()) => return,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "{what} did not come up: {e}\n{}",
-                    self.log()
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 async fn fake_gcs() -> Option<Emulator> {
     let bin = on_path("fake-gcs-server");
@@ -99,84 +30,7 @@ async fn fake_gcs() -> Option<Emulator> {
     ) {
         return None;
     }
-    let e = Emulator::start(
-        &bin?,
-        |port, _| {
-            let at = format!("127.0.0.1:{port}");
-            [
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-backend",
-                "memory",
-                "-log-level",
-                "warn",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                "-port".into(),
-                port.to_string(),
-                "-public-host".into(),
-                at.clone(),
-                "-external-url".into(),
-                format!("http://{at}"),
-            ])
-            .collect()
-        },
-        |port| format!("http://127.0.0.1:{port}"),
-    );
-    let http = reqwest::Client::new();
-    e.ready("fake-gcs-server", async || {
-        let r = http
-            .post(format!("{}/storage/v1/b", e.endpoint))
-            .header("content-type", "application/json")
-            .body(serde_json::json!({ "name": BUCKET }).to_string())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("bucket creation: {}", r.status()))
-        }
-    })
-    .await;
-    Some(e)
-}
-
-/// `PUT ?restype=container`, signed with the account key (Shared Key), as no OpenDAL call
-/// creates a container.
-async fn create_container(endpoint: &str, container: &str) -> Result<(), String> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let version = "2021-08-06";
-    let to_sign = format!(
-        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
-         /{AZ_ACCOUNT}/{AZ_ACCOUNT}/{container}\nrestype:container"
-    );
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &b64.decode(AZ_KEY).unwrap());
-    let sig = b64.encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-    let r = reqwest::Client::new()
-        .put(format!("{endpoint}/{container}?restype=container"))
-        .header("x-ms-date", date)
-        .header("x-ms-version", version)
-        .header("authorization", format!("SharedKey {AZ_ACCOUNT}:{sig}"))
-        .header("content-length", "0")
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        ))
-    }
+    Some(start_fake_gcs(&bin?, BUCKET).await)
 }
 
 async fn azurite() -> Option<Emulator> {
@@ -184,28 +38,7 @@ async fn azurite() -> Option<Emulator> {
     if !crate::util::tool_or_skip(bin.is_some(), "azurite-blob", "npm install -g azurite") {
         return None;
     }
-    let e = Emulator::start(
-        &bin?,
-        |port, dir| {
-            vec![
-                "--blobHost".into(),
-                "127.0.0.1".into(),
-                "--blobPort".into(),
-                port.to_string(),
-                "--location".into(),
-                dir.display().to_string(),
-                "--skipApiVersionCheck".into(),
-                "--disableTelemetry".into(),
-                "--silent".into(),
-            ]
-        },
-        |port| format!("http://127.0.0.1:{port}/{AZ_ACCOUNT}"),
-    );
-    e.ready("Azurite", async || {
-        create_container(&e.endpoint, BUCKET).await
-    })
-    .await;
-    Some(e)
+    Some(start_azurite(&bin?, BUCKET).await)
 }
 
 fn gcs_config(endpoint: &str, root: &str) -> GcsConfig {
@@ -278,7 +111,7 @@ async fn azurite_behaviour_suite_and_checks() {
     let Some(e) = azurite().await else {
         return;
     };
-    let key_file = e.dir.path().join("account-key");
+    let key_file = e.dir().join("account-key");
     std::fs::write(&key_file, format!("{AZ_KEY}\n")).unwrap();
     let s = ObjectStorage::azblob(&azblob_config(&e.endpoint, "/suite", &key_file)).unwrap();
     suite::run(&s).await;
