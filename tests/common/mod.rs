@@ -9,11 +9,14 @@
 //!   cannot do on demand (429s, hangs, dropped or corrupt bodies, odd headers), with counted
 //!   requests.
 //! - `skopeo`, `http`, `stored`: the client, HTTP assertions, what landed in storage.
+//! - `containerd`: a containerd daemon of the test's own, driven with `ctr`, and images it can
+//!   unpack.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
 //!
 //! Everything is re-exported here, so tests `use common::*`. Nothing reaches beyond 127.0.0.1.
 #![allow(dead_code)]
 
+mod containerd;
 mod http;
 mod images;
 mod mirror;
@@ -29,8 +32,8 @@ mod weed;
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*, stored::*,
-    upstream::*, weed::*,
+    containerd::*, http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*,
+    skopeo::*, stored::*, upstream::*, weed::*,
 };
 
 use std::fs;
