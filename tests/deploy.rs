@@ -678,7 +678,7 @@ fn pod_view(docs: &[Value], deployment: &Value) -> ContainerView {
                 field, "status.podIP",
                 "env {n}: a field this test does not know"
             );
-            view.env.push((n, "10.0.0.7".to_owned()));
+            view.env.push((n, POD_IP.to_owned()));
         } else if let Some(r) = e["valueFrom"].get("secretKeyRef") {
             let secret = str_of(&r["name"], "secretKeyRef.name");
             let key = str_of(&r["key"], "secretKeyRef.key");
@@ -1020,9 +1020,81 @@ fn check_objects(what: &str, docs: &[Value], config_check: bool) {
         check_test_pod(what, pod, service, container, scheme);
     }
 
+    check_cluster_wiring(what, docs, deployment);
     if config_check {
         pod_view(docs, deployment).config_check(what);
     }
+}
+
+/// The address `pod_view` gives the pod (the downward API's `status.podIP`).
+const POD_IP: &str = "10.0.0.7";
+
+/// The port of a listen address (`:5001`, `0.0.0.0:5001`).
+fn port_of(listen: &str) -> u16 {
+    listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{listen:?} has no port"))
+}
+
+/// With a `cluster` section, the fleet's peer wiring: the container port named `cluster` is
+/// `cluster.listen`'s port, and no Service routes it (peers reach each other by pod IP);
+/// `cluster.advertise` is the pod's own IP on that port (each replica its own address); the
+/// shared secret is a file in a mounted volume where `cluster.secret_file` says. The
+/// NetworkPolicy, when there is one, lets only the replicas reach that port
+/// ([`check_network_policy`]).
+fn check_cluster_wiring(what: &str, docs: &[Value], deployment: &Value) {
+    let view = pod_view(docs, deployment);
+    let config = view.config();
+    let container = ocimirror_container(deployment);
+    let peer_port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "cluster");
+    let Some(cluster) = config.get("cluster").filter(|c| !c.is_null()) else {
+        assert!(
+            peer_port.is_none(),
+            "{what}: a container port cluster without a cluster section"
+        );
+        return;
+    };
+    let port = port_of(cluster["listen"].as_str().unwrap_or(":5001"));
+    let peer_port =
+        peer_port.unwrap_or_else(|| panic!("{what}: cluster.listen without a container port"));
+    assert_eq!(
+        peer_port["containerPort"].as_u64(),
+        Some(port.into()),
+        "{what}: the container port cluster is not cluster.listen's port"
+    );
+    for svc in docs.iter().filter(|d| kind(d) == "Service") {
+        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+            assert!(
+                p["targetPort"] != "cluster" && p["targetPort"].as_u64() != Some(port.into()),
+                "{what}: Service {} routes the peer port, which only the replicas may reach",
+                name(svc)
+            );
+        }
+    }
+    let advertise = view
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "OCIMIRROR_CLUSTER__ADVERTISE")
+        .map(|(_, v)| v.clone())
+        .or_else(|| cluster["advertise"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{what}: no cluster.advertise"));
+    assert_eq!(
+        advertise,
+        format!("http://{POD_IP}:{port}"),
+        "{what}: cluster.advertise must be the pod's own IP (the downward API) on cluster.listen's port"
+    );
+    let secret = str_of(&cluster["secret_file"], "cluster.secret_file");
+    assert!(
+        view.files.get(secret).is_some_and(|s| !s.is_empty()),
+        "{what}: cluster.secret_file {secret} is not in any mounted volume"
+    );
 }
 
 /// Only the listed peers reach the pods: the http port from a non-empty list, the peer port
@@ -1715,9 +1787,16 @@ fn kubernetes_manifests_agree_with_each_other_and_with_ocimirror() {
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
+        "NetworkPolicy",
     ] {
         assert!(kinds.contains(k), "deploy/kubernetes has no {k}");
     }
+    // A fleet: the replicas stream each other's fills (check_cluster_wiring).
+    let deployment = the(&docs, "Deployment");
+    assert!(
+        pod_config(&docs, deployment).get("cluster").is_some(),
+        "deploy/kubernetes: the replicas have no cluster section"
+    );
     check_kubernetes_objects("deploy/kubernetes", &docs);
 }
 
@@ -1825,7 +1904,18 @@ fn helm_chart_renders_to_valid_objects_whose_config_ocimirror_accepts() {
             .iter()
             .find(|d| kind(d) == "ConfigMap" && d["data"].get("config.yaml").is_some())
             .unwrap_or_else(|| panic!("{what}: no ConfigMap with config.yaml"));
-        let in_configmap = parse_yaml(str_of(&configmap["data"]["config.yaml"], "config.yaml"));
+        let mut in_configmap = parse_yaml(str_of(&configmap["data"]["config.yaml"], "config.yaml"));
+        if chart_values(&[values])["cluster"]["enabled"] == true {
+            // The one section the chart writes itself.
+            assert!(
+                in_configmap
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cluster")
+                    .is_some(),
+                "{what}: cluster.enabled without the cluster section"
+            );
+        }
         assert_eq!(
             in_configmap, config,
             "{what}: the ConfigMap is not values.config"
@@ -1845,6 +1935,12 @@ fn helm_chart_renders_to_valid_objects_whose_config_ocimirror_accepts() {
                 .cloned()
                 .collect();
             assert!(missing.is_empty(), "{what}: no {missing:?}");
+            assert!(
+                pod_config(&docs, the(&docs, "Deployment"))
+                    .get("cluster")
+                    .is_some(),
+                "{what}: the fleet's replicas have no cluster section"
+            );
             for k in [
                 "NetworkPolicy",
                 "PrometheusRule",
@@ -2242,39 +2338,40 @@ fn helm_chart_keeps_the_filesystem_cache_below_its_volume() {
     }
 }
 
-/// The slot for peer streaming: with `cluster.enabled` the pod gets the peer port, its address
-/// from the downward API as `cluster.advertise`, the shared secret as a file, and the config
-/// its `cluster` section; only the replicas reach the port.
+/// Peer streaming: with `cluster.enabled` the pod gets the peer port, its address from the
+/// downward API as `cluster.advertise`, the shared secret as a file, and the config its
+/// `cluster` section, which ocimirror accepts; only the replicas reach the port.
 #[test]
-fn helm_chart_cluster_slot_renders_port_address_and_secret() {
+fn helm_chart_cluster_renders_port_address_and_secret_that_ocimirror_accepts() {
     if !(have_helm() && have_kubernetes_validate()) {
         return;
     }
     let off = render_with("");
+    let deployment = the(&off, "Deployment");
     assert!(
-        !pod_config(&off, the(&off, "Deployment"))
+        !pod_config(&off, deployment)
             .as_object()
             .unwrap()
             .contains_key("cluster"),
         "the cluster section without cluster.enabled"
     );
-    let rendered =
-        render_text_with("cluster: {enabled: true, port: 5001}\nnetworkPolicy: {enabled: true}");
-    let docs = parse_yaml_docs(&rendered);
-    let what = "cluster.enabled";
-    lint_and_validate(what, &rendered);
-    // ocimirror's `cluster` section is coming: the rest of the config must be accepted now.
-    check_objects(what, &docs, false);
-    let deployment = the(&docs, "Deployment");
-    let container = ocimirror_container(deployment);
     assert!(
-        container["ports"]
+        !ocimirror_container(deployment)["env"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["name"] == "cluster" && p["containerPort"] == 5001),
-        "no container port cluster 5001"
+            .any(|e| e["name"] == "OCIMIRROR_CLUSTER__ADVERTISE"),
+        "cluster.advertise without cluster.enabled"
     );
+    let rendered =
+        render_text_with("cluster: {enabled: true, port: 5002}\nnetworkPolicy: {enabled: true}");
+    let docs = parse_yaml_docs(&rendered);
+    let what = "cluster.enabled";
+    lint_and_validate(what, &rendered);
+    // The peer wiring (check_cluster_wiring), the NetworkPolicy, and `config check`.
+    check_kubernetes_objects(what, &docs);
+    let deployment = the(&docs, "Deployment");
+    let container = ocimirror_container(deployment);
     let env = container["env"].as_array().unwrap();
     let pos = |n: &str| env.iter().position(|e| e["name"] == n);
     let pod_ip = pos("POD_IP").expect("POD_IP");
@@ -2284,33 +2381,40 @@ fn helm_chart_cluster_slot_renders_port_address_and_secret() {
     );
     let advertise = pos("OCIMIRROR_CLUSTER__ADVERTISE").expect("cluster.advertise");
     assert!(pod_ip < advertise, "POD_IP must come first to be expanded");
-    assert_eq!(env[advertise]["value"], "http://$(POD_IP):5001");
+    assert_eq!(env[advertise]["value"], "http://$(POD_IP):5002");
+    let np = the(&docs, "NetworkPolicy");
+    assert!(
+        np["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ports"][0]["port"] == "cluster"),
+        "the NetworkPolicy has no rule for the peer port"
+    );
 
-    let mut view = pod_view(&docs, deployment);
+    let view = pod_view(&docs, deployment);
     let config = view.config();
     assert_eq!(
         config["cluster"],
-        json!({"listen": ":5001", "secret_file": format!("{SECRET_DIR}/cluster-secret")})
+        json!({"listen": ":5002", "secret_file": format!("{SECRET_DIR}/cluster-secret")})
     );
-    assert!(
-        view.env
-            .iter()
-            .any(|(k, v)| k == "OCIMIRROR_CLUSTER__ADVERTISE" && v == "http://10.0.0.7:5001"),
-        "{:?}",
-        view.env
-    );
+    // Generated once into the keys Secret: long enough for ocimirror (16 characters at least).
     let secret = &view.files[&format!("{SECRET_DIR}/cluster-secret")];
     assert!(secret.len() >= 32, "a short cluster secret");
-    // The rest of the config, without the section ocimirror does not know yet.
-    let mut rest = config.clone();
-    rest.as_object_mut().unwrap().remove("cluster");
-    let path = view.config_path().to_owned();
-    // JSON is YAML.
-    view.files
-        .insert(path, serde_json::to_vec_pretty(&rest).unwrap());
-    view.env
-        .retain(|(k, _)| !k.starts_with("OCIMIRROR_CLUSTER__"));
-    view.config_check(what);
+    assert!(
+        secret.iter().all(|b| b.is_ascii_alphanumeric()),
+        "the cluster secret must be one word"
+    );
+    // Without the advertised address, ocimirror refuses the section: the check can fail.
+    let mut without = pod_view(&docs, deployment);
+    without
+        .env
+        .retain(|(k, _)| k != "OCIMIRROR_CLUSTER__ADVERTISE");
+    let (ok, log) = without.run_config_check(what);
+    assert!(
+        !ok && log.contains("cluster.advertise"),
+        "config check accepts a cluster section without advertise: {log}"
+    );
 }
 
 /// The chart README's values table lists exactly the values of `values.schema.json`, and
@@ -2503,6 +2607,7 @@ fn compose_services_agree_and_their_config_ocimirror_accepts() {
     // that a one-shot service fills with `ocimirror keygen` gets a key pair.
     let keygen_cmd =
         regex::Regex::new(r"ocimirror keygen --key (\S+)\s+--certificate (\S+)").unwrap();
+    let written_file = regex::Regex::new(r"> (/\S+)").unwrap();
     let mut listen_ports = BTreeSet::new();
     let mut auth_paths = BTreeSet::new();
     for (sname, svc) in &replicas {
@@ -2561,6 +2666,13 @@ fn compose_services_agree_and_their_config_ocimirror_accepts() {
                         "{sname}: must wait for {other} to have written the key"
                     );
                     view.keygen(&c[1], &c[2]);
+                    // Any other file the one-shot service writes into the volume (the cluster
+                    // secret): generated there, so a stand-in of the same form.
+                    for w in written_file.captures_iter(&cmd) {
+                        view.files
+                            .entry(w[1].to_owned())
+                            .or_insert_with(|| b"0123456789abcdef0123456789abcdef".to_vec());
+                    }
                 }
             }
         }
@@ -2651,6 +2763,35 @@ fn compose_services_agree_and_their_config_ocimirror_accepts() {
                 "{sname}: {host} is not a compose service"
             );
         }
+        // Peer streaming: each replica advertises its own service name on its peer port, which
+        // is not published; the shared secret is in its volumes.
+        let cluster = &config["cluster"];
+        assert!(
+            cluster.is_object(),
+            "{sname}: the replicas have no cluster section"
+        );
+        let peer = port_of(cluster["listen"].as_str().unwrap_or(":5001"));
+        let advertise = view
+            .env
+            .iter()
+            .find(|(k, _)| k == "OCIMIRROR_CLUSTER__ADVERTISE")
+            .map(|(_, v)| v.as_str())
+            .or(cluster["advertise"].as_str())
+            .unwrap_or_else(|| panic!("{sname}: no cluster.advertise"));
+        assert_eq!(
+            advertise,
+            format!("http://{sname}:{peer}"),
+            "{sname}: cluster.advertise is not this replica's own address"
+        );
+        assert!(
+            svc["ports"].is_null(),
+            "{sname}: publishes ports (the peer port must stay on the compose network)"
+        );
+        let secret = str_of(&cluster["secret_file"], "cluster.secret_file");
+        assert!(
+            view.files.contains_key(secret),
+            "{sname}: cluster.secret_file {secret} is in no volume, nor written by a one-shot service"
+        );
         view.config_check(&format!("deploy/compose service {sname}"));
     }
 

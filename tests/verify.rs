@@ -542,3 +542,218 @@ async fn a_removed_key_stops_passing_after_reload() {
     denied(&m, "myorg/app", &img.tag, "verifies with a trusted key").await;
     denied(&m, "myorg/app", &img.digest, "verifies with a trusted key").await;
 }
+
+/// containerd pulls a signed image through the mirror (its hosts.toml recipe, the registry's
+/// own server a closed port), and is refused an unsigned one of the same rule: nothing of it
+/// lands in containerd's image store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_a_signed_image_and_is_refused_an_unsigned_one() {
+    if !tool_or_skip(
+        have("containerd") && have("ctr") && is_root(),
+        "containerd and ctr, run as root",
+        "apt-get install containerd",
+    ) {
+        return;
+    }
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let signed = p
+        .push_image("myorg/signed", "v1", &runnable_image(1741))
+        .await;
+    cosign_sign(&reg, &keys, "release", "myorg/signed", &signed.digest).await;
+    let unsigned = p
+        .push_image("myorg/unsigned", "v1", &runnable_image(1742))
+        .await;
+    let m = Mirror::start(opts(&reg, &[rule("myorg/**", &[&release], "enforce")])).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(dir.path());
+    let hosts_dir = dir.path().join("certs.d");
+    let d = hosts_dir.join(reg.hostport());
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("hosts.toml"),
+        format!(
+            "server = \"{}\"\n\n[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
+            closed_url(),
+            m.url()
+        ),
+    )
+    .unwrap();
+    let pull = |name: &str| {
+        ctrd.ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            name,
+        ])
+    };
+    let signed_ref = format!("{}/myorg/signed:v1", reg.hostport());
+    run(&mut pull(&signed_ref));
+    let unsigned_ref = format!("{}/myorg/unsigned:v1", reg.hostport());
+    let out = pull(&unsigned_ref).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "containerd pulled an unsigned image: {said}"
+    );
+    assert!(said.contains("403"), "containerd's error: {said}");
+
+    let list = run(&mut ctrd.ctr(&["images", "ls"]));
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&signed_ref))
+        .unwrap_or_else(|| panic!("{signed_ref} not in:\n{list}"));
+    assert!(line.contains(&signed.digest), "{line}");
+    assert!(
+        !list.contains(&unsigned_ref),
+        "the unsigned image is in containerd's store:\n{list}"
+    );
+    assert!(
+        m.metric("ocimirror_verify_total", &["result=\"passed\""])
+            .await
+            >= 1.0
+    );
+    assert!(
+        m.metric("ocimirror_verify_total", &["result=\"unsigned\""])
+            .await
+            >= 1.0
+    );
+    assert!(
+        !blob_data_path(&m.storage_root(), &unsigned.digest).exists(),
+        "the refused manifest was stored"
+    );
+}
+
+/// A fleet verifies once: two replicas sharing a Redis (each with storage of its own), a signed
+/// image pulled through the first, then the second. The second takes the verdict from the
+/// shared descriptor cache: it asks the upstream for the image only, never for its signature
+/// (neither the `.sig` tag, nor the signature manifest, nor the payload), and verifies nothing
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_verifies_an_image_once() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let img = p.push_oci_image("myorg/fleet", "1.0", 1751).await;
+    cosign_sign(&reg, &keys, "release", "myorg/fleet", &img.digest).await;
+    // The payload cosign_sign signed: its blob is what a verification reads.
+    let signed_payload = sha256_digest(&payload(
+        &format!("{}/myorg/fleet", reg.hostport()),
+        &img.digest,
+    ));
+    let o = opts(&reg, &[rule("myorg/**", &[&release], "enforce")]).extra(&redis.cache_yaml());
+    let first = Mirror::start(o.clone()).await;
+    let second = Mirror::start(o).await;
+
+    pull_and_check_oci(&first.hostport(), &img, None).await;
+    let sig_tag = format!("/manifests/sha256-{}.sig", hex_of(&img.digest));
+    assert_eq!(reg.count_requests("GET", &sig_tag).await, 1);
+    assert_eq!(
+        reg.count_requests("GET", &format!("/blobs/{signed_payload}"))
+            .await,
+        1,
+        "the first replica read the payload"
+    );
+    assert!(first.log_text().contains("signature verified"));
+
+    let before = reg.requests().await.len();
+    pull_and_check_oci(&second.hostport(), &img, None).await;
+    let fresh = reg.requests().await.split_off(before);
+    assert!(
+        fresh.iter().any(|(_, u)| {
+            u.ends_with(&format!("/manifests/{}", img.digest))
+                || u.ends_with(&format!("/manifests/{}", img.tag))
+        }),
+        "the second replica fetched the image itself (its own storage): {fresh:#?}"
+    );
+    let of_signature: Vec<_> = fresh
+        .iter()
+        .filter(|(_, u)| {
+            let image_manifest = u.ends_with(&format!("/manifests/{}", img.digest))
+                || u.ends_with(&format!("/manifests/{}", img.tag));
+            (u.contains("/manifests/") && !image_manifest)
+                || u.contains(&signed_payload)
+                || u.contains("/referrers/")
+        })
+        .collect();
+    assert!(
+        of_signature.is_empty(),
+        "the second replica fetched the signature again: {of_signature:#?}"
+    );
+    assert!(
+        !second.log_text().contains("signature verified"),
+        "the second replica verified the image again"
+    );
+    assert!(
+        second
+            .metric("ocimirror_verify_total", &["result=\"passed\""])
+            .await
+            >= 1.0,
+        "the second replica's pull passed the policy"
+    );
+}
+
+/// For a named upstream, a signature names the repository as that upstream calls it, without
+/// the prefix the mirror stores it under: `cosign sign <registry>/owner/app` passes for
+/// `b.example/owner/app` (the rule matching the stored name), and a payload naming the
+/// prefixed name is a signature for another repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_upstreams_signatures_name_its_own_repository() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let host = reg.hostport();
+    let img = p.push_oci_image("owner/app", "1.0", 1761).await;
+    cosign_sign(&reg, &keys, "release", "owner/app", &img.digest).await;
+    let prefixed = p.push_oci_image("owner/prefixed", "1.0", 1762).await;
+    let pl = payload(
+        &format!("{host}/b.example/owner/prefixed"),
+        &prefixed.digest,
+    );
+    let sig = B64.encode(keys.sign("release", &pl));
+    push_signatures(&p, "owner/prefixed", &prefixed.digest, &[(pl, sig)]).await;
+
+    let m = Mirror::start(
+        MirrorOpts::upstream(&reg.url())
+            .tag_ttl("1h")
+            .extra(&format!(
+                "upstreams:\n  - name: b.example\n    url: {}\n    tag_ttl: 1h\nverify:\n{}",
+                q(&reg.url()),
+                rule("b.example/owner/**", &[&release], "enforce")
+            )),
+    )
+    .await;
+    for reference in [&img.tag, &img.digest] {
+        let r = m
+            .get_manifest("b.example/owner/app", reference)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, img.manifest);
+    }
+    denied(
+        &m,
+        "b.example/owner/prefixed",
+        &prefixed.tag,
+        "another repository",
+    )
+    .await;
+}

@@ -29,6 +29,8 @@ struct Net {
     /// Replicas alive but out of reach (a partition): opening a stream from them times out.
     cut: Mutex<HashSet<String>>,
     opened: AtomicUsize,
+    /// The offset each opened stream started at.
+    opened_from: Mutex<Vec<u64>>,
 }
 
 struct NetPeers {
@@ -64,6 +66,7 @@ impl Peers for NetPeers {
             .await
             .ok_or(PeerError::NoFill)?;
         self.net.opened.fetch_add(1, Ordering::SeqCst);
+        self.net.opened_from.lock().unwrap().push(from);
         let stream = futures_util::stream::unfold(
             (f.body, alive, false),
             |(mut body, alive, ended)| async move {
@@ -458,4 +461,58 @@ async fn a_relay_holds_the_holders_stream_to_the_blob_size_bound() {
     );
     assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
     assert_eq!(f.net.opened.load(Ordering::SeqCst), 1);
+}
+
+/// A relay is held to `upstream.min_blob_rate` too (issue 21): a holder whose stream falls
+/// behind it (here: its upstream stalls half-way) is dropped like a slow upstream, and the relay
+/// goes on from the next source, here the same holder again from the relay's own offset (the
+/// holder is alive and holds the lease, so the relay neither fetches the blob itself nor starts
+/// over). Its clients wait on, and complete once the holder's bytes flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_drops_a_holder_that_falls_below_the_blob_rate_and_goes_on() {
+    const SIZE: usize = 1 << 20;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    {
+        // Far below the fake's pace, so only the stall trips it.
+        let mut b = f.fake.bounds.lock().unwrap();
+        b.min_rate = 256 << 10;
+        b.grace = Duration::from_millis(200);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let holder = f.client(0, 0, tx.clone());
+    reports(&mut rx, 1, 1).await;
+    let relayed: Vec<_> = (0..3)
+        .map(|_| f.client(1, SIZE / 2 - 2, tx.clone()))
+        .collect();
+    // The relay's clients have all the holder fetched before its upstream stalled.
+    reports(&mut rx, 3, SIZE / 2 - 2).await;
+    // The stalled holder sends nothing more: the relay drops its stream and opens another from
+    // where it is, again and again, while its clients wait.
+    let before = f.net.opened.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while f.net.opened.load(Ordering::SeqCst) < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay kept a stream that fell below upstream.min_blob_rate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let froms = f.net.opened_from.lock().unwrap().clone();
+    assert!(
+        froms[before..].iter().all(|&o| o >= (SIZE / 2 - 2) as u64),
+        "a dropped relay goes on from its own offset: {froms:?}"
+    );
+    assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
+    assert!(f.fake.blob_bytes.load(Ordering::SeqCst) <= SIZE / 2);
+    gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
+    for c in relayed {
+        assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
+    }
+    assert_eq!(
+        f.fake.blob_gets.load(Ordering::SeqCst),
+        1,
+        "the relay fetched the blob itself"
+    );
 }

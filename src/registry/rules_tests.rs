@@ -127,6 +127,10 @@ impl Upstream for Fake {
         *self.bounds.lock().unwrap()
     }
 
+    fn own_name(&self, name: &RepoName) -> RepoName {
+        self.canonical_name(name)
+    }
+
     async fn head_manifest(
         &self,
         _: &RepoName,

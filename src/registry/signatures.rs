@@ -93,7 +93,10 @@ impl Registry {
             return Ok(Verdict::Refused(r, rule.mode));
         }
         let source = Source(self.clone());
-        match verify::verify(rule, &source, repo, d, body).await {
+        // The rule matches the name as stored; the signature names the repository as its
+        // upstream does (a named upstream's without its prefix).
+        let signed = self.upstream.own_name(repo);
+        match verify::verify(rule, &source, repo, &signed, d, body).await {
             Err(Unavailable(m)) => Err(RegistryError::Upstream(UpstreamError::Unavailable(
                 format!("cannot fetch the signatures of {d}: {m}"),
             ))),

@@ -40,6 +40,10 @@ impl Upstream for AllowListed {
         self.inner.canonical_name(name)
     }
 
+    fn own_name(&self, name: &RepoName) -> RepoName {
+        self.inner.own_name(name)
+    }
+
     fn blob_bounds(&self, name: &RepoName) -> super::bounds::BlobBounds {
         self.inner.blob_bounds(name)
     }

@@ -80,6 +80,10 @@ impl Upstream for FanOutBounded {
         self.inner.canonical_name(name)
     }
 
+    fn own_name(&self, name: &RepoName) -> RepoName {
+        self.inner.own_name(name)
+    }
+
     async fn head_manifest(
         &self,
         name: &RepoName,

@@ -493,6 +493,10 @@ impl Upstream for HttpUpstream {
         }
     }
 
+    fn own_name(&self, name: &RepoName) -> RepoName {
+        self.canonical_name(name)
+    }
+
     async fn head_manifest(
         &self,
         name: &RepoName,

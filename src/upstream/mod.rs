@@ -89,6 +89,11 @@ pub trait Upstream: Send + Sync + 'static {
     /// The repository name the upstream knows `name` by (Docker Hub's `library/` prefix), which is
     /// also the name content is cached under.
     fn canonical_name(&self, name: &RepoName) -> RepoName;
+    /// The name the upstream that serves stored repository `name` (a canonical name) calls it
+    /// by itself: without the prefix a named upstream's repositories are stored under
+    /// (`ghcr.io/owner/app` is `owner/app` at ghcr.io). What a signature made at that upstream
+    /// names. No default, as for `blob_bounds`: a wrapper must pass it on.
+    fn own_name(&self, name: &RepoName) -> RepoName;
     async fn head_manifest(
         &self,
         name: &RepoName,

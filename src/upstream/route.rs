@@ -94,6 +94,13 @@ impl Upstream for Routed {
         }
     }
 
+    fn own_name(&self, name: &RepoName) -> RepoName {
+        match self.route(name) {
+            Ok((u, _, inner)) => u.own_name(&inner),
+            Err(_) => name.clone(),
+        }
+    }
+
     async fn head_manifest(
         &self,
         name: &RepoName,
@@ -167,6 +174,10 @@ mod tests {
             } else {
                 name.clone()
             }
+        }
+
+        fn own_name(&self, name: &RepoName) -> RepoName {
+            self.canonical_name(name)
         }
         async fn head_manifest(
             &self,
@@ -258,6 +269,10 @@ mod tests {
             r.canonical_name(&n("ghcr.io/alpine")).as_str(),
             "ghcr.io/alpine"
         );
+        // Each upstream's own name for a stored repository: without the prefix.
+        assert_eq!(r.own_name(&n("ghcr.io/owner/app")).as_str(), "owner/app");
+        assert_eq!(r.own_name(&n("library/alpine")).as_str(), "library/alpine");
+        assert_eq!(r.own_name(&n("quay.io/x/y")).as_str(), "quay.io/x/y");
     }
 
     #[test]

@@ -233,8 +233,8 @@ pub fn is_signature_artifact(manifest: &[u8]) -> bool {
 }
 
 /// Whether a signed reference (`registry.example/myorg/app`, `myorg/app:1.0`, `alpine`) names
-/// the repository `repo` as stored: the host and a tag or digest are dropped, and Docker Hub's
-/// short names read as `library/…`.
+/// the repository `repo` as its upstream calls it: the host and a tag or digest are dropped,
+/// and Docker Hub's short names read as `library/…`.
 pub fn reference_names(reference: &str, repo: &str) -> bool {
     let r = reference.split('@').next().unwrap_or_default();
     let r = match r.rsplit_once(':') {
@@ -252,11 +252,14 @@ pub fn reference_names(reference: &str, repo: &str) -> bool {
     path == repo || (hub && !path.contains('/') && repo.strip_prefix("library/") == Some(path))
 }
 
-/// Check the signatures of manifest `digest` (`body`) in `repo` under `rule`.
+/// Check the signatures of manifest `digest` (`body`) in `repo` (as stored: where the
+/// signatures are fetched from) under `rule`. A signature must name `signed`: the repository
+/// as its upstream calls it (a named upstream's, without the prefix it is stored under).
 pub async fn verify(
     rule: &Rule,
     src: &dyn SignatureSource,
     repo: &RepoName,
+    signed: &RepoName,
     digest: &Digest,
     body: &[u8],
 ) -> Result<Result<Passed, Refusal>, Unavailable> {
@@ -276,7 +279,7 @@ pub async fn verify(
             }),
             Ok(sigs) => {
                 for s in sigs {
-                    match check_cosign(rule, src, repo, &d, &s).await? {
+                    match check_cosign(rule, src, repo, signed, &d, &s).await? {
                         Ok(key) => return Ok(Ok(Passed { key, via: "cosign" })),
                         Err(r) => note(r),
                     }
@@ -298,7 +301,7 @@ pub async fn verify(
         let Some(m) = src.by_digest(repo, &art).await? else {
             continue;
         };
-        match check_bundle(rule, src, repo, digest, body, &m).await? {
+        match check_bundle(rule, src, repo, signed, digest, body, &m).await? {
             Ok(key) => return Ok(Ok(Passed { key, via: "bundle" })),
             Err(r) => note(r),
         }
@@ -310,6 +313,7 @@ async fn check_cosign(
     rule: &Rule,
     src: &dyn SignatureSource,
     repo: &RepoName,
+    signed: &RepoName,
     d: &str,
     s: &cosign::Signature,
 ) -> Result<Result<String, Refusal>, Unavailable> {
@@ -345,7 +349,7 @@ async fn check_cosign(
             found: claim.digest,
         }));
     }
-    if !reference_names(&claim.reference, repo.as_str()) {
+    if !reference_names(&claim.reference, signed.as_str()) {
         return Ok(Err(Refusal::OtherRepository {
             digest: d.to_owned(),
             found: claim.reference,
@@ -358,6 +362,7 @@ async fn check_bundle(
     rule: &Rule,
     src: &dyn SignatureSource,
     repo: &RepoName,
+    signed: &RepoName,
     digest: &Digest,
     body: &[u8],
     artifact: &[u8],
@@ -385,7 +390,7 @@ async fn check_bundle(
         }));
     };
     use bundle::BundleFailure as F;
-    let names = |r: &str| reference_names(r, repo.as_str());
+    let names = |r: &str| reference_names(r, signed.as_str());
     Ok(
         bundle::verify(&b, digest, body, names, &rule.keys).map_err(|f| match f {
             F::NoTrustedKey => Refusal::NoTrustedKey { digest: d.clone() },

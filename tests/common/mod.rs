@@ -9,6 +9,8 @@
 //!   cannot do on demand (429s, hangs, dropped or corrupt bodies, odd headers), with counted
 //!   requests.
 //! - `skopeo`, `http`, `stored`: the client, HTTP assertions, what landed in storage.
+//! - `containerd`: a containerd daemon of the test's own, driven with `ctr`, and images it can
+//!   unpack.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
 //! - `azurite`: Azure Blob Storage (Azurite) as a store.
 //!
@@ -16,6 +18,7 @@
 #![allow(dead_code)]
 
 mod azurite;
+mod containerd;
 mod http;
 mod images;
 mod mirror;
@@ -31,8 +34,8 @@ mod weed;
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    azurite::*, http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*,
-    stored::*, upstream::*, weed::*,
+    azurite::*, containerd::*, http::*, images::*, mirror::*, proxy::*, redis::*, registry::*,
+    s3::*, skopeo::*, stored::*, upstream::*, weed::*,
 };
 
 use std::fs;
