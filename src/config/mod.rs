@@ -255,6 +255,8 @@ pub struct Settings {
     /// `None`: storage operations are never cut short.
     pub storage_breaker: Option<crate::storage::breaker::BreakerPolicy>,
     pub cache_max_entries: usize,
+    /// Memory for kept referrers answers, and answers kept per index.
+    pub referrers_cache: (usize, usize),
     pub cache_backend: CacheBackend,
     pub redis: RedisConfig,
     pub upstream: UpstreamSettings,
@@ -599,6 +601,10 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         read_only: c.storage.read_only,
         storage_breaker: c.storage.breaker.check().ok().flatten(),
         cache_max_entries: c.cache.memory.max_entries,
+        referrers_cache: (
+            c.cache.referrers.max_bytes().unwrap_or_default(),
+            c.cache.referrers.filters_per_index,
+        ),
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),
         upstream: upstream.settings,

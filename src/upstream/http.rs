@@ -42,6 +42,9 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     /// Requests in flight to this upstream at most (a blob counts until its body ends); 0: no cap.
     pub max_concurrent_requests: usize,
+    /// Of those, slots blob downloads never take (at most half of them), so that manifest, tag
+    /// list and referrers requests get through while blobs are downloading.
+    pub manifest_slots: usize,
     /// Size and rate every blob body is held to.
     pub blob_bounds: super::bounds::BlobBounds,
 }
@@ -60,6 +63,7 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("manifest_slots", &self.manifest_slots)
             .field("blob_bounds", &self.blob_bounds)
             .finish()
     }
@@ -84,12 +88,21 @@ pub struct HttpUpstream {
     tokens: TokenCache,
     limits: Arc<RateLimits>,
     permits: Option<Arc<Semaphore>>,
+    /// The share of `permits` blob downloads may hold: the rest is kept for everything else.
+    blob_permits: Option<Arc<Semaphore>>,
+}
+
+/// A place among the requests in flight: one of all the slots, and for a blob download one of
+/// the slots blobs may hold.
+struct Slot {
+    _all: OwnedSemaphorePermit,
+    _blob: Option<OwnedSemaphorePermit>,
 }
 
 /// A response with the concurrency permit it holds until dropped.
 struct Sent {
     resp: Response,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
 }
 
 fn count(upstream: &str, op: &'static str, status: String) {
@@ -119,8 +132,10 @@ impl HttpUpstream {
             .tcp_nodelay(true)
             .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let permits = (settings.max_concurrent_requests > 0)
-            .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+        let max = settings.max_concurrent_requests;
+        let permits = (max > 0).then(|| Arc::new(Semaphore::new(max)));
+        let blob_permits =
+            (max > 0).then(|| Arc::new(Semaphore::new(max - settings.manifest_slots.min(max / 2))));
         let limits = Arc::new(RateLimits::new(&settings.name));
         let state = limits.clone();
         crate::status::register_upstream(
@@ -143,6 +158,7 @@ impl HttpUpstream {
             tokens: TokenCache::default(),
             limits,
             permits,
+            blob_permits,
         })
     }
 
@@ -169,7 +185,19 @@ impl HttpUpstream {
         scope: &str,
         force: bool,
     ) -> Result<String, UpstreamError> {
+        let asked = std::time::Instant::now();
         if !force && let Some(t) = self.tokens.get(scope, self.credentials.generation()) {
+            return Ok(t);
+        }
+        // One fetch per scope at a time; a request that waited takes the token fetched
+        // meanwhile (newer than the one it was refused with, when `force`).
+        let gate = self.tokens.gate(scope);
+        let _turn = gate.lock().await;
+        if let Some(t) = self
+            .tokens
+            .get_since(scope, self.credentials.generation(), asked)
+        {
+            metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "token").increment(1);
             return Ok(t);
         }
         let (status, detail) = match self.fetch_token(realm, service, scope).await? {
@@ -274,15 +302,42 @@ impl HttpUpstream {
     }
 
     /// A place among the requests in flight to this upstream. Blob fetches queue for as long
-    /// as it takes (their clients are waiting on them); anything else gives up after the
+    /// as it takes (their clients are waiting on them), first for one of the slots blobs may
+    /// hold, so that they never take the `manifest_slots`; anything else gives up after the
     /// first-byte timeout, and a cached answer is served instead.
-    async fn permit(
-        &self,
-        op: &'static str,
-    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
-        let Some(sem) = &self.permits else {
+    async fn permit(&self, op: &'static str) -> Result<Option<Slot>, UpstreamError> {
+        let (Some(sem), Some(blob_sem)) = (&self.permits, &self.blob_permits) else {
             return Ok(None);
         };
+        let queued = |kind: &'static str| {
+            metrics::counter!(crate::metrics::UPSTREAM_QUEUED, "upstream" => self.settings.name.clone(), "kind" => kind)
+                .increment(1);
+        };
+        let blob = if op == "blob_get" {
+            let p = match blob_sem.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    queued("blob");
+                    blob_sem
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed")
+                }
+            };
+            Some(p)
+        } else {
+            None
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(Slot {
+                _all: p,
+                _blob: blob,
+            }));
+        }
+        if blob.is_none() {
+            queued("other");
+        }
         let acquire = sem.clone().acquire_owned();
         let permit = if op == "blob_get" {
             acquire.await
@@ -297,7 +352,10 @@ impl HttpUpstream {
                     ))
                 })?
         };
-        Ok(Some(permit.expect("the semaphore is never closed")))
+        Ok(Some(Slot {
+            _all: permit.expect("the semaphore is never closed"),
+            _blob: blob,
+        }))
     }
 
     /// Send a request with authentication, answering one 401 challenge. Returns the response
@@ -704,6 +762,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             max_concurrent_requests: 0,
+            manifest_slots: 0,
             blob_bounds: Default::default(),
         };
         let shown = format!("{s:?}");
