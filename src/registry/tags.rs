@@ -27,16 +27,17 @@ impl Registry {
             let up = self.upstream.clone();
             let key = (repo.clone(), n, last.map(str::to_owned));
             let (repo2, last2) = (repo.clone(), key.2.clone());
-            let (listed, joined) = self
+            let shared = || {
+                metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "tags").increment(1);
+            };
+            let (listed, _) = self
                 .tag_lists
-                .run(
+                .run_noting(
                     key,
                     async move { up.tags(&repo2, n, last2.as_deref()).await },
+                    shared,
                 )
                 .await;
-            if joined {
-                metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "tags").increment(1);
-            }
             match listed {
                 Ok(resp) => {
                     let kept = parse_page(&resp.body, n, last).map_err(|e| {
