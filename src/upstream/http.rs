@@ -15,11 +15,11 @@ use reqwest::header::{
     RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use super::credentials::Credentials;
 use super::ratelimit::RateLimits;
+use super::slots::{Slot, Slots};
 use super::token::{self, TokenCache};
 use super::{
     BlobResponse, Challenge, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError,
@@ -87,16 +87,7 @@ pub struct HttpUpstream {
     credentials: Arc<Credentials>,
     tokens: TokenCache,
     limits: Arc<RateLimits>,
-    permits: Option<Arc<Semaphore>>,
-    /// The share of `permits` blob downloads may hold: the rest is kept for everything else.
-    blob_permits: Option<Arc<Semaphore>>,
-}
-
-/// A place among the requests in flight: one of all the slots, and for a blob download one of
-/// the slots blobs may hold.
-struct Slot {
-    _all: OwnedSemaphorePermit,
-    _blob: Option<OwnedSemaphorePermit>,
+    slots: Option<Slots>,
 }
 
 /// A response with the concurrency permit it holds until dropped.
@@ -132,10 +123,11 @@ impl HttpUpstream {
             .tcp_nodelay(true)
             .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let max = settings.max_concurrent_requests;
-        let permits = (max > 0).then(|| Arc::new(Semaphore::new(max)));
-        let blob_permits =
-            (max > 0).then(|| Arc::new(Semaphore::new(max - settings.manifest_slots.min(max / 2))));
+        let slots = Slots::new(
+            &settings.name,
+            settings.max_concurrent_requests,
+            settings.manifest_slots,
+        );
         let limits = Arc::new(RateLimits::new(&settings.name));
         let state = limits.clone();
         crate::status::register_upstream(
@@ -157,8 +149,7 @@ impl HttpUpstream {
             credentials,
             tokens: TokenCache::default(),
             limits,
-            permits,
-            blob_permits,
+            slots,
         })
     }
 
@@ -301,61 +292,18 @@ impl HttpUpstream {
         false
     }
 
-    /// A place among the requests in flight to this upstream. Blob fetches queue for as long
-    /// as it takes (their clients are waiting on them), first for one of the slots blobs may
-    /// hold, so that they never take the `manifest_slots`; anything else gives up after the
-    /// first-byte timeout, and a cached answer is served instead.
+    /// A place among the requests in flight to this upstream (see `slots.rs`).
     async fn permit(&self, op: &'static str) -> Result<Option<Slot>, UpstreamError> {
-        let (Some(sem), Some(blob_sem)) = (&self.permits, &self.blob_permits) else {
+        let Some(slots) = &self.slots else {
             return Ok(None);
         };
-        let queued = |kind: &'static str| {
-            metrics::counter!(crate::metrics::UPSTREAM_QUEUED, "upstream" => self.settings.name.clone(), "kind" => kind)
-                .increment(1);
-        };
-        let blob = if op == "blob_get" {
-            let p = match blob_sem.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    queued("blob");
-                    blob_sem
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed")
-                }
-            };
-            Some(p)
-        } else {
-            None
-        };
-        if let Ok(p) = sem.clone().try_acquire_owned() {
-            return Ok(Some(Slot {
-                _all: p,
-                _blob: blob,
-            }));
+        match slots.acquire(op, self.settings.first_byte_timeout).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                count(&self.settings.name, op, "queue_timeout".into());
+                Err(e)
+            }
         }
-        if blob.is_none() {
-            queued("other");
-        }
-        let acquire = sem.clone().acquire_owned();
-        let permit = if op == "blob_get" {
-            acquire.await
-        } else {
-            tokio::time::timeout(self.settings.first_byte_timeout, acquire)
-                .await
-                .map_err(|_| {
-                    count(&self.settings.name, op, "queue_timeout".into());
-                    UpstreamError::Unavailable(format!(
-                        "{} requests to the upstream already in flight",
-                        self.settings.max_concurrent_requests
-                    ))
-                })?
-        };
-        Ok(Some(Slot {
-            _all: permit.expect("the semaphore is never closed"),
-            _blob: blob,
-        }))
     }
 
     /// Send a request with authentication, answering one 401 challenge. Returns the response
