@@ -138,7 +138,8 @@ pub async fn build_registry_on(
             spool_dir,
         },
     )
-    .with_leases(b.leases);
+    .with_leases(b.leases)
+    .with_referrers_cache(s.referrers_cache.0, s.referrers_cache.1);
     // Always there, so that a reload can add rules to a mirror started without any.
     registry = registry.with_verifier(Arc::new(crate::verify::Verifier::new(s.verify.clone())));
     if let Some(log) = access {

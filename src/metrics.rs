@@ -100,6 +100,8 @@ catalogue! {
         "Blob fills running now.";
     FILLS_FAILED = Counter "ocimirror_fills_failed_total" []
         "Blob fills that ended without a verified blob.";
+    FILLS_ABANDONED = Counter "ocimirror_fills_abandoned_total" []
+        "Blob fills stopped because nobody read them any more (upstream.abandon_fills_after).";
     FILL_JOINS = Counter "ocimirror_fill_joins_total" []
         "Requests that joined a fill already running instead of fetching again.";
     FILL_REMOTE_WAITS = Counter "ocimirror_fill_remote_waits_total" ["result"]
@@ -166,8 +168,14 @@ catalogue! {
         "Pulls left in the upstream's quota window, from its ratelimit-remaining header.";
     UPSTREAM_COOLDOWNS = Counter "ocimirror_upstream_cooldowns_total" ["upstream"]
         "Manifest cooldowns started after an upstream answered 429.";
+    UPSTREAM_QUEUED = Counter "ocimirror_upstream_queued_total" ["upstream", "kind"]
+        "Upstream requests that waited for a slot of max_concurrent_requests, by kind (blob: every slot blob downloads may hold was taken; other).";
+    UPSTREAM_SHARED = Counter "ocimirror_upstream_shared_total" ["op"]
+        "Upstream reads answered by an identical one already in flight instead of a request of their own, by op (tags, referrers, token).";
+    REFERRERS_UNKEPT = Counter "ocimirror_referrers_answers_unkept_total" ["reason"]
+        "Referrers answers not kept in memory, by reason: large (above a quarter of cache.referrers.max_bytes), full (every kept answer dropped to make room), filters (the index has cache.referrers.filters_per_index answers).";
     UPSTREAM_BOUNDS = Counter "ocimirror_upstream_bounds_total" ["bound"]
-        "Upstream bodies cut off by a bound (max_blob_size, min_blob_rate, body_size).";
+        "Upstream bodies cut off by a bound (max_blob_size, declared_size, min_blob_rate, body_size, max_manifest_descriptors).";
     UPSTREAM_REFUSED = Counter "ocimirror_upstream_refused_total" ["reason"]
         "Upstream calls the mirror refused to make, by reason (allow_list).";
 }

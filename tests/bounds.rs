@@ -527,3 +527,278 @@ async fn memory_stays_flat_in_blob_size() {
         "peak RSS grew by {growth} bytes for a {LARGE}-byte blob ({after_small} -> {after_large} KiB)"
     );
 }
+
+/// A layer whose manifest declares 1 MiB is held to that size: an upstream announcing 100 GB
+/// for it is refused before any byte, one sending more without a length is cut off at the
+/// declared size. The client gets an error, nothing is stored, the disk does not grow, and
+/// other pulls go on. (`max_blob_size` is set far above 100 GB: the manifest's size binds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_is_held_to_the_size_its_manifest_declares() {
+    let fake = FakeUpstream::start().await;
+    let small = build_oci_image(31);
+    fake.add_image("small", "v1", &small);
+    let real = Bytes::from(pseudo_random_bytes(32, 3 << 20));
+    let layer = fake.add_blob(real.clone());
+    let mut lying = small.clone();
+    lying.manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": small.config.json(),
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer, "size": 1 << 20}],
+    }))
+    .unwrap();
+    lying.digest = sha256_digest(&lying.manifest);
+    fake.add_image("evil/app", "v1", &lying);
+    fake.on(Route::Blob)
+        .get()
+        .path_contains(hex_of(&layer))
+        .length(Length::Long((100usize << 30) - real.len()));
+    let m = Mirror::start(
+        MirrorOpts::upstream(&fake.url())
+            .short_timeouts()
+            .up("max_blob_size", "1TiB"),
+    )
+    .await;
+    pull(&m, "small", &small).await;
+    let before = disk_use(&m.data_dir());
+    let r = m.get_manifest("evil/app", "v1").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let r = m.get_blob("evil/app", &layer).send().await.unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let body = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
+    assert!(body.contains("declares 1048576 bytes"), "{body}");
+    assert_eq!(
+        m.metric("ocimirror_upstream_bounds_total", &["declared_size"])
+            .await,
+        1.0
+    );
+
+    // Without a length, the body is cut off where the declared size ends.
+    fake.clear();
+    fake.on(Route::Blob)
+        .get()
+        .path_contains(hex_of(&layer))
+        .length(Length::Chunked);
+    let r = m.get_blob("evil/app", &layer).send().await.unwrap();
+    if r.status().is_success() {
+        assert!(
+            r.bytes().await.is_err(),
+            "a body past the size ends in an error"
+        );
+    } else {
+        assert!(r.status().is_server_error(), "{}", r.status());
+    }
+    assert_eq!(
+        m.metric("ocimirror_upstream_bounds_total", &["declared_size"])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        fake.count("GET", hex_of(&layer)),
+        2,
+        "each time the upstream was asked"
+    );
+    pull(&m, "small", &small).await;
+    assert!(
+        !blob_data_path(&m.storage_root(), &layer).exists(),
+        "nothing kept"
+    );
+    let after = disk_use(&m.data_dir());
+    assert!(
+        after < before + (1 << 20),
+        "the data dir grew from {before} to {after} bytes"
+    );
+    // Under a repository none of whose manifests declares it, only max_blob_size binds.
+    fake.clear();
+    let r = m.get_blob("other/app", &layer).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap(), real);
+}
+
+/// Waits (up to 30 s) until `metric` (with `labels`) reaches `at_least`.
+async fn await_metric(m: &Mirror, metric: &str, labels: &[&str], at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = m.metric(metric, labels).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{metric}{labels:?} stayed at {v}, below {at_least}:\n{}",
+            m.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two ranged requests for big uncached blobs (a few bytes of one, the last byte of the other),
+/// dropped, with `max_concurrent_requests: 2`: each started a whole-blob fill holding an upstream
+/// slot. Nobody reads them any more, so both are abandoned and give their slots back; an
+/// uncached tag then pulls, and nothing of the abandoned blobs is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_ranged_fills_free_their_upstream_slots() {
+    let fake = FakeUpstream::start().await;
+    let small = build_oci_image(33);
+    fake.add_image("small", "v1", &small);
+    let a = fake.add_blob(pseudo_random_bytes(34, 4 << 20).into());
+    let b = fake.add_blob(pseudo_random_bytes(35, 4 << 20).into());
+    for d in [&a, &b] {
+        fake.on(Route::Blob)
+            .get()
+            .path_contains(hex_of(d))
+            .hold_after(64 << 10);
+    }
+    let m = Mirror::start(
+        MirrorOpts::upstream(&fake.url())
+            .up("max_concurrent_requests", "2")
+            .up("manifest_slots", "0")
+            .up("abandon_fills_after", "1s"),
+    )
+    .await;
+    let r = m
+        .get_blob("big", &a)
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
+    let r = m
+        .get_blob("big", &b)
+        .header("range", "bytes=-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    drop(r);
+    assert_eq!(fake.max_in_flight(Route::Blob), 2, "both slots were taken");
+
+    await_metric(&m, "ocimirror_fills_abandoned_total", &[], 2.0).await;
+    // Bounded: without the slots given back, the blob fetches below would queue forever.
+    tokio::time::timeout(Duration::from_secs(60), pull(&m, "small", &small))
+        .await
+        .expect("an uncached tag pulls once the abandoned fills gave their slots back");
+    assert_eq!(m.metric("ocimirror_fills_abandoned_total", &[]).await, 2.0);
+    assert_eq!(fake.count("GET", hex_of(&a)), 1);
+    assert_eq!(fake.count("GET", hex_of(&b)), 1);
+    for d in [&a, &b] {
+        assert!(
+            !blob_data_path(&m.storage_root(), d).exists(),
+            "nothing kept"
+        );
+    }
+}
+
+/// Blob downloads hold every slot they may (`max_concurrent_requests` less `manifest_slots`)
+/// and more wait for one: manifest and tag list requests still get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_requests_keep_slots_blob_downloads_cannot_take() {
+    let fake = FakeUpstream::start().await;
+    let small = build_oci_image(36);
+    fake.add_image("small", "v1", &small);
+    let big: Vec<String> = (0..4)
+        .map(|i| fake.add_blob(pseudo_random_bytes(37 + i, 1 << 20).into()))
+        .collect();
+    fake.on(Route::Blob).get().hold_after(64 << 10);
+    let m = Mirror::start(
+        MirrorOpts::upstream(&fake.url())
+            .up("max_concurrent_requests", "4")
+            .up("manifest_slots", "2"),
+    )
+    .await;
+    let downloads: Vec<_> = big
+        .iter()
+        .map(|d| {
+            let req = m.get_blob("big", d).send();
+            let d = d.clone();
+            tokio::spawn(async move {
+                let r = req.await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                assert_eq!(sha256_digest(&r.bytes().await.unwrap()), d);
+            })
+        })
+        .collect();
+    await_metric(&m, "ocimirror_upstream_queued_total", &["blob"], 2.0).await;
+    fake.wait_for("two downloads", |f| f.count_route(Route::Blob, "GET") >= 2)
+        .await;
+
+    let r = m.get_manifest("small", "v1").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "a manifest gets a kept slot");
+    let r = m.get("/v2/small/tags/list").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "so does a tag list");
+    assert_eq!(
+        fake.count_route(Route::Blob, "GET"),
+        2,
+        "two downloads wait"
+    );
+
+    fake.release();
+    for d in downloads {
+        d.await.unwrap();
+    }
+    assert_eq!(fake.max_in_flight(Route::Blob), 2);
+}
+
+/// Identical upstream reads in flight at once share one upstream request: eight clients asking
+/// for the same tag list, and seven blob checks of one repository needing the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_upstream_reads_in_flight_are_shared() {
+    let fake = FakeUpstream::start().await;
+    let img = build_image(Kind::Oci, 40, &[1000; 6], "amd64", "linux");
+    fake.add_image("team/app", "v1", &img);
+    fake.on(Route::Tags).hold_after(0);
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url())).await;
+    let lists: Vec<_> = (0..8)
+        .map(|_| {
+            let req = m.get("/v2/team/app/tags/list").send();
+            tokio::spawn(async move {
+                let r = req.await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                r.text().await.unwrap()
+            })
+        })
+        .collect();
+    await_metric(&m, "ocimirror_upstream_shared_total", &["tags"], 7.0).await;
+    fake.release();
+    for l in lists {
+        assert!(l.await.unwrap().contains("v1"));
+    }
+    assert_eq!(fake.count_route(Route::Tags, "GET"), 1);
+
+    let fake = FakeUpstream::start_with(FakeOpts {
+        auth: Auth::public(&["team/app"]),
+        ..FakeOpts::default()
+    })
+    .await;
+    fake.add_image("team/app", "v1", &img);
+    fake.on(Route::Token).hold_after(0);
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url())).await;
+    let blobs = img.all_blobs();
+    let heads: Vec<_> = blobs
+        .iter()
+        .map(|d| {
+            let req = m.head(&format!("/v2/team/app/blobs/{}", d.digest)).send();
+            tokio::spawn(async move { req.await.unwrap().status().as_u16() })
+        })
+        .collect();
+    // The first check asks for a token (held); the others, challenged too or knowing the
+    // scheme by now, need the same one meanwhile.
+    fake.wait_for("a token request", |f| f.count_route(Route::Token, "") >= 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fake.release();
+    for h in heads {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(
+        fake.count_route(Route::Token, ""),
+        1,
+        "one token request for the one scope"
+    );
+    // Those that asked while it was held took its token (any later found it cached).
+    assert!(
+        m.metric("ocimirror_upstream_shared_total", &["token"])
+            .await
+            >= 1.0
+    );
+}

@@ -1039,7 +1039,10 @@ async fn client_dropping_mid_blob_still_commits() {
     let (reg, p) = setup().await;
     let (img, big) = p.push_big_image("half/blob", "v1", size, 8).await;
     let digest = img.layers[0].digest.clone();
-    let m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
+    // Fills nobody reads are finished for the cache, as Distribution does (by default they
+    // are abandoned after 10 s, which a slow machine might reach here).
+    let m =
+        Mirror::start(MirrorOpts::upstream(&reg.url()).up("abandon_fills_after", "never")).await;
 
     let r = m.get_blob("half/blob", &digest).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

@@ -132,8 +132,13 @@ async fn after_a_429_manifests_are_left_alone_until_retry_after_and_cached_tags_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_requests_in_flight_are_capped() {
     let (fake, _) = start_fake().await;
-    let m =
-        Mirror::start(MirrorOpts::upstream(&fake.url()).up("max_concurrent_requests", "2")).await;
+    // No slots kept for manifests: blob downloads may take both.
+    let m = Mirror::start(
+        MirrorOpts::upstream(&fake.url())
+            .up("max_concurrent_requests", "2")
+            .up("manifest_slots", "0"),
+    )
+    .await;
     assert_eq!(
         m.get_manifest("team/app", "v1")
             .send()

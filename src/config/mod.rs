@@ -257,6 +257,8 @@ pub struct Settings {
     /// `None`: blob bytes always go through the mirror.
     pub redirect: Option<crate::storage::config::RedirectPolicy>,
     pub cache_max_entries: usize,
+    /// Memory for kept referrers answers, and answers kept per index.
+    pub referrers_cache: (usize, usize),
     pub cache_backend: CacheBackend,
     pub redis: RedisConfig,
     pub upstream: UpstreamSettings,
@@ -602,6 +604,10 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         storage_breaker: c.storage.breaker.check().ok().flatten(),
         redirect: c.storage.redirect_policy().ok().flatten(),
         cache_max_entries: c.cache.memory.max_entries,
+        referrers_cache: (
+            c.cache.referrers.max_bytes().unwrap_or_default(),
+            c.cache.referrers.filters_per_index,
+        ),
         cache_backend: c.cache.backend,
         redis: c.cache.redis.clone(),
         upstream: upstream.settings,

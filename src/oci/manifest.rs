@@ -125,6 +125,36 @@ impl ManifestInfo {
     }
 }
 
+/// A config or layer descriptor with the size its manifest declares.
+#[derive(Deserialize)]
+struct SizedDescriptor {
+    digest: String,
+    size: u64,
+}
+
+#[derive(Deserialize)]
+struct SizedBlobs {
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+    #[serde(default)]
+    layers: Option<Vec<serde_json::Value>>,
+}
+
+/// The blobs (config and layers) `body` lists with the size it declares for each. Descriptors
+/// without a well-formed digest and size are left out (schema 1 declares none); so is all of a
+/// body that is not a manifest.
+pub fn declared_blob_sizes(body: &[u8]) -> Vec<(Digest, u64)> {
+    let Ok(raw) = serde_json::from_slice::<SizedBlobs>(body) else {
+        return Vec::new();
+    };
+    raw.config
+        .into_iter()
+        .chain(raw.layers.into_iter().flatten())
+        .filter_map(|v| serde_json::from_value::<SizedDescriptor>(v).ok())
+        .filter_map(|d| Some((Digest::parse(&d.digest).ok()?, d.size)))
+        .collect()
+}
+
 pub fn is_manifest_type(ct: &str) -> bool {
     matches!(
         ct,
@@ -153,6 +183,24 @@ mod tests {
         assert_eq!(m.media_type, DOCKER_MANIFEST);
         assert_eq!(m.blobs.len(), 2);
         assert!(m.children.is_empty());
+    }
+
+    #[test]
+    fn declared_sizes_of_config_and_layers() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":7}},"layers":[{{"digest":"{D2}","size":1048576}},{{"digest":"bad","size":1}},{{"digest":"{D1}"}}]}}"#
+        );
+        let got = declared_blob_sizes(body.as_bytes());
+        assert_eq!(
+            got,
+            vec![
+                (Digest::parse(D1).unwrap(), 7),
+                (Digest::parse(D2).unwrap(), 1 << 20)
+            ]
+        );
+        let index = format!(r#"{{"manifests":[{{"digest":"{D1}","size":1}}]}}"#);
+        assert!(declared_blob_sizes(index.as_bytes()).is_empty());
+        assert!(declared_blob_sizes(b"not json").is_empty());
     }
 
     #[test]

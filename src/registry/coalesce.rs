@@ -33,9 +33,19 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
+        self.run_noting(key, work, || {}).await
+    }
+
+    /// [`run`](Self::run), calling `on_join` as soon as this caller joins a run in flight
+    /// (rather than when it ends), so that the sharing can be counted while it happens.
+    pub async fn run_noting<F>(&self, key: K, work: F, on_join: impl FnOnce()) -> (V, bool)
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
         let (fut, joined) = {
             let mut map = self.inflight.lock().expect("lock");
             if let Some(f) = map.get(&key) {
+                on_join();
                 (f.clone(), true)
             } else {
                 let map_ref = Arc::clone(&self.inflight);

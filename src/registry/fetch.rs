@@ -12,18 +12,25 @@
 //! skipping what it has, when the upstream ignores ranges) and writing the prefix from its spool
 //! to storage first. Its clients' streams carry on where they were. A holder's own failure is
 //! final: every client's stream ends in an error, nothing is committed.
+//!
+//! Two bounds beyond the upstream's own: a fill of a blob whose size a manifest of its
+//! repository declared takes no more than that (`declared.rs`), from any source; and a fill
+//! nobody reads any more (no client, range waiter or peer stream holds it) for
+//! `upstream.abandon_fills_after` stops fetching, freeing its upstream slot, rather than
+//! fetching a whole blob for the cache alone.
 
 use std::fs::File;
+use std::future::Future;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::LINK_WRITE_TIMEOUT;
-use super::fill::{FillState, Origin, Progress};
+use super::fill::{Fill, FillState, Origin, Progress};
 use super::lease::{Fleet, Next, REMOTE_POLL_MAX, REMOTE_POLL_MIN, Start};
 use super::peer::PeerError;
 use crate::cache::lease::holder_peer;
@@ -34,6 +41,14 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes gathered before one storage write.
 const STORAGE_BATCH: usize = 1024 * 1024;
+
+/// `work`'s output, or None when `stop` resolves first (`work` is then dropped).
+async fn unless<T>(stop: impl Future<Output = ()>, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = work => Some(r),
+        () = stop => None,
+    }
+}
 
 /// Why a source stopped short.
 enum Stop {
@@ -55,6 +70,10 @@ pub struct FillJob {
     hasher: Hasher,
     written: u64,
     size: Option<u64>,
+    /// The size a manifest of `name` declares for the blob: binding on every source.
+    declared: Option<u64>,
+    /// The fill its clients hold: nobody holding it (but the map of fills) means nobody reads.
+    readers: Option<Weak<Fill>>,
 }
 
 impl FillJob {
@@ -82,7 +101,16 @@ impl FillJob {
             hasher,
             written: 0,
             size: None,
+            declared: None,
+            readers: None,
         }
+    }
+
+    /// Held to the `declared` size, and abandoned once nobody holds `readers` for a while.
+    pub fn bounded(mut self, declared: Option<u64>, readers: Weak<Fill>) -> Self {
+        self.declared = declared;
+        self.readers = Some(readers);
+        self
     }
 
     /// Fill from `start` on until the blob is verified (and, for the holder, committed) or the
@@ -101,14 +129,27 @@ impl FillJob {
                         self.set_origin(Origin::Upstream);
                     }
                     let digest = self.digest.clone();
-                    let r = lease.hold(&digest, self.fetch_upstream()).await;
+                    let idle = self.idle();
+                    let r = lease
+                        .hold(&digest, async {
+                            match unless(idle, self.fetch_upstream()).await {
+                                Some(r) => r,
+                                None => Err(self.abandon()),
+                            }
+                        })
+                        .await;
                     lease.release().await;
                     break r;
                 }
                 Next::Stored => break self.read_storage().await,
                 Next::Peer(held) => {
                     let before = self.written;
-                    match self.relay_peer(&held).await {
+                    let idle = self.idle();
+                    let relayed = match unless(idle, self.relay_peer(&held)).await {
+                        Some(r) => r,
+                        None => Err(Stop::Fail(self.abandon())),
+                    };
+                    match relayed {
                         Ok(()) => break Ok(()),
                         Err(Stop::Fail(state)) => break Err(state),
                         Err(Stop::Peer(why)) => {
@@ -159,6 +200,63 @@ impl FillJob {
         self.tx.send_modify(|p| p.state = state);
     }
 
+    /// Resolves once nobody has read this fill for `upstream.abandon_fills_after`; never when
+    /// that is `never`, nor once the blob is verified (what is left is storing it).
+    fn idle(&self) -> impl Future<Output = ()> + use<> {
+        let after = self.upstream.blob_bounds(&self.name).abandon_after;
+        let readers = self.readers.clone();
+        let progress = self.tx.subscribe();
+        async move {
+            let (Some(readers), Some(after)) = (readers, after) else {
+                return std::future::pending().await;
+            };
+            let tick = (after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let mut idle_since: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::time::sleep(tick).await;
+                if progress.borrow().verified {
+                    return std::future::pending().await;
+                }
+                // The map of fills in flight holds one reference; each client's stream, range
+                // waiter, request on its way and peer stream holds another.
+                if readers.strong_count() > 1 {
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= after {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The end of a fill nobody reads: its fetch is dropped (its upstream slot, connection and
+    /// storage writer with it), nothing is kept.
+    fn abandon(&self) -> FillState {
+        metrics::counter!(crate::metrics::FILLS_ABANDONED).increment(1);
+        tracing::info!(name = %self.name, digest = %self.digest, bytes = self.written,
+            "fill abandoned: nobody reads it any more; nothing stored");
+        let m = "the fill was abandoned: nobody was reading it".to_owned();
+        if self.written == 0 {
+            FillState::Refused(UpstreamError::Unavailable(m))
+        } else {
+            FillState::Broken(m)
+        }
+    }
+
+    /// Why a source announcing a `size`-byte blob is refused: above the manifest's declared size.
+    fn over_declared(&self, who: &str, size: Option<u64>) -> Option<String> {
+        let (Some(d), Some(n)) = (self.declared, size) else {
+            return None;
+        };
+        (n > d).then(|| {
+            metrics::counter!(crate::metrics::UPSTREAM_BOUNDS, "bound" => "declared_size")
+                .increment(1);
+            format!("{who} announces a {n}-byte blob; its manifest declares {d} bytes")
+        })
+    }
+
     fn set_origin(&self, origin: Origin) {
         self.tx.send_modify(|p| p.origin = origin);
     }
@@ -196,6 +294,15 @@ impl FillJob {
             .is_some_and(|s| self.written + chunk.len() as u64 > s)
         {
             return Err(self.broken("the source sent more bytes than the blob's size".into()));
+        }
+        if let Some(d) = self.declared
+            && self.written + chunk.len() as u64 > d
+        {
+            metrics::counter!(crate::metrics::UPSTREAM_BOUNDS, "bound" => "declared_size")
+                .increment(1);
+            return Err(self.broken(format!(
+                "the source sent more than the {d} bytes its manifest declares"
+            )));
         }
         self.hasher.update(chunk);
         self.spool
@@ -262,6 +369,13 @@ impl FillJob {
                 FillState::Refused(e)
             } else {
                 self.broken(e.to_string())
+            }));
+        }
+        if let Some(m) = self.over_declared("the holder", opened.size) {
+            return Err(Stop::Fail(if self.written == 0 {
+                FillState::Refused(UpstreamError::Invalid(m))
+            } else {
+                self.broken(m)
             }));
         }
         self.tx.send_modify(|p| p.confirmed = opened.name.clone());
@@ -347,6 +461,14 @@ impl FillJob {
                     self.broken(format!("resuming from the upstream: {e}"))
                 }
             })?;
+        if let Some(m) = self.over_declared("the upstream", resp.size) {
+            tracing::warn!(name = %self.name, digest = %self.digest, error = %m, "blob fetch refused");
+            return Err(if from == 0 {
+                FillState::Refused(UpstreamError::Invalid(m))
+            } else {
+                self.broken(m)
+            });
+        }
         // The upstream's answer confirms the blob under this fill's name (from here on, for
         // a relay that took over).
         let name = self.name.clone();

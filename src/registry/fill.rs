@@ -228,12 +228,13 @@ impl Fills {
         self.inflight.lock().expect("lock").get(digest).cloned()
     }
 
-    /// Join the fill for `digest`, starting one (fetching under `name`, from where `start` says)
-    /// when none is in flight.
+    /// Join the fill for `digest`, starting one (fetching under `name`, from where `start` says,
+    /// held to the `declared` size of a manifest of `name`) when none is in flight.
     pub fn join_or_start(
         &self,
         name: &RepoName,
         digest: &Digest,
+        declared: Option<u64>,
         start: Start,
         fleet: Arc<Fleet>,
     ) -> io::Result<Arc<Fill>> {
@@ -279,7 +280,8 @@ impl Fills {
             self.upstream.clone(),
             self.read_only,
             fleet,
-        );
+        )
+        .bounded(declared, Arc::downgrade(&fill));
         let inflight = self.inflight.clone();
         let digest = digest.clone();
         self.tasks.spawn(job.run(start, move || {

@@ -315,7 +315,13 @@ impl Registry {
     ) -> Result<Source, RegistryError> {
         let fill = self
             .fills
-            .join_or_start(repo, digest, start, self.fleet.clone())
+            .join_or_start(
+                repo,
+                digest,
+                self.declared.get(repo, digest),
+                start,
+                self.fleet.clone(),
+            )
             .map_err(|e| RegistryError::Internal(format!("cannot create spool file: {e}")))?;
         Ok(Source::Fill(fill))
     }

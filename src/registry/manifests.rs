@@ -27,6 +27,8 @@ impl Registry {
         // Whatever path it came by (storage, revalidation, a fetch, stale), what is served
         // passes the signature policy.
         self.check_served(&repo, &m.digest, &m.body).await?;
+        // Its layers' fills are held to the sizes it declares.
+        self.declared.note(&repo, &m.digest, &m.body);
         if let Some(log) = &self.access {
             log.touch(&m.digest);
         }

@@ -4,11 +4,13 @@
 //! `manifests.rs` (and tags resolving to them), `blobs.rs`, `tags.rs` (tag lists, catalog),
 //! `referrers.rs`; `fill.rs` the fill (spool, watermark, clients), `fetch.rs` its task (sources,
 //! hashing, commit, resuming), `lease.rs` the fleet's fill lease and `peer.rs` the seam to the
-//! other replicas; `namespace.rs` containerd's `ns`.
+//! other replicas; `namespace.rs` containerd's `ns`; `declared.rs` the blob sizes manifests
+//! declare, binding on fills.
 
 mod blobs;
 mod bodies;
 mod coalesce;
+mod declared;
 mod fetch;
 mod fill;
 mod lease;
@@ -64,6 +66,9 @@ pub enum RegistryError {
 
 /// Coalesced results are shared, so errors travel as text-bearing clones.
 type Shared<T> = Result<T, Arc<RegistryError>>;
+
+/// A tag list read: repository, `n` and `last`.
+type TagsKey = (RepoName, Option<usize>, Option<String>);
 
 #[derive(Clone, Debug)]
 pub struct RegistrySettings {
@@ -133,8 +138,12 @@ pub struct Registry {
     fleet: Arc<Fleet>,
     decisions: Coalescer<Digest, Shared<Source>>,
     referrer_fetches: Coalescer<(RepoName, Digest), Shared<Bytes>>,
+    /// Identical tag list reads in flight share one upstream request.
+    tag_lists: Coalescer<TagsKey, Result<crate::upstream::TagsResponse, UpstreamError>>,
     referrer_answers: referrers::Answers,
     bodies: ManifestBodies,
+    /// Blob sizes declared by the manifests served, binding on their fills.
+    declared: declared::DeclaredSizes,
     /// Where pulls are noted for expiry (None: no expiry policy, nothing noted).
     access: Option<Arc<AccessLog>>,
     verifier: Option<Arc<crate::verify::Verifier>>,
@@ -171,8 +180,10 @@ impl Registry {
             fleet: Arc::new(Fleet::new(Arc::new(LocalLeases), storage.clone())),
             decisions: Coalescer::default(),
             referrer_fetches: Coalescer::default(),
+            tag_lists: Coalescer::default(),
             referrer_answers: referrers::Answers::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
+            declared: declared::DeclaredSizes::default(),
             access: None,
             verifier: None,
             redirect: None,
@@ -189,6 +200,12 @@ impl Registry {
     /// store, valid for `expiry` (see [`Registry::blob_redirectable`]).
     pub fn with_redirect(mut self, expiry: Duration) -> Self {
         self.redirect = Some(expiry);
+        self
+    }
+
+    /// Keep referrers answers in at most `max_bytes` of memory, `filters` per index.
+    pub fn with_referrers_cache(mut self, max_bytes: usize, filters: usize) -> Self {
+        self.referrer_answers = referrers::Answers::new(max_bytes, filters);
         self
     }
 

@@ -2,7 +2,8 @@
 //! like a tag — trusted for `tag_ttl`, served stale when the upstream fails. Answers from a
 //! fresh stored index are kept in memory per (repository, digest, `artifactType`), tied to the
 //! stored copy's size and time, so a 4 MiB, 18,000-entry index is read and filtered once per
-//! fetch rather than on every request.
+//! fetch rather than on every request; bounded by `cache.referrers.max_bytes` and
+//! `cache.referrers.filters_per_index`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,11 @@ use crate::oci::{Digest, RepoName};
 use crate::storage::ObjectMeta;
 use crate::upstream::UpstreamError;
 
-/// Memory for kept answers; beyond it, all are dropped (they are rebuilt from storage).
+/// Memory for kept answers by default; beyond it, all are dropped (they are rebuilt from
+/// storage).
 const ANSWERS_MAX_BYTES: usize = 32 * 1024 * 1024;
-/// Filters kept per index: a client cannot grow one entry without bound by varying them.
+/// Filters kept per index by default: a client cannot grow one entry without bound by varying
+/// them.
 const FILTERS_PER_INDEX: usize = 16;
 
 /// One stored index's answers, by filter (None: unfiltered).
@@ -31,12 +34,31 @@ struct Kept {
 type ByIndex = HashMap<(RepoName, Digest), Kept>;
 
 /// Kept answers, and the bytes they hold.
-#[derive(Default)]
 pub(super) struct Answers {
+    max_bytes: usize,
+    filters: usize,
     inner: Mutex<(ByIndex, usize)>,
 }
 
+impl Default for Answers {
+    fn default() -> Self {
+        Answers::new(ANSWERS_MAX_BYTES, FILTERS_PER_INDEX)
+    }
+}
+
+fn unkept(reason: &'static str) {
+    metrics::counter!(crate::metrics::REFERRERS_UNKEPT, "reason" => reason).increment(1);
+}
+
 impl Answers {
+    pub(super) fn new(max_bytes: usize, filters: usize) -> Self {
+        Answers {
+            max_bytes,
+            filters,
+            inner: Mutex::default(),
+        }
+    }
+
     fn get(
         &self,
         key: &(RepoName, Digest),
@@ -52,12 +74,17 @@ impl Answers {
     }
 
     fn put(&self, key: (RepoName, Digest), meta: &ObjectMeta, filter: Option<&str>, b: Bytes) {
-        if meta.modified.is_none() || b.len() > ANSWERS_MAX_BYTES / 4 {
+        if meta.modified.is_none() {
+            return;
+        }
+        if b.len() > self.max_bytes / 4 {
+            unkept("large");
             return;
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (map, used) = &mut *g;
-        if *used + b.len() > ANSWERS_MAX_BYTES {
+        if *used + b.len() > self.max_bytes {
+            unkept("full");
             map.clear();
             *used = 0;
         }
@@ -71,7 +98,8 @@ impl Answers {
             k.answers.clear();
             (k.size, k.modified) = (meta.size, meta.modified);
         }
-        if k.answers.len() >= FILTERS_PER_INDEX {
+        if k.answers.len() >= self.filters && !k.answers.contains_key(&filter.map(str::to_owned)) {
+            unkept("filters");
             return;
         }
         *used += b.len();
@@ -130,13 +158,18 @@ impl Registry {
             stored => {
                 let this = self.clone();
                 let (repo2, d2, key2) = (repo.clone(), digest.clone(), key.clone());
+                let shared = || {
+                    metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "referrers")
+                        .increment(1);
+                };
+                let work = async move {
+                    this.fetch_referrers(&repo2, &d2, &key2)
+                        .await
+                        .map_err(Arc::new)
+                };
                 let (r, _) = self
                     .referrer_fetches
-                    .run((repo.clone(), digest.clone()), async move {
-                        this.fetch_referrers(&repo2, &d2, &key2)
-                            .await
-                            .map_err(Arc::new)
-                    })
+                    .run_noting((repo.clone(), digest.clone()), work, shared)
                     .await;
                 match (r, stored) {
                     (Ok(b), _) => b,

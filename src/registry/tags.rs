@@ -2,6 +2,7 @@
 //! upstream (sorted and paged here whatever the upstream did), or from storage when it fails;
 //! the catalog lists what storage holds. The upstream's list is paged while it is parsed: only
 //! the tags the page needs are kept, so `n=1` against a list of millions holds one tag, not all.
+//! Identical reads of a list in flight at once share one upstream request.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,7 +24,21 @@ impl Registry {
         let repo = self.upstream.canonical_name(name);
         let mut refused = None;
         if !self.settings.offline {
-            match self.upstream.tags(&repo, n, last).await {
+            let up = self.upstream.clone();
+            let key = (repo.clone(), n, last.map(str::to_owned));
+            let (repo2, last2) = (repo.clone(), key.2.clone());
+            let shared = || {
+                metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "tags").increment(1);
+            };
+            let (listed, _) = self
+                .tag_lists
+                .run_noting(
+                    key,
+                    async move { up.tags(&repo2, n, last2.as_deref()).await },
+                    shared,
+                )
+                .await;
+            match listed {
                 Ok(resp) => {
                     let kept = parse_page(&resp.body, n, last).map_err(|e| {
                         RegistryError::Upstream(UpstreamError::Invalid(format!("tag list: {e}")))

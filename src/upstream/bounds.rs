@@ -25,6 +25,9 @@ pub const MAX_REFERRERS_BODY: usize = 4 * 1024 * 1024;
 /// Token responses: a JWT with a long access claim is a few KiB.
 pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
 
+/// Long enough for a client that timed out to come back and join the fill it left.
+pub const DEFAULT_ABANDON_AFTER: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobBounds {
     /// Bytes a blob body may have at most.
@@ -33,6 +36,8 @@ pub struct BlobBounds {
     pub min_rate: u64,
     /// Time a blob fetch gets before its average rate is held to the minimum.
     pub grace: Duration,
+    /// How long a fill nobody reads goes on fetching; None: to the end (for the cache).
+    pub abandon_after: Option<Duration>,
 }
 
 impl Default for BlobBounds {
@@ -41,6 +46,7 @@ impl Default for BlobBounds {
             max_size: 32 << 30,
             min_rate: 16 << 10,
             grace: Duration::from_secs(30),
+            abandon_after: Some(DEFAULT_ABANDON_AFTER),
         }
     }
 }
@@ -173,6 +179,7 @@ mod tests {
             max_size: 100,
             min_rate: 0,
             grace: Duration::ZERO,
+            abandon_after: None,
         };
         assert!(b.apply(Some(101), chunks(1, 1)).is_err());
         assert!(b.apply(Some(100), chunks(1, 1)).is_ok());
@@ -184,6 +191,7 @@ mod tests {
             max_size: 100,
             min_rate: 0,
             grace: Duration::ZERO,
+            abandon_after: None,
         };
         let (n, e) = drain(b.apply(None, chunks(1000, 10)).unwrap()).await;
         assert_eq!(n, 100);
@@ -203,6 +211,7 @@ mod tests {
             max_size: u64::MAX,
             min_rate: u64::MAX,
             grace: Duration::from_millis(50),
+            abandon_after: None,
         };
         let stalled = futures_util::stream::iter([Ok(Bytes::from_static(b"x"))])
             .chain(futures_util::stream::pending())

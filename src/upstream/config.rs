@@ -68,6 +68,8 @@ pub struct UpstreamConfig {
     pub read_timeout: String,
     /// Requests in flight to the upstream at most (a blob until its body ends); 0: no cap.
     pub max_concurrent_requests: usize,
+    /// Of `max_concurrent_requests`, slots blob downloads never take (at most half of them).
+    pub manifest_slots: usize,
     /// Largest blob fetched (`32GiB`); a body announcing or sending more fails, nothing kept.
     pub max_blob_size: String,
     /// Bytes per second a blob fetch must average after its first `read_timeout` (`16KiB`);
@@ -75,6 +77,9 @@ pub struct UpstreamConfig {
     pub min_blob_rate: String,
     /// Descriptors (config, layers, index entries) a manifest may list; more: refused.
     pub max_manifest_descriptors: usize,
+    /// How long a blob fill nobody reads any more goes on fetching (`10s`); `never`: to the
+    /// end, for the cache.
+    pub abandon_fills_after: String,
     /// Repositories that may be fetched from the upstream (ACL pattern syntax: `library/*`,
     /// `myorg/**`, `/regex/`). Empty: all. Others are served only if already cached.
     pub allow: Vec<String>,
@@ -110,9 +115,11 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("manifest_slots", &self.manifest_slots)
             .field("max_blob_size", &self.max_blob_size)
             .field("min_blob_rate", &self.min_blob_rate)
             .field("max_manifest_descriptors", &self.max_manifest_descriptors)
+            .field("abandon_fills_after", &self.abandon_fills_after)
             .field("allow", &self.allow)
             .field("ns", &self.ns)
             .finish()
@@ -133,9 +140,12 @@ impl Default for UpstreamConfig {
             first_byte_timeout: "30s".into(),
             read_timeout: "30s".into(),
             max_concurrent_requests: 64,
+            manifest_slots: 8,
             max_blob_size: "32GiB".into(),
             min_blob_rate: "16KiB".into(),
             max_manifest_descriptors: super::fanout::DEFAULT_MAX_DESCRIPTORS,
+            abandon_fills_after: humantime::format_duration(super::bounds::DEFAULT_ABANDON_AFTER)
+                .to_string(),
             allow: Vec::new(),
             ns: None,
         }
@@ -204,6 +214,10 @@ impl UpstreamConfig {
         let connect = duration("connect_timeout", &self.connect_timeout);
         let first_byte = duration("first_byte_timeout", &self.first_byte_timeout);
         let read = duration("read_timeout", &self.read_timeout);
+        let abandon_after = match self.abandon_fills_after.trim() {
+            "never" => Some(None),
+            v => duration("abandon_fills_after", v).map(Some),
+        };
         for (k, d) in [
             ("connect_timeout", connect),
             ("first_byte_timeout", first_byte),
@@ -299,8 +313,23 @@ impl UpstreamConfig {
                 Err(m) => problems.push(("ns".into(), m)),
             }
         }
-        let (Some(url), Some(tag_ttl), Some(connect), Some(first_byte), Some(read), true) =
-            (url, tag_ttl, connect, first_byte, read, problems.is_empty())
+        let (
+            Some(url),
+            Some(tag_ttl),
+            Some(connect),
+            Some(first_byte),
+            Some(read),
+            Some(abandon_after),
+            true,
+        ) = (
+            url,
+            tag_ttl,
+            connect,
+            first_byte,
+            read,
+            abandon_after,
+            problems.is_empty(),
+        )
         else {
             return Err(problems);
         };
@@ -334,10 +363,12 @@ impl UpstreamConfig {
                 first_byte_timeout: first_byte,
                 read_timeout: read,
                 max_concurrent_requests: self.max_concurrent_requests,
+                manifest_slots: self.manifest_slots,
                 blob_bounds: super::bounds::BlobBounds {
                     max_size: max_blob_size.expect("checked"),
                     min_rate: min_blob_rate.expect("checked"),
                     grace: read,
+                    abandon_after,
                 },
             },
         })

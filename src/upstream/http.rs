@@ -15,11 +15,11 @@ use reqwest::header::{
     RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use super::credentials::Credentials;
 use super::ratelimit::RateLimits;
+use super::slots::{Slot, Slots};
 use super::token::{self, TokenCache};
 use super::{
     BlobResponse, Challenge, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError,
@@ -42,6 +42,9 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     /// Requests in flight to this upstream at most (a blob counts until its body ends); 0: no cap.
     pub max_concurrent_requests: usize,
+    /// Of those, slots blob downloads never take (at most half of them), so that manifest, tag
+    /// list and referrers requests get through while blobs are downloading.
+    pub manifest_slots: usize,
     /// Size and rate every blob body is held to.
     pub blob_bounds: super::bounds::BlobBounds,
 }
@@ -60,6 +63,7 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("manifest_slots", &self.manifest_slots)
             .field("blob_bounds", &self.blob_bounds)
             .finish()
     }
@@ -83,13 +87,13 @@ pub struct HttpUpstream {
     credentials: Arc<Credentials>,
     tokens: TokenCache,
     limits: Arc<RateLimits>,
-    permits: Option<Arc<Semaphore>>,
+    slots: Option<Slots>,
 }
 
 /// A response with the concurrency permit it holds until dropped.
 struct Sent {
     resp: Response,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
 }
 
 fn count(upstream: &str, op: &'static str, status: String) {
@@ -119,8 +123,11 @@ impl HttpUpstream {
             .tcp_nodelay(true)
             .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let permits = (settings.max_concurrent_requests > 0)
-            .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+        let slots = Slots::new(
+            &settings.name,
+            settings.max_concurrent_requests,
+            settings.manifest_slots,
+        );
         let limits = Arc::new(RateLimits::new(&settings.name));
         let state = limits.clone();
         crate::status::register_upstream(
@@ -142,7 +149,7 @@ impl HttpUpstream {
             credentials,
             tokens: TokenCache::default(),
             limits,
-            permits,
+            slots,
         })
     }
 
@@ -169,7 +176,19 @@ impl HttpUpstream {
         scope: &str,
         force: bool,
     ) -> Result<String, UpstreamError> {
+        let asked = std::time::Instant::now();
         if !force && let Some(t) = self.tokens.get(scope, self.credentials.generation()) {
+            return Ok(t);
+        }
+        // One fetch per scope at a time; a request that waited takes the token fetched
+        // meanwhile (newer than the one it was refused with, when `force`).
+        let gate = self.tokens.gate(scope);
+        let _turn = gate.lock().await;
+        if let Some(t) = self
+            .tokens
+            .get_since(scope, self.credentials.generation(), asked)
+        {
+            metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "token").increment(1);
             return Ok(t);
         }
         let (status, detail) = match self.fetch_token(realm, service, scope).await? {
@@ -273,31 +292,18 @@ impl HttpUpstream {
         false
     }
 
-    /// A place among the requests in flight to this upstream. Blob fetches queue for as long
-    /// as it takes (their clients are waiting on them); anything else gives up after the
-    /// first-byte timeout, and a cached answer is served instead.
-    async fn permit(
-        &self,
-        op: &'static str,
-    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
-        let Some(sem) = &self.permits else {
+    /// A place among the requests in flight to this upstream (see `slots.rs`).
+    async fn permit(&self, op: &'static str) -> Result<Option<Slot>, UpstreamError> {
+        let Some(slots) = &self.slots else {
             return Ok(None);
         };
-        let acquire = sem.clone().acquire_owned();
-        let permit = if op == "blob_get" {
-            acquire.await
-        } else {
-            tokio::time::timeout(self.settings.first_byte_timeout, acquire)
-                .await
-                .map_err(|_| {
-                    count(&self.settings.name, op, "queue_timeout".into());
-                    UpstreamError::Unavailable(format!(
-                        "{} requests to the upstream already in flight",
-                        self.settings.max_concurrent_requests
-                    ))
-                })?
-        };
-        Ok(Some(permit.expect("the semaphore is never closed")))
+        match slots.acquire(op, self.settings.first_byte_timeout).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                count(&self.settings.name, op, "queue_timeout".into());
+                Err(e)
+            }
+        }
     }
 
     /// Send a request with authentication, answering one 401 challenge. Returns the response
@@ -708,6 +714,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             max_concurrent_requests: 0,
+            manifest_slots: 0,
             blob_bounds: Default::default(),
         };
         let shown = format!("{s:?}");

@@ -10,6 +10,7 @@ pub mod fanout;
 mod http;
 pub mod ratelimit;
 mod route;
+mod slots;
 mod token;
 
 use std::pin::Pin;

@@ -1,10 +1,11 @@
 //! Bearer tokens of the Docker token flow, as an upstream's token endpoint hands them out: the
 //! shapes of its answer (`token` or `access_token`, with or without `expires_in`), what it says
 //! when it refuses, and the cache of tokens per scope, each kept until shortly before it expires
-//! and only for the password it was obtained with.
+//! and only for the password it was obtained with. Requests needing a token for the same scope
+//! at once wait for one fetch of it (see [`TokenCache::gate`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -72,12 +73,15 @@ struct Cached {
     token: String,
     expires: Instant,
     generation: u64,
+    obtained: Instant,
 }
 
 /// Tokens per scope.
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, Cached>>,
+    /// One lock per scope being fetched: the requests behind the first take what it obtained.
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl TokenCache {
@@ -89,6 +93,26 @@ impl TokenCache {
             .get(scope)
             .filter(|t| t.expires > Instant::now() && t.generation == generation)
             .map(|t| t.token.clone())
+    }
+
+    /// Like [`get`](Self::get), for a token obtained at `since` or later: one another request
+    /// fetched while this one waited at the scope's [`gate`](Self::gate).
+    pub fn get_since(&self, scope: &str, generation: u64, since: Instant) -> Option<String> {
+        let tokens = self.tokens.lock().expect("lock");
+        tokens
+            .get(scope)
+            .filter(|t| t.expires > Instant::now() && t.generation == generation)
+            .filter(|t| t.obtained >= since)
+            .map(|t| t.token.clone())
+    }
+
+    /// The lock that requests fetching a token for `scope` take in turn, so that N requests
+    /// needing one at once make one request to the token endpoint.
+    pub fn gate(&self, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().expect("lock");
+        // Locks nobody holds or waits for any more.
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        gates.entry(scope.to_owned()).or_default().clone()
     }
 
     pub fn put(&self, scope: &str, token: &str, lifetime: u64, generation: u64) {
@@ -103,6 +127,7 @@ impl TokenCache {
                 token: token.to_owned(),
                 expires: Instant::now() + Duration::from_secs(lifetime - margin.min(lifetime - 1)),
                 generation,
+                obtained: Instant::now(),
             },
         );
     }

@@ -602,7 +602,7 @@ impl Rule<'_> {
         self.edit(|r| r.quirks.body_delay = Some(d))
     }
     /// Send `bytes` of the body, then nothing more until [`FakeUpstream::release`]: a fill
-    /// that is certainly still in flight while the test looks.
+    /// that is certainly still in flight while the test looks. A token answer is held whole.
     pub fn hold_after(self, bytes: usize) -> Self {
         self.edit(|r| r.quirks.hold_after = Some(bytes))
     }

@@ -135,6 +135,10 @@ pub(super) async fn registry(st: Arc<State>, req: Request) -> Response {
     let flight = Flight::new(&st, t.route);
     if t.route == Route::Token {
         let q = quirks_for(&st, t.route, &seen.method, &seen.path);
+        // A token answer has no body to hold part of: `hold_after` holds all of it.
+        if q.hold_after.is_some() {
+            let _ = st.released.subscribe().wait_for(|open| *open).await;
+        }
         return match hold_or_reply(&q).await {
             Some(r) => with_headers(r, &q),
             None => with_headers(token(&st, req).await, &q),
