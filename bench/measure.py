@@ -11,7 +11,7 @@
   set RESULTS KEY VALUE / get RESULTS KEY   edit/read the results JSON (KEY dotted, "x[]" appends)
   rss PID OUT                           sample VmRSS of PID every 50 ms until SIGTERM/PID exit,
                                         then write JSON {max_rss_kib, hwm_kib, samples} to OUT
-  report RESULTS.json OUT.md            print the table and write the markdown report
+  report RESULTS.json OUT.md            print the tables and write the markdown report (OUT.md "-": print only)
 """
 import json
 import os
@@ -253,6 +253,81 @@ def build_rows(r):
     return rows
 
 
+def static_summary(r):
+    """The interleaved ocimirror/nginx runs (e): per measurement, each round's figures with the load
+    before each run, the median of each side and the median of the per-round ratios."""
+    runs = r.get("static", {}).get("runs", [])
+    out = {}
+    for what, key in (("blob", "mib_s"), ("manifest", "rps")):
+        by = {}
+        for x in runs:
+            if x.get("what") == what:
+                by.setdefault(x["round"], {})[x["kind"]] = x
+        rounds = []
+        for rd in sorted(by):
+            o, n = by[rd].get("ocimirror", {}), by[rd].get("nginx", {})
+            ov, nv = o.get("result", {}).get(key), n.get("result", {}).get(key)
+            rounds.append({"round": rd, "om": ov, "ng": nv, "om_load": o.get("load"), "ng_load": n.get("load"),
+                           "om_p99": o.get("result", {}).get("p99_ms"), "ng_p99": n.get("result", {}).get("p99_ms"),
+                           "om_upstream": o.get("result", {}).get("upstream"),
+                           "ratio": None if ov is None or not nv else ov / nv})
+        out[what] = {"rounds": rounds, "om": median([x["om"] for x in rounds]),
+                     "ng": median([x["ng"] for x in rounds]), "ratio": median([x["ratio"] for x in rounds]),
+                     "upstream": sum(x["om_upstream"] or 0 for x in rounds) if rounds else None}
+    return out
+
+
+STATIC_TARGETS = {"blob": 0.85, "manifest": 0.75}
+
+
+def static_rows(r):
+    s = static_summary(r)
+    conns = r.get("meta", {}).get("conns", 32)
+    rows = []
+    for what, label, spec in (("blob", f"e. warm 2 MiB blob GET, MiB/s (wrk -t2 -c{conns})", "{:.0f}"),
+                              ("manifest", f"e. warm manifest GET by tag, requests/s (wrk -t2 -c{conns})", "{:.0f}")):
+        x = s[what]
+        loads = ", ".join(f"{rd['om_load']}/{rd['ng_load']}" for rd in x["rounds"])
+        t = STATIC_TARGETS[what]
+        rows.append((label, fmt(x["om"], spec), fmt(x["ng"], spec), fmt(x["ratio"], "{:.2f}x"), loads or "n/a",
+                     f"≥ {t}x" + check(None if x["ratio"] is None else x["ratio"] >= t)))
+    return rows
+
+
+def static_md(r):
+    s = static_summary(r)
+    m = r.get("meta", {})
+    if not s["blob"]["rounds"] and not s["manifest"]["rounds"]:
+        return ""
+    out = [f"""
+## Static-file reference (nginx)
+
+The physical limit for serving cached bytes on this machine: nginx {m.get('nginx', '?')} with
+`sendfile on`, `tcp_nopush on`, 2 workers, `keepalive_requests 1000000`, an access log (as
+ocimirror writes one), serving the same blob and manifest bytes as plain files under the same
+paths (the manifest with the upstream's `Content-Type`). The runs alternate
+(ocimirror blob, nginx blob, ocimirror manifest, nginx manifest) for {m.get('nginx_rounds', '?')} rounds with
+the same `wrk -t2 -c{m.get('conns', 32)} -d{m.get('duration', '10s')}`; each figure is the median of the
+rounds, the ratio the median of the per-round ratios, and the load is the 1-minute load average
+read just before each run (ocimirror/nginx).
+
+| measurement | ocimirror | nginx | ocimirror / nginx | load before each run (ocimirror/nginx) | target |
+|---|---:|---:|---:|---|---|"""]
+    for row in static_rows(r):
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    out.append("| round | measurement | ocimirror | nginx | ratio | load (om/nginx) | p99 ms (om/nginx) | ocimirror upstream requests |")
+    out.append("|---:|---|---:|---:|---:|---|---|---:|")
+    for what in ("blob", "manifest"):
+        for rd in s[what]["rounds"]:
+            out.append(f"| {rd['round']} | {what} | {fmt(rd['om'])} | {fmt(rd['ng'])} | {fmt(rd['ratio'], '{:.2f}x')} "
+                       f"| {rd['om_load']}/{rd['ng_load']} | {fmt(rd['om_p99'], '{:.1f}')}/{fmt(rd['ng_p99'], '{:.1f}')} "
+                       f"| {fmt(rd['om_upstream'])} |")
+    rss = r.get("static", {}).get("ocimirror_peak_rss_mib")
+    out.append(f"\nocimirror's peak RSS (VmHWM) after all warm runs: {fmt(rss, '{:.1f}')} MiB (target ≤ 48 MiB).\n")
+    return "\n".join(out)
+
+
 def build_s3_rows(r):
     """Rows of the S3 + Redis leg: both mirrors on S3, beside ocimirror's filesystem figures."""
     s3 = r.get("s3", {})
@@ -293,7 +368,8 @@ def s3_table_md(rows):
     return "\n".join(out)
 
 
-GENERATED_SECTIONS = {"Machine and versions", "Method", "Results", "S3 + Redis", "Problems during this run", "Notes"}
+GENERATED_SECTIONS = {"Machine and versions", "Method", "Results", "Static-file reference (nginx)", "S3 + Redis",
+                      "Problems during this run", "Notes"}
 RAW_MARK = "\nRaw results (JSON) of this run:"
 
 
@@ -324,13 +400,13 @@ def table_md(rows):
     return "\n".join(out)
 
 
-def table_text(rows):
-    hdr = ("measurement", "ocimirror", "distribution", "ratio", "target")
-    w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(5)]
+def table_text(rows, hdr=("measurement", "ocimirror", "distribution", "ratio", "target")):
+    k = len(hdr)
+    w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(k)]
     w[0] = min(w[0], 70)
     lines = []
     for row in [hdr] + rows:
-        cells = [str(row[0])[:70].ljust(w[0])] + [str(c).rjust(w[i]) for i, c in enumerate(row[1:4], 1)] + [row[4]]
+        cells = [str(row[0])[:70].ljust(w[0])] + [str(c).rjust(w[i]) for i, c in enumerate(row[1:k - 1], 1)] + [row[k - 1]]
         lines.append("  ".join(cells))
     return "\n".join(lines)
 
@@ -340,6 +416,9 @@ def report(results_path, md_path):
         r = json.load(f)
     rows = build_rows(r)
     print(table_text(rows))
+    if r.get("static", {}).get("runs"):
+        print("\ne. interleaved with nginx serving the same bytes (medians over rounds; load om/nginx per round):")
+        print(table_text(static_rows(r), ("measurement", "ocimirror", "nginx", "om/nginx", "load", "target")))
     kept = kept_sections(md_path) if md_path and md_path != "-" else []
     m = r.get("meta", {})
     errors = r.get("errors", [])
@@ -393,6 +472,7 @@ Targets are ocimirror's design goals; Distribution's column is what it replaces.
 `bench/run.sh` (builds `target/release/ocimirror`, or set `OCIMIRROR_BIN`; see the script's header for
 the knobs). It rewrites this file; hand-written `##` sections (analysis) are carried over.
 """
+    md += static_md(r)
     for sec in kept:
         md += "\n" + sec
     if r.get("s3"):

