@@ -415,7 +415,8 @@ def report(results_path, md_path):
     with open(results_path) as f:
         r = json.load(f)
     rows = build_rows(r)
-    print(table_text(rows))
+    if str(r.get("meta", {}).get("quick", 0)) != "1":
+        print(table_text(rows))
     if r.get("static", {}).get("runs"):
         print("\ne. interleaved with nginx serving the same bytes (medians over rounds; load om/nginx per round):")
         print(table_text(static_rows(r), ("measurement", "ocimirror", "nginx", "om/nginx", "load", "target")))
