@@ -12,6 +12,10 @@
 //! skipping what it has, when the upstream ignores ranges) and writing the prefix from its spool
 //! to storage first. Its clients' streams carry on where they were. A holder's own failure is
 //! final: every client's stream ends in an error, nothing is committed.
+//!
+//! While storage reads are refused (the breaker's read circuit is open) a fill writes nothing:
+//! its clients are served from the spool, and a fill that was writing when the circuit opened
+//! drops its writer (nothing is published) rather than wait on the store.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -29,7 +33,7 @@ use super::peer::PeerError;
 use crate::cache::lease::holder_peer;
 use crate::layout;
 use crate::oci::{Digest, Hasher, RepoName};
-use crate::storage::{ObjectWriter, Storage};
+use crate::storage::{ObjectWriter, Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes gathered before one storage write.
@@ -406,14 +410,16 @@ impl FillJob {
     }
 
     /// A storage writer holding what this replica already has of the blob (a relay taking
-    /// over); `None` when read-only or storage fails, in which case clients are still served
-    /// from the spool and only the caching is lost.
+    /// over); `None` when read-only or storage is down or fails, in which case clients are
+    /// still served from the spool and only the caching is lost.
     async fn open_writer(&self) -> Option<Box<dyn ObjectWriter>> {
-        if self.read_only {
+        if self.read_only || self.storage.reads_refused() {
             return None;
         }
         let mut w = match self.storage.writer(&layout::blob_data(&self.digest)).await {
             Ok(w) => Some(w),
+            // The breaker's write circuit is open: said once, by the breaker.
+            Err(StorageError::Unavailable(_)) => return None,
             Err(e) => {
                 tracing::error!(digest = %self.digest, error = %e, "cannot open storage writer; serving without caching");
                 return None;
@@ -448,6 +454,10 @@ impl FillJob {
     }
 
     async fn write(&self, writer: &mut Option<Box<dyn ObjectWriter>>, batch: Bytes) {
+        if writer.is_some() && self.storage.reads_refused() {
+            tracing::debug!(digest = %self.digest, "storage is down; serving without caching");
+            *writer = None;
+        }
         if let Some(w) = writer.as_mut()
             && let Err(e) = w.write(batch).await
         {
