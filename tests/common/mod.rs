@@ -10,6 +10,7 @@
 //!   requests.
 //! - `skopeo`, `http`, `stored`: the client, HTTP assertions, what landed in storage.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
+//! - `outage`: a storage outage seen through the mirror's breaker counters.
 //!
 //! Everything is re-exported here, so tests `use common::*`. Nothing reaches beyond 127.0.0.1.
 #![allow(dead_code)]
@@ -17,6 +18,7 @@
 mod http;
 mod images;
 mod mirror;
+mod outage;
 mod proxy;
 mod redis;
 mod registry;
@@ -29,8 +31,8 @@ mod weed;
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    http::*, images::*, mirror::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*, stored::*,
-    upstream::*, weed::*,
+    http::*, images::*, mirror::*, outage::*, proxy::*, redis::*, registry::*, s3::*, skopeo::*,
+    stored::*, upstream::*, weed::*,
 };
 
 use std::fs;
