@@ -395,6 +395,10 @@ impl FillJob {
         if !pending.is_empty() {
             self.write(&mut writer, pending.split().freeze()).await;
         }
+        // Storage went down during the fill: the commit would only wait on it to fail.
+        if self.storage.reads_refused() {
+            writer = None;
+        }
         if let Some(w) = writer {
             match w.commit().await {
                 Ok(()) => {

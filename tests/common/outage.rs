@@ -108,3 +108,16 @@ pub async fn get_blob_checked(m: &Mirror, img: &Image, digest: &str) -> Result<(
         other => Err(format!("{other:?}")),
     }
 }
+
+/// Wait (up to 60 s) until no fill is in flight: one started before the store failed may still
+/// be failing its last write or commit (a fill's, not a request's, wait).
+pub async fn wait_no_fill_in_flight(m: &Mirror) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.metric("ocimirror_fills_in_flight", &[]).await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "fills still in flight after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
