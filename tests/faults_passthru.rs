@@ -113,7 +113,6 @@ async fn storage_outage(outage: Outage) {
             m.log_text()
         );
     }
-    wait_no_fill_in_flight(&m).await;
     let before = StoreCounts::of(&m).await;
 
     // Cached and uncached images pull whole, from the upstream.

@@ -253,7 +253,6 @@ async fn storage_root_gone_passes_pulls_through_and_commits_again_once_it_is_bac
     // the upstream.
     pull_and_check_oci(&m.hostport(), cached, None).await;
     assert_eq!(circuit_state(&m, "read").await, 2.0, "{}", m.log_text());
-    wait_no_fill_in_flight(&m).await;
     let before = StoreCounts::of(&m).await;
     pull_and_check_oci(&m.hostport(), cold, None).await;
     eight_clients_of_one_uncached_blob(&m, &reg, shared).await;
