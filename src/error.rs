@@ -249,6 +249,10 @@ impl From<RegistryError> for ApiError {
                 Code::Denied,
                 format!("refused by the mirror's signature policy: {r}"),
             ),
+            RegistryError::StorageAndUpstreamDown(_) => ApiError::new(
+                Code::Unavailable,
+                format!("{e}; nothing can serve this content now, retry shortly"),
+            ),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! Storage that fails under the mirror: the filesystem backend's disk full (a small tmpfs) and a
-//! directory of the storage root turned read-only (a read-only bind mount: `chmod` does not stop
-//! root). Both need root and mount(2); without them the tests skip (fail with
-//! `OCIMIRROR_REQUIRE_ALL`). S3 and Redis outages: see tests/fleet.rs and docs/reliability.md.
+//! Storage that fails under the mirror: the filesystem backend's disk full (a small tmpfs), a
+//! directory of the storage root or the whole root turned read-only (a read-only bind mount or
+//! remount: `chmod` does not stop root), and the storage root gone (its path turned into a file,
+//! so every access fails). The mounts need root and mount(2); without them those tests skip
+//! (fail with `OCIMIRROR_REQUIRE_ALL`). S3 and Redis outages: see tests/faults_outage.rs,
+//! tests/faults_passthru.rs, tests/fleet.rs and docs/reliability.md.
 
 mod common;
 
@@ -95,6 +97,11 @@ async fn disk_full_serves_the_client_commits_nothing_partial_and_recovers() {
     let m = Mirror::start(MirrorOpts::upstream(&reg.url()).storage_root(&root)).await;
 
     pull_ok(&m, &big).await;
+    assert_eq!(
+        circuit_state(&m, "read").await,
+        0.0,
+        "a write failure opened the read circuit"
+    );
     let layer = &big.layers[0].digest;
     // Give the failed write time to clean up.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -162,4 +169,229 @@ async fn read_only_blob_directory_still_serves_and_recovers() {
         );
     }
     assert_stored_blobs_whole(&m.storage_root());
+}
+
+/// The `storage:` lines of a filesystem store at `root` with a breaker that opens quickly.
+fn fs_storage_yaml(root: &Path) -> String {
+    format!(
+        "  backend: filesystem\n  filesystem:\n    root: {}\n  breaker:\n    failures: 3\n    open_for: 2s\n",
+        q(&root.display().to_string())
+    )
+}
+
+/// Point the symlink `link` at `target`, atomically (a rename over it).
+fn point(link: &Path, target: &Path) {
+    let tmp = link.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// Four images on a real registry: one pulled before the outage, two asked for during it, one
+/// after it.
+async fn four_images(reg: &Registry, prefix: &str, seed: u64) -> Vec<Image> {
+    let p = reg.pusher();
+    let mut images = Vec::new();
+    for (i, name) in ["cached", "cold", "shared", "after"]
+        .into_iter()
+        .enumerate()
+    {
+        let img = build_image(
+            Kind::Oci,
+            seed + i as u64,
+            &[3 << 20, 64 << 10],
+            "amd64",
+            "linux",
+        );
+        images.push(p.push_image(&format!("{prefix}/{name}"), "v1", &img).await);
+    }
+    images
+}
+
+/// The storage root's path turned into a file mid-run (as a root whose mount went away: every
+/// access fails, here with ENOTDIR; no privileges needed), then back. Pulls pass through from
+/// the upstream with the right digests once the read circuit is open, without the store being
+/// asked; concurrent clients of one uncached blob cost one fetch; once the root is back, the
+/// next miss is committed and then served from storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_root_gone_passes_pulls_through_and_commits_again_once_it_is_back() {
+    let dir = tempfile::Builder::new()
+        .prefix("ocim-gone")
+        .tempdir()
+        .unwrap();
+    let (real, gone, root) = (
+        dir.path().join("real"),
+        dir.path().join("gone"),
+        dir.path().join("storage"),
+    );
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(&gone, b"not a directory").unwrap();
+    point(&root, &real);
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let images = four_images(&reg, "gone", 1950).await;
+    let [cached, cold, shared, after] = &images[..] else {
+        unreachable!()
+    };
+    let m = Mirror::start(
+        MirrorOpts::upstream(&reg.url())
+            .tag_ttl("1h")
+            .storage_root(&root)
+            .storage_yaml(&fs_storage_yaml(&root)),
+    )
+    .await;
+    pull_and_check_oci(&m.hostport(), cached, None).await;
+    for d in cached.all_blobs() {
+        assert!(
+            wait_stored(&real, &d.digest).await,
+            "{} not stored",
+            d.digest
+        );
+    }
+
+    point(&root, &gone);
+    // The first look-ups fail on the store and open the read circuit; the pull goes on from
+    // the upstream.
+    pull_and_check_oci(&m.hostport(), cached, None).await;
+    assert_eq!(circuit_state(&m, "read").await, 2.0, "{}", m.log_text());
+    let before = StoreCounts::of(&m).await;
+    pull_and_check_oci(&m.hostport(), cold, None).await;
+    eight_clients_of_one_uncached_blob(&m, &reg, shared).await;
+    pull_and_check_oci(&m.hostport(), shared, None).await;
+    let during = StoreCounts::of(&m).await;
+    eprintln!("root gone: before {before:?}, after the pulls {during:?}");
+    assert!(
+        during.store_failures - before.store_failures <= during.probes - before.probes,
+        "the store was asked beyond the probes: {before:?} -> {during:?}"
+    );
+    assert!(during.degraded - before.degraded >= 8.0 + 2.0 * 4.0);
+
+    point(&root, &real);
+    let small = cached.config.digest.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while circuit_state(&m, "read").await != 0.0 {
+        get_blob_checked(&m, cached, &small).await.unwrap();
+        assert!(Instant::now() < deadline, "the read circuit did not close");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored: Vec<String> = stored_blob_files(&real)
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    for img in [cold, shared] {
+        for d in img.all_blobs() {
+            assert!(
+                !stored.contains(&d.digest),
+                "{} stored during the outage",
+                d.digest
+            );
+        }
+    }
+    pull_and_check_oci(&m.hostport(), after, None).await;
+    for d in after.all_blobs() {
+        assert!(
+            wait_stored(&real, &d.digest).await,
+            "{} not stored",
+            d.digest
+        );
+    }
+    let fetched = reg.count_requests("GET", "/blobs/").await;
+    pull_and_check_oci(&m.hostport(), after, None).await;
+    assert_eq!(
+        reg.count_requests("GET", "/blobs/").await,
+        fetched,
+        "a blob committed after the recovery was fetched again"
+    );
+    assert_stored_blobs_whole(&real);
+}
+
+/// The whole storage root remounted read-only (writes fail, reads work): what it holds is
+/// served from it (no upstream fetch), new content passes through uncommitted, the write
+/// circuit opens and the read circuit stays closed; remounted read-write, the next miss after
+/// the write circuit's `open_for` is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_storage_root_serves_what_it_holds_and_passes_new_content_through() {
+    let dir = tempfile::Builder::new()
+        .prefix("ocim-rofs")
+        .tempdir()
+        .unwrap();
+    let root = dir.path().join("storage");
+    std::fs::create_dir(&root).unwrap();
+    let Some(_mnt) = mount(&["-t", "tmpfs", "-o", "size=64m", "tmpfs"], &root) else {
+        return;
+    };
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let images = four_images(&reg, "rofs", 1960).await;
+    let [cached, fresh, ..] = &images[..] else {
+        unreachable!()
+    };
+    let m = Mirror::start(
+        MirrorOpts::upstream(&reg.url())
+            .tag_ttl("1h")
+            .storage_root(&root)
+            .storage_yaml(&fs_storage_yaml(&root)),
+    )
+    .await;
+    pull_and_check_oci(&m.hostport(), cached, None).await;
+    for d in cached.all_blobs() {
+        assert!(
+            wait_stored(&root, &d.digest).await,
+            "{} not stored",
+            d.digest
+        );
+    }
+    let remount = |opts: &str| {
+        let ok = Command::new("mount")
+            .args(["-o", opts])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount -o {opts}");
+    };
+    remount("remount,ro");
+    assert!(std::fs::write(root.join("probe"), b"x").is_err());
+
+    let gets = reg.count_requests("GET", "/blobs/").await;
+    pull_and_check_oci(&m.hostport(), cached, None).await;
+    assert_eq!(
+        reg.count_requests("GET", "/blobs/").await,
+        gets,
+        "stored content was fetched again"
+    );
+    let before = StoreCounts::of(&m).await;
+    pull_and_check_oci(&m.hostport(), fresh, None).await;
+    pull_and_check_oci(&m.hostport(), fresh, None).await;
+    assert_eq!(circuit_state(&m, "write").await, 2.0, "{}", m.log_text());
+    assert_eq!(circuit_state(&m, "read").await, 0.0);
+    assert_eq!(
+        StoreCounts::of(&m).await.degraded,
+        before.degraded,
+        "reads work: nothing is degraded"
+    );
+    for d in fresh.all_blobs() {
+        assert!(!blob_data_path(&root, &d.digest).exists());
+    }
+    // What it holds is still served from it.
+    let gets = reg.count_requests("GET", "/blobs/").await;
+    pull_and_check_oci(&m.hostport(), cached, None).await;
+    assert_eq!(reg.count_requests("GET", "/blobs/").await, gets);
+
+    remount("remount,rw");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fresh
+        .all_blobs()
+        .iter()
+        .all(|d| blob_data_path(&root, &d.digest).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing stored once writable again"
+        );
+        pull_and_check_oci(&m.hostport(), fresh, None).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(circuit_state(&m, "write").await, 0.0);
+    let gets = reg.count_requests("GET", "/blobs/").await;
+    pull_and_check_oci(&m.hostport(), fresh, None).await;
+    assert_eq!(reg.count_requests("GET", "/blobs/").await, gets);
+    assert_stored_blobs_whole(&root);
 }

@@ -2,7 +2,8 @@
 //! digest (or, in a fleet, from storage once another replica committed it). A blob is served
 //! under a name only when the upstream confirmed it may be read there: a fill's GET confirms it
 //! for the repository it fetched under, also for the clients of another replica relaying that
-//! fill; any other repository asks with a HEAD first.
+//! fill; any other repository asks with a HEAD first. Storage that cannot be read makes every
+//! blob a miss, passed through from the upstream by a fill that commits nothing.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +12,9 @@ use futures_util::StreamExt;
 
 use super::fill::Fill;
 use super::lease::Source;
-use super::{BlobReply, ClientStream, Registry, RegistryError};
+use super::{
+    BlobReply, ClientStream, OFFLINE, Registry, RegistryError, answered_while_down, miss_if_down,
+};
 use crate::layout;
 use crate::oci::{ByteRange, Digest, RepoName};
 use crate::storage::ObjectMeta;
@@ -85,7 +88,51 @@ impl Registry {
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
         let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
-        let (mut linked, data) = (link?.is_some(), data?);
+        let mut down = false;
+        let link = miss_if_down(link.map_err(RegistryError::from), &mut down)?;
+        let data = miss_if_down(data.map_err(RegistryError::from), &mut down)?;
+        let lookup = match down {
+            // Neither look-up can be trusted: the upstream's answer under this name decides.
+            true if self.settings.offline => {
+                return Err(RegistryError::StorageAndUpstreamDown(OFFLINE.into()));
+            }
+            true => Lookup {
+                linked: false,
+                data: None,
+            },
+            false => Lookup {
+                linked: link.is_some(),
+                data,
+            },
+        };
+        let r = self
+            .blob_looked_up(
+                repo,
+                digest,
+                range,
+                (head, redirect),
+                (link_key, started),
+                lookup,
+            )
+            .await;
+        if down {
+            answered_while_down("blob", r)
+        } else {
+            r
+        }
+    }
+
+    /// The rest of [`Registry::blob_reply`], once storage has been looked at.
+    async fn blob_looked_up(
+        self: &Arc<Self>,
+        repo: RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        (head, redirect): (bool, bool),
+        (link_key, started): (String, Instant),
+        lookup: Lookup,
+    ) -> Result<BlobReply, RegistryError> {
+        let Lookup { mut linked, data } = lookup;
         if !linked {
             // Nothing has confirmed that this repository may read the blob, and a manifest
             // listing it is only a claim: only the upstream can say, under this name.
@@ -128,9 +175,10 @@ impl Registry {
                 .serve_stored(digest, meta, range, head, redirect, started)
                 .await
             {
-                // Expired and deleted since the look above: fetch it again like any miss.
-                Err(RegistryError::Storage(e)) if e.is_not_found() => {
-                    tracing::debug!(digest = %digest, "blob removed while being served; fetching again");
+                // Expired and deleted since the look above, or the store failed meanwhile:
+                // fetch it again like any miss.
+                Err(RegistryError::Storage(e)) if e.is_not_found() || e.is_outage() => {
+                    tracing::debug!(digest = %digest, error = %e, "stored blob unreadable; fetching again");
                 }
                 r => {
                     metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "blob").increment(1);
@@ -286,6 +334,12 @@ impl Registry {
             }
         }
     }
+}
+
+/// What storage said of a blob: linked under the repository, and its data's size.
+struct Lookup {
+    linked: bool,
+    data: Option<ObjectMeta>,
 }
 
 /// Whether `fill`'s upstream answer confirmed the blob under `repo` (see

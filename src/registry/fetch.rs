@@ -18,6 +18,10 @@
 //! nobody reads any more (no client, range waiter or peer stream holds it) for
 //! `upstream.abandon_fills_after` stops fetching, freeing its upstream slot, rather than
 //! fetching a whole blob for the cache alone.
+//!
+//! While storage reads are refused (the breaker's read circuit is open) a fill writes nothing:
+//! its clients are served from the spool, and a fill that was writing when the circuit opened
+//! drops its writer (nothing is published) rather than wait on the store.
 
 use std::fs::File;
 use std::future::Future;
@@ -36,7 +40,7 @@ use super::peer::PeerError;
 use crate::cache::lease::holder_peer;
 use crate::layout;
 use crate::oci::{Digest, Hasher, RepoName};
-use crate::storage::{ObjectWriter, Storage};
+use crate::storage::{ObjectWriter, Storage, StorageError};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes gathered before one storage write.
@@ -513,6 +517,10 @@ impl FillJob {
         if !pending.is_empty() {
             self.write(&mut writer, pending.split().freeze()).await;
         }
+        // Storage went down during the fill: the commit would only wait on it to fail.
+        if self.storage.reads_refused() {
+            writer = None;
+        }
         if let Some(w) = writer {
             match w.commit().await {
                 Ok(()) => {
@@ -528,14 +536,16 @@ impl FillJob {
     }
 
     /// A storage writer holding what this replica already has of the blob (a relay taking
-    /// over); `None` when read-only or storage fails, in which case clients are still served
-    /// from the spool and only the caching is lost.
+    /// over); `None` when read-only or storage is down or fails, in which case clients are
+    /// still served from the spool and only the caching is lost.
     async fn open_writer(&self) -> Option<Box<dyn ObjectWriter>> {
-        if self.read_only {
+        if self.read_only || self.storage.reads_refused() {
             return None;
         }
         let mut w = match self.storage.writer(&layout::blob_data(&self.digest)).await {
             Ok(w) => Some(w),
+            // The breaker's write circuit is open: said once, by the breaker.
+            Err(StorageError::Unavailable(_)) => return None,
             Err(e) => {
                 tracing::error!(digest = %self.digest, error = %e, "cannot open storage writer; serving without caching");
                 return None;
@@ -570,6 +580,10 @@ impl FillJob {
     }
 
     async fn write(&self, writer: &mut Option<Box<dyn ObjectWriter>>, batch: Bytes) {
+        if writer.is_some() && self.storage.reads_refused() {
+            tracing::debug!(digest = %self.digest, "storage is down; serving without caching");
+            *writer = None;
+        }
         if let Some(w) = writer.as_mut()
             && let Err(e) = w.write(batch).await
         {

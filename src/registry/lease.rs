@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::fill::Fill;
 use super::peer::{PeerError, Peers};
-use super::{Registry, RegistryError, unshare};
+use super::{Registry, RegistryError, miss_if_down, unshare};
 use crate::cache::lease::{LeaseOutcome, Leases, fill_lease, holder_peer};
 use crate::layout;
 use crate::oci::{Digest, RepoName};
@@ -261,7 +261,7 @@ impl Registry {
             if let Some(f) = self.fills.get(digest) {
                 return Ok(Source::Fill(f));
             }
-            if waited && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await? {
+            if waited && let Some(meta) = self.committed(digest).await? {
                 metrics::counter!(crate::metrics::FILL_REMOTE_WAITS, "result" => "stored")
                     .increment(1);
                 return Ok(Source::Stored(meta));
@@ -277,6 +277,8 @@ impl Registry {
                 LeaseOutcome::HeldElsewhere(held) if fleet.streamable(&held) => {
                     return self.start(repo, digest, Start::Peer(held));
                 }
+                // Storage is down: no commit could be seen (nor, likely, made); fetch here.
+                LeaseOutcome::HeldElsewhere(_) if self.storage.reads_refused() => FillLease::Local,
                 LeaseOutcome::HeldElsewhere(_) if started.elapsed() < MAX_REMOTE_WAIT => {
                     // Another replica is fetching it and cannot stream it: wait for its commit
                     // rather than fetch the same bytes again.
@@ -294,7 +296,7 @@ impl Registry {
             // may mean the blob has just landed, so look once more before fetching it again.
             // (A replica on its own was just told by storage that the blob is absent.)
             if (lease.is_fleet() || waited)
-                && let Some(meta) = self.storage.stat(&layout::blob_data(digest)).await?
+                && let Some(meta) = self.committed(digest).await?
             {
                 lease.release().await;
                 return Ok(Source::Stored(meta));
@@ -305,6 +307,12 @@ impl Registry {
             }
             return self.start(repo, digest, Start::Upstream(lease));
         }
+    }
+
+    /// The blob as another replica committed it; storage that cannot be read holds nothing.
+    async fn committed(&self, digest: &Digest) -> Result<Option<ObjectMeta>, RegistryError> {
+        let r = self.storage.stat(&layout::blob_data(digest)).await;
+        miss_if_down(r.map_err(RegistryError::from), &mut false)
     }
 
     fn start(

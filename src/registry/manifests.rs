@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{Manifest, Registry, RegistryError, link_digest, unshare};
+use super::{
+    Manifest, OFFLINE, Registry, RegistryError, answered_while_down, link_digest, miss_if_down,
+    unshare,
+};
 use crate::cache::{ManifestEntry, TagEntry};
 use crate::layout;
 use crate::oci::{Digest, ManifestInfo, Reference, RepoName, Tag};
@@ -91,14 +94,16 @@ impl Registry {
         repo: &RepoName,
         d: &Digest,
     ) -> Result<Manifest, RegistryError> {
-        if let Some(m) = self.stored_manifest(repo, d, true).await? {
+        let mut down = false;
+        if let Some(m) = miss_if_down(self.stored_manifest(repo, d, true).await, &mut down)? {
             metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
             return Ok(m);
         }
         if self.settings.offline {
-            return Err(RegistryError::ManifestUnknown(format!(
-                "{d} is not cached (offline)"
-            )));
+            return Err(match down {
+                true => RegistryError::StorageAndUpstreamDown(OFFLINE.into()),
+                false => RegistryError::ManifestUnknown(format!("{d} is not cached (offline)")),
+            });
         }
         let this = self.clone();
         let (repo2, d2) = (repo.clone(), d.clone());
@@ -111,7 +116,12 @@ impl Registry {
                     .map_err(Arc::new)
             })
             .await;
-        r.map_err(unshare)
+        let r = r.map_err(unshare);
+        if down {
+            answered_while_down("manifest", r)
+        } else {
+            r
+        }
     }
 
     async fn fetch_manifest_by_digest(
@@ -121,7 +131,8 @@ impl Registry {
     ) -> Result<Manifest, RegistryError> {
         // Held elsewhere in storage (another repository): confirm with a HEAD, which Docker Hub
         // does not count as a pull, instead of downloading it again.
-        if self.storage.stat(&layout::blob_data(d)).await?.is_some() {
+        let stored = self.storage.stat(&layout::blob_data(d)).await;
+        if miss_if_down(stored.map_err(RegistryError::from), &mut false)?.is_some() {
             self.upstream
                 .head_manifest(repo, &Reference::Digest(d.clone()))
                 .await
@@ -195,7 +206,8 @@ impl Registry {
                 },
             )
             .await;
-        if !self.settings.read_only {
+        // Storage down: served from memory and the upstream until it is back.
+        if !self.settings.read_only && !self.storage.reads_refused() {
             if let Err(e) = self
                 .storage
                 .put(&layout::blob_data(d), m.body.clone())
@@ -247,9 +259,13 @@ impl Registry {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Manifest, RegistryError> {
-        let entry = self.tag_entry(repo, tag).await?;
+        let mut down = false;
+        let entry = miss_if_down(self.tag_entry(repo, tag).await, &mut down)?;
         let cached = match &entry {
-            Some(e) => self.stored_manifest(repo, &e.digest, false).await?,
+            Some(e) => miss_if_down(
+                self.stored_manifest(repo, &e.digest, false).await,
+                &mut down,
+            )?,
             None => None,
         };
         if let (Some(e), Some(m)) = (&entry, &cached) {
@@ -262,9 +278,12 @@ impl Registry {
             }
         }
         if self.settings.offline {
-            return Err(RegistryError::ManifestUnknown(format!(
-                "tag {tag} is not cached (offline)"
-            )));
+            return Err(match down {
+                true => RegistryError::StorageAndUpstreamDown(OFFLINE.into()),
+                false => {
+                    RegistryError::ManifestUnknown(format!("tag {tag} is not cached (offline)"))
+                }
+            });
         }
         let this = self.clone();
         let (repo2, tag2) = (repo.clone(), tag.clone());
@@ -278,7 +297,7 @@ impl Registry {
                     .map_err(Arc::new)
             })
             .await;
-        match r {
+        let r = match r {
             Ok(m) => Ok(m),
             Err(e) => {
                 // NotFound has already become ManifestUnknown: every other upstream failure
@@ -293,6 +312,11 @@ impl Registry {
                     _ => Err(unshare(e)),
                 }
             }
+        };
+        if down {
+            answered_while_down("manifest", r)
+        } else {
+            r
         }
     }
 
@@ -316,22 +340,24 @@ impl Registry {
             None
         };
         let m = match &head_digest {
-            Some(d) => match self.stored_manifest(repo, d, false).await? {
-                Some(m) => {
-                    // Revalidated: the upstream confirmed what is stored, no body fetched.
-                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
-                        .increment(1);
-                    self.check_before_store(repo, d, &m.body).await?;
-                    self.link_manifest(repo, &m).await;
-                    m
+            Some(d) => {
+                match miss_if_down(self.stored_manifest(repo, d, false).await, &mut false)? {
+                    Some(m) => {
+                        // Revalidated: the upstream confirmed what is stored, no body fetched.
+                        metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
+                            .increment(1);
+                        self.check_before_store(repo, d, &m.body).await?;
+                        self.link_manifest(repo, &m).await;
+                        m
+                    }
+                    None => {
+                        self.fetch_and_store(repo, &Reference::Digest(d.clone()), Some(d), |e| {
+                            tag_upstream_error(e, tag)
+                        })
+                        .await?
+                    }
                 }
-                None => {
-                    self.fetch_and_store(repo, &Reference::Digest(d.clone()), Some(d), |e| {
-                        tag_upstream_error(e, tag)
-                    })
-                    .await?
-                }
-            },
+            }
             None => {
                 self.fetch_and_store(repo, &reference, None, |e| tag_upstream_error(e, tag))
                     .await?
@@ -367,6 +393,8 @@ impl Registry {
         let linked = match self.storage.read(&key).await {
             Ok(b) => link_digest(&b),
             Err(e) if e.is_not_found() => None,
+            // Links are bookkeeping: written again on a revalidation once storage is back.
+            Err(e) if e.is_outage() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let changed = linked.as_ref() != Some(d);

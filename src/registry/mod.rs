@@ -62,6 +62,9 @@ pub enum RegistryError {
     Internal(String),
     #[error(transparent)]
     Unverified(crate::verify::Refusal),
+    /// Storage cannot be read and the upstream cannot be asked either (offline, unreachable).
+    #[error("storage is unavailable and {0}")]
+    StorageAndUpstreamDown(String),
 }
 
 /// Coalesced results are shared, so errors travel as text-bearing clones.
@@ -255,7 +258,7 @@ impl Registry {
     /// Links are advisory bookkeeping for later requests: failing to write one must not fail
     /// the request that is being answered.
     async fn write_link(&self, key: &str, d: &Digest) {
-        if self.settings.read_only {
+        if self.settings.read_only || self.storage.reads_refused() {
             return;
         }
         self.write_bounded(key, Bytes::from(d.to_string())).await;
@@ -285,9 +288,50 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
         RegistryError::Storage(s) => RegistryError::Storage(s.duplicate()),
         RegistryError::Internal(m) => RegistryError::Internal(m.clone()),
         RegistryError::Unverified(r) => RegistryError::Unverified(r.clone()),
+        RegistryError::StorageAndUpstreamDown(m) => {
+            RegistryError::StorageAndUpstreamDown(m.clone())
+        }
     })
 }
 
+/// Why a request that could not read storage cannot ask the upstream in offline mode.
+const OFFLINE: &str = "the mirror is offline (it asks no upstream)";
+
+/// A storage look-up on the request path: a store that cannot be read is a miss (noted in
+/// `down`), so the content is passed through from the upstream rather than refused.
+fn miss_if_down<T>(
+    r: Result<Option<T>, RegistryError>,
+    down: &mut bool,
+) -> Result<Option<T>, RegistryError> {
+    match r {
+        Err(RegistryError::Storage(e)) if e.is_outage() => {
+            *down = true;
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
+/// The outcome of a request that could not read storage: counted when answered; an upstream
+/// that could not be reached either is named beside the storage.
+fn answered_while_down<T>(
+    kind: &'static str,
+    r: Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    match r {
+        Ok(v) => {
+            metrics::counter!(crate::metrics::DEGRADED_SERVED, "kind" => kind).increment(1);
+            Ok(v)
+        }
+        Err(RegistryError::Upstream(UpstreamError::Unavailable(m))) => Err(
+            RegistryError::StorageAndUpstreamDown(format!("the upstream is unavailable too ({m})")),
+        ),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod degraded_tests;
 #[cfg(test)]
 mod fleet_tests;
 #[cfg(test)]

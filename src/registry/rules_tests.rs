@@ -36,13 +36,13 @@ pub(super) struct Fake {
     pub(super) blob: Bytes,
     pub(super) blob_digest: Digest,
     manifest: Bytes,
-    manifest_digest: Digest,
+    pub(super) manifest_digest: Digest,
     fault: Mutex<Fault>,
     /// Delay between 64 KiB chunks, so concurrent requests overlap the fill.
     pace: Duration,
     pub(super) blob_gets: AtomicUsize,
-    manifest_gets: AtomicUsize,
-    manifest_heads: AtomicUsize,
+    pub(super) manifest_gets: AtomicUsize,
+    pub(super) manifest_heads: AtomicUsize,
     /// Where each blob GET started (its range).
     pub(super) blob_gets_from: Mutex<Vec<u64>>,
     /// Blob bytes sent, over every GET.
@@ -812,8 +812,10 @@ impl Storage for DataDown {
     }
 }
 
+/// Concurrent requests for a manifest whose storage look-up fails share one pass-through: one
+/// upstream GET; and with the upstream down as well, every one of them gets the same 503.
 #[tokio::test]
-async fn coalesced_requests_all_see_a_storage_outage_as_such() {
+async fn coalesced_requests_pass_a_storage_outage_through_together() {
     let spool = tempfile::tempdir().unwrap();
     let fake = Fake::new(1024);
     let registry = Arc::new(Registry::new(
@@ -829,24 +831,37 @@ async fn coalesced_requests_all_see_a_storage_outage_as_such() {
         },
     ));
     let reference = Reference::Digest(fake.manifest_digest.clone());
-    let mut handles = Vec::new();
-    for _ in 0..8 {
-        let (reg, reference) = (registry.clone(), reference.clone());
-        handles.push(tokio::spawn(async move {
-            reg.manifest(&name(), &reference).await
-        }));
+    let many = || {
+        (0..8)
+            .map(|_| {
+                let (reg, reference) = (registry.clone(), reference.clone());
+                tokio::spawn(async move { reg.manifest(&name(), &reference).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    for h in many() {
+        let m = h.await.unwrap().expect("passed through");
+        assert_eq!(m.digest, fake.manifest_digest);
     }
+    assert_eq!(fake.manifest_gets.load(Ordering::SeqCst), 1);
+    fake.set(Fault::Down);
+    let other = Reference::Digest(Digest::sha256_of(b"not cached"));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (reg, other) = (registry.clone(), other.clone());
+            tokio::spawn(async move { reg.manifest(&name(), &other).await })
+        })
+        .collect();
     for h in handles {
-        let e = h.await.unwrap().expect_err("storage is down");
+        let e = h.await.unwrap().expect_err("the upstream is down");
         assert!(
-            matches!(e, RegistryError::Storage(StorageError::Io { .. })),
-            "every caller sees the storage failure, not an internal error: {e:?}"
+            matches!(e, RegistryError::Upstream(UpstreamError::Unavailable(_))),
+            "every caller sees the upstream failure, not an internal error: {e:?}"
         );
         let status =
             axum::response::IntoResponse::into_response(crate::error::ApiError::from(e)).status();
         assert_eq!(status, 503);
     }
-    assert_eq!(fake.manifest_gets.load(Ordering::SeqCst), 0);
 }
 
 pub(super) fn repo(s: &str) -> RepoName {

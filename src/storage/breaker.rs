@@ -1,8 +1,12 @@
 //! A circuit breaker around the storage: after `failures` consecutive failed operations
 //! (timeouts, connection errors, 5xx; a missing key is an answer) the circuit opens and every
 //! operation fails at once with [`StorageError::Unavailable`] instead of waiting out the
-//! backend's own retries. After `open_for`, one operation is let through as a probe
-//! (half-open): its success closes the circuit, its failure opens it again.
+//! backend's own retries. An operation that has not answered within `timeout` fails and counts
+//! too, so a hung store (a stopped process, a black-holed network) is noticed in seconds rather
+//! than after the backend's own limits. After `open_for`, one operation is let through as a probe
+//! (half-open): its success closes the circuit, its failure opens it again. While the read
+//! circuit is open the registry passes misses through from the upstream without committing them
+//! ([`Storage::reads_refused`]).
 //!
 //! Reads (stat, read, ranges, listing) and writes (put, writers, delete) have a circuit each, so
 //! a store that still reads but refuses writes (a full disk, a bucket quota, a read-only mount)
@@ -33,6 +37,9 @@ pub struct BreakerConfig {
     pub failures: u32,
     /// How long an open circuit fails operations at once before a probe tries the store (`10s`).
     pub open_for: String,
+    /// How long one operation (a look-up, a small read or write, opening a stream, one streamed
+    /// write) may take before it fails and counts as a failure (`10s`).
+    pub timeout: String,
 }
 
 impl Default for BreakerConfig {
@@ -41,6 +48,7 @@ impl Default for BreakerConfig {
             enabled: true,
             failures: 5,
             open_for: "10s".into(),
+            timeout: "10s".into(),
         }
     }
 }
@@ -50,6 +58,7 @@ impl Default for BreakerConfig {
 pub struct BreakerPolicy {
     pub failures: u32,
     pub open_for: Duration,
+    pub timeout: Duration,
 }
 
 impl BreakerConfig {
@@ -79,12 +88,30 @@ impl BreakerConfig {
                 Duration::ZERO
             }
         };
+        let timeout = match humantime::parse_duration(self.timeout.trim()) {
+            Ok(d) if d.is_zero() => {
+                problems.push((
+                    "timeout".into(),
+                    "must be longer than 0s: every operation would fail".into(),
+                ));
+                d
+            }
+            Ok(d) => d,
+            Err(e) => {
+                problems.push((
+                    "timeout".into(),
+                    format!("{:?} is not a duration like 10s or 1m: {e}", self.timeout),
+                ));
+                Duration::ZERO
+            }
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(self.enabled.then_some(BreakerPolicy {
             failures: self.failures,
             open_for,
+            timeout,
         }))
     }
 }
@@ -143,6 +170,7 @@ pub struct Circuit {
     name: &'static str,
     failures: u32,
     open_for: Duration,
+    timeout: Duration,
     state: Mutex<State>,
 }
 
@@ -152,6 +180,7 @@ impl Circuit {
             name,
             failures: c.failures.max(1),
             open_for: c.open_for,
+            timeout: c.timeout,
             state: Mutex::new(State::Closed { failures: 0 }),
         };
         circuit.publish(CircuitState::Closed);
@@ -230,17 +259,26 @@ impl Circuit {
     }
 
     fn transition(&self, to: CircuitState) {
+        // The one log line of a degraded period (requests are only counted).
+        let (down, up) = if self.name == "read" {
+            (
+                "; misses are passed through from the upstream, uncommitted",
+                "; fills are committed again",
+            )
+        } else {
+            ("; new content is passed through, uncommitted", "")
+        };
         match to {
             CircuitState::Open => tracing::warn!(
                 circuit = self.name,
                 open_for = ?self.open_for,
-                "storage circuit open: {} consecutive failures; not waiting on the store until a probe succeeds",
+                "storage circuit open: {} consecutive failures; not waiting on the store until a probe succeeds{down}",
                 self.failures
             ),
             CircuitState::Closed => {
                 tracing::info!(
                     circuit = self.name,
-                    "storage circuit closed: the store answers again"
+                    "storage circuit closed: the store answers again{up}"
                 )
             }
             CircuitState::HalfOpen => {
@@ -284,19 +322,39 @@ impl Breaker {
     }
 }
 
+/// `op` within `limit`: one that has not answered by then fails as timed out.
+async fn within<T>(
+    limit: Duration,
+    key: &str,
+    op: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+        Err(StorageError::Io {
+            key: key.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {limit:?} (storage.breaker.timeout)"),
+            ),
+        })
+    })
+}
+
 async fn guarded<T>(
     circuit: &Circuit,
     key: &str,
     op: impl std::future::Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
     let admission = circuit.admit(key)?;
-    let r = op.await;
+    let r = within(circuit.timeout, key, op).await;
     circuit.record(admission, &r);
     r
 }
 
 #[async_trait]
 impl Storage for Breaker {
+    fn reads_refused(&self) -> bool {
+        self.reads.state() != CircuitState::Closed
+    }
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         guarded(&self.reads, key, self.inner.stat(key)).await
     }
@@ -324,10 +382,18 @@ impl Storage for Breaker {
         guarded(&self.writes, key, self.inner.put(key, data)).await
     }
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        let w = guarded(&self.writes, key, self.inner.writer(key)).await?;
+        let admission = self.writes.admit(key)?;
+        let r = within(self.writes.timeout, key, self.inner.writer(key)).await;
+        // Opening a writer says little of a store that then refuses its bytes (a full disk
+        // still creates the file): only its writes and its commit count as the store working,
+        // or a full disk would reset the count with every fill and never open the circuit.
+        if r.is_err() {
+            self.writes.record(admission, &r);
+        }
         Ok(Box::new(GuardedWriter {
-            inner: w,
+            inner: r?,
             writes: self.writes.clone(),
+            admission,
         }))
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -337,12 +403,12 @@ impl Storage for Breaker {
         guarded(&self.reads, prefix, self.inner.list(prefix)).await
     }
     async fn remove_abandoned(&self, age: Duration) -> Result<usize, StorageError> {
-        guarded(
-            &self.writes,
-            "abandoned uploads",
-            self.inner.remove_abandoned(age),
-        )
-        .await
+        // A pass over every upload may take long: only the backend's own limits apply.
+        let key = "abandoned uploads";
+        let admission = self.writes.admit(key)?;
+        let r = self.inner.remove_abandoned(age).await;
+        self.writes.record(admission, &r);
+        r
     }
     /// Not guarded: signing is local, and a failure to sign says nothing of the store's health.
     async fn presign_read(
@@ -357,21 +423,42 @@ impl Storage for Breaker {
 struct GuardedWriter {
     inner: Box<dyn ObjectWriter>,
     writes: Arc<Circuit>,
+    /// A probe's writer decides the half-open circuit by its outcome.
+    admission: Admission,
 }
 
 #[async_trait]
 impl ObjectWriter for GuardedWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        let r = self.inner.write(chunk).await;
+        // Opened before the circuit opened: stop at once rather than wait on the store.
+        if self.admission == Admission::Normal && self.writes.state() != CircuitState::Closed {
+            metrics::counter!(crate::metrics::STORAGE_BREAKER_REFUSED, "circuit" => self.writes.name)
+                .increment(1);
+            return Err(StorageError::Unavailable(
+                "the storage write circuit opened during this write".into(),
+            ));
+        }
+        let r = within(
+            self.writes.timeout,
+            "streamed write",
+            self.inner.write(chunk),
+        )
+        .await;
         if r.is_err() {
-            self.writes.record(Admission::Normal, &r);
+            self.writes.record(self.admission, &r);
         }
         r
     }
+    /// Not timed: the client has every byte by now, and a big commit (an fsync, a multipart
+    /// completion) may take long on a healthy store.
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
-        let GuardedWriter { inner, writes } = *self;
+        let GuardedWriter {
+            inner,
+            writes,
+            admission,
+        } = *self;
         let r = inner.commit().await;
-        writes.record(Admission::Normal, &r);
+        writes.record(admission, &r);
         r
     }
 }
@@ -388,7 +475,32 @@ mod tests {
         inner: MemoryStorage,
         reads_fail: AtomicBool,
         writes_fail: AtomicBool,
+        /// Reads never answer (a stopped store process).
+        reads_hang: AtomicBool,
+        /// Streamed writes fail though writers open (a full disk).
+        chunks_fail: AtomicBool,
         calls: AtomicUsize,
+    }
+
+    struct FlakyWriter {
+        inner: Box<dyn ObjectWriter>,
+        store: Arc<Flaky>,
+    }
+
+    #[async_trait]
+    impl ObjectWriter for FlakyWriter {
+        async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+            if self.store.chunks_fail.load(Ordering::SeqCst) {
+                return Err(StorageError::Io {
+                    key: "w".into(),
+                    source: std::io::Error::other("no space left on device"),
+                });
+            }
+            self.inner.write(chunk).await
+        }
+        async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+            self.inner.commit().await
+        }
     }
 
     impl Flaky {
@@ -397,6 +509,8 @@ mod tests {
                 inner: MemoryStorage::default(),
                 reads_fail: AtomicBool::new(false),
                 writes_fail: AtomicBool::new(false),
+                reads_hang: AtomicBool::new(false),
+                chunks_fail: AtomicBool::new(false),
                 calls: AtomicUsize::new(0),
             })
         }
@@ -412,9 +526,49 @@ mod tests {
         }
     }
 
+    /// A handle to the same flaky store, for writers that report to it.
+    struct Shared(Arc<Flaky>);
+
+    #[async_trait]
+    impl Storage for Shared {
+        async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.0.stat(key).await
+        }
+        async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+            self.0.read(key).await
+        }
+        async fn read_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: Option<u64>,
+        ) -> Result<ByteStream, StorageError> {
+            self.0.read_range(key, offset, len).await
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+            self.0.put(key, data).await
+        }
+        async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+            self.0.fail(&self.0.writes_fail, key)?;
+            Ok(Box::new(FlakyWriter {
+                inner: self.0.inner.writer(key).await?,
+                store: self.0.clone(),
+            }))
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix).await
+        }
+    }
+
     #[async_trait]
     impl Storage for Flaky {
         async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            if self.reads_hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             self.fail(&self.reads_fail, key)?;
             self.inner.stat(key).await
         }
@@ -453,6 +607,7 @@ mod tests {
         BreakerPolicy {
             failures: 3,
             open_for,
+            timeout: Duration::from_secs(3600),
         }
     }
 
@@ -542,12 +697,89 @@ mod tests {
         assert_eq!(b.read("held").await.unwrap().as_ref(), b"bytes");
     }
 
+    #[tokio::test]
+    async fn a_hung_store_times_out_counts_and_opens_the_circuit() {
+        let store = Flaky::new();
+        let policy = BreakerPolicy {
+            timeout: Duration::from_millis(20),
+            ..config(Duration::from_secs(3600))
+        };
+        let b = Breaker::new(store.clone(), &policy);
+        store.reads_hang.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            let e = b.stat("k").await.unwrap_err();
+            assert!(e.to_string().contains("storage.breaker.timeout"), "{e}");
+        }
+        assert_eq!(b.reads(), CircuitState::Open);
+        assert!(b.reads_refused());
+        assert!(matches!(
+            b.stat("k").await,
+            Err(StorageError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_probe_writer_is_judged_by_its_writes_not_by_opening() {
+        let store = Flaky::new();
+        let b = Breaker::new(
+            Arc::new(Shared(store.clone())),
+            &config(Duration::from_millis(50)),
+        );
+        // A full disk: writers open, their bytes are refused.
+        store.chunks_fail.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            let mut w = b.writer("blob").await.unwrap();
+            w.write(Bytes::from_static(b"x")).await.unwrap_err();
+        }
+        assert_eq!(b.writes(), CircuitState::Open);
+        assert!(
+            !b.reads_refused(),
+            "reads are not refused for failing writes"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut probe = b.writer("blob").await.unwrap();
+        assert_eq!(
+            b.writes(),
+            CircuitState::HalfOpen,
+            "opening decided nothing"
+        );
+        probe.write(Bytes::from_static(b"x")).await.unwrap_err();
+        assert_eq!(b.writes(), CircuitState::Open);
+        // The disk has room again: the next probe's commit closes the circuit.
+        store.chunks_fail.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut probe = b.writer("blob").await.unwrap();
+        probe.write(Bytes::from_static(b"x")).await.unwrap();
+        probe.commit().await.unwrap();
+        assert_eq!(b.writes(), CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_writer_opened_before_the_circuit_opened_stops_at_once() {
+        let store = Flaky::new();
+        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        let mut w = b.writer("blob").await.unwrap();
+        w.write(Bytes::from_static(b"x")).await.unwrap();
+        store.writes_fail.store(true, Ordering::SeqCst);
+        for i in 0..3 {
+            b.put(&format!("k{i}"), Bytes::from_static(b"x"))
+                .await
+                .unwrap_err();
+        }
+        assert_eq!(b.writes(), CircuitState::Open);
+        assert!(matches!(
+            w.write(Bytes::from_static(b"y")).await,
+            Err(StorageError::Unavailable(_))
+        ));
+    }
+
     #[test]
     fn config_refuses_what_cannot_work() {
         let bad = BreakerConfig {
             enabled: true,
             failures: 0,
             open_for: "0s".into(),
+            timeout: "0s".into(),
         };
         let keys: Vec<_> = bad
             .check()
@@ -555,7 +787,7 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(keys, ["failures", "open_for"]);
+        assert_eq!(keys, ["failures", "open_for", "timeout"]);
         let unreadable = BreakerConfig {
             open_for: "soon".into(),
             ..BreakerConfig::default()
@@ -566,7 +798,8 @@ mod tests {
             BreakerConfig::default().check().unwrap(),
             Some(BreakerPolicy {
                 failures: 5,
-                open_for: Duration::from_secs(10)
+                open_for: Duration::from_secs(10),
+                timeout: Duration::from_secs(10),
             })
         );
         let off = BreakerConfig {

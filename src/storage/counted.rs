@@ -25,6 +25,9 @@ fn counted<T>(op: &'static str, r: Result<T, StorageError>) -> Result<T, Storage
 
 #[async_trait]
 impl Storage for Counted {
+    fn reads_refused(&self) -> bool {
+        self.0.reads_refused()
+    }
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         counted("stat", self.0.stat(key).await)
     }

@@ -50,6 +50,11 @@ impl StorageError {
         matches!(self, StorageError::NotFound(_))
     }
 
+    /// The store failed or was not asked (the breaker is open): no answer about the key.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StorageError::Io { .. } | StorageError::Unavailable(_))
+    }
+
     /// A copy of the same kind, for an error shared by several callers (`io::Error` is not
     /// `Clone`: its kind and message are kept).
     pub fn duplicate(&self) -> StorageError {
@@ -73,6 +78,11 @@ pub struct ObjectMeta {
 
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
+    /// Whether reads are refused at once for now (the breaker's read circuit is not closed):
+    /// nothing is written meanwhile, and misses pass through from the upstream uncommitted.
+    fn reads_refused(&self) -> bool {
+        false
+    }
     /// Size and modification time, or `None` when the key does not exist.
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
     /// A whole small object (links, manifests).

@@ -13,6 +13,7 @@
 //!   unpack.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
 //! - `azurite`: Azure Blob Storage (Azurite) as a store.
+//! - `outage`: a storage outage seen through the mirror's breaker counters.
 //!
 //! Everything is re-exported here, so tests `use common::*`. Nothing reaches beyond 127.0.0.1.
 #![allow(dead_code)]
@@ -22,6 +23,7 @@ mod containerd;
 mod http;
 mod images;
 mod mirror;
+mod outage;
 mod proxy;
 mod redis;
 mod registry;
@@ -34,8 +36,8 @@ mod weed;
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    azurite::*, containerd::*, http::*, images::*, mirror::*, proxy::*, redis::*, registry::*,
-    s3::*, skopeo::*, stored::*, upstream::*, weed::*,
+    azurite::*, containerd::*, http::*, images::*, mirror::*, outage::*, proxy::*, redis::*,
+    registry::*, s3::*, skopeo::*, stored::*, upstream::*, weed::*,
 };
 
 use std::fs;

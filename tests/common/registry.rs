@@ -392,6 +392,26 @@ impl Registry {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+    /// SIGSTOP: the registry keeps its port and answers nothing until [`Registry::resume`] (an
+    /// upstream holding a response, with the order of events fixed rather than timed).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Registry::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("registry running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} docker-registry");
+    }
+
     /// Kill the registry process, keeping its root directory.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,4 +1,5 @@
-//! SeaweedFS (`weed server`) as a real S3 service on loopback ports, with the test bucket.
+//! SeaweedFS (`weed server`) as a real S3 service on loopback ports, with the test bucket; also
+//! crashed, restarted, paused and resumed, for storage outages.
 
 use super::{S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, s3_operator, s3_storage_yaml, tool_or_skip};
 
@@ -26,20 +27,47 @@ impl Weed {
             return None;
         }
         let process = WeedProcess::spawn(&weed?, S3_ACCESS_KEY, S3_SECRET_KEY);
-        let probe = s3_operator(&process.endpoint, "probe");
-        process
-            .ready(S3_BUCKET, || async {
+        let weed = Weed {
+            endpoint: process.endpoint.clone(),
+            process,
+        };
+        weed.wait_up(Some(S3_BUCKET)).await;
+        Some(weed)
+    }
+
+    /// Until S3 accepts a signed write (creating `bucket` first, when given).
+    async fn wait_up(&self, bucket: Option<&str>) {
+        let probe = s3_operator(&self.endpoint, "probe");
+        self.process
+            .ready(bucket, || async {
                 probe.write("p", b"p".to_vec()).await.is_ok()
             })
             .await;
-        Some(Weed {
-            endpoint: process.endpoint.clone(),
-            process,
-        })
     }
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// SIGKILL, as a crash; [`Weed::restart`] brings it back on the same ports and data.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Start it again after [`Weed::kill`]: same ports, same data (the bucket and what it held).
+    pub async fn restart(&mut self) {
+        self.process.restart();
+        self.wait_up(None).await;
+    }
+
+    /// SIGSTOP: the process holds its ports and answers nothing (a hung store).
+    pub fn pause(&self) {
+        self.process.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Weed::pause`].
+    pub fn resume(&self) {
+        self.process.signal("-CONT");
     }
 
     pub fn log_tail(&self) -> String {

@@ -8,6 +8,8 @@ use redis::Client;
 use super::health::{BACKOFF, Health, LOG_EVERY};
 use super::*;
 
+// Shared with the integration harness, which uses more of it.
+#[allow(dead_code)]
 #[path = "../../../tests/parts/redis_process.rs"]
 mod process;
 

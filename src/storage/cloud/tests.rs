@@ -11,6 +11,8 @@ use bytes::Bytes;
 use super::{AzblobConfig, GcsConfig};
 use crate::storage::{ObjectStorage, Storage, suite};
 
+// Shared with the integration harness, which uses more of it.
+#[allow(dead_code)]
 #[path = "../../../tests/parts/cloud_emulators.rs"]
 mod emulators;
 

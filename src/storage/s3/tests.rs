@@ -304,6 +304,8 @@ async fn signatures_are_checked(endpoint: &str) {
 // ---------------------------------------------------------------------------------------------
 // SeaweedFS, as a child process.
 
+// Shared with the integration harness, which uses more of it.
+#[allow(dead_code)]
 #[path = "../../../tests/parts/weed_process.rs"]
 mod weed_process;
 
@@ -322,7 +324,7 @@ async fn seaweedfs() -> Option<WeedProcess> {
     }
     let weed = WeedProcess::spawn(&weed?, AK, SK);
     let probe = ObjectStorage::s3(&config(&weed.endpoint, "probe")).unwrap();
-    weed.ready(BUCKET, || async {
+    weed.ready(Some(BUCKET), || async {
         probe.put("p", Bytes::from_static(b"p")).await.is_ok()
     })
     .await;
