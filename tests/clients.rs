@@ -129,11 +129,7 @@ async fn podman_pulls_through_a_registries_conf_mirror() {
 /// registry's own server is a closed port: only the mirror can answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_through_hosts_toml() {
-    if !tool_or_skip(
-        have("containerd") && have("ctr") && is_root(),
-        "containerd and ctr, run as root",
-        "apt-get install containerd",
-    ) {
+    if !containerd_runs() {
         return;
     }
     let reg = Registry::start(RegistryOpts::default()).await;
@@ -218,11 +214,7 @@ async fn containerd_pulls_through_hosts_toml() {
 /// refusal would show as a failed pull rather than as a quiet fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_docker_io_through_a_mirror_of_a_mirror() {
-    if !tool_or_skip(
-        have("containerd") && have("ctr") && is_root(),
-        "containerd and ctr, run as root",
-        "apt-get install containerd",
-    ) {
+    if !containerd_runs() {
         return;
     }
     let reg = Registry::start(RegistryOpts::default()).await;
@@ -344,11 +336,7 @@ async fn login_to_the_token_service_then_pull() {
 /// `header` table, keeps a client on the mirror.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_follows_redirects_to_the_store() {
-    if !tool_or_skip(
-        have("containerd") && have("ctr") && is_root(),
-        "containerd and ctr, run as root",
-        "apt-get install containerd",
-    ) {
+    if !containerd_runs() {
         return;
     }
     let Some(weed) = Weed::start().await else {

@@ -76,6 +76,29 @@ async fn wait_stored(root: &Path, digest: &str) -> bool {
     false
 }
 
+/// A mirror of `reg` on the filesystem store at `root`, tags trusted for an hour.
+async fn mirror_on(reg: &Registry, root: &Path) -> Mirror {
+    Mirror::start(
+        MirrorOpts::upstream(&reg.url())
+            .tag_ttl("1h")
+            .storage_root(root)
+            .storage_yaml(&fs_storage_yaml(root)),
+    )
+    .await
+}
+
+/// skopeo pulls `img` through `m`, and every blob of it is then stored under `stored`.
+async fn pull_stored(m: &Mirror, img: &Image, stored: &Path) {
+    pull_and_check_oci(&m.hostport(), img, None).await;
+    for d in img.all_blobs() {
+        assert!(
+            wait_stored(stored, &d.digest).await,
+            "{} not stored",
+            d.digest
+        );
+    }
+}
+
 /// Storage on an 8 MiB tmpfs; a 12 MiB blob does not fit. The client still gets every byte
 /// (served from the spool), nothing partial is committed, the temp file is removed (the space
 /// comes back), and smaller content is then stored as usual.
@@ -232,21 +255,8 @@ async fn storage_root_gone_passes_pulls_through_and_commits_again_once_it_is_bac
     let [cached, cold, shared, after] = &images[..] else {
         unreachable!()
     };
-    let m = Mirror::start(
-        MirrorOpts::upstream(&reg.url())
-            .tag_ttl("1h")
-            .storage_root(&root)
-            .storage_yaml(&fs_storage_yaml(&root)),
-    )
-    .await;
-    pull_and_check_oci(&m.hostport(), cached, None).await;
-    for d in cached.all_blobs() {
-        assert!(
-            wait_stored(&real, &d.digest).await,
-            "{} not stored",
-            d.digest
-        );
-    }
+    let m = mirror_on(&reg, &root).await;
+    pull_stored(&m, cached, &real).await;
 
     point(&root, &gone);
     // The first look-ups fail on the store and open the read circuit; the pull goes on from
@@ -324,21 +334,8 @@ async fn read_only_storage_root_serves_what_it_holds_and_passes_new_content_thro
     let [cached, fresh, ..] = &images[..] else {
         unreachable!()
     };
-    let m = Mirror::start(
-        MirrorOpts::upstream(&reg.url())
-            .tag_ttl("1h")
-            .storage_root(&root)
-            .storage_yaml(&fs_storage_yaml(&root)),
-    )
-    .await;
-    pull_and_check_oci(&m.hostport(), cached, None).await;
-    for d in cached.all_blobs() {
-        assert!(
-            wait_stored(&root, &d.digest).await,
-            "{} not stored",
-            d.digest
-        );
-    }
+    let m = mirror_on(&reg, &root).await;
+    pull_stored(&m, cached, &root).await;
     let remount = |opts: &str| {
         let ok = Command::new("mount")
             .args(["-o", opts])

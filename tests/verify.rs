@@ -548,11 +548,7 @@ async fn a_removed_key_stops_passing_after_reload() {
 /// lands in containerd's image store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_a_signed_image_and_is_refused_an_unsigned_one() {
-    if !tool_or_skip(
-        have("containerd") && have("ctr") && is_root(),
-        "containerd and ctr, run as root",
-        "apt-get install containerd",
-    ) {
+    if !containerd_runs() {
         return;
     }
     let Some(keys) = Keys::new() else { return };

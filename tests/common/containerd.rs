@@ -24,6 +24,16 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Whether containerd can run here (containerd and ctr installed, run as root): `false` skips
+/// the test, unless `OCIMIRROR_REQUIRE_ALL`.
+pub fn containerd_runs() -> bool {
+    super::tool_or_skip(
+        have("containerd") && have("ctr") && is_root(),
+        "containerd and ctr, run as root",
+        "apt-get install containerd",
+    )
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
