@@ -4,11 +4,9 @@
 //! the store is back is committed. Also a store that only refuses writes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 
 use super::rules_tests::{Fake, Fault, latest, name, read_all};
 use super::*;
@@ -16,71 +14,11 @@ use crate::cache::MemoryCache;
 use crate::layout;
 use crate::oci::ByteRange;
 use crate::storage::breaker::{Breaker, BreakerPolicy};
-use crate::storage::{ByteStream, MemoryStorage, ObjectMeta, ObjectWriter};
-
-/// A memory store that can be taken down (every operation fails) or made to refuse writes,
-/// counting the operations that reach it.
-#[derive(Default)]
-struct Switched {
-    inner: MemoryStorage,
-    down: AtomicBool,
-    writes_down: AtomicBool,
-    calls: AtomicUsize,
-}
-
-impl Switched {
-    fn check(&self, key: &str, write: bool) -> Result<(), StorageError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) || (write && self.writes_down.load(Ordering::SeqCst)) {
-            return Err(StorageError::Io {
-                key: key.into(),
-                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "store down"),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Storage for Switched {
-    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        self.check(key, false)?;
-        self.inner.stat(key).await
-    }
-    async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
-        self.check(key, false)?;
-        self.inner.read(key).await
-    }
-    async fn read_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: Option<u64>,
-    ) -> Result<ByteStream, StorageError> {
-        self.check(key, false)?;
-        self.inner.read_range(key, offset, len).await
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.check(key, true)?;
-        self.inner.put(key, data).await
-    }
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        self.check(key, true)?;
-        self.inner.writer(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.check(key, true)?;
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        self.check(prefix, false)?;
-        self.inner.list(prefix).await
-    }
-}
+use crate::storage::faulty::Faulty;
 
 struct Rig {
     registry: Arc<Registry>,
-    store: Arc<Switched>,
+    store: Faulty,
     breaker: Arc<Breaker>,
     fake: Arc<Fake>,
     _spool: tempfile::TempDir,
@@ -88,9 +26,9 @@ struct Rig {
 
 fn rig(size: usize, offline: bool, open_for: Duration) -> Rig {
     let spool = tempfile::tempdir().unwrap();
-    let store = Arc::new(Switched::default());
+    let store = Faulty::default();
     let breaker = Arc::new(Breaker::new(
-        store.clone(),
+        Arc::new(store.clone()),
         &BreakerPolicy {
             failures: 2,
             open_for,
@@ -122,7 +60,7 @@ fn rig(size: usize, offline: bool, open_for: Duration) -> Rig {
 impl Rig {
     /// Take the store down and let requests open the read circuit.
     async fn down(&self) {
-        self.store.down.store(true, Ordering::SeqCst);
+        self.store.set_down(true);
         while !self.breaker.reads_refused() {
             let _ = self.registry.manifest(&name(), &latest()).await;
         }
@@ -184,7 +122,7 @@ async fn a_miss_passes_through_once_for_concurrent_clients_and_nothing_waits_on_
 async fn tags_resolve_from_the_cache_and_memory_while_storage_is_down() {
     let r = rig(1024, false, Duration::from_secs(3600));
     let m = r.registry.manifest(&name(), &latest()).await.unwrap();
-    r.store.down.store(true, Ordering::SeqCst);
+    r.store.set_down(true);
     let (gets, heads) = (
         r.fake.manifest_gets.load(Ordering::SeqCst),
         r.fake.manifest_heads.load(Ordering::SeqCst),
@@ -210,7 +148,7 @@ async fn offline_or_an_unavailable_upstream_with_storage_down_names_both() {
         if !offline {
             r.fake.set(Fault::Down);
         }
-        r.store.down.store(true, Ordering::SeqCst);
+        r.store.set_down(true);
         let d = r.fake.blob_digest.clone();
         let errors = [
             r.registry
@@ -252,7 +190,7 @@ async fn the_next_miss_after_the_store_is_back_is_committed() {
     assert_eq!(got.unwrap(), r.fake.blob);
     r.registry.wait_for_fills().await;
     assert!(!r.blob_stored().await);
-    r.store.down.store(false, Ordering::SeqCst);
+    r.store.set_down(false);
     tokio::time::sleep(Duration::from_millis(60)).await;
     // The probe rides on this request; it closes the circuit and the fill commits.
     let got = read_all(r.registry.blob(&name(), &d, None, false).await.unwrap()).await;
@@ -274,7 +212,7 @@ async fn the_next_miss_after_the_store_is_back_is_committed() {
 async fn refused_writes_serve_what_is_stored_and_pass_new_content_through() {
     let r = rig(64 * 1024, false, Duration::from_secs(3600));
     r.registry.manifest(&name(), &latest()).await.unwrap();
-    r.store.writes_down.store(true, Ordering::SeqCst);
+    r.store.writes_fail.store(true, Ordering::SeqCst);
     let d = r.fake.blob_digest.clone();
     for _ in 0..4 {
         let got = read_all(r.registry.blob(&name(), &d, None, false).await.unwrap()).await;

@@ -465,143 +465,10 @@ impl ObjectWriter for GuardedWriter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::storage::MemoryStorage;
-
-    /// A store whose reads and writes can be made to fail, counting the calls that reach it.
-    struct Flaky {
-        inner: MemoryStorage,
-        reads_fail: AtomicBool,
-        writes_fail: AtomicBool,
-        /// Reads never answer (a stopped store process).
-        reads_hang: AtomicBool,
-        /// Streamed writes fail though writers open (a full disk).
-        chunks_fail: AtomicBool,
-        calls: AtomicUsize,
-    }
-
-    struct FlakyWriter {
-        inner: Box<dyn ObjectWriter>,
-        store: Arc<Flaky>,
-    }
-
-    #[async_trait]
-    impl ObjectWriter for FlakyWriter {
-        async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-            if self.store.chunks_fail.load(Ordering::SeqCst) {
-                return Err(StorageError::Io {
-                    key: "w".into(),
-                    source: std::io::Error::other("no space left on device"),
-                });
-            }
-            self.inner.write(chunk).await
-        }
-        async fn commit(self: Box<Self>) -> Result<(), StorageError> {
-            self.inner.commit().await
-        }
-    }
-
-    impl Flaky {
-        fn new() -> Arc<Flaky> {
-            Arc::new(Flaky {
-                inner: MemoryStorage::default(),
-                reads_fail: AtomicBool::new(false),
-                writes_fail: AtomicBool::new(false),
-                reads_hang: AtomicBool::new(false),
-                chunks_fail: AtomicBool::new(false),
-                calls: AtomicUsize::new(0),
-            })
-        }
-        fn fail(&self, flag: &AtomicBool, key: &str) -> Result<(), StorageError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if flag.load(Ordering::SeqCst) {
-                return Err(StorageError::Io {
-                    key: key.into(),
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "store down"),
-                });
-            }
-            Ok(())
-        }
-    }
-
-    /// A handle to the same flaky store, for writers that report to it.
-    struct Shared(Arc<Flaky>);
-
-    #[async_trait]
-    impl Storage for Shared {
-        async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-            self.0.stat(key).await
-        }
-        async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
-            self.0.read(key).await
-        }
-        async fn read_range(
-            &self,
-            key: &str,
-            offset: u64,
-            len: Option<u64>,
-        ) -> Result<ByteStream, StorageError> {
-            self.0.read_range(key, offset, len).await
-        }
-        async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-            self.0.put(key, data).await
-        }
-        async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-            self.0.fail(&self.0.writes_fail, key)?;
-            Ok(Box::new(FlakyWriter {
-                inner: self.0.inner.writer(key).await?,
-                store: self.0.clone(),
-            }))
-        }
-        async fn delete(&self, key: &str) -> Result<(), StorageError> {
-            self.0.delete(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-            self.0.list(prefix).await
-        }
-    }
-
-    #[async_trait]
-    impl Storage for Flaky {
-        async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-            if self.reads_hang.load(Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-            self.fail(&self.reads_fail, key)?;
-            self.inner.stat(key).await
-        }
-        async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
-            self.fail(&self.reads_fail, key)?;
-            self.inner.read(key).await
-        }
-        async fn read_range(
-            &self,
-            key: &str,
-            offset: u64,
-            len: Option<u64>,
-        ) -> Result<ByteStream, StorageError> {
-            self.fail(&self.reads_fail, key)?;
-            self.inner.read_range(key, offset, len).await
-        }
-        async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-            self.fail(&self.writes_fail, key)?;
-            self.inner.put(key, data).await
-        }
-        async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-            self.fail(&self.writes_fail, key)?;
-            self.inner.writer(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StorageError> {
-            self.fail(&self.writes_fail, key)?;
-            self.inner.delete(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-            self.fail(&self.reads_fail, prefix)?;
-            self.inner.list(prefix).await
-        }
-    }
+    use crate::storage::faulty::Faulty;
 
     fn config(open_for: Duration) -> BreakerPolicy {
         BreakerPolicy {
@@ -613,8 +480,8 @@ mod tests {
 
     #[tokio::test]
     async fn opens_after_consecutive_failures_then_fails_without_asking_the_store() {
-        let store = Flaky::new();
-        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        let store = Faulty::default();
+        let b = Breaker::new(Arc::new(store.clone()), &config(Duration::from_secs(3600)));
         store.reads_fail.store(true, Ordering::SeqCst);
         for _ in 0..3 {
             assert!(matches!(b.stat("k").await, Err(StorageError::Io { .. })));
@@ -638,8 +505,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_key_or_a_success_resets_the_count() {
-        let store = Flaky::new();
-        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        let store = Faulty::default();
+        let b = Breaker::new(Arc::new(store.clone()), &config(Duration::from_secs(3600)));
         for _ in 0..5 {
             store.reads_fail.store(true, Ordering::SeqCst);
             b.stat("k").await.unwrap_err();
@@ -652,8 +519,8 @@ mod tests {
 
     #[tokio::test]
     async fn one_probe_after_open_for_closes_or_reopens() {
-        let store = Flaky::new();
-        let b = Breaker::new(store.clone(), &config(Duration::from_millis(50)));
+        let store = Faulty::default();
+        let b = Breaker::new(Arc::new(store.clone()), &config(Duration::from_millis(50)));
         store.reads_fail.store(true, Ordering::SeqCst);
         for _ in 0..3 {
             b.stat("k").await.unwrap_err();
@@ -679,8 +546,8 @@ mod tests {
 
     #[tokio::test]
     async fn failing_writes_leave_reads_served() {
-        let store = Flaky::new();
-        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        let store = Faulty::default();
+        let b = Breaker::new(Arc::new(store.clone()), &config(Duration::from_secs(3600)));
         b.put("held", Bytes::from_static(b"bytes")).await.unwrap();
         store.writes_fail.store(true, Ordering::SeqCst);
         for i in 0..3 {
@@ -699,12 +566,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_hung_store_times_out_counts_and_opens_the_circuit() {
-        let store = Flaky::new();
+        let store = Faulty::default();
         let policy = BreakerPolicy {
             timeout: Duration::from_millis(20),
             ..config(Duration::from_secs(3600))
         };
-        let b = Breaker::new(store.clone(), &policy);
+        let b = Breaker::new(Arc::new(store.clone()), &policy);
         store.reads_hang.store(true, Ordering::SeqCst);
         for _ in 0..3 {
             let e = b.stat("k").await.unwrap_err();
@@ -720,11 +587,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_writer_is_judged_by_its_writes_not_by_opening() {
-        let store = Flaky::new();
-        let b = Breaker::new(
-            Arc::new(Shared(store.clone())),
-            &config(Duration::from_millis(50)),
-        );
+        let store = Faulty::default();
+        let b = Breaker::new(Arc::new(store.clone()), &config(Duration::from_millis(50)));
         // A full disk: writers open, their bytes are refused.
         store.chunks_fail.store(true, Ordering::SeqCst);
         for _ in 0..3 {
@@ -756,8 +620,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_opened_before_the_circuit_opened_stops_at_once() {
-        let store = Flaky::new();
-        let b = Breaker::new(store.clone(), &config(Duration::from_secs(3600)));
+        let store = Faulty::default();
+        let b = Breaker::new(Arc::new(store.clone()), &config(Duration::from_secs(3600)));
         let mut w = b.writer("blob").await.unwrap();
         w.write(Bytes::from_static(b"x")).await.unwrap();
         store.writes_fail.store(true, Ordering::SeqCst);

@@ -6,6 +6,8 @@ pub mod breaker;
 mod cloud;
 pub mod config;
 mod counted;
+#[cfg(test)]
+pub(crate) mod faulty;
 mod fs;
 mod memory;
 mod object;
