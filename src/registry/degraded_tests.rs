@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-
 use super::rules_tests::{Fake, Fault, latest, name, read_all};
 use super::*;
 use crate::cache::MemoryCache;
