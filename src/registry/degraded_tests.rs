@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::rules_tests::{Fake, Fault, latest, name, read_all};
+use super::rules_tests::{Fake, Fault, concurrent_reads, latest, name, read_all};
 use super::*;
 use crate::cache::MemoryCache;
 use crate::layout;
@@ -76,19 +76,7 @@ async fn a_miss_passes_through_once_for_concurrent_clients_and_nothing_waits_on_
     let r = rig(2 * 1024 * 1024, false, Duration::from_secs(3600));
     r.down().await;
     let calls = r.store.calls.load(Ordering::SeqCst);
-    let mut handles = Vec::new();
-    for _ in 0..8 {
-        let reg = r.registry.clone();
-        let d = r.fake.blob_digest.clone();
-        handles.push(tokio::spawn(async move {
-            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
-                .await
-                .unwrap()
-        }));
-    }
-    for h in handles {
-        assert_eq!(h.await.unwrap(), r.fake.blob);
-    }
+    concurrent_reads(std::slice::from_ref(&r.registry), &r.fake, 8).await;
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
     // A range, and a HEAD, also from the upstream.
     let d = r.fake.blob_digest.clone();

@@ -306,6 +306,24 @@ pub(super) fn latest() -> Reference {
     Reference::Tag(Tag::parse("latest").unwrap())
 }
 
+/// `n` concurrent whole-blob GETs of `fake`'s blob, spread over `replicas` in turn: each one
+/// must read the whole blob.
+pub(super) async fn concurrent_reads(replicas: &[Arc<Registry>], fake: &Fake, n: usize) {
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let reg = replicas[i % replicas.len()].clone();
+        let d = fake.blob_digest.clone();
+        handles.push(tokio::spawn(async move {
+            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
+                .await
+                .unwrap()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), fake.blob);
+    }
+}
+
 pub(super) async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
     let chunks: Vec<Bytes> = reply.body.expect("body").try_collect().await?;
     Ok(chunks.concat())
@@ -315,19 +333,7 @@ pub(super) async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
 async fn sixteen_concurrent_cold_gets_make_one_upstream_fetch() {
     let r = rig(2 * 1024 * 1024, Duration::from_secs(300), false);
     r.registry.manifest(&name(), &latest()).await.unwrap();
-    let mut handles = Vec::new();
-    for _ in 0..16 {
-        let reg = r.registry.clone();
-        let d = r.fake.blob_digest.clone();
-        handles.push(tokio::spawn(async move {
-            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
-                .await
-                .unwrap()
-        }));
-    }
-    for h in handles {
-        assert_eq!(h.await.unwrap(), r.fake.blob);
-    }
+    concurrent_reads(std::slice::from_ref(&r.registry), &r.fake, 16).await;
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
     // Committed: the next request is served from storage.
     let again = read_all(
@@ -705,19 +711,7 @@ async fn one_fill_across_replicas_sharing_storage_and_leases() {
     for r in &replicas {
         r.manifest(&name(), &latest()).await.unwrap();
     }
-    let mut handles = Vec::new();
-    for i in 0..48 {
-        let reg = replicas[i % 3].clone();
-        let d = fake.blob_digest.clone();
-        handles.push(tokio::spawn(async move {
-            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
-                .await
-                .unwrap()
-        }));
-    }
-    for h in handles {
-        assert_eq!(h.await.unwrap(), fake.blob);
-    }
+    concurrent_reads(&replicas, &fake, 48).await;
     assert_eq!(fake.blob_gets.load(Ordering::SeqCst), 1);
     assert!(leases.map.lock().unwrap().is_empty(), "lease not released");
 }
