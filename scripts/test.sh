@@ -84,4 +84,4 @@ cargo fmt --check
 cargo fetch --locked >/dev/null
 cargo deny --frozen check --hide-inclusion-graph licenses bans sources
 cargo clippy --all-targets --locked -- -D warnings
-cargo nextest run --locked --no-fail-fast "$@"
+cargo nextest run --locked --profile ci --no-fail-fast "$@"
