@@ -141,7 +141,7 @@ catalogue! {
     STORAGE_BREAKER_REFUSED = Counter "ocimirror_storage_breaker_refused_total" ["circuit"]
         "Storage operations refused at once by an open circuit, by circuit.";
     DEGRADED_SERVED = Counter "ocimirror_degraded_served_total" ["kind"]
-        "Requests answered while storage could not be read (passed through from the upstream uncommitted, or from memory), by kind (blob, manifest).";
+        "Requests answered while storage could not be read (passed through from the upstream uncommitted, or from memory), by kind (blob, manifest, tags, referrers).";
     CACHE_ERRORS = Counter "ocimirror_cache_errors_total" ["backend", "op"]
         "Failed descriptor-cache operations, by backend and operation.";
     CACHE_LEASES_RETAKEN = Counter "ocimirror_cache_leases_retaken_total" []

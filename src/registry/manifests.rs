@@ -14,6 +14,7 @@ use super::{
 use crate::cache::{ManifestEntry, TagEntry};
 use crate::layout;
 use crate::oci::{Digest, ManifestInfo, Reference, RepoName, Tag};
+use crate::storage::StorageError;
 use crate::upstream::UpstreamError;
 
 impl Registry {
@@ -137,7 +138,9 @@ impl Registry {
                 .head_manifest(repo, &Reference::Digest(d.clone()))
                 .await
                 .map_err(|e| manifest_upstream_error(e, d))?;
-            if let Some(m) = self.stored_manifest(repo, d, false).await? {
+            // Unreadable after all (deleted, or the store failed since): fetched like a miss.
+            let held = miss_if_down(self.stored_manifest(repo, d, false).await, &mut false)?;
+            if let Some(m) = held {
                 self.check_before_store(repo, d, &m.body).await?;
                 self.link_manifest(repo, &m).await;
                 return Ok(m);
@@ -196,7 +199,6 @@ impl Registry {
             media_type: info.media_type.clone(),
             body,
         };
-        self.bodies.put(&m);
         self.cache
             .set_manifest(
                 d,
@@ -206,22 +208,56 @@ impl Registry {
                 },
             )
             .await;
-        // Storage down: served from memory and the upstream until it is back.
-        if !self.settings.read_only && !self.storage.reads_refused() {
-            if let Err(e) = self
-                .storage
-                .put(&layout::blob_data(d), m.body.clone())
-                .await
-            {
-                tracing::error!(digest = %d, error = %e, "cannot store manifest; serving without caching");
-                return Ok(m);
-            }
+        if self.put_manifest(&m).await {
+            self.bodies.put(&m);
             // The upstream served this manifest under `repo`: `repo` may serve the manifest. Its
             // config and layers are only claimed by it (a manifest can list any digest), so each
             // is linked when the upstream confirms it under `repo` (`blobs.rs`).
             self.link_manifest(repo, &m).await;
+        } else {
+            // Served from memory and the upstream until storage takes it.
+            self.bodies.put_unstored(&m);
         }
         Ok(m)
+    }
+
+    /// Write a manifest's bytes to storage, unless it is read-only or down. Whether it is stored.
+    async fn put_manifest(&self, m: &Manifest) -> bool {
+        if self.settings.read_only || self.storage.reads_refused() {
+            return false;
+        }
+        match self
+            .storage
+            .put(&layout::blob_data(&m.digest), m.body.clone())
+            .await
+        {
+            Ok(()) => true,
+            // The write circuit is open: said once, by the breaker.
+            Err(StorageError::Unavailable(_)) => false,
+            Err(e) => {
+                tracing::error!(digest = %m.digest, error = %e, "cannot store manifest; serving without caching");
+                false
+            }
+        }
+    }
+
+    /// `m`, served from memory under `repo` (the tag naming it confirmed there), is stored now
+    /// if it was passed through uncommitted while storage was down: the outage leaves nothing
+    /// that only memory knows. Its tag's links are written when the tag is next revalidated
+    /// (their modification time is the confirmation's).
+    async fn store_if_passed_through(&self, repo: &RepoName, m: &Manifest) {
+        if self.settings.read_only
+            || self.storage.reads_refused()
+            || !self.bodies.take_unstored(&m.digest)
+        {
+            return;
+        }
+        if self.put_manifest(m).await {
+            tracing::info!(name = %repo, digest = %m.digest, "manifest passed through during a storage outage stored");
+            self.link_manifest(repo, m).await;
+        } else {
+            self.bodies.store_failed(&m.digest);
+        }
     }
 
     async fn link_manifest(&self, repo: &RepoName, m: &Manifest) {
@@ -274,6 +310,7 @@ impl Registry {
                 .unwrap_or(Duration::ZERO);
             if self.settings.offline || age < self.tag_ttl(repo) {
                 metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
+                self.store_if_passed_through(repo, m).await;
                 return Ok(m.clone());
             }
         }
@@ -347,6 +384,7 @@ impl Registry {
                         metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
                             .increment(1);
                         self.check_before_store(repo, d, &m.body).await?;
+                        self.store_if_passed_through(repo, &m).await;
                         self.link_manifest(repo, &m).await;
                         m
                     }
@@ -400,10 +438,12 @@ impl Registry {
         let changed = linked.as_ref() != Some(d);
         let ttl = self.tag_ttl(repo);
         let expired = !changed && !ttl.is_zero() && {
-            let stored_age = self
-                .storage
-                .stat(&key)
-                .await?
+            let stored = match self.storage.stat(&key).await {
+                Ok(meta) => meta,
+                Err(e) if e.is_outage() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let stored_age = stored
                 .and_then(|m| m.modified)
                 .and_then(|t| now.duration_since(t).ok());
             stored_age.is_none_or(|a| a >= ttl)

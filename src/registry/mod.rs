@@ -323,10 +323,19 @@ fn answered_while_down<T>(
             metrics::counter!(crate::metrics::DEGRADED_SERVED, "kind" => kind).increment(1);
             Ok(v)
         }
-        Err(RegistryError::Upstream(UpstreamError::Unavailable(m))) => Err(
-            RegistryError::StorageAndUpstreamDown(format!("the upstream is unavailable too ({m})")),
-        ),
-        Err(e) => Err(e),
+        Err(e) => Err(upstream_failed_too(e)),
+    }
+}
+
+/// The error of a request that storage could not answer and the upstream failed: an upstream
+/// that could not be reached is named beside the storage; any other answer of the upstream (a
+/// rate limit, an invalid response) is the upstream's to report, as when storage works.
+fn upstream_failed_too(e: RegistryError) -> RegistryError {
+    match e {
+        RegistryError::Upstream(UpstreamError::Unavailable(m)) => {
+            RegistryError::StorageAndUpstreamDown(format!("the upstream is unavailable too ({m})"))
+        }
+        e => e,
     }
 }
 

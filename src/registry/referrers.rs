@@ -3,7 +3,9 @@
 //! fresh stored index are kept in memory per (repository, digest, `artifactType`), tied to the
 //! stored copy's size and time, so a 4 MiB, 18,000-entry index is read and filtered once per
 //! fetch rather than on every request; bounded by `cache.referrers.max_bytes` and
-//! `cache.referrers.filters_per_index`.
+//! `cache.referrers.filters_per_index`. While storage cannot be read the index is passed
+//! through from the upstream (one fetch for identical requests in flight, its size capped as
+//! always) and stored nowhere.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{Registry, RegistryError, unshare};
+use super::{OFFLINE, Registry, RegistryError, answered_while_down, miss_if_down, unshare};
 use crate::layout;
 use crate::oci::{Digest, RepoName};
 use crate::storage::ObjectMeta;
@@ -112,8 +114,9 @@ impl Answers {
 impl Registry {
     /// The referrers of `digest` as an OCI image index, filtered by `artifact_type`. Fetched
     /// from the upstream (its referrers API, or the tag schema) and kept like a tag: trusted
-    /// for `tag_ttl`, served stale when the upstream fails, served from storage offline. An
-    /// upstream that knows of none gives the empty index.
+    /// for `tag_ttl`, served stale when the upstream fails, served from storage offline; passed
+    /// through uncommitted when storage cannot be read. An upstream that knows of none gives the
+    /// empty index.
     pub async fn referrers(
         self: &Arc<Self>,
         name: &RepoName,
@@ -122,7 +125,8 @@ impl Registry {
     ) -> Result<Bytes, RegistryError> {
         let repo = self.upstream.canonical_name(name);
         let key = layout::referrers(&repo, digest);
-        let meta = self.storage.stat(&key).await?;
+        let mut down = false;
+        let meta = miss_if_down(self.storage.stat(&key).await.map_err(Into::into), &mut down)?;
         let fresh = meta.as_ref().is_some_and(|m| {
             self.settings.offline
                 || m.modified
@@ -137,11 +141,14 @@ impl Registry {
             return Ok(b);
         }
         let stored = match meta {
-            Some(meta) => match self.storage.read(&key).await {
-                Ok(b) => Some((b, meta)),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e.into()),
-            },
+            Some(meta) => {
+                let read = self.storage.read(&key).await;
+                match read {
+                    Ok(b) => Some((b, meta)),
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => miss_if_down(Err(e.into()), &mut down)?,
+                }
+            }
             None => None,
         };
         let index = match stored {
@@ -154,31 +161,26 @@ impl Registry {
                     .put(answer_key, &meta, artifact_type, answer.clone());
                 return Ok(answer);
             }
+            // Nothing stored can be told from storage that cannot be read.
+            _ if self.settings.offline && down => {
+                return Err(RegistryError::StorageAndUpstreamDown(OFFLINE.into()));
+            }
             _ if self.settings.offline => empty_index(),
             stored => {
-                let this = self.clone();
-                let (repo2, d2, key2) = (repo.clone(), digest.clone(), key.clone());
-                let shared = || {
-                    metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "referrers")
-                        .increment(1);
-                };
-                let work = async move {
-                    this.fetch_referrers(&repo2, &d2, &key2)
-                        .await
-                        .map_err(Arc::new)
-                };
-                let (r, _) = self
-                    .referrer_fetches
-                    .run_noting((repo.clone(), digest.clone()), work, shared)
-                    .await;
-                match (r, stored) {
-                    (Ok(b), _) => b,
+                let r = self.shared_referrers_fetch(&repo, digest, !down).await;
+                let r = match (r, stored) {
+                    (Ok(b), _) => Ok(b),
                     (Err(e), Some((b, _))) if matches!(&*e, RegistryError::Upstream(_)) => {
                         metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
                         tracing::warn!(name = %repo, digest = %digest, error = %e, "upstream failed; serving cached referrers");
-                        b
+                        Ok(b)
                     }
-                    (Err(e), _) => return Err(unshare(e)),
+                    (Err(e), _) => Err(unshare(e)),
+                };
+                match down {
+                    // Passed through from the upstream, stored nowhere.
+                    true => answered_while_down("referrers", r)?,
+                    false => r?,
                 }
             }
         };
@@ -188,11 +190,37 @@ impl Registry {
         }
     }
 
+    /// The upstream's referrers index of `digest`, one fetch for every caller asking at once
+    /// (the first caller's `store` decides whether it is written to storage).
+    async fn shared_referrers_fetch(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &Digest,
+        store: bool,
+    ) -> Result<Bytes, Arc<RegistryError>> {
+        let this = self.clone();
+        let (repo2, d2) = (repo.clone(), digest.clone());
+        let shared = || {
+            metrics::counter!(crate::metrics::UPSTREAM_SHARED, "op" => "referrers").increment(1);
+        };
+        let work = async move {
+            this.fetch_referrers(&repo2, &d2, store)
+                .await
+                .map_err(Arc::new)
+        };
+        let (r, _) = self
+            .referrer_fetches
+            .run_noting((repo.clone(), digest.clone()), work, shared)
+            .await;
+        r
+    }
+
+    /// Fetch the index from the upstream, and store it when `store` (storage could be read).
     async fn fetch_referrers(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        key: &str,
+        store: bool,
     ) -> Result<Bytes, RegistryError> {
         let body = match self.upstream.referrers(repo, digest).await {
             Ok(b) => b,
@@ -207,9 +235,12 @@ impl Registry {
                 "referrers index without a manifests list".into(),
             )));
         }
-        if !self.settings.read_only {
+        // Storage down: served from the upstream alone until it is back, and not written, so
+        // that no request waits on a store known to fail.
+        if store && !self.settings.read_only && !self.storage.reads_refused() {
             // Its modification time is when it was fetched.
-            self.write_bounded(key, body.clone()).await;
+            self.write_bounded(&layout::referrers(repo, digest), body.clone())
+                .await;
         }
         Ok(body)
     }

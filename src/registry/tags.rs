@@ -3,13 +3,21 @@
 //! the catalog lists what storage holds. The upstream's list is paged while it is parsed: only
 //! the tags the page needs are kept, so `n=1` against a list of millions holds one tag, not all.
 //! Identical reads of a list in flight at once share one upstream request.
+//!
+//! While storage cannot be read, a tag list is what the upstream lists (counted as served
+//! degraded); with the upstream failing too, or offline, it is a 503 naming both. The catalog
+//! is not passed through: it lists what this mirror holds, which only storage knows (the
+//! upstream's catalog is another registry's content), so it is a 503 until storage is back.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{CatalogPage, Registry, RegistryError, TagList, TagsPage};
+use super::{
+    CatalogPage, OFFLINE, Registry, RegistryError, TagList, TagsPage, answered_while_down,
+    upstream_failed_too,
+};
 use crate::layout;
 use crate::oci::RepoName;
 use crate::upstream::UpstreamError;
@@ -22,7 +30,8 @@ impl Registry {
         last: Option<&str>,
     ) -> Result<TagsPage, RegistryError> {
         let repo = self.upstream.canonical_name(name);
-        let mut refused = None;
+        // Why the upstream's list is not the answer (offline: None).
+        let mut failed = None;
         if !self.settings.offline {
             let up = self.upstream.clone();
             let key = (repo.clone(), n, last.map(str::to_owned));
@@ -49,26 +58,47 @@ impl Registry {
                     // Upstreams differ (Distribution 2.8 ignores `n` and does not sort): answer
                     // as the spec says whatever they did — sorted, after `last`, at most `n`.
                     let (tags, local_next) = paginate(kept.into_iter().collect(), n, last);
-                    return Ok(TagsPage {
+                    let page = TagsPage {
                         list: TagList {
                             name: name.to_string(),
                             tags,
                         },
                         next: local_next.or(upstream_next),
-                    });
+                    };
+                    // The list never touches storage; while it cannot be read, what the
+                    // upstream listed is all a client can get, and is counted as such.
+                    if self.storage.reads_refused() {
+                        return answered_while_down("tags", Ok(page));
+                    }
+                    return Ok(page);
                 }
                 Err(UpstreamError::NotFound) => return Err(RegistryError::NameUnknown),
                 // Outside the allow-list: what is cached may still be listed, nothing else.
-                Err(UpstreamError::NotAllowed) => refused = Some(UpstreamError::NotAllowed),
+                Err(UpstreamError::NotAllowed) => failed = Some(UpstreamError::NotAllowed),
                 Err(e) => {
                     tracing::warn!(name = %repo, error = %e, "upstream tag list failed; answering from cache");
-                    metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
+                    failed = Some(e);
                 }
             }
         }
-        let all = self.storage.list(&layout::tags_dir(&repo)).await?;
+        let all = match self.storage.list(&layout::tags_dir(&repo)).await {
+            Ok(all) => all,
+            Err(e) if e.is_outage() => return Err(unlistable(failed)),
+            Err(e) => return Err(e.into()),
+        };
         if all.is_empty() {
-            return Err(refused.map_or(RegistryError::NameUnknown, RegistryError::Upstream));
+            return Err(match failed {
+                Some(UpstreamError::NotAllowed) => {
+                    RegistryError::Upstream(UpstreamError::NotAllowed)
+                }
+                _ => RegistryError::NameUnknown,
+            });
+        }
+        if failed
+            .as_ref()
+            .is_some_and(|e| *e != UpstreamError::NotAllowed)
+        {
+            metrics::counter!(crate::metrics::STALE_SERVED).increment(1);
         }
         let (tags, next) = paginate(all, n, last);
         Ok(TagsPage {
@@ -80,6 +110,7 @@ impl Registry {
         })
     }
 
+    /// The repositories storage holds; 503 while it cannot be read (see the module comment).
     pub async fn catalog(
         &self,
         n: Option<usize>,
@@ -88,6 +119,19 @@ impl Registry {
         let repos = layout::repositories(self.storage.as_ref()).await?;
         let (repositories, next) = paginate(repos, n, last);
         Ok(CatalogPage { repositories, next })
+    }
+}
+
+/// Why a tag list cannot be answered when storage cannot be listed either: `failed` is why the
+/// upstream's list was not the answer (None: the mirror is offline).
+fn unlistable(failed: Option<UpstreamError>) -> RegistryError {
+    match failed {
+        None => RegistryError::StorageAndUpstreamDown(OFFLINE.into()),
+        Some(UpstreamError::NotAllowed) => RegistryError::StorageAndUpstreamDown(
+            "the repository is outside the upstream allow-list (only cached tags are listed)"
+                .into(),
+        ),
+        Some(e) => upstream_failed_too(RegistryError::Upstream(e)),
     }
 }
 
