@@ -216,11 +216,7 @@ async fn storage_outage(outage: Outage) {
     // what storage holds, so it is unavailable until storage is back.
     let tags = skopeo_list_tags(&m.hostport(), &cached.name).await;
     assert_eq!(tags.as_deref(), Ok(&["v1".to_owned()][..]), "{outage:?}");
-    assert_eq!(
-        referrers_of(&m, cold).await,
-        [signature],
-        "{outage:?}"
-    );
+    assert_eq!(referrers_of(&m, cold).await, [signature], "{outage:?}");
     let r = m.get("/v2/_catalog").send().await.unwrap();
     expect_oci_error(r, 503, &["UNAVAILABLE"]).await;
     for kind in ["tags", "referrers"] {
