@@ -195,6 +195,10 @@ impl Storage for FsStorage {
         Ok(self.remove_abandoned_temp_files(age).await)
     }
 
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let path = self.path(prefix)?;
         let mut rd = match tokio::fs::read_dir(&path).await {
