@@ -1197,7 +1197,8 @@ async fn acl_reloads_on_file_change_and_sighup_and_refuses_a_broken_file() {
     .await;
     assert!(anonymous_may_pull(&base, "other/app").await);
     assert!(anonymous_may_pull(&base, "myorg/app").await);
-    assert!(m.log_text().contains("users and ACL reloaded"));
+    m.wait_log("the reload", |l| l.contains("users and ACL reloaded"))
+        .await;
 
     // A broken file (invalid regex): refused with a logged error, the policy in force stays.
     let broken =
@@ -1260,7 +1261,10 @@ async fn acl_reloads_on_file_change_and_sighup_and_refuses_a_broken_file() {
     })
     .await;
     assert!(anonymous_may_pull(&base, "myorg/app").await);
-    assert!(m.log_text().matches("users and ACL reloaded").count() > reloads);
+    m.wait_log("the second reload", |l| {
+        l.matches("users and ACL reloaded").count() > reloads
+    })
+    .await;
     // Still serving after the signal.
     let r = m.get("/healthz").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

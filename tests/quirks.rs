@@ -15,19 +15,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use serde_json::json;
 
-/// Wait (up to 20 s) until `cond` holds of the mirror's log.
-async fn wait_log(m: &Mirror, what: &str, cond: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond(&m.log_text()) {
-        assert!(
-            Instant::now() < deadline,
-            "the log never showed {what}:\n{}",
-            m.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Rewrite `file` with `text`, keeping its modification time: only a refusal of the password
 /// in force can then make the mirror read it again (the watcher sees no change).
 fn rewrite_unnoticed(file: &Path, text: &str) {
@@ -65,7 +52,8 @@ async fn sighup_without_auth_or_tls_reloads_and_never_exits() {
             .status()
             .unwrap();
         assert!(st.success());
-        wait_log(&m, "the SIGHUP", |l| l.matches("SIGHUP").count() >= n).await;
+        m.wait_log("the SIGHUP", |l| l.matches("SIGHUP").count() >= n)
+            .await;
     }
     let r = m.get("/readyz").send().await.unwrap();
     assert_eq!(r.status(), 200, "alive after SIGHUP");
@@ -104,7 +92,7 @@ async fn rotated_password_file_is_read_again_and_old_tokens_dropped() {
         body.contains("denied") && body.contains("credentials"),
         "{body}"
     );
-    wait_log(&m, "the refusal", |l| {
+    m.wait_log("the refusal", |l| {
         l.contains("refused the configured credentials")
     })
     .await;
@@ -175,7 +163,7 @@ async fn ecr_style_basic_password_rotation() {
     let other = f.add_image("team/other", "v1", &build_oci_image(2304));
     let r = m.get_manifest("team/other", "v1").send().await.unwrap();
     expect_oci_error(r, 403, &["DENIED"]).await;
-    wait_log(&m, "the refusal", |l| {
+    m.wait_log("the refusal", |l| {
         l.contains("refused the configured credentials")
     })
     .await;
@@ -402,7 +390,7 @@ async fn signed_schema1_is_verified_by_its_payload_and_served_byte_for_byte() {
     );
     let r = m.get_manifest("quay/old", "bad").send().await.unwrap();
     assert_eq!(r.status(), 502);
-    wait_log(&m, "the refusal's reason", |l| {
+    m.wait_log("the refusal's reason", |l| {
         l.contains("WARN") && l.contains("refused as invalid") && l.contains("does not match")
     })
     .await;

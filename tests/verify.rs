@@ -378,7 +378,7 @@ async fn refusals_name_their_reason_and_warn_mode_serves() {
         blob_data_path(&m.storage_root(), &warned.digest).exists(),
         "warn mode stores what it serves"
     );
-    assert!(m.log_text().contains("warn mode"));
+    m.wait_log("the warning", |l| l.contains("warn mode")).await;
 }
 
 /// An index signed once serves every platform; its children alone are not signed.
@@ -664,7 +664,9 @@ async fn a_fleet_verifies_an_image_once() {
         1,
         "the first replica read the payload"
     );
-    assert!(first.log_text().contains("signature verified"));
+    first
+        .wait_log("the verification", |l| l.contains("signature verified"))
+        .await;
 
     let before = reg.requests().await.len();
     pull_and_check_oci(&second.hostport(), &img, None).await;

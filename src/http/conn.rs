@@ -18,6 +18,8 @@
 //!   stream whose client stopped reading (`http::stream`'s send timeout) closes the connection
 //!   through it.
 //! - The client address is given to handlers as axum's `ConnectInfo<SocketAddr>`.
+//! - **Files sent by the kernel.** A plain-TCP connection's HTTP/1 requests carry its
+//!   [`super::sendfile::FileQueue`], so that a stored blob is sent with `sendfile(2)`.
 
 use std::future::Future;
 use std::io;
@@ -38,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::sendfile::SendFiles;
 use super::stream::ConnCloser;
 
 /// Bytes a connection must have sent within the first deadline: enough for hyper to tell an
@@ -63,6 +66,7 @@ pub async fn serve<L>(
 ) -> io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
+    L::Io: SendFiles,
 {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -80,16 +84,26 @@ where
             let closer = ConnCloser::default();
             let close = closer.close.clone();
             let writes = closer.clone();
+            let (io, files) = io.with_files();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(closer.clone());
+                // HTTP/1 only: it sends one response at a time, in order (see `sendfile`).
+                if let Some(files) = &files
+                    && req.version() <= http::Version::HTTP_11
+                {
+                    req.extensions_mut().insert(files.clone());
+                }
                 hyper::service::Service::call(&router, req.map(Body::new))
             });
             let mut builder = Builder::new(TokioExecutor::new());
+            // `writev`: body chunks are queued as they are, never copied into one buffer, which
+            // the stand-ins of `sendfile` rely on (and saves a copy of every streamed chunk).
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(header_read_timeout)
+                .writev(true);
             builder
                 .http2()
                 .timer(TokioTimer::new())

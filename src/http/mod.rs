@@ -8,6 +8,7 @@ pub mod gate;
 pub mod limit;
 pub mod redirect;
 pub mod scrape;
+pub mod sendfile;
 pub mod stream;
 pub mod tls;
 pub mod token;
@@ -26,7 +27,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
-use crate::registry::{Registry, TagList};
+use crate::registry::{Registry, TagList, Take};
 use endpoint::Endpoint;
 use gate::Gate;
 use limit::ClientLimits;
@@ -57,6 +58,44 @@ pub struct AppState {
     pub blob_streams: Option<stream::BlobStreams>,
     /// Who may be sent to the store for a blob's bytes; `None`: redirects are off.
     pub redirect: Option<redirect::RedirectClients>,
+    request_metrics: RequestMetricsCache,
+}
+
+/// The HTTP metrics of one (endpoint, method, status): looked up once, not built from their
+/// labels on every request.
+#[derive(Clone)]
+struct RequestMetrics {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    bytes: metrics::Counter,
+}
+
+/// Sets of [`RequestMetrics`] by (endpoint, method, status), bounded: a client inventing
+/// methods gets its handles built each time rather than growing the map.
+#[derive(Default)]
+struct RequestMetricsCache(
+    std::sync::Mutex<std::collections::HashMap<(&'static str, Method, u16), RequestMetrics>>,
+);
+
+const MAX_REQUEST_METRICS: usize = 256;
+
+impl RequestMetricsCache {
+    fn get(&self, kind: &'static str, method: &Method, status: u16) -> RequestMetrics {
+        let key = (kind, method.clone(), status);
+        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = sets.get(&key) {
+            return m.clone();
+        }
+        let m = RequestMetrics {
+            requests: metrics::counter!(crate::metrics::HTTP_REQUESTS, "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()),
+            duration: metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "endpoint" => kind),
+            bytes: metrics::counter!(crate::metrics::HTTP_RESPONSE_BYTES, "endpoint" => kind),
+        };
+        if sets.len() < MAX_REQUEST_METRICS {
+            sets.insert(key, m.clone());
+        }
+        m
+    }
 }
 
 impl AppState {
@@ -78,6 +117,7 @@ impl AppState {
             metrics_access: scrape::MetricsAccess::default(),
             blob_streams: None,
             redirect: None,
+            request_metrics: RequestMetricsCache::default(),
         })
     }
 
@@ -231,6 +271,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
     let conn = req.extensions().get::<stream::ConnCloser>().cloned();
+    let files = req.extensions().get::<Arc<sendfile::FileQueue>>().cloned();
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
     // Every log line of the request carries its id, which the client gets as `x-request-id`.
@@ -244,7 +285,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
                 req.uri().query(),
                 req.headers(),
                 peer,
-                conn,
+                (conn, files),
             ),
             span,
         )
@@ -264,12 +305,16 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     );
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!(crate::metrics::HTTP_REQUESTS, "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
-    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "endpoint" => kind)
-        .record(elapsed.as_secs_f64());
+    let m = state.request_metrics.get(kind, &method, status);
+    m.requests.increment(1);
+    m.duration.record(elapsed.as_secs_f64());
     tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
-    let bytes = metrics::counter!(crate::metrics::HTTP_RESPONSE_BYTES, "endpoint" => kind);
-    resp.map(|inner| Body::new(CountedBody { inner, bytes }))
+    resp.map(|inner| {
+        Body::new(CountedBody {
+            inner,
+            bytes: m.bytes,
+        })
+    })
 }
 
 /// The proxy's `x-request-id` when it sent a sane one, else this process's tag and a counter
@@ -309,7 +354,7 @@ async fn dispatch(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
-    conn: Option<stream::ConnCloser>,
+    conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
     if ep == Endpoint::Upload || !matches!(*method, Method::GET | Method::HEAD) {
@@ -338,7 +383,7 @@ async fn serve(
     headers: &HeaderMap,
     peer: Option<std::net::SocketAddr>,
     head: bool,
-    conn: Option<stream::ConnCloser>,
+    conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let account = match &state.gate {
         Some(gate) => Some(gate.check(headers, &ep)?),
@@ -456,11 +501,14 @@ fn etag(d: &Digest) -> HeaderValue {
 }
 
 fn not_modified(headers: &HeaderMap, d: &Digest) -> bool {
-    let tag = format!("\"{d}\"");
-    headers
+    let Some(v) = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+    else {
+        return false;
+    };
+    let tag = format!("\"{d}\"");
+    v.split(',').any(|t| t.trim() == tag || t.trim() == "*")
 }
 
 async fn manifest(
@@ -488,6 +536,10 @@ async fn manifest(
     Ok(builder.body(body).expect("valid response"))
 }
 
+/// What a request knows of its connection: the closer (send timeout) and, on a connection
+/// that sends files itself, its file queue.
+type ConnParts = (Option<stream::ConnCloser>, Option<Arc<sendfile::FileQueue>>);
+
 /// `(head, redirect)`: a HEAD; whether the client may be sent to the store.
 async fn blob(
     registry: &Arc<Registry>,
@@ -496,7 +548,7 @@ async fn blob(
     (head, redirect): (bool, bool),
     headers: &HeaderMap,
     streams: Option<(&stream::BlobStreams, stream::StreamPermit)>,
-    conn: Option<stream::ConnCloser>,
+    (conn, files): ConnParts,
 ) -> Result<Response, ApiError> {
     let range = headers
         .get(header::RANGE)
@@ -506,13 +558,11 @@ async fn blob(
                 .and_then(|s| ByteRange::parse(s).map_err(ApiError::from))
         })
         .transpose()?;
-    let reply = if redirect {
-        registry
-            .blob_redirectable(name, digest, range, head)
-            .await?
-    } else {
-        registry.blob(name, digest, range, head).await?
+    let take = Take {
+        redirect,
+        file: files.is_some(),
     };
+    let reply = registry.blob_for(name, digest, range, head, take).await?;
     if let Some(location) = &reply.location {
         return Ok(redirect::response(digest, location));
     }
@@ -534,9 +584,15 @@ async fn blob(
         None => reply.size,
     };
     builder = builder.header(header::CONTENT_LENGTH, length);
-    let body = match (reply.body, streams) {
-        (Some(s), Some((streams, permit))) => streams.guard(Body::from_stream(s), permit, conn),
-        (Some(s), None) => Body::from_stream(s),
+    let body = match (reply.body, reply.file, files) {
+        (Some(s), _, _) => Some(Body::from_stream(s)),
+        (None, Some(f), Some(files)) => Some(sendfile::body(files, f)),
+        (None, Some(f), None) => Some(sendfile::streamed(f)),
+        (None, None, _) => None,
+    };
+    let body = match (body, streams) {
+        (Some(b), Some((streams, permit))) => streams.guard(b, permit, conn),
+        (Some(b), None) => b,
         (None, _) => Body::empty(),
     };
     Ok(builder.body(body).expect("valid response"))

@@ -13,11 +13,12 @@ use futures_util::StreamExt;
 use super::fill::Fill;
 use super::lease::Source;
 use super::{
-    BlobReply, ClientStream, OFFLINE, Registry, RegistryError, answered_while_down, miss_if_down,
+    BlobReply, ClientStream, OFFLINE, Registry, RegistryError, StoredFile, Take,
+    answered_while_down, miss_if_down,
 };
 use crate::layout;
 use crate::oci::{ByteRange, Digest, RepoName};
-use crate::storage::ObjectMeta;
+use crate::storage::{ObjectMeta, StorageError};
 use crate::upstream::UpstreamError;
 
 impl Registry {
@@ -28,39 +29,32 @@ impl Registry {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, RegistryError> {
-        self.blob_to(name, digest, range, head, false).await
-    }
-
-    /// [`Registry::blob`] for a client that may be sent to the store: with redirects on, a
-    /// whole-blob GET of a blob in storage (under a repository that may read it, as for any
-    /// answer) is answered with a presigned URL of the object instead of its bytes. HEAD,
-    /// ranges and misses are answered as by [`Registry::blob`]; a store that cannot presign
-    /// serves the bytes.
-    pub async fn blob_redirectable(
-        self: &Arc<Self>,
-        name: &RepoName,
-        digest: &Digest,
-        range: Option<ByteRange>,
-        head: bool,
-    ) -> Result<BlobReply, RegistryError> {
-        self.blob_to(name, digest, range, head, self.redirect.is_some())
+        self.blob_for(name, digest, range, head, Take::default())
             .await
     }
 
-    async fn blob_to(
+    /// [`Registry::blob`] for a caller that can take a stored blob's bytes another way (see
+    /// [`Take`]). With `take.redirect` and redirects on, a whole-blob GET of a blob in storage
+    /// (under a repository that may read it, as for any answer) is answered with a presigned URL
+    /// of the object instead of its bytes; a store that cannot presign serves the bytes. With
+    /// `take.file` and a local filesystem store, a GET of a stored blob (or a range of it) is
+    /// answered with the open file ([`BlobReply::file`]) for the caller to send. HEAD and misses
+    /// are answered as by [`Registry::blob`].
+    pub async fn blob_for(
         self: &Arc<Self>,
         name: &RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
         head: bool,
-        redirect: bool,
+        mut take: Take,
     ) -> Result<BlobReply, RegistryError> {
-        // A pull all the same: noted for expiry below (`touch`, as there is no body to hold).
-        let mut reply = self.blob_reply(name, digest, range, head, redirect).await?;
+        take.redirect &= self.redirect.is_some();
+        // A pull all the same: noted for expiry below (`touch`, as there is nothing to hold).
+        let mut reply = self.blob_reply(name, digest, range, head, take).await?;
         if let Some(log) = &self.access {
-            match reply.body.take() {
+            match (reply.body.take(), reply.file.as_mut()) {
                 // Held until the stream ends, so that expiry leaves it alone meanwhile.
-                Some(body) => {
+                (Some(body), _) => {
                     let hold = log.hold(digest);
                     reply.body = Some(
                         body.map(move |chunk| {
@@ -70,7 +64,8 @@ impl Registry {
                         .boxed(),
                     );
                 }
-                None => log.touch(digest),
+                (None, Some(file)) => file.hold = Some(Box::new(log.hold(digest))),
+                (None, None) => log.touch(digest),
             }
         }
         Ok(reply)
@@ -82,7 +77,7 @@ impl Registry {
         digest: &Digest,
         range: Option<ByteRange>,
         head: bool,
-        redirect: bool,
+        take: Take,
     ) -> Result<BlobReply, RegistryError> {
         let started = Instant::now();
         let repo = self.upstream.canonical_name(name);
@@ -110,7 +105,7 @@ impl Registry {
                 repo,
                 digest,
                 range,
-                (head, redirect),
+                (head, take),
                 (link_key, started),
                 lookup,
             )
@@ -128,7 +123,7 @@ impl Registry {
         repo: RepoName,
         digest: &Digest,
         range: Option<ByteRange>,
-        (head, redirect): (bool, bool),
+        (head, take): (bool, Take),
         (link_key, started): (String, Instant),
         lookup: Lookup,
     ) -> Result<BlobReply, RegistryError> {
@@ -164,6 +159,7 @@ impl Registry {
                                 range: None,
                                 body: None,
                                 location: None,
+                                file: None,
                             });
                         }
                     }
@@ -172,7 +168,7 @@ impl Registry {
         }
         if let Some(meta) = data {
             match self
-                .serve_stored(digest, meta, range, head, redirect, started)
+                .serve_stored(digest, meta, range, head, take, started)
                 .await
             {
                 // Expired and deleted since the look above, or the store failed meanwhile:
@@ -199,6 +195,7 @@ impl Registry {
                     range: None,
                     body: None,
                     location: None,
+                    file: None,
                 });
             }
             let size = self
@@ -211,6 +208,7 @@ impl Registry {
                 range: None,
                 body: None,
                 location: None,
+                file: None,
             });
         }
         let fill = match self.obtain(&repo, digest).await? {
@@ -230,7 +228,7 @@ impl Registry {
                     self.confirm(&repo, digest).await?;
                 }
                 return self
-                    .serve_stored(digest, meta, range, head, redirect, started)
+                    .serve_stored(digest, meta, range, head, take, started)
                     .await;
             }
         };
@@ -252,6 +250,7 @@ impl Registry {
             range: resolved,
             body: Some(timed(body, started, move || fill.origin().as_str())),
             location: None,
+            file: None,
         })
     }
 
@@ -274,43 +273,61 @@ impl Registry {
         meta: ObjectMeta,
         range: Option<ByteRange>,
         head: bool,
-        redirect: bool,
+        take: Take,
         started: Instant,
     ) -> Result<BlobReply, RegistryError> {
         let resolved = resolve(range, meta.size)?;
-        if redirect
-            && !head
+        let mut reply = BlobReply {
+            size: meta.size,
+            range: resolved,
+            body: None,
+            location: None,
+            file: None,
+        };
+        if head {
+            return Ok(reply);
+        }
+        if take.redirect
             && resolved.is_none()
             && let Some(location) = self.presigned(digest).await
         {
             metrics::counter!(crate::metrics::BLOB_REDIRECTS).increment(1);
-            return Ok(BlobReply {
-                size: meta.size,
-                range: None,
-                body: None,
-                location: Some(location),
-            });
+            reply.location = Some(location);
+            return Ok(reply);
         }
-        let body = if head {
-            None
-        } else {
-            let (off, len) = match resolved {
-                Some((a, b)) => (a, Some(b - a + 1)),
-                None => (0, None),
-            };
-            let s = self
-                .storage
-                .read_range(&layout::blob_data(digest), off, len)
-                .await?;
-            let body = s.map(|r| r.map_err(std::io::Error::other)).boxed();
-            Some(timed(body, started, || "storage"))
+        let (offset, len) = match resolved {
+            Some((a, b)) => (a, b - a + 1),
+            None => (0, meta.size),
         };
-        Ok(BlobReply {
-            size: meta.size,
-            range: resolved,
-            body,
-            location: None,
-        })
+        let key = layout::blob_data(digest);
+        if take.file
+            && let Some(path) = self.storage.local_path(&key)
+        {
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(f) => f.into_std().await,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound(key).into());
+                }
+                Err(source) => return Err(StorageError::Io { key, source }.into()),
+            };
+            // The first byte leaves as soon as the connection takes the file.
+            metrics::histogram!(crate::metrics::BLOB_FIRST_BYTE, "source" => "storage")
+                .record(started.elapsed().as_secs_f64());
+            reply.file = Some(StoredFile {
+                file,
+                offset,
+                len,
+                hold: None,
+            });
+            return Ok(reply);
+        }
+        let s = self
+            .storage
+            .read_range(&key, offset, resolved.map(|_| len))
+            .await?;
+        let body = s.map(|r| r.map_err(std::io::Error::other)).boxed();
+        reply.body = Some(timed(body, started, || "storage"));
+        Ok(reply)
     }
 
     /// A presigned URL of the stored blob, or `None` (the bytes are served) when the store

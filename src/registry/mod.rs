@@ -91,13 +91,33 @@ pub struct Manifest {
 }
 
 /// A blob answer: the full size, the inclusive range served (None: the whole blob) and the body
-/// (None for HEAD), or where the client reads the bytes instead (`location`, a presigned URL of
-/// the stored object, with no body).
+/// (None for HEAD); or where the client reads the bytes instead (`location`, a presigned URL of
+/// the stored object, with no body); or, when the caller can send files and storage is a local
+/// filesystem, the stored file to send the bytes from (`file`, with no body).
 pub struct BlobReply {
     pub size: u64,
     pub range: Option<(u64, u64)>,
     pub body: Option<ClientStream>,
     pub location: Option<String>,
+    pub file: Option<StoredFile>,
+}
+
+/// A stored blob's bytes as an open file: `len` bytes from `offset`, for a connection that can
+/// hand them to the kernel (`sendfile`) instead of reading them through the process.
+pub struct StoredFile {
+    pub file: std::fs::File,
+    pub offset: u64,
+    pub len: u64,
+    /// Kept until the bytes are sent (expiry's hold on the blob).
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// How the caller can take a stored blob's bytes besides a body: a redirect to the store (the
+/// client may be sent there and redirects are on), or an open file (the connection sends files).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Take {
+    pub redirect: bool,
+    pub file: bool,
 }
 
 /// A fill in progress, as a peer streams it.
@@ -200,7 +220,7 @@ impl Registry {
     }
 
     /// Answer whole-blob GETs of stored blobs that allow it with a URL of the object in the
-    /// store, valid for `expiry` (see [`Registry::blob_redirectable`]).
+    /// store, valid for `expiry` (see [`Registry::blob_for`]).
     pub fn with_redirect(mut self, expiry: Duration) -> Self {
         self.redirect = Some(expiry);
         self

@@ -418,6 +418,11 @@ impl Storage for Breaker {
     ) -> Result<Option<String>, StorageError> {
         self.inner.presign_read(key, expiry).await
     }
+    /// Not guarded: only a path; the open that follows fails on its own, and the stat before it
+    /// went through the read circuit.
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
 }
 
 struct GuardedWriter {

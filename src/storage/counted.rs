@@ -66,6 +66,10 @@ impl Storage for Counted {
     ) -> Result<Option<String>, StorageError> {
         counted("presign", self.0.presign_read(key, expiry).await)
     }
+
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.0.local_path(key)
+    }
 }
 
 struct CountedWriter(Box<dyn ObjectWriter>);

@@ -1,20 +1,18 @@
 //! Filesystem backend. Objects are plain files under a root, so the root of a Distribution
 //! registry (`rootdirectory`) is read and written as it is. Commits are temp file + rename.
 
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, ObjectMeta, ObjectWriter, Storage, StorageError, check_key};
 
-/// Read buffer for streamed objects: large enough to amortise the blocking-pool hop per read,
+/// Read size for streamed objects: large enough to amortise the blocking-pool hop per read,
 /// small enough that many concurrent downloads keep memory flat.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 128 * 1024;
 /// Temp files live beside, not inside, `docker/`, so Distribution never sees them.
 const TMP_DIR: &str = "_ocimirror_tmp";
 
@@ -67,6 +65,42 @@ impl FsStorage {
             .map_err(|e| io(TMP_DIR, e))?;
         Ok(dir.join(uuid::Uuid::new_v4().to_string()))
     }
+}
+
+/// `len` bytes (or all) of `file` from `offset`, as chunks each read on the blocking pool straight
+/// into the buffer it is sent in: `tokio::fs::File` reads into a buffer of its own and copies
+/// out of it, a copy of every byte served. A file shorter than asked ends the stream early, as a
+/// reader would.
+fn file_stream(file: std::fs::File, offset: u64, len: Option<u64>, key: String) -> ByteStream {
+    let file = std::sync::Arc::new(file);
+    let end = len.map(|l| offset.saturating_add(l));
+    futures_util::stream::try_unfold(offset, move |at| {
+        let (file, key) = (file.clone(), key.clone());
+        async move {
+            let want = end.map_or(READ_CHUNK as u64, |e| {
+                e.saturating_sub(at).min(READ_CHUNK as u64)
+            });
+            if want == 0 {
+                return Ok(None);
+            }
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::with_capacity(want as usize);
+                rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), at)
+                    .map(|_| buf)
+                    .map_err(std::io::Error::from)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| io(&key, e))?;
+            if read.is_empty() {
+                return Ok(None);
+            }
+            let next = at + read.len() as u64;
+            Ok(Some((Bytes::from(read), next)))
+        }
+    })
+    .boxed()
 }
 
 fn io(key: &str, source: std::io::Error) -> StorageError {
@@ -127,17 +161,12 @@ impl Storage for FsStorage {
         len: Option<u64>,
     ) -> Result<ByteStream, StorageError> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io(key, e))?;
-        if offset > 0 {
-            file.seek(SeekFrom::Start(offset))
-                .await
-                .map_err(|e| io(key, e))?;
-        }
-        let owned = key.to_owned();
-        let reader = file.take(len.unwrap_or(u64::MAX));
-        Ok(ReaderStream::with_capacity(reader, READ_CHUNK)
-            .map(move |r| r.map_err(|e| io(&owned, e)))
-            .boxed())
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(key, e))?
+            .into_std()
+            .await;
+        Ok(file_stream(file, offset, len, key.to_owned()))
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
@@ -193,6 +222,10 @@ impl Storage for FsStorage {
 
     async fn remove_abandoned(&self, age: std::time::Duration) -> Result<usize, StorageError> {
         Ok(self.remove_abandoned_temp_files(age).await)
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

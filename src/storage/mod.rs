@@ -122,6 +122,13 @@ pub trait Storage: Send + Sync + 'static {
         let _ = (key, expiry);
         Ok(None)
     }
+
+    /// Where `key`'s object is, when the store is a local filesystem: a connection can then
+    /// send a blob from the file itself. `None` for every other store.
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        let _ = key;
+        None
+    }
 }
 
 #[async_trait]

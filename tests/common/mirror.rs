@@ -150,6 +150,19 @@ impl Mirror {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+    /// Wait (up to 20 s) until `cond` holds of the log: lines reach the file from a thread of
+    /// the mirror's own, a moment after what they report.
+    pub async fn wait_log(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(&self.log_text()) {
+            assert!(
+                Instant::now() < deadline,
+                "the log never showed {what}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
