@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::realip::{self, RealIp};
 use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
 use crate::registry::{Registry, TagList};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub blob_streams: Option<stream::BlobStreams>,
     /// Who may be sent to the store for a blob's bytes; `None`: redirects are off.
     pub redirect: Option<redirect::RedirectClients>,
+    /// How a request's client address is found (behind trusted proxies, from their header).
+    pub real_ip: RealIp,
 }
 
 impl AppState {
@@ -78,7 +81,16 @@ impl AppState {
             metrics_access: scrape::MetricsAccess::default(),
             blob_streams: None,
             redirect: None,
+            real_ip: RealIp::peer_only(),
         })
+    }
+
+    /// Find clients' addresses as `real_ip` says (`limits.real_ip_header`, `trusted_proxies`).
+    pub fn with_real_ip(mut self: Arc<Self>, real_ip: RealIp) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .real_ip = real_ip;
+        self
     }
 
     /// Send the clients `clients` allows to the store for stored blobs.
@@ -230,6 +242,8 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
+    // The one place a /v2 request's client is decided: every per-client bound and the log use it.
+    let client = state.real_ip.client(req.headers(), peer);
     let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let parsed = endpoint::parse(&method, &path);
     let kind = parsed.as_ref().map(Endpoint::kind).unwrap_or("other");
@@ -243,7 +257,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
                 &method,
                 req.uri().query(),
                 req.headers(),
-                peer,
+                client,
                 conn,
             ),
             span,
@@ -267,7 +281,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()).increment(1);
     metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "endpoint" => kind)
         .record(elapsed.as_secs_f64());
-    tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
+    tracing::info!(target: "access", request_id = id, client = %realip::Shown(client), %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
     let bytes = metrics::counter!(crate::metrics::HTTP_RESPONSE_BYTES, "endpoint" => kind);
     resp.map(|inner| Body::new(CountedBody { inner, bytes }))
 }
@@ -308,7 +322,7 @@ async fn dispatch(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
@@ -319,7 +333,7 @@ async fn dispatch(
         ));
     }
     let (ep, ns) = with_namespace(state, ep, query)?;
-    let mut resp = serve(state, ep, query, headers, peer, head, conn)
+    let mut resp = serve(state, ep, query, headers, client, head, conn)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     // The distribution spec's "Registry Proxying": the `ns` that chose the upstream is named
@@ -336,7 +350,7 @@ async fn serve(
     ep: Endpoint,
     query: Option<&str>,
     headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     head: bool,
     conn: Option<stream::ConnCloser>,
 ) -> Result<Response, ApiError> {
@@ -345,7 +359,7 @@ async fn serve(
         None => None,
     };
     if let Some(limits) = &state.limits {
-        limits.check(account.as_deref(), headers, peer)?;
+        limits.check(account.as_deref(), client)?;
     }
     let registry = state
         .registry
@@ -360,13 +374,13 @@ async fn serve(
             let streams = state.blob_streams.as_ref();
             let permit = match streams {
                 // Taken before any work, so that refused requests cost nothing (no fill, no file).
-                Some(s) if !head => Some(s.open(headers, peer)?),
+                Some(s) if !head => Some(s.open(client)?),
                 _ => None,
             };
             let redirect = state
                 .redirect
                 .as_ref()
-                .is_some_and(|r| r.allow(headers, peer));
+                .is_some_and(|r| r.allow(headers, client));
             blob(
                 registry,
                 &name,
