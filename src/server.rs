@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::assemble::{
     AssembleError, Backends, build_backends, build_registry_on, build_upstreams,
 };
+use crate::auth::realip::RealIp;
 use crate::auth::service::TokenService;
 use crate::config::{Config, Settings, StorageBackend, TlsConfig};
 use crate::expiry::{AccessLog, Collector, ExpiryPolicy};
@@ -48,11 +49,14 @@ fn tls_files(t: &TlsConfig) -> Option<TlsFiles> {
 /// The checks of the sections the HTTP layer owns (`limits`, and that the `tls` pair loads),
 /// for [`crate::config::load_with`]: reported with the rest of the config's problems.
 pub fn http_sections(c: &Config) -> Vec<(String, String)> {
-    let mut problems: Vec<(String, String)> =
-        LimitSettings::check(c.limits.burst, c.limits.real_ip_header.as_deref())
-            .into_iter()
-            .map(|(k, m)| (format!("limits.{k}"), m))
-            .collect();
+    let mut problems: Vec<(String, String)> = LimitSettings::check(
+        c.limits.burst,
+        c.limits.real_ip_header.as_deref(),
+        &c.limits.trusted_proxies,
+    )
+    .into_iter()
+    .map(|(k, m)| (format!("limits.{k}"), m))
+    .collect();
     if let Some(Err(e)) = c
         .tls
         .as_ref()
@@ -166,7 +170,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
                 p.path.clone(),
                 Arc::new(TokenEndpoint {
                     service,
-                    real_ip_header: p.real_ip_header.clone(),
+                    real_ip: p.real_ip.clone(),
                 }),
             )
         })
@@ -184,7 +188,6 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let limits = crate::http::limit::ClientLimits::new(&LimitSettings::new(
         s.limits.requests_per_second,
         s.limits.burst,
-        s.limits.real_ip_header.as_deref(),
     ));
     let mut state = AppState::new(registry, gate, crate::metrics::install(), limits)
         .with_metrics_access(crate::http::scrape::MetricsAccess {
@@ -195,17 +198,25 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         state = state.with_status_page(s.auth.is_some());
     }
     state = state.with_blob_streams(
-        crate::http::stream::BlobStreams::new(s.max_blob_streams, s.send_timeout).per_client(
-            s.max_blob_streams_per_client,
-            s.limits.real_ip_header.as_deref(),
-        ),
+        crate::http::stream::BlobStreams::new(s.max_blob_streams, s.send_timeout)
+            .per_client(s.max_blob_streams_per_client),
     );
     if let Some(policy) = &s.redirect {
-        state = state.with_redirect(crate::http::redirect::RedirectClients::new(
-            policy.clone(),
-            s.limits.real_ip_header.as_deref(),
-        ));
+        state = state.with_redirect(crate::http::redirect::RedirectClients::new(policy.clone()));
     }
+    let real_ip = RealIp::new(
+        s.limits.real_ip_header.as_deref(),
+        &s.limits.trusted_proxies,
+    )
+    .map_err(|ps| {
+        ServeError::Config(
+            ps.into_iter()
+                .map(|(k, m)| format!("limits.{k}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    state = state.with_real_ip(real_ip);
     let listener = TcpListener::bind(s.listen)
         .await
         .map_err(|e| ServeError::Bind {

@@ -1423,7 +1423,7 @@ async fn registry_role_needs_a_realm_and_auth_role_an_auth_section() {
 async fn failed_logins_are_throttled_per_client() {
     let auth = AuthSetup::new();
     let m = Mirror::start(MirrorOpts::default().extra(&auth.yaml(
-        "  real_ip_header: X-Real-IP\n  login_throttle: {max_failures: 5, window: 1m}\n",
+        "  real_ip_header: X-Real-IP\n  trusted_proxies: [127.0.0.1]\n  login_throttle: {max_failures: 5, window: 1m}\n",
         "",
     )))
     .await;

@@ -802,3 +802,178 @@ async fn identical_upstream_reads_in_flight_are_shared() {
             >= 1.0
     );
 }
+
+const SBOM: &str = "application/vnd.example.sbom.v1";
+
+/// Concurrent identical referrers requests, with and without `?artifactType=`, against a real
+/// Distribution (2.x, without the referrers API: a fetch is one API request answered 404, then
+/// the `sha256-<hex>` tag-schema index) cost one upstream fetch. The upstream is paused until every
+/// request is waiting on the mirror, so none of them can have been answered from a finished
+/// fetch instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_referrers_requests_cost_one_upstream_fetch() {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let img = p.push_oci_image("team/app", "v1", 4101).await;
+    // An SBOM for the image, listed in the tag-schema index an OCI client pushes for it.
+    let config = bytes::Bytes::from_static(b"{}");
+    p.push_blob("team/app", config.clone()).await;
+    let payload = bytes::Bytes::from(vec![7u8; 64]);
+    p.push_blob("team/app", payload.clone()).await;
+    let sbom = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": SBOM,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(&config), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": sha256_digest(&payload), "size": 64}],
+        "subject": {"mediaType": img.media_type, "digest": img.digest, "size": img.manifest.len()},
+    }))
+    .unwrap();
+    let sbom_digest = sha256_digest(&sbom);
+    p.push_manifest("team/app", &sbom_digest, OCI_MANIFEST, &sbom)
+        .await;
+    let tag = format!("sha256-{}", hex_of(&img.digest));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": sbom.len(), "artifactType": SBOM}],
+    }))
+    .unwrap();
+    p.push_manifest(
+        "team/app",
+        &tag,
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    )
+    .await;
+    let m = Mirror::start(MirrorOpts::upstream(&reg.url()).tag_ttl("1h")).await;
+
+    const N: usize = 12;
+    reg.pause();
+    let path = format!("/v2/team/app/referrers/{}", img.digest);
+    let asks: Vec<_> = (0..N)
+        .map(|i| {
+            let (url, filtered) = match i % 3 {
+                0 => (path.clone(), false),
+                1 => (format!("{path}?artifactType={SBOM}"), true),
+                _ => (
+                    format!("{path}?artifactType=application/vnd.example.other"),
+                    true,
+                ),
+            };
+            let req = m.get(&url).send();
+            tokio::spawn(async move {
+                let r = req.await.unwrap();
+                assert_eq!(r.status().as_u16(), 200, "{url}");
+                let v: serde_json::Value =
+                    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+                (i, filtered, v["manifests"].as_array().unwrap().len())
+            })
+        })
+        .collect();
+    // Every request but the first joined the first one's fetch, which waits on the upstream.
+    await_metric(
+        &m,
+        "ocimirror_upstream_shared_total",
+        &["referrers"],
+        (N - 1) as f64,
+    )
+    .await;
+    reg.resume();
+    for a in asks {
+        let (i, filtered, n) = a.await.unwrap();
+        let want = match (i % 3, filtered) {
+            (2, _) => 0,
+            _ => 1,
+        };
+        assert_eq!(n, want, "request {i}");
+    }
+    // Each fetch asks the referrers API (a route Distribution 2.x does not know, answered 404
+    // without a log line) and then reads the tag-schema index: one read is one fetch.
+    assert_eq!(
+        reg.count_requests("GET", &format!("/manifests/{tag}"))
+            .await,
+        1,
+        "one read of the tag-schema index"
+    );
+}
+
+/// An HTTP/2 client (cleartext, prior knowledge) asks on one connection for two uncached big
+/// blobs from a slow upstream, two streams each, reads a little and resets every stream. With
+/// nobody reading, each fill is abandoned after `upstream.abandon_fills_after`: its upstream
+/// fetch stops, nothing of it is kept, and the next request fetches the blob afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_reset_abandon_their_fills() {
+    let fake = FakeUpstream::start().await;
+    let blobs: Vec<(String, Bytes)> = (0..2)
+        .map(|i| {
+            let b = Bytes::from(pseudo_random_bytes(4201 + i, 4 << 20));
+            (fake.add_blob(b.clone()), b)
+        })
+        .collect();
+    // 128 KiB/s: half a minute per blob unless the fill is abandoned.
+    fake.on(Route::Blob).get().throttle(128 << 10);
+    let m = Mirror::start(MirrorOpts::upstream(&fake.url()).up("abandon_fills_after", "1s")).await;
+    let before = disk_use(&m.data_dir());
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut streams = Vec::new();
+    for (d, _) in &blobs {
+        for _ in 0..2 {
+            let mut r = h2
+                .get(format!("{}/v2/big/blobs/{d}", m.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            assert_eq!(r.status().as_u16(), 200);
+            assert!(!r.chunk().await.unwrap().unwrap().is_empty());
+            streams.push(r);
+        }
+    }
+    for (d, _) in &blobs {
+        assert_eq!(
+            fake.count("GET", hex_of(d)),
+            1,
+            "the two streams share a fill"
+        );
+    }
+    assert_eq!(m.metric("ocimirror_fills_abandoned_total", &[]).await, 0.0);
+    // Dropping a response whose body is unfinished resets its stream (RST_STREAM).
+    drop(streams);
+
+    await_metric(&m, "ocimirror_fills_abandoned_total", &[], 2.0).await;
+    for (d, _) in &blobs {
+        assert!(
+            !blob_data_path(&m.storage_root(), d).exists(),
+            "nothing of an abandoned fill is stored"
+        );
+        assert_eq!(fake.count("GET", hex_of(d)), 1);
+    }
+    // Its temp and spool files go with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk_use(&m.data_dir()) > before + (64 << 10) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = disk_use(&m.data_dir());
+    assert!(
+        after <= before + (64 << 10),
+        "the data dir holds {after} bytes after the abandoned fills (from {before}):\n{:?}",
+        files_under(&m.data_dir())
+    );
+    // A new request starts a fresh fetch and gets the whole blob.
+    fake.clear();
+    let (d, b) = &blobs[0];
+    let r = h2
+        .get(format!("{}/v2/big/blobs/{d}", m.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(&r.bytes().await.unwrap(), b);
+    assert_eq!(fake.count("GET", hex_of(d)), 2);
+    assert_eq!(m.metric("ocimirror_fills_abandoned_total", &[]).await, 2.0);
+}

@@ -1,11 +1,13 @@
 //! Hostile HTTP at the front door, black box: oversized request heads, an oversized token form,
-//! and CR/LF smuggled (percent-encoded) into values that could reach response headers (`ns`, a
-//! tag, `last`, the token endpoint's `service` and `scope`). The server answers cleanly and keeps
-//! serving; no response carries an injected header.
+//! CR/LF smuggled (percent-encoded) into values that could reach response headers (`ns`, a
+//! tag, `last`, the token endpoint's `service` and `scope`), and forged `X-Forwarded-For`
+//! addresses. The server answers cleanly and keeps serving; no response carries an injected
+//! header; a client cannot choose the address its per-client bounds are counted by.
 
 mod common;
 
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,4 +199,126 @@ async fn crlf_in_values_never_becomes_a_response_header_and_big_token_forms_are_
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// The address a trusted proxy connects from: another loopback address, so that the test's
+/// direct requests (from 127.0.0.1) come from an untrusted peer.
+const PROXY: [u8; 4] = [127, 0, 0, 2];
+
+/// `n` requests to `/v2/` from `c`, the `i`-th with `X-Forwarded-For: xff(i)`: how many were
+/// allowed, how many refused with 429, and the whole seconds they took (started ones count).
+async fn burst(
+    m: &Mirror,
+    c: &reqwest::Client,
+    n: usize,
+    xff: impl Fn(usize) -> String,
+) -> (usize, usize, u64) {
+    let started = Instant::now();
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..n {
+        let r = c
+            .get(format!("{}/v2/", m.url()))
+            .header("x-forwarded-for", xff(i))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("request {i}: {s}"),
+        }
+    }
+    (ok, limited, started.elapsed().as_secs() + 1)
+}
+
+/// A rate limit behind `X-Forwarded-For` with one trusted proxy. A client connecting directly
+/// and forging a new address on every request (alone, or followed by the proxy's own address)
+/// is still one client and is limited; so is a client behind the proxy that forges entries left
+/// of the one the proxy appended. Requests the proxy forwards for distinct clients are each
+/// counted by the forwarded address, not as the proxy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarded_addresses_do_not_escape_the_rate_limit() {
+    let m = Mirror::start(MirrorOpts::upstream(&closed_url()).extra(
+        "limits:\n  requests_per_second: 1\n  burst: 3\n  real_ip_header: X-Forwarded-For\n  trusted_proxies: [127.0.0.2]\n",
+    ))
+    .await;
+    let direct = client();
+    let proxy = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::from(PROXY))
+        .build()
+        .unwrap();
+    const N: usize = 12;
+    // At 1/s with a burst of 3, one client gets at most 3 and one more per second started.
+    let one_client = |(ok, limited, secs): (usize, usize, u64), what: &str| {
+        assert!(
+            ok as u64 <= 3 + secs && limited >= 1,
+            "{what}: {ok} allowed, {limited} refused in {secs} s: counted as more than one client"
+        );
+    };
+
+    let rotating = burst(&m, &direct, N, |i| format!("192.0.2.{}", i + 1)).await;
+    one_client(rotating, "direct, rotating forged addresses");
+    let via_proxy_forged =
+        burst(&m, &direct, N, |i| format!("198.18.0.{}, 127.0.0.2", i + 1)).await;
+    one_client(
+        via_proxy_forged,
+        "direct, naming the trusted proxy as the last hop",
+    );
+    assert!(m.metric("ocimirror_client_rate_limited_total", &[]).await >= 2.0);
+
+    // Through the proxy, each forwarded client has its own bucket: none of them is limited
+    // though the proxy itself sent them all.
+    let distinct = burst(&m, &proxy, N, |i| format!("198.51.100.{}", i + 1)).await;
+    assert_eq!(
+        distinct,
+        (N, 0, distinct.2),
+        "each forwarded client is its own"
+    );
+    // One client behind the proxy forging entries left of the proxy's: limited all the same.
+    let spoofed_left = burst(&m, &proxy, N, |i| {
+        format!("203.0.113.{}, 10.0.0.{}, 198.51.100.200", i + 1, i + 1)
+    })
+    .await;
+    one_client(spoofed_left, "behind the proxy, forged leftmost entries");
+    // The access log names the forwarded client, not the proxy.
+    let log = m.log_text();
+    assert!(
+        log.contains("client=198.51.100.7") && log.contains("client=127.0.0.1"),
+        "access log without the client addresses:\n{}",
+        log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        !log.contains("client=192.0.2."),
+        "a forged address was logged"
+    );
+}
+
+/// `real_ip_header` without `trusted_proxies` is refused by `config check`, naming the key and
+/// saying what to add; with them it passes.
+#[test]
+fn a_real_ip_header_without_trusted_proxies_is_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    for (section, extra) in [("limits", ""), ("auth", "  allow_anonymous: true\n")] {
+        let f = dir.path().join(format!("{section}.yaml"));
+        std::fs::write(
+            &f,
+            format!("{section}:\n{extra}  real_ip_header: X-Forwarded-For\n"),
+        )
+        .unwrap();
+        let (ok, out) = config_check(&f);
+        assert!(!ok, "{section}: accepted:\n{out}");
+        assert!(
+            out.contains(&format!("{section}.real_ip_header")) && out.contains("trusted_proxies"),
+            "{section}: {out}"
+        );
+    }
+    let f = dir.path().join("ok.yaml");
+    std::fs::write(
+        &f,
+        "limits:\n  real_ip_header: X-Forwarded-For\n  trusted_proxies: [10.0.0.0/8, \"fd00::/8\"]\n",
+    )
+    .unwrap();
+    let (ok, out) = config_check(&f);
+    assert!(ok, "{out}");
 }

@@ -192,6 +192,13 @@ fn check_passes(imp: &Import) -> Vec<(String, String)> {
                 jwks.display().to_string(),
             ));
         }
+        // The proxies in front, which only the operator knows (a note says so).
+        if !auth["real_ip_header"].is_null() && auth["trusted_proxies"].is_null() {
+            env.push((
+                "OCIMIRROR_AUTH__TRUSTED_PROXIES".into(),
+                "[10.0.0.0/8]".into(),
+            ));
+        }
         // External programs of the source machine: one that exists here.
         for k in ["ext_auth", "ext_authz"] {
             if !auth[k].is_null() {
@@ -575,6 +582,7 @@ fn docker_auth_oidc_imports() {
     assert_eq!(acl[1]["match"]["account"], "/^(.+)@example\\.com$/");
     assert_eq!(acl[2]["match"]["name"], "/.*?(?:secret).*/");
     imp.assert_noted("docker_auth", &["server.real_ip_pos"]);
+    assert!(imp.noted("auth.trusted_proxies"), "{}", imp.stderr);
     assert!(imp.stderr.contains("level_token_db"), "{}", imp.stderr);
 }
 

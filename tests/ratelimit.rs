@@ -167,7 +167,7 @@ async fn upstream_requests_in_flight_are_capped() {
 async fn clients_over_their_rate_get_429_with_retry_after_and_others_are_unaffected() {
     let m = Mirror::start(
         MirrorOpts::upstream(&closed_url())
-            .extra("limits:\n  requests_per_second: 1\n  burst: 3\n  real_ip_header: x-real-ip\n"),
+            .extra("limits:\n  requests_per_second: 1\n  burst: 3\n  real_ip_header: x-real-ip\n  trusted_proxies: [127.0.0.1]\n"),
     )
     .await;
     let get = |ip: &'static str| m.get("/v2/").header("x-real-ip", ip).send();

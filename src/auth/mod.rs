@@ -6,6 +6,7 @@ pub mod acl;
 pub mod authn;
 pub mod external;
 pub mod keys;
+pub mod realip;
 pub mod service;
 pub mod setup;
 pub mod token;

@@ -14,6 +14,7 @@ use super::authn::{
 };
 use super::external::{ExternalAuthorizer, ExternalConfig};
 use super::keys::{SigningKey, TrustStore, certificate_keys, load_signing_key};
+use super::realip::RealIp;
 use super::service::{Policy, RefreshTokens, TokenService};
 use super::token::{KidFormat, TokenIssuer, TokenVerifier};
 
@@ -49,9 +50,11 @@ pub struct AuthConfig {
     pub trusted_certificates: Option<PathBuf>,
     /// A JWKS file of keys whose tokens the registry accepts.
     pub trusted_jwks: Option<PathBuf>,
-    /// Behind a proxy: the header holding the client address (its leftmost entry), for the
-    /// ACL's `ip` and the login throttle. Only set it when the proxy overwrites the header.
+    /// Behind a proxy: the header holding the client address, for the ACL's `ip` and the login
+    /// throttle; read only from `trusted_proxies` (see [`super::realip`]).
     pub real_ip_header: Option<String>,
+    /// Addresses or CIDR prefixes of the proxies whose `real_ip_header` is believed.
+    pub trusted_proxies: Vec<String>,
     // docker_auth's authentication keys:
     pub users: BTreeMap<String, StaticUser>,
     pub htpasswd: Option<PathBuf>,
@@ -88,6 +91,7 @@ impl Default for AuthConfig {
             trusted_certificates: None,
             trusted_jwks: None,
             real_ip_header: None,
+            trusted_proxies: Vec::new(),
             users: BTreeMap::new(),
             htpasswd: None,
             allow_anonymous: false,
@@ -119,7 +123,8 @@ pub struct AuthParts {
     pub service: String,
     pub realm: Option<String>,
     pub path: String,
-    pub real_ip_header: Option<String>,
+    /// How the token endpoint finds the client's address.
+    pub real_ip: RealIp,
     pub token_service: Option<Arc<TokenService>>,
     pub verifier: Option<TokenVerifier>,
 }
@@ -245,14 +250,9 @@ impl AuthConfig {
                 "a registry-only process must be told where clients get tokens".into(),
             ));
         }
-        if let Some(h) = &self.real_ip_header
-            && axum::http::HeaderName::try_from(h.as_str()).is_err()
-        {
-            problems.push((
-                "real_ip_header".into(),
-                format!("{h:?} is not a header name"),
-            ));
-        }
+        let real_ip = RealIp::new(self.real_ip_header.as_deref(), &self.trusted_proxies)
+            .map_err(|ps| problems.extend(ps))
+            .ok();
         let key: Option<SigningKey> = match (&self.key, &self.certificate) {
             (Some(k), Some(c)) => match unwritten_key_files(k, c) {
                 Some(message) => {
@@ -330,10 +330,11 @@ impl AuthConfig {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let (token_ttl, refresh_ttl, kid) = (
+        let (token_ttl, refresh_ttl, kid, real_ip) = (
             token_ttl.expect("checked"),
             refresh_ttl.expect("checked"),
             kid.expect("checked"),
+            real_ip.expect("checked"),
         );
         let issuers = if self.trusted_issuers.is_empty() {
             vec![self.issuer.clone()]
@@ -371,7 +372,7 @@ impl AuthConfig {
             service: self.service.clone(),
             realm: self.realm.clone(),
             path: self.path.clone(),
-            real_ip_header: self.real_ip_header.clone(),
+            real_ip,
             token_service,
             verifier: roles
                 .verify

@@ -92,7 +92,7 @@ async fn fill(
     };
     // Peers hold the fleet's secret and relay for many clients each: only the process-wide cap
     // applies to them, not a single client's share.
-    let Ok(permit) = peer.streams.open(&http::HeaderMap::new(), None) else {
+    let Ok(permit) = peer.streams.open(None) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many blob streams open\n",

@@ -199,8 +199,11 @@ pub struct LimitsConfig {
     pub requests_per_second: u32,
     /// Requests a client may make at once above the rate; default twice the rate.
     pub burst: Option<u32>,
-    /// Behind a proxy that sets it: the header holding the client address.
+    /// Behind a proxy that sets it: the header holding the client address, for every
+    /// per-client bound, `storage.redirect.except` and the access log.
     pub real_ip_header: Option<String>,
+    /// The proxies (addresses or CIDR prefixes) whose `real_ip_header` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

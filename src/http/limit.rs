@@ -2,16 +2,16 @@
 //! or per client address (IPv6 by /64), so one runaway CI job cannot starve everyone else. Over
 //! the limit a request is answered 429 `TOOMANYREQUESTS` with `Retry-After`, before any work.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::authn::client_key;
+use crate::auth::realip::RealIp;
 use crate::error::{ApiError, Code};
 
 /// How often idle clients' buckets are dropped.
@@ -21,34 +21,31 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 pub struct LimitSettings {
     pub requests_per_second: u32,
     pub burst: u32,
-    /// Behind a proxy that sets it: the header holding the client address.
-    pub real_ip_header: Option<String>,
 }
 
 impl LimitSettings {
-    /// From the `limits` section: a burst left unset is twice the rate; an empty header name is
-    /// none.
-    pub fn new(requests_per_second: u32, burst: Option<u32>, real_ip_header: Option<&str>) -> Self {
+    /// From the `limits` section: a burst left unset is twice the rate.
+    pub fn new(requests_per_second: u32, burst: Option<u32>) -> Self {
         LimitSettings {
             requests_per_second,
             burst: burst.unwrap_or(requests_per_second.saturating_mul(2)),
-            real_ip_header: real_ip_header.filter(|h| !h.is_empty()).map(str::to_owned),
         }
     }
 
-    /// The `limits` section's problems, keyed within it.
-    pub fn check(burst: Option<u32>, real_ip_header: Option<&str>) -> Vec<(String, String)> {
+    /// The `limits` section's problems, keyed within it: the rate, and how the client address
+    /// is found behind proxies (`real_ip_header`, `trusted_proxies`; every per-client bound
+    /// uses it, not only the rate).
+    pub fn check(
+        burst: Option<u32>,
+        real_ip_header: Option<&str>,
+        trusted_proxies: &[String],
+    ) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if burst == Some(0) {
             problems.push(("burst".into(), "must be at least 1".into()));
         }
-        if let Some(h) = real_ip_header
-            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
-        {
-            problems.push((
-                "real_ip_header".into(),
-                format!("{h:?} is not a header name"),
-            ));
+        if let Err(ps) = RealIp::new(real_ip_header, trusted_proxies) {
+            problems.extend(ps);
         }
         problems
     }
@@ -57,7 +54,6 @@ impl LimitSettings {
 pub struct ClientLimits {
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
-    real_ip_header: Option<String>,
 }
 
 impl ClientLimits {
@@ -68,7 +64,6 @@ impl ClientLimits {
         let limits = Arc::new(ClientLimits {
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             clock: DefaultClock::default(),
-            real_ip_header: s.real_ip_header.clone(),
         });
         let weak = Arc::downgrade(&limits);
         tokio::spawn(async move {
@@ -86,16 +81,12 @@ impl ClientLimits {
         Some(limits)
     }
 
-    /// Count a request by `account` (from a verified token) or else the client's address.
-    pub fn check(
-        &self,
-        account: Option<&str>,
-        headers: &HeaderMap,
-        peer: Option<SocketAddr>,
-    ) -> Result<(), ApiError> {
+    /// Count a request by `account` (from a verified token) or else the client's address (as
+    /// [`RealIp`] found it).
+    pub fn check(&self, account: Option<&str>, client: Option<IpAddr>) -> Result<(), ApiError> {
         let key = match account.filter(|a| !a.is_empty()) {
             Some(a) => format!("account:{a}"),
-            None => match client_ip(self.real_ip_header.as_deref(), headers, peer) {
+            None => match client {
                 Some(ip) => format!("addr:{}", client_key(ip)),
                 None => "addr:unknown".to_owned(),
             },
@@ -116,21 +107,6 @@ impl ClientLimits {
     }
 }
 
-/// The client's address: the first entry of `real_ip_header` when configured and present (set
-/// by the proxy in front), else the connection's peer.
-pub(crate) fn client_ip(
-    real_ip_header: Option<&str>,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-) -> Option<std::net::IpAddr> {
-    real_ip_header
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok())
-        .or(peer.map(|p| p.ip()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,46 +115,36 @@ mod tests {
         ClientLimits::new(&LimitSettings {
             requests_per_second: rate,
             burst,
-            real_ip_header: Some("x-real-ip".into()),
         })
         .unwrap()
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
     }
 
     #[tokio::test]
     async fn each_client_has_its_own_bucket() {
         let l = limits(1, 3);
-        let h = HeaderMap::new();
-        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-        let b: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
         for _ in 0..3 {
-            l.check(None, &h, Some(a)).unwrap();
+            l.check(None, a).unwrap();
         }
-        let e = l.check(None, &h, Some(a)).unwrap_err();
+        let e = l.check(None, a).unwrap_err();
         let r = axum::response::IntoResponse::into_response(e);
         assert_eq!(r.status().as_u16(), 429);
         assert!(r.headers().contains_key("retry-after"));
         // Another address, and an account on the same address, are not affected.
-        l.check(None, &h, Some(b)).unwrap();
-        l.check(Some("alice"), &h, Some(a)).unwrap();
+        l.check(None, b).unwrap();
+        l.check(Some("alice"), a).unwrap();
     }
 
     #[tokio::test]
-    async fn ipv6_clients_share_their_64_and_the_proxy_header_is_honoured() {
+    async fn ipv6_clients_share_their_64() {
         let l = limits(1, 1);
-        let h = HeaderMap::new();
-        l.check(None, &h, Some("[2001:db8::1]:1".parse().unwrap()))
-            .unwrap();
-        assert!(
-            l.check(None, &h, Some("[2001:db8::2]:1".parse().unwrap()))
-                .is_err()
-        );
-        let mut h = HeaderMap::new();
-        h.insert("x-real-ip", "192.0.2.7".parse().unwrap());
-        let proxy: SocketAddr = "10.9.9.9:1".parse().unwrap();
-        l.check(None, &h, Some(proxy)).unwrap();
-        assert!(l.check(None, &h, Some(proxy)).is_err());
-        h.insert("x-real-ip", "192.0.2.8".parse().unwrap());
-        l.check(None, &h, Some(proxy)).unwrap();
+        l.check(None, ip("2001:db8::1")).unwrap();
+        assert!(l.check(None, ip("2001:db8::2")).is_err());
+        l.check(None, ip("2001:db8:0:1::1")).unwrap();
     }
 
     #[test]
@@ -187,9 +153,25 @@ mod tests {
             ClientLimits::new(&LimitSettings {
                 requests_per_second: 0,
                 burst: 10,
-                real_ip_header: None
             })
             .is_none()
+        );
+    }
+
+    #[test]
+    fn the_address_settings_are_checked_with_the_section() {
+        let keys = |h: Option<&str>, t: &[&str]| -> Vec<String> {
+            let t: Vec<String> = t.iter().map(|s| s.to_string()).collect();
+            LimitSettings::check(Some(0), h, &t)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(Some("x-real-ip"), &[]), ["burst", "real_ip_header"]);
+        assert_eq!(keys(Some("x-real-ip"), &["10.0.0.0/8"]), ["burst"]);
+        assert_eq!(
+            keys(None, &["nope"]),
+            ["burst", "trusted_proxies[0]", "trusted_proxies"]
         );
     }
 }

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::realip::{self, RealIp};
 use crate::error::{ApiError, Code};
 use crate::oci::{ByteRange, Digest, Reference, RepoName};
 use crate::registry::{Registry, TagList, Take};
@@ -59,6 +60,8 @@ pub struct AppState {
     /// Who may be sent to the store for a blob's bytes; `None`: redirects are off.
     pub redirect: Option<redirect::RedirectClients>,
     request_metrics: RequestMetricsCache,
+    /// How a request's client address is found (behind trusted proxies, from their header).
+    pub real_ip: RealIp,
 }
 
 /// The HTTP metrics of one (endpoint, method, status): looked up once, not built from their
@@ -118,7 +121,16 @@ impl AppState {
             blob_streams: None,
             redirect: None,
             request_metrics: RequestMetricsCache::default(),
+            real_ip: RealIp::peer_only(),
         })
+    }
+
+    /// Find clients' addresses as `real_ip` says (`limits.real_ip_header`, `trusted_proxies`).
+    pub fn with_real_ip(mut self: Arc<Self>, real_ip: RealIp) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("configured before it is shared")
+            .real_ip = real_ip;
+        self
     }
 
     /// Send the clients `clients` allows to the store for stored blobs.
@@ -270,6 +282,8 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
+    // The one place a /v2 request's client is decided: every per-client bound and the log use it.
+    let client = state.real_ip.client(req.headers(), peer);
     let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let files = req.extensions().get::<Arc<sendfile::FileQueue>>().cloned();
     let parsed = endpoint::parse(&method, &path);
@@ -284,7 +298,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
                 &method,
                 req.uri().query(),
                 req.headers(),
-                peer,
+                client,
                 (conn, files),
             ),
             span,
@@ -308,7 +322,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     let m = state.request_metrics.get(kind, &method, status);
     m.requests.increment(1);
     m.duration.record(elapsed.as_secs_f64());
-    tracing::info!(target: "access", request_id = id, %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
+    tracing::info!(target: "access", request_id = id, client = %realip::Shown(client), %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
     resp.map(|inner| {
         Body::new(CountedBody {
             inner,
@@ -353,7 +367,7 @@ async fn dispatch(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
@@ -364,7 +378,7 @@ async fn dispatch(
         ));
     }
     let (ep, ns) = with_namespace(state, ep, query)?;
-    let mut resp = serve(state, ep, query, headers, peer, head, conn)
+    let mut resp = serve(state, ep, query, headers, client, head, conn)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     // The distribution spec's "Registry Proxying": the `ns` that chose the upstream is named
@@ -381,7 +395,7 @@ async fn serve(
     ep: Endpoint,
     query: Option<&str>,
     headers: &HeaderMap,
-    peer: Option<std::net::SocketAddr>,
+    client: Option<std::net::IpAddr>,
     head: bool,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
@@ -390,7 +404,7 @@ async fn serve(
         None => None,
     };
     if let Some(limits) = &state.limits {
-        limits.check(account.as_deref(), headers, peer)?;
+        limits.check(account.as_deref(), client)?;
     }
     let registry = state
         .registry
@@ -405,13 +419,13 @@ async fn serve(
             let streams = state.blob_streams.as_ref();
             let permit = match streams {
                 // Taken before any work, so that refused requests cost nothing (no fill, no file).
-                Some(s) if !head => Some(s.open(headers, peer)?),
+                Some(s) if !head => Some(s.open(client)?),
                 _ => None,
             };
             let redirect = state
                 .redirect
                 .as_ref()
-                .is_some_and(|r| r.allow(headers, peer));
+                .is_some_and(|r| r.allow(headers, client));
             blob(
                 registry,
                 &name,

@@ -3,7 +3,7 @@
 //! may follow one: not a client in `except`, nor one whose request carries
 //! `Ocimirror-No-Redirect` (a client, or the proxy in front, that cannot reach the store).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,26 +14,17 @@ use crate::storage::config::{NO_REDIRECT_HEADER, RedirectPolicy};
 
 pub struct RedirectClients {
     policy: RedirectPolicy,
-    /// Behind a proxy: the header naming the client's address (`limits.real_ip_header`).
-    real_ip_header: Option<String>,
 }
 
 impl RedirectClients {
-    pub fn new(policy: RedirectPolicy, real_ip_header: Option<&str>) -> Self {
-        RedirectClients {
-            policy,
-            real_ip_header: real_ip_header.filter(|h| !h.is_empty()).map(str::to_owned),
-        }
+    pub fn new(policy: RedirectPolicy) -> Self {
+        RedirectClients { policy }
     }
 
-    /// Whether this request's client may be sent to the store.
-    pub fn allow(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {
-        !headers.contains_key(NO_REDIRECT_HEADER)
-            && self.policy.applies_to(super::limit::client_ip(
-                self.real_ip_header.as_deref(),
-                headers,
-                peer,
-            ))
+    /// Whether this request's client (its address as [`crate::auth::realip::RealIp`] found it)
+    /// may be sent to the store.
+    pub fn allow(&self, headers: &HeaderMap, client: Option<IpAddr>) -> bool {
+        !headers.contains_key(NO_REDIRECT_HEADER) && self.policy.applies_to(client)
     }
 }
 

@@ -6,7 +6,7 @@
 //!   answered 503 `UNAVAILABLE` with `Retry-After` before any work, and counted.
 //! - **A per-client share of that cap** (`server.max_blob_streams_per_client`), so that one
 //!   client cannot hold every place until the send timeout frees them. A client is its address
-//!   (from `limits.real_ip_header` when set), IPv6 by /64 as the login throttle counts it; beyond
+//!   (behind trusted proxies, from `limits.real_ip_header`), IPv6 by /64 as the login throttle counts it; beyond
 //!   its share a `GET` gets the same 503, counted apart.
 //! - **A send timeout** (`server.send_timeout`, like nginx's `send_timeout`): once a stream has
 //!   handed the connection a chunk, either the connection asks for the next one or it writes
@@ -17,7 +17,7 @@
 //!   and does not count.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::HeaderMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -61,7 +60,6 @@ pub struct BlobStreams {
     permits: Arc<Semaphore>,
     per_client: usize,
     clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    real_ip_header: Option<String>,
     send_timeout: Duration,
 }
 
@@ -106,28 +104,21 @@ impl BlobStreams {
             permits: Arc::new(Semaphore::new(max_streams)),
             per_client: max_streams,
             clients: Arc::default(),
-            real_ip_header: None,
             send_timeout,
         }
     }
 
-    /// At most `per_client` streams for one client, whose address is taken from
-    /// `real_ip_header` when the request has it.
-    pub fn per_client(mut self, per_client: usize, real_ip_header: Option<&str>) -> Self {
+    /// At most `per_client` streams for one client.
+    pub fn per_client(mut self, per_client: usize) -> Self {
         self.per_client = per_client;
-        self.real_ip_header = real_ip_header.filter(|h| !h.is_empty()).map(str::to_owned);
         self
     }
 
-    /// A place for one more blob stream of the client at `peer`, or 503 with `Retry-After` when
-    /// its share or every place is taken.
-    pub fn open(
-        &self,
-        headers: &HeaderMap,
-        peer: Option<SocketAddr>,
-    ) -> Result<StreamPermit, ApiError> {
-        let ip = super::limit::client_ip(self.real_ip_header.as_deref(), headers, peer);
-        let client = match ip {
+    /// A place for one more blob stream of the client at `client` (its address as
+    /// [`crate::auth::realip::RealIp`] found it), or 503 with `Retry-After` when its share or
+    /// every place is taken.
+    pub fn open(&self, client: Option<IpAddr>) -> Result<StreamPermit, ApiError> {
+        let client = match client {
             Some(ip) => {
                 let key = crate::auth::authn::client_key(ip);
                 let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,45 +259,38 @@ mod tests {
     #[tokio::test]
     async fn the_cap_refuses_with_retry_after_and_frees_on_drop() {
         let s = BlobStreams::new(1, Duration::from_secs(60));
-        let none = HeaderMap::new();
-        let p = s.open(&none, None).unwrap();
-        let e = s.open(&none, None).unwrap_err();
+        let p = s.open(None).unwrap();
+        let e = s.open(None).unwrap_err();
         assert_eq!(e.code, Code::Unavailable);
         let body = s.guard(Body::from("x"), p, None);
-        assert!(s.open(&none, None).is_err());
+        assert!(s.open(None).is_err());
         drop(body);
-        assert!(s.open(&none, None).is_ok());
+        assert!(s.open(None).is_ok());
     }
 
-    fn peer(ip: &str) -> Option<SocketAddr> {
-        Some(SocketAddr::new(ip.parse().unwrap(), 40000))
+    fn peer(ip: &str) -> Option<IpAddr> {
+        Some(ip.parse().unwrap())
     }
 
     #[tokio::test]
     async fn one_client_gets_its_share_and_others_still_get_theirs() {
-        let s = BlobStreams::new(8, Duration::from_secs(60)).per_client(3, Some("x-real-ip"));
-        let none = HeaderMap::new();
-        let mut held: Vec<_> = (0..3)
-            .map(|_| s.open(&none, peer("10.0.0.1")).unwrap())
-            .collect();
-        let e = s.open(&none, peer("10.0.0.1")).unwrap_err();
+        let s = BlobStreams::new(8, Duration::from_secs(60)).per_client(3);
+        let mut held: Vec<_> = (0..3).map(|_| s.open(peer("10.0.0.1")).unwrap()).collect();
+        let e = s.open(peer("10.0.0.1")).unwrap_err();
         assert_eq!(e.code, Code::Unavailable);
-        // Another port or another address in the same IPv6 /64 is the same client.
-        held.extend((0..3).map(|_| s.open(&none, peer("2001:db8::1")).unwrap()));
-        assert!(s.open(&none, peer("2001:db8::ffff")).is_err());
+        // Another address in the same IPv6 /64 is the same client.
+        held.extend((0..3).map(|_| s.open(peer("2001:db8::1")).unwrap()));
+        assert!(s.open(peer("2001:db8::ffff")).is_err());
         // Others get theirs; the process-wide cap still holds.
-        held.push(s.open(&none, peer("10.0.0.2")).unwrap());
-        held.push(s.open(&none, peer("2001:db8:0:1::1")).unwrap());
-        assert!(s.open(&none, peer("10.0.0.3")).is_err(), "8 open in all");
-        // Behind a proxy, the client is the header's address.
+        held.push(s.open(peer("10.0.0.2")).unwrap());
+        held.push(s.open(peer("2001:db8:0:1::1")).unwrap());
+        assert!(s.open(peer("10.0.0.3")).is_err(), "8 open in all");
         drop(held.pop());
-        let mut via = HeaderMap::new();
-        via.insert("x-real-ip", "10.0.0.9".parse().unwrap());
-        held.push(s.open(&via, peer("10.0.0.1")).unwrap());
+        held.push(s.open(peer("10.0.0.9")).unwrap());
         // A stream ending gives its client's place back.
         drop(held.remove(0));
         drop(held.pop());
-        assert!(s.open(&none, peer("10.0.0.1")).is_ok());
+        assert!(s.open(peer("10.0.0.1")).is_ok());
         drop(held);
         assert!(s.clients.lock().unwrap().is_empty());
     }
@@ -321,7 +305,7 @@ mod tests {
         let mut body = s
             .guard(
                 Body::from_stream(chunks),
-                s.open(&HeaderMap::new(), None).unwrap(),
+                s.open(None).unwrap(),
                 Some(conn.clone()),
             )
             .into_data_stream();
@@ -348,7 +332,7 @@ mod tests {
         let mut body = s
             .guard(
                 Body::from_stream(slow),
-                s.open(&HeaderMap::new(), None).unwrap(),
+                s.open(None).unwrap(),
                 Some(conn.clone()),
             )
             .into_data_stream();

@@ -15,25 +15,23 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::auth::RequestInfo;
+use crate::auth::realip::RealIp;
 use crate::auth::service::{Credentials, TokenRequest, TokenService, TokenServiceError};
 use crate::error::{ApiError, Code};
 
 pub struct TokenEndpoint {
     pub service: Arc<TokenService>,
-    pub real_ip_header: Option<String>,
+    /// How the client's address (for the ACL's `ip` and the login throttle) is found.
+    pub real_ip: RealIp,
 }
 
 /// Form and query bodies are small; a larger one is refused before parsing.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
 
 fn client_ip(ep: &TokenEndpoint, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    ep.real_ip_header
-        .as_deref()
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(peer.ip())
+    ep.real_ip
+        .client(headers, Some(peer))
+        .unwrap_or_else(|| peer.ip())
 }
 
 fn basic(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {

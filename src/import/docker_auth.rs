@@ -142,13 +142,26 @@ pub(super) fn map_docker_auth(a: &Src, dist: Option<&Src>, dist_auth: &DistAuth,
         out.set("auth.kid", s("thumbprint"));
     }
     if let Some(h) = a.str("server.real_ip_header") {
-        out.set("auth.real_ip_header", s(h));
+        out.set("auth.real_ip_header", s(h.clone()));
+        // docker_auth believes the header from any client; ocimirror only from the proxies.
+        out.note(
+            NoteKind::Todo,
+            "auth.trusted_proxies".into(),
+            format!(
+                "list the addresses or CIDR prefixes of the proxies that set {h}: ocimirror reads \
+                 it only from them, and config check refuses auth.real_ip_header until they are \
+                 listed"
+            ),
+        );
         match a.get("server.real_ip_pos").and_then(Value::as_i64) {
             None | Some(0) => {}
             Some(pos) => out.note(
                 NoteKind::Changed,
                 a.key("server.real_ip_pos"),
-                format!("{pos}: ocimirror always takes the leftmost address of the header"),
+                format!(
+                    "{pos}: ocimirror counts no positions: it takes the rightmost address of the \
+                     header that is not one of auth.trusted_proxies"
+                ),
             ),
         }
     }

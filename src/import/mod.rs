@@ -211,6 +211,7 @@ pub fn import(input: &ImportInput) -> Result<Imported, ImportError> {
                     "trusted_certificates",
                     "trusted_jwks",
                     "real_ip_header",
+                    "trusted_proxies",
                     "users",
                     "htpasswd",
                     "github_auth",
