@@ -76,19 +76,33 @@ fn assert_blobs_on_disk(root: &Path, img: &Image) {
     }
 }
 
-/// Wait (up to 10 s) until every object of `img` is in the bucket with the right bytes: a fill
-/// commits to storage after its clients got their last byte.
+/// Wait (up to 10 s) until every object of `img` is in the bucket with the right bytes, and
+/// each blob is linked into its repository: a fill commits to storage after its clients got
+/// their last byte, and links the blob after its commit.
 async fn wait_blobs_on_disk(root: &Path, img: &Image) {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let link = |d: &str| {
+        root.join("docker/registry/v2/repositories")
+            .join(&img.name)
+            .join("_layers/sha256")
+            .join(hex_of(d))
+            .join("link")
+    };
     let complete = || {
+        let blobs = img.all_blobs();
         std::iter::once(img.digest.clone())
-            .chain(img.all_blobs().into_iter().map(|d| d.digest))
+            .chain(blobs.iter().map(|d| d.digest.clone()))
             .all(|d| fs::read(blob_data_path(root, &d)).is_ok_and(|b| sha256_digest(&b) == d))
+            && blobs.iter().all(|d| link(&d.digest).is_file())
     };
     while !complete() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_blobs_on_disk(root, img);
+    for d in img.all_blobs() {
+        let l = link(&d.digest);
+        assert!(l.is_file(), "{} not linked at {}", d.digest, l.display());
+    }
 }
 
 /// The S3 keys (relative to the mirror's root) of `img`'s manifest and blobs.
