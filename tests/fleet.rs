@@ -714,9 +714,10 @@ async fn killed_lease_holder_is_taken_over() {
     assert_eq!(got, Ok((size, digest.clone())), "B's client");
     eprintln!("B served the blob {took:?} after A died");
 
-    // The bucket holds the blob B fetched.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while hash_file(&data).is_none_or(|(n, _)| n != size) && Instant::now() < deadline {
+    // The bucket holds the blob B fetched, once B's fill (its commit) is over.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while b.metric("ocimirror_fills_in_flight", &[]).await > 0.0 {
+        assert!(Instant::now() < deadline, "B's fill never ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
