@@ -76,31 +76,40 @@ fn assert_blobs_on_disk(root: &Path, img: &Image) {
     }
 }
 
-/// Wait (up to 10 s) until every object of `img` is in the bucket with the right bytes: a fill
-/// commits to storage after its clients got their last byte.
+/// Wait (up to 10 s) until every object of `img` is in the bucket with the right bytes, and
+/// each blob is linked into its repository: a fill commits to storage after its clients got
+/// their last byte, and links the blob after its commit.
 async fn wait_blobs_on_disk(root: &Path, img: &Image) {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let link = |d: &str| {
+        root.join("docker/registry/v2/repositories")
+            .join(&img.name)
+            .join("_layers/sha256")
+            .join(hex_of(d))
+            .join("link")
+    };
     let complete = || {
+        let blobs = img.all_blobs();
         std::iter::once(img.digest.clone())
-            .chain(img.all_blobs().into_iter().map(|d| d.digest))
+            .chain(blobs.iter().map(|d| d.digest.clone()))
             .all(|d| fs::read(blob_data_path(root, &d)).is_ok_and(|b| sha256_digest(&b) == d))
+            && blobs.iter().all(|d| link(&d.digest).is_file())
     };
     while !complete() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_blobs_on_disk(root, img);
+    for d in img.all_blobs() {
+        let l = link(&d.digest);
+        assert!(l.is_file(), "{} not linked at {}", d.digest, l.display());
+    }
 }
 
 /// The S3 keys (relative to the mirror's root) of `img`'s manifest and blobs.
 fn blob_keys(img: &Image) -> Vec<String> {
     let mut v = vec![img.digest.clone()];
     v.extend(img.all_blobs().into_iter().map(|d| d.digest));
-    v.iter()
-        .map(|d| {
-            let hex = hex_of(d);
-            format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])
-        })
-        .collect()
+    v.iter().map(|d| blob_key(d)).collect()
 }
 
 /// The Redis key and value of `name:tag`'s tag entry; panics (listing the keys) when absent.
@@ -184,15 +193,21 @@ async fn mirror_on_s3_and_redis_serves_pulls() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_content_through_s3_and_redis() {
+on_backends!(replicas_share_content_through_the_store_and_redis: s3s, fake_gcs, azurite);
+
+/// Replica A pulls from the upstream; B then pulls everything from the store and Redis, and C
+/// resolves the tag through Redis alone (its links removed from the store): the upstream is
+/// asked nothing after A.
+async fn replicas_share_content_through_the_store_and_redis(backend: Backend) {
     let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let Some(store) = Store::start(backend).await else {
         return;
     };
     let reg = Registry::start(RegistryOpts::default()).await;
     let img = reg.pusher().push_oci_image("fleet/shared", "v1", 201).await;
-    let s3 = S3Server::start().await;
-    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
+    let opts = fleet_opts(&reg, &store.storage_yaml(ROOT), Some(&redis));
     let a = Mirror::start(opts.clone()).await;
     pull_and_check_oci(&a.hostport(), &img, None).await;
     assert!(
@@ -204,7 +219,7 @@ async fn replicas_share_content_through_s3_and_redis() {
     let b = Mirror::start(opts.clone()).await;
     let c = Mirror::start(opts.clone()).await;
 
-    // B: tag from Redis, manifest and blobs from S3; nothing from the upstream.
+    // B: tag from Redis, manifest and blobs from the store; nothing from the upstream.
     pull_and_check_oci(&b.hostport(), &img, None).await;
     let raw = skopeo_inspect_raw(&format!("{}/fleet/shared:v1", b.hostport()), None)
         .await
@@ -217,12 +232,20 @@ async fn replicas_share_content_through_s3_and_redis() {
         fresh.len()
     );
 
-    // C, with the tag's links gone from the bucket: only Redis knows the tag now.
+    // C, with the tag's links gone from the store: only Redis knows the tag now.
     let (_, v) = redis_tag(&redis, "fleet/shared", "v1").await;
     assert!(v.contains(&img.digest), "tag value {v}");
-    let tags = repo_dir(&s3, "fleet/shared").join("_manifests/tags");
-    assert!(tags.is_dir(), "no tag links at {}", tags.display());
-    fs::remove_dir_all(&tags).unwrap();
+    let op = store.operator(ROOT);
+    let tags = "docker/registry/v2/repositories/fleet/shared/_manifests/tags/";
+    let links = s3_keys(&op, tags).await;
+    assert!(
+        links.iter().any(|k| k.ends_with("/v1/current/link")),
+        "no tag link under {tags}: {links:#?}"
+    );
+    for k in &links {
+        op.delete(k).await.unwrap();
+    }
+    assert_eq!(s3_keys(&op, tags).await, Vec::<String>::new());
     pull_and_check_oci(&c.hostport(), &img, None).await;
     let fresh = new_requests(&reg, before).await;
     assert!(
@@ -462,39 +485,54 @@ async fn fetch_manifest_everywhere(replicas: &[&Mirror], img: &Image) {
     }
 }
 
-/// 3 replicas on one bucket and one Redis, 16 concurrent cold clients of one 16 MiB blob on
+on_backends!(three_replicas_sixteen_clients_each_one_upstream_fetch: s3s, fake_gcs, azurite);
+
+/// `N` replicas of `reg` on `storage` and `redis`, started together, each having fetched the
+/// manifest of a new single-layer image `name:v1` of `size` bytes (so the layer GETs that
+/// follow need no upstream HEAD): the replicas, the image and its layer's digest.
+async fn replicas_with_big_image<const N: usize>(
+    reg: &Registry,
+    storage: &str,
+    redis: &RedisServer,
+    (name, size, seed): (&str, u64, u64),
+) -> ([Mirror; N], Image, String) {
+    let (img, _) = reg.pusher().push_big_image(name, "v1", size, seed).await;
+    let opts = fleet_opts(reg, storage, Some(redis));
+    let replicas: Vec<Mirror> =
+        futures_util::future::join_all((0..N).map(|_| Mirror::start(opts.clone()))).await;
+    fetch_manifest_everywhere(&replicas.iter().collect::<Vec<_>>(), &img).await;
+    let digest = img.layers[0].digest.clone();
+    let replicas = replicas
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{N} replicas started"));
+    (replicas, img, digest)
+}
+
+/// 3 replicas on one store and one Redis, 16 concurrent cold clients of one 16 MiB blob on
 /// each: every client gets every byte right, and the upstream sends the blob once. The commit
-/// to the bucket is slowed down so that the other two replicas are certainly waiting while the
+/// to the store is slowed down so that the other two replicas are certainly waiting while the
 /// first one fills. (16 MiB rather than more: the 48 responses all pass through this test's
-/// process, which also serves the bucket, and on a loaded machine gigabytes of that made the
-/// test slow, not any more telling.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_sixteen_clients_each_one_upstream_fetch() {
+/// process, which also serves or forwards to the store, and on a loaded machine gigabytes of
+/// that made the test slow, not any more telling. 7 MiB on fake-gcs-server, which takes no
+/// object over one upload part.)
+async fn three_replicas_sixteen_clients_each_one_upstream_fetch(backend: Backend) {
     const CLIENTS: usize = 16;
     let Some(redis) = RedisServer::start().await else {
         return;
     };
+    let Some(store) = Store::start_slowable(backend).await else {
+        return;
+    };
     let reg = Registry::start(RegistryOpts::default()).await;
-    let size: u64 = 16 << 20;
-    let (img, big) = reg
-        .pusher()
-        .push_big_image("fleet/big", "v1", size, 701)
-        .await;
-    let digest = img.layers[0].digest.clone();
-    assert_eq!(digest, big.digest());
-    let s3 = S3Server::start().await;
-    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
-    let (a, b, c) = tokio::join!(
-        Mirror::start(opts.clone()),
-        Mirror::start(opts.clone()),
-        Mirror::start(opts.clone())
-    );
+    let size: u64 = (16 << 20).min(store.max_object());
+    let storage = store.storage_yaml(ROOT);
+    let ([a, b, c], _, digest) =
+        replicas_with_big_image(&reg, &storage, &redis, ("fleet/big", size, 701)).await;
     let replicas = [&a, &b, &c];
-    fetch_manifest_everywhere(&replicas, &img).await;
     let blob_path = format!("/blobs/{digest}");
     assert_eq!(reg.count_requests("GET", &blob_path).await, 0);
 
-    s3.set_slow_big_writes(Duration::from_secs(3));
+    store.set_slow_big_writes(Duration::from_secs(3));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (r, m) in replicas.iter().enumerate() {
@@ -567,14 +605,13 @@ async fn three_replicas_sixteen_clients_each_one_upstream_fetch() {
         "upstream blob GETs counted by the fleet"
     );
 
-    // The bucket holds the blob; a later GET on any replica is served from it.
-    let data = blob_data_path(&s3.bucket_dir().join(ROOT), &digest);
+    // The store holds the blob; a later GET on any replica is served from it.
     assert_eq!(
-        hash_file(&data),
+        store.stored(ROOT, &blob_key(&digest)).await,
         Some((size, digest.clone())),
         "stored blob"
     );
-    s3.set_slow_big_writes(Duration::ZERO);
+    store.set_slow_big_writes(Duration::ZERO);
     assert_eq!(
         get_and_hash(&c, "fleet/big", &digest).await,
         Ok((size, digest.clone()))
@@ -594,16 +631,11 @@ async fn killed_lease_holder_is_taken_over() {
     };
     let reg = Registry::start(RegistryOpts::default()).await;
     let size: u64 = 64 << 20;
-    let (img, _) = reg
-        .pusher()
-        .push_big_image("fleet/tko", "v1", size, 702)
-        .await;
-    let digest = img.layers[0].digest.clone();
-    let blob_path = format!("/blobs/{digest}");
     let s3 = S3Server::start().await;
-    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
-    let (mut a, b) = tokio::join!(Mirror::start(opts.clone()), Mirror::start(opts.clone()));
-    fetch_manifest_everywhere(&[&a, &b], &img).await;
+    let storage = s3.storage_yaml(ROOT);
+    let ([mut a, b], img, digest) =
+        replicas_with_big_image(&reg, &storage, &redis, ("fleet/tko", size, 702)).await;
+    let blob_path = format!("/blobs/{digest}");
 
     // A's commit will not finish while A lives.
     s3.set_slow_big_writes(Duration::from_secs(120));
@@ -682,9 +714,10 @@ async fn killed_lease_holder_is_taken_over() {
     assert_eq!(got, Ok((size, digest.clone())), "B's client");
     eprintln!("B served the blob {took:?} after A died");
 
-    // The bucket holds the blob B fetched.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while hash_file(&data).is_none_or(|(n, _)| n != size) && Instant::now() < deadline {
+    // The bucket holds the blob B fetched, once B's fill (its commit) is over.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while b.metric("ocimirror_fills_in_flight", &[]).await > 0.0 {
+        assert!(Instant::now() < deadline, "B's fill never ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
@@ -821,16 +854,11 @@ async fn lease_freed_by_a_commit_is_not_a_second_fetch() {
     };
     let reg = Registry::start(RegistryOpts::default()).await;
     let size: u64 = 16 << 20;
-    let (img, _) = reg
-        .pusher()
-        .push_big_image("fleet/race", "v1", size, 703)
-        .await;
-    let digest = img.layers[0].digest.clone();
-    let blob_path = format!("/blobs/{digest}");
     let s3 = S3Server::start().await;
-    let opts = fleet_opts(&reg, &s3.storage_yaml(ROOT), Some(&redis));
-    let (a, b) = tokio::join!(Mirror::start(opts.clone()), Mirror::start(opts.clone()));
-    fetch_manifest_everywhere(&[&a, &b], &img).await;
+    let storage = s3.storage_yaml(ROOT);
+    let ([a, b], _, digest) =
+        replicas_with_big_image(&reg, &storage, &redis, ("fleet/race", size, 703)).await;
+    let blob_path = format!("/blobs/{digest}");
 
     // A fills; its commit takes 3 s, during which it holds the lease.
     s3.set_slow_big_writes(Duration::from_secs(3));

@@ -1,5 +1,5 @@
 //! A fleet streams like one mirror: three replicas of ocimirror (real processes) on one
-//! SeaweedFS bucket and one Redis, with `cluster` sections, in front of a real Distribution
+//! store (SeaweedFS; fake-gcs-server and Azurite too for the streaming of one fill) and one Redis, with `cluster` sections, in front of a real Distribution
 //! registry behind a throttling proxy. The proxy is the one in-process part: it paces blob
 //! bodies, holds the first fetch of a blob half-way until the test lets it go (so "while the
 //! fill is still running" is an ordering the test sets, not a time it measures), can corrupt a
@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,21 +53,14 @@ struct ProxyState {
 
 struct Proxy {
     state: Arc<ProxyState>,
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    server: LocalServer,
 }
 
 impl Proxy {
     async fn start(target: &str) -> Proxy {
         let state = Arc::new(ProxyState {
             target: target.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: forwarding_client(),
             shaping: Shaping::default(),
             gate: tokio::sync::Semaphore::new(0),
             blob_gets: Mutex::new(Vec::new()),
@@ -78,20 +70,34 @@ impl Proxy {
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Proxy { state, addr, task }
+        let server = LocalServer::start(app).await;
+        Proxy { state, server }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn open_gate(&self) {
         self.state.gate.add_permits(1);
+    }
+
+    /// Blob bodies at `rate` bytes per second.
+    fn pace(&self, rate: u64) {
+        self.state.shaping.rate.store(rate, Ordering::SeqCst);
+    }
+
+    /// The first blob GET stops at `offset` until [`Proxy::open_gate`].
+    fn hold_first_fetch_at(&self, offset: u64) {
+        self.state.shaping.pause_at.store(offset, Ordering::SeqCst);
+    }
+
+    /// Flip the byte at `offset` of every blob body.
+    fn corrupt_at(&self, offset: u64) {
+        self.state
+            .shaping
+            .corrupt_at
+            .store(offset, Ordering::SeqCst);
     }
 
     fn blob_gets(&self) -> Vec<(String, Option<String>)> {
@@ -108,50 +114,25 @@ impl Proxy {
 }
 
 async fn forward(State(p): State<Arc<ProxyState>>, req: Request) -> Response {
-    let path_q = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_default();
-    let is_blob_get = req.method() == "GET" && req.uri().path().contains("/blobs/sha256:");
-    let mut out = p
-        .http
-        .request(req.method().clone(), format!("{}{path_q}", p.target));
-    let mut range = None;
-    for (k, v) in req.headers() {
-        if k == "host" {
-            continue;
-        }
-        if k == "range" {
-            range = v.to_str().ok().map(str::to_owned);
-            if p.shaping.ignore_ranges.load(Ordering::SeqCst) {
-                continue;
-            }
-        }
-        out = out.header(k, v);
-    }
+    let (parts, _) = req.into_parts();
+    let is_blob_get = parts.method == "GET" && parts.uri.path().contains("/blobs/sha256:");
+    let ignore_ranges = p.shaping.ignore_ranges.load(Ordering::SeqCst);
+    let out = forwarded(&p.http, &p.target, &parts, |k| {
+        k == "range" && ignore_ranges
+    });
     let first = if is_blob_get {
+        let range = parts.headers.get("range").and_then(|v| v.to_str().ok());
         let mut gets = p.blob_gets.lock().unwrap();
-        gets.push((req.uri().path().to_owned(), range));
+        gets.push((parts.uri.path().to_owned(), range.map(str::to_owned)));
         gets.len() == 1
     } else {
         false
     };
     let resp = match out.send().await {
         Ok(r) => r,
-        Err(e) => {
-            return Response::builder()
-                .status(502)
-                .body(Body::from(e.to_string()))
-                .unwrap();
-        }
+        Err(e) => return bad_gateway(e),
     };
-    let mut b = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        if k != "transfer-encoding" && k != "connection" {
-            b = b.header(k, v);
-        }
-    }
+    let b = response_head(&resp);
     if !is_blob_get {
         let body = resp.bytes().await.unwrap_or_default();
         return b.body(Body::from(body)).unwrap();
@@ -220,7 +201,7 @@ struct Fleet {
     peer_urls: Vec<String>,
     proxy: Proxy,
     reg: Registry,
-    weed: Weed,
+    store: Store,
     redis: RedisServer,
     _secret: TempDir,
 }
@@ -232,12 +213,19 @@ struct Blob {
     size: u64,
 }
 
+impl Blob {
+    /// What a client that got the whole blob, right, saw: (size, digest).
+    fn whole(&self) -> Result<(u64, String), String> {
+        Ok((self.size, self.digest.clone()))
+    }
+}
+
 impl Fleet {
-    /// Three replicas with `cluster` sections on one bucket and one Redis; `None` (skip) when a
+    /// `n` replicas with `cluster` sections on one store and one Redis; `None` (skip) when a
     /// real part is missing.
-    async fn start(n: usize) -> Option<Fleet> {
+    async fn start(n: usize, backend: Backend) -> Option<Fleet> {
         let redis = RedisServer::start().await?;
-        let weed = Weed::start().await?;
+        let store = Store::start(backend).await?;
         let reg = Registry::start(RegistryOpts::default()).await;
         let proxy = Proxy::start(&reg.url()).await;
         let secret = tempfile::tempdir().unwrap();
@@ -250,7 +238,7 @@ impl Fleet {
             let url = format!("http://127.0.0.1:{port}");
             let opts = MirrorOpts::upstream(&proxy.url())
                 .tag_ttl("5m")
-                .storage_yaml(&weed.storage_yaml(ROOT))
+                .storage_yaml(&store.storage_yaml(ROOT))
                 .extra(&redis.cache_yaml())
                 .extra(&cluster_yaml(port, &url, &secret_file));
             replicas.push(Mirror::start(opts).await);
@@ -261,7 +249,7 @@ impl Fleet {
             peer_urls,
             proxy,
             reg,
-            weed,
+            store,
             redis,
             _secret: secret,
         })
@@ -286,13 +274,9 @@ impl Fleet {
         }
     }
 
-    /// The blob's object in the bucket, hashed: (size, digest), or `None` when absent.
+    /// The blob's object in the store, hashed: (size, digest), or `None` when absent.
     async fn stored(&self, b: &Blob) -> Option<(u64, String)> {
-        let op = s3_operator(&self.weed.endpoint, ROOT);
-        let hex = hex_of(&b.digest);
-        let key = format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
-        let data = op.read(&key).await.ok()?.to_vec();
-        Some((data.len() as u64, sha256_digest(&data)))
+        self.store.stored(ROOT, &blob_key(&b.digest)).await
     }
 
     /// Wait until no replica has a fill in flight.
@@ -322,111 +306,138 @@ struct Seen {
     result: Result<(u64, String), String>,
 }
 
-/// A client of `m` (replica `replica`) GETting the blob, reporting its first byte on `first`.
-fn client_task(
-    m: &Mirror,
-    replica: usize,
-    b: &Blob,
-    proxy: &Arc<ProxyState>,
-    first: tokio::sync::mpsc::UnboundedSender<usize>,
-) -> tokio::task::JoinHandle<Seen> {
-    let url = format!("{}/v2/{}/blobs/{}", m.url(), b.name, b.digest);
-    let proxy = proxy.clone();
-    tokio::spawn(async move {
-        let mut seen = Seen {
-            replica,
-            bodies_done_at_first_byte: None,
-            result: Err("no response".into()),
-        };
-        let r = match client().get(&url).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                seen.result = Err(format!("request failed: {e}"));
-                return seen;
-            }
-        };
-        let status = r.status().as_u16();
-        if status != 200 {
-            seen.result = Err(format!("status {status}"));
-            return seen;
-        }
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        let mut n = 0u64;
-        let mut s = r.bytes_stream();
-        while let Some(item) = s.next().await {
-            match item {
-                Ok(c) => {
-                    if n == 0 && !c.is_empty() {
-                        seen.bodies_done_at_first_byte =
-                            Some(proxy.blob_bodies_done.load(Ordering::SeqCst));
-                        let _ = first.send(replica);
-                    }
-                    n += c.len() as u64;
-                    ctx.update(&c);
-                }
-                Err(e) => {
-                    seen.result = Err(format!("body broke after {n} bytes: {e}"));
-                    return seen;
-                }
-            }
-        }
-        seen.result = Ok((n, format!("sha256:{}", hex::encode(ctx.finish().as_ref()))));
-        seen
-    })
+/// Clients of a fleet's replicas, each GETting a blob and reporting its first byte.
+struct Clients<'f> {
+    fleet: &'f Fleet,
+    tx: tokio::sync::mpsc::UnboundedSender<usize>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<usize>,
 }
 
-/// Wait for `n` first-byte reports; panics with the count after 60 s.
-async fn firsts(rx: &mut tokio::sync::mpsc::UnboundedReceiver<usize>, n: usize) -> Vec<usize> {
-    let mut v = Vec::new();
-    while v.len() < n {
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some(r)) => v.push(r),
-            _ => panic!("only {} of {n} clients had a first byte: {v:?}", v.len()),
-        }
+impl<'f> Clients<'f> {
+    fn of(fleet: &'f Fleet) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Clients { fleet, tx, rx }
     }
-    v
+
+    /// A client of replica `replica` GETting `b`.
+    fn spawn(&self, replica: usize, b: &Blob) -> tokio::task::JoinHandle<Seen> {
+        let url = format!(
+            "{}/v2/{}/blobs/{}",
+            self.fleet.replicas[replica].url(),
+            b.name,
+            b.digest
+        );
+        let proxy = self.fleet.proxy.state.clone();
+        let first = self.tx.clone();
+        tokio::spawn(async move {
+            let mut seen = Seen {
+                replica,
+                bodies_done_at_first_byte: None,
+                result: Err("no response".into()),
+            };
+            let r = match client().get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    seen.result = Err(format!("request failed: {e}"));
+                    return seen;
+                }
+            };
+            let status = r.status().as_u16();
+            if status != 200 {
+                seen.result = Err(format!("status {status}"));
+                return seen;
+            }
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            let mut n = 0u64;
+            let mut s = r.bytes_stream();
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(c) => {
+                        if n == 0 && !c.is_empty() {
+                            seen.bodies_done_at_first_byte =
+                                Some(proxy.blob_bodies_done.load(Ordering::SeqCst));
+                            let _ = first.send(replica);
+                        }
+                        n += c.len() as u64;
+                        ctx.update(&c);
+                    }
+                    Err(e) => {
+                        seen.result = Err(format!("body broke after {n} bytes: {e}"));
+                        return seen;
+                    }
+                }
+            }
+            seen.result = Ok((n, format!("sha256:{}", hex::encode(ctx.finish().as_ref()))));
+            seen
+        })
+    }
+
+    /// Wait for `n` first-byte reports: the replicas they came from. Panics after 60 s.
+    async fn firsts(&mut self, n: usize) -> Vec<usize> {
+        let mut v = Vec::new();
+        while v.len() < n {
+            match tokio::time::timeout(Duration::from_secs(60), self.rx.recv()).await {
+                Ok(Some(r)) => v.push(r),
+                _ => panic!("only {} of {n} clients had a first byte: {v:?}", v.len()),
+            }
+        }
+        v
+    }
+
+    /// A client of `replica` GETting `b`, once it had its first byte (the first one to ask
+    /// takes the fill's lease).
+    async fn started(&mut self, replica: usize, b: &Blob) -> tokio::task::JoinHandle<Seen> {
+        let c = self.spawn(replica, b);
+        self.firsts(1).await;
+        c
+    }
+
+    /// `n` clients GETting `b`, on `replicas` in turn, once each had its first byte: the
+    /// clients, and the replicas the first bytes came from.
+    async fn spread(
+        &mut self,
+        b: &Blob,
+        n: usize,
+        replicas: &[usize],
+    ) -> (Vec<tokio::task::JoinHandle<Seen>>, Vec<usize>) {
+        let clients = (0..n)
+            .map(|k| self.spawn(replicas[k % replicas.len()], b))
+            .collect();
+        (clients, self.firsts(n).await)
+    }
+}
+
+/// Every client got the whole blob, right.
+async fn all_whole(clients: Vec<tokio::task::JoinHandle<Seen>>, b: &Blob) {
+    for c in clients {
+        let s = c.await.unwrap();
+        assert_eq!(s.result, b.whole(), "replica {}'s client", s.replica);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 
+on_backends!(three_replicas_stream_one_fill_to_every_client: seaweedfs, fake_gcs, azurite);
+
 /// 18 clients spread over 3 replicas ask for one uncached blob: the upstream sends it once;
 /// every client of every replica has its first byte while the one fetch is still held half-way;
 /// a ranged GET on a replica that does not hold the lease is answered mid-fill; every client
-/// gets every byte right, and the bucket holds the blob.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_stream_one_fill_to_every_client() {
+/// gets every byte right, and the store holds the blob. (48 MiB; 7 MiB on fake-gcs-server,
+/// which takes no object over one upload part.)
+async fn three_replicas_stream_one_fill_to_every_client(backend: Backend) {
     const CLIENTS: usize = 18;
-    let Some(f) = Fleet::start(3).await else {
+    let Some(f) = Fleet::start(3, backend).await else {
         return;
     };
-    let b = f.blob("stream/big", 48 << 20, 901).await;
-    f.proxy.state.shaping.rate.store(16 << 20, Ordering::SeqCst);
-    f.proxy
-        .state
-        .shaping
-        .pause_at
-        .store(b.size / 2, Ordering::SeqCst);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let size = (48 << 20).min(f.store.max_object());
+    let b = f.blob("stream/big", size, 901).await;
+    f.proxy.pace(16 << 20);
+    f.proxy.hold_first_fetch_at(b.size / 2);
+    let mut clients = Clients::of(&f);
     // Replica 0 takes the lease: its client asks first.
-    let mut clients = vec![client_task(
-        &f.replicas[0],
-        0,
-        &b,
-        &f.proxy.state,
-        tx.clone(),
-    )];
-    firsts(&mut rx, 1).await;
-    for k in 1..CLIENTS {
-        let r = k % 3;
-        clients.push(client_task(
-            &f.replicas[r],
-            r,
-            &b,
-            &f.proxy.state,
-            tx.clone(),
-        ));
-    }
-    let got = firsts(&mut rx, CLIENTS - 1).await;
+    let holder = clients.started(0, &b).await;
+    let (mut others, got) = clients.spread(&b, CLIENTS - 1, &[1, 2, 0]).await;
+    others.push(holder);
     // Every first byte came while the only upstream body was held half-way.
     assert_eq!(f.proxy.blob_bodies_done(), 0);
     assert!(f.proxy.blob_bytes() <= b.size / 2);
@@ -436,6 +447,7 @@ async fn three_replicas_stream_one_fill_to_every_client() {
     // A lazily pulling client on a replica that does not hold the lease: a range of what has
     // arrived, mid-fill.
     let (lo, hi) = (1_000_000u64, 3_000_000u64);
+    assert!(hi < b.size / 2);
     let r = f.replicas[1]
         .get_blob(&b.name, &b.digest)
         .header("range", format!("bytes={lo}-{hi}"))
@@ -466,7 +478,7 @@ async fn three_replicas_stream_one_fill_to_every_client() {
 
     f.proxy.open_gate();
     let mut wrong = Vec::new();
-    for c in clients {
+    for c in others {
         let s = c.await.unwrap();
         assert_eq!(
             s.bodies_done_at_first_byte,
@@ -474,7 +486,7 @@ async fn three_replicas_stream_one_fill_to_every_client() {
             "replica {}'s client had its first byte after the fill",
             s.replica
         );
-        if s.result != Ok((b.size, b.digest.clone())) {
+        if s.result != b.whole() {
             wrong.push(format!("replica {}: {:?}", s.replica, s.result));
         }
     }
@@ -504,7 +516,7 @@ async fn three_replicas_stream_one_fill_to_every_client() {
         );
     }
     f.fills_settled().await;
-    assert_eq!(f.stored(&b).await, Some((b.size, b.digest.clone())));
+    assert_eq!(f.stored(&b).await, b.whole().ok());
 }
 
 /// The replica fetching a blob is SIGKILLed half-way: the clients of the two others complete
@@ -512,31 +524,15 @@ async fn three_replicas_stream_one_fill_to_every_client() {
 /// with a Range), and the bucket holds one whole, verified object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_holder_is_resumed_not_restarted() {
-    let Some(mut f) = Fleet::start(3).await else {
+    let Some(mut f) = Fleet::start(3, Backend::Seaweedfs).await else {
         return;
     };
     let b = f.blob("stream/kill", 32 << 20, 902).await;
-    f.proxy.state.shaping.rate.store(32 << 20, Ordering::SeqCst);
-    f.proxy
-        .state
-        .shaping
-        .pause_at
-        .store(b.size / 2, Ordering::SeqCst);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let holder = client_task(&f.replicas[0], 0, &b, &f.proxy.state, tx.clone());
-    firsts(&mut rx, 1).await;
-    let mut clients = Vec::new();
-    for k in 0..8 {
-        let r = 1 + k % 2;
-        clients.push(client_task(
-            &f.replicas[r],
-            r,
-            &b,
-            &f.proxy.state,
-            tx.clone(),
-        ));
-    }
-    firsts(&mut rx, 8).await;
+    f.proxy.pace(32 << 20);
+    f.proxy.hold_first_fetch_at(b.size / 2);
+    let mut clients = Clients::of(&f);
+    let holder = clients.started(0, &b).await;
+    let (others, _) = clients.spread(&b, 8, &[1, 2]).await;
     // Let the relays catch up with all the holder has before it dies.
     let deadline = Instant::now() + Duration::from_secs(30);
     for m in &f.replicas[1..] {
@@ -545,18 +541,11 @@ async fn killed_holder_is_resumed_not_restarted() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    drop(clients);
     f.replicas[0].kill();
     let got = holder.await.unwrap();
     assert!(got.result.is_err(), "the killed replica's client finished");
-    for c in clients {
-        let s = c.await.unwrap();
-        assert_eq!(
-            s.result,
-            Ok((b.size, b.digest.clone())),
-            "replica {}'s client",
-            s.replica
-        );
-    }
+    all_whole(others, &b).await;
     let gets = f.proxy.blob_gets();
     assert_eq!(gets.len(), 2, "the holder's fetch and one resume: {gets:?}");
     assert!(
@@ -579,53 +568,29 @@ async fn killed_holder_is_resumed_not_restarted() {
     assert_eq!(takeovers, 1.0);
     f.replicas.remove(0);
     f.fills_settled().await;
-    assert_eq!(f.stored(&b).await, Some((b.size, b.digest.clone())));
-    let op = s3_operator(&f.weed.endpoint, ROOT);
-    let hex = hex_of(&b.digest);
-    let dir = format!("docker/registry/v2/blobs/sha256/{}/{hex}/", &hex[..2]);
-    assert_eq!(s3_keys(&op, &dir).await, vec![format!("{dir}data")]);
+    assert_eq!(f.stored(&b).await, b.whole().ok());
+    let op = f.store.operator(ROOT);
+    let data = blob_key(&b.digest);
+    let dir = data.trim_end_matches("data");
+    assert_eq!(s3_keys(&op, dir).await, vec![data.clone()]);
 }
 
 /// Corrupt bytes from the upstream: no client of any replica gets a complete response, and
 /// nothing is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_upstream_bytes_complete_no_response_anywhere() {
-    let Some(f) = Fleet::start(3).await else {
+    let Some(f) = Fleet::start(3, Backend::Seaweedfs).await else {
         return;
     };
     let b = f.blob("stream/corrupt", 8 << 20, 903).await;
-    f.proxy
-        .state
-        .shaping
-        .corrupt_at
-        .store(b.size / 3, Ordering::SeqCst);
-    f.proxy
-        .state
-        .shaping
-        .pause_at
-        .store(b.size / 2, Ordering::SeqCst);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut clients = vec![client_task(
-        &f.replicas[0],
-        0,
-        &b,
-        &f.proxy.state,
-        tx.clone(),
-    )];
-    firsts(&mut rx, 1).await;
-    for k in 0..6 {
-        let r = 1 + k % 2;
-        clients.push(client_task(
-            &f.replicas[r],
-            r,
-            &b,
-            &f.proxy.state,
-            tx.clone(),
-        ));
-    }
-    firsts(&mut rx, 6).await;
+    f.proxy.corrupt_at(b.size / 3);
+    f.proxy.hold_first_fetch_at(b.size / 2);
+    let mut clients = Clients::of(&f);
+    let holder = clients.started(0, &b).await;
+    let (mut others, _) = clients.spread(&b, 6, &[1, 2]).await;
+    others.push(holder);
     f.proxy.open_gate();
-    for c in clients {
+    for c in others {
         let s = c.await.unwrap();
         assert!(
             s.result.is_err(),
@@ -642,7 +607,7 @@ async fn corrupt_upstream_bytes_complete_no_response_anywhere() {
 /// is not reachable through the public listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_endpoint_wants_the_secret_and_is_not_public() {
-    let Some(f) = Fleet::start(1).await else {
+    let Some(f) = Fleet::start(1, Backend::Seaweedfs).await else {
         return;
     };
     let b = f.blob("stream/peer", 1 << 20, 904).await;
@@ -704,7 +669,7 @@ async fn peer_endpoint_wants_the_secret_and_is_not_public() {
 /// Redis down: the replicas cannot coordinate, so each fetches alone; pulls still succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_replicas_fetch_alone() {
-    let Some(mut f) = Fleet::start(3).await else {
+    let Some(mut f) = Fleet::start(3, Backend::Seaweedfs).await else {
         return;
     };
     let b = f.blob("stream/alone", 4 << 20, 905).await;
@@ -724,7 +689,7 @@ async fn redis_down_replicas_fetch_alone() {
     let gets = f.proxy.blob_gets().len();
     assert!((1..=3).contains(&gets), "upstream blob GETs: {gets}");
     f.fills_settled().await;
-    assert_eq!(f.stored(&b).await, Some((b.size, b.digest.clone())));
+    assert_eq!(f.stored(&b).await, b.whole().ok());
 }
 
 /// A relay is a join of another replica's fill (issue 20): the holder fetches under one
@@ -734,7 +699,7 @@ async fn redis_down_replicas_fetch_alone() {
 /// upstream sends the blob once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_under_another_repository_is_confirmed_there_first() {
-    let Some(f) = Fleet::start(3).await else {
+    let Some(f) = Fleet::start(3, Backend::Seaweedfs).await else {
         return;
     };
     let b = f.blob("stream/conf", 8 << 20, 905).await;
@@ -745,14 +710,9 @@ async fn a_relay_under_another_repository_is_confirmed_there_first() {
     let blob_path = format!("/blobs/{}", b.digest);
     let heads = || f.reg.count_requests("HEAD", &blob_path);
     assert_eq!(heads().await, 0);
-    f.proxy
-        .state
-        .shaping
-        .pause_at
-        .store(b.size / 2, Ordering::SeqCst);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let holder = client_task(&f.replicas[0], 0, &b, &f.proxy.state, tx.clone());
-    firsts(&mut rx, 1).await;
+    f.proxy.hold_first_fetch_at(b.size / 2);
+    let mut clients = Clients::of(&f);
+    let holder = clients.started(0, &b).await;
 
     let r = f.replicas[1]
         .get_blob("stream/other", &b.digest)
@@ -765,23 +725,13 @@ async fn a_relay_under_another_repository_is_confirmed_there_first() {
         "a relay served a blob under a repository the upstream does not serve it in"
     );
     assert_eq!(heads().await, 1);
-    let on_shared = client_task(&f.replicas[1], 1, &shared, &f.proxy.state, tx.clone());
-    firsts(&mut rx, 1).await;
+    let on_shared = clients.started(1, &shared).await;
     assert_eq!(heads().await, 2);
-    let on_same = client_task(&f.replicas[2], 2, &b, &f.proxy.state, tx.clone());
-    firsts(&mut rx, 1).await;
+    let on_same = clients.started(2, &b).await;
     assert_eq!(heads().await, 2, "the holder's own repository asked again");
     assert_eq!(f.proxy.blob_bodies_done(), 0, "all of it during the fill");
 
     f.proxy.open_gate();
-    for c in [holder, on_shared, on_same] {
-        let s = c.await.unwrap();
-        assert_eq!(
-            s.result,
-            Ok((b.size, b.digest.clone())),
-            "replica {}'s client",
-            s.replica
-        );
-    }
+    all_whole(vec![holder, on_shared, on_same], &b).await;
     assert_eq!(f.proxy.blob_gets().len(), 1, "upstream blob GETs");
 }

