@@ -318,8 +318,16 @@ mod tests {
             keyless: Some(k.clone()),
             ..rule("myorg/**", &[])
         };
-        let p = check(&[r]).unwrap();
+        let p = check(&[r.clone()]).unwrap();
         assert_eq!(p.rules[0].files(), [path.clone()]);
+        // Several, one per line, as `gh attestation trusted-root` writes them.
+        let other = serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "certificateAuthorities": [{"certChain": {"certificates": [{"rawBytes": b64(ca.as_ref())}]}}],
+        });
+        std::fs::write(&path, format!("{other}\n{root}\n")).unwrap();
+        let lines = check(&[r]).unwrap();
+        assert_eq!(lines.rules[0].id(), p.rules[0].id(), "the same CA and log");
         std::fs::write(&path, r#"{"mediaType": "application/json"}"#).unwrap();
         let r = VerifyRuleConfig {
             keyless: Some(k),

@@ -130,25 +130,23 @@ struct RawBytes {
 }
 
 /// The CA certificates and transparency-log keys of a Sigstore `trusted_root.json` (what
-/// Sigstore's TUF repository publishes, and `cosign` caches). Their `validFor` windows are not
-/// looked at; CT logs and timestamp authorities are not used; log keys of a kind not supported
-/// are left out.
+/// Sigstore's TUF repository publishes, and `cosign initialize` caches), or of several, one per
+/// line (`gh attestation trusted-root`). Their `validFor` windows are not looked at; CT logs and
+/// timestamp authorities are not used; log keys of a kind not supported are left out.
 pub fn read_trusted_root(
     path: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, Vec<TrustedKey>), String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let at = |m: String| format!("{}: {m}", path.display());
-    let root: TrustedRoot =
-        serde_json::from_slice(&text).map_err(|e| at(format!("not a trusted root: {e}")))?;
-    if !root
-        .media_type
-        .starts_with("application/vnd.dev.sigstore.trustedroot")
-    {
-        return Err(at(format!(
-            "media type {:?} is not a Sigstore trusted root",
-            root.media_type
-        )));
-    }
+    let roots: Vec<TrustedRoot> = match serde_json::from_slice(&text) {
+        Ok(root) => vec![root],
+        Err(whole) => text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.trim_ascii().is_empty())
+            .map(serde_json::from_slice)
+            .collect::<Result<_, _>>()
+            .map_err(|_| at(format!("not a trusted root: {whole}")))?,
+    };
     let raw = |what: &str, r: &RawBytes| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
@@ -156,17 +154,28 @@ pub fn read_trusted_root(
             .map_err(|e| at(format!("{what} is not base64: {e}")))
     };
     let mut certs = Vec::new();
-    for ca in &root.certificate_authorities {
-        for c in &ca.cert_chain.certificates {
-            certs.push(CertificateDer::from(raw("a CA certificate", c)?));
-        }
-    }
     let mut keys = Vec::new();
-    for t in &root.tlogs {
-        // A log whose key is of a kind not supported here vouches for nothing, rather than
-        // making the whole root unusable.
-        if let Ok(k) = TrustedKey::from_spki_der(&raw("a log key", &t.public_key)?) {
-            keys.push(k);
+    for root in &roots {
+        if !root
+            .media_type
+            .starts_with("application/vnd.dev.sigstore.trustedroot")
+        {
+            return Err(at(format!(
+                "media type {:?} is not a Sigstore trusted root",
+                root.media_type
+            )));
+        }
+        for ca in &root.certificate_authorities {
+            for c in &ca.cert_chain.certificates {
+                certs.push(CertificateDer::from(raw("a CA certificate", c)?));
+            }
+        }
+        for t in &root.tlogs {
+            // A log whose key is of a kind not supported here vouches for nothing, rather than
+            // making the whole root unusable.
+            if let Ok(k) = TrustedKey::from_spki_der(&raw("a log key", &t.public_key)?) {
+                keys.push(k);
+            }
         }
     }
     if certs.is_empty() || keys.is_empty() {
