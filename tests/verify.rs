@@ -1096,6 +1096,18 @@ async fn keyless_cosign_signatures_pass_and_each_failure_names_its_reason() {
         m.log_text().contains(&workflow("myorg/keyless")),
         "the verdict names the signer's identity"
     );
+    // `ocimirror inspect`, offline from the stored signature: the signer's identity.
+    let out = Command::new(ocimirror_bin())
+        .args(["inspect", "myorg/keyless:1", "--config"])
+        .arg(m.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let signer = format!("{} (issuer {GHA})", workflow("myorg/keyless"));
+    assert!(
+        text.contains(&format!("signature verified, key {signer}")),
+        "{text}"
+    );
     for (repo, img, reason) in &cases {
         refused(&m, repo, img, reason).await;
     }
@@ -1114,4 +1126,167 @@ async fn keyless_cosign_signatures_pass_and_each_failure_names_its_reason() {
             "{result} counted"
         );
     }
+}
+
+/// A Sigstore bundle v0.3 of `leaf`'s signature: its certificate, a log entry of `body` logged
+/// at `t` (with its inclusion promise unless `promise` is false), and `content` (the
+/// `messageSignature` or `dsseEnvelope` member).
+fn keyless_bundle(
+    fulcio: &Sigstore<'_>,
+    leaf: &Leaf,
+    body: &Value,
+    t: i64,
+    promise: bool,
+    content: (&str, Value),
+) -> Value {
+    let (body, log_id, set) = fulcio.logged(&fulcio.log_key(), body, t);
+    let kind = body_kind(&body);
+    let mut entry = json!({
+        "logIndex": "1234", "logId": {"keyId": B64.encode(hex::decode(log_id).unwrap())},
+        "kindVersion": {"kind": kind, "version": "0.0.1"}, "integratedTime": t.to_string(),
+        "canonicalizedBody": body,
+    });
+    if promise {
+        entry["inclusionPromise"] = json!({"signedEntryTimestamp": set});
+    }
+    let mut bundle = json!({
+        "mediaType": BUNDLE,
+        "verificationMaterial": {"certificate": {"rawBytes": B64.encode(&leaf.der)}, "tlogEntries": [entry]},
+    });
+    bundle[content.0] = content.1;
+    bundle
+}
+
+fn body_kind(b64_body: &str) -> String {
+    let body: Value = serde_json::from_slice(&B64.decode(b64_body).unwrap()).unwrap();
+    body["kind"].as_str().unwrap().to_owned()
+}
+
+/// A keyless `messageSignature` bundle over `img`'s manifest by `leaf`, logged at `t`.
+fn message_bundle(fulcio: &Sigstore<'_>, leaf: &Leaf, img: &Image, t: i64, promise: bool) -> Value {
+    let sig = fulcio.keys.sign(&leaf.name, &img.manifest);
+    let body = hashedrekord(hex_of(&img.digest), &sig, leaf);
+    let digest = hex::decode(hex_of(&img.digest)).unwrap();
+    let content = json!({
+        "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(&digest)},
+        "signature": B64.encode(&sig),
+    });
+    keyless_bundle(
+        fulcio,
+        leaf,
+        &body,
+        t,
+        promise,
+        ("messageSignature", content),
+    )
+}
+
+/// Keyless Sigstore bundles among the referrers: a `messageSignature` over the manifest and a
+/// DSSE envelope (logged as a `dsse` entry) pass; a bundle for another subject, and one whose
+/// log entry carries no inclusion promise, are refused with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_sigstore_bundles_in_the_referrers() {
+    let Some(keys) = Keys::new() else { return };
+    let fulcio = Sigstore::new(&keys, "fulcio");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+
+    let plain = p.push_oci_image("myorg/bundled", "1", 1831).await;
+    let leaf = fulcio.leaf("bundled", GHA, &workflow("myorg/bundled"), T0);
+    let bundle = message_bundle(&fulcio, &leaf, &plain, T0 + 30, true);
+    push_bundle(&p, "myorg/bundled", &plain, &bundle).await;
+
+    let attested = p.push_oci_image("myorg/dsse", "1", 1832).await;
+    let statement = serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{}/myorg/dsse", reg.hostport()), "digest": {"sha256": hex_of(&attested.digest)}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }))
+    .unwrap();
+    let ptype = "application/vnd.in-toto+json";
+    let pae = [
+        format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes(),
+        statement.clone(),
+    ]
+    .concat();
+    let leaf = fulcio.leaf("dsse", GHA, &workflow("myorg/dsse"), T0);
+    let sig = keys.sign("dsse", &pae);
+    let envelope = json!({"payload": B64.encode(&statement), "payloadType": ptype,
+        "signatures": [{"sig": B64.encode(&sig), "keyid": ""}]});
+    let body = json!({
+        "apiVersion": "0.0.1", "kind": "dsse",
+        "spec": {
+            "envelopeHash": {"algorithm": "sha256", "value": sha256_hex(&serde_json::to_vec(&envelope).unwrap())},
+            "payloadHash": {"algorithm": "sha256", "value": sha256_hex(&statement)},
+            "signatures": [{"signature": B64.encode(&sig), "verifier": B64.encode(&leaf.pem)}],
+        },
+    });
+    let bundle = keyless_bundle(
+        &fulcio,
+        &leaf,
+        &body,
+        T0 + 30,
+        true,
+        ("dsseEnvelope", envelope),
+    );
+    push_bundle(&p, "myorg/dsse", &attested, &bundle).await;
+
+    let other = p.push_oci_image("myorg/other", "1", 1833).await;
+    let leaf = fulcio.leaf("other", GHA, &workflow("evil/other"), T0);
+    let bundle = message_bundle(&fulcio, &leaf, &other, T0 + 30, true);
+    push_bundle(&p, "myorg/other", &other, &bundle).await;
+
+    let unpromised = p.push_oci_image("myorg/unpromised", "1", 1834).await;
+    let leaf = fulcio.leaf("unpromised", GHA, &workflow("myorg/unpromised"), T0);
+    let bundle = message_bundle(&fulcio, &leaf, &unpromised, T0 + 30, false);
+    push_bundle(&p, "myorg/unpromised", &unpromised, &bundle).await;
+
+    let m = Mirror::start(opts(
+        &reg,
+        &[keyless_rule(
+            "myorg/**",
+            &[],
+            &fulcio,
+            "https://github.com/myorg/**",
+        )],
+    ))
+    .await;
+    pull_and_check_oci(&m.hostport(), &plain, None).await;
+    pull_and_check_oci(&m.hostport(), &attested, None).await;
+    refused(&m, "myorg/other", &other, "names another identity").await;
+    refused(
+        &m,
+        "myorg/unpromised",
+        &unpromised,
+        "carries no transparency-log proof",
+    )
+    .await;
+}
+
+/// `config check` names each problem of a keyless identity by its key.
+#[test]
+fn config_check_names_keyless_problems() {
+    let Some(keys) = Keys::new() else { return };
+    let rekor = keys.ec("rekor");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mirror.yaml");
+    let text = format!(
+        "upstream: {{url: \"http://127.0.0.1:1\"}}\nverify:\n  - match: \"myorg/**\"\n    keyless:\n      roots: [{}]\n      tlog_keys: [{}]\n      issuer: \"\"\n      subject: \"/[/\"\n",
+        q(&rekor.display().to_string()),
+        q(&rekor.display().to_string()),
+    );
+    std::fs::write(&file, text).unwrap();
+    let (ok, said) = config_check(&file);
+    assert!(!ok, "config check accepted it: {said}");
+    for expected in [
+        "verify.0.keyless.roots.0",
+        "no PEM CERTIFICATE",
+        "verify.0.keyless.issuer",
+        "OIDC issuer",
+        "verify.0.keyless.subject",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not in:\n{said}");
+    }
+    assert!(!said.contains("tlog_keys"), "{said}");
 }

@@ -41,8 +41,10 @@ pub struct KeylessConfig {
     #[serde(default)]
     pub trusted_root: Option<PathBuf>,
     /// The OIDC issuer the certificate must name, exactly.
+    #[serde(default)]
     pub issuer: String,
     /// The certificate's subject (SAN URI or email), in the ACL's pattern language.
+    #[serde(default)]
     pub subject: String,
 }
 
@@ -318,8 +320,8 @@ mod tests {
             keyless: Some(k.clone()),
             ..rule("myorg/**", &[])
         };
-        let p = check(&[r.clone()]).unwrap();
-        assert_eq!(p.rules[0].files(), [path.clone()]);
+        let p = check(std::slice::from_ref(&r)).unwrap();
+        assert_eq!(p.rules[0].files(), std::slice::from_ref(&path));
         // Several, one per line, as `gh attestation trusted-root` writes them.
         let other = serde_json::json!({
             "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
