@@ -346,10 +346,7 @@ async fn reload_policy(service: Arc<TokenService>, config: PathBuf, htpasswd: Op
 }
 
 fn key_files(p: &crate::verify::Policy) -> Vec<PathBuf> {
-    p.rules
-        .iter()
-        .flat_map(|r| r.keys.iter().map(|k| k.path().to_owned()))
-        .collect()
+    p.rules.iter().flat_map(|r| r.files()).collect()
 }
 
 /// Reload the `verify` rules and their keys when the config file or a key file changes, or on

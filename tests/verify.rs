@@ -1,7 +1,9 @@
 //! Signature verification at the mirror (`verify`), against signatures made outside ocimirror:
 //! keys and signatures from the `openssl` CLI, simple-signing payloads, cosign signature
 //! manifests and Sigstore bundles built here and pushed to a real Distribution the way cosign
-//! lays them out; images pulled with skopeo.
+//! lays them out; images pulled with skopeo. Keyless signatures come from a Fulcio-like CA made
+//! here with rcgen (a root, an intermediate, short-lived code-signing leaves with Fulcio's
+//! issuer extensions) and a Rekor-like log key from openssl signing the entries built here.
 
 mod common;
 
@@ -75,6 +77,17 @@ impl Keys {
         self.dir.path().join(format!("{name}.pub"))
     }
 
+    /// The public key `name` as DER (its SubjectPublicKeyInfo), from openssl.
+    fn public_der(&self, name: &str) -> Vec<u8> {
+        let out = Command::new("openssl")
+            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+            .arg(self.public(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
     /// `openssl dgst -sha256 -sign`: an ASN.1 ECDSA signature of `data`, as cosign makes them.
     fn sign(&self, name: &str, data: &[u8]) -> Vec<u8> {
         let input = self.dir.path().join("to-sign");
@@ -109,14 +122,27 @@ fn payload(reference: &str, digest: &str) -> Vec<u8> {
 /// Push cosign's signature manifest for `target` in `name`: one layer per (payload, signature
 /// annotation), tagged `sha256-<hex>.sig`.
 async fn push_signatures(p: &Pusher, name: &str, target: &str, sigs: &[(Vec<u8>, String)]) {
+    let layers: Vec<(Vec<u8>, Value)> = sigs
+        .iter()
+        .map(|(payload, sig)| {
+            let annotations = json!({"dev.cosignproject.cosign/signature": sig});
+            (payload.clone(), annotations)
+        })
+        .collect();
+    push_signature_layers(p, name, target, &layers).await;
+}
+
+/// Push cosign's signature manifest for `target` in `name`: one layer per (payload, its
+/// annotations), tagged `sha256-<hex>.sig`.
+async fn push_signature_layers(p: &Pusher, name: &str, target: &str, sigs: &[(Vec<u8>, Value)]) {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
-    for (payload, sig) in sigs {
+    for (payload, annotations) in sigs {
         let d = p.push_blob(name, Bytes::from(payload.clone())).await;
         diff_ids.push(d.clone());
         layers.push(json!({
             "mediaType": SIMPLE_SIGNING, "size": payload.len(), "digest": d,
-            "annotations": {"dev.cosignproject.cosign/signature": sig},
+            "annotations": annotations,
         }));
     }
     let config = serde_json::to_vec(&json!({
@@ -399,20 +425,7 @@ async fn an_index_signed_once_serves_every_platform() {
     assert_eq!(r.status().as_u16(), 200, "covered by its index now");
 
     // `ocimirror inspect` checks the stored signatures offline: the verdict and the key.
-    let fingerprint = {
-        let out = Command::new("openssl")
-            .args([
-                "pkey",
-                "-pubin",
-                "-in",
-                release.to_str().unwrap(),
-                "-outform",
-                "DER",
-            ])
-            .output()
-            .unwrap();
-        format!("SHA256:{}", sha256_hex(&out.stdout))
-    };
+    let fingerprint = format!("SHA256:{}", sha256_hex(&keys.public_der("release")));
     let out = Command::new(ocimirror_bin())
         .args(["inspect", "myorg/multi:1", "--config"])
         .arg(m.config_path())
@@ -754,4 +767,528 @@ async fn a_named_upstreams_signatures_name_its_own_repository() {
         "another repository",
     )
     .await;
+}
+
+// Keyless signatures.
+
+const GHA: &str = "https://token.actions.githubusercontent.com";
+/// 2024-01-01T00:00:00Z: the leaves are valid for ten minutes from it, as Fulcio's are.
+const T0: i64 = 1_704_067_200;
+
+fn workflow(org_repo: &str) -> String {
+    format!("https://github.com/{org_repo}/.github/workflows/release.yml@refs/heads/main")
+}
+
+/// A certificate authority (rcgen): its certificate and key.
+struct Ca {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+fn ec_key() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+fn ca(common_name: &str, parent: Option<&Ca>) -> Ca {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "sigstore.test");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let key = ec_key();
+    let pem = match parent {
+        None => {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+            params.self_signed(&key).unwrap().pem()
+        }
+        Some(parent) => {
+            // Fulcio's intermediate: a CA for code signing only.
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+            let issuer = rcgen::Issuer::from_params(&parent.params, &parent.key);
+            params.signed_by(&key, &issuer).unwrap().pem()
+        }
+    };
+    Ca { params, key, pem }
+}
+
+/// A short-lived signing certificate; its key is `keys`' key pair `name` (for openssl).
+struct Leaf {
+    name: String,
+    pem: String,
+    der: Vec<u8>,
+}
+
+/// A Fulcio-like CA (a root and an intermediate) and a Rekor-like log (an openssl key pair),
+/// named `name` among `keys`.
+struct Sigstore<'k> {
+    keys: &'k Keys,
+    name: String,
+    root: Ca,
+    intermediate: Ca,
+}
+
+impl<'k> Sigstore<'k> {
+    fn new(keys: &'k Keys, name: &str) -> Self {
+        let root = ca(&format!("{name} root"), None);
+        let intermediate = ca(&format!("{name} intermediate"), Some(&root));
+        keys.ec(&format!("{name}-log"));
+        Sigstore {
+            keys,
+            name: name.into(),
+            root,
+            intermediate,
+        }
+    }
+
+    /// The CA chain as Fulcio publishes it (intermediate, then root), written to a file.
+    fn chain_file(&self) -> PathBuf {
+        let path = self
+            .keys
+            .dir
+            .path()
+            .join(format!("{}-chain.pem", self.name));
+        std::fs::write(&path, self.chain_pem()).unwrap();
+        path
+    }
+
+    fn chain_pem(&self) -> String {
+        format!("{}{}", self.intermediate.pem, self.root.pem)
+    }
+
+    fn log_key(&self) -> String {
+        format!("{}-log", self.name)
+    }
+
+    fn log_public(&self) -> PathBuf {
+        self.keys.public(&self.log_key())
+    }
+
+    /// A code-signing certificate for `subject` (a SAN URI) from OIDC `issuer`, valid from
+    /// `from` for ten minutes, with Fulcio's issuer extensions (v1 raw, v2 a UTF8String).
+    fn leaf(&self, name: &str, issuer: &str, subject: &str, from: i64) -> Leaf {
+        let key = ec_key();
+        std::fs::write(
+            self.keys.dir.path().join(format!("{name}.key")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![rcgen::SanType::URI(subject.try_into().unwrap())];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+        let mut v2 = vec![0x0c, issuer.len() as u8];
+        v2.extend_from_slice(issuer.as_bytes());
+        params.custom_extensions = vec![
+            rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 57264, 1, 1],
+                issuer.as_bytes().to_vec(),
+            ),
+            rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 8], v2),
+        ];
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + std::time::Duration::from_secs(from as u64);
+        params.not_after = epoch + std::time::Duration::from_secs(from as u64 + 600);
+        let issuer = rcgen::Issuer::from_params(&self.intermediate.params, &self.intermediate.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Leaf {
+            name: name.into(),
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// A log entry body, its log's ID (hex) and the signed entry timestamp of it logged at `t`
+    /// (integrated time) by log key `log_key`, over the RFC 8785 canonical form.
+    fn logged(&self, log_key: &str, body: &Value, t: i64) -> (String, String, String) {
+        let body = B64.encode(serde_json::to_vec(body).unwrap());
+        let log_id = sha256_hex(&self.keys.public_der(log_key));
+        let canonical = format!(
+            r#"{{"body":"{body}","integratedTime":{t},"logID":"{log_id}","logIndex":1234}}"#
+        );
+        let set = B64.encode(self.keys.sign(log_key, canonical.as_bytes()));
+        (body, log_id, set)
+    }
+}
+
+/// A hashedrekord entry body: `signature` of an artifact with SHA-256 `hex` by `leaf`.
+fn hashedrekord(hex: &str, signature: &[u8], leaf: &Leaf) -> Value {
+    json!({
+        "apiVersion": "0.0.1", "kind": "hashedrekord",
+        "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": hex}},
+            "signature": {"content": B64.encode(signature), "publicKey": {"content": B64.encode(&leaf.pem)}},
+        },
+    })
+}
+
+/// The transparency-log proof a keyless signature carries.
+enum Proof<'a> {
+    None,
+    /// Logged at this time by the CA's own log.
+    At(i64),
+    /// Logged at this time, vouched for by this log key.
+    By(&'a str, i64),
+}
+
+/// Sign `target` of `name` keylessly the way `cosign sign` does: the payload signed with the
+/// leaf's key, the certificate, chain and log entry in the layer's annotations.
+async fn cosign_sign_keyless(
+    reg: &Registry,
+    fulcio: &Sigstore<'_>,
+    leaf: &Leaf,
+    name: &str,
+    target: &str,
+    proof: Proof<'_>,
+) {
+    let pl = payload(&format!("{}/{name}", reg.hostport()), target);
+    let sig = fulcio.keys.sign(&leaf.name, &pl);
+    let mut annotations = json!({
+        "dev.cosignproject.cosign/signature": B64.encode(&sig),
+        "dev.sigstore.cosign/certificate": leaf.pem,
+        "dev.sigstore.cosign/chain": fulcio.chain_pem(),
+    });
+    let own = fulcio.log_key();
+    let logged = match proof {
+        Proof::None => None,
+        Proof::At(t) => Some((own.as_str(), t)),
+        Proof::By(key, t) => Some((key, t)),
+    };
+    if let Some((key, t)) = logged {
+        let body = hashedrekord(&sha256_hex(&pl), &sig, leaf);
+        let (body, log_id, set) = fulcio.logged(key, &body, t);
+        let bundle = json!({
+            "SignedEntryTimestamp": set,
+            "Payload": {"body": body, "integratedTime": t, "logIndex": 1234, "logID": log_id},
+        });
+        annotations["dev.sigstore.cosign/bundle"] = bundle.to_string().into();
+    }
+    push_signature_layers(&reg.pusher(), name, target, &[(pl, annotations)]).await;
+}
+
+fn keyless_rule(pattern: &str, keys: &[&Path], fulcio: &Sigstore<'_>, subject: &str) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| q(&k.display().to_string())).collect();
+    format!(
+        "  - match: {}\n    keys: [{}]\n    keyless:\n      roots: [{}]\n      tlog_keys: [{}]\n      issuer: {}\n      subject: {}\n",
+        q(pattern),
+        keys.join(", "),
+        q(&fulcio.chain_file().display().to_string()),
+        q(&fulcio.log_public().display().to_string()),
+        q(GHA),
+        q(subject),
+    )
+}
+
+/// Keyless cosign signatures (tag scheme): a Fulcio-style certificate for the rule's identity
+/// with a valid log proof passes, beside a key-based signature under the same rule; another
+/// issuer, another subject, another CA, no log proof, a proof the log's key did not sign, and
+/// a signature logged after the certificate expired are each refused with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_cosign_signatures_pass_and_each_failure_names_its_reason() {
+    let Some(keys) = Keys::new() else { return };
+    let release = keys.ec("release");
+    let fulcio = Sigstore::new(&keys, "fulcio");
+    let stranger = Sigstore::new(&keys, "stranger");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+    let sign = |repo: &str, from: &Sigstore, issuer: &str, subject: &str| {
+        from.leaf(&repo.replace('/', "-"), issuer, subject, T0)
+    };
+
+    let good = p.push_oci_image("myorg/keyless", "1", 1801).await;
+    let leaf = sign("myorg/keyless", &fulcio, GHA, &workflow("myorg/keyless"));
+    cosign_sign_keyless(
+        &reg,
+        &fulcio,
+        &leaf,
+        "myorg/keyless",
+        &good.digest,
+        Proof::At(T0 + 60),
+    )
+    .await;
+
+    let keyed = p.push_oci_image("myorg/keyed", "1", 1802).await;
+    cosign_sign(&reg, &keys, "release", "myorg/keyed", &keyed.digest).await;
+
+    let mut cases = Vec::new();
+    for (repo, seed, from, issuer, subject, proof, reason) in [
+        (
+            "myorg/issuer",
+            1803,
+            &fulcio,
+            "https://accounts.google.com",
+            workflow("myorg/issuer"),
+            Proof::At(T0 + 60),
+            "names another identity",
+        ),
+        (
+            "myorg/subject",
+            1804,
+            &fulcio,
+            GHA,
+            workflow("evil/subject"),
+            Proof::At(T0 + 60),
+            "names another identity",
+        ),
+        (
+            "myorg/untrusted",
+            1805,
+            &stranger,
+            GHA,
+            workflow("myorg/untrusted"),
+            Proof::By(&fulcio.log_key(), T0 + 60),
+            "does not chain to a trusted root",
+        ),
+        (
+            "myorg/nolog",
+            1806,
+            &fulcio,
+            GHA,
+            workflow("myorg/nolog"),
+            Proof::None,
+            "carries no transparency-log proof",
+        ),
+        (
+            "myorg/badlog",
+            1807,
+            &fulcio,
+            GHA,
+            workflow("myorg/badlog"),
+            Proof::By(&stranger.log_key(), T0 + 60),
+            "transparency-log proof of the signature",
+        ),
+        (
+            "myorg/expired",
+            1808,
+            &fulcio,
+            GHA,
+            workflow("myorg/expired"),
+            Proof::At(T0 + 1200),
+            "was not valid at signing time",
+        ),
+    ] {
+        let img = p.push_oci_image(repo, "1", seed).await;
+        let leaf = sign(repo, from, issuer, &subject);
+        cosign_sign_keyless(&reg, from, &leaf, repo, &img.digest, proof).await;
+        cases.push((repo, img, reason));
+    }
+
+    let m = Mirror::start(opts(
+        &reg,
+        &[keyless_rule(
+            "myorg/**",
+            &[&release],
+            &fulcio,
+            "https://github.com/myorg/**",
+        )],
+    ))
+    .await;
+    pull_and_check_oci(&m.hostport(), &good, None).await;
+    pull_and_check_oci(&m.hostport(), &keyed, None).await;
+    assert!(
+        m.log_text().contains(&workflow("myorg/keyless")),
+        "the verdict names the signer's identity"
+    );
+    // `ocimirror inspect`, offline from the stored signature: the signer's identity.
+    let out = Command::new(ocimirror_bin())
+        .args(["inspect", "myorg/keyless:1", "--config"])
+        .arg(m.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let signer = format!("{} (issuer {GHA})", workflow("myorg/keyless"));
+    assert!(
+        text.contains(&format!("signature verified, key {signer}")),
+        "{text}"
+    );
+    for (repo, img, reason) in &cases {
+        refused(&m, repo, img, reason).await;
+    }
+    let err = pull(&m, &cases[0].1).await.expect_err("skopeo refused");
+    assert!(err.contains("names another identity"), "{err}");
+    for result in [
+        "identity_mismatch",
+        "untrusted_chain",
+        "no_tlog_proof",
+        "tlog_invalid",
+        "expired_at_signing",
+    ] {
+        let label = format!("result=\"{result}\"");
+        assert!(
+            m.metric("ocimirror_verify_total", &[&label]).await >= 1.0,
+            "{result} counted"
+        );
+    }
+}
+
+/// A Sigstore bundle v0.3 of `leaf`'s signature: its certificate, a log entry of `body` logged
+/// at `t` (with its inclusion promise unless `promise` is false), and `content` (the
+/// `messageSignature` or `dsseEnvelope` member).
+fn keyless_bundle(
+    fulcio: &Sigstore<'_>,
+    leaf: &Leaf,
+    body: &Value,
+    t: i64,
+    promise: bool,
+    content: (&str, Value),
+) -> Value {
+    let (body, log_id, set) = fulcio.logged(&fulcio.log_key(), body, t);
+    let kind = body_kind(&body);
+    let mut entry = json!({
+        "logIndex": "1234", "logId": {"keyId": B64.encode(hex::decode(log_id).unwrap())},
+        "kindVersion": {"kind": kind, "version": "0.0.1"}, "integratedTime": t.to_string(),
+        "canonicalizedBody": body,
+    });
+    if promise {
+        entry["inclusionPromise"] = json!({"signedEntryTimestamp": set});
+    }
+    let mut bundle = json!({
+        "mediaType": BUNDLE,
+        "verificationMaterial": {"certificate": {"rawBytes": B64.encode(&leaf.der)}, "tlogEntries": [entry]},
+    });
+    bundle[content.0] = content.1;
+    bundle
+}
+
+fn body_kind(b64_body: &str) -> String {
+    let body: Value = serde_json::from_slice(&B64.decode(b64_body).unwrap()).unwrap();
+    body["kind"].as_str().unwrap().to_owned()
+}
+
+/// A keyless `messageSignature` bundle over `img`'s manifest by `leaf`, logged at `t`.
+fn message_bundle(fulcio: &Sigstore<'_>, leaf: &Leaf, img: &Image, t: i64, promise: bool) -> Value {
+    let sig = fulcio.keys.sign(&leaf.name, &img.manifest);
+    let body = hashedrekord(hex_of(&img.digest), &sig, leaf);
+    let digest = hex::decode(hex_of(&img.digest)).unwrap();
+    let content = json!({
+        "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(&digest)},
+        "signature": B64.encode(&sig),
+    });
+    keyless_bundle(
+        fulcio,
+        leaf,
+        &body,
+        t,
+        promise,
+        ("messageSignature", content),
+    )
+}
+
+/// Keyless Sigstore bundles among the referrers: a `messageSignature` over the manifest and a
+/// DSSE envelope (logged as a `dsse` entry) pass; a bundle for another subject, and one whose
+/// log entry carries no inclusion promise, are refused with their reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_sigstore_bundles_in_the_referrers() {
+    let Some(keys) = Keys::new() else { return };
+    let fulcio = Sigstore::new(&keys, "fulcio");
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let p = reg.pusher();
+
+    let plain = p.push_oci_image("myorg/bundled", "1", 1831).await;
+    let leaf = fulcio.leaf("bundled", GHA, &workflow("myorg/bundled"), T0);
+    let bundle = message_bundle(&fulcio, &leaf, &plain, T0 + 30, true);
+    push_bundle(&p, "myorg/bundled", &plain, &bundle).await;
+
+    let attested = p.push_oci_image("myorg/dsse", "1", 1832).await;
+    let statement = serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{}/myorg/dsse", reg.hostport()), "digest": {"sha256": hex_of(&attested.digest)}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }))
+    .unwrap();
+    let ptype = "application/vnd.in-toto+json";
+    let pae = [
+        format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes(),
+        statement.clone(),
+    ]
+    .concat();
+    let leaf = fulcio.leaf("dsse", GHA, &workflow("myorg/dsse"), T0);
+    let sig = keys.sign("dsse", &pae);
+    let envelope = json!({"payload": B64.encode(&statement), "payloadType": ptype,
+        "signatures": [{"sig": B64.encode(&sig), "keyid": ""}]});
+    let body = json!({
+        "apiVersion": "0.0.1", "kind": "dsse",
+        "spec": {
+            "envelopeHash": {"algorithm": "sha256", "value": sha256_hex(&serde_json::to_vec(&envelope).unwrap())},
+            "payloadHash": {"algorithm": "sha256", "value": sha256_hex(&statement)},
+            "signatures": [{"signature": B64.encode(&sig), "verifier": B64.encode(&leaf.pem)}],
+        },
+    });
+    let bundle = keyless_bundle(
+        &fulcio,
+        &leaf,
+        &body,
+        T0 + 30,
+        true,
+        ("dsseEnvelope", envelope),
+    );
+    push_bundle(&p, "myorg/dsse", &attested, &bundle).await;
+
+    let other = p.push_oci_image("myorg/other", "1", 1833).await;
+    let leaf = fulcio.leaf("other", GHA, &workflow("evil/other"), T0);
+    let bundle = message_bundle(&fulcio, &leaf, &other, T0 + 30, true);
+    push_bundle(&p, "myorg/other", &other, &bundle).await;
+
+    let unpromised = p.push_oci_image("myorg/unpromised", "1", 1834).await;
+    let leaf = fulcio.leaf("unpromised", GHA, &workflow("myorg/unpromised"), T0);
+    let bundle = message_bundle(&fulcio, &leaf, &unpromised, T0 + 30, false);
+    push_bundle(&p, "myorg/unpromised", &unpromised, &bundle).await;
+
+    let m = Mirror::start(opts(
+        &reg,
+        &[keyless_rule(
+            "myorg/**",
+            &[],
+            &fulcio,
+            "https://github.com/myorg/**",
+        )],
+    ))
+    .await;
+    pull_and_check_oci(&m.hostport(), &plain, None).await;
+    pull_and_check_oci(&m.hostport(), &attested, None).await;
+    refused(&m, "myorg/other", &other, "names another identity").await;
+    refused(
+        &m,
+        "myorg/unpromised",
+        &unpromised,
+        "carries no transparency-log proof",
+    )
+    .await;
+}
+
+/// `config check` names each problem of a keyless identity by its key.
+#[test]
+fn config_check_names_keyless_problems() {
+    let Some(keys) = Keys::new() else { return };
+    let rekor = keys.ec("rekor");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mirror.yaml");
+    let text = format!(
+        "upstream: {{url: \"http://127.0.0.1:1\"}}\nverify:\n  - match: \"myorg/**\"\n    keyless:\n      roots: [{}]\n      tlog_keys: [{}]\n      issuer: \"\"\n      subject: \"/[/\"\n",
+        q(&rekor.display().to_string()),
+        q(&rekor.display().to_string()),
+    );
+    std::fs::write(&file, text).unwrap();
+    let (ok, said) = config_check(&file);
+    assert!(!ok, "config check accepted it: {said}");
+    for expected in [
+        "verify.0.keyless.roots.0",
+        "no PEM CERTIFICATE",
+        "verify.0.keyless.issuer",
+        "OIDC issuer",
+        "verify.0.keyless.subject",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not in:\n{said}");
+    }
+    assert!(!said.contains("tlog_keys"), "{said}");
 }

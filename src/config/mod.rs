@@ -953,7 +953,10 @@ mod tests {
         c.expiry = Some(ExpiryConfig::default());
         c.tls = Some(TlsConfig::default());
         c.cluster = Some(ClusterConfig::default());
-        c.verify = vec![VerifyRuleConfig::default()];
+        c.verify = vec![VerifyRuleConfig {
+            keyless: Some(Default::default()),
+            ..Default::default()
+        }];
         c.auth = Some(AuthConfig {
             github_auth: Some(crate::auth::authn::GitHubConfig {
                 organization: Some(String::new()),

@@ -1,13 +1,17 @@
 //! Sigstore bundles (`application/vnd.dev.sigstore.bundle.v0.3+json`) attached to a manifest as
-//! referrers, verified with a configured key (no certificate, no transparency log): either a
-//! `messageSignature` over the manifest's bytes (its `messageDigest` must be the manifest's
-//! digest), or a DSSE envelope whose in-toto statement names the manifest's digest as subject.
+//! referrers: either a `messageSignature` over the manifest's bytes (its `messageDigest` must be
+//! the manifest's digest), or a DSSE envelope whose in-toto statement names the manifest's
+//! digest as subject. Verified with a configured key, or keyless: with the certificate in
+//! `verificationMaterial` (`certificate`, or v0.1/v0.2's `x509CertificateChain`) and the
+//! transparency-log entries beside it (`tlogEntries`, their `inclusionPromise`).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
+use super::keyless::{Evidence, Keyless, KeylessFailure};
 use super::keys::TrustedKey;
+use super::tlog::{BundleEntry, LogEntry, Signed};
 use crate::oci::Digest;
 
 pub const BUNDLE_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -18,8 +22,72 @@ pub const MAX_BUNDLE: u64 = 256 * 1024;
 #[serde(rename_all = "camelCase")]
 struct Bundle {
     media_type: String,
+    #[serde(default)]
+    verification_material: Material,
     message_signature: Option<MessageSignature>,
     dsse_envelope: Option<Envelope>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Material {
+    certificate: Option<RawBytes>,
+    x509_certificate_chain: Option<CertificateChain>,
+    #[serde(default)]
+    tlog_entries: Vec<BundleEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBytes {
+    raw_bytes: String,
+}
+
+#[derive(Deserialize)]
+struct CertificateChain {
+    certificates: Vec<RawBytes>,
+}
+
+/// A keyless bundle's certificate (DER), the certificates that came with it, and its log
+/// entries.
+struct KeylessMaterial {
+    certificate: Vec<u8>,
+    chain: Vec<Vec<u8>>,
+    log: Vec<LogEntry>,
+}
+
+impl Material {
+    /// None when the bundle carries no certificate (a key-based bundle).
+    fn keyless(&self) -> Option<Result<KeylessMaterial, BundleFailure>> {
+        let certs: Vec<&RawBytes> = match (&self.certificate, &self.x509_certificate_chain) {
+            (Some(c), _) => vec![c],
+            (None, Some(chain)) => chain.certificates.iter().collect(),
+            (None, None) => return None,
+        };
+        let parts = || {
+            if certs.is_empty() {
+                return Err(BundleFailure::Malformed(
+                    "bundle x509CertificateChain without a certificate".into(),
+                ));
+            }
+            let der = |r: &RawBytes| b64("certificate", &r.raw_bytes);
+            let log = self
+                .tlog_entries
+                .iter()
+                .map(LogEntry::from_bundle_entry)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| BundleFailure::Malformed(format!("bundle tlog entry: {m}")))?;
+            Ok(KeylessMaterial {
+                certificate: der(certs[0])?,
+                chain: certs[1..]
+                    .iter()
+                    .map(|c| der(c))
+                    .collect::<Result<_, _>>()?,
+                log,
+            })
+        };
+        Some(parts())
+    }
 }
 
 #[derive(Deserialize)]
@@ -60,10 +128,11 @@ struct Subject {
     digest: std::collections::HashMap<String, String>,
 }
 
-/// How a bundle failed, most telling last (the caller keeps the most telling of several).
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// How a bundle failed.
+#[derive(Debug, PartialEq, Eq)]
 pub enum BundleFailure {
     NoTrustedKey,
+    Keyless(KeylessFailure),
     Malformed(String),
     OtherDigest(String),
     OtherRepository(String),
@@ -75,14 +144,42 @@ fn b64(field: &str, s: &str) -> Result<Vec<u8>, BundleFailure> {
         .map_err(|e| BundleFailure::Malformed(format!("bundle {field} is not base64: {e}")))
 }
 
-/// Check `bundle` for the manifest `body` (`digest`) of `repo` against `keys`; the fingerprint
-/// of the key that verified it.
+/// Who made `signature` over `signed`: the fingerprint of the key in `keys` it verifies with, or
+/// the identity of the keyless signer `keyless` trusts.
+fn signer(
+    material: &Material,
+    signed: Signed<'_>,
+    signature: &[u8],
+    keys: &[TrustedKey],
+    keyless: Option<&Keyless>,
+) -> Result<String, BundleFailure> {
+    if let Some(k) = keys.iter().find(|k| k.verifies(signed.bytes(), signature)) {
+        return Ok(k.fingerprint().to_owned());
+    }
+    let (Some(keyless), Some(m)) = (keyless, material.keyless()) else {
+        return Err(BundleFailure::NoTrustedKey);
+    };
+    let m = m?;
+    keyless
+        .verify(&Evidence {
+            certificate: &m.certificate,
+            chain: &m.chain,
+            signature,
+            signed,
+            log: &m.log,
+        })
+        .map_err(BundleFailure::Keyless)
+}
+
+/// Check `bundle` for the manifest `body` (`digest`) of `repo` against `keys` and `keyless`;
+/// the fingerprint of the key that verified it, or the keyless signer's identity.
 pub fn verify(
     bundle: &[u8],
     digest: &Digest,
     body: &[u8],
     reference_matches: impl Fn(&str) -> bool,
     keys: &[TrustedKey],
+    keyless: Option<&Keyless>,
 ) -> Result<String, BundleFailure> {
     let b: Bundle = serde_json::from_slice(bundle)
         .map_err(|e| BundleFailure::Malformed(format!("bundle: {e}")))?;
@@ -112,11 +209,8 @@ pub fn verify(
             )));
         }
         let sig = b64("signature", &m.signature)?;
-        return keys
-            .iter()
-            .find(|k| k.verifies(body, &sig))
-            .map(|k| k.fingerprint().to_owned())
-            .ok_or(BundleFailure::NoTrustedKey);
+        let material = &b.verification_material;
+        return signer(material, Signed::Message(body), &sig, keys, keyless);
     }
     let Some(env) = b.dsse_envelope else {
         return Err(BundleFailure::Malformed(
@@ -135,15 +229,19 @@ pub fn verify(
         payload.clone(),
     ]
     .concat();
-    let mut key = None;
+    let mut key = Err(BundleFailure::NoTrustedKey);
     for s in &env.signatures {
         let sig = b64("signature", &s.sig)?;
-        if let Some(k) = keys.iter().find(|k| k.verifies(&pae, &sig)) {
-            key = Some(k.fingerprint().to_owned());
+        let signed = Signed::Dsse {
+            payload: &payload,
+            pae: &pae,
+        };
+        key = signer(&b.verification_material, signed, &sig, keys, keyless);
+        if key.is_ok() {
             break;
         }
     }
-    let key = key.ok_or(BundleFailure::NoTrustedKey)?;
+    let key = key?;
     let st: Statement = serde_json::from_slice(&payload)
         .map_err(|e| BundleFailure::Malformed(format!("in-toto statement: {e}")))?;
     let subject = st

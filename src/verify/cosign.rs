@@ -2,14 +2,21 @@
 //! `sha256-<hex>.sig` in the same repository, each a simple-signing payload with its signature
 //! (base64) in the `dev.cosignproject.cosign/signature` annotation. The payload names the
 //! digest (`critical.image.docker-manifest-digest`) and the repository
-//! (`critical.identity.docker-reference`) it was signed for.
+//! (`critical.identity.docker-reference`) it was signed for. A keyless signature adds its
+//! certificate (`dev.sigstore.cosign/certificate`, PEM), the chain up to its root
+//! (`dev.sigstore.cosign/chain`) and its transparency-log entry (`dev.sigstore.cosign/bundle`).
 
 use base64::Engine;
 use serde::Deserialize;
 
+use super::keyless::parse_pem_certificates;
+use super::tlog::LogEntry;
 use crate::oci::Digest;
 
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// Payloads are a few hundred bytes; anything much larger is not one.
 pub const MAX_PAYLOAD: u64 = 64 * 1024;
@@ -35,11 +42,55 @@ struct Layer {
     annotations: std::collections::HashMap<String, String>,
 }
 
-/// One signature: the payload blob it covers and the signature bytes.
+/// One signature: the payload blob it covers and the signature bytes; for a keyless one, the
+/// annotations with its certificate, chain and log entry (read only when a rule trusts keyless
+/// signatures: a key-based signature verifies whatever else it carries).
 pub struct Signature {
     pub payload: Digest,
     pub payload_size: u64,
     pub signature: Vec<u8>,
+    certificate: Option<String>,
+    chain: Option<String>,
+    bundle: Option<String>,
+}
+
+/// A keyless signature's certificate (DER), the chain that came with it, and its log entries.
+pub struct KeylessParts {
+    pub certificate: Vec<u8>,
+    pub chain: Vec<Vec<u8>>,
+    pub log: Vec<LogEntry>,
+}
+
+fn certificates(name: &str, pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    let certs = parse_pem_certificates(pem.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    Ok(certs.into_iter().map(|c| c.as_ref().to_vec()).collect())
+}
+
+impl Signature {
+    /// None for a signature without a certificate; `Err` when its annotations do not parse.
+    pub fn keyless(&self) -> Option<Result<KeylessParts, String>> {
+        let pem = self.certificate.as_ref()?;
+        let parts = || {
+            let certificate = certificates("certificate annotation", pem)?
+                .into_iter()
+                .next()
+                .ok_or("certificate annotation without a certificate")?;
+            let chain = match &self.chain {
+                None => Vec::new(),
+                Some(pem) => certificates("chain annotation", pem)?,
+            };
+            let log = match &self.bundle {
+                None => Vec::new(),
+                Some(json) => vec![LogEntry::from_cosign_annotation(json)?],
+            };
+            Ok(KeylessParts {
+                certificate,
+                chain,
+                log,
+            })
+        };
+        Some(parts())
+    }
 }
 
 /// The signatures a `.sig` manifest carries; `Err` when it is not one.
@@ -47,7 +98,7 @@ pub fn signatures(manifest: &[u8]) -> Result<Vec<Signature>, String> {
     let m: SigManifest =
         serde_json::from_slice(manifest).map_err(|e| format!("signature manifest: {e}"))?;
     let mut out = Vec::new();
-    for l in m.layers {
+    for mut l in m.layers {
         let Some(sig) = l.annotations.get(SIGNATURE_ANNOTATION) else {
             continue;
         };
@@ -58,10 +109,14 @@ pub fn signatures(manifest: &[u8]) -> Result<Vec<Signature>, String> {
             .decode(sig.trim())
             .map_err(|e| format!("signature annotation is not base64: {e}"))?;
         let payload = Digest::parse(&l.digest).map_err(|e| format!("payload digest: {e}"))?;
+        let mut annotation = |name: &str| l.annotations.remove(name);
         out.push(Signature {
             payload,
             payload_size: l.size,
             signature,
+            certificate: annotation(CERTIFICATE_ANNOTATION),
+            chain: annotation(CHAIN_ANNOTATION),
+            bundle: annotation(BUNDLE_ANNOTATION),
         });
     }
     Ok(out)

@@ -110,12 +110,13 @@ impl TrustedKey {
     }
 
     /// Whether `signature` is this key's signature of `message`: ECDSA as ASN.1 DER with
-    /// SHA-256 (P-256) or SHA-384 (P-384), RSA PKCS#1 v1.5 or PSS with SHA-256, Ed25519 over
+    /// SHA-256 (P-256) or SHA-384 or SHA-256 (P-384: Sigstore's clients have signed with
+    /// either), RSA PKCS#1 v1.5 or PSS with SHA-256, Ed25519 over
     /// the message itself; what `cosign sign` and `openssl dgst -sign` write.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         let algs: &[&'static dyn sig::VerificationAlgorithm] = match self.algorithm {
             Algorithm::EcdsaP256 => &[&sig::ECDSA_P256_SHA256_ASN1],
-            Algorithm::EcdsaP384 => &[&sig::ECDSA_P384_SHA384_ASN1],
+            Algorithm::EcdsaP384 => &[&sig::ECDSA_P384_SHA384_ASN1, &sig::ECDSA_P384_SHA256_ASN1],
             Algorithm::Rsa => &[
                 &sig::RSA_PKCS1_2048_8192_SHA256,
                 &sig::RSA_PSS_2048_8192_SHA256,
@@ -221,6 +222,22 @@ mod tests {
             assert!(!k.verifies(b"payloaD", &s), "{name} tampered");
             keys.push((k, s));
         }
+        // P-384 with SHA-256, as Sigstore's clients have signed too.
+        openssl(
+            &[
+                "dgst",
+                "-sha256",
+                "-sign",
+                "p384.key",
+                "-out",
+                "p384-256.sig",
+                "msg",
+            ],
+            d,
+        )
+        .expect("sign");
+        let s = std::fs::read(d.join("p384-256.sig")).unwrap();
+        assert!(keys[1].0.verifies(b"payload", &s), "p384 sha256");
         for (i, (k, _)) in keys.iter().enumerate() {
             for (j, (_, s)) in keys.iter().enumerate() {
                 if i != j {

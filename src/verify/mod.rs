@@ -1,7 +1,9 @@
 //! Signature verification at the mirror: which repositories must be signed and by which keys
-//! (`config.rs`, an ordered list of rules in the ACL's pattern language), the keys themselves
-//! (`keys.rs`), and how a manifest's signatures are found and checked: cosign's tag scheme
-//! (`cosign.rs`) and Sigstore bundles among its referrers (`bundle.rs`). The registry asks
+//! or keyless identities (`config.rs`, an ordered list of rules in the ACL's pattern language),
+//! the keys themselves (`keys.rs`), keyless trust (`keyless.rs`: Fulcio-style certificates,
+//! with their transparency-log proof in `tlog.rs`), and how a manifest's signatures are found
+//! and checked: cosign's tag scheme (`cosign.rs`) and Sigstore bundles among its referrers
+//! (`bundle.rs`). The registry asks
 //! [`Policy::rule_for`] and [`verify`] and fetches the signatures for it through its ordinary
 //! pull path ([`SignatureSource`]), so they are cached like any content; verdicts are cached by
 //! the registry under [`Rule::id`], which changes with the rule's key set.
@@ -9,7 +11,9 @@
 pub mod bundle;
 pub mod config;
 pub mod cosign;
+pub mod keyless;
 pub mod keys;
+pub mod tlog;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::acl::NamePattern;
 use crate::oci::{Digest, RepoName};
+use keyless::{Keyless, KeylessFailure};
 use keys::TrustedKey;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,21 +38,33 @@ pub enum Mode {
     Warn,
 }
 
-/// One rule: the repositories it covers and the keys their manifests must be signed by.
+/// One rule: the repositories it covers and the keys (or keyless identity) their manifests
+/// must be signed by.
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub source: String,
     pattern: Arc<NamePattern>,
     pub keys: Vec<TrustedKey>,
+    pub keyless: Option<Arc<Keyless>>,
     pub mode: Mode,
     id: String,
 }
 
 impl Rule {
-    pub fn new(source: String, pattern: NamePattern, keys: Vec<TrustedKey>, mode: Mode) -> Self {
+    pub fn new(
+        source: String,
+        pattern: NamePattern,
+        keys: Vec<TrustedKey>,
+        keyless: Option<Keyless>,
+        mode: Mode,
+    ) -> Self {
         let mut prints: Vec<&str> = keys.iter().map(|k| k.fingerprint()).collect();
         prints.sort_unstable();
-        let id_input = format!("{source}\n{}", prints.join("\n"));
+        let mut id_input = format!("{source}\n{}", prints.join("\n"));
+        if let Some(k) = &keyless {
+            id_input.push_str("\nkeyless\n");
+            id_input.push_str(&k.id_input());
+        }
         let id = hex::encode(
             &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id_input.as_bytes()).as_ref()
                 [..12],
@@ -56,13 +73,24 @@ impl Rule {
             source,
             pattern: Arc::new(pattern),
             keys,
+            keyless: keyless.map(Arc::new),
             mode,
             id,
         }
     }
 
-    /// What a verdict under this rule is cached by: its pattern and key set, so that a changed
-    /// key set (reload) finds none of the old verdicts.
+    /// The key and certificate files the rule was read from (watched for reloads).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        let keyless = self.keyless.iter().flat_map(|k| k.files().iter().cloned());
+        self.keys
+            .iter()
+            .map(|k| k.path().to_owned())
+            .chain(keyless)
+            .collect()
+    }
+
+    /// What a verdict under this rule is cached by: its pattern, key set and keyless trust, so
+    /// that a changed key set (reload) finds none of the old verdicts.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -149,6 +177,16 @@ pub enum Refusal {
     OtherDigest { digest: String, found: String },
     #[error("the signature for {digest} was made for another repository ({found})")]
     OtherRepository { digest: String, found: String },
+    #[error("the certificate signing {digest} does not chain to a trusted root: {reason}")]
+    UntrustedChain { digest: String, reason: String },
+    #[error("the certificate signing {digest} names another identity: {reason}")]
+    IdentityMismatch { digest: String, reason: String },
+    #[error("the keyless signature of {digest} carries no transparency-log proof")]
+    NoTlogProof { digest: String },
+    #[error("the transparency-log proof of the signature for {digest} is invalid: {reason}")]
+    TlogInvalid { digest: String, reason: String },
+    #[error("the certificate signing {digest} was not valid at signing time: {reason}")]
+    NotValidAtSigningTime { digest: String, reason: String },
 }
 
 impl Refusal {
@@ -160,23 +198,52 @@ impl Refusal {
             Refusal::Malformed { .. } => "malformed",
             Refusal::OtherDigest { .. } => "other_digest",
             Refusal::OtherRepository { .. } => "other_repository",
+            Refusal::UntrustedChain { .. } => "untrusted_chain",
+            Refusal::IdentityMismatch { .. } => "identity_mismatch",
+            Refusal::NoTlogProof { .. } => "no_tlog_proof",
+            Refusal::TlogInvalid { .. } => "tlog_invalid",
+            Refusal::NotValidAtSigningTime { .. } => "expired_at_signing",
+        }
+    }
+
+    fn keyless(digest: &str, f: KeylessFailure) -> Refusal {
+        let digest = digest.to_owned();
+        match f {
+            KeylessFailure::Malformed(reason) => Refusal::Malformed { digest, reason },
+            KeylessFailure::UntrustedChain(reason) => Refusal::UntrustedChain { digest, reason },
+            KeylessFailure::IdentityMismatch(reason) => {
+                Refusal::IdentityMismatch { digest, reason }
+            }
+            KeylessFailure::BadSignature => Refusal::NoTrustedKey { digest },
+            KeylessFailure::NoTlogProof => Refusal::NoTlogProof { digest },
+            KeylessFailure::TlogInvalid(reason) => Refusal::TlogInvalid { digest, reason },
+            KeylessFailure::NotValidAtSigningTime(reason) => {
+                Refusal::NotValidAtSigningTime { digest, reason }
+            }
         }
     }
 
     /// The more telling of several failures: a signature that verified but names something
-    /// else says more than one that did not verify, which says more than none at all.
+    /// else says more than one that did not verify, which says more than none at all; a
+    /// keyless signature says more the further its checks went.
     fn rank(&self) -> u8 {
         match self {
             Refusal::NoSignature { .. } => 0,
             Refusal::NoTrustedKey { .. } => 1,
-            Refusal::Malformed { .. } => 2,
-            Refusal::OtherDigest { .. } => 3,
-            Refusal::OtherRepository { .. } => 4,
+            Refusal::UntrustedChain { .. } => 2,
+            Refusal::IdentityMismatch { .. } => 3,
+            Refusal::NoTlogProof { .. } => 4,
+            Refusal::TlogInvalid { .. } => 5,
+            Refusal::NotValidAtSigningTime { .. } => 6,
+            Refusal::Malformed { .. } => 7,
+            Refusal::OtherDigest { .. } => 8,
+            Refusal::OtherRepository { .. } => 9,
         }
     }
 }
 
-/// A signature that verified: by which key, found how.
+/// A signature that verified: by which key (its fingerprint, or a keyless signer's subject and
+/// issuer), found how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passed {
     pub key: String,
@@ -330,14 +397,33 @@ async fn check_cosign(
     let Some(payload) = src.blob(repo, &s.payload, cosign::MAX_PAYLOAD).await? else {
         return Ok(Err(malformed(format!("payload {} is missing", s.payload))));
     };
-    let Some(key) = rule
-        .keys
-        .iter()
-        .find(|k| k.verifies(&payload, &s.signature))
-    else {
-        return Ok(Err(Refusal::NoTrustedKey {
-            digest: d.to_owned(),
-        }));
+    let signer = match (
+        rule.keys
+            .iter()
+            .find(|k| k.verifies(&payload, &s.signature)),
+        &rule.keyless,
+        s.keyless(),
+    ) {
+        (Some(key), _, _) => key.fingerprint().to_owned(),
+        (None, Some(_), Some(Err(reason))) => return Ok(Err(malformed(reason))),
+        (None, Some(keyless), Some(Ok(parts))) => {
+            let ev = keyless::Evidence {
+                certificate: &parts.certificate,
+                chain: &parts.chain,
+                signature: &s.signature,
+                signed: tlog::Signed::Message(&payload),
+                log: &parts.log,
+            };
+            match keyless.verify(&ev) {
+                Ok(identity) => identity,
+                Err(f) => return Ok(Err(Refusal::keyless(d, f))),
+            }
+        }
+        _ => {
+            return Ok(Err(Refusal::NoTrustedKey {
+                digest: d.to_owned(),
+            }));
+        }
     };
     let claim = match cosign::claim(&payload) {
         Ok(c) => c,
@@ -355,7 +441,7 @@ async fn check_cosign(
             found: claim.reference,
         }));
     }
-    Ok(Ok(key.fingerprint().to_owned()))
+    Ok(Ok(signer))
 }
 
 async fn check_bundle(
@@ -391,9 +477,11 @@ async fn check_bundle(
     };
     use bundle::BundleFailure as F;
     let names = |r: &str| reference_names(r, signed.as_str());
+    let keyless = rule.keyless.as_deref();
     Ok(
-        bundle::verify(&b, digest, body, names, &rule.keys).map_err(|f| match f {
+        bundle::verify(&b, digest, body, names, &rule.keys, keyless).map_err(|f| match f {
             F::NoTrustedKey => Refusal::NoTrustedKey { digest: d.clone() },
+            F::Keyless(f) => Refusal::keyless(&d, f),
             F::Malformed(reason) => Refusal::Malformed {
                 digest: d.clone(),
                 reason,
