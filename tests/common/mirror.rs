@@ -96,6 +96,10 @@ impl MirrorOpts {
         self.storage_yaml = Some(y);
         self
     }
+    /// The upstream's `username` and `password`.
+    pub fn login(self, user: &str, password: &str) -> Self {
+        self.up("username", &q(user)).up("password", &q(password))
+    }
     /// Short upstream timeouts, for tests with a misbehaving upstream.
     pub fn short_timeouts(self) -> Self {
         self.up("connect_timeout", "1s")
@@ -305,6 +309,30 @@ impl Mirror {
     }
     pub fn get_blob(&self, name: &str, digest: &str) -> reqwest::RequestBuilder {
         self.get(&format!("/v2/{name}/blobs/{digest}"))
+    }
+
+    /// Ask for `name:reference` until it is served (up to 30 s: a bound on a hang, not a
+    /// measure) and return that answer; while it is not, every answer must have status
+    /// `meanwhile`, when given.
+    pub async fn manifest_once_served(
+        &self,
+        name: &str,
+        reference: &str,
+        meanwhile: Option<u16>,
+        what: &str,
+    ) -> reqwest::Response {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get_manifest(name, reference).send().await.unwrap();
+            if r.status().as_u16() == 200 {
+                return r;
+            }
+            if let Some(status) = meanwhile {
+                assert_eq!(r.status().as_u16(), status, "{what}");
+            }
+            assert!(Instant::now() < deadline, "{what}: still {}", r.status());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
