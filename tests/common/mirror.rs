@@ -303,9 +303,12 @@ impl Mirror {
     pub fn head(&self, path: &str) -> reqwest::RequestBuilder {
         client().head(format!("{}{}", self.url(), path))
     }
+    /// A GET of `path` accepting every manifest type, as a pulling client sends it.
+    pub fn get_accepting(&self, path: &str) -> reqwest::RequestBuilder {
+        self.get(path).header("accept", ACCEPT_MANIFESTS)
+    }
     pub fn get_manifest(&self, name: &str, reference: &str) -> reqwest::RequestBuilder {
-        self.get(&format!("/v2/{name}/manifests/{reference}"))
-            .header("accept", ACCEPT_MANIFESTS)
+        self.get_accepting(&format!("/v2/{name}/manifests/{reference}"))
     }
     pub fn get_blob(&self, name: &str, digest: &str) -> reqwest::RequestBuilder {
         self.get(&format!("/v2/{name}/blobs/{digest}"))
@@ -395,6 +398,14 @@ pub fn config_check(file: &Path) -> (bool, String) {
     )
 }
 
+/// `ocimirror config check` of `yaml`, written to a file of its own: (passed, stderr).
+pub fn config_check_yaml(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    config_check(&file)
+}
+
 /// `ocimirror keygen` into `dir`: (key path, certificate path).
 pub fn ocimirror_keygen(dir: &std::path::Path) -> (String, String) {
     let key = dir.join("token.key");
@@ -459,7 +470,11 @@ pub fn ocimirror_hash_password(pw: &str) -> String {
         .write_all(pw.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "hash-password: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
