@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,24 +47,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-/// `echo -n pw | ocimirror hash-password --cost 4`.
+/// `echo -n pw | ocimirror hash-password --cost 4`, checked to be a cost-4 bcrypt hash.
 fn hash_password(pw: &str) -> String {
-    let mut child = Command::new(bin())
-        .args(["hash-password", "--cost", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pw.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "hash-password: {}", text(&out.stderr));
-    let h = text(&out.stdout).trim().to_string();
+    let h = ocimirror_hash_password(pw);
     assert!(
         h.starts_with("$2") && h.contains("$04$"),
         "not a cost-4 bcrypt hash: {h:?}"
@@ -484,12 +468,7 @@ async fn challenges_and_token_responses_follow_the_token_spec() {
         format!("/v2/myorg/team/app/blobs/{}", img.layers[0].digest),
         "/v2/myorg/team/app/tags/list".to_string(),
     ] {
-        let r = m
-            .get(&path)
-            .header("accept", ACCEPT_MANIFESTS)
-            .send()
-            .await
-            .unwrap();
+        let r = m.get_accepting(&path).send().await.unwrap();
         let h = expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
         assert_eq!(
             header(&h, "www-authenticate"),
@@ -1135,12 +1114,7 @@ async fn upstream_allow_list_denies_without_fetching() {
         // Prefix look-alikes are outside the list too.
         "/v2/myorgx/app/manifests/v1".to_string(),
     ] {
-        let r = m
-            .get(&path)
-            .header("accept", ACCEPT_MANIFESTS)
-            .send()
-            .await
-            .unwrap();
+        let r = m.get_accepting(&path).send().await.unwrap();
         expect_oci_error(r, 403, &["DENIED"]).await;
     }
     let r = m
@@ -1666,6 +1640,45 @@ fn manifest_json(media_type: &str, config: &Descriptor, layers: Vec<Value>) -> V
     .unwrap()
 }
 
+/// An attacker's manifest planted as `myorg/app:<tag>`: its own config, and for layers the
+/// digests and sizes of someone else's blobs, pointing elsewhere.
+struct Planted {
+    tag: &'static str,
+    manifest_type: &'static str,
+    config_type: &'static str,
+    os: &'static str,
+}
+
+impl Planted {
+    /// Push it with `p`, the layer descriptors of `secret` typed `layer_type(i)`; its bytes.
+    async fn push(
+        &self,
+        p: &Pusher,
+        secret: &[Descriptor],
+        layer_type: impl Fn(usize) -> &'static str,
+    ) -> Vec<u8> {
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"{}","rootfs":{{"type":"layers"}}}}"#,
+            self.os
+        )
+        .into_bytes();
+        let config_d = Descriptor::of(self.config_type, &config);
+        p.push_blob("myorg/app", config.into()).await;
+        let layers = secret
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                json!({"mediaType": layer_type(i), "digest": d.digest, "size": d.size,
+                       "urls": ["http://127.0.0.1:9/layer.tar.gz"]})
+            })
+            .collect();
+        let manifest = manifest_json(self.manifest_type, &config_d, layers);
+        p.push_manifest("myorg/app", self.tag, self.manifest_type, &manifest)
+            .await;
+        manifest
+    }
+}
+
 /// The attack of issue "cross-repository blob disclosure": a private image pulled by its user,
 /// and on a second upstream (a real Distribution accepting foreign layers) an attacker's
 /// manifests whose foreign-layer / cross-repository descriptors carry the private image's
@@ -1707,45 +1720,30 @@ async fn a_planted_manifest_on_a_second_upstream_cannot_read_a_private_images_bl
     .await;
     let p2 = up2.pusher();
     let secret: Vec<Descriptor> = legacy.all_blobs();
-    let foreign = |mt: &str, d: &Descriptor| {
-        json!({"mediaType": mt, "digest": d.digest, "size": d.size,
-               "urls": ["http://127.0.0.1:9/layer.tar.gz"]})
-    };
     // Docker schema 2 with foreign layers.
-    let dcfg = br#"{"architecture":"amd64","os":"windows","rootfs":{"type":"layers"}}"#.to_vec();
-    let dcfg_d = Descriptor::of(DOCKER_CONFIG, &dcfg);
-    p2.push_blob("myorg/app", dcfg.clone().into()).await;
-    let evil = manifest_json(
-        DOCKER_MANIFEST,
-        &dcfg_d,
-        secret.iter().map(|d| foreign(DOCKER_FOREIGN, d)).collect(),
-    );
-    p2.push_manifest("myorg/app", "evil", DOCKER_MANIFEST, &evil)
-        .await;
+    let evil = Planted {
+        tag: "evil",
+        manifest_type: DOCKER_MANIFEST,
+        config_type: DOCKER_CONFIG,
+        os: "windows",
+    }
+    .push(&p2, &secret, |_| DOCKER_FOREIGN)
+    .await;
     // OCI with non-distributable and plain layer descriptors pointing elsewhere.
-    let ocfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}"#.to_vec();
-    let ocfg_d = Descriptor::of(OCI_CONFIG, &ocfg);
-    p2.push_blob("myorg/app", ocfg.clone().into()).await;
-    let evil_oci = manifest_json(
-        OCI_MANIFEST,
-        &ocfg_d,
-        secret
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                foreign(
-                    if i % 2 == 0 {
-                        OCI_NONDISTRIBUTABLE
-                    } else {
-                        OCI_LAYER_GZIP
-                    },
-                    d,
-                )
-            })
-            .collect(),
-    );
-    p2.push_manifest("myorg/app", "evil-oci", OCI_MANIFEST, &evil_oci)
-        .await;
+    let evil_oci = Planted {
+        tag: "evil-oci",
+        manifest_type: OCI_MANIFEST,
+        config_type: OCI_CONFIG,
+        os: "linux",
+    }
+    .push(&p2, &secret, |i| {
+        if i % 2 == 0 {
+            OCI_NONDISTRIBUTABLE
+        } else {
+            OCI_LAYER_GZIP
+        }
+    })
+    .await;
     // A legitimate image on up2 sharing legacy's base layer (really pushed there).
     let own = build_image(Kind::Oci, 2002, &[8 << 10], "amd64", "linux");
     let base = legacy.layers[0].clone();
