@@ -51,40 +51,32 @@ async fn oversized_request_heads_are_refused_cleanly_and_the_server_keeps_servin
     }
     many.push_str("\r\n");
     assert!(many.len() > 100 << 10);
-    let (status, head) = send_head(&hp, many.as_bytes()).await;
-    eprintln!("1000 headers, {} bytes: {status:?}", many.len());
-    assert!(
-        matches!(status, Some(431) | Some(400)),
-        "1000 headers: {status:?} {head}"
-    );
-    still_serving(&m).await;
-
-    // 100 KiB in one header.
-    let one = format!(
-        "GET /v2/ HTTP/1.1\r\nHost: {hp}\r\nX-Big: {}\r\n\r\n",
-        "b".repeat(100 << 10)
-    );
-    let (status, head) = send_head(&hp, one.as_bytes()).await;
-    eprintln!("one 100 KiB header: {status:?}");
-    // Within the server's head buffer: answered (200 or refused); never a hang or a crash.
-    assert!(
-        matches!(status, Some(200) | Some(431) | Some(400)),
-        "one 100 KiB header: {status:?} {head}"
-    );
-    still_serving(&m).await;
-
-    // 1 MiB of head: over any buffer; refused or the connection closed, never served.
-    let huge = format!(
-        "GET /v2/ HTTP/1.1\r\nHost: {hp}\r\nX-Huge: {}\r\n\r\n",
-        "c".repeat(1 << 20)
-    );
-    let (status, head) = send_head(&hp, huge.as_bytes()).await;
-    eprintln!("one 1 MiB header: {status:?}");
-    assert!(
-        matches!(status, None | Some(431) | Some(400)),
-        "1 MiB header: {status:?} {head}"
-    );
-    still_serving(&m).await;
+    let one_header = |name: &str, fill: &str, len: usize| {
+        format!(
+            "GET /v2/ HTTP/1.1\r\nHost: {hp}\r\n{name}: {}\r\n\r\n",
+            fill.repeat(len)
+        )
+    };
+    for (what, head, answers) in [
+        ("1000 headers", many, &[Some(431), Some(400)][..]),
+        // Within the server's head buffer: answered (200 or refused); never a hang or a crash.
+        (
+            "one 100 KiB header",
+            one_header("X-Big", "b", 100 << 10),
+            &[Some(200), Some(431), Some(400)],
+        ),
+        // 1 MiB of head: over any buffer; refused or the connection closed, never served.
+        (
+            "one 1 MiB header",
+            one_header("X-Huge", "c", 1 << 20),
+            &[None, Some(431), Some(400)],
+        ),
+    ] {
+        let (status, answer) = send_head(&hp, head.as_bytes()).await;
+        eprintln!("{what}, {} bytes: {status:?}", head.len());
+        assert!(answers.contains(&status), "{what}: {status:?} {answer}");
+        still_serving(&m).await;
+    }
     assert!(m.pid().is_some());
 }
 
