@@ -54,52 +54,6 @@ async fn mirror_of_image(name: &str, seed: u64) -> (Registry, Mirror, Image) {
     (reg, m, img)
 }
 
-/// The hosts.toml recipe for `registry` under `hosts_dir`: its own `server` a closed port,
-/// `host` (a `[host."…"]` table) the mirror.
-fn write_hosts(hosts_dir: &Path, registry: &str, host: &str) {
-    let d = hosts_dir.join(registry);
-    fs::create_dir_all(&d).unwrap();
-    fs::write(
-        d.join("hosts.toml"),
-        format!("server = \"{}\"\n\n{host}", closed_url()),
-    )
-    .unwrap();
-}
-
-/// A `[host."<url>"]` table for pulls, the API path in the URL (`override_path`) or not.
-fn host_table(url: &str, override_path: bool) -> String {
-    if override_path {
-        format!(
-            "[host.\"{url}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
-        )
-    } else {
-        format!("[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
-    }
-}
-
-/// `ctr images pull` of `name` with the hosts.toml files under `hosts_dir`.
-fn ctr_pull(ctrd: &Containerd, hosts_dir: &Path, name: &str) -> Command {
-    ctrd.ctr(&[
-        "images",
-        "pull",
-        "--snapshotter",
-        "native",
-        "--hosts-dir",
-        hosts_dir.to_str().unwrap(),
-        name,
-    ])
-}
-
-/// containerd lists `name` with the manifest digest `digest`.
-fn assert_listed(ctrd: &Containerd, name: &str, digest: &str) {
-    let list = run(&mut ctrd.ctr(&["images", "ls"]));
-    let line = list
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
-    assert!(line.contains(digest), "{line}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_follows_a_registries_conf_mirror() {
     let (reg, m, img) = mirror_of_image("library/viaconf", 701).await;
@@ -201,8 +155,8 @@ async fn containerd_pulls_through_hosts_toml() {
         (&plain, plain_ref.as_str()),
         (&prefixed, "registry.test/acme/prefixed:v1"),
     ] {
-        run(&mut ctr_pull(&ctrd, &hosts_dir, name));
-        assert_listed(&ctrd, name, &img.digest);
+        run(&mut ctrd.pull(&hosts_dir, name));
+        ctrd.assert_listed(name, &img.digest);
     }
     // Each from its own upstream, through the mirror (the registries' servers are not asked
     // directly: `server` is a closed port).
@@ -239,11 +193,11 @@ async fn containerd_docker_io_through_a_mirror_of_a_mirror() {
     // Without the declaration, docker.io is not an ns of a plain registry: the mirror answers
     // 404 and containerd, falling back to the closed `server`, fails.
     point_at(&plain);
-    let out = ctr_pull(&ctrd, &hosts_dir, name).output().unwrap();
+    let out = ctrd.pull(&hosts_dir, name).output().unwrap();
     assert!(!out.status.success(), "pulled without ns: [docker.io]");
     point_at(&m);
-    run(&mut ctr_pull(&ctrd, &hosts_dir, name));
-    assert_listed(&ctrd, name, &img.digest);
+    run(&mut ctrd.pull(&hosts_dir, name));
+    ctrd.assert_listed(name, &img.digest);
     assert!(
         reg.count_requests("", "/v2/library/nsapp/manifests/").await >= 1,
         "the plain registry answered through the mirror"
@@ -346,8 +300,8 @@ async fn containerd_follows_redirects_to_the_store() {
             );
         }
         write_hosts(&hosts_dir, &reg.hostport(), &host);
-        run(&mut ctr_pull(&ctrd, &hosts_dir, &name));
-        assert_listed(&ctrd, &name, &img.digest);
+        run(&mut ctrd.pull(&hosts_dir, &name));
+        ctrd.assert_listed(&name, &img.digest);
         // The config and the layer: from the store the first time, from the mirror with the
         // header (the count stays).
         assert_eq!(redirects().await, expected, "opt-out {opt_out}");

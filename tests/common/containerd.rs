@@ -169,6 +169,53 @@ impl Containerd {
         c.arg("--address").arg(&self.socket).args(args);
         c
     }
+
+    /// `ctr images pull` of `name` with the hosts.toml files under `hosts_dir`.
+    pub fn pull(&self, hosts_dir: &Path, name: &str) -> Command {
+        self.ctr(&[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            name,
+        ])
+    }
+
+    /// Check that containerd lists `name` with the manifest digest `digest`; the whole list.
+    pub fn assert_listed(&self, name: &str, digest: &str) -> String {
+        let list = run(&mut self.ctr(&["images", "ls"]));
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
+        assert!(line.contains(digest), "{line}");
+        list
+    }
+}
+
+/// The hosts.toml recipe for `registry` under `hosts_dir`: its own `server` a closed port,
+/// `host` (a `[host."…"]` table, see [`host_table`]) the mirror.
+pub fn write_hosts(hosts_dir: &Path, registry: &str, host: &str) {
+    let d = hosts_dir.join(registry);
+    fs::create_dir_all(&d).unwrap();
+    fs::write(
+        d.join("hosts.toml"),
+        format!("server = \"{}\"\n\n{host}", closed_url()),
+    )
+    .unwrap();
+}
+
+/// A `[host."<url>"]` table for pulls, the API path in the URL (`override_path`) or not.
+pub fn host_table(url: &str, override_path: bool) -> String {
+    if override_path {
+        format!(
+            "[host.\"{url}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
+        )
+    } else {
+        format!("[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
+    }
 }
 
 impl Drop for Containerd {
