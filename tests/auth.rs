@@ -99,6 +99,15 @@ async fn seeded_upstream(names: &[&str]) -> (Registry, Vec<Image>) {
     (reg, imgs)
 }
 
+/// The paths of `img`'s content under `name`: its manifest by tag and by digest, a layer.
+fn content_paths(name: &str, img: &Image) -> [String; 3] {
+    [
+        format!("/v2/{name}/manifests/{}", img.tag),
+        format!("/v2/{name}/manifests/{}", img.digest),
+        format!("/v2/{name}/blobs/{}", img.layers[0].digest),
+    ]
+}
+
 /// Reads (GET/HEAD) the upstream received under `/v2/<name>/`; the seeding pushes do not count.
 async fn upstream_count(reg: &Registry, name: &str) -> usize {
     let prefix = format!("/v2/{name}/");
@@ -462,12 +471,9 @@ async fn challenges_and_token_responses_follow_the_token_spec() {
 
     // Every protected endpoint challenges with the exact scope it needs.
     let scope = "repository:myorg/team/app:pull";
-    for path in [
-        "/v2/myorg/team/app/manifests/v1".to_string(),
-        format!("/v2/myorg/team/app/manifests/{}", img.digest),
-        format!("/v2/myorg/team/app/blobs/{}", img.layers[0].digest),
-        "/v2/myorg/team/app/tags/list".to_string(),
-    ] {
+    let mut paths = content_paths("myorg/team/app", img).to_vec();
+    paths.push("/v2/myorg/team/app/tags/list".to_string());
+    for path in paths {
         let r = m.get_accepting(&path).send().await.unwrap();
         let h = expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
         assert_eq!(
@@ -538,71 +544,49 @@ async fn challenges_and_token_responses_follow_the_token_spec() {
     assert_eq!(r.status().as_u16(), 200, "/v2/ with a valid token");
 
     // granted = requested ∩ allowed; several scopes in one request.
-    let t = token_ok(&base, "repository:myorg/team/app:pull,push", None).await;
-    assert_eq!(
-        decode_jwt(&t).1["access"],
-        json!([{"type": "repository", "name": "myorg/team/app", "actions": ["pull"]}])
-    );
-    let r = token_get(
-        &base,
-        &[
-            ("service", SERVICE),
-            ("scope", "repository:myorg/a:pull"),
-            ("scope", "repository:other/b:pull"),
-        ],
-        None,
-    )
-    .await;
-    let body = json_of(r, 200).await;
-    let (_, c) = decode_jwt(body["token"].as_str().unwrap());
-    assert_eq!(
-        c["access"],
-        json!([{"type": "repository", "name": "myorg/a", "actions": ["pull"]}])
-    );
-    let r = token_get(
-        &base,
-        &[
-            ("service", SERVICE),
-            ("scope", "repository:myorg/a:pull"),
-            ("scope", "repository:other/b:pull,push"),
-        ],
-        Some(("admin", ADMIN_PW)),
-    )
-    .await;
-    let body = json_of(r, 200).await;
-    let (_, c) = decode_jwt(body["token"].as_str().unwrap());
-    assert_eq!(
-        c["access"],
-        json!([
-            {"type": "repository", "name": "myorg/a", "actions": ["pull"]},
-            {"type": "repository", "name": "other/b", "actions": ["pull", "push"]},
-        ])
-    );
+    for (scopes, creds, granted) in [
+        (
+            &["repository:myorg/team/app:pull,push"][..],
+            None,
+            json!([{"type": "repository", "name": "myorg/team/app", "actions": ["pull"]}]),
+        ),
+        (
+            &["repository:myorg/a:pull", "repository:other/b:pull"],
+            None,
+            json!([{"type": "repository", "name": "myorg/a", "actions": ["pull"]}]),
+        ),
+        (
+            &["repository:myorg/a:pull", "repository:other/b:pull,push"],
+            Some(("admin", ADMIN_PW)),
+            json!([
+                {"type": "repository", "name": "myorg/a", "actions": ["pull"]},
+                {"type": "repository", "name": "other/b", "actions": ["pull", "push"]},
+            ]),
+        ),
+    ] {
+        let mut params = vec![("service", SERVICE)];
+        params.extend(scopes.iter().map(|s| ("scope", *s)));
+        let body = json_of(token_get(&base, &params, creds).await, 200).await;
+        let (_, c) = decode_jwt(body["token"].as_str().expect("token field"));
+        assert_eq!(c["access"], granted, "{scopes:?}");
+    }
 
     // Malformed scopes and a foreign service: 400.
-    for bad in [
+    let bad_scopes = [
         "bad",
         "repository:myorg/app",
         "repository::pull",
         "repository:myorg/app:",
         "repository:myorg/app:pu ll",
-    ] {
-        let r = token_get(&base, &[("service", SERVICE), ("scope", bad)], None).await;
+    ]
+    .map(|scope| [("service", SERVICE), ("scope", scope)]);
+    let bad_services = ["registry.docker.io", "", "OCIMIRROR"]
+        .map(|svc| [("service", svc), ("scope", "repository:myorg/app:pull")]);
+    for params in bad_scopes.iter().chain(&bad_services) {
+        let r = token_get(&base, params, None).await;
         let got = r.status().as_u16();
         let body = r.bytes().await.unwrap();
-        assert_eq!(got, 400, "scope {bad:?}: {}", text(&body));
-        error_codes(&body);
-    }
-    for svc in ["registry.docker.io", "", "OCIMIRROR"] {
-        let r = token_get(
-            &base,
-            &[("service", svc), ("scope", "repository:myorg/app:pull")],
-            None,
-        )
-        .await;
-        let got = r.status().as_u16();
-        let body = r.bytes().await.unwrap();
-        assert_eq!(got, 400, "service {svc:?}: {}", text(&body));
+        assert_eq!(got, 400, "{params:?}: {}", text(&body));
         error_codes(&body);
     }
 }
@@ -1106,14 +1090,10 @@ async fn upstream_allow_list_denies_without_fetching() {
     let (reg, imgs) = seeded_upstream(&["myorg/app", "myorg/team/app", "other/app"]).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url()).up("allow", "[\"myorg/**\"]")).await;
 
-    let other = &imgs[2];
-    for path in [
-        "/v2/other/app/manifests/v1".to_string(),
-        format!("/v2/other/app/manifests/{}", other.digest),
-        format!("/v2/other/app/blobs/{}", other.layers[0].digest),
-        // Prefix look-alikes are outside the list too.
-        "/v2/myorgx/app/manifests/v1".to_string(),
-    ] {
+    let mut paths = content_paths("other/app", &imgs[2]).to_vec();
+    // Prefix look-alikes are outside the list too.
+    paths.push("/v2/myorgx/app/manifests/v1".to_string());
+    for path in paths {
         let r = m.get_accepting(&path).send().await.unwrap();
         expect_oci_error(r, 403, &["DENIED"]).await;
     }
