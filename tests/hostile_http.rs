@@ -101,14 +101,7 @@ async fn crlf_in_values_never_becomes_a_response_header_and_big_token_forms_are_
     .await;
     let hp = m.hostport();
     // An anonymous token for the pulls below (anonymous may pull everything).
-    let r = m
-        .get("/auth?service=ocimirror&scope=repository:inj/app:pull")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    let token = v["token"].as_str().unwrap().to_string();
+    let token = anonymous_token(&m).await;
     // Two tags, so that a one-tag page has a next page (a Link header).
     reg.pusher()
         .push_manifest("inj/app", "v2", &img.media_type, &img.manifest)
@@ -183,10 +176,17 @@ async fn crlf_in_values_never_becomes_a_response_header_and_big_token_forms_are_
     if let Ok(r) = r {
         assert_eq!(r.status(), 413);
     }
+    anonymous_token(&m).await;
+}
+
+/// An anonymous token to pull `inj/app` from `m`'s token endpoint, which must answer 200.
+async fn anonymous_token(m: &Mirror) -> String {
     let r = m
         .get("/auth?service=ocimirror&scope=repository:inj/app:pull")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    v["token"].as_str().unwrap().to_string()
 }

@@ -47,6 +47,15 @@ fn password_file(dir: &Path, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// A mirror of `f` that logs in as `user` with the password in `file`, revalidating every tag.
+fn password_file_opts(f: &FakeUpstream, user: &str, file: &Path) -> MirrorOpts {
+    MirrorOpts::upstream(&f.url())
+        .short_timeouts()
+        .tag_ttl("0s")
+        .up("username", user)
+        .up("password_file", &q(&file.display().to_string()))
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. SIGHUP
 // ---------------------------------------------------------------------------------------------
@@ -85,14 +94,7 @@ async fn rotated_password_file_is_read_again_and_old_tokens_dropped() {
     let img = f.add_image("team/app", "v1", &build_oci_image(2302));
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "wrong\n");
-    let m = Mirror::start(
-        MirrorOpts::upstream(&f.url())
-            .short_timeouts()
-            .tag_ttl("0s")
-            .up("username", "robot")
-            .up("password_file", &q(&pw.display().to_string())),
-    )
-    .await;
+    let m = Mirror::start(password_file_opts(&f, "robot", &pw)).await;
     let r = m.get_manifest("team/app", "v1").send().await.unwrap();
     assert_eq!(r.status(), 403);
     let body = r.text().await.unwrap().to_lowercase();
@@ -144,14 +146,7 @@ async fn ecr_style_basic_password_rotation() {
     let img = f.add_image("team/app", "v1", &build_oci_image(2303));
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "ecr-token-1\n");
-    let m = Mirror::start(
-        MirrorOpts::upstream(&f.url())
-            .short_timeouts()
-            .tag_ttl("0s")
-            .up("username", "AWS")
-            .up("password_file", &q(&pw.display().to_string())),
-    )
-    .await;
+    let m = Mirror::start(password_file_opts(&f, "AWS", &pw)).await;
     pull_and_check_oci(&m.hostport(), &img, None).await;
 
     // The token expires upstream; nothing new in the file yet: a clear refusal, not a 503.

@@ -29,31 +29,31 @@ async fn prefix_and_ns_reach_the_named_upstream_and_content_never_mixes() {
     let (a, b, img_a, img_b, m) = two_upstreams().await;
     assert_ne!(img_a.digest, img_b.digest);
 
-    // Plain: the default upstream.
-    let (s, body) = manifest(&m, "/v2/team/app/manifests/v1").await;
-    assert_eq!((s, body), (200, img_a.manifest.clone()));
-    // Path prefix (containerd's override_path, skopeo, podman): the named upstream.
-    let (s, body) = manifest(&m, "/v2/b.example/team/app/manifests/v1").await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    // containerd's ns, by name or by the upstream's host:port.
-    let (s, body) = manifest(&m, "/v2/team/app/manifests/v1?ns=b.example").await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    let (s, body) = manifest(
-        &m,
-        &format!("/v2/team/app/manifests/v1?ns={}", b.hostport()),
-    )
-    .await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    // containerd with override_path to the prefix sends both: the prefix is not doubled.
-    let (s, body) = manifest(&m, "/v2/b.example/team/app/manifests/v1?ns=b.example").await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    // ns naming the default upstream.
-    let (s, body) = manifest(
-        &m,
-        &format!("/v2/team/app/manifests/v1?ns={}", a.hostport()),
-    )
-    .await;
-    assert_eq!((s, body), (200, img_a.manifest.clone()));
+    for (path, img) in [
+        // Plain: the default upstream.
+        ("/v2/team/app/manifests/v1".to_string(), &img_a),
+        // Path prefix (containerd's override_path, skopeo, podman): the named upstream.
+        ("/v2/b.example/team/app/manifests/v1".to_string(), &img_b),
+        // containerd's ns, by name or by the upstream's host:port.
+        ("/v2/team/app/manifests/v1?ns=b.example".to_string(), &img_b),
+        (
+            format!("/v2/team/app/manifests/v1?ns={}", b.hostport()),
+            &img_b,
+        ),
+        // containerd with override_path to the prefix sends both: the prefix is not doubled.
+        (
+            "/v2/b.example/team/app/manifests/v1?ns=b.example".to_string(),
+            &img_b,
+        ),
+        // ns naming the default upstream.
+        (
+            format!("/v2/team/app/manifests/v1?ns={}", a.hostport()),
+            &img_a,
+        ),
+    ] {
+        let (s, body) = manifest(&m, &path).await;
+        assert_eq!((s, body), (200, img.manifest.clone()), "{path}");
+    }
 
     // Blobs follow the same routes, and one upstream's blob is not served under the other's
     // repository even though the name is the same.

@@ -94,15 +94,20 @@ pub fn read_oci_layout(dir: &Path) -> Layout {
     for e in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();
-        let data = fs::read(e.path()).unwrap();
-        assert_eq!(
-            sha256_hex(&data),
-            name,
-            "blob file content does not match its digest"
-        );
-        blobs.insert(format!("sha256:{name}"), data);
+        blobs.insert(format!("sha256:{name}"), read_blob_file(&e.path(), &name));
     }
     Layout { top, blobs }
+}
+
+/// The bytes of a blob file named by the hex of its digest; panics when they do not match it.
+fn read_blob_file(path: &Path, hex: &str) -> Vec<u8> {
+    let data = fs::read(path).unwrap();
+    assert_eq!(
+        sha256_hex(&data),
+        hex,
+        "blob file content does not match its digest"
+    );
+    data
 }
 
 /// Read a `dir:` copy written by skopeo (manifest.json + blobs named by hex).
@@ -115,13 +120,7 @@ pub fn read_dir_layout(dir: &Path) -> Layout {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();
         if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
-            let data = fs::read(e.path()).unwrap();
-            assert_eq!(
-                sha256_hex(&data),
-                name,
-                "blob file content does not match its digest"
-            );
-            blobs.insert(format!("sha256:{name}"), data);
+            blobs.insert(format!("sha256:{name}"), read_blob_file(&e.path(), &name));
         }
     }
     Layout {
