@@ -182,6 +182,19 @@ async fn token_get(
     r.send().await.unwrap()
 }
 
+/// An OAuth2 token form: the `grant`'s fields, the service, `extra` fields, then `scope`.
+fn token_form<'a>(
+    grant: &[(&'a str, &'a str)],
+    extra: &[(&'a str, &'a str)],
+    scope: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut form = grant.to_vec();
+    form.push(("service", SERVICE));
+    form.extend_from_slice(extra);
+    form.push(("scope", scope));
+    form
+}
+
 /// A token for `scope` (service `ocimirror`); asserts the endpoint says 200.
 async fn token_ok(base: &str, scope: &str, creds: Option<(&str, &str)>) -> String {
     let r = token_get(base, &[("service", SERVICE), ("scope", scope)], creds).await;
@@ -714,20 +727,14 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
     let other = format!("{base}/v2/other/app/manifests/v1");
     let scope = "repository:other/app:pull";
 
+    let admin = [
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", ADMIN_PW),
+    ];
     // Password grant, offline: an access token and a refresh token.
-    let r = token_post(
-        &base,
-        &[
-            ("grant_type", "password"),
-            ("username", "admin"),
-            ("password", ADMIN_PW),
-            ("service", SERVICE),
-            ("client_id", "auth-tests"),
-            ("access_type", "offline"),
-            ("scope", scope),
-        ],
-    )
-    .await;
+    let offline = [("client_id", "auth-tests"), ("access_type", "offline")];
+    let r = token_post(&base, &token_form(&admin, &offline, scope)).await;
     let body = json_of(r, 200).await;
     let access = body["access_token"].as_str().expect("access_token");
     let refresh = body["refresh_token"]
@@ -757,15 +764,10 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
     assert_eq!(r.status().as_u16(), 401, "refresh token on /v2/");
 
     // Redeem it: a new access token for the same account, which works.
+    let redeem = [("grant_type", "refresh_token"), ("refresh_token", &refresh)];
     let r = token_post(
         &base,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("service", SERVICE),
-            ("client_id", "auth-tests"),
-            ("scope", scope),
-        ],
+        &token_form(&redeem, &[("client_id", "auth-tests")], scope),
     )
     .await;
     let body = json_of(r, 200).await;
@@ -780,29 +782,16 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
 
     // An access token or garbage is no refresh token; bad forms are 400.
     for bad in [access, "garbage"] {
-        let r = token_post(
-            &base,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", bad),
-                ("service", SERVICE),
-                ("scope", scope),
-            ],
-        )
-        .await;
+        let redeem = [("grant_type", "refresh_token"), ("refresh_token", bad)];
+        let r = token_post(&base, &token_form(&redeem, &[], scope)).await;
         expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
     }
-    let r = token_post(
-        &base,
-        &[
-            ("grant_type", "password"),
-            ("username", "admin"),
-            ("password", "wrong"),
-            ("service", SERVICE),
-            ("scope", scope),
-        ],
-    )
-    .await;
+    let wrong = [
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", "wrong"),
+    ];
+    let r = token_post(&base, &token_form(&wrong, &[], scope)).await;
     expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
     for form in [
         vec![("grant_type", "client_credentials"), ("service", SERVICE)],
@@ -816,17 +805,7 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
 
     // No refresh token without asking, nor for the anonymous user; GET offline_token=true with
     // Basic gets one.
-    let r = token_post(
-        &base,
-        &[
-            ("grant_type", "password"),
-            ("username", "admin"),
-            ("password", ADMIN_PW),
-            ("service", SERVICE),
-            ("scope", scope),
-        ],
-    )
-    .await;
+    let r = token_post(&base, &token_form(&admin, &[], scope)).await;
     assert!(json_of(r, 200).await.get("refresh_token").is_none());
     let r = token_get(
         &base,
