@@ -43,7 +43,7 @@ source "$BENCH/lib.sh"
 bench_binary
 
 WORK=$(mktemp -d /tmp/ocimirror-fleet.XXXXXX)
-PIDS=()
+PIDS=() WEED_PORTS=()
 stop_pids() { # TERM, up to 10 s, then KILL
   local p i
   for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -60,6 +60,7 @@ stop_pids() { # TERM, up to 10 s, then KILL
 cleanup() {
   local rc=$?
   stop_pids "${PIDS[@]}"
+  remove_weed_sockets
   if [[ $rc -eq 0 && ${FLEET_KEEP:-0} != 1 ]]; then rm -rf "$WORK"; else log "work dir kept: $WORK"; fi
   exit "$rc"
 }
@@ -85,13 +86,8 @@ log "upstream on 127.0.0.1:$UP_PORT behind a $MIBPS MiB/s proxy on $PACE_PORT; b
 
 # ------------------------------------------------------------------ SeaweedFS + Redis
 S3_BUCKET=fleet S3_AK=AKIAOCIMIRRORFLEET S3_SK=ocimirror-fleet-secret
-REDIS_PORT=$(freeport)
-mkdir -p "$WORK/redis" "$WORK/weed/data"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis" \
-  >"$WORK/redis/log" 2>&1 &
-PIDS+=("$!")
-start_weed "$S3_BUCKET" "$S3_AK" "$S3_SK"
-[[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] || die "redis-server did not start"
+start_redis || die "redis-server did not start"
+start_weed "$S3_BUCKET" "$S3_AK" "$S3_SK" || die "SeaweedFS did not come up"
 log "SeaweedFS on $S3_ENDPOINT, redis-server on $REDIS_PORT"
 printf 'fleet-bench-cluster-secret-%s\n' "$RANDOM$RANDOM" >"$WORK/cluster-secret"
 
@@ -105,28 +101,18 @@ SETUP_PIDS=()
 start_ocimirror() {
   local dir=$WORK/$1-$2 port peer
   port=$(freeport) peer=$(freeport)
-  mkdir -p "$dir"
-  cat >"$dir/config.yml" <<EOF
-listen: "127.0.0.1:$port"
-data_dir: "$dir/data"
-log: { level: warn, format: text }
-upstream: { url: "$UPSTREAM", tag_ttl: 5m }
-storage:
-  backend: s3
-  s3: { endpoint: "$S3_ENDPOINT", region: us-east-1, bucket: "$S3_BUCKET", root: "$1", path_style: true,
-        access_key_id: "$S3_AK", secret_access_key: "$S3_SK" }
-cache:
-  backend: redis
-  redis: { url: "redis://127.0.0.1:$REDIS_PORT/0", key_prefix: "$1:" }
-EOF
-  if [[ $3 == 1 ]]; then
-    cat >>"$dir/config.yml" <<EOF
-cluster: { listen: "127.0.0.1:$peer", advertise: "http://127.0.0.1:$peer", secret_file: "$WORK/cluster-secret" }
-EOF
-  fi
-  "$BIN" serve --config "$dir/config.yml" >"$dir/log" 2>&1 &
-  PIDS+=("$!") SETUP_PIDS+=("$!")
-  waitok "http://127.0.0.1:$port/healthz" "$!" || die "ocimirror did not start: $(tail -3 "$dir/log")"
+  mirror_config "$dir" "$port" "$UPSTREAM" 5m
+  {
+    s3_storage "$1"
+    echo "cache:"
+    echo "  backend: redis"
+    echo "  redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\", key_prefix: \"$1:\" }"
+    if [[ $3 == 1 ]]; then
+      echo "cluster: { listen: \"127.0.0.1:$peer\", advertise: \"http://127.0.0.1:$peer\", secret_file: \"$WORK/cluster-secret\" }"
+    fi
+  } >>"$dir/config.yml"
+  serve_mirror "$dir" "$port" || die "ocimirror did not start: $(tail -3 "$dir/log")"
+  SETUP_PIDS+=("$MIRROR_PID")
   URLS+=("http://127.0.0.1:$port")
 }
 
@@ -134,22 +120,9 @@ EOF
 start_distribution() {
   local dir=$WORK/$1-$2 port
   port=$(freeport)
-  mkdir -p "$dir"
-  cat >"$dir/config.yml" <<EOF
-version: 0.1
-log: { level: warn, accesslog: { disabled: true } }
-storage:
-  s3: { region: us-east-1, regionendpoint: "$S3_ENDPOINT", bucket: "$S3_BUCKET", rootdirectory: "/$1",
-        accesskey: "$S3_AK", secretkey: "$S3_SK", secure: false, v4auth: true }
-  cache: { blobdescriptor: redis }
-  redirect: { disable: true }
-redis: { addr: "127.0.0.1:$REDIS_PORT", db: 1 }
-http: { addr: "127.0.0.1:$port", secret: fleet-proxy }
-proxy: { remoteurl: "$UPSTREAM" }
-EOF
-  env -u AWS_CA_BUNDLE docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
-  PIDS+=("$!") SETUP_PIDS+=("$!")
-  waitok "http://127.0.0.1:$port/v2/" "$!" || die "Distribution did not start: $(tail -3 "$dir/log")"
+  proxy_s3_config "$dir" "$port" "$UPSTREAM" "/$1" fleet-proxy
+  serve_distribution "$dir" "$port" || die "Distribution did not start: $(tail -3 "$dir/log")"
+  SETUP_PIDS+=("$DIST_PID")
   URLS+=("http://127.0.0.1:$port")
 }
 

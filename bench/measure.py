@@ -191,16 +191,18 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def g(d, *keys):
+    """`d[k1][k2]...`, or None where a level is missing."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
 def build_rows(r):
     om, di = r.get("ocimirror", {}), r.get("distribution", {})
     rows = []
-
-    def g(d, *keys):
-        for k in keys:
-            if not isinstance(d, dict) or k not in d:
-                return None
-            d = d[k]
-        return d
 
     a_om, a_di = g(om, "blob", "mib_s"), g(di, "blob", "mib_s")
     rr = None if a_om is None or a_di in (None, 0) else a_om / a_di
@@ -333,13 +335,6 @@ def build_s3_rows(r):
     s3 = r.get("s3", {})
     om, di, fs = s3.get("ocimirror", {}), s3.get("distribution", {}), r.get("ocimirror", {})
     dfs = r.get("distribution", {})
-
-    def g(d, *keys):
-        for k in keys:
-            if not isinstance(d, dict) or k not in d:
-                return None
-            d = d[k]
-        return d
 
     conns = r.get("meta", {}).get("conns", 32)
     rows = []

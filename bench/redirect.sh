@@ -32,11 +32,12 @@ source "$BENCH/lib.sh"
 bench_binary
 
 WORK=$(mktemp -d /tmp/ocimirror-redirect.XXXXXX)
-PIDS=()
+PIDS=() WEED_PORTS=()
 cleanup() {
   local rc=$? p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  remove_weed_sockets
   if [[ $rc -eq 0 ]]; then rm -rf "$WORK"; else log "work dir kept: $WORK"; fi
   exit "$rc"
 }
@@ -50,8 +51,7 @@ read -r DIGEST SIZE < <(python3 -c 'import json,sys; l = json.load(open(sys.argv
 
 # ------------------------------------------------------------------ SeaweedFS
 S3_BUCKET=redirect S3_AK=AKIAOCIMIRRORBENCH S3_SK=ocimirror-redirect-bench-secret
-mkdir -p "$WORK/weed/data"
-start_weed "$S3_BUCKET" "$S3_AK" "$S3_SK"
+start_weed "$S3_BUCKET" "$S3_AK" "$S3_SK" || die "SeaweedFS did not come up"
 
 # ------------------------------------------------------------------ the load client
 cat >"$WORK/load.py" <<'EOF'
@@ -100,23 +100,14 @@ metric() { curl -s "$1/metrics" | awk -v n="$2" '$1 ~ "^"n"([{]|$)" {s += $2} EN
 ROWS=()
 for mode in off on; do
   dir=$WORK/mirror-$mode port=$(freeport)
-  mkdir -p "$dir"
-  cat >"$dir/config.yml" <<EOF
-listen: "127.0.0.1:$port"
-data_dir: "$dir/data"
-log: { level: warn, format: text }
-upstream: { url: "http://127.0.0.1:$UP_PORT", tag_ttl: 5m }
-storage:
-  backend: s3
-  s3: { endpoint: "$S3_ENDPOINT", region: us-east-1, bucket: "$S3_BUCKET", root: "/bench", path_style: true,
-        access_key_id: "$S3_AK", secret_access_key: "$S3_SK" }
-  redirect: { enabled: $([[ $mode == on ]] && echo true || echo false), expiry: 20m }
-EOF
-  "$BIN" serve --config "$dir/config.yml" >"$dir/log" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
+  mirror_config "$dir" "$port" "http://127.0.0.1:$UP_PORT" 5m
+  {
+    s3_storage /bench
+    echo "  redirect: { enabled: $([[ $mode == on ]] && echo true || echo false), expiry: 20m }"
+  } >>"$dir/config.yml"
+  serve_mirror "$dir" "$port" || die "ocimirror did not start: $(tail -3 "$dir/log")"
+  pid=$MIRROR_PID
   base=http://127.0.0.1:$port
-  waitok "$base/healthz" "$pid" || die "ocimirror did not start: $(tail -3 "$dir/log")"
   blob=$base/v2/$IMAGE/blobs/$DIGEST
   # Warm: the blob in the bucket.
   curl -sfL -o /dev/null "$blob" || die "warming GET failed"

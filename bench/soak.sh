@@ -50,22 +50,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-
 # ------------------------------------------------------------------ upstream
-UP_PORT=$(freeport)
-mkdir -p "$WORK/upstream"
-cat >"$WORK/upstream/config.yml" <<EOF
-version: 0.1
-log: { level: warn, accesslog: { disabled: true } }
-storage:
-  filesystem: { rootdirectory: "$WORK/upstream/root" }
-  cache: { blobdescriptor: inmemory }
-http: { addr: "127.0.0.1:$UP_PORT", secret: soak-upstream }
-EOF
-docker-registry serve "$WORK/upstream/config.yml" >"$WORK/upstream.log" 2>&1 &
-UP_PID=$!
-PIDS+=("$UP_PID")
-waitok "http://127.0.0.1:$UP_PORT/v2/" "$UP_PID" || die "upstream did not start"
+start_upstream soak-upstream
 python3 "$BENCH/seed.py" "http://127.0.0.1:$UP_PORT" --only bench/small --only bench/multi \
   --out "$WORK/images.json" 2>"$WORK/seed.log" || die "seeding failed: $(tail -3 "$WORK/seed.log")"
 log "upstream on 127.0.0.1:$UP_PORT, seeded"
@@ -73,20 +59,9 @@ log "upstream on 127.0.0.1:$UP_PORT, seeded"
 # start_mirror NAME TAG_TTL : a mirror on empty storage; sets OM_PID OM_PORT
 start_mirror() {
   OM_PORT=$(freeport)
-  local dir=$WORK/$1
-  mkdir -p "$dir"
-  cat >"$dir/config.yml" <<EOF
-listen: "127.0.0.1:$OM_PORT"
-data_dir: "$dir/data"
-log: { level: warn, format: text }
-upstream:
-  url: "http://127.0.0.1:$UP_PORT"
-  tag_ttl: $2
-EOF
-  "$BIN" serve --config "$dir/config.yml" >"$dir/log" 2>&1 &
-  OM_PID=$!
-  PIDS+=("$OM_PID")
-  waitok "http://127.0.0.1:$OM_PORT/healthz" "$OM_PID" || die "ocimirror did not start: $(tail -3 "$dir/log")"
+  mirror_config "$WORK/$1" "$OM_PORT" "http://127.0.0.1:$UP_PORT" "$2"
+  serve_mirror "$WORK/$1" "$OM_PORT" || die "ocimirror did not start: $(tail -3 "$WORK/$1/log")"
+  OM_PID=$MIRROR_PID
 }
 
 # prepull : every manifest and blob once, through the mirror

@@ -338,16 +338,8 @@ fn main() -> ExitCode {
                 read_only: a.read_only,
                 role: a.role,
             };
-            let settings = match ocimirror::server::load_config(
-                a.config.as_deref(),
-                std::env::vars(),
-                &overrides,
-            ) {
-                Ok((_, s)) => s,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(settings) = settings_or_report(a.config.as_deref(), &overrides) else {
+                return ExitCode::FAILURE;
             };
             let _log = init_logging(&settings.log_level, settings.log_json);
             let Some(runtime) = runtime() else {
@@ -412,18 +404,25 @@ fn config_import(
     ExitCode::SUCCESS
 }
 
-fn gc(a: GcArgs) -> ExitCode {
-    use ocimirror::ops::gc;
-    let settings = match ocimirror::server::load_config(
-        a.config.as_deref(),
-        std::env::vars(),
-        &Overrides::default(),
-    ) {
-        Ok((_, s)) => s,
+/// The settings of the file at `path`, the environment and `overrides`; `None` once their
+/// problems are printed.
+fn settings_or_report(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Option<config::Settings> {
+    match ocimirror::server::load_config(path, std::env::vars(), overrides) {
+        Ok((_, s)) => Some(s),
         Err(e) => {
             eprint!("{e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn gc(a: GcArgs) -> ExitCode {
+    use ocimirror::ops::gc;
+    let Some(settings) = settings_or_report(a.config.as_deref(), &Overrides::default()) else {
+        return ExitCode::FAILURE;
     };
     let policy = match gc::policy(
         settings.expiry.clone(),
@@ -560,16 +559,8 @@ fn ops_main(c: OpsCommand) -> ExitCode {
         OpsCommand::Ls(a) => a.config.clone(),
         OpsCommand::Inspect(a) => a.config.clone(),
     };
-    let settings = match ocimirror::server::load_config(
-        config_path.as_deref(),
-        std::env::vars(),
-        &Overrides::default(),
-    ) {
-        Ok((_, s)) => s,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(settings) = settings_or_report(config_path.as_deref(), &Overrides::default()) else {
+        return ExitCode::FAILURE;
     };
     let _log = init_logging("warn", false);
     let Some(runtime) = runtime() else {

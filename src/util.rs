@@ -1,7 +1,8 @@
 //! Small conversions several modules need and none owns: Unix seconds, byte sizes for people,
-//! and the test environment's switch that turns a missing real part into a failure. Imports
-//! nothing from ocimirror, so any module may use it.
+//! listen addresses, and the test environment's switch that turns a missing real part into a
+//! failure. Imports nothing from ocimirror, so any module may use it.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, negative before it (a JWT's `iat`/`exp`, a certificate's
@@ -16,6 +17,25 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 /// Bytes for people: `512 B`, `1.5 MiB`.
 pub fn human_bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// A listen address: `host:port`, or `:port` for all interfaces (as Distribution's config
+/// writes it); the error names `port` in its examples.
+pub fn parse_listen(s: &str, port: u16) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    if let Ok(a) = full.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // Host names (localhost:5000) resolve locally; this does not reach the network for them.
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{s:?} is not an address like 0.0.0.0:{port} or :{port}"))
 }
 
 /// Whether `OCIMIRROR_REQUIRE_ALL` asks tests to fail rather than skip when a real part (a

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::*;
 use data_encoding::BASE64URL_NOPAD;
 use serde_json::Value;
@@ -64,14 +62,29 @@ async fn may_pull(base: &str, name: &str) -> bool {
 }
 
 async fn status_with(m: &Mirror, path: &str, token: &str) -> u16 {
-    m.get(path)
+    m.get_accepting(path)
         .bearer_auth(token)
-        .header("accept", ACCEPT_MANIFESTS)
         .send()
         .await
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// A small image (seed `seed`) pushed to `reg` as `name:v1`.
+async fn push_small(reg: &Registry, name: &str, seed: u64) -> Image {
+    let img = build_image(Kind::Oci, seed, &[2 << 10], "amd64", "linux");
+    reg.pusher().push_image(name, "v1", &img).await
+}
+
+/// A mirror of `upstream` with `library_prefix` set to `prefix` and `auth` (YAML) added.
+async fn mirror(upstream: &str, prefix: &str, auth: &str) -> Mirror {
+    Mirror::start(
+        MirrorOpts::upstream(upstream)
+            .up("library_prefix", prefix)
+            .extra(auth),
+    )
+    .await
 }
 
 const DENY_OFFICIAL: &str = "    - match: {account: \"\", name: \"library/*\"}\n      actions: []\n    - match: {account: \"\"}\n      actions: [pull]\n";
@@ -82,20 +95,8 @@ const DENY_OFFICIAL: &str = "    - match: {account: \"\", name: \"library/*\"}\n
 async fn a_rule_on_library_names_holds_for_the_short_name() {
     let keys = TokenKeys::generate();
     let reg = Registry::start(RegistryOpts::default()).await;
-    let img = reg
-        .pusher()
-        .push_image(
-            "library/small",
-            "v1",
-            &build_image(Kind::Oci, 9100, &[2 << 10], "amd64", "linux"),
-        )
-        .await;
-    let m = Mirror::start(
-        MirrorOpts::upstream(&reg.url())
-            .up("library_prefix", "always")
-            .extra(&auth_yaml(&keys, DENY_OFFICIAL)),
-    )
-    .await;
+    let img = push_small(&reg, "library/small", 9100).await;
+    let m = mirror(&reg.url(), "always", &auth_yaml(&keys, DENY_OFFICIAL)).await;
     let base = m.url();
     assert!(!may_pull(&base, "library/small").await);
     assert!(
@@ -133,21 +134,9 @@ async fn a_rule_on_library_names_holds_for_the_short_name() {
 async fn a_rule_allowing_library_names_allows_the_short_name() {
     let keys = TokenKeys::generate();
     let reg = Registry::start(RegistryOpts::default()).await;
-    let img = reg
-        .pusher()
-        .push_image(
-            "library/small",
-            "v1",
-            &build_image(Kind::Oci, 9101, &[2 << 10], "amd64", "linux"),
-        )
-        .await;
+    let img = push_small(&reg, "library/small", 9101).await;
     let rules = "    - match: {account: \"\", name: \"library/*\"}\n      actions: [pull]\n";
-    let m = Mirror::start(
-        MirrorOpts::upstream(&reg.url())
-            .up("library_prefix", "always")
-            .extra(&auth_yaml(&keys, rules)),
-    )
-    .await;
+    let m = mirror(&reg.url(), "always", &auth_yaml(&keys, rules)).await;
     let base = m.url();
     assert!(may_pull(&base, "small").await);
     assert!(may_pull(&base, "library/small").await);
@@ -168,12 +157,7 @@ async fn a_rule_allowing_library_names_allows_the_short_name() {
 async fn a_short_form_rule_covers_the_library_name() {
     let keys = TokenKeys::generate();
     let rules = "    - match: {account: \"\", name: \"small\"}\n      actions: []\n    - match: {account: \"\"}\n      actions: [pull]\n";
-    let m = Mirror::start(
-        MirrorOpts::upstream(&closed_url())
-            .up("library_prefix", "always")
-            .extra(&auth_yaml(&keys, rules)),
-    )
-    .await;
+    let m = mirror(&closed_url(), "always", &auth_yaml(&keys, rules)).await;
     let base = m.url();
     assert!(!may_pull(&base, "small").await);
     assert!(
@@ -189,34 +173,16 @@ async fn a_short_form_rule_covers_the_library_name() {
 async fn without_the_mapping_the_names_and_their_rules_are_distinct() {
     let keys = TokenKeys::generate();
     let reg = Registry::start(RegistryOpts::default()).await;
-    let p = reg.pusher();
-    let short = p
-        .push_image(
-            "small",
-            "v1",
-            &build_image(Kind::Oci, 9102, &[2 << 10], "amd64", "linux"),
-        )
-        .await;
-    p.push_image(
-        "library/small",
-        "v1",
-        &build_image(Kind::Oci, 9103, &[2 << 10], "amd64", "linux"),
-    )
-    .await;
-    let m = Mirror::start(
-        MirrorOpts::upstream(&reg.url())
-            .up("library_prefix", "never")
-            .extra(&auth_yaml(&keys, DENY_OFFICIAL)),
-    )
-    .await;
+    let short = push_small(&reg, "small", 9102).await;
+    push_small(&reg, "library/small", 9103).await;
+    let m = mirror(&reg.url(), "never", &auth_yaml(&keys, DENY_OFFICIAL)).await;
     let base = m.url();
     assert!(may_pull(&base, "small").await);
     assert!(!may_pull(&base, "library/small").await);
     let (token, _) = granted(&base, "small").await;
     let r = m
-        .get("/v2/small/manifests/v1")
+        .get_accepting("/v2/small/manifests/v1")
         .bearer_auth(&token)
-        .header("accept", ACCEPT_MANIFESTS)
         .send()
         .await
         .unwrap();
@@ -238,13 +204,11 @@ async fn without_the_mapping_the_names_and_their_rules_are_distinct() {
 async fn auto_maps_the_names_of_a_docker_hub_upstream() {
     let keys = TokenKeys::generate();
     let rules = "    - match: {account: \"\", name: \"hub/library/*\"}\n      actions: []\n    - match: {account: \"\", name: \"hub/busybox\"}\n      actions: []\n    - match: {account: \"\"}\n      actions: [pull]\n";
-    let m = Mirror::start(
-        MirrorOpts::upstream(&closed_url())
-            .up("library_prefix", "auto")
-            .extra(&format!(
-                "upstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n{}",
-                auth_yaml(&keys, rules)
-            )),
+    let hub = "upstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n";
+    let m = mirror(
+        &closed_url(),
+        "auto",
+        &(hub.to_owned() + &auth_yaml(&keys, rules)),
     )
     .await;
     let base = m.url();
@@ -266,20 +230,8 @@ async fn auto_maps_the_names_of_a_docker_hub_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_form_allow_pattern_covers_the_library_name() {
     let reg = Registry::start(RegistryOpts::default()).await;
-    let p = reg.pusher();
-    let img = p
-        .push_image(
-            "library/small",
-            "v1",
-            &build_image(Kind::Oci, 9104, &[2 << 10], "amd64", "linux"),
-        )
-        .await;
-    p.push_image(
-        "library/other",
-        "v1",
-        &build_image(Kind::Oci, 9105, &[2 << 10], "amd64", "linux"),
-    )
-    .await;
+    let img = push_small(&reg, "library/small", 9104).await;
+    push_small(&reg, "library/other", 9105).await;
     let m = Mirror::start(
         MirrorOpts::upstream(&reg.url())
             .up("library_prefix", "always")
@@ -287,12 +239,7 @@ async fn a_short_form_allow_pattern_covers_the_library_name() {
     )
     .await;
     for path in ["/v2/small/manifests/v1", "/v2/library/small/manifests/v1"] {
-        let r = m
-            .get(path)
-            .header("accept", ACCEPT_MANIFESTS)
-            .send()
-            .await
-            .unwrap();
+        let r = m.get_accepting(path).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert_eq!(
             r.headers()["docker-content-digest"].to_str().unwrap(),
@@ -300,8 +247,7 @@ async fn a_short_form_allow_pattern_covers_the_library_name() {
         );
     }
     let r = m
-        .get("/v2/other/manifests/v1")
-        .header("accept", ACCEPT_MANIFESTS)
+        .get_accepting("/v2/other/manifests/v1")
         .send()
         .await
         .unwrap();
@@ -313,25 +259,12 @@ async fn a_short_form_allow_pattern_covers_the_library_name() {
 #[test]
 fn config_check_warns_about_rules_that_can_never_match() {
     let keys = TokenKeys::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
     let rules = "    - match: {name: \"docker.io/library/*\"}\n      actions: []\n    - match: {name: \"ghcr.io/**\"}\n      actions: [pull]\n    - match: {name: \"library/*\"}\n      actions: [pull]\n";
-    std::fs::write(
-        &cfg,
-        format!(
-            "upstream:\n  url: https://registry-1.docker.io\nupstreams:\n  - name: ghcr.io\n    url: https://ghcr.io\n    allow: [\"ghcr.io/owner/*\", \"owner/*\"]\n{}",
-            auth_yaml(&keys, rules)
-        ),
-    )
-    .unwrap();
-    let out = Command::new(ocimirror_bin())
-        .args(["config", "check"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (ok, err) = config_check_yaml(&format!(
+        "upstream:\n  url: https://registry-1.docker.io\nupstreams:\n  - name: ghcr.io\n    url: https://ghcr.io\n    allow: [\"ghcr.io/owner/*\", \"owner/*\"]\n{}",
+        auth_yaml(&keys, rules)
+    ));
+    assert!(ok, "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 2, "{err}");
     assert!(

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,24 +47,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-/// `echo -n pw | ocimirror hash-password --cost 4`.
+/// `echo -n pw | ocimirror hash-password --cost 4`, checked to be a cost-4 bcrypt hash.
 fn hash_password(pw: &str) -> String {
-    let mut child = Command::new(bin())
-        .args(["hash-password", "--cost", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pw.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "hash-password: {}", text(&out.stderr));
-    let h = text(&out.stdout).trim().to_string();
+    let h = ocimirror_hash_password(pw);
     assert!(
         h.starts_with("$2") && h.contains("$04$"),
         "not a cost-4 bcrypt hash: {h:?}"
@@ -113,6 +97,15 @@ async fn seeded_upstream(names: &[&str]) -> (Registry, Vec<Image>) {
         imgs.push(p.push_image(n, "v1", &small_image(7000 + i as u64)).await);
     }
     (reg, imgs)
+}
+
+/// The paths of `img`'s content under `name`: its manifest by tag and by digest, a layer.
+fn content_paths(name: &str, img: &Image) -> [String; 3] {
+    [
+        format!("/v2/{name}/manifests/{}", img.tag),
+        format!("/v2/{name}/manifests/{}", img.digest),
+        format!("/v2/{name}/blobs/{}", img.layers[0].digest),
+    ]
 }
 
 /// Reads (GET/HEAD) the upstream received under `/v2/<name>/`; the seeding pushes do not count.
@@ -187,6 +180,19 @@ async fn token_get(
         None => r,
     };
     r.send().await.unwrap()
+}
+
+/// An OAuth2 token form: the `grant`'s fields, the service, `extra` fields, then `scope`.
+fn token_form<'a>(
+    grant: &[(&'a str, &'a str)],
+    extra: &[(&'a str, &'a str)],
+    scope: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut form = grant.to_vec();
+    form.push(("service", SERVICE));
+    form.extend_from_slice(extra);
+    form.push(("scope", scope));
+    form
 }
 
 /// A token for `scope` (service `ocimirror`); asserts the endpoint says 200.
@@ -478,18 +484,10 @@ async fn challenges_and_token_responses_follow_the_token_spec() {
 
     // Every protected endpoint challenges with the exact scope it needs.
     let scope = "repository:myorg/team/app:pull";
-    for path in [
-        "/v2/myorg/team/app/manifests/v1".to_string(),
-        format!("/v2/myorg/team/app/manifests/{}", img.digest),
-        format!("/v2/myorg/team/app/blobs/{}", img.layers[0].digest),
-        "/v2/myorg/team/app/tags/list".to_string(),
-    ] {
-        let r = m
-            .get(&path)
-            .header("accept", ACCEPT_MANIFESTS)
-            .send()
-            .await
-            .unwrap();
+    let mut paths = content_paths("myorg/team/app", img).to_vec();
+    paths.push("/v2/myorg/team/app/tags/list".to_string());
+    for path in paths {
+        let r = m.get_accepting(&path).send().await.unwrap();
         let h = expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
         assert_eq!(
             header(&h, "www-authenticate"),
@@ -559,71 +557,49 @@ async fn challenges_and_token_responses_follow_the_token_spec() {
     assert_eq!(r.status().as_u16(), 200, "/v2/ with a valid token");
 
     // granted = requested ∩ allowed; several scopes in one request.
-    let t = token_ok(&base, "repository:myorg/team/app:pull,push", None).await;
-    assert_eq!(
-        decode_jwt(&t).1["access"],
-        json!([{"type": "repository", "name": "myorg/team/app", "actions": ["pull"]}])
-    );
-    let r = token_get(
-        &base,
-        &[
-            ("service", SERVICE),
-            ("scope", "repository:myorg/a:pull"),
-            ("scope", "repository:other/b:pull"),
-        ],
-        None,
-    )
-    .await;
-    let body = json_of(r, 200).await;
-    let (_, c) = decode_jwt(body["token"].as_str().unwrap());
-    assert_eq!(
-        c["access"],
-        json!([{"type": "repository", "name": "myorg/a", "actions": ["pull"]}])
-    );
-    let r = token_get(
-        &base,
-        &[
-            ("service", SERVICE),
-            ("scope", "repository:myorg/a:pull"),
-            ("scope", "repository:other/b:pull,push"),
-        ],
-        Some(("admin", ADMIN_PW)),
-    )
-    .await;
-    let body = json_of(r, 200).await;
-    let (_, c) = decode_jwt(body["token"].as_str().unwrap());
-    assert_eq!(
-        c["access"],
-        json!([
-            {"type": "repository", "name": "myorg/a", "actions": ["pull"]},
-            {"type": "repository", "name": "other/b", "actions": ["pull", "push"]},
-        ])
-    );
+    for (scopes, creds, granted) in [
+        (
+            &["repository:myorg/team/app:pull,push"][..],
+            None,
+            json!([{"type": "repository", "name": "myorg/team/app", "actions": ["pull"]}]),
+        ),
+        (
+            &["repository:myorg/a:pull", "repository:other/b:pull"],
+            None,
+            json!([{"type": "repository", "name": "myorg/a", "actions": ["pull"]}]),
+        ),
+        (
+            &["repository:myorg/a:pull", "repository:other/b:pull,push"],
+            Some(("admin", ADMIN_PW)),
+            json!([
+                {"type": "repository", "name": "myorg/a", "actions": ["pull"]},
+                {"type": "repository", "name": "other/b", "actions": ["pull", "push"]},
+            ]),
+        ),
+    ] {
+        let mut params = vec![("service", SERVICE)];
+        params.extend(scopes.iter().map(|s| ("scope", *s)));
+        let body = json_of(token_get(&base, &params, creds).await, 200).await;
+        let (_, c) = decode_jwt(body["token"].as_str().expect("token field"));
+        assert_eq!(c["access"], granted, "{scopes:?}");
+    }
 
     // Malformed scopes and a foreign service: 400.
-    for bad in [
+    let bad_scopes = [
         "bad",
         "repository:myorg/app",
         "repository::pull",
         "repository:myorg/app:",
         "repository:myorg/app:pu ll",
-    ] {
-        let r = token_get(&base, &[("service", SERVICE), ("scope", bad)], None).await;
+    ]
+    .map(|scope| [("service", SERVICE), ("scope", scope)]);
+    let bad_services = ["registry.docker.io", "", "OCIMIRROR"]
+        .map(|svc| [("service", svc), ("scope", "repository:myorg/app:pull")]);
+    for params in bad_scopes.iter().chain(&bad_services) {
+        let r = token_get(&base, params, None).await;
         let got = r.status().as_u16();
         let body = r.bytes().await.unwrap();
-        assert_eq!(got, 400, "scope {bad:?}: {}", text(&body));
-        error_codes(&body);
-    }
-    for svc in ["registry.docker.io", "", "OCIMIRROR"] {
-        let r = token_get(
-            &base,
-            &[("service", svc), ("scope", "repository:myorg/app:pull")],
-            None,
-        )
-        .await;
-        let got = r.status().as_u16();
-        let body = r.bytes().await.unwrap();
-        assert_eq!(got, 400, "service {svc:?}: {}", text(&body));
+        assert_eq!(got, 400, "{params:?}: {}", text(&body));
         error_codes(&body);
     }
 }
@@ -751,20 +727,14 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
     let other = format!("{base}/v2/other/app/manifests/v1");
     let scope = "repository:other/app:pull";
 
+    let admin = [
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", ADMIN_PW),
+    ];
     // Password grant, offline: an access token and a refresh token.
-    let r = token_post(
-        &base,
-        &[
-            ("grant_type", "password"),
-            ("username", "admin"),
-            ("password", ADMIN_PW),
-            ("service", SERVICE),
-            ("client_id", "auth-tests"),
-            ("access_type", "offline"),
-            ("scope", scope),
-        ],
-    )
-    .await;
+    let offline = [("client_id", "auth-tests"), ("access_type", "offline")];
+    let r = token_post(&base, &token_form(&admin, &offline, scope)).await;
     let body = json_of(r, 200).await;
     let access = body["access_token"].as_str().expect("access_token");
     let refresh = body["refresh_token"]
@@ -794,15 +764,10 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
     assert_eq!(r.status().as_u16(), 401, "refresh token on /v2/");
 
     // Redeem it: a new access token for the same account, which works.
+    let redeem = [("grant_type", "refresh_token"), ("refresh_token", &refresh)];
     let r = token_post(
         &base,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("service", SERVICE),
-            ("client_id", "auth-tests"),
-            ("scope", scope),
-        ],
+        &token_form(&redeem, &[("client_id", "auth-tests")], scope),
     )
     .await;
     let body = json_of(r, 200).await;
@@ -817,29 +782,16 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
 
     // An access token or garbage is no refresh token; bad forms are 400.
     for bad in [access, "garbage"] {
-        let r = token_post(
-            &base,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", bad),
-                ("service", SERVICE),
-                ("scope", scope),
-            ],
-        )
-        .await;
+        let redeem = [("grant_type", "refresh_token"), ("refresh_token", bad)];
+        let r = token_post(&base, &token_form(&redeem, &[], scope)).await;
         expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
     }
-    let r = token_post(
-        &base,
-        &[
-            ("grant_type", "password"),
-            ("username", "admin"),
-            ("password", "wrong"),
-            ("service", SERVICE),
-            ("scope", scope),
-        ],
-    )
-    .await;
+    let wrong = [
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", "wrong"),
+    ];
+    let r = token_post(&base, &token_form(&wrong, &[], scope)).await;
     expect_oci_error(r, 401, &["UNAUTHORIZED"]).await;
     for form in [
         vec![("grant_type", "client_credentials"), ("service", SERVICE)],
@@ -853,17 +805,7 @@ async fn refresh_tokens_renew_access_but_never_open_v2() {
 
     // No refresh token without asking, nor for the anonymous user; GET offline_token=true with
     // Basic gets one.
-    let r = token_post(
-        &base,
-        &[
-            ("grant_type", "password"),
-            ("username", "admin"),
-            ("password", ADMIN_PW),
-            ("service", SERVICE),
-            ("scope", scope),
-        ],
-    )
-    .await;
+    let r = token_post(&base, &token_form(&admin, &[], scope)).await;
     assert!(json_of(r, 200).await.get("refresh_token").is_none());
     let r = token_get(
         &base,
@@ -1127,20 +1069,11 @@ async fn upstream_allow_list_denies_without_fetching() {
     let (reg, imgs) = seeded_upstream(&["myorg/app", "myorg/team/app", "other/app"]).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url()).up("allow", "[\"myorg/**\"]")).await;
 
-    let other = &imgs[2];
-    for path in [
-        "/v2/other/app/manifests/v1".to_string(),
-        format!("/v2/other/app/manifests/{}", other.digest),
-        format!("/v2/other/app/blobs/{}", other.layers[0].digest),
-        // Prefix look-alikes are outside the list too.
-        "/v2/myorgx/app/manifests/v1".to_string(),
-    ] {
-        let r = m
-            .get(&path)
-            .header("accept", ACCEPT_MANIFESTS)
-            .send()
-            .await
-            .unwrap();
+    let mut paths = content_paths("other/app", &imgs[2]).to_vec();
+    // Prefix look-alikes are outside the list too.
+    paths.push("/v2/myorgx/app/manifests/v1".to_string());
+    for path in paths {
+        let r = m.get_accepting(&path).send().await.unwrap();
         expect_oci_error(r, 403, &["DENIED"]).await;
     }
     let r = m
@@ -1670,6 +1603,45 @@ fn manifest_json(media_type: &str, config: &Descriptor, layers: Vec<Value>) -> V
     .unwrap()
 }
 
+/// An attacker's manifest planted as `myorg/app:<tag>`: its own config, and for layers the
+/// digests and sizes of someone else's blobs, pointing elsewhere.
+struct Planted {
+    tag: &'static str,
+    manifest_type: &'static str,
+    config_type: &'static str,
+    os: &'static str,
+}
+
+impl Planted {
+    /// Push it with `p`, the layer descriptors of `secret` typed `layer_type(i)`; its bytes.
+    async fn push(
+        &self,
+        p: &Pusher,
+        secret: &[Descriptor],
+        layer_type: impl Fn(usize) -> &'static str,
+    ) -> Vec<u8> {
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"{}","rootfs":{{"type":"layers"}}}}"#,
+            self.os
+        )
+        .into_bytes();
+        let config_d = Descriptor::of(self.config_type, &config);
+        p.push_blob("myorg/app", config.into()).await;
+        let layers = secret
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                json!({"mediaType": layer_type(i), "digest": d.digest, "size": d.size,
+                       "urls": ["http://127.0.0.1:9/layer.tar.gz"]})
+            })
+            .collect();
+        let manifest = manifest_json(self.manifest_type, &config_d, layers);
+        p.push_manifest("myorg/app", self.tag, self.manifest_type, &manifest)
+            .await;
+        manifest
+    }
+}
+
 /// The attack of issue "cross-repository blob disclosure": a private image pulled by its user,
 /// and on a second upstream (a real Distribution accepting foreign layers) an attacker's
 /// manifests whose foreign-layer / cross-repository descriptors carry the private image's
@@ -1711,45 +1683,30 @@ async fn a_planted_manifest_on_a_second_upstream_cannot_read_a_private_images_bl
     .await;
     let p2 = up2.pusher();
     let secret: Vec<Descriptor> = legacy.all_blobs();
-    let foreign = |mt: &str, d: &Descriptor| {
-        json!({"mediaType": mt, "digest": d.digest, "size": d.size,
-               "urls": ["http://127.0.0.1:9/layer.tar.gz"]})
-    };
     // Docker schema 2 with foreign layers.
-    let dcfg = br#"{"architecture":"amd64","os":"windows","rootfs":{"type":"layers"}}"#.to_vec();
-    let dcfg_d = Descriptor::of(DOCKER_CONFIG, &dcfg);
-    p2.push_blob("myorg/app", dcfg.clone().into()).await;
-    let evil = manifest_json(
-        DOCKER_MANIFEST,
-        &dcfg_d,
-        secret.iter().map(|d| foreign(DOCKER_FOREIGN, d)).collect(),
-    );
-    p2.push_manifest("myorg/app", "evil", DOCKER_MANIFEST, &evil)
-        .await;
+    let evil = Planted {
+        tag: "evil",
+        manifest_type: DOCKER_MANIFEST,
+        config_type: DOCKER_CONFIG,
+        os: "windows",
+    }
+    .push(&p2, &secret, |_| DOCKER_FOREIGN)
+    .await;
     // OCI with non-distributable and plain layer descriptors pointing elsewhere.
-    let ocfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}"#.to_vec();
-    let ocfg_d = Descriptor::of(OCI_CONFIG, &ocfg);
-    p2.push_blob("myorg/app", ocfg.clone().into()).await;
-    let evil_oci = manifest_json(
-        OCI_MANIFEST,
-        &ocfg_d,
-        secret
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                foreign(
-                    if i % 2 == 0 {
-                        OCI_NONDISTRIBUTABLE
-                    } else {
-                        OCI_LAYER_GZIP
-                    },
-                    d,
-                )
-            })
-            .collect(),
-    );
-    p2.push_manifest("myorg/app", "evil-oci", OCI_MANIFEST, &evil_oci)
-        .await;
+    let evil_oci = Planted {
+        tag: "evil-oci",
+        manifest_type: OCI_MANIFEST,
+        config_type: OCI_CONFIG,
+        os: "linux",
+    }
+    .push(&p2, &secret, |i| {
+        if i % 2 == 0 {
+            OCI_NONDISTRIBUTABLE
+        } else {
+            OCI_LAYER_GZIP
+        }
+    })
+    .await;
     // A legitimate image on up2 sharing legacy's base layer (really pushed there).
     let own = build_image(Kind::Oci, 2002, &[8 << 10], "amd64", "linux");
     let base = legacy.layers[0].clone();

@@ -38,12 +38,18 @@ fn registries_conf(dir: &Path, prefix: &str, mirror: &str) -> PathBuf {
     p
 }
 
-async fn mirror_of_image(name: &str, seed: u64) -> (Registry, Mirror, Image) {
+/// A registry holding `name:v1`, a runnable image from `seed`.
+async fn registry_with(name: &str, seed: u64) -> (Registry, Image) {
     let reg = Registry::start(RegistryOpts::default()).await;
     let img = reg
         .pusher()
         .push_image(name, "v1", &runnable_image(seed))
         .await;
+    (reg, img)
+}
+
+async fn mirror_of_image(name: &str, seed: u64) -> (Registry, Mirror, Image) {
+    let (reg, img) = registry_with(name, seed).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
     (reg, m, img)
 }
@@ -132,16 +138,8 @@ async fn containerd_pulls_through_hosts_toml() {
     if !containerd_runs() {
         return;
     }
-    let reg = Registry::start(RegistryOpts::default()).await;
-    let plain = reg
-        .pusher()
-        .push_image("acme/plain", "v1", &runnable_image(703))
-        .await;
-    let named = Registry::start(RegistryOpts::default()).await;
-    let prefixed = named
-        .pusher()
-        .push_image("acme/prefixed", "v1", &runnable_image(704))
-        .await;
+    let (reg, plain) = registry_with("acme/plain", 703).await;
+    let (named, prefixed) = registry_with("acme/prefixed", 704).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url()).extra(&format!(
         "upstreams:\n  - name: registry.test\n    url: {}\n",
         q(&named.url())
@@ -149,51 +147,16 @@ async fn containerd_pulls_through_hosts_toml() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(dir.path());
-    let closed = closed_url();
     let hosts_dir = dir.path().join("certs.d");
-    let hosts = |registry: &str, host_section: &str| {
-        let d = hosts_dir.join(registry);
-        fs::create_dir_all(&d).unwrap();
-        fs::write(
-            d.join("hosts.toml"),
-            format!("server = \"{closed}\"\n\n{host_section}"),
-        )
-        .unwrap();
-    };
-    hosts(
-        &reg.hostport(),
-        &format!(
-            "[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
-            m.url()
-        ),
-    );
-    hosts(
-        "registry.test",
-        &format!(
-            "[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            m.url()
-        ),
-    );
+    write_hosts(&hosts_dir, &reg.hostport(), &host_table(&m.url(), true));
+    write_hosts(&hosts_dir, "registry.test", &host_table(&m.url(), false));
     let plain_ref = format!("{}/acme/plain:v1", reg.hostport());
     for (img, name) in [
         (&plain, plain_ref.as_str()),
         (&prefixed, "registry.test/acme/prefixed:v1"),
     ] {
-        run(&mut ctrd.ctr(&[
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            hosts_dir.to_str().unwrap(),
-            name,
-        ]));
-        let list = run(&mut ctrd.ctr(&["images", "ls"]));
-        let line = list
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
-        assert!(line.contains(&img.digest), "{line}");
+        run(&mut ctrd.pull(&hosts_dir, name));
+        ctrd.assert_listed(name, &img.digest);
     }
     // Each from its own upstream, through the mirror (the registries' servers are not asked
     // directly: `server` is a closed port).
@@ -217,51 +180,24 @@ async fn containerd_docker_io_through_a_mirror_of_a_mirror() {
     if !containerd_runs() {
         return;
     }
-    let reg = Registry::start(RegistryOpts::default()).await;
-    let img = reg
-        .pusher()
-        .push_image("library/nsapp", "v1", &runnable_image(705))
-        .await;
+    let (reg, img) = registry_with("library/nsapp", 705).await;
     let plain = Mirror::start(MirrorOpts::upstream(&reg.url())).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url()).up("ns", "[docker.io]")).await;
     let dir = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(dir.path());
     let hosts_dir = dir.path().join("certs.d");
-    fs::create_dir_all(hosts_dir.join("docker.io")).unwrap();
     let point_at = |mirror: &Mirror| {
-        fs::write(
-            hosts_dir.join("docker.io/hosts.toml"),
-            format!(
-                "server = \"{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-                closed_url(),
-                mirror.url()
-            ),
-        )
-        .unwrap();
+        write_hosts(&hosts_dir, "docker.io", &host_table(&mirror.url(), false));
     };
     let name = "docker.io/library/nsapp:v1";
-    let pull = [
-        "images",
-        "pull",
-        "--snapshotter",
-        "native",
-        "--hosts-dir",
-        hosts_dir.to_str().unwrap(),
-        name,
-    ];
     // Without the declaration, docker.io is not an ns of a plain registry: the mirror answers
     // 404 and containerd, falling back to the closed `server`, fails.
     point_at(&plain);
-    let out = ctrd.ctr(&pull).output().unwrap();
+    let out = ctrd.pull(&hosts_dir, name).output().unwrap();
     assert!(!out.status.success(), "pulled without ns: [docker.io]");
     point_at(&m);
-    run(&mut ctrd.ctr(&pull));
-    let list = run(&mut ctrd.ctr(&["images", "ls"]));
-    let line = list
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
-    assert!(line.contains(&img.digest), "{line}");
+    run(&mut ctrd.pull(&hosts_dir, name));
+    ctrd.assert_listed(name, &img.digest);
     assert!(
         reg.count_requests("", "/v2/library/nsapp/manifests/").await >= 1,
         "the plain registry answered through the mirror"
@@ -342,11 +278,7 @@ async fn containerd_follows_redirects_to_the_store() {
     let Some(weed) = Weed::start().await else {
         return;
     };
-    let reg = Registry::start(RegistryOpts::default()).await;
-    let img = reg
-        .pusher()
-        .push_image("acme/redirected", "v1", &runnable_image(706))
-        .await;
+    let (reg, img) = registry_with("acme/redirected", 706).await;
     let m = Mirror::start(MirrorOpts::upstream(&reg.url()).storage_yaml(
         &(weed.storage_yaml("/containerd") + "  redirect:\n    enabled: true\n    expiry: 5m\n"),
     ))
@@ -360,41 +292,16 @@ async fn containerd_follows_redirects_to_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let ctrd = Containerd::start(dir.path());
         let hosts_dir = dir.path().join("certs.d");
-        let d = hosts_dir.join(reg.hostport());
-        fs::create_dir_all(&d).unwrap();
-        let header = if opt_out {
-            format!(
+        let mut host = host_table(&m.url(), true);
+        if opt_out {
+            host += &format!(
                 "  [host.\"{}/v2\".header]\n    ocimirror-no-redirect = \"1\"\n",
                 m.url()
-            )
-        } else {
-            String::new()
-        };
-        fs::write(
-            d.join("hosts.toml"),
-            format!(
-                "server = \"{}\"\n\n[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
-                 override_path = true\n{header}",
-                closed_url(),
-                m.url()
-            ),
-        )
-        .unwrap();
-        run(&mut ctrd.ctr(&[
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            hosts_dir.to_str().unwrap(),
-            &name,
-        ]));
-        let list = run(&mut ctrd.ctr(&["images", "ls"]));
-        assert!(
-            list.lines()
-                .any(|l| l.starts_with(&name) && l.contains(&img.digest)),
-            "{list}"
-        );
+            );
+        }
+        write_hosts(&hosts_dir, &reg.hostport(), &host);
+        run(&mut ctrd.pull(&hosts_dir, &name));
+        ctrd.assert_listed(&name, &img.digest);
         // The config and the layer: from the store the first time, from the mirror with the
         // header (the count stays).
         assert_eq!(redirects().await, expected, "opt-out {opt_out}");

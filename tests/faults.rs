@@ -104,11 +104,7 @@ const NAME: &str = "fake/app";
 
 async fn fake_with_image(creds: Option<(&str, &str)>) -> (FakeUpstream, Image) {
     let auth = creds.map_or_else(Auth::default, |(u, p)| Auth::bearer(u, p));
-    let f = FakeUpstream::start_with(FakeOpts {
-        auth,
-        ..FakeOpts::default()
-    })
-    .await;
+    let f = FakeUpstream::start_behind(auth).await;
     let img = f.add_image(NAME, "v1", &build_oci_image(500));
     (f, img)
 }
@@ -230,20 +226,10 @@ async fn upstream_429_is_relayed_with_retry_after() {
     );
     // Errors are not cached: once the cooldown is over, the manifest is fetched.
     set_fault(&f, Fault::None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = m.get_manifest(NAME, "v1").send().await.unwrap();
-        if r.status().as_u16() == 200 {
-            assert_eq!(r.bytes().await.unwrap(), img.manifest);
-            break;
-        }
-        assert_eq!(r.status().as_u16(), 429);
-        assert!(
-            Instant::now() < deadline,
-            "still refused after the cooldown"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let r = m
+        .manifest_once_served(NAME, "v1", Some(429), "the cooldown")
+        .await;
+    assert_eq!(r.bytes().await.unwrap(), img.manifest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,19 +377,15 @@ async fn broken_fill_case(fault: Fault) {
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     let layer = img.biggest_layer();
     set_fault(&f, fault);
-    let resp = m
-        .get_blob(NAME, &layer.digest)
-        .timeout(Duration::from_secs(40))
-        .send()
-        .await;
-    assert_broken_fetch(resp, (!wrong_length).then_some(layer.size)).await;
-    // A second client during the same breakage fares no better.
-    let resp = m
-        .get_blob(NAME, &layer.digest)
-        .timeout(Duration::from_secs(40))
-        .send()
-        .await;
-    assert_broken_fetch(resp, (!wrong_length).then_some(layer.size)).await;
+    // A second client during the same breakage fares no better than the first.
+    for _ in 0..2 {
+        let resp = m
+            .get_blob(NAME, &layer.digest)
+            .timeout(Duration::from_secs(40))
+            .send()
+            .await;
+        assert_broken_fetch(resp, (!wrong_length).then_some(layer.size)).await;
+    }
     wait_fills_failed(&m).await;
     nothing_stored_for(&m, &layer.digest);
     let fetched = f.count("GET", &format!("/blobs/{}", layer.digest));
@@ -415,15 +397,7 @@ async fn broken_fill_case(fault: Fault) {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(stream_hash(r).await, Ok((layer.size, layer.digest.clone())));
     assert!(f.count("GET", &format!("/blobs/{}", layer.digest)) > fetched);
-    let data = blob_data_path(&m.storage_root(), &layer.digest);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !data.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        sha256_digest(&std::fs::read(&data).expect("healed blob committed")),
-        layer.digest
-    );
+    wait_committed(&m, &layer.digest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,8 +475,7 @@ async fn bearer_token_fetched_once_for_many_requests() {
         MirrorOpts::upstream(&f.url())
             .short_timeouts()
             .tag_ttl("0s")
-            .up("username", "alice")
-            .up("password", &q("wonder land")),
+            .login("alice", "wonder land"),
     )
     .await;
     for _ in 0..3 {
@@ -552,8 +525,7 @@ async fn bearer_token_fetched_once_for_many_requests() {
     let bad = Mirror::start(
         MirrorOpts::upstream(&f.url())
             .short_timeouts()
-            .up("username", "alice")
-            .up("password", "wrong"),
+            .login("alice", "wrong"),
     )
     .await;
     let r = bad.get_manifest(NAME, "v1").send().await.unwrap();
@@ -567,8 +539,7 @@ async fn blob_redirect_does_not_forward_authorization() {
     let m = Mirror::start(
         MirrorOpts::upstream(&f.url())
             .short_timeouts()
-            .up("username", "bob")
-            .up("password", "builder"),
+            .login("bob", "builder"),
     )
     .await;
     for d in img.all_blobs() {
@@ -597,16 +568,35 @@ async fn blob_redirect_does_not_forward_authorization() {
 // Slow blobs: streaming, coalescing, disconnects
 // ---------------------------------------------------------------------------------------------
 
-/// A fake with one image whose single layer is ~4 MiB, served at 128 KiB per 50 ms (~1.6 s).
-async fn slow_fake() -> (FakeUpstream, Image, Descriptor) {
+/// A fake holding `NAME:tag`, an image of `layers` (their sizes) from `seed`, whose blobs it
+/// sends `chunk` bytes at a time with `pause` between chunks.
+async fn paced_fake(
+    tag: &str,
+    seed: u64,
+    layers: &[usize],
+    chunk: usize,
+    pause: Duration,
+) -> (FakeUpstream, Image) {
     let f = FakeUpstream::start().await;
     let img = f.add_image(
         NAME,
-        "slow",
-        &build_image(Kind::Oci, 600, &[4 << 20], "amd64", "linux"),
+        tag,
+        &build_image(Kind::Oci, seed, layers, "amd64", "linux"),
     );
-    f.on(Route::Blob)
-        .chunks(128 << 10, Duration::from_millis(50));
+    f.on(Route::Blob).chunks(chunk, pause);
+    (f, img)
+}
+
+/// A fake with one image whose single layer is ~4 MiB, served at 128 KiB per 50 ms (~1.6 s).
+async fn slow_fake() -> (FakeUpstream, Image, Descriptor) {
+    let (f, img) = paced_fake(
+        "slow",
+        600,
+        &[4 << 20],
+        128 << 10,
+        Duration::from_millis(50),
+    )
+    .await;
     let layer = img.layers[0].clone();
     (f, img, layer)
 }
@@ -810,11 +800,21 @@ async fn upstream_blob_without_content_length_is_served_and_stored() {
     let (f, img) = fake_with_image(None).await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     set_fault(&f, Fault::NoLength);
+    served_whole_and_committed(&m, &img).await;
+}
+
+/// Every blob of `img` is served whole by `m`, and committed to its storage.
+async fn served_whole_and_committed(m: &Mirror, img: &Image) {
     for d in img.all_blobs() {
         let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(stream_hash(r).await, Ok((d.size, d.digest.clone())));
-        wait_committed(&m, &d.digest).await;
+        assert_eq!(r.status().as_u16(), 200, "{}", d.digest);
+        assert_eq!(
+            stream_hash(r).await,
+            Ok((d.size, d.digest.clone())),
+            "{}",
+            d.digest
+        );
+        wait_committed(m, &d.digest).await;
     }
 }
 
@@ -837,14 +837,8 @@ async fn wait_committed(m: &Mirror, digest: &str) {
 /// read timeout): the client gets bytes as they come and the whole blob, and it is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_at_one_kib_per_second_is_streamed_and_stored() {
-    let f = FakeUpstream::start().await;
-    let img = f.add_image(
-        NAME,
-        "crawl",
-        &build_image(Kind::Oci, 610, &[6 << 10], "amd64", "linux"),
-    );
+    let (f, img) = paced_fake("crawl", 610, &[6 << 10], 1024, Duration::from_secs(1)).await;
     let layer = img.layers[0].clone();
-    f.on(Route::Blob).chunks(1024, Duration::from_secs(1));
     // Below the default minimum blob rate (16 KiB/s): this upstream is slow on purpose.
     let m = Mirror::start(
         MirrorOpts::upstream(&f.url())
@@ -902,8 +896,7 @@ async fn token_endpoint_down_or_hanging_is_503_then_recovers() {
     let m = Mirror::start(
         MirrorOpts::upstream(&f.url())
             .short_timeouts()
-            .up("username", "alice")
-            .up("password", "pw"),
+            .login("alice", "pw"),
     )
     .await;
     for fault in [Fault::TokenDown, Fault::TokenHang] {
@@ -980,20 +973,10 @@ async fn upstream_429_storm_is_relayed_not_amplified_and_not_stored() {
     }
     set_fault(&f, Fault::None);
     // The mirror may hold off for the upstream's Retry-After (7 s).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = m.get_manifest(NAME, "v1").send().await.unwrap();
-        if r.status().as_u16() == 200 {
-            assert_eq!(r.bytes().await.unwrap(), img.manifest);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {} after the storm",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let r = m
+        .manifest_once_served(NAME, "v1", None, "after the storm")
+        .await;
+    assert_eq!(r.bytes().await.unwrap(), img.manifest);
 }
 
 /// A client that goes away at each point of a fill — right after sending its request, after
@@ -1002,14 +985,14 @@ async fn upstream_429_storm_is_relayed_not_amplified_and_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnecting_at_every_point_of_a_fill() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let f = FakeUpstream::start().await;
-    let img = f.add_image(
-        NAME,
+    let (f, img) = paced_fake(
         "cuts",
-        &build_image(Kind::Oci, 630, &[1 << 20; 5], "amd64", "linux"),
-    );
-    f.on(Route::Blob)
-        .chunks(64 << 10, Duration::from_millis(20));
+        630,
+        &[1 << 20; 5],
+        64 << 10,
+        Duration::from_millis(20),
+    )
+    .await;
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     // The manifest first, so the blobs are linked to the repository.
     let r = m.get_manifest(NAME, "cuts").send().await.unwrap();
@@ -1060,16 +1043,7 @@ async fn client_disconnecting_at_every_point_of_a_fill() {
             wait_committed(&m, &layer.digest).await;
         }
     }
-    for d in img.all_blobs() {
-        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
-        assert_eq!(
-            stream_hash(r).await,
-            Ok((d.size, d.digest.clone())),
-            "{}",
-            d.digest
-        );
-        wait_committed(&m, &d.digest).await;
-    }
+    served_whole_and_committed(&m, &img).await;
     for l in &img.layers[1..] {
         assert_eq!(
             f.count("GET", &format!("/blobs/{}", l.digest)),
@@ -1101,14 +1075,8 @@ fn age_file(path: &std::path::Path, hours: u32) {
 /// another process sharing the root may own them) are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_fills_then_restart_serves_whole_blobs_and_cleans_temp_files() {
-    let f = FakeUpstream::start().await;
-    let img = f.add_image(
-        NAME,
-        "kill",
-        &build_image(Kind::Oci, 640, &[4 << 20, 3 << 20], "amd64", "linux"),
-    );
-    f.on(Route::Blob)
-        .chunks(128 << 10, Duration::from_millis(50));
+    let layers = [4 << 20, 3 << 20];
+    let (f, img) = paced_fake("kill", 640, &layers, 128 << 10, Duration::from_millis(50)).await;
     let mut m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
     let r = m.get_manifest(NAME, "kill").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -1162,9 +1130,5 @@ async fn sigkill_during_fills_then_restart_serves_whole_blobs_and_cleans_temp_fi
         vec![young.clone()],
         "start-up removes temp files older than 6 h, and only those"
     );
-    for d in img.all_blobs() {
-        let r = m.get_blob(NAME, &d.digest).send().await.unwrap();
-        assert_eq!(stream_hash(r).await, Ok((d.size, d.digest.clone())));
-        wait_committed(&m, &d.digest).await;
-    }
+    served_whole_and_committed(&m, &img).await;
 }

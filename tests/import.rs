@@ -433,13 +433,16 @@ fn distribution_all_options_lists_everything_not_carried() {
 #[test]
 fn twuni_helm_chart_with_its_environment_imports() {
     let config = fixture("twuni-docker-registry/config.yml");
-    let env = fixture("twuni-docker-registry/proxy-filesystem.env");
-    let imp = import(&[
-        "--distribution",
-        config.to_str().unwrap(),
-        "--env-file",
-        env.to_str().unwrap(),
-    ]);
+    let with_env = |env: &str| {
+        let env = fixture(&format!("twuni-docker-registry/{env}"));
+        import(&[
+            "--distribution",
+            config.to_str().unwrap(),
+            "--env-file",
+            env.to_str().unwrap(),
+        ])
+    };
+    let imp = with_env("proxy-filesystem.env");
     check_passes(&imp);
     imp.expect(&[
         ("storage.filesystem.root", "/var/lib/registry"),
@@ -452,13 +455,7 @@ fn twuni_helm_chart_with_its_environment_imports() {
         imp.stderr
     );
 
-    let env = fixture("twuni-docker-registry/s3-htpasswd.env");
-    let imp = import(&[
-        "--distribution",
-        config.to_str().unwrap(),
-        "--env-file",
-        env.to_str().unwrap(),
-    ]);
+    let imp = with_env("s3-htpasswd.env");
     check_passes(&imp);
     imp.expect(&[
         ("storage.backend", "s3"),

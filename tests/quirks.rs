@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,6 +32,15 @@ fn password_file(dir: &Path, text: &str) -> std::path::PathBuf {
     let p = dir.join("upstream-password");
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// A mirror of `f` that logs in as `user` with the password in `file`, revalidating every tag.
+fn password_file_opts(f: &FakeUpstream, user: &str, file: &Path) -> MirrorOpts {
+    MirrorOpts::upstream(&f.url())
+        .short_timeouts()
+        .tag_ttl("0s")
+        .up("username", user)
+        .up("password_file", &q(&file.display().to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -69,22 +78,11 @@ async fn sighup_without_auth_or_tls_reloads_and_never_exits() {
 /// (old tokens revoked) is picked up at the first refusal, even unnoticed by the watcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_password_file_is_read_again_and_old_tokens_dropped() {
-    let f = FakeUpstream::start_with(FakeOpts {
-        auth: Auth::bearer("robot", "pw-1"),
-        ..FakeOpts::default()
-    })
-    .await;
+    let f = FakeUpstream::start_behind(Auth::bearer("robot", "pw-1")).await;
     let img = f.add_image("team/app", "v1", &build_oci_image(2302));
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "wrong\n");
-    let m = Mirror::start(
-        MirrorOpts::upstream(&f.url())
-            .short_timeouts()
-            .tag_ttl("0s")
-            .up("username", "robot")
-            .up("password_file", &q(&pw.display().to_string())),
-    )
-    .await;
+    let m = Mirror::start(password_file_opts(&f, "robot", &pw)).await;
     let r = m.get_manifest("team/app", "v1").send().await.unwrap();
     assert_eq!(r.status(), 403);
     let body = r.text().await.unwrap().to_lowercase();
@@ -98,16 +96,8 @@ async fn rotated_password_file_is_read_again_and_old_tokens_dropped() {
     .await;
 
     std::fs::write(&pw, "pw-1\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = m.get_manifest("team/app", "v1").send().await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 403);
-        assert!(Instant::now() < deadline, "the new password was never used");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    m.manifest_once_served("team/app", "v1", Some(403), "the new password")
+        .await;
     pull_and_check_oci(&m.hostport(), &img, None).await;
     let tokens = f.tokens();
 
@@ -140,22 +130,11 @@ async fn rotated_password_file_is_read_again_and_old_tokens_dropped() {
 /// the file. A refusal re-reads it; an unchanged password stays refused, clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecr_style_basic_password_rotation() {
-    let f = FakeUpstream::start_with(FakeOpts {
-        auth: Auth::basic("AWS", "ecr-token-1"),
-        ..FakeOpts::default()
-    })
-    .await;
+    let f = FakeUpstream::start_behind(Auth::basic("AWS", "ecr-token-1")).await;
     let img = f.add_image("team/app", "v1", &build_oci_image(2303));
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "ecr-token-1\n");
-    let m = Mirror::start(
-        MirrorOpts::upstream(&f.url())
-            .short_timeouts()
-            .tag_ttl("0s")
-            .up("username", "AWS")
-            .up("password_file", &q(&pw.display().to_string())),
-    )
-    .await;
+    let m = Mirror::start(password_file_opts(&f, "AWS", &pw)).await;
     pull_and_check_oci(&m.hostport(), &img, None).await;
 
     // The token expires upstream; nothing new in the file yet: a clear refusal, not a 503.
@@ -188,11 +167,7 @@ async fn ecr_style_basic_password_rotation() {
 /// misspelt repository: the mirror says 404 NAME_UNKNOWN with the upstream's answer, not 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_anonymous_token_is_name_unknown_not_an_outage() {
-    let f = FakeUpstream::start_with(FakeOpts {
-        auth: Auth::public(&["team/public"]),
-        ..FakeOpts::default()
-    })
-    .await;
+    let f = FakeUpstream::start_behind(Auth::public(&["team/public"])).await;
     let img = f.add_image("team/public", "v1", &build_oci_image(2305));
     f.add_image("team/private", "v1", &build_oci_image(2306));
     let m = Mirror::start(MirrorOpts::upstream(&f.url()).short_timeouts()).await;
@@ -239,20 +214,16 @@ async fn challenges_listing_basic_before_bearer_settle_on_bearer() {
     .into_iter()
     .enumerate()
     {
-        let f = FakeUpstream::start_with(FakeOpts {
-            auth: Auth {
-                challenges,
-                ..Auth::bearer("alice", "pw")
-            },
-            ..FakeOpts::default()
+        let f = FakeUpstream::start_behind(Auth {
+            challenges,
+            ..Auth::bearer("alice", "pw")
         })
         .await;
         let img = f.add_image("team/app", "v1", &build_oci_image(2307 + i as u64));
         let m = Mirror::start(
             MirrorOpts::upstream(&f.url())
                 .short_timeouts()
-                .up("username", "alice")
-                .up("password", "pw"),
+                .login("alice", "pw"),
         )
         .await;
         pull_and_check_oci(&m.hostport(), &img, None).await;
@@ -413,18 +384,13 @@ async fn redirect_forms_keep_credentials_on_their_host() {
     .into_iter()
     .enumerate()
     {
-        let f = FakeUpstream::start_with(FakeOpts {
-            auth: Auth::bearer("bob", "builder"),
-            ..FakeOpts::default()
-        })
-        .await;
+        let f = FakeUpstream::start_behind(Auth::bearer("bob", "builder")).await;
         let img = f.add_image("org/team/sub/app", "v1", &build_oci_image(2310 + i as u64));
         f.on(Route::Blob).get().redirect(to);
         let m = Mirror::start(
             MirrorOpts::upstream(&f.url())
                 .short_timeouts()
-                .up("username", "bob")
-                .up("password", "builder"),
+                .login("bob", "builder"),
         )
         .await;
         pull_and_check_oci(&m.hostport(), &img, None).await;
@@ -459,12 +425,9 @@ async fn token_response_shapes() {
     .into_iter()
     .enumerate()
     {
-        let f = FakeUpstream::start_with(FakeOpts {
-            auth: Auth {
-                token_json: Some(shape.to_string()),
-                ..Auth::bearer("alice", "pw")
-            },
-            ..FakeOpts::default()
+        let f = FakeUpstream::start_behind(Auth {
+            token_json: Some(shape.to_string()),
+            ..Auth::bearer("alice", "pw")
         })
         .await;
         let img = f.add_image("team/app", "v1", &build_oci_image(2320 + i as u64));
@@ -472,8 +435,7 @@ async fn token_response_shapes() {
             MirrorOpts::upstream(&f.url())
                 .short_timeouts()
                 .tag_ttl("0s")
-                .up("username", "alice")
-                .up("password", "pw"),
+                .login("alice", "pw"),
         )
         .await;
         pull_and_check_oci(&m.hostport(), &img, None).await;
@@ -517,17 +479,7 @@ async fn head_without_digest_or_length_chunked_bodies_and_retry_after_dates() {
     let h = expect_oci_error(r, 429, &["TOOMANYREQUESTS"]).await;
     assert!(h.get("retry-after").is_some());
     limited.remove();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while m
-        .get_manifest("team/other", "v1")
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(Instant::now() < deadline, "never served after the date");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    m.manifest_once_served("team/other", "v1", None, "after the date")
+        .await;
     pull_and_check_oci(&m.hostport(), &other, None).await;
 }

@@ -57,6 +57,11 @@ fn basic(user: &str, pw: &str) -> String {
 }
 
 /// Panics if any of `secrets` occurs in `text` (named `what`).
+/// The string `name` of a JSON answer, which must have it.
+fn text_field(v: &Value, name: &str) -> String {
+    v[name].as_str().expect(name).to_string()
+}
+
 fn assert_clean(what: &str, text: &str, secrets: &[String]) {
     for s in secrets {
         assert!(
@@ -93,8 +98,7 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
     );
     let opts = |pw: &str| {
         MirrorOpts::upstream(&reg.url())
-            .up("username", "puller")
-            .up("password", &q(pw))
+            .login("puller", pw)
             .tag_ttl("0s")
             .short_timeouts()
             .storage_yaml(&s3.storage_yaml("mirror"))
@@ -146,7 +150,7 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         .basic_auth("admin", Some(ADMIN_PW)),
     )
     .await;
-    let token = v["token"].as_str().expect("token").to_string();
+    let token = text_field(&v, "token");
     tokens.push(token.clone());
     if let Some(rt) = v["refresh_token"].as_str() {
         tokens.push(rt.to_string());
@@ -155,16 +159,8 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         "grant_type=password&service=ocimirror&client_id=t&username=admin&password={ADMIN_PW}&scope=repository:priv/app:pull&access_type=offline"
     );
     let v = json(oauth(&c, &base, form)).await;
-    tokens.push(
-        v["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string(),
-    );
-    let refresh = v["refresh_token"]
-        .as_str()
-        .expect("refresh_token")
-        .to_string();
+    tokens.push(text_field(&v, "access_token"));
+    let refresh = text_field(&v, "refresh_token");
     tokens.push(refresh.clone());
     // The refresh token used where it does not belong, and for a new access token.
     let (st, _) = send(
@@ -177,12 +173,7 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         "grant_type=refresh_token&service=ocimirror&client_id=t&refresh_token={refresh}&scope=repository:priv/app:pull"
     );
     let v = json(oauth(&c, &base, form)).await;
-    tokens.push(
-        v["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string(),
-    );
+    tokens.push(text_field(&v, "access_token"));
 
     // Pulls with the token: manifest, every blob; an unknown tag and blob (upstream 404s).
     let (st, body) = send(
@@ -241,7 +232,7 @@ async fn secrets_never_appear_in_logs_responses_metrics_or_config_check() {
         .basic_auth("admin", Some(ADMIN_PW)),
     )
     .await;
-    let token2 = v["token"].as_str().unwrap().to_string();
+    let token2 = text_field(&v, "token");
     tokens.push(token2.clone());
     let (st, _) = send(
         &mut seen,

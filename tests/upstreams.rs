@@ -20,12 +20,7 @@ async fn two_upstreams() -> (Registry, Registry, Image, Image, Mirror) {
 }
 
 async fn manifest(m: &Mirror, path: &str) -> (u16, Vec<u8>) {
-    let r = m
-        .get(path)
-        .header("accept", ACCEPT_MANIFESTS)
-        .send()
-        .await
-        .unwrap();
+    let r = m.get_accepting(path).send().await.unwrap();
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
 }
 
@@ -34,31 +29,31 @@ async fn prefix_and_ns_reach_the_named_upstream_and_content_never_mixes() {
     let (a, b, img_a, img_b, m) = two_upstreams().await;
     assert_ne!(img_a.digest, img_b.digest);
 
-    // Plain: the default upstream.
-    let (s, body) = manifest(&m, "/v2/team/app/manifests/v1").await;
-    assert_eq!((s, body), (200, img_a.manifest.clone()));
-    // Path prefix (containerd's override_path, skopeo, podman): the named upstream.
-    let (s, body) = manifest(&m, "/v2/b.example/team/app/manifests/v1").await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    // containerd's ns, by name or by the upstream's host:port.
-    let (s, body) = manifest(&m, "/v2/team/app/manifests/v1?ns=b.example").await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    let (s, body) = manifest(
-        &m,
-        &format!("/v2/team/app/manifests/v1?ns={}", b.hostport()),
-    )
-    .await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    // containerd with override_path to the prefix sends both: the prefix is not doubled.
-    let (s, body) = manifest(&m, "/v2/b.example/team/app/manifests/v1?ns=b.example").await;
-    assert_eq!((s, body), (200, img_b.manifest.clone()));
-    // ns naming the default upstream.
-    let (s, body) = manifest(
-        &m,
-        &format!("/v2/team/app/manifests/v1?ns={}", a.hostport()),
-    )
-    .await;
-    assert_eq!((s, body), (200, img_a.manifest.clone()));
+    for (path, img) in [
+        // Plain: the default upstream.
+        ("/v2/team/app/manifests/v1".to_string(), &img_a),
+        // Path prefix (containerd's override_path, skopeo, podman): the named upstream.
+        ("/v2/b.example/team/app/manifests/v1".to_string(), &img_b),
+        // containerd's ns, by name or by the upstream's host:port.
+        ("/v2/team/app/manifests/v1?ns=b.example".to_string(), &img_b),
+        (
+            format!("/v2/team/app/manifests/v1?ns={}", b.hostport()),
+            &img_b,
+        ),
+        // containerd with override_path to the prefix sends both: the prefix is not doubled.
+        (
+            "/v2/b.example/team/app/manifests/v1?ns=b.example".to_string(),
+            &img_b,
+        ),
+        // ns naming the default upstream.
+        (
+            format!("/v2/team/app/manifests/v1?ns={}", a.hostport()),
+            &img_a,
+        ),
+    ] {
+        let (s, body) = manifest(&m, &path).await;
+        assert_eq!((s, body), (200, img.manifest.clone()), "{path}");
+    }
 
     // Blobs follow the same routes, and one upstream's blob is not served under the other's
     // repository even though the name is the same.
@@ -110,8 +105,7 @@ async fn unknown_ns_is_refused_and_nothing_is_dialled() {
         "localhost",
     ] {
         let r = m
-            .get(&format!("/v2/team/app/manifests/v1?ns={ns}"))
-            .header("accept", ACCEPT_MANIFESTS)
+            .get_accepting(&format!("/v2/team/app/manifests/v1?ns={ns}"))
             .send()
             .await
             .unwrap();
@@ -146,12 +140,7 @@ async fn declared_ns_reaches_the_upstream_and_is_named_in_the_answer() {
         ),
         ("/v2/library/app/manifests/v1", None),
     ] {
-        let r = m
-            .get(path)
-            .header("accept", ACCEPT_MANIFESTS)
-            .send()
-            .await
-            .unwrap();
+        let r = m.get_accepting(path).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert_eq!(
             r.headers()
@@ -184,14 +173,9 @@ async fn declared_ns_reaches_the_upstream_and_is_named_in_the_answer() {
 
 #[test]
 fn config_check_refuses_an_ns_on_two_upstreams() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
+    let (ok, err) = config_check_yaml(
         "upstream:\n  url: https://mirror.gcr.io\n  ns: [docker.io]\nupstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n    ns: [docker.io, index.docker.io]\n",
-    )
-    .unwrap();
-    let (ok, err) = config_check(&cfg);
+    );
     assert!(!ok);
     assert!(err.contains("upstreams.0.ns"), "{err}");
     assert!(
@@ -213,14 +197,9 @@ async fn skopeo_pulls_from_both_upstreams_through_one_endpoint() {
 
 #[test]
 fn config_check_refuses_bad_upstream_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
+    let (ok, err) = config_check_yaml(
         "upstreams:\n  - name: Bad/Name\n    url: https://ghcr.io\n  - name: quay.io\n    url: ftp://quay.io\n  - name: quay.io\n",
-    )
-    .unwrap();
-    let (ok, err) = config_check(&cfg);
+    );
     assert!(!ok);
     assert!(err.contains("upstreams.0.name"), "{err}");
     assert!(err.contains("upstreams.1.url"), "{err}");

@@ -580,28 +580,8 @@ async fn containerd_pulls_a_signed_image_and_is_refused_an_unsigned_one() {
     let dir = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(dir.path());
     let hosts_dir = dir.path().join("certs.d");
-    let d = hosts_dir.join(reg.hostport());
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("hosts.toml"),
-        format!(
-            "server = \"{}\"\n\n[host.\"{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
-            closed_url(),
-            m.url()
-        ),
-    )
-    .unwrap();
-    let pull = |name: &str| {
-        ctrd.ctr(&[
-            "images",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            hosts_dir.to_str().unwrap(),
-            name,
-        ])
-    };
+    write_hosts(&hosts_dir, &reg.hostport(), &host_table(&m.url(), true));
+    let pull = |name: &str| ctrd.pull(&hosts_dir, name);
     let signed_ref = format!("{}/myorg/signed:v1", reg.hostport());
     run(&mut pull(&signed_ref));
     let unsigned_ref = format!("{}/myorg/unsigned:v1", reg.hostport());
@@ -617,12 +597,7 @@ async fn containerd_pulls_a_signed_image_and_is_refused_an_unsigned_one() {
     );
     assert!(said.contains("403"), "containerd's error: {said}");
 
-    let list = run(&mut ctrd.ctr(&["images", "ls"]));
-    let line = list
-        .lines()
-        .find(|l| l.starts_with(&signed_ref))
-        .unwrap_or_else(|| panic!("{signed_ref} not in:\n{list}"));
-    assert!(line.contains(&signed.digest), "{line}");
+    let list = ctrd.assert_listed(&signed_ref, &signed.digest);
     assert!(
         !list.contains(&unsigned_ref),
         "the unsigned image is in containerd's store:\n{list}"

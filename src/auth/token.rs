@@ -694,6 +694,28 @@ mod tests {
         format!("{input}.{}", b64url(&sig))
     }
 
+    /// The usual claims, as of now, under `header`, signed by `key`.
+    fn signed_now(header: &Value, key: &SigningKey) -> String {
+        craft(header, &claims_json(now_secs()), Some(key))
+    }
+
+    /// A token `issuer` issues to alice, granting nothing.
+    fn issued(issuer: &TokenIssuer) -> String {
+        issuer.issue("alice", AUD, vec![]).unwrap().token
+    }
+
+    /// `result` is an error matching `pattern`.
+    macro_rules! assert_err {
+        ($result:expr, $pattern:pat) => {{
+            let err = $result.unwrap_err();
+            assert!(matches!(err, $pattern), "{err}");
+        }};
+        ($result:expr, $pattern:pat, $($what:tt)+) => {{
+            let err = $result.unwrap_err();
+            assert!(matches!(err, $pattern), "{}: {err}", format!($($what)+));
+        }};
+    }
+
     fn kid_header(key: &SigningKey) -> Value {
         json!({"alg": key.algorithm().jws_name(), "typ": "JWT", "kid": key.libtrust_kid()})
     }
@@ -712,8 +734,7 @@ mod tests {
                     issuer.kid = kid;
                     issuer.include_x5c = x5c;
                     if kid == KidFormat::None && !x5c {
-                        let err = issuer.issue("alice", AUD, pull("a")).unwrap_err();
-                        assert!(matches!(err, TokenError::Config(_)), "{err}");
+                        assert_err!(issuer.issue("alice", AUD, pull("a")), TokenError::Config(_));
                         continue;
                     }
                     let t = issuer.issue("alice", AUD, pull("library/alpine")).unwrap();
@@ -786,8 +807,7 @@ mod tests {
             let mut h = kid_header(&rsa().key);
             h["alg"] = alg.into();
             let token = craft(&h, &claims_json(now_secs()), None);
-            let err = v.verify(&token).unwrap_err();
-            assert!(matches!(err, TokenError::AlgNone(_)), "{alg}: {err}");
+            assert_err!(v.verify(&token), TokenError::AlgNone(_), "{alg}");
         }
     }
 
@@ -847,9 +867,7 @@ mod tests {
         for alg in ["ES512", "EdDSA", "rs256", "RSA-OAEP", ""] {
             let mut h = kid_header(&f.key);
             h["alg"] = alg.into();
-            let err = v
-                .verify(&craft(&h, &claims_json(now_secs()), Some(&f.key)))
-                .unwrap_err();
+            let err = v.verify(&signed_now(&h, &f.key)).unwrap_err();
             match alg {
                 "" => assert!(matches!(err, TokenError::AlgNone(_)), "{err}"),
                 _ => assert!(
@@ -896,14 +914,12 @@ mod tests {
                 b64url(claims.to_string().as_bytes()),
                 parts[2]
             );
-            let err = v.verify(&forged).unwrap_err();
-            assert!(matches!(err, TokenError::BadSignature), "{err}");
+            assert_err!(v.verify(&forged), TokenError::BadSignature);
             // A flipped signature byte.
             let mut sig = BASE64URL_NOPAD.decode(parts[2].as_bytes()).unwrap();
             sig[10] ^= 1;
             let forged = format!("{}.{}.{}", parts[0], parts[1], b64url(&sig));
-            let err = v.verify(&forged).unwrap_err();
-            assert!(matches!(err, TokenError::BadSignature), "{err}");
+            assert_err!(v.verify(&forged), TokenError::BadSignature);
         }
         // Signed by a stranger, claiming a trusted key's kid.
         let token = craft(
@@ -911,8 +927,7 @@ mod tests {
             &claims_json(now_secs()),
             Some(&stranger().key),
         );
-        let err = v.verify(&token).unwrap_err();
-        assert!(matches!(err, TokenError::BadSignature), "{err}");
+        assert_err!(v.verify(&token), TokenError::BadSignature);
     }
 
     #[test]
@@ -923,10 +938,10 @@ mod tests {
         let token = issuer.issue_at("alice", AUD, vec![], now).unwrap().token;
         v.verify_at(&token, now + TTL + Duration::from_secs(59))
             .unwrap();
-        let err = v
-            .verify_at(&token, now + TTL + Duration::from_secs(62))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::Expired { .. }), "{err}");
+        assert_err!(
+            v.verify_at(&token, now + TTL + Duration::from_secs(62)),
+            TokenError::Expired { .. }
+        );
         // An hour old: kid only, since the certificate is younger than that.
         let mut issuer = issuer;
         issuer.include_x5c = false;
@@ -934,8 +949,7 @@ mod tests {
             .issue_at("alice", AUD, vec![], now - Duration::from_secs(3600))
             .unwrap()
             .token;
-        let err = v.verify(&old).unwrap_err();
-        assert!(matches!(err, TokenError::Expired { .. }), "{err}");
+        assert_err!(v.verify(&old), TokenError::Expired { .. });
     }
 
     #[test]
@@ -977,8 +991,7 @@ mod tests {
             .issue("alice", "other-registry", vec![])
             .unwrap()
             .token;
-        let err = v.verify(&token).unwrap_err();
-        assert!(matches!(err, TokenError::WrongAudience { .. }), "{err}");
+        assert_err!(v.verify(&token), TokenError::WrongAudience { .. });
         let evil = TokenIssuer::new(rsa().key.clone(), "evil", TTL);
         let err = v
             .verify(&evil.issue("alice", AUD, vec![]).unwrap().token)
@@ -1000,10 +1013,10 @@ mod tests {
             .unwrap();
         assert!(c.aud.contains(AUD));
         claims["aud"] = json!(["x", "y"]);
-        let err = v
-            .verify(&craft(&kid_header(&rsa().key), &claims, Some(&rsa().key)))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::WrongAudience { .. }), "{err}");
+        assert_err!(
+            v.verify(&craft(&kid_header(&rsa().key), &claims, Some(&rsa().key))),
+            TokenError::WrongAudience { .. }
+        );
     }
 
     #[test]
@@ -1013,15 +1026,11 @@ mod tests {
         issuer.include_x5c = false;
         for kid in [KidFormat::Libtrust, KidFormat::Thumbprint] {
             issuer.kid = kid;
-            let err = v
-                .verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
-                .unwrap_err();
-            assert!(matches!(err, TokenError::UnknownKey(_)), "{err}");
+            assert_err!(v.verify(&issued(&issuer)), TokenError::UnknownKey(_));
         }
         let header = json!({"alg": "ES256", "typ": "JWT"});
         let token = craft(&header, &claims_json(now_secs()), Some(&ec().key));
-        let err = v.verify(&token).unwrap_err();
-        assert!(matches!(err, TokenError::NoKeyHint), "{err}");
+        assert_err!(v.verify(&token), TokenError::NoKeyHint);
     }
 
     #[test]
@@ -1029,24 +1038,21 @@ mod tests {
         let v = verifier();
         // A stranger's self-signed certificate.
         let issuer = TokenIssuer::new(stranger().key.clone(), ISS, TTL);
-        let err = v
-            .verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UntrustedChain(_)), "{err}");
+        assert_err!(v.verify(&issued(&issuer)), TokenError::UntrustedChain(_));
         // x5c decides: a trusted kid next to an untrusted chain does not help.
         let mut h = kid_header(&ec().key);
         h["x5c"] = stranger().key.x5c().into();
-        let err = v
-            .verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key)))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UntrustedChain(_)), "{err}");
+        assert_err!(
+            v.verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key))),
+            TokenError::UntrustedChain(_)
+        );
         // A trusted chain whose leaf key did not sign.
         let mut h = kid_header(&ec().key);
         h["x5c"] = ec().key.x5c().into();
-        let err = v
-            .verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key)))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::BadSignature), "{err}");
+        assert_err!(
+            v.verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key))),
+            TokenError::BadSignature
+        );
     }
 
     #[test]
@@ -1071,14 +1077,10 @@ mod tests {
         let v = TokenVerifier::new(trust, vec![ISS.into()], AUD);
         let mut issuer = TokenIssuer::new(key, ISS, TTL);
         assert_eq!(issuer.key.x5c().len(), 2);
-        v.verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
-            .unwrap();
+        v.verify(&issued(&issuer)).unwrap();
         // Without x5c the leaf key is unknown: only the CA's key is in the bundle.
         issuer.include_x5c = false;
-        let err = v
-            .verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UnknownKey(_)), "{err}");
+        assert_err!(v.verify(&issued(&issuer)), TokenError::UnknownKey(_));
     }
 
     #[test]
@@ -1089,16 +1091,16 @@ mod tests {
             .unwrap();
         // A forger embedding their own key.
         h["jwk"] = stranger().key.public_key().to_jwk();
-        let err = v
-            .verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key)))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UntrustedJwk(_)), "{err}");
+        assert_err!(
+            v.verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key))),
+            TokenError::UntrustedJwk(_)
+        );
         // ... even with a trusted kid beside it (jwk comes first).
         h["kid"] = ec().key.libtrust_kid().into();
-        let err = v
-            .verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key)))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UntrustedJwk(_)), "{err}");
+        assert_err!(
+            v.verify(&craft(&h, &claims_json(now_secs()), Some(&stranger().key))),
+            TokenError::UntrustedJwk(_)
+        );
     }
 
     #[test]
@@ -1108,15 +1110,16 @@ mod tests {
         let many: Vec<ResourceActions> = (0..200)
             .flat_map(|i| pull(&format!("some/long/repository/name/{i}")))
             .collect();
-        let err = issuer.issue("alice", AUD, many.clone()).unwrap_err();
-        assert!(matches!(err, TokenError::TooLarge(_)), "{err}");
+        assert_err!(
+            issuer.issue("alice", AUD, many.clone()),
+            TokenError::TooLarge(_)
+        );
         // The same claims, signed by hand: valid but for their size.
         let mut claims = claims_json(now_secs());
         claims["access"] = serde_json::to_value(&many).unwrap();
         let token = craft(&kid_header(&ec().key), &claims, Some(&ec().key));
         assert!(token.len() > MAX_TOKEN_BYTES);
-        let err = v.verify(&token).unwrap_err();
-        assert!(matches!(err, TokenError::TooLarge(_)), "{err}");
+        assert_err!(v.verify(&token), TokenError::TooLarge(_));
     }
 
     #[test]
@@ -1139,8 +1142,7 @@ mod tests {
             format!("{good_header}=.{good_claims}.AAAA"),
         ];
         for t in &cases {
-            let err = v.verify(t).unwrap_err();
-            assert!(matches!(err, TokenError::Malformed(_)), "{t:?}: {err}");
+            assert_err!(v.verify(t), TokenError::Malformed(_), "{t:?}");
         }
         let claims = claims_json(now_secs());
         let mut crit = kid_header(key);
@@ -1152,14 +1154,19 @@ mod tests {
         let mut bad_kid = kid_header(key);
         bad_kid["kid"] = json!(7);
         for h in [crit, bad_x5c, bad_x5c2, bad_kid] {
-            let err = v.verify(&craft(&h, &claims, Some(key))).unwrap_err();
-            assert!(matches!(err, TokenError::Malformed(_)), "{h}: {err}");
+            assert_err!(
+                v.verify(&craft(&h, &claims, Some(key))),
+                TokenError::Malformed(_),
+                "{h}"
+            );
         }
         // A validly signed payload that is not a JSON object.
         let input = format!("{good_header}.{}", b64url(b"[]"));
         let sig = key.sign(input.as_bytes()).unwrap();
-        let err = v.verify(&format!("{input}.{}", b64url(&sig))).unwrap_err();
-        assert!(matches!(err, TokenError::Malformed(_)), "{err}");
+        assert_err!(
+            v.verify(&format!("{input}.{}", b64url(&sig))),
+            TokenError::Malformed(_)
+        );
     }
 
     #[test]
@@ -1167,23 +1174,22 @@ mod tests {
         let v = verifier();
         let key = &ec().key;
         for claim in REQUIRED_CLAIMS {
-            let mut claims = claims_json(now_secs());
-            claims.as_object_mut().unwrap().remove(claim);
-            let err = v
-                .verify(&craft(&kid_header(key), &claims, Some(key)))
-                .unwrap_err();
-            assert!(
-                matches!(err, TokenError::MissingClaim(c) if c == claim),
-                "{err}"
-            );
-            claims[claim] = Value::Null;
-            let err = v
-                .verify(&craft(&kid_header(key), &claims, Some(key)))
-                .unwrap_err();
-            assert!(
-                matches!(err, TokenError::MissingClaim(c) if c == claim),
-                "{err}"
-            );
+            // Left out, or null.
+            for null in [false, true] {
+                let mut claims = claims_json(now_secs());
+                if null {
+                    claims[claim] = Value::Null;
+                } else {
+                    claims.as_object_mut().unwrap().remove(claim);
+                }
+                let err = v
+                    .verify(&craft(&kid_header(key), &claims, Some(key)))
+                    .unwrap_err();
+                assert!(
+                    matches!(err, TokenError::MissingClaim(c) if c == claim),
+                    "{claim} (null {null}): {err}"
+                );
+            }
         }
         let t = now_secs();
         let mutations: [(&str, Value); 5] = [
@@ -1296,19 +1302,15 @@ mod tests {
         let mut h = json!({"alg": "RS256", "typ": "JWT", "kid": "token-signer-2025"});
         v.verify(&craft(&h, &claims_json(now_secs()), Some(&rsa().key)))
             .unwrap();
-        v.verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
-            .unwrap();
+        v.verify(&issued(&issuer)).unwrap();
         h["kid"] = "another".into();
-        let err = v
-            .verify(&craft(&h, &claims_json(now_secs()), Some(&rsa().key)))
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UnknownKey(_)), "{err}");
+        assert_err!(
+            v.verify(&craft(&h, &claims_json(now_secs()), Some(&rsa().key))),
+            TokenError::UnknownKey(_)
+        );
         // A JWKS gives no x5c roots: x5c tokens fail, as on a registry configured with jwks only.
         issuer.include_x5c = true;
-        let err = v
-            .verify(&issuer.issue("alice", AUD, vec![]).unwrap().token)
-            .unwrap_err();
-        assert!(matches!(err, TokenError::UntrustedChain(_)), "{err}");
+        assert_err!(v.verify(&issued(&issuer)), TokenError::UntrustedChain(_));
         assert_eq!(
             issuer.jwks(&[])["keys"][0]["kid"],
             rsa().key.thumbprint_kid()
@@ -1318,8 +1320,7 @@ mod tests {
     #[test]
     fn issuer_configuration_errors() {
         let mut issuer = TokenIssuer::new(ec().key.clone(), ISS, Duration::from_millis(500));
-        let err = issuer.issue("a", AUD, vec![]).unwrap_err();
-        assert!(matches!(err, TokenError::Config(_)), "{err}");
+        assert_err!(issuer.issue("a", AUD, vec![]), TokenError::Config(_));
         issuer.ttl = TTL;
         // keygen made a 365-day certificate: x5c tokens after that would be refused downstream.
         let later = SystemTime::now() + Duration::from_secs(400 * 86_400);

@@ -1,6 +1,6 @@
 //! The `cluster` section as written in the config file, and its check into [`ClusterSettings`].
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,7 @@ impl ClusterConfig {
     /// The settings, or each problem as (key under `cluster.`, message).
     pub fn check(&self) -> Result<ClusterSettings, Vec<(String, String)>> {
         let mut problems = Vec::new();
-        let listen = parse_listen(&self.listen)
+        let listen = crate::util::parse_listen(&self.listen, 5001)
             .map_err(|m| problems.push(("listen".into(), m)))
             .ok();
         let advertise = match self.advertise.as_deref().map(str::trim) {
@@ -96,19 +96,6 @@ impl ClusterConfig {
             secret_file: secret_file.expect("checked"),
         })
     }
-}
-
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_owned()
-    };
-    full.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("{s:?} is not an address like 0.0.0.0:5001 or :5001"))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! problem reported at once, each with the line it comes from.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -421,7 +421,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
             message,
         });
     };
-    let listen = parse_listen(&c.listen)
+    let listen = crate::util::parse_listen(&c.listen, 5000)
         .map_err(|m| problem("listen", m))
         .ok();
     let mut duration = |key: &str, v: &str| {
@@ -440,7 +440,7 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
     }
     let metrics_listen = match c.server.metrics_listen.trim() {
         "" => None,
-        a => parse_listen(a)
+        a => crate::util::parse_listen(a, 5000)
             .map_err(|m| problem("server.metrics_listen", m))
             .ok(),
     };
@@ -637,24 +637,6 @@ fn validate(c: &Config, text: &str, checks: &[SectionCheck]) -> Result<Settings,
         cluster,
         verify,
     })
-}
-
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    // Distribution's config writes `:5000` for all interfaces.
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_owned()
-    };
-    if let Ok(a) = full.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    // Host names (localhost:5000) resolve locally; this does not reach the network for them.
-    full.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("{s:?} is not an address like 0.0.0.0:5000 or :5000"))
 }
 
 #[cfg(test)]

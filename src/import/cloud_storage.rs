@@ -8,31 +8,16 @@ use super::{NoteKind, Out};
 pub(super) fn map_gcs(d: &Src, out: &mut Out) {
     out.set("storage.backend", s("gcs"));
     let p = |k: &str| format!("storage.gcs.{k}");
-    if let Some(b) = d.str(&p("bucket")) {
-        out.set("storage.gcs.bucket", s(b));
-    }
-    if let Some(r) = d.str(&p("rootdirectory")) {
-        out.set("storage.gcs.root", s(r));
-    }
-    if let Some(k) = d.str(&p("keyfile")) {
-        out.set("storage.gcs.credential_file", s(k));
-    }
-    if d.peek(&p("credentials")).is_some() {
-        d.mark(&p("credentials"));
-        out.note(
-            NoteKind::NotCarried,
-            d.key(&p("credentials")),
-            "inline service account credentials: write them to a file and set storage.gcs.credential_file",
-        );
-    }
-    if d.peek(&p("chunksize")).is_some() {
-        d.mark(&p("chunksize"));
-        out.note(
-            NoteKind::Changed,
-            d.key(&p("chunksize")),
-            "ocimirror uploads in 8 MiB parts",
-        );
-    }
+    out.copy_str(d, &p("bucket"), "storage.gcs.bucket");
+    out.copy_str(d, &p("rootdirectory"), "storage.gcs.root");
+    out.copy_str(d, &p("keyfile"), "storage.gcs.credential_file");
+    out.note_set(d, &p("credentials"), NoteKind::NotCarried, "inline service account credentials: write them to a file and set storage.gcs.credential_file");
+    out.note_set(
+        d,
+        &p("chunksize"),
+        NoteKind::Changed,
+        "ocimirror uploads in 8 MiB parts",
+    );
 }
 
 pub(super) fn map_azure(d: &Src, out: &mut Out) {
@@ -42,12 +27,8 @@ pub(super) fn map_azure(d: &Src, out: &mut Out) {
     if let Some(a) = &account {
         out.set("storage.azblob.account_name", s(a.clone()));
     }
-    if let Some(c) = d.str(&p("container")) {
-        out.set("storage.azblob.container", s(c));
-    }
-    if let Some(r) = d.str(&p("rootdirectory")) {
-        out.set("storage.azblob.root", s(r));
-    }
+    out.copy_str(d, &p("container"), "storage.azblob.container");
+    out.copy_str(d, &p("rootdirectory"), "storage.azblob.root");
     if let Some(url) = d.str(&p("serviceurl")) {
         out.set("storage.azblob.endpoint", s(url));
     } else if let Some(realm) = d.str(&p("realm"))
@@ -61,22 +42,13 @@ pub(super) fn map_azure(d: &Src, out: &mut Out) {
     } else {
         d.mark(&p("realm"));
     }
-    if d.peek(&p("accountkey")).is_some() {
-        d.mark(&p("accountkey"));
-        out.note(
-            NoteKind::NotCarried,
-            d.key(&p("accountkey")),
-            "the account key: write it to a file and set storage.azblob.account_key_file",
-        );
-    }
-    if d.peek(&p("credentials")).is_some() {
-        d.mark(&p("credentials"));
-        out.note(
-            NoteKind::NotCarried,
-            d.key(&p("credentials")),
-            "credentials other than the account key: ocimirror uses the environment's, then managed identity",
-        );
-    }
+    out.note_set(
+        d,
+        &p("accountkey"),
+        NoteKind::NotCarried,
+        "the account key: write it to a file and set storage.azblob.account_key_file",
+    );
+    out.note_set(d, &p("credentials"), NoteKind::NotCarried, "credentials other than the account key: ocimirror uses the environment's, then managed identity");
 }
 
 #[cfg(test)]

@@ -237,27 +237,15 @@ fn map_s3(d: &Src, out: &mut Out) {
             "plain HTTP to AWS's own endpoint: ocimirror uses HTTPS there",
         );
     }
-    if let Some(r) = d.str(&p("region")) {
-        out.set("storage.s3.region", s(r));
-    }
-    if let Some(b) = d.str(&p("bucket")) {
-        out.set("storage.s3.bucket", s(b));
-    }
-    if let Some(r) = d.str(&p("rootdirectory")) {
-        out.set("storage.s3.root", s(r));
-    }
+    out.copy_str(d, &p("region"), "storage.s3.region");
+    out.copy_str(d, &p("bucket"), "storage.s3.bucket");
+    out.copy_str(d, &p("rootdirectory"), "storage.s3.root");
     if let Some(f) = d.bool(&p("forcepathstyle")) {
         out.set("storage.s3.path_style", Node::Bool(f));
     }
-    if let Some(k) = d.str(&p("accesskey")) {
-        out.set("storage.s3.access_key_id", s(k));
-    }
-    if let Some(k) = d.str(&p("secretkey")) {
-        out.set("storage.s3.secret_access_key", s(k));
-    }
-    if let Some(k) = d.str(&p("sessiontoken")) {
-        out.set("storage.s3.session_token", s(k));
-    }
+    out.copy_str(d, &p("accesskey"), "storage.s3.access_key_id");
+    out.copy_str(d, &p("secretkey"), "storage.s3.secret_access_key");
+    out.copy_str(d, &p("sessiontoken"), "storage.s3.session_token");
     // Empty credentials mean "the instance's": ocimirror's default chain.
     d.mark(&p("accesskey"));
     d.mark(&p("secretkey"));
@@ -305,14 +293,7 @@ fn map_cache(d: &Src, out: &mut Out) {
         .and_then(scalar_string);
     let redis = descriptor.as_deref() == Some("redis");
     if !redis {
-        if d.has("redis") {
-            d.mark("redis");
-            out.note(
-                NoteKind::NotCarried,
-                d.key("redis"),
-                "configured, but storage.cache.blobdescriptor is not redis, so Distribution did not use it",
-            );
-        }
+        out.note_set(d, "redis", NoteKind::NotCarried, "configured, but storage.cache.blobdescriptor is not redis, so Distribution did not use it");
         return;
     }
     out.set("cache.backend", s("redis"));
@@ -366,14 +347,12 @@ fn map_cache(d: &Src, out: &mut Out) {
 
 fn map_proxy(d: &Src, out: &mut Out) {
     let Some(remote) = d.str("proxy.remoteurl") else {
-        if d.has("proxy") {
-            d.mark("proxy");
-            out.note(
-                NoteKind::NotCarried,
-                d.key("proxy"),
-                "no remoteurl: Distribution does not proxy without one",
-            );
-        }
+        out.note_set(
+            d,
+            "proxy",
+            NoteKind::NotCarried,
+            "no remoteurl: Distribution does not proxy without one",
+        );
         out.set("mode", s("offline"));
         out.note(
             NoteKind::Changed,
@@ -403,9 +382,7 @@ fn map_proxy(d: &Src, out: &mut Out) {
             ),
         );
     }
-    if let Some(u) = d.str("proxy.username") {
-        out.set("upstream.username", s(u));
-    }
+    out.copy_str(d, "proxy.username", "upstream.username");
     if let Some(p) = d.str("proxy.password") {
         out.set("upstream.password", s(p));
         out.note(
@@ -537,14 +514,7 @@ pub(super) fn map_auth(d: &Src, auth: &DistAuth, key_dir: &Path, out: &mut Out) 
 
 /// Distribution's `silly` scheme, whatever replaces the registry's auth.
 pub(super) fn map_silly(d: &Src, out: &mut Out) {
-    if d.has("auth.silly") {
-        d.mark("auth.silly");
-        out.note(
-            NoteKind::NotCarried,
-            d.key("auth.silly"),
-            "a development-only scheme that accepts any Authorization header; the output allows anonymous pulls instead",
-        );
-    }
+    out.note_set(d, "auth.silly", NoteKind::NotCarried, "a development-only scheme that accepts any Authorization header; the output allows anonymous pulls instead");
 }
 
 pub(super) fn check_htpasswd_path(d: &Src, path: &str, out: &mut Out) {

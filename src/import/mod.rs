@@ -128,6 +128,21 @@ impl Out {
             message: message.into(),
         });
     }
+
+    /// `from` of `d`, when set, as the string at `path`.
+    fn copy_str(&mut self, d: &Src, from: &str, path: &str) {
+        if let Some(v) = d.str(from) {
+            self.set(path, tree::s(v));
+        }
+    }
+
+    /// When `path` is set in `d`: account for it, with a note of `kind` about it.
+    fn note_set(&mut self, d: &Src, path: &str, kind: NoteKind, message: impl Into<String>) {
+        if d.has(path) {
+            d.mark(path);
+            self.note(kind, d.key(path), message);
+        }
+    }
 }
 
 /// Map the sources to an ocimirror config, with a note for everything not carried over as it was.

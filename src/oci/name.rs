@@ -65,6 +65,16 @@ impl RepoName {
             self.clone()
         }
     }
+
+    /// [`RepoName::with_library_prefix`] when `on` (an upstream that maps names as Docker Hub
+    /// does), else the name as it is.
+    pub fn with_library_prefix_if(&self, on: bool) -> Self {
+        if on {
+            self.with_library_prefix()
+        } else {
+            self.clone()
+        }
+    }
 }
 
 fn is_alnum(b: u8) -> bool {

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::rules_tests::{Fake, Fault, concurrent_reads, latest, name, read_all};
+use super::rules_tests::{
+    Fake, Fault, concurrent_reads, get_range, latest, name, pull, read_all, registry_on,
+};
 use super::*;
-use crate::cache::MemoryCache;
 use crate::layout;
-use crate::oci::ByteRange;
 use crate::storage::breaker::{Breaker, BreakerPolicy};
 use crate::storage::faulty::Faulty;
 use crate::upstream::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse, Upstream};
@@ -50,17 +50,13 @@ fn rig_with(
             timeout: Duration::from_secs(3600),
         },
     ));
-    let registry = Arc::new(Registry::new(
+    let registry = Arc::new(registry_on(
         breaker.clone(),
-        Arc::new(MemoryCache::new(1000)),
+        1000,
         upstream,
-        RegistrySettings {
-            tag_ttl: Duration::from_secs(300),
-            tag_ttls: Vec::new(),
-            offline,
-            read_only: false,
-            spool_dir: spool.path().to_owned(),
-        },
+        Duration::from_secs(300),
+        offline,
+        spool.path(),
     ));
     Rig {
         registry,
@@ -95,17 +91,7 @@ async fn a_miss_passes_through_once_for_concurrent_clients_and_nothing_waits_on_
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
     // A range, and a HEAD, also from the upstream.
     let d = r.fake.blob_digest.clone();
-    let reply = r
-        .registry
-        .blob(
-            &name(),
-            &d,
-            Some(ByteRange::parse("bytes=10-19").unwrap()),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(reply.range, Some((10, 19)));
+    let reply = get_range(&r.registry, &d, 10, 19).await;
     assert_eq!(read_all(reply).await.unwrap(), &r.fake.blob[10..20]);
     let head = r.registry.blob(&name(), &d, None, true).await.unwrap();
     assert_eq!(head.size, r.fake.blob.len() as u64);
@@ -188,15 +174,13 @@ async fn the_next_miss_after_the_store_is_back_is_committed() {
     let r = rig(256 * 1024, false, Duration::from_millis(50));
     r.down().await;
     let d = r.fake.blob_digest.clone();
-    let got = read_all(r.registry.blob(&name(), &d, None, false).await.unwrap()).await;
-    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(pull(&r.registry, &name(), &d).await, r.fake.blob);
     r.registry.wait_for_fills().await;
     assert!(!r.blob_stored().await);
     r.store.set_down(false);
     tokio::time::sleep(Duration::from_millis(60)).await;
     // The probe rides on this request; it closes the circuit and the fill commits.
-    let got = read_all(r.registry.blob(&name(), &d, None, false).await.unwrap()).await;
-    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(pull(&r.registry, &name(), &d).await, r.fake.blob);
     r.registry.wait_for_fills().await;
     assert!(!r.breaker.reads_refused());
     assert!(
@@ -205,8 +189,7 @@ async fn the_next_miss_after_the_store_is_back_is_committed() {
     );
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 2);
     // And served from storage from now on.
-    let got = read_all(r.registry.blob(&name(), &d, None, false).await.unwrap()).await;
-    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(pull(&r.registry, &name(), &d).await, r.fake.blob);
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 2);
 }
 
@@ -217,8 +200,7 @@ async fn refused_writes_serve_what_is_stored_and_pass_new_content_through() {
     r.store.writes_fail.store(true, Ordering::SeqCst);
     let d = r.fake.blob_digest.clone();
     for _ in 0..4 {
-        let got = read_all(r.registry.blob(&name(), &d, None, false).await.unwrap()).await;
-        assert_eq!(got.unwrap(), r.fake.blob);
+        assert_eq!(pull(&r.registry, &name(), &d).await, r.fake.blob);
         r.registry.wait_for_fills().await;
     }
     assert_eq!(

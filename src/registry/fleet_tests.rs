@@ -13,9 +13,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::rules_tests::{Fake, Fault, MemLeases, latest, name, read_all, replica, repo};
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::rules_tests::{
+    Fake, Fault, MemLeases, get_range, latest, name, read_all, replica, repo,
+};
 use super::*;
-use crate::oci::ByteRange;
 use crate::storage::MemoryStorage;
 
 /// The replicas of a test fleet, by peer address.
@@ -105,24 +109,26 @@ struct Fleet3 {
     storage: MemoryStorage,
     fake: Arc<Fake>,
     _spool: tempfile::TempDir,
+    /// Held shut, the fake's fetch from byte 0 stops half-way; one permit lets it finish.
+    gate: Arc<Semaphore>,
+    /// Where clients report `(replica, bytes so far)`.
+    seen: UnboundedSender<(usize, usize)>,
+    reported: tokio::sync::Mutex<UnboundedReceiver<(usize, usize)>>,
 }
 
 impl Fleet3 {
-    /// Three replicas; the fake's fetches from byte 0 stop at `pause_at` until `gate` opens.
-    async fn start(size: usize, pause_at: usize, gate: &Arc<tokio::sync::Semaphore>) -> Fleet3 {
-        Self::start_with(size, pause_at, gate, Duration::from_secs(30)).await
+    /// Three replicas of a blob of `size`; the fake's fetches from byte 0 stop half-way until
+    /// `gate` opens.
+    async fn start(size: usize) -> Fleet3 {
+        Self::start_with(size, Duration::from_secs(30)).await
     }
 
-    async fn start_with(
-        size: usize,
-        pause_at: usize,
-        gate: &Arc<tokio::sync::Semaphore>,
-        lease_ttl: Duration,
-    ) -> Fleet3 {
+    async fn start_with(size: usize, lease_ttl: Duration) -> Fleet3 {
         let spool = tempfile::tempdir().unwrap();
         let storage = MemoryStorage::new();
         let fake = Fake::new(size);
-        *fake.pause.lock().unwrap() = Some((pause_at, gate.clone()));
+        let gate = Arc::new(Semaphore::new(0));
+        *fake.pause.lock().unwrap() = Some((size / 2, gate.clone()));
         let leases = MemLeases::new(lease_ttl);
         let net = Arc::new(Net::default());
         let mut replicas = Vec::new();
@@ -141,6 +147,7 @@ impl Fleet3 {
             r.manifest(&name(), &latest()).await.unwrap();
             replicas.push(r);
         }
+        let (seen, reported) = tokio::sync::mpsc::unbounded_channel();
         Fleet3 {
             replicas,
             net,
@@ -148,6 +155,9 @@ impl Fleet3 {
             storage,
             fake,
             _spool: spool,
+            gate,
+            seen,
+            reported: tokio::sync::Mutex::new(reported),
         }
     }
 
@@ -163,8 +173,8 @@ impl Fleet3 {
         &self,
         i: usize,
         report_at: usize,
-        seen: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
     ) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+        let seen = self.seen.clone();
         let reg = self.replicas[i].clone();
         let d = self.fake.blob_digest.clone();
         tokio::spawn(async move {
@@ -186,47 +196,46 @@ impl Fleet3 {
         })
     }
 
+    /// A client of replica 0 once it has its first bytes: replica 0 holds the lease.
+    async fn holder(&self) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+        let holder = self.client(0, 0);
+        self.reports(1, 1).await;
+        holder
+    }
+
     async fn stored(&self) -> Option<Bytes> {
         self.storage
             .read(&crate::layout::blob_data(&self.fake.blob_digest))
             .await
             .ok()
     }
-}
 
-/// Wait for `n` reports of at least `min` bytes, one per client (up to 60 s: a bound on a
-/// hang, not a measure).
-async fn reports(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, usize)>,
-    n: usize,
-    min: usize,
-) -> Vec<usize> {
-    let mut by = Vec::new();
-    while by.len() < n {
-        let (i, len) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} clients reached {min} bytes", by.len()))
-            .expect("clients report");
-        if len >= min {
-            by.push(i);
+    /// Wait for `n` reports of at least `min` bytes, one per client (up to 60 s: a bound on a
+    /// hang, not a measure); the replicas they came from.
+    async fn reports(&self, n: usize, min: usize) -> Vec<usize> {
+        let mut rx = self.reported.lock().await;
+        let mut by = Vec::new();
+        while by.len() < n {
+            let (i, len) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} clients reached {min} bytes", by.len()))
+                .expect("clients report");
+            if len >= min {
+                by.push(i);
+            }
         }
+        by
     }
-    by
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_replica_streams_the_holders_fill_while_it_runs() {
     const SIZE: usize = 2 << 20;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut clients = Vec::new();
-    for k in 0..18 {
-        clients.push(f.client(k % 3, 0, tx.clone()));
-    }
+    let f = Fleet3::start(SIZE).await;
+    let clients: Vec<_> = (0..18).map(|k| f.client(k % 3, 0)).collect();
     // Every client of every replica has its first bytes while the one upstream fetch is held
     // half-way: the fill is still running.
-    let firsts = reports(&mut rx, 18, 1).await;
+    let firsts = f.reports(18, 1).await;
     for i in 0..3 {
         assert_eq!(firsts.iter().filter(|&&r| r == i).count(), 6, "replica {i}");
     }
@@ -234,22 +243,19 @@ async fn every_replica_streams_the_holders_fill_while_it_runs() {
     assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
     // A lazily pulling client asks a range of what has arrived, on every replica.
     for (i, r) in f.replicas.iter().enumerate() {
-        let range = ByteRange::parse("bytes=100000-199999").unwrap();
         let reply = tokio::time::timeout(
             Duration::from_secs(60),
-            r.blob(&name(), &f.fake.blob_digest, Some(range), false),
+            get_range(r, &f.fake.blob_digest, 100000, 199999),
         )
         .await
-        .expect("a range of what has arrived is answered during the fill")
-        .unwrap();
-        assert_eq!(reply.range, Some((100000, 199999)));
+        .expect("a range of what has arrived is answered during the fill");
         let got = tokio::time::timeout(Duration::from_secs(60), read_all(reply))
             .await
             .expect("the range completes during the fill")
             .unwrap();
         assert_eq!(got, f.fake.blob[100000..200000], "replica {i}");
     }
-    gate.add_permits(1);
+    f.gate.add_permits(1);
     for c in clients {
         assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
     }
@@ -268,19 +274,13 @@ async fn every_replica_streams_the_holders_fill_while_it_runs() {
 /// upstream for the rest only, the other streams from it; every client completes.
 async fn holder_dies_half_way(ignore_ranges: bool) -> Fleet3 {
     const SIZE: usize = 2 << 20;
-    let never = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &never).await;
+    let f = Fleet3::start(SIZE).await;
     f.fake.ignore_ranges.store(ignore_ranges, Ordering::SeqCst);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let holder = f.client(0, 0, tx.clone());
-    reports(&mut rx, 1, 1).await;
-    let mut clients = Vec::new();
+    let holder = f.holder().await;
     // Every relay has all the holder could give it (all it fetched but its last byte), and
     // gives its clients all it has but its own last byte.
-    for k in 0..8 {
-        clients.push(f.client(1 + k % 2, SIZE / 2 - 2, tx.clone()));
-    }
-    reports(&mut rx, 8, SIZE / 2 - 2).await;
+    let clients: Vec<_> = (0..8).map(|k| f.client(1 + k % 2, SIZE / 2 - 2)).collect();
+    f.reports(8, SIZE / 2 - 2).await;
     assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
     f.kill(0);
     for c in clients {
@@ -323,17 +323,12 @@ async fn a_relay_skips_what_it_has_when_the_upstream_ignores_ranges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_upstream_bytes_complete_no_response_on_any_replica() {
     const SIZE: usize = 1 << 20;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let f = Fleet3::start(SIZE).await;
     f.fake.set(Fault::Corrupt);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut clients = vec![f.client(0, 0, tx.clone())];
-    reports(&mut rx, 1, 1).await;
-    for k in 0..6 {
-        clients.push(f.client(1 + k % 2, 0, tx.clone()));
-    }
-    reports(&mut rx, 6, 1).await;
-    gate.add_permits(1);
+    let mut clients = vec![f.holder().await];
+    clients.extend((0..6).map(|k| f.client(1 + k % 2, 0)));
+    f.reports(6, 1).await;
+    f.gate.add_permits(1);
     for (k, c) in clients.into_iter().enumerate() {
         let r = c.await.unwrap();
         assert!(
@@ -348,15 +343,11 @@ async fn corrupt_upstream_bytes_complete_no_response_on_any_replica() {
 /// from storage once it has committed; the upstream sends the blob once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_cut_off_from_a_live_holder_finish_from_its_commit() {
-    const SIZE: usize = 1 << 20;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let holder = f.client(0, 0, tx.clone());
-    reports(&mut rx, 1, 1).await;
+    let f = Fleet3::start(1 << 20).await;
+    let holder = f.holder().await;
     f.net.cut.lock().unwrap().insert("peer-0".into());
-    let clients: Vec<_> = (0..4).map(|k| f.client(1 + k % 2, 0, tx.clone())).collect();
-    gate.add_permits(1);
+    let clients: Vec<_> = (0..4).map(|k| f.client(1 + k % 2, 0)).collect();
+    f.gate.add_permits(1);
     assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
     for c in clients {
         assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);
@@ -369,16 +360,11 @@ async fn relays_cut_off_from_a_live_holder_finish_from_its_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lapsed_lease_of_an_unreachable_holder_is_taken_over() {
     const SIZE: usize = 1 << 20;
-    let never = Arc::new(tokio::sync::Semaphore::new(0));
     // Longer than the renewal period, so the lease lives until the holder is cut off.
-    let f = Fleet3::start_with(SIZE, SIZE / 2, &never, Duration::from_secs(5)).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let _holder = f.client(0, 0, tx.clone());
-    reports(&mut rx, 1, 1).await;
-    let clients: Vec<_> = (0..4)
-        .map(|k| f.client(1 + k % 2, SIZE / 2 - 2, tx.clone()))
-        .collect();
-    reports(&mut rx, 4, SIZE / 2 - 2).await;
+    let f = Fleet3::start_with(SIZE, Duration::from_secs(5)).await;
+    let _holder = f.holder().await;
+    let clients: Vec<_> = (0..4).map(|k| f.client(1 + k % 2, SIZE / 2 - 2)).collect();
+    f.reports(4, SIZE / 2 - 2).await;
     f.leases.frozen.store(true, Ordering::SeqCst);
     f.net.cut.lock().unwrap().insert("peer-0".into());
     f.net.alive.lock().unwrap()["peer-0"].cancel();
@@ -396,9 +382,7 @@ async fn a_lapsed_lease_of_an_unreachable_holder_is_taken_over() {
 /// upstream denies it), one under the same name costs nothing beyond the holder's one GET.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_of_another_repositorys_fill_asks_the_upstream_first() {
-    const SIZE: usize = 1 << 20;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let f = Fleet3::start(1 << 20).await;
     let d = f.fake.blob_digest.clone();
     f.fake.deny("library/evil");
     let heads = || f.fake.blob_heads.load(Ordering::SeqCst);
@@ -426,7 +410,7 @@ async fn a_relay_of_another_repositorys_fill_asks_the_upstream_first() {
         2,
         "replicas 1 and 2 relay the holder's fill"
     );
-    gate.add_permits(1);
+    f.gate.add_permits(1);
     for r in [holder, shared, private] {
         assert_eq!(read_all(r).await.unwrap(), f.fake.blob);
     }
@@ -446,14 +430,11 @@ async fn a_relay_of_another_repositorys_fill_asks_the_upstream_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_holds_the_holders_stream_to_the_blob_size_bound() {
     const SIZE: usize = 1 << 20;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let holder = f.client(0, 0, tx.clone());
-    reports(&mut rx, 1, 1).await;
+    let f = Fleet3::start(SIZE).await;
+    let holder = f.holder().await;
     f.fake.bounds.lock().unwrap().max_size = (SIZE / 4) as u64;
-    let relayed = f.client(1, 0, tx.clone());
-    gate.add_permits(1);
+    let relayed = f.client(1, 0);
+    f.gate.add_permits(1);
     assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
     assert!(
         relayed.await.unwrap().is_err(),
@@ -471,22 +452,17 @@ async fn a_relay_holds_the_holders_stream_to_the_blob_size_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_drops_a_holder_that_falls_below_the_blob_rate_and_goes_on() {
     const SIZE: usize = 1 << 20;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let f = Fleet3::start(SIZE, SIZE / 2, &gate).await;
+    let f = Fleet3::start(SIZE).await;
     {
         // Far below the fake's pace, so only the stall trips it.
         let mut b = f.fake.bounds.lock().unwrap();
         b.min_rate = 256 << 10;
         b.grace = Duration::from_millis(200);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let holder = f.client(0, 0, tx.clone());
-    reports(&mut rx, 1, 1).await;
-    let relayed: Vec<_> = (0..3)
-        .map(|_| f.client(1, SIZE / 2 - 2, tx.clone()))
-        .collect();
+    let holder = f.holder().await;
+    let relayed: Vec<_> = (0..3).map(|_| f.client(1, SIZE / 2 - 2)).collect();
     // The relay's clients have all the holder fetched before its upstream stalled.
-    reports(&mut rx, 3, SIZE / 2 - 2).await;
+    f.reports(3, SIZE / 2 - 2).await;
     // The stalled holder sends nothing more: the relay drops its stream and opens another from
     // where it is, again and again, while its clients wait.
     let before = f.net.opened.load(Ordering::SeqCst);
@@ -505,7 +481,7 @@ async fn a_relay_drops_a_holder_that_falls_below_the_blob_rate_and_goes_on() {
     );
     assert_eq!(f.fake.blob_gets.load(Ordering::SeqCst), 1);
     assert!(f.fake.blob_bytes.load(Ordering::SeqCst) <= SIZE / 2);
-    gate.add_permits(1);
+    f.gate.add_permits(1);
     assert_eq!(holder.await.unwrap().unwrap(), f.fake.blob);
     for c in relayed {
         assert_eq!(c.await.unwrap().unwrap(), f.fake.blob);

@@ -115,6 +115,16 @@ impl Fake {
             f => Ok(f),
         }
     }
+
+    /// The fault, else whether `r` names the one manifest (as `latest` or by its digest).
+    fn manifest_known(&self, r: &Reference) -> Result<(), UpstreamError> {
+        self.fault()?;
+        match r {
+            Reference::Tag(t) if t.as_str() == "latest" => Ok(()),
+            Reference::Digest(d) if *d == self.manifest_digest => Ok(()),
+            _ => Err(UpstreamError::NotFound),
+        }
+    }
 }
 
 #[async_trait]
@@ -137,12 +147,7 @@ impl Upstream for Fake {
         r: &Reference,
     ) -> Result<ManifestHead, UpstreamError> {
         self.manifest_heads.fetch_add(1, Ordering::SeqCst);
-        self.fault()?;
-        match r {
-            Reference::Tag(t) if t.as_str() == "latest" => {}
-            Reference::Digest(d) if *d == self.manifest_digest => {}
-            _ => return Err(UpstreamError::NotFound),
-        }
+        self.manifest_known(r)?;
         Ok(ManifestHead {
             digest: Some(self.manifest_digest.clone()),
             media_type: None,
@@ -156,12 +161,7 @@ impl Upstream for Fake {
         r: &Reference,
     ) -> Result<FetchedManifest, UpstreamError> {
         self.manifest_gets.fetch_add(1, Ordering::SeqCst);
-        self.fault()?;
-        match r {
-            Reference::Tag(t) if t.as_str() == "latest" => {}
-            Reference::Digest(d) if *d == self.manifest_digest => {}
-            _ => return Err(UpstreamError::NotFound),
-        }
+        self.manifest_known(r)?;
         Ok(FetchedManifest {
             body: self.manifest.clone(),
             media_type: None,
@@ -278,17 +278,13 @@ fn rig(size: usize, tag_ttl: Duration, offline: bool) -> Rig {
     let spool = tempfile::tempdir().unwrap();
     let storage = MemoryStorage::new();
     let fake = Fake::new(size);
-    let registry = Arc::new(Registry::new(
+    let registry = Arc::new(registry_on(
         Arc::new(storage.clone()),
-        Arc::new(MemoryCache::new(1000)),
+        1000,
         fake.clone(),
-        RegistrySettings {
-            tag_ttl,
-            tag_ttls: Vec::new(),
-            offline,
-            read_only: false,
-            spool_dir: spool.path().to_owned(),
-        },
+        tag_ttl,
+        offline,
+        spool.path(),
     ));
     Rig {
         registry,
@@ -296,6 +292,56 @@ fn rig(size: usize, tag_ttl: Duration, offline: bool) -> Rig {
         fake,
         _spool: spool,
     }
+}
+
+impl Rig {
+    /// The registry's answer to a whole-blob GET of the fake's blob under `name()`.
+    async fn blob(&self) -> BlobReply {
+        let d = &self.fake.blob_digest;
+        self.registry.blob(&name(), d, None, false).await.unwrap()
+    }
+
+    async fn blob_stored(&self) -> bool {
+        let key = layout::blob_data(&self.fake.blob_digest);
+        self.storage.stat(&key).await.unwrap().is_some()
+    }
+
+    /// An offline registry on this rig's storage and upstream.
+    fn offline(&self) -> Arc<Registry> {
+        let storage = Arc::new(self.storage.clone());
+        let spool = self._spool.path();
+        Arc::new(registry_on(
+            storage,
+            10,
+            self.fake.clone(),
+            Duration::ZERO,
+            true,
+            spool,
+        ))
+    }
+}
+
+/// A registry on `storage` and `upstream`, with a memory descriptor cache of `entries`.
+pub(super) fn registry_on(
+    storage: Arc<dyn Storage>,
+    entries: usize,
+    upstream: Arc<dyn Upstream>,
+    tag_ttl: Duration,
+    offline: bool,
+    spool: &std::path::Path,
+) -> Registry {
+    Registry::new(
+        storage,
+        Arc::new(MemoryCache::new(entries)),
+        upstream,
+        RegistrySettings {
+            tag_ttl,
+            tag_ttls: Vec::new(),
+            offline,
+            read_only: false,
+            spool_dir: spool.to_owned(),
+        },
+    )
 }
 
 pub(super) fn name() -> RepoName {
@@ -313,11 +359,7 @@ pub(super) async fn concurrent_reads(replicas: &[Arc<Registry>], fake: &Fake, n:
     for i in 0..n {
         let reg = replicas[i % replicas.len()].clone();
         let d = fake.blob_digest.clone();
-        handles.push(tokio::spawn(async move {
-            read_all(reg.blob(&name(), &d, None, false).await.unwrap())
-                .await
-                .unwrap()
-        }));
+        handles.push(tokio::spawn(async move { pull(&reg, &name(), &d).await }));
     }
     for h in handles {
         assert_eq!(h.await.unwrap(), fake.blob);
@@ -329,6 +371,21 @@ pub(super) async fn read_all(reply: BlobReply) -> std::io::Result<Vec<u8>> {
     Ok(chunks.concat())
 }
 
+/// The whole body of `reg`'s answer to a GET of blob `d` under `repo`.
+pub(super) async fn pull(reg: &Arc<Registry>, repo: &RepoName, d: &Digest) -> Vec<u8> {
+    read_all(reg.blob(repo, d, None, false).await.unwrap())
+        .await
+        .unwrap()
+}
+
+/// `reg`'s answer to a GET of bytes `first..=last` of blob `d` under `name()`: that range.
+pub(super) async fn get_range(reg: &Arc<Registry>, d: &Digest, first: u64, last: u64) -> BlobReply {
+    let range = ByteRange::parse(&format!("bytes={first}-{last}")).unwrap();
+    let reply = reg.blob(&name(), d, Some(range), false).await.unwrap();
+    assert_eq!(reply.range, Some((first, last)));
+    reply
+}
+
 #[tokio::test]
 async fn sixteen_concurrent_cold_gets_make_one_upstream_fetch() {
     let r = rig(2 * 1024 * 1024, Duration::from_secs(300), false);
@@ -336,15 +393,7 @@ async fn sixteen_concurrent_cold_gets_make_one_upstream_fetch() {
     concurrent_reads(std::slice::from_ref(&r.registry), &r.fake, 16).await;
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
     // Committed: the next request is served from storage.
-    let again = read_all(
-        r.registry
-            .blob(&name(), &r.fake.blob_digest, None, false)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(again, r.fake.blob);
+    assert_eq!(read_all(r.blob().await).await.unwrap(), r.fake.blob);
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
 }
 
@@ -353,11 +402,7 @@ async fn corrupt_upstream_bytes_end_in_an_error_and_store_nothing() {
     let r = rig(512 * 1024, Duration::from_secs(300), false);
     r.registry.manifest(&name(), &latest()).await.unwrap();
     r.fake.set(Fault::Corrupt);
-    let reply = r
-        .registry
-        .blob(&name(), &r.fake.blob_digest, None, false)
-        .await
-        .unwrap();
+    let reply = r.blob().await;
     // With Content-Length known, a client that got every byte has a "complete" response
     // whatever follows: the last byte must be held back until the digest checks out.
     let size = reply.size as usize;
@@ -378,24 +423,10 @@ async fn corrupt_upstream_bytes_end_in_an_error_and_store_nothing() {
         received < size,
         "all {received} bytes of a corrupt blob were sent"
     );
-    assert_eq!(
-        r.storage
-            .stat(&layout::blob_data(&r.fake.blob_digest))
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(!r.blob_stored().await);
     // Healed upstream: a new fill succeeds.
     r.fake.set(Fault::None);
-    let ok = read_all(
-        r.registry
-            .blob(&name(), &r.fake.blob_digest, None, false)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(ok, r.fake.blob);
+    assert_eq!(read_all(r.blob().await).await.unwrap(), r.fake.blob);
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 2);
 }
 
@@ -404,32 +435,17 @@ async fn truncated_upstream_stream_stores_nothing() {
     let r = rig(512 * 1024, Duration::from_secs(300), false);
     r.registry.manifest(&name(), &latest()).await.unwrap();
     r.fake.set(Fault::Truncate);
-    let reply = r
-        .registry
-        .blob(&name(), &r.fake.blob_digest, None, false)
-        .await
-        .unwrap();
+    let reply = r.blob().await;
     assert_eq!(reply.size, 512 * 1024);
     assert!(read_all(reply).await.is_err());
-    assert_eq!(
-        r.storage
-            .stat(&layout::blob_data(&r.fake.blob_digest))
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(!r.blob_stored().await);
 }
 
 #[tokio::test]
 async fn a_client_that_leaves_does_not_cancel_the_fill() {
     let r = rig(1024 * 1024, Duration::from_secs(300), false);
     r.registry.manifest(&name(), &latest()).await.unwrap();
-    let reply = r
-        .registry
-        .blob(&name(), &r.fake.blob_digest, None, false)
-        .await
-        .unwrap();
-    let mut body = reply.body.unwrap();
+    let mut body = r.blob().await.body.unwrap();
     body.next().await.unwrap().unwrap();
     drop(body);
     let key = layout::blob_data(&r.fake.blob_digest);
@@ -446,19 +462,8 @@ async fn a_client_that_leaves_does_not_cancel_the_fill() {
 async fn range_on_a_fill_in_progress() {
     let r = rig(1024 * 1024, Duration::from_secs(300), false);
     r.registry.manifest(&name(), &latest()).await.unwrap();
-    let d = r.fake.blob_digest.clone();
-    let full = r.registry.blob(&name(), &d, None, false).await.unwrap();
-    let ranged = r
-        .registry
-        .blob(
-            &name(),
-            &d,
-            Some(ByteRange::parse("bytes=1000-1999").unwrap()),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(ranged.range, Some((1000, 1999)));
+    let full = r.blob().await;
+    let ranged = get_range(&r.registry, &r.fake.blob_digest, 1000, 1999).await;
     assert_eq!(read_all(ranged).await.unwrap(), r.fake.blob[1000..2000]);
     read_all(full).await.unwrap();
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
@@ -516,37 +521,12 @@ async fn uncached_content_with_failing_upstream_gets_clear_errors() {
 async fn offline_serves_only_the_cache() {
     let r = rig(1024, Duration::ZERO, false);
     r.registry.manifest(&name(), &latest()).await.unwrap();
-    read_all(
-        r.registry
-            .blob(&name(), &r.fake.blob_digest, None, false)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let offline = Arc::new(Registry::new(
-        Arc::new(r.storage.clone()),
-        Arc::new(MemoryCache::new(10)),
-        r.fake.clone(),
-        RegistrySettings {
-            tag_ttl: Duration::ZERO,
-            tag_ttls: Vec::new(),
-            offline: true,
-            read_only: false,
-            spool_dir: r._spool.path().to_owned(),
-        },
-    ));
+    read_all(r.blob().await).await.unwrap();
+    let offline = r.offline();
     let before =
         r.fake.manifest_heads.load(Ordering::SeqCst) + r.fake.blob_gets.load(Ordering::SeqCst);
     offline.manifest(&name(), &latest()).await.unwrap();
-    let b = read_all(
-        offline
-            .blob(&name(), &r.fake.blob_digest, None, false)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let b = pull(&offline, &name(), &r.fake.blob_digest).await;
     assert_eq!(b, r.fake.blob);
     // The blob is not referenced by another repository: unknown there.
     let other = RepoName::parse("other").unwrap();
@@ -565,17 +545,13 @@ async fn allow_list_refuses_before_any_upstream_call() {
     let spool = tempfile::tempdir().unwrap();
     let fake = Fake::new(1024);
     let allowed: AllowFn = Arc::new(|n| n.starts_with("myorg/"));
-    let registry = Arc::new(Registry::new(
+    let registry = Arc::new(registry_on(
         Arc::new(MemoryStorage::new()),
-        Arc::new(MemoryCache::new(10)),
+        10,
         Arc::new(AllowListed::new(fake.clone(), allowed)),
-        RegistrySettings {
-            tag_ttl: Duration::ZERO,
-            tag_ttls: Vec::new(),
-            offline: false,
-            read_only: false,
-            spool_dir: spool.path().to_owned(),
-        },
+        Duration::ZERO,
+        false,
+        spool.path(),
     ));
     let outside = RepoName::parse("other/app").unwrap();
     assert!(matches!(
@@ -611,6 +587,26 @@ impl MemLeases {
             frozen: std::sync::atomic::AtomicBool::new(false),
         })
     }
+
+    /// The lease on `d` for a new holder, unless a live holder `keeps` it.
+    fn grant(
+        &self,
+        d: &str,
+        peer: Option<&str>,
+        keeps: impl Fn(&str) -> bool,
+    ) -> crate::cache::lease::LeaseOutcome {
+        use crate::cache::lease::{LeaseOutcome, lease_value};
+        let mut map = self.map.lock().unwrap();
+        let now = std::time::Instant::now();
+        match map.get(d) {
+            Some((v, until)) if *until > now && keeps(v) => LeaseOutcome::HeldElsewhere(v.clone()),
+            _ => {
+                let token = lease_value(peer);
+                map.insert(d.to_owned(), (token.clone(), now + self.ttl));
+                LeaseOutcome::Acquired(token)
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -621,17 +617,7 @@ impl crate::cache::lease::Leases for MemLeases {
         _: Duration,
         peer: Option<&str>,
     ) -> crate::cache::lease::LeaseOutcome {
-        use crate::cache::lease::{LeaseOutcome, lease_value};
-        let mut map = self.map.lock().unwrap();
-        let now = std::time::Instant::now();
-        match map.get(d) {
-            Some((v, until)) if *until > now => LeaseOutcome::HeldElsewhere(v.clone()),
-            _ => {
-                let token = lease_value(peer);
-                map.insert(d.to_owned(), (token.clone(), now + self.ttl));
-                LeaseOutcome::Acquired(token)
-            }
-        }
+        self.grant(d, peer, |_| true)
     }
 
     async fn take_over(
@@ -641,17 +627,7 @@ impl crate::cache::lease::Leases for MemLeases {
         _: Duration,
         peer: Option<&str>,
     ) -> crate::cache::lease::LeaseOutcome {
-        use crate::cache::lease::{LeaseOutcome, lease_value};
-        let mut map = self.map.lock().unwrap();
-        let now = std::time::Instant::now();
-        match map.get(d) {
-            Some((v, until)) if *until > now && v != held => LeaseOutcome::HeldElsewhere(v.clone()),
-            _ => {
-                let token = lease_value(peer);
-                map.insert(d.to_owned(), (token.clone(), now + self.ttl));
-                LeaseOutcome::Acquired(token)
-            }
-        }
+        self.grant(d, peer, |v| v != held)
     }
 
     async fn renew(&self, d: &str, token: &str, _: Duration) -> bool {
@@ -682,21 +658,10 @@ pub(super) fn replica(
     leases: &Arc<MemLeases>,
     spool: &tempfile::TempDir,
 ) -> Arc<Registry> {
-    Arc::new(
-        Registry::new(
-            Arc::new(storage.clone()),
-            Arc::new(MemoryCache::new(100)),
-            fake.clone(),
-            RegistrySettings {
-                tag_ttl: Duration::from_secs(300),
-                tag_ttls: Vec::new(),
-                offline: false,
-                read_only: false,
-                spool_dir: spool.path().to_owned(),
-            },
-        )
-        .with_leases(leases.clone()),
-    )
+    let storage = Arc::new(storage.clone());
+    let ttl = Duration::from_secs(300);
+    let registry = registry_on(storage, 100, fake.clone(), ttl, false, spool.path());
+    Arc::new(registry.with_leases(leases.clone()))
 }
 
 #[tokio::test]
@@ -732,14 +697,7 @@ async fn a_replica_takes_over_when_the_lease_holder_dies() {
     ));
     let r = replica(&storage, &fake, &leases, &spool);
     r.manifest(&name(), &latest()).await.unwrap();
-    let got = read_all(
-        r.blob(&name(), &fake.blob_digest, None, false)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(got, fake.blob);
+    assert_eq!(pull(&r, &name(), &fake.blob_digest).await, fake.blob);
     assert_eq!(fake.blob_gets.load(Ordering::SeqCst), 1);
 }
 
@@ -812,17 +770,13 @@ impl Storage for DataDown {
 async fn coalesced_requests_pass_a_storage_outage_through_together() {
     let spool = tempfile::tempdir().unwrap();
     let fake = Fake::new(1024);
-    let registry = Arc::new(Registry::new(
+    let registry = Arc::new(registry_on(
         Arc::new(DataDown(MemoryStorage::new())),
-        Arc::new(MemoryCache::new(100)),
+        100,
         fake.clone(),
-        RegistrySettings {
-            tag_ttl: Duration::from_secs(300),
-            tag_ttls: Vec::new(),
-            offline: false,
-            read_only: false,
-            spool_dir: spool.path().to_owned(),
-        },
+        Duration::from_secs(300),
+        false,
+        spool.path(),
     ));
     let reference = Reference::Digest(fake.manifest_digest.clone());
     let many = || {
@@ -873,14 +827,7 @@ async fn a_manifest_listing_a_blob_does_not_let_its_repository_serve_it() {
         .manifest(&repo("private"), &latest())
         .await
         .unwrap();
-    let got = read_all(
-        r.registry
-            .blob(&repo("private"), &d, None, false)
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(pull(&r.registry, &repo("private"), &d).await, r.fake.blob);
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
     assert_eq!(
         r.fake.blob_heads.load(Ordering::SeqCst),
@@ -910,23 +857,9 @@ async fn a_manifest_listing_a_blob_does_not_let_its_repository_serve_it() {
 
     // A legitimate image sharing the blob: one HEAD confirms it, the bytes come from storage,
     // and the confirmation is kept (no upstream call the next time).
-    let got = read_all(
-        r.registry
-            .blob(&repo("shared"), &d, None, false)
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(pull(&r.registry, &repo("shared"), &d).await, r.fake.blob);
     assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 3);
-    let got = read_all(
-        r.registry
-            .blob(&repo("shared"), &d, None, false)
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(got.unwrap(), r.fake.blob);
+    assert_eq!(pull(&r.registry, &repo("shared"), &d).await, r.fake.blob);
     assert_eq!(r.fake.blob_heads.load(Ordering::SeqCst), 3);
     assert_eq!(r.fake.blob_gets.load(Ordering::SeqCst), 1);
 }
@@ -993,14 +926,7 @@ async fn offline_serves_confirmed_links_only() {
         .manifest(&repo("private"), &latest())
         .await
         .unwrap();
-    read_all(
-        r.registry
-            .blob(&repo("private"), &d, None, false)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    pull(&r.registry, &repo("private"), &d).await;
     r.registry
         .manifest(&repo("claims"), &latest())
         .await
@@ -1010,23 +936,11 @@ async fn offline_serves_confirmed_links_only() {
         .put(&written_by_distribution, Bytes::from(d.to_string()))
         .await
         .unwrap();
-    let offline = Arc::new(Registry::new(
-        Arc::new(r.storage.clone()),
-        Arc::new(MemoryCache::new(10)),
-        r.fake.clone(),
-        RegistrySettings {
-            tag_ttl: Duration::ZERO,
-            tag_ttls: Vec::new(),
-            offline: true,
-            read_only: false,
-            spool_dir: r._spool.path().to_owned(),
-        },
-    ));
+    let offline = r.offline();
     let calls = |f: &Fake| f.blob_heads.load(Ordering::SeqCst) + f.blob_gets.load(Ordering::SeqCst);
     let before = calls(&r.fake);
     for name in ["private", "fetched"] {
-        let got = read_all(offline.blob(&repo(name), &d, None, false).await.unwrap()).await;
-        assert_eq!(got.unwrap(), r.fake.blob, "{name}");
+        assert_eq!(pull(&offline, &repo(name), &d).await, r.fake.blob, "{name}");
     }
     assert!(matches!(
         offline.blob(&repo("claims"), &d, None, false).await,

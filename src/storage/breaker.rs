@@ -71,40 +71,29 @@ impl BreakerConfig {
                 "must be at least 1 (set enabled: false to turn the breaker off)".into(),
             ));
         }
-        let open_for = match humantime::parse_duration(self.open_for.trim()) {
-            Ok(d) if d.is_zero() => {
-                problems.push((
-                    "open_for".into(),
-                    "must be longer than 0s: an open circuit would probe on every request".into(),
-                ));
-                d
-            }
-            Ok(d) => d,
-            Err(e) => {
-                problems.push((
-                    "open_for".into(),
-                    format!("{:?} is not a duration like 10s or 1m: {e}", self.open_for),
-                ));
-                Duration::ZERO
-            }
-        };
-        let timeout = match humantime::parse_duration(self.timeout.trim()) {
-            Ok(d) if d.is_zero() => {
-                problems.push((
-                    "timeout".into(),
-                    "must be longer than 0s: every operation would fail".into(),
-                ));
-                d
-            }
-            Ok(d) => d,
-            Err(e) => {
-                problems.push((
-                    "timeout".into(),
-                    format!("{:?} is not a duration like 10s or 1m: {e}", self.timeout),
-                ));
-                Duration::ZERO
-            }
-        };
+        // `zero` says what a zero duration would do.
+        let mut duration =
+            |key: &str, value: &str, zero: &str| match humantime::parse_duration(value.trim()) {
+                Ok(d) => {
+                    if d.is_zero() {
+                        problems.push((key.into(), format!("must be longer than 0s: {zero}")));
+                    }
+                    d
+                }
+                Err(e) => {
+                    problems.push((
+                        key.into(),
+                        format!("{value:?} is not a duration like 10s or 1m: {e}"),
+                    ));
+                    Duration::ZERO
+                }
+            };
+        let open_for = duration(
+            "open_for",
+            &self.open_for,
+            "an open circuit would probe on every request",
+        );
+        let timeout = duration("timeout", &self.timeout, "every operation would fail");
         if !problems.is_empty() {
             return Err(problems);
         }

@@ -492,11 +492,7 @@ impl Upstream for HttpUpstream {
     }
 
     fn canonical_name(&self, name: &RepoName) -> RepoName {
-        if self.settings.library_prefix {
-            name.with_library_prefix()
-        } else {
-            name.clone()
-        }
+        name.with_library_prefix_if(self.settings.library_prefix)
     }
 
     fn own_name(&self, name: &RepoName) -> RepoName {

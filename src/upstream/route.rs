@@ -169,11 +169,7 @@ mod tests {
         }
 
         fn canonical_name(&self, name: &RepoName) -> RepoName {
-            if self.library {
-                name.with_library_prefix()
-            } else {
-                name.clone()
-            }
+            name.with_library_prefix_if(self.library)
         }
 
         fn own_name(&self, name: &RepoName) -> RepoName {

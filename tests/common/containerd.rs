@@ -183,6 +183,17 @@ impl Containerd {
             name,
         ])
     }
+
+    /// Check that containerd lists `name` with the manifest digest `digest`; the whole list.
+    pub fn assert_listed(&self, name: &str, digest: &str) -> String {
+        let list = run(&mut self.ctr(&["images", "ls"]));
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in:\n{list}"));
+        assert!(line.contains(digest), "{line}");
+        list
+    }
 }
 
 /// containerd's `hosts.toml` recipe for `registry` (its `host:port`) under `hosts_dir`: pulls go
@@ -190,17 +201,34 @@ impl Containerd {
 /// own server a closed port so that only the mirror can answer. `extra` is added under the
 /// mirror's host table (a `header` table, say).
 pub fn mirror_hosts_toml(hosts_dir: &Path, registry: &str, mirror: &str, extra: &str) {
+    write_hosts(
+        hosts_dir,
+        registry,
+        &format!("{}{extra}", host_table(mirror, true)),
+    );
+}
+
+/// The hosts.toml recipe for `registry` under `hosts_dir`: its own `server` a closed port,
+/// `host` (a `[host."…"]` table, see [`host_table`]) the mirror.
+pub fn write_hosts(hosts_dir: &Path, registry: &str, host: &str) {
     let d = hosts_dir.join(registry);
     fs::create_dir_all(&d).unwrap();
     fs::write(
         d.join("hosts.toml"),
-        format!(
-            "server = \"{}\"\n\n[host.\"{mirror}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
-             override_path = true\n{extra}",
-            closed_url()
-        ),
+        format!("server = \"{}\"\n\n{host}", closed_url()),
     )
     .unwrap();
+}
+
+/// A `[host."<url>"]` table for pulls, the API path in the URL (`override_path`) or not.
+pub fn host_table(url: &str, override_path: bool) -> String {
+    if override_path {
+        format!(
+            "[host.\"{url}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
+        )
+    } else {
+        format!("[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
+    }
 }
 
 impl Drop for Containerd {

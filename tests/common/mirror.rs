@@ -96,6 +96,10 @@ impl MirrorOpts {
         self.storage_yaml = Some(y);
         self
     }
+    /// The upstream's `username` and `password`.
+    pub fn login(self, user: &str, password: &str) -> Self {
+        self.up("username", &q(user)).up("password", &q(password))
+    }
     /// Short upstream timeouts, for tests with a misbehaving upstream.
     pub fn short_timeouts(self) -> Self {
         self.up("connect_timeout", "1s")
@@ -312,12 +316,39 @@ impl Mirror {
     pub fn head(&self, path: &str) -> reqwest::RequestBuilder {
         client().head(format!("{}{}", self.url(), path))
     }
+    /// A GET of `path` accepting every manifest type, as a pulling client sends it.
+    pub fn get_accepting(&self, path: &str) -> reqwest::RequestBuilder {
+        self.get(path).header("accept", ACCEPT_MANIFESTS)
+    }
     pub fn get_manifest(&self, name: &str, reference: &str) -> reqwest::RequestBuilder {
-        self.get(&format!("/v2/{name}/manifests/{reference}"))
-            .header("accept", ACCEPT_MANIFESTS)
+        self.get_accepting(&format!("/v2/{name}/manifests/{reference}"))
     }
     pub fn get_blob(&self, name: &str, digest: &str) -> reqwest::RequestBuilder {
         self.get(&format!("/v2/{name}/blobs/{digest}"))
+    }
+
+    /// Ask for `name:reference` until it is served (up to 30 s: a bound on a hang, not a
+    /// measure) and return that answer; while it is not, every answer must have status
+    /// `meanwhile`, when given.
+    pub async fn manifest_once_served(
+        &self,
+        name: &str,
+        reference: &str,
+        meanwhile: Option<u16>,
+        what: &str,
+    ) -> reqwest::Response {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get_manifest(name, reference).send().await.unwrap();
+            if r.status().as_u16() == 200 {
+                return r;
+            }
+            if let Some(status) = meanwhile {
+                assert_eq!(r.status().as_u16(), status, "{what}");
+            }
+            assert!(Instant::now() < deadline, "{what}: still {}", r.status());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
@@ -378,6 +409,14 @@ pub fn config_check(file: &Path) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `ocimirror config check` of `yaml`, written to a file of its own: (passed, stderr).
+pub fn config_check_yaml(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    config_check(&file)
 }
 
 /// `ocimirror keygen` into `dir`: (key path, certificate path).
@@ -444,7 +483,11 @@ pub fn ocimirror_hash_password(pw: &str) -> String {
         .write_all(pw.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "hash-password: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 

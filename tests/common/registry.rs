@@ -64,15 +64,14 @@ impl Pusher {
         format!("{loc}{sep}digest={digest}")
     }
 
-    /// Push a blob held in memory; returns its digest.
-    pub async fn push_blob(&self, name: &str, data: Bytes) -> String {
-        let digest = sha256_digest(&data);
+    /// Upload `body` (`len` bytes, digest `digest`) as a blob of `name`: one monolithic PUT.
+    async fn upload(&self, name: &str, digest: &str, len: u64, body: reqwest::Body) {
         let loc = self.start_upload(name).await;
         let resp = self
-            .req(reqwest::Method::PUT, &Self::with_digest(&loc, &digest))
+            .req(reqwest::Method::PUT, &Self::with_digest(&loc, digest))
             .header("content-type", "application/octet-stream")
-            .header("content-length", data.len())
-            .body(data)
+            .header("content-length", len)
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -83,28 +82,21 @@ impl Pusher {
             "blob put for {name}: {}",
             resp.text().await.unwrap_or_default()
         );
+    }
+
+    /// Push a blob held in memory; returns its digest.
+    pub async fn push_blob(&self, name: &str, data: Bytes) -> String {
+        let digest = sha256_digest(&data);
+        self.upload(name, &digest, data.len() as u64, data.into())
+            .await;
         digest
     }
 
     /// Push a [`BigBlob`] by streaming it (never held in memory); returns its digest.
     pub async fn push_big_blob(&self, name: &str, blob: &BigBlob) -> String {
         let digest = blob.digest();
-        let loc = self.start_upload(name).await;
-        let resp = self
-            .req(reqwest::Method::PUT, &Self::with_digest(&loc, &digest))
-            .header("content-type", "application/octet-stream")
-            .header("content-length", blob.size)
-            .body(reqwest::Body::wrap_stream(blob.stream()))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        assert_eq!(
-            status,
-            201,
-            "big blob put: {}",
-            resp.text().await.unwrap_or_default()
-        );
+        let body = reqwest::Body::wrap_stream(blob.stream());
+        self.upload(name, &digest, blob.size, body).await;
         digest
     }
 

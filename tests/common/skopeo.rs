@@ -94,15 +94,20 @@ pub fn read_oci_layout(dir: &Path) -> Layout {
     for e in fs::read_dir(dir.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();
-        let data = fs::read(e.path()).unwrap();
-        assert_eq!(
-            sha256_hex(&data),
-            name,
-            "blob file content does not match its digest"
-        );
-        blobs.insert(format!("sha256:{name}"), data);
+        blobs.insert(format!("sha256:{name}"), read_blob_file(&e.path(), &name));
     }
     Layout { top, blobs }
+}
+
+/// The bytes of a blob file named by the hex of its digest; panics when they do not match it.
+fn read_blob_file(path: &Path, hex: &str) -> Vec<u8> {
+    let data = fs::read(path).unwrap();
+    assert_eq!(
+        sha256_hex(&data),
+        hex,
+        "blob file content does not match its digest"
+    );
+    data
 }
 
 /// Read a `dir:` copy written by skopeo (manifest.json + blobs named by hex).
@@ -115,13 +120,7 @@ pub fn read_dir_layout(dir: &Path) -> Layout {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();
         if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
-            let data = fs::read(e.path()).unwrap();
-            assert_eq!(
-                sha256_hex(&data),
-                name,
-                "blob file content does not match its digest"
-            );
-            blobs.insert(format!("sha256:{name}"), data);
+            blobs.insert(format!("sha256:{name}"), read_blob_file(&e.path(), &name));
         }
     }
     Layout {
@@ -152,54 +151,60 @@ pub fn assert_image_in(layout: &Layout, img: &Image) {
     }
 }
 
+/// Where [`pull_copy`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CopyTo {
+    /// An `oci:` layout of the one image.
+    Oci,
+    /// An `oci:` layout of an index and every image it lists (`--all`).
+    OciAll,
+    /// A `dir:` copy (no conversion of a Docker schema 2 image).
+    Dir,
+}
+
+/// skopeo-pull `name:tag` from `hostport` into a fresh copy of kind `to`; what it holds, its
+/// top manifest checked to be `digest`.
+async fn pull_copy(
+    hostport: &str,
+    (name, tag, digest): (&str, &str, &str),
+    to: CopyTo,
+    creds: Option<&str>,
+) -> Layout {
+    let out = TempDir::new().unwrap();
+    let dest = match to {
+        CopyTo::Oci | CopyTo::OciAll => format!("oci:{}:t", out.path().display()),
+        CopyTo::Dir => format!("dir:{}", out.path().display()),
+    };
+    let src = format!("{hostport}/{name}:{tag}");
+    skopeo_copy(&src, &dest, to == CopyTo::OciAll, creds)
+        .await
+        .unwrap();
+    let layout = match to {
+        CopyTo::Oci | CopyTo::OciAll => read_oci_layout(out.path()),
+        CopyTo::Dir => read_dir_layout(out.path()),
+    };
+    assert_eq!(layout.top, vec![digest.to_string()]);
+    layout
+}
+
 /// skopeo-pull `name:tag` (an image) from `hostport` into a fresh `oci:` layout and check it.
 pub async fn pull_and_check_oci(hostport: &str, img: &Image, creds: Option<&str>) {
-    let out = TempDir::new().unwrap();
-    let dest = format!("oci:{}:{}", out.path().display(), "t");
-    skopeo_copy(
-        &format!("{hostport}/{}:{}", img.name, img.tag),
-        &dest,
-        false,
-        creds,
-    )
-    .await
-    .unwrap();
-    let layout = read_oci_layout(out.path());
-    assert_eq!(layout.top, vec![img.digest.clone()]);
+    let image = (img.name.as_str(), img.tag.as_str(), img.digest.as_str());
+    let layout = pull_copy(hostport, image, CopyTo::Oci, creds).await;
     assert_image_in(&layout, img);
 }
 
 /// skopeo-pull a Docker schema2 image into a `dir:` copy (oci: would force a conversion).
 pub async fn pull_and_check_docker(hostport: &str, img: &Image, creds: Option<&str>) {
-    let out = TempDir::new().unwrap();
-    let dest = format!("dir:{}", out.path().display());
-    skopeo_copy(
-        &format!("{hostport}/{}:{}", img.name, img.tag),
-        &dest,
-        false,
-        creds,
-    )
-    .await
-    .unwrap();
-    let layout = read_dir_layout(out.path());
-    assert_eq!(layout.top, vec![img.digest.clone()]);
+    let image = (img.name.as_str(), img.tag.as_str(), img.digest.as_str());
+    let layout = pull_copy(hostport, image, CopyTo::Dir, creds).await;
     assert_image_in(&layout, img);
 }
 
 /// skopeo-pull an index with `--all` into an `oci:` layout and check index + every child.
 pub async fn pull_and_check_index(hostport: &str, idx: &Index, creds: Option<&str>) {
-    let out = TempDir::new().unwrap();
-    let dest = format!("oci:{}:{}", out.path().display(), "t");
-    skopeo_copy(
-        &format!("{hostport}/{}:{}", idx.name, idx.tag),
-        &dest,
-        true,
-        creds,
-    )
-    .await
-    .unwrap();
-    let layout = read_oci_layout(out.path());
-    assert_eq!(layout.top, vec![idx.digest.clone()]);
+    let index = (idx.name.as_str(), idx.tag.as_str(), idx.digest.as_str());
+    let layout = pull_copy(hostport, index, CopyTo::OciAll, creds).await;
     assert_eq!(
         layout.blobs.get(&idx.digest),
         Some(&idx.manifest),

@@ -287,6 +287,15 @@ impl FakeUpstream {
         Self::start_with(FakeOpts::default()).await
     }
 
+    /// A registry on any free port, behind `auth`.
+    pub async fn start_behind(auth: Auth) -> FakeUpstream {
+        Self::start_with(FakeOpts {
+            auth,
+            ..FakeOpts::default()
+        })
+        .await
+    }
+
     pub async fn start_with(opts: FakeOpts) -> FakeUpstream {
         let l1 = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
             .await

@@ -174,32 +174,44 @@ pub(super) fn flush(pieces: &mut Vec<Piece>, frag: &mut String) {
     }
 }
 
-/// A `/regex/` body: the text is regex source, apart from placeholders (`\$` escapes one).
-pub(super) fn parse_regex(body: &str) -> Result<Vec<Piece>, String> {
-    let chars: Vec<char> = body.chars().collect();
+/// `chars` as pieces: each placeholder (`${…}`) a variable, and between them the regex source
+/// `translate` makes of the rest, one token at a time (it returns the index after the token).
+fn pieces(
+    chars: &[char],
+    mut translate: impl FnMut(usize, &mut String) -> Result<usize, String>,
+) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut frag = String::new();
     let mut i = 0;
     while i < chars.len() {
-        match chars[i] {
-            '\\' => {
-                frag.extend(&chars[i..(i + 2).min(chars.len())]);
-                i += 2;
-            }
-            '$' if chars.get(i + 1) == Some(&'{') => {
-                let (var, next) = parse_placeholder(&chars, i)?;
-                flush(&mut pieces, &mut frag);
-                pieces.push(Piece::Var(var));
-                i = next;
-            }
-            c => {
-                frag.push(c);
-                i += 1;
-            }
+        if chars[i] == '$' && chars.get(i + 1) == Some(&'{') {
+            let (var, next) = parse_placeholder(chars, i)?;
+            flush(&mut pieces, &mut frag);
+            pieces.push(Piece::Var(var));
+            i = next;
+        } else {
+            i = translate(i, &mut frag)?;
         }
     }
     flush(&mut pieces, &mut frag);
     Ok(pieces)
+}
+
+/// A `/regex/` body: the text is regex source, apart from placeholders (`\$` escapes one).
+pub(super) fn parse_regex(body: &str) -> Result<Vec<Piece>, String> {
+    let chars: Vec<char> = body.chars().collect();
+    pieces(&chars, |i, frag| {
+        Ok(match chars[i] {
+            '\\' => {
+                frag.extend(&chars[i..(i + 2).min(chars.len())]);
+                i + 2
+            }
+            c => {
+                frag.push(c);
+                i + 1
+            }
+        })
+    })
 }
 
 pub(super) fn push_literal(frag: &mut String, c: char) {
@@ -210,44 +222,31 @@ pub(super) fn push_literal(frag: &mut String, c: char) {
 /// A glob, translated to regex source.
 pub(super) fn parse_glob(src: &str) -> Result<Vec<Piece>, String> {
     let chars: Vec<char> = src.chars().collect();
-    let mut pieces = Vec::new();
-    let mut frag = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        match chars[i] {
+    pieces(&chars, |i, frag| {
+        Ok(match chars[i] {
             '*' => {
                 let run = chars[i..].iter().take_while(|&&c| c == '*').count();
                 frag.push_str(if run == 1 { "[^/]*" } else { "(?s:.*)" });
-                i += run;
+                i + run
             }
             '?' => {
                 frag.push_str("[^/]");
-                i += 1;
+                i + 1
             }
-            '[' => {
-                i = parse_class(&chars, i, &mut frag)?;
-            }
+            '[' => parse_class(&chars, i, frag)?,
             '\\' => {
                 let Some(&c) = chars.get(i + 1) else {
                     return Err(format!("pattern {src:?} ends with a lone backslash"));
                 };
-                push_literal(&mut frag, c);
-                i += 2;
-            }
-            '$' if chars.get(i + 1) == Some(&'{') => {
-                let (var, next) = parse_placeholder(&chars, i)?;
-                flush(&mut pieces, &mut frag);
-                pieces.push(Piece::Var(var));
-                i = next;
+                push_literal(frag, c);
+                i + 2
             }
             c => {
-                push_literal(&mut frag, c);
-                i += 1;
+                push_literal(frag, c);
+                i + 1
             }
-        }
-    }
-    flush(&mut pieces, &mut frag);
-    Ok(pieces)
+        })
+    })
 }
 
 /// `chars[i]` is `[`: translate the class (Go `path.Match` syntax) and return the index after it.

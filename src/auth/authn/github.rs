@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{
-    Authenticator, AuthnError, ConfigProblem, describe_reqwest, parse_duration, parse_service_url,
+    Authenticator, AuthnError, ConfigProblem, describe_reqwest, parse_service_url, parse_timeout,
     read_body,
 };
 use crate::auth::Identity;
@@ -82,13 +82,7 @@ impl GitHubConfig {
         let mut problems = Vec::new();
         let key = |k: &str| format!("{prefix}.{k}");
         let api_url = parse_service_url(&key("api_url"), &self.api_url, &mut problems);
-        let timeout = parse_duration(&key("http_timeout"), &self.http_timeout, &mut problems);
-        if timeout.is_some_and(|t| t.is_zero()) {
-            problems.push(ConfigProblem::new(
-                key("http_timeout"),
-                "must be greater than zero",
-            ));
-        }
+        let timeout = parse_timeout(&key("http_timeout"), &self.http_timeout, &mut problems);
         if self.max_pages == 0 {
             problems.push(ConfigProblem::new(key("max_pages"), "must be at least 1"));
         }

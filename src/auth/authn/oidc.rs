@@ -33,8 +33,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::{
-    Authenticator, AuthnError, Clock, ConfigProblem, describe_reqwest, parse_duration,
-    parse_service_url, read_body,
+    Authenticator, AuthnError, Clock, ConfigProblem, describe_reqwest, parse_service_url,
+    parse_timeout, read_body,
 };
 use crate::auth::Identity;
 
@@ -48,17 +48,21 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
 const LEEWAY_SECS: u64 = 60;
 
-const ALGORITHMS: [Algorithm; 9] = [
+/// What an RSA key may verify: PKCS#1 v1.5 and PSS signatures.
+const RSA_ALGORITHMS: [Algorithm; 6] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
     Algorithm::PS256,
     Algorithm::PS384,
     Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
 ];
+
+/// Whether an ID token may be signed with `alg`.
+fn accepted(alg: Algorithm) -> bool {
+    RSA_ALGORITHMS.contains(&alg)
+        || matches!(alg, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA)
+}
 
 /// The `oidc_auth` config section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,13 +130,7 @@ impl OidcConfig {
                 problems.push(ConfigProblem::new(key(k), "must not be empty"));
             }
         }
-        let timeout = parse_duration(&key("http_timeout"), &self.http_timeout, &mut problems);
-        if timeout.is_some_and(|t| t.is_zero()) {
-            problems.push(ConfigProblem::new(
-                key("http_timeout"),
-                "must be greater than zero",
-            ));
-        }
+        let timeout = parse_timeout(&key("http_timeout"), &self.http_timeout, &mut problems);
         match timeout {
             Some(http_timeout) if problems.is_empty() => Ok(OidcSettings {
                 issuer: self.issuer.clone(),
@@ -183,14 +181,7 @@ struct FetchState {
 /// What a JWKS entry may verify, or None for keys we never use.
 fn key_algorithms(jwk: &Jwk) -> Vec<Algorithm> {
     let by_type: Vec<Algorithm> = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => RSA_ALGORITHMS.to_vec(),
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => vec![Algorithm::ES256],
             EllipticCurve::P384 => vec![Algorithm::ES384],
@@ -467,7 +458,7 @@ impl Authenticator for OidcAuthenticator {
         let Ok(header) = jsonwebtoken::decode_header(password) else {
             return self.refuse(user, "malformed header");
         };
-        if !ALGORITHMS.contains(&header.alg) {
+        if !accepted(header.alg) {
             return self.refuse(user, "algorithm not allowed");
         }
         let Some(key) = self.key(header.kid.as_deref(), header.alg).await? else {

@@ -25,21 +25,31 @@ const ACQUIRE_SCRIPT: &str = "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX',
 /// Take a lease from a gone holder only if it still has the value seen (or expired meanwhile).
 const TAKE_OVER_SCRIPT: &str = "local v = redis.call('get', KEYS[1]) if v == false or v == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return ARGV[2] end return v";
 
-#[async_trait]
-impl Leases for RedisCache {
-    async fn try_acquire(&self, name: &str, ttl: Duration, peer: Option<&str>) -> LeaseOutcome {
-        let value = lease_value(peer);
+impl RedisCache {
+    /// `EVAL script` on the key of lease `name`; the script's arguments are added after.
+    fn eval(&self, script: &str, name: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ACQUIRE_SCRIPT)
-            .arg(1)
-            .arg(self.lease_key(name))
-            .arg(&value)
-            .arg(ttl.as_millis() as u64);
+        cmd.arg(script).arg(1).arg(self.lease_key(name));
+        cmd
+    }
+
+    /// Run a script that sets the lease to `value` if it may and answers the lease's value.
+    async fn claim(&self, cmd: redis::Cmd, value: String) -> LeaseOutcome {
         match self.query::<String>(Op::AcquireLease, cmd).await {
             Ok(v) if v == value => LeaseOutcome::Acquired(value),
             Ok(held) => LeaseOutcome::HeldElsewhere(held),
             Err(_) => LeaseOutcome::Unavailable,
         }
+    }
+}
+
+#[async_trait]
+impl Leases for RedisCache {
+    async fn try_acquire(&self, name: &str, ttl: Duration, peer: Option<&str>) -> LeaseOutcome {
+        let value = lease_value(peer);
+        let mut cmd = self.eval(ACQUIRE_SCRIPT, name);
+        cmd.arg(&value).arg(ttl.as_millis() as u64);
+        self.claim(cmd, value).await
     }
 
     async fn take_over(
@@ -50,27 +60,14 @@ impl Leases for RedisCache {
         peer: Option<&str>,
     ) -> LeaseOutcome {
         let value = lease_value(peer);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(TAKE_OVER_SCRIPT)
-            .arg(1)
-            .arg(self.lease_key(name))
-            .arg(held)
-            .arg(&value)
-            .arg(ttl.as_millis() as u64);
-        match self.query::<String>(Op::AcquireLease, cmd).await {
-            Ok(v) if v == value => LeaseOutcome::Acquired(value),
-            Ok(now) => LeaseOutcome::HeldElsewhere(now),
-            Err(_) => LeaseOutcome::Unavailable,
-        }
+        let mut cmd = self.eval(TAKE_OVER_SCRIPT, name);
+        cmd.arg(held).arg(&value).arg(ttl.as_millis() as u64);
+        self.claim(cmd, value).await
     }
 
     async fn renew(&self, name: &str, token: &str, ttl: Duration) -> bool {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(RENEW_SCRIPT)
-            .arg(1)
-            .arg(self.lease_key(name))
-            .arg(token)
-            .arg(ttl.as_millis() as u64);
+        let mut cmd = self.eval(RENEW_SCRIPT, name);
+        cmd.arg(token).arg(ttl.as_millis() as u64);
         match self.query::<i64>(Op::RenewLease, cmd).await {
             Ok(2) => {
                 metrics::counter!(crate::metrics::CACHE_LEASES_RETAKEN).increment(1);
@@ -87,11 +84,8 @@ impl Leases for RedisCache {
     }
 
     async fn release(&self, name: &str, token: &str) {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(RELEASE_SCRIPT)
-            .arg(1)
-            .arg(self.lease_key(name))
-            .arg(token);
+        let mut cmd = self.eval(RELEASE_SCRIPT, name);
+        cmd.arg(token);
         let _ = self.query::<i64>(Op::ReleaseLease, cmd).await;
     }
 }
