@@ -170,6 +170,25 @@ async fn cosign_sign(reg: &Registry, keys: &Keys, key: &str, name: &str, target:
 }
 
 /// Attach `bundle` to `subject` as a referrer, with the tag-schema index Distribution 2.8 needs.
+/// An in-toto statement naming `img` (pushed as `name` to `reg`), its DSSE payload type and the
+/// pre-authentication encoding a DSSE signature covers.
+fn dsse_statement(reg: &Registry, name: &str, img: &Image) -> (Vec<u8>, &'static str, Vec<u8>) {
+    let statement = serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{}/{name}", reg.hostport()), "digest": {"sha256": hex_of(&img.digest)}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }))
+    .unwrap();
+    let ptype = "application/vnd.in-toto+json";
+    let pae = [
+        format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes(),
+        statement.clone(),
+    ]
+    .concat();
+    (statement, ptype, pae)
+}
+
 async fn push_bundle(p: &Pusher, name: &str, subject: &Image, bundle: &Value) {
     let body = serde_json::to_vec(bundle).unwrap();
     let bd = p.push_blob(name, Bytes::from(body.clone())).await;
@@ -470,19 +489,7 @@ async fn sigstore_bundles_in_the_referrers() {
     push_bundle(&p, "myorg/bundled", &plain, &bundle).await;
 
     let attested = p.push_oci_image("myorg/dsse", "1", 1732).await;
-    let statement = serde_json::to_vec(&json!({
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": format!("{}/myorg/dsse", reg.hostport()), "digest": {"sha256": hex_of(&attested.digest)}}],
-        "predicateType": "https://sigstore.dev/cosign/sign/v1",
-        "predicate": {},
-    }))
-    .unwrap();
-    let ptype = "application/vnd.in-toto+json";
-    let pae = [
-        format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes(),
-        statement.clone(),
-    ]
-    .concat();
+    let (statement, ptype, pae) = dsse_statement(&reg, "myorg/dsse", &attested);
     let envelope = |sig: Vec<u8>| {
         json!({
             "mediaType": BUNDLE,
@@ -1174,19 +1181,7 @@ async fn keyless_sigstore_bundles_in_the_referrers() {
     push_bundle(&p, "myorg/bundled", &plain, &bundle).await;
 
     let attested = p.push_oci_image("myorg/dsse", "1", 1832).await;
-    let statement = serde_json::to_vec(&json!({
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": format!("{}/myorg/dsse", reg.hostport()), "digest": {"sha256": hex_of(&attested.digest)}}],
-        "predicateType": "https://sigstore.dev/cosign/sign/v1",
-        "predicate": {},
-    }))
-    .unwrap();
-    let ptype = "application/vnd.in-toto+json";
-    let pae = [
-        format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes(),
-        statement.clone(),
-    ]
-    .concat();
+    let (statement, ptype, pae) = dsse_statement(&reg, "myorg/dsse", &attested);
     let leaf = fulcio.leaf("dsse", GHA, &workflow("myorg/dsse"), T0);
     let sig = keys.sign("dsse", &pae);
     let envelope = json!({"payload": B64.encode(&statement), "payloadType": ptype,
