@@ -144,13 +144,7 @@ async fn referrers_of(m: &Mirror, img: &Image) -> Vec<String> {
     let status = r.status();
     let body = r.text().await.unwrap();
     assert_eq!(status, 200, "referrers of {}: {body}", img.name);
-    let index: serde_json::Value = serde_json::from_str(&body).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["digest"].as_str().unwrap().to_owned())
-        .collect()
+    index_digests(&serde_json::from_str(&body).unwrap())
 }
 
 async fn storage_outage(outage: Outage) {

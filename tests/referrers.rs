@@ -50,15 +50,6 @@ async fn referrers(m: &Mirror, path: &str) -> (u16, Option<String>, Value) {
     (status, filtered, serde_json::from_slice(&body).unwrap())
 }
 
-fn digests(index: &Value) -> Vec<String> {
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["digest"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_schema_fallback_cached_and_filtered() {
     let reg = Registry::start(RegistryOpts::default()).await;
@@ -87,7 +78,7 @@ async fn tag_schema_fallback_cached_and_filtered() {
     assert_eq!(s, 200);
     assert_eq!(filtered, None);
     assert_eq!(
-        digests(&index),
+        index_digests(&index),
         vec![
             sbom["digest"].as_str().unwrap(),
             sig["digest"].as_str().unwrap()
@@ -103,20 +94,23 @@ async fn tag_schema_fallback_cached_and_filtered() {
     let (s, filtered, index) = referrers(&m, &format!("{path}?artifactType={SBOM}")).await;
     assert_eq!(s, 200);
     assert_eq!(filtered.as_deref(), Some("artifactType"));
-    assert_eq!(digests(&index), vec![sbom["digest"].as_str().unwrap()]);
+    assert_eq!(
+        index_digests(&index),
+        vec![sbom["digest"].as_str().unwrap()]
+    );
 
     // Cached within tag_ttl: no more upstream requests.
     let before = reg.count_requests("", "/v2/team/app/").await;
     let (s, _, again) = referrers(&m, &path).await;
     assert_eq!(s, 200);
-    assert_eq!(digests(&again).len(), 2);
+    assert_eq!(index_digests(&again).len(), 2);
     assert_eq!(reg.count_requests("", "/v2/team/app/").await, before);
 
     // A digest nobody refers to: the empty index.
     let other = p.push_oci_image("team/app", "v2", 1102).await;
     let (s, _, index) = referrers(&m, &format!("/v2/team/app/referrers/{}", other.digest)).await;
     assert_eq!(s, 200);
-    assert!(digests(&index).is_empty());
+    assert!(index_digests(&index).is_empty());
 
     // Offline, what was fetched is still there.
     let mut m = m;
@@ -124,7 +118,7 @@ async fn tag_schema_fallback_cached_and_filtered() {
         .await;
     let (s, _, index) = referrers(&m, &path).await;
     assert_eq!(s, 200);
-    assert_eq!(digests(&index).len(), 2);
+    assert_eq!(index_digests(&index).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

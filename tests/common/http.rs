@@ -76,6 +76,16 @@ pub async fn raw_request(hostport: &str, method: &str, path: &str) -> RawRespons
 }
 
 /// The `code`s of an OCI error body; panics (with the body) when it is not `{"errors":[...]}`.
+/// The digests an image index (a referrers answer, say) lists, in order.
+pub fn index_digests(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn error_codes(body: &[u8]) -> Vec<String> {
     let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(
