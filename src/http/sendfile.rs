@@ -12,6 +12,10 @@
 //! rather than copy them (`writev`, so the address survives), an HTTP/1 connection sends one
 //! response at a time (so pieces are written in the order they were queued), and a write whose
 //! stand-in position does not match the queue's next piece fails the connection instead.
+//!
+//! `sendfile(2)` runs on the runtime's thread, as nginx runs it without `aio threads`: from the
+//! page cache it costs no more than a socket write, but a piece not in the page cache waits for
+//! the disk there (at most one piece, 512 KiB, per call).
 
 use std::collections::VecDeque;
 use std::io;
