@@ -1,7 +1,9 @@
 //! The task behind a fill: where its bytes come from and what is done with them.
 //!
-//! The replica holding the digest's fill lease reads the upstream and writes a storage object
-//! beside the spool, committed only when length and digest match. A replica that found the lease
+//! The replica holding the digest's fill lease reads the upstream and writes a storage object,
+//! committed only when length and digest match: beside the spool, or, on a filesystem store, as
+//! the spool (the writer's file takes the spool's place, and falls back to a spool of the fill's
+//! own when the store fails a write). A replica that found the lease
 //! held relays the holder's fill from its peer stream (the holder's last byte arrives only after
 //! the holder verified the digest) into its own spool, and commits nothing: the holder does.
 //!
@@ -26,6 +28,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,7 +37,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::LINK_WRITE_TIMEOUT;
-use super::fill::{Fill, FillState, Origin, Progress};
+use super::fill::{Fill, FillState, Origin, Progress, Spool};
 use super::lease::{Fleet, Next, REMOTE_POLL_MAX, REMOTE_POLL_MIN, Start};
 use super::peer::PeerError;
 use crate::cache::lease::holder_peer;
@@ -65,7 +68,11 @@ enum Stop {
 pub struct FillJob {
     name: RepoName,
     digest: Digest,
-    spool: File,
+    /// The file this fill writes and its clients read (`shared` names it to them).
+    spool: Arc<File>,
+    shared: Arc<Spool>,
+    /// Where a spool of the fill's own is made when the store's file cannot take the bytes.
+    spool_dir: PathBuf,
     tx: watch::Sender<Progress>,
     storage: Arc<dyn Storage>,
     upstream: Arc<dyn Upstream>,
@@ -85,7 +92,8 @@ impl FillJob {
     pub fn new(
         name: RepoName,
         digest: Digest,
-        spool: File,
+        shared: Arc<Spool>,
+        spool_dir: PathBuf,
         tx: watch::Sender<Progress>,
         storage: Arc<dyn Storage>,
         upstream: Arc<dyn Upstream>,
@@ -96,7 +104,9 @@ impl FillJob {
         FillJob {
             name,
             digest,
-            spool,
+            spool: shared.current(),
+            shared,
+            spool_dir,
             tx,
             storage,
             upstream,
@@ -293,6 +303,50 @@ impl FillJob {
 
     /// Hash `chunk`, write it to the spool and publish the new watermark.
     fn absorb(&mut self, chunk: &[u8]) -> Result<(), FillState> {
+        self.admit(chunk)?;
+        self.spool
+            .write_all_at(chunk, self.written)
+            .map_err(|e| self.broken(format!("spool write failed: {e}")))?;
+        self.advance(chunk.len());
+        Ok(())
+    }
+
+    /// Publish a watermark `n` bytes further on: they are in the spool.
+    fn advance(&mut self, n: usize) {
+        self.written += n as u64;
+        let written = self.written;
+        self.tx.send_modify(|p| p.written = written);
+    }
+
+    /// The clients read the storage writer's own file from now on: it holds what the spool
+    /// holds (the writer was given the spool's bytes when opened).
+    fn spool_in(&mut self, file: File) {
+        let file = Arc::new(file);
+        self.shared.replace(file.clone());
+        self.spool = file;
+    }
+
+    /// The store's file failed a write: the clients move to a spool of the fill's own, given
+    /// what the store's file held, and the fill goes on without caching.
+    fn respool(&mut self) -> Result<(), FillState> {
+        let own = tempfile::tempfile_in(&self.spool_dir)
+            .map_err(|e| self.broken(format!("cannot create a spool file: {e}")))?;
+        let mut buf = vec![0; STORAGE_BATCH];
+        let mut at = 0;
+        while at < self.written {
+            let n = (self.written - at).min(STORAGE_BATCH as u64) as usize;
+            self.spool
+                .read_exact_at(&mut buf[..n], at)
+                .and_then(|()| own.write_all_at(&buf[..n], at))
+                .map_err(|e| self.broken(format!("cannot move the spool: {e}")))?;
+            at += n as u64;
+        }
+        self.spool_in(own);
+        Ok(())
+    }
+
+    /// Check `chunk` against the blob's bounds and hash it.
+    fn admit(&mut self, chunk: &[u8]) -> Result<(), FillState> {
         if self
             .size
             .is_some_and(|s| self.written + chunk.len() as u64 > s)
@@ -309,12 +363,6 @@ impl FillJob {
             )));
         }
         self.hasher.update(chunk);
-        self.spool
-            .write_all_at(chunk, self.written)
-            .map_err(|e| self.broken(format!("spool write failed: {e}")))?;
-        self.written += chunk.len() as u64;
-        let written = self.written;
-        self.tx.send_modify(|p| p.written = written);
         Ok(())
     }
 
@@ -488,7 +536,19 @@ impl FillJob {
             metrics::counter!(crate::metrics::FILL_RESUMES, "from" => how).increment(1);
         }
         let mut writer = self.open_writer().await;
-        let mut pending = BytesMut::with_capacity(STORAGE_BATCH);
+        // A writer of a local file: its file becomes the spool, and each byte is written once.
+        let mut direct = match writer.as_ref().and_then(|w| w.local_file()) {
+            Some(file) => {
+                self.spool_in(file);
+                true
+            }
+            None => false,
+        };
+        let mut pending = BytesMut::with_capacity(if writer.is_some() && !direct {
+            STORAGE_BATCH
+        } else {
+            0
+        });
         // Bytes of the upstream's answer this replica already has (an upstream ignoring the
         // range sends them again): hashed already, so only skipped.
         let mut skip = from - resp.start;
@@ -503,6 +563,25 @@ impl FillJob {
                 if chunk.is_empty() {
                     continue;
                 }
+            }
+            if direct {
+                self.admit(&chunk)?;
+                let stored = match writer.as_mut() {
+                    Some(w) if !self.storage.reads_refused() => {
+                        w.write(chunk.clone()).await.map_err(|e| e.to_string())
+                    }
+                    _ => Err("storage is down".to_owned()),
+                };
+                if let Err(e) = stored {
+                    tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
+                    (writer, direct) = (None, false);
+                    self.respool()?;
+                    self.spool
+                        .write_all_at(&chunk, self.written)
+                        .map_err(|e| self.broken(format!("spool write failed: {e}")))?;
+                }
+                self.advance(chunk.len());
+                continue;
             }
             self.absorb(&chunk)?;
             if writer.is_some() {

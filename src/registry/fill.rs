@@ -1,9 +1,10 @@
 //! The fill: one fetch per blob digest, however many clients want it.
 //!
 //! A fill runs in its own task (`fetch.rs`). It writes the blob's bytes, from the upstream or,
-//! in a fleet, from the replica holding the digest's fill lease, into an anonymous spool file
-//! (local, unlinked, so nothing to clean up after a crash), hashing as it goes, and publishes a
-//! watermark of bytes written. Every client, first or late, reads the spool up to the watermark,
+//! in a fleet, from the replica holding the digest's fill lease, into a spool file, hashing as
+//! it goes, and publishes a watermark of bytes written. The spool starts as an anonymous file
+//! (local, unlinked, so nothing to clean up after a crash); on a filesystem store the storage
+//! writer's own temp file takes its place once opened, so each byte is written once. Every client, first or late, reads the spool up to the watermark,
 //! so a slow or vanished client never slows or cancels the fill, late joiners never refetch, and
 //! a range is answered as soon as its bytes are there. The last byte is released only once the
 //! digest has been checked; on any failure every client's stream ends in an error, never a
@@ -12,11 +13,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -81,8 +81,27 @@ pub struct Progress {
 pub struct Fill {
     /// The repository the fill fetches under when it reads the upstream.
     name: RepoName,
-    spool: File,
+    spool: Arc<Spool>,
     progress: watch::Receiver<Progress>,
+}
+
+/// The file a fill's clients read up to the watermark. The fill may replace it (with its
+/// storage writer's file, or back with a file of its own when the store fails), but only with
+/// a file holding the same bytes up to the watermark, so a reader may use either.
+pub struct Spool(RwLock<Arc<File>>);
+
+impl Spool {
+    pub fn new(file: File) -> Self {
+        Spool(RwLock::new(Arc::new(file)))
+    }
+
+    pub fn current(&self) -> Arc<File> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, file: Arc<File>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = file;
+    }
 }
 
 pub type ClientStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -160,11 +179,25 @@ impl Fill {
                 };
                 if pos < available {
                     let n = (available - pos).min(CHUNK).min(limit - pos) as usize;
-                    let mut buf = BytesMut::zeroed(n);
-                    // The spool is in the page cache; a pread is cheaper than a thread hop.
-                    return match fill.spool.read_exact_at(&mut buf, pos) {
-                        Ok(()) => Some((Ok(buf.freeze()), (fill, rx, pos + n as u64, false))),
-                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                    // The spool is in the page cache; a pread is cheaper than a thread hop. It
+                    // reads into the buffer's spare capacity: zeroing it first would be one
+                    // more pass over every byte.
+                    let mut buf = Vec::with_capacity(n);
+                    let read = rustix::io::pread(
+                        &*fill.spool.current(),
+                        rustix::buffer::spare_capacity(&mut buf),
+                        pos,
+                    );
+                    return match read {
+                        Ok(0) => {
+                            let e = io::Error::other("the spool is shorter than its watermark");
+                            Some((Err(e), (fill, rx, pos, true)))
+                        }
+                        Ok(read) => {
+                            let next = pos + read as u64;
+                            Some((Ok(Bytes::from(buf)), (fill, rx, next, false)))
+                        }
+                        Err(e) => Some((Err(e.into()), (fill, rx, pos, true))),
                     };
                 }
                 if p.verified {
@@ -247,8 +280,7 @@ impl Fills {
             }
             return Ok(f.clone());
         }
-        let spool = tempfile::tempfile_in(&self.spool_dir)?;
-        let writer_spool = spool.try_clone()?;
+        let spool = Arc::new(Spool::new(tempfile::tempfile_in(&self.spool_dir)?));
         let origin = match start {
             Start::Upstream(_) => Origin::Upstream,
             Start::Peer(_) => Origin::Peer,
@@ -263,7 +295,7 @@ impl Fills {
         });
         let fill = Arc::new(Fill {
             name: name.clone(),
-            spool,
+            spool: spool.clone(),
             progress: rx,
         });
         map.insert(digest.clone(), fill.clone());
@@ -274,7 +306,8 @@ impl Fills {
         let job = FillJob::new(
             name.clone(),
             digest.clone(),
-            writer_spool,
+            spool,
+            self.spool_dir.clone(),
             tx,
             self.storage.clone(),
             self.upstream.clone(),

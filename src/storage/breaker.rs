@@ -443,6 +443,9 @@ impl ObjectWriter for GuardedWriter {
         }
         r
     }
+    fn local_file(&self) -> Option<std::fs::File> {
+        self.inner.local_file()
+    }
     /// Not timed: the client has every byte by now, and a big commit (an fsync, a multipart
     /// completion) may take long on a healthy store.
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {

@@ -79,6 +79,9 @@ impl ObjectWriter for CountedWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         counted("write", self.0.write(chunk).await)
     }
+    fn local_file(&self) -> Option<std::fs::File> {
+        self.0.local_file()
+    }
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
         counted("commit", self.0.commit().await)
     }

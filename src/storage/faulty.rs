@@ -74,6 +74,9 @@ impl ObjectWriter for FaultyWriter {
         }
         self.inner.write(chunk).await
     }
+    fn local_file(&self) -> Option<std::fs::File> {
+        self.inner.local_file()
+    }
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
         self.inner.commit().await
     }

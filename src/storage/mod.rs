@@ -133,7 +133,14 @@ pub trait Storage: Send + Sync + 'static {
 
 #[async_trait]
 pub trait ObjectWriter: Send {
+    /// Append `chunk`. Once this returns, the bytes are readable through [`Self::local_file`].
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+    /// A read handle on the local file this writer fills, when the store is a local filesystem.
+    /// A fill then serves its clients from the writer's own file instead of writing every byte
+    /// a second time into a spool of its own. `None` for every other store.
+    fn local_file(&self) -> Option<std::fs::File> {
+        None
+    }
     /// Publish the object under its key, atomically.
     async fn commit(self: Box<Self>) -> Result<(), StorageError>;
 }
