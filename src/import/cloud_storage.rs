@@ -55,21 +55,23 @@ pub(super) fn map_azure(d: &Src, out: &mut Out) {
 mod tests {
     use super::super::testing::{dist, noted};
     use super::*;
+    use crate::config::Config;
+    use crate::storage::config::StorageBackend;
 
-    fn parsed(i: &super::super::Imported) -> crate::config::Config {
-        serde_saphyr::from_str(&i.render()).unwrap()
+    /// Distribution's config `yaml` imported and read back, its storage backend `backend`.
+    fn imported(yaml: &str, backend: StorageBackend) -> (super::super::Imported, Config) {
+        let i = dist(yaml);
+        let c: Config = serde_saphyr::from_str(&i.render()).unwrap();
+        assert_eq!(c.storage.backend, backend);
+        (i, c)
     }
 
     #[test]
     fn gcs_driver() {
-        let i = dist(
+        let (i, c) = imported(
             "version: 0.1\nstorage:\n  gcs:\n    bucket: reg\n    rootdirectory: /mirror\n    \
              keyfile: /etc/gcs.json\n    chunksize: 5242880\n",
-        );
-        let c = parsed(&i);
-        assert_eq!(
-            c.storage.backend,
-            crate::storage::config::StorageBackend::Gcs
+            StorageBackend::Gcs,
         );
         assert_eq!(c.storage.gcs.bucket, "reg");
         assert_eq!(c.storage.gcs.root, "/mirror");
@@ -86,14 +88,10 @@ mod tests {
 
     #[test]
     fn azure_driver() {
-        let i = dist(
+        let (i, c) = imported(
             "version: 0.1\nstorage:\n  azure:\n    accountname: acct\n    accountkey: c2VjcmV0\n    \
              container: reg\n    rootdirectory: /mirror\n    realm: core.chinacloudapi.cn\n",
-        );
-        let c = parsed(&i);
-        assert_eq!(
-            c.storage.backend,
-            crate::storage::config::StorageBackend::Azblob
+            StorageBackend::Azblob,
         );
         assert_eq!(c.storage.azblob.container, "reg");
         assert_eq!(c.storage.azblob.root, "/mirror");

@@ -154,13 +154,7 @@ impl Registry {
                         let size = self.confirm(&repo, digest).await?;
                         linked = true;
                         if head && data.is_none() {
-                            return Ok(BlobReply {
-                                size,
-                                range: None,
-                                body: None,
-                                location: None,
-                                file: None,
-                            });
+                            return Ok(BlobReply::size_only(size));
                         }
                     }
                 }
@@ -190,26 +184,14 @@ impl Registry {
             if let Some(fill) = self.fills.get(digest)
                 && let Ok(Some(size)) = fill.started().await
             {
-                return Ok(BlobReply {
-                    size,
-                    range: None,
-                    body: None,
-                    location: None,
-                    file: None,
-                });
+                return Ok(BlobReply::size_only(size));
             }
             let size = self
                 .upstream
                 .head_blob(&repo, digest)
                 .await
                 .map_err(blob_upstream_error)?;
-            return Ok(BlobReply {
-                size,
-                range: None,
-                body: None,
-                location: None,
-                file: None,
-            });
+            return Ok(BlobReply::size_only(size));
         }
         let fill = match self.obtain(&repo, digest).await? {
             Source::Fill(f) => {

@@ -65,6 +65,15 @@ enum Stop {
     Fail(FillState),
 }
 
+/// What every fill works with: where its blob is kept, where it comes from, and whether
+/// storage may be written at all.
+#[derive(Clone)]
+pub struct Backing {
+    pub storage: Arc<dyn Storage>,
+    pub upstream: Arc<dyn Upstream>,
+    pub read_only: bool,
+}
+
 pub struct FillJob {
     name: RepoName,
     digest: Digest,
@@ -88,18 +97,20 @@ pub struct FillJob {
 }
 
 impl FillJob {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: RepoName,
         digest: Digest,
         shared: Arc<Spool>,
         spool_dir: PathBuf,
         tx: watch::Sender<Progress>,
-        storage: Arc<dyn Storage>,
-        upstream: Arc<dyn Upstream>,
-        read_only: bool,
+        backing: Backing,
         fleet: Arc<Fleet>,
     ) -> Self {
+        let Backing {
+            storage,
+            upstream,
+            read_only,
+        } = backing;
         let hasher = Hasher::new(digest.algorithm());
         FillJob {
             name,

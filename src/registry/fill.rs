@@ -25,7 +25,7 @@ use crate::oci::{Digest, RepoName};
 use crate::storage::Storage;
 use crate::upstream::{Upstream, UpstreamError};
 
-use super::fetch::FillJob;
+use super::fetch::{Backing, FillJob};
 use super::lease::{Fleet, Start};
 
 /// Bytes handed to a client per read of the spool: what a stalled reader's response holds.
@@ -234,9 +234,7 @@ pub struct Fills {
     /// every byte while its blob is still being written to storage.
     tasks: TaskTracker,
     spool_dir: PathBuf,
-    storage: Arc<dyn Storage>,
-    upstream: Arc<dyn Upstream>,
-    read_only: bool,
+    backing: Backing,
 }
 
 impl Fills {
@@ -250,9 +248,11 @@ impl Fills {
             inflight: Arc::new(Mutex::new(HashMap::new())),
             tasks: TaskTracker::new(),
             spool_dir,
-            storage,
-            upstream,
-            read_only,
+            backing: Backing {
+                storage,
+                upstream,
+                read_only,
+            },
         }
     }
 
@@ -309,9 +309,7 @@ impl Fills {
             spool,
             self.spool_dir.clone(),
             tx,
-            self.storage.clone(),
-            self.upstream.clone(),
-            self.read_only,
+            self.backing.clone(),
             fleet,
         )
         .bounded(declared, Arc::downgrade(&fill));

@@ -102,6 +102,19 @@ pub struct BlobReply {
     pub file: Option<StoredFile>,
 }
 
+impl BlobReply {
+    /// A HEAD's answer: the whole blob's size, nothing to send.
+    fn size_only(size: u64) -> Self {
+        BlobReply {
+            size,
+            range: None,
+            body: None,
+            location: None,
+            file: None,
+        }
+    }
+}
+
 /// A stored blob's bytes as an open file: `len` bytes from `offset`, for a connection that can
 /// hand them to the kernel (`sendfile`) instead of reading them through the process.
 pub struct StoredFile {

@@ -1,4 +1,4 @@
-//! The manifest fan-out bound: a decorator that refuses an upstream manifest listing more
+//! The manifest fan-out bound: a guard that refuses an upstream manifest listing more
 //! descriptors (config, layers, index entries, schema 1 `fsLayers`) than
 //! `upstream.max_manifest_descriptors`, before the mirror stores, caches or serves it. Distribution
 //! accepts a 4 MiB manifest of some 22,000 layers; a client pulling one would make the mirror
@@ -6,28 +6,29 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{BlobResponse, FetchedManifest, ManifestHead, TagsResponse, Upstream, UpstreamError};
-use crate::oci::{Digest, Reference, RepoName};
+use super::guard::{Guard, Guarded};
+use super::{Upstream, UpstreamError};
 
 /// Docker caps an image at 127 layers and real indexes list tens of platforms: a thousand
 /// descriptors leaves room for every real image.
 pub const DEFAULT_MAX_DESCRIPTORS: usize = 1000;
 
-pub struct FanOutBounded {
-    inner: Arc<dyn Upstream>,
+pub struct FanOut {
     max: usize,
 }
 
+pub type FanOutBounded = Guarded<FanOut>;
+
 impl FanOutBounded {
     pub fn new(inner: Arc<dyn Upstream>, max_descriptors: usize) -> Self {
-        FanOutBounded {
+        Guarded {
             inner,
-            max: max_descriptors,
+            guard: FanOut {
+                max: max_descriptors,
+            },
         }
     }
 }
@@ -74,62 +75,9 @@ pub fn check(body: &[u8], max: usize) -> Result<(), UpstreamError> {
     }
 }
 
-#[async_trait]
-impl Upstream for FanOutBounded {
-    fn canonical_name(&self, name: &RepoName) -> RepoName {
-        self.inner.canonical_name(name)
-    }
-
-    fn own_name(&self, name: &RepoName) -> RepoName {
-        self.inner.own_name(name)
-    }
-
-    async fn head_manifest(
-        &self,
-        name: &RepoName,
-        reference: &Reference,
-    ) -> Result<ManifestHead, UpstreamError> {
-        self.inner.head_manifest(name, reference).await
-    }
-
-    async fn get_manifest(
-        &self,
-        name: &RepoName,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, UpstreamError> {
-        let m = self.inner.get_manifest(name, reference).await?;
-        check(&m.body, self.max)?;
-        Ok(m)
-    }
-
-    async fn head_blob(&self, name: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
-        self.inner.head_blob(name, digest).await
-    }
-
-    async fn get_blob(
-        &self,
-        name: &RepoName,
-        digest: &Digest,
-        from: u64,
-    ) -> Result<BlobResponse, UpstreamError> {
-        self.inner.get_blob(name, digest, from).await
-    }
-
-    fn blob_bounds(&self, name: &RepoName) -> super::bounds::BlobBounds {
-        self.inner.blob_bounds(name)
-    }
-
-    async fn tags(
-        &self,
-        name: &RepoName,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<TagsResponse, UpstreamError> {
-        self.inner.tags(name, n, last).await
-    }
-
-    async fn referrers(&self, name: &RepoName, digest: &Digest) -> Result<Bytes, UpstreamError> {
-        self.inner.referrers(name, digest).await
+impl Guard for FanOut {
+    fn manifest(&self, body: &[u8]) -> Result<(), UpstreamError> {
+        check(body, self.max)
     }
 }
 

@@ -7,6 +7,7 @@ mod challenge;
 pub mod config;
 mod credentials;
 pub mod fanout;
+mod guard;
 mod http;
 pub mod ratelimit;
 mod route;

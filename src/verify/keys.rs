@@ -145,97 +145,69 @@ mod tests {
         st.success().then_some(())
     }
 
+    /// `openssl genpkey` arguments: a key of `algorithm` (with `-pkeyopt opt`) into `out`.
+    fn genpkey<'a>(algorithm: &'a str, opt: Option<&'a str>, out: &'a str) -> Vec<&'a str> {
+        let mut args = vec!["genpkey", "-algorithm", algorithm];
+        if let Some(opt) = opt {
+            args.extend(["-pkeyopt", opt]);
+        }
+        args.extend(["-out", out]);
+        args
+    }
+
+    /// `openssl dgst` arguments: `msg` hashed with `digest` (`-sha256`), signed with `key` into `out`.
+    fn dgst<'a>(digest: &'a str, key: &'a str, out: &'a str) -> Vec<&'a str> {
+        vec!["dgst", digest, "-sign", key, "-out", out, "msg"]
+    }
+
     /// Keys and signatures made by openssl verify; a changed message or another key does not.
     #[test]
     fn openssl_keys_and_signatures() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("msg"), b"payload").unwrap();
-        let kinds: &[(&str, &[&str], &[&str])] = &[
+        // Name, algorithm, key option, digest (none: Ed25519 signs the message itself).
+        let kinds: &[(&str, &str, Option<&str>, Option<&str>)] = &[
             (
                 "p256",
-                &[
-                    "genpkey",
-                    "-algorithm",
-                    "EC",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-out",
-                    "p256.key",
-                ],
-                &[
-                    "dgst", "-sha256", "-sign", "p256.key", "-out", "p256.sig", "msg",
-                ],
+                "EC",
+                Some("ec_paramgen_curve:P-256"),
+                Some("-sha256"),
             ),
             (
                 "p384",
-                &[
-                    "genpkey",
-                    "-algorithm",
-                    "EC",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-384",
-                    "-out",
-                    "p384.key",
-                ],
-                &[
-                    "dgst", "-sha384", "-sign", "p384.key", "-out", "p384.sig", "msg",
-                ],
+                "EC",
+                Some("ec_paramgen_curve:P-384"),
+                Some("-sha384"),
             ),
-            (
-                "rsa",
-                &[
-                    "genpkey",
-                    "-algorithm",
-                    "RSA",
-                    "-pkeyopt",
-                    "rsa_keygen_bits:2048",
-                    "-out",
-                    "rsa.key",
-                ],
-                &[
-                    "dgst", "-sha256", "-sign", "rsa.key", "-out", "rsa.sig", "msg",
-                ],
-            ),
-            (
-                "ed",
-                &["genpkey", "-algorithm", "ED25519", "-out", "ed.key"],
-                &[
-                    "pkeyutl", "-sign", "-rawin", "-inkey", "ed.key", "-in", "msg", "-out",
-                    "ed.sig",
-                ],
-            ),
+            ("rsa", "RSA", Some("rsa_keygen_bits:2048"), Some("-sha256")),
+            ("ed", "ED25519", None, None),
         ];
         let mut keys = Vec::new();
-        for (name, keygen, sign) in kinds {
-            if openssl(keygen, d).is_none() {
+        for (name, algorithm, opt, digest) in kinds {
+            let key = format!("{name}.key");
+            let pubf = format!("{name}.pub");
+            let sig = format!("{name}.sig");
+            if openssl(&genpkey(algorithm, *opt, &key), d).is_none() {
                 assert!(!crate::util::require_all(), "openssl missing");
                 return;
             }
-            openssl(sign, d).expect("sign");
-            let key = format!("{name}.key");
-            let pubf = format!("{name}.pub");
+            let sign = match digest {
+                Some(digest) => dgst(digest, &key, &sig),
+                None => vec![
+                    "pkeyutl", "-sign", "-rawin", "-inkey", &key, "-in", "msg", "-out", &sig,
+                ],
+            };
+            openssl(&sign, d).expect("sign");
             openssl(&["pkey", "-in", &key, "-pubout", "-out", &pubf], d).expect("pubout");
             let k = TrustedKey::load(&d.join(&pubf)).unwrap();
-            let s = std::fs::read(d.join(format!("{name}.sig"))).unwrap();
+            let s = std::fs::read(d.join(&sig)).unwrap();
             assert!(k.verifies(b"payload", &s), "{name}");
             assert!(!k.verifies(b"payloaD", &s), "{name} tampered");
             keys.push((k, s));
         }
         // P-384 with SHA-256, as Sigstore's clients have signed too.
-        openssl(
-            &[
-                "dgst",
-                "-sha256",
-                "-sign",
-                "p384.key",
-                "-out",
-                "p384-256.sig",
-                "msg",
-            ],
-            d,
-        )
-        .expect("sign");
+        openssl(&dgst("-sha256", "p384.key", "p384-256.sig"), d).expect("sign");
         let s = std::fs::read(d.join("p384-256.sig")).unwrap();
         assert!(keys[1].0.verifies(b"payload", &s), "p384 sha256");
         for (i, (k, _)) in keys.iter().enumerate() {

@@ -35,12 +35,11 @@ use url::Url;
 
 use super::{
     Authenticator, AuthnError, ConfigProblem, describe_reqwest, parse_service_url, parse_timeout,
-    read_body,
+    provider_client, read_body,
 };
 use crate::auth::Identity;
 
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
-const USER_AGENT: &str = concat!("ocimirror/", env!("CARGO_PKG_VERSION"));
 
 /// The `github_auth` config section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,13 +178,7 @@ impl std::fmt::Debug for GitHubAuthenticator {
 
 impl GitHubAuthenticator {
     pub fn new(settings: GitHubSettings) -> Result<Self, ConfigProblem> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
-            .connect_timeout(settings.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| ConfigProblem::new("github_auth", format!("HTTP client: {e}")))?;
+        let client = provider_client("github_auth", settings.http_timeout)?;
         Ok(GitHubAuthenticator { settings, client })
     }
 

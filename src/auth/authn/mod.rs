@@ -226,6 +226,21 @@ pub(crate) fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The HTTP client an authenticator asks its provider with: `timeout` for connecting and for
+/// the whole request, redirects not followed. `section` names the config section in the problem.
+pub(crate) fn provider_client(
+    section: &str,
+    timeout: Duration,
+) -> Result<reqwest::Client, ConfigProblem> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigProblem::new(section, format!("HTTP client: {e}")))
+}
+
 /// Read a response body, refusing more than `limit` bytes.
 pub(crate) async fn read_body(
     mut resp: reqwest::Response,

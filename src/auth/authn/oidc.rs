@@ -34,12 +34,11 @@ use url::Url;
 
 use super::{
     Authenticator, AuthnError, Clock, ConfigProblem, describe_reqwest, parse_service_url,
-    parse_timeout, read_body,
+    parse_timeout, provider_client, read_body,
 };
 use crate::auth::Identity;
 
 const MAX_RESPONSE: usize = 1024 * 1024;
-const USER_AGENT: &str = concat!("ocimirror/", env!("CARGO_PKG_VERSION"));
 /// Refetch the JWKS for an unknown key at most this often.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 /// After a failed fetch, try again this soon.
@@ -275,13 +274,7 @@ impl OidcAuthenticator {
     }
 
     pub fn with_clock(settings: OidcSettings, clock: Clock) -> Result<Self, ConfigProblem> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
-            .connect_timeout(settings.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| ConfigProblem::new("oidc_auth", format!("HTTP client: {e}")))?;
+        let client = provider_client("oidc_auth", settings.http_timeout)?;
         let fetch = FetchState {
             jwks_uri: settings.jwks_url.clone(),
             last_attempt: None,
