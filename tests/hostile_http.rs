@@ -298,8 +298,7 @@ async fn forwarded_host_reaches_the_realm_only_from_a_trusted_proxy() {
     let (key, cert) = ocimirror_keygen(dir.path());
     let opts = |realm: &str| {
         MirrorOpts::upstream(&closed_url()).extra(&format!(
-            "limits:\n  real_ip_header: X-Forwarded-For\n  trusted_proxies: [127.0.0.2]\n\
-             auth:\n  key: {}\n  certificate: {}\n{realm}  users:\n    \"\": {{}}\n",
+            "auth:\n  key: {}\n  certificate: {}\n  real_ip_header: X-Forwarded-For\n  trusted_proxies: [127.0.0.2]\n{realm}  users:\n    \"\": {{}}\n",
             q(&key),
             q(&cert)
         ))

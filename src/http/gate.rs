@@ -2,10 +2,12 @@
 //! endpoint alone, and a bearer token must grant it. Missing or invalid tokens get 401 with a
 //! challenge naming the exact scope; a valid token without the access gets 403 `DENIED`.
 
+use std::net::SocketAddr;
+
 use axum::http::{HeaderMap, header};
 
 use super::endpoint::Endpoint;
-use crate::auth::realip::Origin;
+use crate::auth::realip::{Origin, RealIp};
 use crate::auth::token::TokenVerifier;
 use crate::auth::{RepositoryNames, ResourceActions};
 use crate::error::{ApiError, Code};
@@ -15,6 +17,9 @@ pub struct Gate {
     /// Token endpoint URL for challenges; `None`: derived from the request's host and `path`.
     pub realm: Option<String>,
     pub path: String,
+    /// The proxies (`auth.trusted_proxies`) whose `X-Forwarded-Host` and `X-Forwarded-Proto`
+    /// say where the client addressed the request, for the realm when `realm` is `None`.
+    pub proxies: RealIp,
     pub service: String,
     /// How the mirror names repositories: a token granting a repository under any of its names
     /// grants it (the token service decided on the name the mirror serves). `None`: names
@@ -104,14 +109,16 @@ impl Gate {
             .unwrap_or_else(|| name.to_owned())
     }
 
-    /// Check the request's token for `ep`; returns the account it names. A challenge names the
-    /// token endpoint at the request's `origin`, unless `auth.realm` is set.
+    /// Check the request's token for `ep` (the request from `peer`); returns the account it
+    /// names. A challenge names the token endpoint where the client addressed the request,
+    /// unless `auth.realm` is set.
     pub fn check(
         &self,
         headers: &HeaderMap,
-        origin: Origin<'_>,
+        peer: Option<SocketAddr>,
         ep: &Endpoint,
     ) -> Result<String, ApiError> {
+        let origin = || self.proxies.origin(headers, peer);
         let need = required_access(ep);
         let token = headers
             .get(header::AUTHORIZATION)
@@ -122,13 +129,13 @@ impl Gate {
             });
         let Some(token) = token else {
             return Err(ApiError::new(Code::Unauthorized, "authentication required")
-                .with_challenge(self.challenge(origin, need.as_ref(), None)));
+                .with_challenge(self.challenge(origin(), need.as_ref(), None)));
         };
         let claims = self.verifier.verify(token).map_err(|e| {
             metrics::counter!(crate::metrics::AUTH_TOKEN_REJECTED).increment(1);
             tracing::info!(error = %e, "bearer token refused");
             ApiError::new(Code::Unauthorized, format!("invalid token: {e}"))
-                .with_challenge(self.challenge(origin, need.as_ref(), Some("invalid_token")))
+                .with_challenge(self.challenge(origin(), need.as_ref(), Some("invalid_token")))
         })?;
         match need {
             Some(n) if !covers(&claims.access, &n, &|name| self.served(name)) => {

@@ -284,10 +284,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .map(|c| c.0);
     // The one place a /v2 request's client is decided: every per-client bound and the log use it.
     let client = state.real_ip.client(req.headers(), peer);
-    let caller = Caller {
-        client,
-        origin: state.real_ip.origin(req.headers(), peer),
-    };
+    let caller = Caller { client, peer };
     let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let files = req.extensions().get::<Arc<sendfile::FileQueue>>().cloned();
     let parsed = endpoint::parse(&method, &path);
@@ -371,7 +368,7 @@ async fn dispatch(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
-    caller: Caller<'_>,
+    caller: Caller,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
@@ -399,13 +396,13 @@ async fn serve(
     ep: Endpoint,
     query: Option<&str>,
     headers: &HeaderMap,
-    caller: Caller<'_>,
+    caller: Caller,
     head: bool,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let client = caller.client;
     let account = match &state.gate {
-        Some(gate) => Some(gate.check(headers, caller.origin, &ep)?),
+        Some(gate) => Some(gate.check(headers, caller.peer, &ep)?),
         None => None,
     };
     if let Some(limits) = &state.limits {
@@ -555,13 +552,12 @@ async fn manifest(
     Ok(builder.body(body).expect("valid response"))
 }
 
-/// Who sent a request and where to, decided once per request as `real_ip` says (proxies'
-/// headers believed only from trusted proxies): the client's address, and the host and scheme
-/// it addressed.
+/// Who sent a request: the client's address, decided once per request as `real_ip` says, and
+/// the connection's peer (whose headers the gate believes only if it is a trusted proxy).
 #[derive(Clone, Copy)]
-struct Caller<'h> {
+struct Caller {
     client: Option<std::net::IpAddr>,
-    origin: realip::Origin<'h>,
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What a request knows of its connection: the closer (send timeout) and, on a connection
