@@ -160,6 +160,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             verifier,
             realm: p.realm.clone(),
             path: p.path.clone(),
+            proxies: p.real_ip.clone(),
             service: p.service.clone(),
             names: Some(names.clone()),
         })

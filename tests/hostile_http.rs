@@ -1,8 +1,9 @@
 //! Hostile HTTP at the front door, black box: oversized request heads, an oversized token form,
 //! CR/LF smuggled (percent-encoded) into values that could reach response headers (`ns`, a
-//! tag, `last`, the token endpoint's `service` and `scope`), and forged `X-Forwarded-For`
-//! addresses. The server answers cleanly and keeps serving; no response carries an injected
-//! header; a client cannot choose the address its per-client bounds are counted by.
+//! tag, `last`, the token endpoint's `service` and `scope`), forged `X-Forwarded-For`
+//! addresses and forged `X-Forwarded-Host`. The server answers cleanly and keeps serving; no
+//! response carries an injected header; a client cannot choose the address its per-client
+//! bounds are counted by, nor the realm its challenges send logins to.
 
 mod common;
 
@@ -284,6 +285,79 @@ async fn forged_forwarded_addresses_do_not_escape_the_rate_limit() {
         !log.contains("client=192.0.2."),
         "a forged address was logged"
     );
+}
+
+/// The realm of a 401's challenge names where the client reached the mirror. `X-Forwarded-Host`
+/// and `X-Forwarded-Proto` say so only from a trusted proxy: from any other peer they are ignored
+/// and the request's `Host` is used, so a client cannot send others' logins to its own server
+/// through a cached or relayed challenge. A forwarded host that is not one hostname with a port
+/// (quotes, a list, an encoded line break) is ignored even from the proxy; `auth.realm` wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_host_reaches_the_realm_only_from_a_trusted_proxy() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (key, cert) = ocimirror_keygen(dir.path());
+    let opts = |realm: &str| {
+        MirrorOpts::upstream(&closed_url()).extra(&format!(
+            "auth:\n  key: {}\n  certificate: {}\n  real_ip_header: X-Forwarded-For\n  trusted_proxies: [127.0.0.2]\n{realm}  users:\n    \"\": {{}}\n",
+            q(&key),
+            q(&cert)
+        ))
+    };
+    let mut m = Mirror::start(opts("")).await;
+    let direct = client();
+    let proxy = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::from(PROXY))
+        .build()
+        .unwrap();
+    let challenge = |c: &reqwest::Client, url: String, forwarded: &[(&str, &str)]| {
+        let mut req = c.get(format!("{url}/v2/"));
+        for (name, value) in forwarded {
+            req = req.header(*name, *value);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401);
+            header(r.headers(), "www-authenticate").to_owned()
+        }
+    };
+    let bearer = |realm: &str| format!("Bearer realm=\"{realm}\",service=\"ocimirror\"");
+    let own = format!("http://{}/auth", m.hostport());
+
+    // A client connecting directly: its forwarded host and scheme are ignored.
+    let evil = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let got = challenge(&direct, m.url(), &evil).await;
+    assert!(!got.contains("evil.example"), "{got}");
+    assert_eq!(got, bearer(&own));
+
+    // The trusted proxy: the host and scheme the client used to reach it.
+    let forwarded = [
+        ("x-forwarded-host", "mirror.example.com:8443"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let got = challenge(&proxy, m.url(), &forwarded).await;
+    assert_eq!(got, bearer("https://mirror.example.com:8443/auth"));
+
+    // Even from the proxy, a value that is not one host is ignored, never echoed.
+    for injected in [
+        "evil.example\",realm=\"http://evil.example/auth",
+        "evil.example, mirror.example.com",
+        "evil.example%0d%0aX-Injected:%20yes",
+        "evil.example\tx",
+        "evil.example/auth?",
+    ] {
+        let got = challenge(&proxy, m.url(), &[("x-forwarded-host", injected)]).await;
+        assert_eq!(got, bearer(&own), "{injected:?}");
+    }
+
+    // A configured realm wins over whatever the proxy says.
+    m.restart(Some(opts("  realm: https://auth.example.net/auth\n")))
+        .await;
+    let got = challenge(&proxy, m.url(), &forwarded).await;
+    assert_eq!(got, bearer("https://auth.example.net/auth"));
 }
 
 /// `real_ip_header` without `trusted_proxies` is refused by `config check`, naming the key and

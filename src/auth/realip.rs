@@ -1,6 +1,7 @@
-//! Who the client is behind proxies: the one place a request's client address is decided, for
-//! per-client rate limits and blob stream shares, `storage.redirect.except`, the access log, the
-//! ACL's `ip` and the login throttle.
+//! What proxies in front of the mirror say about a request, believed only from trusted ones: the
+//! one place a request's client address is decided (for per-client rate limits and blob stream
+//! shares, `storage.redirect.except`, the access log, the ACL's `ip` and the login throttle), and
+//! the host and scheme the client addressed (for the realm of a challenge).
 //!
 //! As nginx's realip module with `real_ip_recursive on`: the address header
 //! (`real_ip_header`, e.g. `X-Forwarded-For`) is read only when the connection's peer is one of
@@ -10,10 +11,12 @@
 //! another address, whatever it sends. An entry that is not an address (garbage, `unknown`, an
 //! obfuscated RFC 7239 node) ends the walk at the last trusted hop. Addresses may carry a port
 //! (`192.0.2.1:4711`, `[2001:db8::1]:4711`); the `Forwarded` header's `for=` is understood.
+//! `X-Forwarded-Host` and `X-Forwarded-Proto` follow the same rule: read only from a trusted
+//! peer, else the request's own `Host` and plain HTTP.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
 
 /// How to find a request's client address: the peer, or behind trusted proxies their header.
@@ -100,6 +103,91 @@ impl RealIp {
         let forwarded = name == axum::http::header::FORWARDED;
         Some(rightmost_untrusted(values, forwarded, peer, &self.trusted))
     }
+}
+
+/// Where a request was sent, as its client addressed it: what the realm of a challenge is
+/// built from when `auth.realm` is not set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin<'h> {
+    /// A hostname or IP address with an optional port (see [`is_host`]); `None`: the request
+    /// named no usable host.
+    pub host: Option<&'h str>,
+    pub https: bool,
+}
+
+impl RealIp {
+    /// Whether `peer` is a trusted proxy, whose headers about the request are believed.
+    fn trusts(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|p| is_trusted(p.ip().to_canonical(), &self.trusted))
+    }
+
+    /// Where a request from `peer` was sent. From a trusted proxy, `X-Forwarded-Host` and
+    /// `X-Forwarded-Proto` say it (the host and scheme the client used to reach the proxy);
+    /// from any other peer they are the client's own say and never read: the request's `Host`
+    /// is the host, over plain HTTP. A host that is not one hostname or IP address with an
+    /// optional port (a list, quotes, spaces, slashes, control characters) is ignored, since it
+    /// is echoed into a response header.
+    pub fn origin<'h>(&self, headers: &'h HeaderMap, peer: Option<SocketAddr>) -> Origin<'h> {
+        let host = |name| one_value(headers, name).filter(|h| is_host(h));
+        let own = Origin {
+            host: host(header::HOST.as_str()),
+            https: false,
+        };
+        if !self.trusts(peer) {
+            return own;
+        }
+        Origin {
+            host: host("x-forwarded-host").or(own.host),
+            https: one_value(headers, "x-forwarded-proto")
+                .map_or(own.https, |p| p.eq_ignore_ascii_case("https")),
+        }
+    }
+}
+
+/// The header's value when it is sent exactly once, as text, trimmed; several lines are a list
+/// and none of its entries is believed over the others.
+fn one_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut all = headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    v.to_str().ok().map(str::trim)
+}
+
+/// A `Host`-style value: a hostname, an IPv4 address or a bracketed IPv6 address, with an
+/// optional port. Only letters, digits and `.-_:[]` can pass, so it is safe in a quoted string.
+fn is_host(s: &str) -> bool {
+    if s.len() > 255 {
+        return false;
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        return v6.parse::<Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(is_port));
+    }
+    let (name, port) = match s.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (s, None),
+    };
+    port.is_none_or(is_port)
+        && !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok()
 }
 
 /// `::ffff:10.0.0.0/104` is `10.0.0.0/8`, so a dual-stack listener's mapped peers match it.
@@ -327,6 +415,84 @@ mod tests {
         assert_eq!(r.client(&h, peer(PROXY)), ip("10.0.0.5"));
     }
 
+    fn origin_of<'h>(r: &RealIp, h: &'h HeaderMap, from: &str) -> (Option<&'h str>, bool) {
+        let o = r.origin(h, peer(from));
+        (o.host, o.https)
+    }
+
+    #[test]
+    fn forwarded_host_and_proto_only_from_trusted_proxies() {
+        let r = real_ip("x-forwarded-for", &["10.0.0.0/8"]);
+        let mut h = headers("host", &["mirror.internal:5000"]);
+        h.insert("x-forwarded-host", "mirror.example.com".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(origin_of(&r, &h, PROXY), (Some("mirror.example.com"), true));
+        // A client connecting directly says what it likes; only its Host is taken, over HTTP.
+        assert_eq!(
+            origin_of(&r, &h, "203.0.113.9:1234"),
+            (Some("mirror.internal:5000"), false)
+        );
+        assert_eq!(
+            origin_of(&RealIp::peer_only(), &h, PROXY),
+            (Some("mirror.internal:5000"), false)
+        );
+        assert_eq!(r.origin(&h, None).host, Some("mirror.internal:5000"));
+        // From a trusted proxy without the headers: the request's own.
+        let plain = headers("host", &["mirror.internal:5000"]);
+        assert_eq!(
+            origin_of(&r, &plain, PROXY),
+            (Some("mirror.internal:5000"), false)
+        );
+        // Mapped peers are matched as IPv4, as for the client address.
+        assert_eq!(
+            origin_of(&r, &h, "[::ffff:10.0.0.5]:1"),
+            (Some("mirror.example.com"), true)
+        );
+    }
+
+    #[test]
+    fn forwarded_hosts_that_are_not_one_host_are_ignored() {
+        let r = real_ip("x-forwarded-for", &["10.0.0.0/8"]);
+        for bad in [
+            "evil.example\",realm=\"x",
+            "evil.example, mirror.example.com",
+            "a b",
+            "evil.example/auth",
+            "evil.example:",
+            "evil.example:99999",
+            "evil.example:80:80",
+            "2001:db8::1",
+            "[2001:db8::1",
+            "[not-v6]:80",
+            "a..b",
+            "",
+        ] {
+            let mut h = headers("host", &["mirror.internal"]);
+            h.insert("x-forwarded-host", bad.parse().unwrap());
+            assert_eq!(
+                origin_of(&r, &h, PROXY).0,
+                Some("mirror.internal"),
+                "{bad:?}"
+            );
+        }
+        // Two lines are a list: neither is believed.
+        let mut h = headers("x-forwarded-host", &["evil.example", "mirror.example.com"]);
+        h.insert("host", "mirror.internal".parse().unwrap());
+        assert_eq!(origin_of(&r, &h, PROXY).0, Some("mirror.internal"));
+        // Nor is a bad Host used.
+        let h = headers("host", &["evil\"x"]);
+        assert_eq!(origin_of(&r, &h, PROXY).0, None);
+        for good in [
+            "mirror.example.com:5000",
+            "[::1]:5000",
+            "[2001:db8::1]",
+            "192.0.2.1",
+            "my_mirror",
+        ] {
+            assert!(is_host(good), "{good}");
+        }
+    }
+
     #[test]
     fn settings_are_checked() {
         let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -434,6 +600,29 @@ mod props {
                 &trusted(),
             );
             prop_assert_eq!(found, client);
+        }
+
+        /// Whatever a trusted proxy (or a client through it) puts in `X-Forwarded-Host`, the
+        /// host a challenge is built from can hold nothing that leaves its quoted string or
+        /// names a second value; from an untrusted peer it is the `Host` sent.
+        #[test]
+        fn a_forwarded_host_cannot_break_out(value in "[ -~]{0,80}", peer in untrusted_ip()) {
+            let Ok(v) = axum::http::HeaderValue::from_str(&value) else {
+                return Ok(());
+            };
+            let r = RealIp::new(Some("x-forwarded-for"), &["10.0.0.0/8".into()]).unwrap();
+            let mut h = HeaderMap::new();
+            h.insert("host", "mirror.internal".parse().unwrap());
+            h.insert("x-forwarded-host", v);
+            let host = r.origin(&h, Some(SocketAddr::new([10, 0, 0, 1].into(), 1))).host;
+            let host = host.unwrap();
+            prop_assert!(
+                host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)),
+                "{host:?}"
+            );
+            prop_assert!(host == value.trim() || host == "mirror.internal");
+            let from_outside = r.origin(&h, Some(SocketAddr::new(peer, 1))).host;
+            prop_assert_eq!(from_outside, Some("mirror.internal"));
         }
 
         /// From an untrusted peer the header is never read.

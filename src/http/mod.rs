@@ -284,6 +284,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .map(|c| c.0);
     // The one place a /v2 request's client is decided: every per-client bound and the log use it.
     let client = state.real_ip.client(req.headers(), peer);
+    let caller = Caller { client, peer };
     let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let files = req.extensions().get::<Arc<sendfile::FileQueue>>().cloned();
     let parsed = endpoint::parse(&method, &path);
@@ -298,7 +299,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
                 &method,
                 req.uri().query(),
                 req.headers(),
-                client,
+                caller,
                 (conn, files),
             ),
             span,
@@ -367,7 +368,7 @@ async fn dispatch(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
-    client: Option<std::net::IpAddr>,
+    caller: Caller,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
@@ -378,7 +379,7 @@ async fn dispatch(
         ));
     }
     let (ep, ns) = with_namespace(state, ep, query)?;
-    let mut resp = serve(state, ep, query, headers, client, head, conn)
+    let mut resp = serve(state, ep, query, headers, caller, head, conn)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     // The distribution spec's "Registry Proxying": the `ns` that chose the upstream is named
@@ -395,12 +396,13 @@ async fn serve(
     ep: Endpoint,
     query: Option<&str>,
     headers: &HeaderMap,
-    client: Option<std::net::IpAddr>,
+    caller: Caller,
     head: bool,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
+    let client = caller.client;
     let account = match &state.gate {
-        Some(gate) => Some(gate.check(headers, &ep)?),
+        Some(gate) => Some(gate.check(headers, caller.peer, &ep)?),
         None => None,
     };
     if let Some(limits) = &state.limits {
@@ -548,6 +550,14 @@ async fn manifest(
         Body::from(m.body)
     };
     Ok(builder.body(body).expect("valid response"))
+}
+
+/// Who sent a request: the client's address, decided once per request as `real_ip` says, and
+/// the connection's peer (whose headers the gate believes only if it is a trusted proxy).
+#[derive(Clone, Copy)]
+struct Caller {
+    client: Option<std::net::IpAddr>,
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What a request knows of its connection: the closer (send timeout) and, on a connection
