@@ -257,10 +257,13 @@ def build_rows(r):
     return rows
 
 
-def static_summary(r):
+def static_summary(r, suffix=""):
     """The interleaved ocimirror/nginx runs (e): per measurement, each round's figures with the load
-    before each run, the median of each side and the median of the per-round ratios."""
-    runs = r.get("static", {}).get("runs", [])
+    before each run, the median of each side and the median of the per-round ratios. `suffix`
+    "-tls": the same runs over HTTPS."""
+    runs = [dict(x, kind=x["kind"][: len(x["kind"]) - len(suffix)])
+            for x in r.get("static", {}).get("runs", []) if x.get("kind", "").endswith(suffix)
+            and (suffix or not x.get("kind", "").endswith("-tls"))]
     out = {}
     for what, key in (("blob", "mib_s"), ("manifest", "rps")):
         by = {}
@@ -285,16 +288,20 @@ STATIC_TARGETS = {"blob": 0.85, "manifest": 0.75}
 
 
 def static_rows(r):
-    s = static_summary(r)
     conns = r.get("meta", {}).get("conns", 32)
     rows = []
-    for what, label, spec in (("blob", f"e. warm 2 MiB blob GET, MiB/s (wrk -t2 -c{conns})", "{:.0f}"),
-                              ("manifest", f"e. warm manifest GET by tag, requests/s (wrk -t2 -c{conns})", "{:.0f}")):
-        x = s[what]
-        loads = ", ".join(f"{rd['om_load']}/{rd['ng_load']}" for rd in x["rounds"])
-        t = STATIC_TARGETS[what]
-        rows.append((label, fmt(x["om"], spec), fmt(x["ng"], spec), fmt(x["ratio"], "{:.2f}x"), loads or "n/a",
-                     f"≥ {t}x" + check(None if x["ratio"] is None else x["ratio"] >= t)))
+    for suffix, over in (("", ""), ("-tls", " over HTTPS")):
+        s = static_summary(r, suffix)
+        for what, label, spec in (("blob", f"e. warm 2 MiB blob GET{over}, MiB/s (wrk -t2 -c{conns})", "{:.0f}"),
+                                  ("manifest", f"e. warm manifest GET by tag{over}, requests/s (wrk -t2 -c{conns})", "{:.0f}")):
+            x = s[what]
+            if suffix and not x["rounds"]:
+                continue
+            loads = ", ".join(f"{rd['om_load']}/{rd['ng_load']}" for rd in x["rounds"])
+            t = STATIC_TARGETS[what]
+            target = "" if suffix else f"≥ {t}x" + check(None if x["ratio"] is None else x["ratio"] >= t)
+            rows.append((label, fmt(x["om"], spec), fmt(x["ng"], spec), fmt(x["ratio"], "{:.2f}x"), loads or "n/a",
+                         target))
     return rows
 
 
@@ -313,7 +320,9 @@ paths (the manifest with the upstream's `Content-Type`). The runs alternate
 (ocimirror blob, nginx blob, ocimirror manifest, nginx manifest) for {m.get('nginx_rounds', '?')} rounds with
 the same `wrk -t2 -c{m.get('conns', 32)} -d{m.get('duration', '10s')}`; each figure is the median of the
 rounds, the ratio the median of the per-round ratios, and the load is the 1-minute load average
-read just before each run (ocimirror/nginx).
+read just before each run (ocimirror/nginx). With HTTPS (`BENCH_TLS`, on by default) each round
+also runs both over TLS 1.3 with one self-signed P-256 certificate: a second ocimirror serving TLS
+itself (rustls) from the same data, and nginx with `ssl` on a second port; wrk speaks HTTP/1.1.
 
 | measurement | ocimirror | nginx | ocimirror / nginx | load before each run (ocimirror/nginx) | target |
 |---|---:|---:|---:|---|---|"""]
@@ -327,8 +336,16 @@ read just before each run (ocimirror/nginx).
             out.append(f"| {rd['round']} | {what} | {fmt(rd['om'])} | {fmt(rd['ng'])} | {fmt(rd['ratio'], '{:.2f}x')} "
                        f"| {rd['om_load']}/{rd['ng_load']} | {fmt(rd['om_p99'], '{:.1f}')}/{fmt(rd['ng_p99'], '{:.1f}')} "
                        f"| {fmt(rd['om_upstream'])} |")
+    tls = static_summary(r, "-tls")
+    for what in ("blob", "manifest"):
+        for rd in tls[what]["rounds"]:
+            out.append(f"| {rd['round']} | {what} over HTTPS | {fmt(rd['om'])} | {fmt(rd['ng'])} | {fmt(rd['ratio'], '{:.2f}x')} "
+                       f"| {rd['om_load']}/{rd['ng_load']} | {fmt(rd['om_p99'], '{:.1f}')}/{fmt(rd['ng_p99'], '{:.1f}')} "
+                       f"| {fmt(rd['om_upstream'])} |")
     rss = r.get("static", {}).get("ocimirror_peak_rss_mib")
-    out.append(f"\nocimirror's peak RSS (VmHWM) after all warm runs: {fmt(rss, '{:.1f}')} MiB (target ≤ 48 MiB).\n")
+    trss = r.get("static", {}).get("ocimirror_tls_peak_rss_mib")
+    out.append(f"\nocimirror's peak RSS (VmHWM) after all warm runs: {fmt(rss, '{:.1f}')} MiB (target ≤ 48 MiB)"
+               + (f"; the HTTPS one's: {fmt(trss, '{:.1f}')} MiB" if trss is not None else "") + ".\n")
     return "\n".join(out)
 
 

