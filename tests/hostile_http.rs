@@ -360,6 +360,52 @@ async fn forwarded_host_reaches_the_realm_only_from_a_trusted_proxy() {
     assert_eq!(got, bearer("https://auth.example.net/auth"));
 }
 
+/// An HTTP/2 request names the mirror in `:authority` and usually sends no `Host`; an
+/// absolute-form HTTP/1 request names it in its target, which wins over its `Host` (RFC 9112
+/// 3.2.2). Either way the realm is the address the client reached, not a stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_realm_names_the_authority_of_http2_and_absolute_form_requests() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (key, cert) = ocimirror_keygen(dir.path());
+    let m = Mirror::start(MirrorOpts::upstream(&closed_url()).extra(&format!(
+        "auth:\n  key: {}\n  certificate: {}\n  users:\n    \"\": {{}}\n",
+        q(&key),
+        q(&cert)
+    )))
+    .await;
+    let own = format!(
+        "Bearer realm=\"http://{}/auth\",service=\"ocimirror\"",
+        m.hostport()
+    );
+
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(format!("{}/v2/", m.url())).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(r.headers(), "www-authenticate"), own);
+
+    let (status, head) = send_head(
+        &m.hostport(),
+        format!(
+            "GET {}/v2/ HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n",
+            m.url()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, Some(401), "{head}");
+    let challenge = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("www-authenticate")
+            .then_some(value.trim())
+    });
+    assert_eq!(challenge, Some(own.as_str()), "{head}");
+}
+
 /// `real_ip_header` without `trusted_proxies` is refused by `config check`, naming the key and
 /// saying what to add; with them it passes.
 #[test]

@@ -56,12 +56,17 @@ impl Server {
 }
 
 async fn start(dir: &Path, upstream: &str) -> Server {
+    start_with(dir, upstream, "").await
+}
+
+/// As [`start`], with `extra` (top-level YAML) added to the config.
+async fn start_with(dir: &Path, upstream: &str, extra: &str) -> Server {
     let port = free_port();
     let cfg = dir.join("config.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listen: {}\ndata_dir: {}\nupstream:\n  url: {}\ntls:\n  certificate: {}\n  key: {}\n",
+            "listen: {}\ndata_dir: {}\nupstream:\n  url: {}\ntls:\n  certificate: {}\n  key: {}\n{extra}",
             q(&format!("127.0.0.1:{port}")),
             q(&dir.join("data").display().to_string()),
             q(upstream),
@@ -165,6 +170,45 @@ async fn serves_https_over_http2_and_skopeo_pulls_through_it() {
         .await
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// Without `auth.realm` and with no proxy in front, a challenge's realm is the token endpoint
+/// where the client reached the mirror, over `https://` since the mirror serves TLS itself:
+/// over HTTP/1.1 (`Host`) and HTTP/2 (`:authority`) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_realm_of_a_mirror_serving_tls_is_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair("realm");
+    install(dir.path(), &p);
+    let (key, cert) = ocimirror_keygen(dir.path());
+    let auth = format!(
+        "auth:\n  key: {}\n  certificate: {}\n  users:\n    \"\": {{}}\n",
+        q(&key),
+        q(&cert)
+    );
+    let s = start_with(dir.path(), &closed_url(), &auth).await;
+    let want = format!(
+        "Bearer realm=\"https://localhost:{}/auth\",service=\"ocimirror\"",
+        s.port
+    );
+    let h1 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(p.cert_pem.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    for (c, version) in [
+        (h1, reqwest::Version::HTTP_11),
+        (trusting(&p), reqwest::Version::HTTP_2),
+    ] {
+        let r = c
+            .get(format!("https://localhost:{}/v2/", s.port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 401);
+        assert_eq!(header(r.headers(), "www-authenticate"), want, "{version:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

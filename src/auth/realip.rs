@@ -12,7 +12,8 @@
 //! obfuscated RFC 7239 node) ends the walk at the last trusted hop. Addresses may carry a port
 //! (`192.0.2.1:4711`, `[2001:db8::1]:4711`); the `Forwarded` header's `for=` is understood.
 //! `X-Forwarded-Host` and `X-Forwarded-Proto` follow the same rule: read only from a trusted
-//! peer, else the request's own `Host` and plain HTTP.
+//! peer, else the request's own authority (HTTP/2's `:authority`, else `Host`) and the scheme
+//! of the connection it came in on.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -115,6 +116,17 @@ pub struct Origin<'h> {
     pub https: bool,
 }
 
+/// What a request and its connection say of where it was sent, before any proxy's word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reached<'h> {
+    /// The request target's authority: HTTP/2's `:authority`, or an absolute-form HTTP/1
+    /// target's. When there is one it is the host, and `Host` is not read (RFC 9113 8.3.1,
+    /// RFC 9112 3.2.2); an HTTP/2 request usually carries no `Host` at all.
+    pub authority: Option<&'h str>,
+    /// The connection is TLS the mirror terminated itself.
+    pub tls: bool,
+}
+
 impl RealIp {
     /// Whether `peer` is a trusted proxy, whose headers about the request are believed.
     fn trusts(&self, peer: Option<SocketAddr>) -> bool {
@@ -123,15 +135,24 @@ impl RealIp {
 
     /// Where a request from `peer` was sent. From a trusted proxy, `X-Forwarded-Host` and
     /// `X-Forwarded-Proto` say it (the host and scheme the client used to reach the proxy);
-    /// from any other peer they are the client's own say and never read: the request's `Host`
-    /// is the host, over plain HTTP. A host that is not one hostname or IP address with an
-    /// optional port (a list, quotes, spaces, slashes, control characters) is ignored, since it
-    /// is echoed into a response header.
-    pub fn origin<'h>(&self, headers: &'h HeaderMap, peer: Option<SocketAddr>) -> Origin<'h> {
+    /// from any other peer they are the client's own say and never read: the request's own
+    /// authority (else its `Host`) is the host, and the scheme is the connection's (`https`
+    /// when the mirror terminated TLS on it). A host that is not one hostname or IP address
+    /// with an optional port (a list, quotes, spaces, slashes, control characters, userinfo)
+    /// is ignored, since it is echoed into a response header.
+    pub fn origin<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        reached: Reached<'h>,
+        peer: Option<SocketAddr>,
+    ) -> Origin<'h> {
         let host = |name| one_value(headers, name).filter(|h| is_host(h));
         let own = Origin {
-            host: host(header::HOST.as_str()),
-            https: false,
+            host: match reached.authority {
+                Some(a) => Some(a).filter(|a| is_host(a)),
+                None => host(header::HOST.as_str()),
+            },
+            https: reached.tls,
         };
         if !self.trusts(peer) {
             return own;
@@ -416,7 +437,7 @@ mod tests {
     }
 
     fn origin_of<'h>(r: &RealIp, h: &'h HeaderMap, from: &str) -> (Option<&'h str>, bool) {
-        let o = r.origin(h, peer(from));
+        let o = r.origin(h, Reached::default(), peer(from));
         (o.host, o.https)
     }
 
@@ -436,7 +457,10 @@ mod tests {
             origin_of(&RealIp::peer_only(), &h, PROXY),
             (Some("mirror.internal:5000"), false)
         );
-        assert_eq!(r.origin(&h, None).host, Some("mirror.internal:5000"));
+        assert_eq!(
+            r.origin(&h, Reached::default(), None).host,
+            Some("mirror.internal:5000")
+        );
         // From a trusted proxy without the headers: the request's own.
         let plain = headers("host", &["mirror.internal:5000"]);
         assert_eq!(
@@ -448,6 +472,62 @@ mod tests {
             origin_of(&r, &h, "[::ffff:10.0.0.5]:1"),
             (Some("mirror.example.com"), true)
         );
+    }
+
+    #[test]
+    fn the_authority_and_the_connection_say_where_a_direct_request_was_sent() {
+        let r = real_ip("x-forwarded-for", &["10.0.0.0/8"]);
+        let h2 = Reached {
+            authority: Some("mirror.internal:5000"),
+            tls: false,
+        };
+        // HTTP/2: no Host, the authority is the host.
+        let none = HeaderMap::new();
+        let o = r.origin(&none, h2, peer("203.0.113.9:1234"));
+        assert_eq!((o.host, o.https), (Some("mirror.internal:5000"), false));
+        // Present, the authority wins over a Host naming something else.
+        let other = headers("host", &["other.example"]);
+        assert_eq!(
+            r.origin(&other, h2, peer("203.0.113.9:1")).host,
+            Some("mirror.internal:5000")
+        );
+        // An authority that is not one host is no host, even with a good Host beside it.
+        for bad in [
+            "user@mirror.internal",
+            "user:pw@mirror.internal:5000",
+            "h:99999",
+        ] {
+            let a = Reached {
+                authority: Some(bad),
+                tls: false,
+            };
+            assert_eq!(
+                r.origin(&other, a, peer("203.0.113.9:1")).host,
+                None,
+                "{bad}"
+            );
+        }
+        // A connection the mirror terminated TLS on is https, whatever the request says.
+        let tls = Reached {
+            authority: None,
+            tls: true,
+        };
+        let mut h = headers("host", &["mirror.internal"]);
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        let o = r.origin(&h, tls, peer("203.0.113.9:1"));
+        assert_eq!((o.host, o.https), (Some("mirror.internal"), true));
+        let o = r.origin(&h, Reached::default(), peer("203.0.113.9:1"));
+        assert_eq!((o.host, o.https), (Some("mirror.internal"), false));
+        // From a trusted proxy its word still wins; without it, the connection's scheme and the
+        // request's authority.
+        let o = r.origin(&h, tls, peer(PROXY));
+        assert_eq!((o.host, o.https), (Some("mirror.internal"), false));
+        let mut fwd = HeaderMap::new();
+        fwd.insert("x-forwarded-host", "mirror.example.com".parse().unwrap());
+        let o = r.origin(&fwd, h2, peer(PROXY));
+        assert_eq!((o.host, o.https), (Some("mirror.example.com"), false));
+        let o = r.origin(&none, Reached { tls: true, ..h2 }, peer(PROXY));
+        assert_eq!((o.host, o.https), (Some("mirror.internal:5000"), true));
     }
 
     #[test]
@@ -614,14 +694,16 @@ mod props {
             let mut h = HeaderMap::new();
             h.insert("host", "mirror.internal".parse().unwrap());
             h.insert("x-forwarded-host", v);
-            let host = r.origin(&h, Some(SocketAddr::new([10, 0, 0, 1].into(), 1))).host;
+            let host = r
+                .origin(&h, Reached::default(), Some(SocketAddr::new([10, 0, 0, 1].into(), 1)))
+                .host;
             let host = host.unwrap();
             prop_assert!(
                 host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)),
                 "{host:?}"
             );
             prop_assert!(host == value.trim() || host == "mirror.internal");
-            let from_outside = r.origin(&h, Some(SocketAddr::new(peer, 1))).host;
+            let from_outside = r.origin(&h, Reached::default(), Some(SocketAddr::new(peer, 1))).host;
             prop_assert_eq!(from_outside, Some("mirror.internal"));
         }
 

@@ -17,7 +17,9 @@
 //! - **Closed on request.** Each request carries a [`ConnCloser`] for its connection; a blob
 //!   stream whose client stopped reading (`http::stream`'s send timeout) closes the connection
 //!   through it.
-//! - The client address is given to handlers as axum's `ConnectInfo<SocketAddr>`.
+//! - The client address is given to handlers as axum's `ConnectInfo<SocketAddr>`; a request on
+//!   a connection the mirror terminated TLS on carries [`OverTls`] (the scheme of the URLs the
+//!   mirror names to its client, as a challenge's realm).
 //! - **Files sent by the kernel.** A plain-TCP connection's HTTP/1 requests carry its
 //!   [`super::sendfile::FileQueue`], so that a stored blob is sent with `sendfile(2)`.
 
@@ -50,6 +52,20 @@ const FIRST_BYTES: usize = 24;
 /// much at most (hyper's default is 400 KiB).
 const H2_SEND_BUF: usize = 64 * 1024;
 
+/// Marks a request that came in on a TLS connection the mirror terminated itself. The
+/// connection decides, not the request: an HTTP/2 client names any `:scheme` it likes.
+#[derive(Clone, Copy, Debug)]
+pub struct OverTls;
+
+/// What a listener's connections are: TLS the mirror terminated, or plain TCP.
+pub trait Transport {
+    const TLS: bool;
+}
+
+impl Transport for tokio::net::TcpStream {
+    const TLS: bool = false;
+}
+
 /// How connections are bounded.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnBounds {
@@ -66,7 +82,7 @@ pub async fn serve<L>(
 ) -> io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
-    L::Io: SendFiles,
+    L::Io: SendFiles + Transport,
 {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -88,6 +104,9 @@ where
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(closer.clone());
+                if <L::Io as Transport>::TLS {
+                    req.extensions_mut().insert(OverTls);
+                }
                 // HTTP/1 only: it sends one response at a time, in order (see `sendfile`).
                 if let Some(files) = &files
                     && req.version() <= http::Version::HTTP_11

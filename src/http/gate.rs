@@ -7,14 +7,15 @@ use std::net::SocketAddr;
 use axum::http::{HeaderMap, header};
 
 use super::endpoint::Endpoint;
-use crate::auth::realip::{Origin, RealIp};
+use crate::auth::realip::{Origin, Reached, RealIp};
 use crate::auth::token::TokenVerifier;
 use crate::auth::{RepositoryNames, ResourceActions};
 use crate::error::{ApiError, Code};
 
 pub struct Gate {
     pub verifier: TokenVerifier,
-    /// Token endpoint URL for challenges; `None`: derived from the request's host and `path`.
+    /// Token endpoint URL for challenges; `None`: derived from where the request was sent (its
+    /// host and scheme, see [`RealIp::origin`]) and `path`.
     pub realm: Option<String>,
     pub path: String,
     /// The proxies (`auth.trusted_proxies`) whose `X-Forwarded-Host` and `X-Forwarded-Proto`
@@ -109,16 +110,17 @@ impl Gate {
             .unwrap_or_else(|| name.to_owned())
     }
 
-    /// Check the request's token for `ep` (the request from `peer`); returns the account it
-    /// names. A challenge names the token endpoint where the client addressed the request,
-    /// unless `auth.realm` is set.
+    /// Check the request's token for `ep` (the request from `peer`, which `reached` the mirror
+    /// as it says); returns the account it names. A challenge names the token endpoint where
+    /// the client addressed the request, unless `auth.realm` is set.
     pub fn check(
         &self,
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
+        reached: Reached<'_>,
         ep: &Endpoint,
     ) -> Result<String, ApiError> {
-        let origin = || self.proxies.origin(headers, peer);
+        let origin = || self.proxies.origin(headers, reached, peer);
         let need = required_access(ep);
         let token = headers
             .get(header::AUTHORIZATION)

@@ -284,7 +284,15 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         .map(|c| c.0);
     // The one place a /v2 request's client is decided: every per-client bound and the log use it.
     let client = state.real_ip.client(req.headers(), peer);
-    let caller = Caller { client, peer };
+    let reached = realip::Reached {
+        authority: req.uri().authority().map(|a| a.as_str()),
+        tls: req.extensions().get::<conn::OverTls>().is_some(),
+    };
+    let caller = Caller {
+        client,
+        peer,
+        reached,
+    };
     let conn = req.extensions().get::<stream::ConnCloser>().cloned();
     let files = req.extensions().get::<Arc<sendfile::FileQueue>>().cloned();
     let parsed = endpoint::parse(&method, &path);
@@ -368,7 +376,7 @@ async fn dispatch(
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
-    caller: Caller,
+    caller: Caller<'_>,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let head = *method == Method::HEAD;
@@ -396,13 +404,13 @@ async fn serve(
     ep: Endpoint,
     query: Option<&str>,
     headers: &HeaderMap,
-    caller: Caller,
+    caller: Caller<'_>,
     head: bool,
     conn: ConnParts,
 ) -> Result<Response, ApiError> {
     let client = caller.client;
     let account = match &state.gate {
-        Some(gate) => Some(gate.check(headers, caller.peer, &ep)?),
+        Some(gate) => Some(gate.check(headers, caller.peer, caller.reached, &ep)?),
         None => None,
     };
     if let Some(limits) = &state.limits {
@@ -552,12 +560,14 @@ async fn manifest(
     Ok(builder.body(body).expect("valid response"))
 }
 
-/// Who sent a request: the client's address, decided once per request as `real_ip` says, and
-/// the connection's peer (whose headers the gate believes only if it is a trusted proxy).
+/// Who sent a request: the client's address, decided once per request as `real_ip` says, the
+/// connection's peer (whose headers the gate believes only if it is a trusted proxy), and where
+/// the request and its connection say it was sent.
 #[derive(Clone, Copy)]
-struct Caller {
+struct Caller<'r> {
     client: Option<std::net::IpAddr>,
     peer: Option<std::net::SocketAddr>,
+    reached: realip::Reached<'r>,
 }
 
 /// What a request knows of its connection: the closer (send timeout) and, on a connection

@@ -153,6 +153,10 @@ async fn reload_loop(files: TlsFiles, current: Arc<Current>) {
     }
 }
 
+impl super::conn::Transport for TlsStream<TcpStream> {
+    const TLS: bool = true;
+}
+
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;

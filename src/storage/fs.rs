@@ -343,20 +343,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::new(dir.path());
         let mut w = s.writer("a/b").await.unwrap();
-        let file = w.local_file().expect("a filesystem writer has a local file");
+        let file = w
+            .local_file()
+            .expect("a filesystem writer has a local file");
         w.write(Bytes::from_static(b"hello ")).await.unwrap();
         let mut buf = [0u8; 6];
         file.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"hello ");
         w.write(Bytes::from_static(b"world")).await.unwrap();
-        assert!(s.stat("a/b").await.unwrap().is_none(), "visible before commit");
+        assert!(
+            s.stat("a/b").await.unwrap().is_none(),
+            "visible before commit"
+        );
         w.commit().await.unwrap();
         assert_eq!(&s.read("a/b").await.unwrap()[..], b"hello world");
         // The handle now reads the published object itself.
         let mut all = [0u8; 11];
         file.read_exact_at(&mut all, 0).unwrap();
         assert_eq!(&all, b"hello world");
-        assert!(std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().next().is_none());
+        assert!(
+            std::fs::read_dir(dir.path().join(TMP_DIR))
+                .unwrap()
+                .next()
+                .is_none()
+        );
     }
 
     #[tokio::test]
