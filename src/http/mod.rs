@@ -618,11 +618,13 @@ async fn blob(
         None => reply.size,
     };
     builder = builder.header(header::CONTENT_LENGTH, length);
-    let body = match (reply.body, reply.file, files) {
-        (Some(s), _, _) => Some(Body::from_stream(s)),
-        (None, Some(f), Some(files)) => Some(sendfile::body(files, f)),
-        (None, Some(f), None) => Some(sendfile::streamed(f)),
-        (None, None, _) => None,
+    let body = match (reply.body, reply.file, reply.pieces, files) {
+        (Some(s), _, _, _) => Some(Body::from_stream(s)),
+        (None, Some(f), _, Some(files)) => Some(sendfile::body(files, f)),
+        (None, Some(f), _, None) => Some(sendfile::streamed(f)),
+        (None, None, Some(p), Some(files)) => Some(sendfile::spooled(files, p)),
+        (None, None, Some(p), None) => Some(sendfile::spooled_read(p)),
+        (None, None, None, _) => None,
     };
     let body = match (body, streams) {
         (Some(b), Some((streams, permit))) => streams.guard(b, permit, conn),

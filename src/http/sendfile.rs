@@ -1,6 +1,7 @@
-//! Stored blobs sent by the kernel: on a plain-TCP HTTP/1 connection, a blob held on the local
-//! filesystem goes from the file to the socket with `sendfile(2)`, never read into the process
-//! (the way a static file server sends it). Everything else (TLS, HTTP/2, other stores, fills)
+//! Blobs sent by the kernel: on a plain-TCP HTTP/1 connection, a blob held on the local
+//! filesystem, and a blob being filled (from its spool, piece by piece as its bytes arrive),
+//! goes from the file to the socket with `sendfile(2)`, never read into the process (the way a
+//! static file server sends it). Everything else (TLS, HTTP/2, stored blobs on other stores)
 //! streams bytes as before.
 //!
 //! hyper writes a response body as the data frames it is given, in order, and knows nothing of
@@ -29,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, Interest, Rea
 use tokio::net::TcpStream;
 use tokio_util::io::ReaderStream;
 
-use crate::registry::StoredFile;
+use crate::registry::{PieceStream, SpoolPiece, StoredFile};
 
 /// The stand-in buffer: the largest piece of a file one data frame announces. Its bytes are
 /// never sent; only its address is looked at.
@@ -78,6 +79,31 @@ pub fn body(queue: Arc<FileQueue>, stored: StoredFile) -> Body {
         remaining: stored.len,
         _hold: stored.hold,
     })
+}
+
+/// The body of a blob being filled on a connection that sends files: each piece of the fill's
+/// spool, as its bytes arrive, queued and announced by stand-in chunks as a stored file's are
+/// (at most [`PIECE`] bytes each).
+pub fn spooled(queue: Arc<FileQueue>, pieces: PieceStream) -> Body {
+    Body::from_stream(pieces.map(move |piece| {
+        let SpoolPiece { file, offset, len } = piece?;
+        if len > PIECE {
+            return Err(io::Error::other("a spool piece larger than a stand-in"));
+        }
+        queue.push(Piece {
+            file,
+            offset,
+            len,
+            sent: 0,
+        });
+        Ok::<_, io::Error>(Bytes::from_static(&STAND_IN[..len]))
+    }))
+}
+
+/// The pieces of a fill's spool read through the process, for a connection that cannot send
+/// files.
+pub fn spooled_read(pieces: PieceStream) -> Body {
+    Body::from_stream(pieces.map(|piece| piece.and_then(SpoolPiece::read)))
 }
 
 /// The body of a stored blob on a connection that cannot send files: its bytes read through

@@ -5,16 +5,17 @@
 //! fill; any other repository asks with a HEAD first. Storage that cannot be read makes every
 //! blob a miss, passed through from the upstream by a fill that commits nothing.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 
 use super::fill::Fill;
 use super::lease::Source;
 use super::{
-    BlobReply, ClientStream, OFFLINE, Registry, RegistryError, StoredFile, Take,
-    answered_while_down, miss_if_down,
+    BlobReply, OFFLINE, Registry, RegistryError, StoredFile, Take, answered_while_down,
+    miss_if_down,
 };
 use crate::layout;
 use crate::oci::{ByteRange, Digest, RepoName};
@@ -223,17 +224,27 @@ impl Registry {
                 .map_err(|m| RegistryError::Upstream(UpstreamError::Unavailable(m)))?,
         };
         let resolved = resolve(range, size)?;
-        let body = match resolved {
-            Some((a, b)) => fill.clone().stream(a, Some(b + 1)),
-            None => fill.clone().stream(0, None),
+        let (start, end) = match resolved {
+            Some((a, b)) => (a, Some(b + 1)),
+            None => (0, None),
         };
-        Ok(BlobReply {
+        let mut reply = BlobReply {
             size,
             range: resolved,
-            body: Some(timed(body, started, move || fill.origin().as_str())),
+            body: None,
             location: None,
             file: None,
-        })
+            pieces: None,
+        };
+        let source = fill.clone();
+        let origin = move || source.origin().as_str();
+        if take.file {
+            let pieces = fill.pieces(start, end, SPOOL_PIECE);
+            reply.pieces = Some(timed(pieces, started, origin));
+        } else {
+            reply.body = Some(timed(fill.stream(start, end), started, origin));
+        }
+        Ok(reply)
     }
 
     /// Ask the upstream whether `repo` may read `digest` (a HEAD: not a pull on Docker Hub) and
@@ -265,6 +276,7 @@ impl Registry {
             body: None,
             location: None,
             file: None,
+            pieces: None,
         };
         if head {
             return Ok(reply);
@@ -352,11 +364,16 @@ async fn confirms(fill: &Fill, repo: &RepoName) -> bool {
 
 /// Time from a request to its body's first byte, by where that byte came from (`upstream`,
 /// `peer`, `storage`): what a client waits, whichever replica it reached.
-fn timed(
-    body: ClientStream,
+/// The most of a spool one piece sent from the file names: what a connection sending files
+/// hands the kernel per call.
+const SPOOL_PIECE: u64 = 512 * 1024;
+
+/// `body` (bytes or spool pieces) recording the time to its first item.
+fn timed<T: Send + 'static>(
+    body: Pin<Box<dyn Stream<Item = std::io::Result<T>> + Send>>,
     started: Instant,
     origin: impl Fn() -> &'static str + Send + 'static,
-) -> ClientStream {
+) -> Pin<Box<dyn Stream<Item = std::io::Result<T>> + Send>> {
     let mut first = true;
     body.map(move |chunk| {
         if first && chunk.is_ok() {

@@ -160,6 +160,15 @@ impl Fill {
 
     /// Stream bytes `[start, end)` (to the end of the blob when `end` is `None`) as they arrive.
     pub fn stream(self: Arc<Self>, start: u64, end: Option<u64>) -> ClientStream {
+        self.pieces(start, end, CHUNK)
+            .map(|piece| piece.and_then(SpoolPiece::read))
+            .boxed()
+    }
+
+    /// The same bytes as [`Fill::stream`], as pieces of the spool of at most `max` bytes each,
+    /// each handed out as soon as its bytes are there: for a connection that sends them from
+    /// the file itself (`sendfile`), never reading them into the process.
+    pub fn pieces(self: Arc<Self>, start: u64, end: Option<u64>, max: u64) -> PieceStream {
         let rx = self.progress.clone();
         let state = (self, rx, start, false);
         futures_util::stream::unfold(state, move |(fill, mut rx, pos, ended)| async move {
@@ -178,27 +187,13 @@ impl Fill {
                     p.written.saturating_sub(1)
                 };
                 if pos < available {
-                    let n = (available - pos).min(CHUNK).min(limit - pos) as usize;
-                    // The spool is in the page cache; a pread is cheaper than a thread hop. It
-                    // reads into the buffer's spare capacity: zeroing it first would be one
-                    // more pass over every byte.
-                    let mut buf = Vec::with_capacity(n);
-                    let read = rustix::io::pread(
-                        &*fill.spool.current(),
-                        rustix::buffer::spare_capacity(&mut buf),
-                        pos,
-                    );
-                    return match read {
-                        Ok(0) => {
-                            let e = io::Error::other("the spool is shorter than its watermark");
-                            Some((Err(e), (fill, rx, pos, true)))
-                        }
-                        Ok(read) => {
-                            let next = pos + read as u64;
-                            Some((Ok(Bytes::from(buf)), (fill, rx, next, false)))
-                        }
-                        Err(e) => Some((Err(e.into()), (fill, rx, pos, true))),
+                    let len = (available - pos).min(max).min(limit - pos) as usize;
+                    let piece = SpoolPiece {
+                        file: fill.spool.current(),
+                        offset: pos,
+                        len,
                     };
+                    return Some((Ok(piece), (fill, rx, pos + len as u64, false)));
                 }
                 if p.verified {
                     // Everything there is has been sent: the end, or a range past it.
@@ -225,6 +220,34 @@ impl Fill {
             }
         })
         .boxed()
+    }
+}
+
+/// `len` bytes of a spool from `offset`, all below the fill's watermark: in the file already.
+pub struct SpoolPiece {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: usize,
+}
+
+pub type PieceStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<SpoolPiece>> + Send>>;
+
+impl SpoolPiece {
+    /// The piece's bytes, read through the process. The spool is in the page cache: a pread
+    /// is cheaper than a thread hop. It reads into the buffer's spare capacity: zeroing it
+    /// first would be one more pass over every byte.
+    pub fn read(self) -> io::Result<Bytes> {
+        let mut buf = Vec::with_capacity(self.len);
+        let n = rustix::io::pread(
+            &*self.file,
+            rustix::buffer::spare_capacity(&mut buf),
+            self.offset,
+        )?;
+        if n < self.len {
+            // Below the watermark every byte is there: a short read is a spool gone wrong.
+            return Err(io::Error::other("the spool is shorter than its watermark"));
+        }
+        Ok(Bytes::from(buf))
     }
 }
 

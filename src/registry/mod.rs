@@ -37,8 +37,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 use bodies::ManifestBodies;
 use coalesce::Coalescer;
-pub use fill::ClientStream;
 use fill::Fills;
+pub use fill::{ClientStream, PieceStream, SpoolPiece};
 use lease::{Fleet, Source};
 pub use peer::{PeerByteStream, PeerError, PeerStream, Peers};
 
@@ -100,6 +100,9 @@ pub struct BlobReply {
     pub body: Option<ClientStream>,
     pub location: Option<String>,
     pub file: Option<StoredFile>,
+    /// A blob being filled, for a caller that can send files: the pieces of its spool, each as
+    /// its bytes arrive (with no body).
+    pub pieces: Option<PieceStream>,
 }
 
 impl BlobReply {
@@ -111,6 +114,7 @@ impl BlobReply {
             body: None,
             location: None,
             file: None,
+            pieces: None,
         }
     }
 }
