@@ -237,6 +237,9 @@ def build_rows(r):
         cr, cd = paired("ocimirror"), paired("distribution")
         rows.append(("c. cold pull time / direct pull time (median of per-round ratios)", fmt(cr, "{:.2f}x"),
                      fmt(cd, "{:.2f}x"), "", f"ocimirror ≤ {target}x" + check(None if cr is None else cr <= target)))
+        rows.append((f"c. the mirror's CPU time per cold pull (user + system), s, median",
+                     fmt(median(g(om, key, "cpu_s") or []), "{:.2f}"), fmt(median(g(di, key, "cpu_s") or []), "{:.2f}"),
+                     ratio(median(g(om, key, "cpu_s") or []), median(g(di, key, "cpu_s") or [])), ""))
         rows.append((f"c. upstream blob GETs per cold pull (image has {blobs} blobs)",
                      fmt(g(om, key, "upstream_blob_gets")), fmt(g(di, key, "upstream_blob_gets")), "", str(blobs)))
     d_om, d_di = g(om, "concurrent", "upstream_gets"), g(di, "concurrent", "upstream_gets")

@@ -474,6 +474,7 @@ static_leg() {
 # Two images: bench/multi (6 blobs, 60 MiB; results under "pull") and bench/big (one 256 MiB layer;
 # under "pull_big"), each pulled directly from the upstream and then through every mirror, with
 # the mirrors restarted on empty storage before each round.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # user + system
 pull() { # pull PORT IMAGE NBLOBS DEST : skopeo copy, echo seconds
   local port=$1 image=$2 want=$3 dest=$4 t0 t1
   rm -rf "$dest"
@@ -507,9 +508,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
       pid=$(mpid "$kind") port=$(mport "$kind")
       [[ -z $pid ]] && continue
       off=$(fsize "$UP_LOG")
+      cpu0=$(cpu_ticks "$pid")
       if s=$(pull "$port" "$image" "$want" "$WORK/pull-$kind"); then
         rset "$kind.$key.pull_s[]" "$s"
         sleep 0.5
+        # the mirror's own CPU for the pull (its commit included): robust where wall times are noisy
+        rset "$kind.$key.cpu_s[]" "$(awk -v a="$cpu0" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')"
         n=$("${M[@]}" logcount "$UP_LOG" "$off" --method GET --uri-contains /blobs/sha256:)
         rset "$kind.$key.upstream_blob_gets_rounds[]" "$n"
         if [[ $round == 1 ]]; then rset "$kind.$key.upstream_blob_gets" "$n"; fi

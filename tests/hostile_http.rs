@@ -198,6 +198,15 @@ async fn anonymous_token(m: &Mirror) -> String {
 /// direct requests (from 127.0.0.1) come from an untrusted peer.
 const PROXY: [u8; 4] = [127, 0, 0, 2];
 
+/// A client connecting from [`PROXY`], as the trusted proxy does.
+fn proxy_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::from(PROXY))
+        .build()
+        .unwrap()
+}
+
 /// `n` requests to `/v2/` from `c`, the `i`-th with `X-Forwarded-For: xff(i)`: how many were
 /// allowed, how many refused with 429, and the whole seconds they took (started ones count).
 async fn burst(
@@ -236,11 +245,7 @@ async fn forged_forwarded_addresses_do_not_escape_the_rate_limit() {
     ))
     .await;
     let direct = client();
-    let proxy = reqwest::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::from(PROXY))
-        .build()
-        .unwrap();
+    let proxy = proxy_client();
     const N: usize = 12;
     // At 1/s with a burst of 3, one client gets at most 3 and one more per second started.
     let one_client = |(ok, limited, secs): (usize, usize, u64), what: &str| {
@@ -305,11 +310,7 @@ async fn forwarded_host_reaches_the_realm_only_from_a_trusted_proxy() {
     };
     let mut m = Mirror::start(opts("")).await;
     let direct = client();
-    let proxy = reqwest::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::from(PROXY))
-        .build()
-        .unwrap();
+    let proxy = proxy_client();
     let challenge = |c: &reqwest::Client, url: String, forwarded: &[(&str, &str)]| {
         let mut req = c.get(format!("{url}/v2/"));
         for (name, value) in forwarded {
