@@ -264,8 +264,13 @@ impl RedisCluster {
         }
         let mut nodes = Vec::new();
         for _ in 0..3 {
+            // A bus port of its own: the default (the client port + 10000) may be taken by
+            // another test's server, which would stop this node from starting.
+            let bus = free_port().to_string();
             nodes.push(
                 RedisServer::start_with(&[
+                    "--cluster-port",
+                    &bus,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
