@@ -261,3 +261,27 @@ pub fn verify(
     }
     Ok(key)
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever a registry serves as a Sigstore bundle (arbitrary bytes, or JSON of the
+        /// bundle's media type with arbitrary content), checking it ends in a refusal, never a
+        /// panic, and with no trusted key nor keyless root it never verifies.
+        #[test]
+        fn any_bundle_is_refused_without_trust(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            content in "[ -~]{0,200}",
+        ) {
+            let digest = Digest::sha256_of(b"manifest");
+            let wrapped = format!(r#"{{"mediaType":"{BUNDLE_TYPE}","messageSignature":{content}}}"#);
+            for b in [bytes.as_slice(), wrapped.as_bytes()] {
+                prop_assert!(verify(b, &digest, b"manifest", |_| true, &[], None).is_err());
+            }
+        }
+    }
+}

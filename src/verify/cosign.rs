@@ -188,3 +188,75 @@ mod tests {
         assert!(claim(b"{}").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use base64::Engine;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::oci::digest::props::digest;
+
+    proptest! {
+        /// Whatever a registry serves as a signature manifest or payload, parsing ends in a
+        /// value or an error, never a panic.
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = signatures(&bytes);
+            let _ = claim(&bytes);
+        }
+
+        /// A `.sig` manifest's signature layers give back exactly the payload digest, size and
+        /// signature bytes they carry; layers without the signature annotation are skipped.
+        #[test]
+        fn signature_layers_give_back_what_they_carry(
+            sigs in proptest::collection::vec((digest(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..96)), 0..4),
+            unsigned in 0usize..3,
+        ) {
+            let mut layers: Vec<serde_json::Value> = sigs
+                .iter()
+                .map(|(d, size, sig)| serde_json::json!({
+                    "mediaType": SIMPLE_SIGNING,
+                    "digest": d.to_string(),
+                    "size": size,
+                    "annotations": { SIGNATURE_ANNOTATION: base64::engine::general_purpose::STANDARD.encode(sig) },
+                }))
+                .collect();
+            for i in 0..unsigned {
+                layers.insert(i.min(layers.len()), serde_json::json!({
+                    "mediaType": "application/octet-stream",
+                    "digest": Digest::sha256_of(&[i as u8]).to_string(),
+                    "size": 1,
+                }));
+            }
+            let manifest = serde_json::to_vec(&serde_json::json!({ "layers": layers })).unwrap();
+            let got = signatures(&manifest).unwrap();
+            prop_assert_eq!(got.len(), sigs.len());
+            for (g, (d, size, sig)) in got.iter().zip(&sigs) {
+                prop_assert_eq!(&g.payload, d);
+                prop_assert_eq!(g.payload_size, u64::from(*size));
+                prop_assert_eq!(&g.signature, sig);
+            }
+        }
+
+        /// A simple-signing payload claims exactly the digest and reference written into it,
+        /// whatever characters they hold; any other payload type is refused.
+        #[test]
+        fn payload_claims_what_it_says(digest in ".{0,80}", reference in ".{0,120}", other in "[a-z ]{0,40}") {
+            let payload = |kind: &str| serde_json::to_vec(&serde_json::json!({
+                "critical": {
+                    "identity": { "docker-reference": reference },
+                    "image": { "docker-manifest-digest": digest },
+                    "type": kind,
+                },
+                "optional": null,
+            })).unwrap();
+            let c = claim(&payload("cosign container image signature")).unwrap();
+            prop_assert_eq!(&c.digest, &digest);
+            prop_assert_eq!(&c.reference, &reference);
+            if other != "cosign container image signature" {
+                prop_assert!(claim(&payload(&other)).is_err());
+            }
+        }
+    }
+}

@@ -350,3 +350,20 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A cosign bundle annotation (a transparency-log entry) of any text parses or is
+        /// refused, never a panic.
+        #[test]
+        fn any_annotation_parses_or_is_refused(text in "\\PC{0,300}", json in "[ -~]{0,300}") {
+            let _ = LogEntry::from_cosign_annotation(&text);
+            let _ = LogEntry::from_cosign_annotation(&format!(r#"{{"SignedEntryTimestamp":"{json}","Payload":{json}}}"#));
+        }
+    }
+}
