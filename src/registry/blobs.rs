@@ -53,20 +53,15 @@ impl Registry {
         // A pull all the same: noted for expiry below (`touch`, as there is nothing to hold).
         let mut reply = self.blob_reply(name, digest, range, head, take).await?;
         if let Some(log) = &self.access {
-            match (reply.body.take(), reply.file.as_mut()) {
-                // Held until the stream ends, so that expiry leaves it alone meanwhile.
-                (Some(body), _) => {
-                    let hold = log.hold(digest);
-                    reply.body = Some(
-                        body.map(move |chunk| {
-                            let _ = &hold;
-                            chunk
-                        })
-                        .boxed(),
-                    );
-                }
-                (None, Some(file)) => file.hold = Some(Box::new(log.hold(digest))),
-                (None, None) => log.touch(digest),
+            // Held until the bytes are sent, so that expiry leaves it alone meanwhile.
+            if let Some(body) = reply.body.take() {
+                reply.body = Some(held(body, log.hold(digest)));
+            } else if let Some(pieces) = reply.pieces.take() {
+                reply.pieces = Some(held(pieces, log.hold(digest)));
+            } else if let Some(file) = reply.file.as_mut() {
+                file.hold = Some(Box::new(log.hold(digest)));
+            } else {
+                log.touch(digest);
             }
         }
         Ok(reply)
@@ -364,6 +359,18 @@ async fn confirms(fill: &Fill, repo: &RepoName) -> bool {
 
 /// Time from a request to its body's first byte, by where that byte came from (`upstream`,
 /// `peer`, `storage`): what a client waits, whichever replica it reached.
+/// `body` (bytes or spool pieces) keeping `hold` until it is dropped.
+fn held<T: Send + 'static>(
+    body: Pin<Box<dyn Stream<Item = std::io::Result<T>> + Send>>,
+    hold: impl Send + 'static,
+) -> Pin<Box<dyn Stream<Item = std::io::Result<T>> + Send>> {
+    body.map(move |item| {
+        let _ = &hold;
+        item
+    })
+    .boxed()
+}
+
 /// The most of a spool one piece sent from the file names: what a connection sending files
 /// hands the kernel per call.
 const SPOOL_PIECE: u64 = 512 * 1024;

@@ -315,6 +315,11 @@ impl FillJob {
     /// Hash `chunk`, write it to the spool and publish the new watermark.
     fn absorb(&mut self, chunk: &[u8]) -> Result<(), FillState> {
         self.admit(chunk)?;
+        self.spooled(chunk)
+    }
+
+    /// Write an admitted `chunk` to the spool and publish the new watermark.
+    fn spooled(&mut self, chunk: &[u8]) -> Result<(), FillState> {
         self.spool
             .write_all_at(chunk, self.written)
             .map_err(|e| self.broken(format!("spool write failed: {e}")))?;
@@ -583,15 +588,15 @@ impl FillJob {
                     }
                     _ => Err("storage is down".to_owned()),
                 };
-                if let Err(e) = stored {
-                    tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
-                    (writer, direct) = (None, false);
-                    self.respool()?;
-                    self.spool
-                        .write_all_at(&chunk, self.written)
-                        .map_err(|e| self.broken(format!("spool write failed: {e}")))?;
+                match stored {
+                    Ok(()) => self.advance(chunk.len()),
+                    Err(e) => {
+                        tracing::error!(digest = %self.digest, error = %e, "storage write failed; serving without caching");
+                        (writer, direct) = (None, false);
+                        self.respool()?;
+                        self.spooled(&chunk)?;
+                    }
                 }
-                self.advance(chunk.len());
                 continue;
             }
             self.absorb(&chunk)?;

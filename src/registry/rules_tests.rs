@@ -948,3 +948,50 @@ async fn offline_serves_confirmed_links_only() {
     ));
     assert_eq!(calls(&r.fake), before);
 }
+
+/// A blob being filled, taken as spool pieces (a connection that sends files), is held for
+/// expiry until its pieces are dropped, as a streamed body or a stored file is.
+#[tokio::test]
+async fn a_fill_sent_as_pieces_is_held_for_expiry_until_sent() {
+    let spool = tempfile::tempdir().unwrap();
+    let storage = MemoryStorage::new();
+    let fake = Fake::new(256 * 1024);
+    let log = crate::expiry::AccessLog::new(
+        Arc::new(storage.clone()),
+        &crate::expiry::ExpiryPolicy::default(),
+    );
+    let registry = Arc::new(
+        registry_on(
+            Arc::new(storage),
+            100,
+            fake.clone(),
+            Duration::from_secs(300),
+            false,
+            spool.path(),
+        )
+        .with_access_log(log.clone()),
+    );
+    registry.manifest(&name(), &latest()).await.unwrap();
+    let d = &fake.blob_digest;
+    let take = Take {
+        redirect: false,
+        file: true,
+    };
+    let reply = registry
+        .blob_for(&name(), d, None, false, take)
+        .await
+        .unwrap();
+    let pieces = reply.pieces.expect("a miss taken as pieces");
+    log.flush().await;
+    assert!(log.is_active(d), "not held while its pieces are being sent");
+    let sent: usize = pieces
+        .map_ok(|p| p.len)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .iter()
+        .sum();
+    assert_eq!(sent, fake.blob.len());
+    log.flush().await;
+    assert!(!log.is_active(d), "still held after its pieces were sent");
+}
