@@ -39,6 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,13 +58,37 @@ const H2_SEND_BUF: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct OverTls;
 
-/// What a listener's connections are: TLS the mirror terminated, or plain TCP.
-pub trait Transport {
+/// What a listener's connections are: TLS the mirror terminated, or plain TCP; and where each
+/// is served (see [`super::workers`]).
+pub trait Transport: Sized {
     const TLS: bool;
+    /// The per-core runtime this connection is to be served on; `None`: where it was accepted.
+    fn worker(&self) -> Option<&'static Handle>;
+    /// The connection registered with the runtime this is called on (its worker's).
+    fn rehome(self) -> io::Result<Self>;
 }
 
 impl Transport for tokio::net::TcpStream {
     const TLS: bool = false;
+    fn worker(&self) -> Option<&'static Handle> {
+        super::workers::next()
+    }
+    fn rehome(self) -> io::Result<Self> {
+        tokio::net::TcpStream::from_std(self.into_std()?)
+    }
+}
+
+/// `io` registered with the runtime this runs on when it was `moved` there; `None` (logged)
+/// when it cannot be.
+pub fn settled<T: Transport>(io: T, moved: bool, peer: SocketAddr) -> Option<T> {
+    if !moved {
+        return Some(io);
+    }
+    io.rehome()
+        .inspect_err(
+            |e| tracing::debug!(%peer, error = %e, "cannot move a connection to its worker"),
+        )
+        .ok()
 }
 
 /// How connections are bounded.
@@ -95,7 +120,12 @@ where
         let app = app.clone();
         let stop = stop.clone();
         let header_read_timeout = bounds.header_read_timeout;
-        tracker.spawn(async move {
+        let worker = io.worker();
+        let moved = worker.is_some();
+        let serving = async move {
+            let Some(io) = settled(io, moved, peer) else {
+                return;
+            };
             let router = TowerToHyperService::new(app);
             let closer = ConnCloser::default();
             let close = closer.close.clone();
@@ -148,7 +178,11 @@ where
                     }
                 }
             }
-        });
+        };
+        match worker {
+            Some(w) => drop(tracker.spawn_on(serving, w)),
+            None => drop(tracker.spawn(serving)),
+        }
     }
     drop(listener);
     stop.cancel();

@@ -12,6 +12,7 @@ pub mod sendfile;
 pub mod stream;
 pub mod tls;
 pub mod token;
+pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

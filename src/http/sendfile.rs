@@ -186,10 +186,10 @@ impl SendFiles for TcpStream {
     }
 }
 
-impl SendFiles for tokio_rustls::server::TlsStream<TcpStream> {
-    type Io = Self;
-    fn with_files(self) -> (Self, Option<Arc<FileQueue>>) {
-        (self, None)
+impl SendFiles for super::tls::TlsConn {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    fn with_files(self) -> (Self::Io, Option<Arc<FileQueue>>) {
+        (self.stream, None)
     }
 }
 

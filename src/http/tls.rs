@@ -14,7 +14,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -73,7 +78,7 @@ impl ResolvesServerCert for Current {
 
 /// A TCP listener that hands the server finished TLS connections.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsConn, SocketAddr)>,
     local: SocketAddr,
 }
 
@@ -100,7 +105,7 @@ impl TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    tx: mpsc::Sender<(TlsConn, SocketAddr)>,
 ) {
     loop {
         let (stream, peer) = match tcp.accept().await {
@@ -117,10 +122,15 @@ async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
-        tokio::spawn(async move {
+        // The handshake runs on the connection's worker, which then serves it.
+        let home = super::workers::next();
+        let handshake = async move {
+            let Some(stream) = super::conn::settled(stream, home.is_some(), peer) else {
+                return;
+            };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send((tls, peer)).await;
+                Ok(Ok(stream)) => {
+                    let _ = tx.send((TlsConn { stream, home }, peer)).await;
                 }
                 Ok(Err(e)) => {
                     metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
@@ -131,7 +141,11 @@ async fn accept_loop(
                     tracing::debug!(%peer, "TLS handshake timed out");
                 }
             }
-        });
+        };
+        match home {
+            Some(w) => drop(w.spawn(handshake)),
+            None => drop(tokio::spawn(handshake)),
+        }
     }
 }
 
@@ -153,12 +167,52 @@ async fn reload_loop(files: TlsFiles, current: Arc<Current>) {
     }
 }
 
-impl super::conn::Transport for TlsStream<TcpStream> {
+/// A finished TLS connection and the worker its handshake ran on, which serves it too.
+pub struct TlsConn {
+    pub stream: TlsStream<TcpStream>,
+    home: Option<&'static Handle>,
+}
+
+// The listener's connection type must be a stream itself; the server takes `stream` out.
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl super::conn::Transport for TlsConn {
     const TLS: bool = true;
+    fn worker(&self) -> Option<&'static Handle> {
+        self.home
+    }
+    // Already registered with its worker.
+    fn rehome(self) -> io::Result<Self> {
+        Ok(self)
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -212,5 +266,31 @@ mod tests {
         };
         let e = load(&mismatched).unwrap_err();
         assert!(e.contains("missing.key"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tls_connections_are_served_on_the_workers_their_handshakes_ran_on() {
+        use crate::http::workers::tests::{
+            assert_served_by_workers, bounds, served_on, thread_names,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "a");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let tls = TlsListener::new(tcp, files).unwrap();
+        tokio::spawn(crate::http::conn::serve(
+            tls,
+            thread_names(),
+            bounds(),
+            std::future::pending::<()>(),
+        ));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let names = served_on(client, &format!("https://localhost:{port}/"), 2 * cores).await;
+        assert_served_by_workers(&names);
     }
 }
