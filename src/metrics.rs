@@ -198,8 +198,17 @@ pub fn describe_all() {
     }
 }
 
+/// How often histogram samples are folded into their buckets. The recorder keeps every sample
+/// until then; only a scrape folded them before, so a mirror nobody scraped grew by 8 bytes
+/// a request without end.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Folds done by the upkeep thread (for its test).
+static UPKEEPS: AtomicU64 = AtomicU64::new(0);
+
 /// Install the process-wide Prometheus recorder, wrapped so that the status page's totals are
-/// kept, and describe every family (once; later calls get the same handle).
+/// kept, describe every family, and start the thread that keeps its histograms folded (once;
+/// later calls get the same handle).
 pub fn install() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
@@ -216,6 +225,19 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = prometheus.handle();
             metrics::set_global_recorder(Tracking { inner: prometheus }).ok()?;
             describe_all();
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("ocimirror-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                        UPKEEPS.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep; histograms are folded only when scraped");
+            }
             Some(handle)
         })
         .clone()
@@ -429,6 +451,18 @@ impl<R: Recorder> Recorder for Tracking<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_samples_are_folded_without_a_scrape() {
+        install().expect("the recorder installs");
+        let before = UPKEEPS.load(Ordering::Relaxed);
+        metrics::histogram!(HTTP_REQUEST_DURATION, "endpoint" => "manifest").record(0.001);
+        let deadline = std::time::Instant::now() + 10 * UPKEEP_EVERY;
+        while UPKEEPS.load(Ordering::Relaxed) == before {
+            assert!(std::time::Instant::now() < deadline, "no upkeep ran");
+            std::thread::sleep(UPKEEP_EVERY / 10);
+        }
+    }
 
     #[test]
     fn total_in_texts_sum_every_series_of_exactly_that_name() {

@@ -109,6 +109,8 @@ impl Expiry {
 
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
     crate::watch::hangup_means_reload();
+    // Before anything that keeps metric handles (the registry's counters) is built.
+    let metrics = crate::metrics::install();
     let roles = s.role.roles();
     let mut expiry = None;
     let registry = if roles.verify {
@@ -190,11 +192,12 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         s.limits.requests_per_second,
         s.limits.burst,
     ));
-    let mut state = AppState::new(registry, gate, crate::metrics::install(), limits)
-        .with_metrics_access(crate::http::scrape::MetricsAccess {
+    let mut state = AppState::new(registry, gate, metrics, limits).with_metrics_access(
+        crate::http::scrape::MetricsAccess {
             token: s.metrics_token.clone(),
             separate: s.metrics_listen.is_some(),
-        });
+        },
+    );
     if s.status_page {
         state = state.with_status_page(s.auth.is_some());
     }

@@ -167,7 +167,7 @@ impl Registry {
                     tracing::debug!(digest = %digest, error = %e, "stored blob unreadable; fetching again");
                 }
                 r => {
-                    metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "blob").increment(1);
+                    self.counts.blob_hits.increment(1);
                     return r;
                 }
             }
@@ -175,7 +175,7 @@ impl Registry {
         if self.settings.offline {
             return Err(RegistryError::BlobUnknown);
         }
-        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "blob").increment(1);
+        self.counts.blob_misses.increment(1);
         if head {
             if let Some(fill) = self.fills.get(digest)
                 && let Ok(Some(size)) = fill.started().await

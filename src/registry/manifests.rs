@@ -97,7 +97,7 @@ impl Registry {
     ) -> Result<Manifest, RegistryError> {
         let mut down = false;
         if let Some(m) = miss_if_down(self.stored_manifest(repo, d, true).await, &mut down)? {
-            metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
+            self.counts.manifest_hits.increment(1);
             return Ok(m);
         }
         if self.settings.offline {
@@ -190,7 +190,7 @@ impl Registry {
         body: Bytes,
         content_type: Option<&str>,
     ) -> Result<Manifest, RegistryError> {
-        metrics::counter!(crate::metrics::CACHE_MISSES, "kind" => "manifest").increment(1);
+        self.counts.manifest_misses.increment(1);
         let info = ManifestInfo::parse(&body, content_type).map_err(|e| {
             RegistryError::Upstream(UpstreamError::Invalid(format!("manifest {d}: {e}")))
         })?;
@@ -309,7 +309,7 @@ impl Registry {
                 .duration_since(e.checked_at)
                 .unwrap_or(Duration::ZERO);
             if self.settings.offline || age < self.tag_ttl(repo) {
-                metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest").increment(1);
+                self.counts.manifest_hits.increment(1);
                 self.store_if_passed_through(repo, m).await;
                 return Ok(m.clone());
             }
@@ -381,8 +381,7 @@ impl Registry {
                 match miss_if_down(self.stored_manifest(repo, d, false).await, &mut false)? {
                     Some(m) => {
                         // Revalidated: the upstream confirmed what is stored, no body fetched.
-                        metrics::counter!(crate::metrics::CACHE_HITS, "kind" => "manifest")
-                            .increment(1);
+                        self.counts.manifest_hits.increment(1);
                         self.check_before_store(repo, d, &m.body).await?;
                         self.store_if_passed_through(repo, &m).await;
                         self.link_manifest(repo, &m).await;

@@ -189,6 +189,28 @@ pub struct Registry {
     verifier: Option<Arc<crate::verify::Verifier>>,
     /// How long a presigned URL of a stored blob lives; `None`: blobs are never redirected.
     redirect: Option<Duration>,
+    counts: CacheCounts,
+}
+
+/// The cache hit and miss counters, looked up once: building a handle from its name and
+/// labels on every warm manifest GET was a measurable part of it.
+struct CacheCounts {
+    manifest_hits: metrics::Counter,
+    manifest_misses: metrics::Counter,
+    blob_hits: metrics::Counter,
+    blob_misses: metrics::Counter,
+}
+
+impl CacheCounts {
+    fn new() -> Self {
+        use crate::metrics::{CACHE_HITS, CACHE_MISSES};
+        CacheCounts {
+            manifest_hits: metrics::counter!(CACHE_HITS, "kind" => "manifest"),
+            manifest_misses: metrics::counter!(CACHE_MISSES, "kind" => "manifest"),
+            blob_hits: metrics::counter!(CACHE_HITS, "kind" => "blob"),
+            blob_misses: metrics::counter!(CACHE_MISSES, "kind" => "blob"),
+        }
+    }
 }
 
 fn link_digest(b: &[u8]) -> Option<Digest> {
@@ -223,6 +245,7 @@ impl Registry {
             tag_lists: Coalescer::default(),
             referrer_answers: referrers::Answers::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
+            counts: CacheCounts::new(),
             declared: declared::DeclaredSizes::default(),
             access: None,
             verifier: None,
