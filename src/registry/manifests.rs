@@ -282,12 +282,21 @@ impl Registry {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(link_digest(&body).map(|digest| TagEntry {
+        let Some(digest) = link_digest(&body) else {
+            return Ok(None);
+        };
+        let entry = TagEntry {
             digest,
             // A link's age is when it was last confirmed, so a restart does not revalidate
             // every tag at once.
             checked_at: meta.modified.unwrap_or(SystemTime::UNIX_EPOCH),
-        }))
+        };
+        // Remembered as a revalidation would: otherwise, after a restart, every request for
+        // the tag reads its link from storage until the tag is next revalidated.
+        self.cache
+            .set_tag(repo.as_str(), tag.as_str(), entry.clone())
+            .await;
+        Ok(Some(entry))
     }
 
     async fn manifest_by_tag(

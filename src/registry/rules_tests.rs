@@ -499,6 +499,39 @@ async fn tags_within_ttl_make_no_upstream_request_and_stale_is_served_on_failure
     }
 }
 
+/// After a restart the tag's link is read from storage once, then remembered with the link's
+/// confirmation time: later requests read no link (here: one deleted meanwhile is not missed)
+/// and ask the upstream nothing until that confirmation is `tag_ttl` old.
+#[tokio::test]
+async fn a_tag_read_from_storage_after_a_restart_is_remembered() {
+    let r = rig(1024, Duration::from_secs(3600), false);
+    r.registry.manifest(&name(), &latest()).await.unwrap();
+    let asked = || {
+        r.fake.manifest_heads.load(Ordering::SeqCst) + r.fake.manifest_gets.load(Ordering::SeqCst)
+    };
+    let before = asked();
+    let restarted = Arc::new(registry_on(
+        Arc::new(r.storage.clone()),
+        1000,
+        r.fake.clone(),
+        Duration::from_secs(3600),
+        false,
+        r._spool.path(),
+    ));
+    let m = restarted.manifest(&name(), &latest()).await.unwrap();
+    assert_eq!(m.digest, r.fake.manifest_digest);
+    let key = layout::tag_current(
+        &RepoName::parse("library/app").unwrap(),
+        &Tag::parse("latest").unwrap(),
+    );
+    r.storage.delete(&key).await.unwrap();
+    for _ in 0..3 {
+        let m = restarted.manifest(&name(), &latest()).await.unwrap();
+        assert_eq!(m.digest, r.fake.manifest_digest);
+    }
+    assert_eq!(asked(), before, "the restarted registry asked the upstream");
+}
+
 #[tokio::test]
 async fn uncached_content_with_failing_upstream_gets_clear_errors() {
     let r = rig(1024, Duration::ZERO, false);
