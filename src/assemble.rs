@@ -31,10 +31,6 @@ pub enum AssembleError {
     Config(String),
 }
 
-/// Temp files older than this at start-up belong to no running writer (fills take minutes,
-/// not hours): a process killed mid-write left them.
-const ABANDONED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
-
 /// The shared parts a replica works on: storage, the descriptor cache, and the fleet's leases.
 pub struct Backends {
     pub storage: Arc<dyn Storage>,
@@ -53,7 +49,9 @@ pub async fn build_backends(s: &Settings) -> Result<Backends, AssembleError> {
             }
             let fs = FsStorage::new(&s.storage_root);
             if !s.read_only {
-                let removed = fs.remove_abandoned_temp_files(ABANDONED_TEMP_AGE).await;
+                let removed = fs
+                    .remove_abandoned_temp_files(crate::storage::ABANDONED_TEMP_AGE)
+                    .await;
                 if removed > 0 {
                     tracing::info!(
                         removed,

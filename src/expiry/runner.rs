@@ -32,8 +32,6 @@ pub const LEASE: &str = "expiry";
 const LEASE_TTL: Duration = Duration::from_secs(60);
 /// Deletions in flight.
 const DELETE_CONCURRENCY: usize = 16;
-/// Temporary objects older than this belong to no running writer.
-pub const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(6 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -230,7 +228,11 @@ impl Collector {
             report.errors += self.delete_all(records).await;
         }
         // Clean-up of what killed writers left; a failure here spoils nothing done above.
-        report.removed_temp_files = match self.storage.remove_abandoned(ABANDONED_TEMP_AGE).await {
+        report.removed_temp_files = match self
+            .storage
+            .remove_abandoned(crate::storage::ABANDONED_TEMP_AGE)
+            .await
+        {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "expiry: cannot clean up abandoned uploads");

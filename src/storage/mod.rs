@@ -78,6 +78,10 @@ pub struct ObjectMeta {
     pub modified: Option<SystemTime>,
 }
 
+/// Temporary objects older than this belong to no running writer (fills take minutes, not
+/// hours): a process killed mid-write left them. Start-up and expiry passes remove them.
+pub const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(6 * 3600);
+
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Whether reads are refused at once for now (the breaker's read circuit is not closed):
