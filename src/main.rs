@@ -171,8 +171,9 @@ const CREDENTIAL_LOGGERS: &[&str] = &[
 
 /// Logs go to stderr from a thread of their own, through a buffer flushed whenever no line is
 /// waiting: a request never waits on a write to stderr (one write per access line was a tenth
-/// of a warm manifest GET's CPU), and lines still leave at once when the mirror is idle. The
-/// returned guard flushes what is left when dropped, so it lives as long as the command.
+/// of a warm manifest GET's CPU), and lines still leave at once when the mirror is idle. Access
+/// lines are formatted on a thread of theirs too (`http::access`). The returned guard flushes
+/// what is left when dropped, so it lives as long as the command.
 fn init_logging(level: &str, json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -185,9 +186,19 @@ fn init_logging(level: &str, json: bool) -> tracing_appender::non_blocking::Work
         .lossy(false)
         .thread_name("ocimirror-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let style = match json {
+        true => ocimirror::http::access::Style::Json,
+        false => ocimirror::http::access::Style::Text { ansi },
+    };
+    if let Err(e) = ocimirror::http::access::install(writer.clone(), style) {
+        eprintln!(
+            "cannot start the access log's thread; access lines are formatted per request: {e}"
+        );
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_writer(writer);
     if json {
         builder.json().init();

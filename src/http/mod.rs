@@ -2,6 +2,7 @@
 //! and render the answer with the distribution API's headers. All errors go through
 //! [`crate::error::ApiError`].
 
+pub mod access;
 pub mod conn;
 pub mod endpoint;
 pub mod gate;
@@ -332,7 +333,14 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
     let m = state.request_metrics.get(kind, &method, status);
     m.requests.increment(1);
     m.duration.record(elapsed.as_secs_f64());
-    tracing::info!(target: "access", request_id = id, client = %realip::Shown(client), %method, path = %truncate(&path), status, ms = elapsed.as_millis() as u64, "request");
+    access::log(access::Line {
+        id,
+        client,
+        method,
+        path,
+        status,
+        ms: elapsed.as_millis() as u64,
+    });
     resp.map(|inner| {
         Body::new(CountedBody {
             inner,
