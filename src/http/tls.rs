@@ -270,27 +270,17 @@ mod tests {
 
     #[tokio::test]
     async fn tls_connections_are_served_on_the_workers_their_handshakes_ran_on() {
-        use crate::http::workers::tests::{
-            assert_served_by_workers, bounds, served_on, thread_names,
-        };
         let dir = tempfile::tempdir().unwrap();
         let files = write_pair(dir.path(), "a");
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = tcp.local_addr().unwrap().port();
         let tls = TlsListener::new(tcp, files).unwrap();
-        tokio::spawn(crate::http::conn::serve(
-            tls,
-            thread_names(),
-            bounds(),
-            std::future::pending::<()>(),
-        ));
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .tls_danger_accept_invalid_certs(true)
             .build()
             .unwrap();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let names = served_on(client, &format!("https://localhost:{port}/"), 2 * cores).await;
-        assert_served_by_workers(&names);
+        let url = format!("https://localhost:{port}/");
+        crate::http::workers::tests::check_served_by_workers(tls, client, &url).await;
     }
 }

@@ -116,22 +116,32 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn plain_connections_are_served_on_each_worker_in_turn() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
+    /// Serve [`thread_names`] on `listener`, ask `url` with `client` on new connections, and
+    /// check that the workers served them.
+    pub(crate) async fn check_served_by_workers<L>(listener: L, client: reqwest::Client, url: &str)
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+        L::Io: crate::http::sendfile::SendFiles + crate::http::conn::Transport,
+    {
         tokio::spawn(crate::http::conn::serve(
             listener,
             thread_names(),
             bounds(),
             std::future::pending::<()>(),
         ));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let names = served_on(client, url, 2 * cores).await;
+        assert_served_by_workers(&names);
+    }
+
+    #[tokio::test]
+    async fn plain_connections_are_served_on_each_worker_in_turn() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let names = served_on(client, &format!("http://{addr}/"), 2 * cores).await;
-        assert_served_by_workers(&names);
+        check_served_by_workers(listener, client, &format!("http://{addr}/")).await;
     }
 }
