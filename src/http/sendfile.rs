@@ -186,13 +186,6 @@ impl SendFiles for TcpStream {
     }
 }
 
-impl SendFiles for super::tls::TlsConn {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    fn with_files(self) -> (Self::Io, Option<Arc<FileQueue>>) {
-        (self.stream, None)
-    }
-}
-
 /// A plain TCP connection that sends the queued file pieces where stand-in bytes are written.
 pub struct FileSendIo {
     tcp: TcpStream,

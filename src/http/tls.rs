@@ -200,6 +200,14 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+// Encrypted in the process: nothing for the kernel to send from a file.
+impl super::sendfile::SendFiles for TlsConn {
+    type Io = TlsStream<TcpStream>;
+    fn with_files(self) -> (Self::Io, Option<Arc<super::sendfile::FileQueue>>) {
+        (self.stream, None)
+    }
+}
+
 impl super::conn::Transport for TlsConn {
     const TLS: bool = true;
     fn worker(&self) -> Option<&'static Handle> {
