@@ -8,6 +8,7 @@ pub mod endpoint;
 pub mod gate;
 pub mod limit;
 pub mod redirect;
+mod request_metrics;
 pub mod scrape;
 pub mod sendfile;
 pub mod stream;
@@ -61,46 +62,9 @@ pub struct AppState {
     pub blob_streams: Option<stream::BlobStreams>,
     /// Who may be sent to the store for a blob's bytes; `None`: redirects are off.
     pub redirect: Option<redirect::RedirectClients>,
-    request_metrics: RequestMetricsCache,
+    request_metrics: request_metrics::RequestMetricsCache,
     /// How a request's client address is found (behind trusted proxies, from their header).
     pub real_ip: RealIp,
-}
-
-/// The HTTP metrics of one (endpoint, method, status): looked up once, not built from their
-/// labels on every request.
-#[derive(Clone)]
-struct RequestMetrics {
-    requests: metrics::Counter,
-    duration: metrics::Histogram,
-    bytes: metrics::Counter,
-}
-
-/// Sets of [`RequestMetrics`] by (endpoint, method, status), bounded: a client inventing
-/// methods gets its handles built each time rather than growing the map.
-#[derive(Default)]
-struct RequestMetricsCache(
-    std::sync::Mutex<std::collections::HashMap<(&'static str, Method, u16), RequestMetrics>>,
-);
-
-const MAX_REQUEST_METRICS: usize = 256;
-
-impl RequestMetricsCache {
-    fn get(&self, kind: &'static str, method: &Method, status: u16) -> RequestMetrics {
-        let key = (kind, method.clone(), status);
-        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = sets.get(&key) {
-            return m.clone();
-        }
-        let m = RequestMetrics {
-            requests: metrics::counter!(crate::metrics::HTTP_REQUESTS, "endpoint" => kind, "method" => method.as_str().to_owned(), "status" => status.to_string()),
-            duration: metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "endpoint" => kind),
-            bytes: metrics::counter!(crate::metrics::HTTP_RESPONSE_BYTES, "endpoint" => kind),
-        };
-        if sets.len() < MAX_REQUEST_METRICS {
-            sets.insert(key, m.clone());
-        }
-        m
-    }
 }
 
 impl AppState {
@@ -122,7 +86,7 @@ impl AppState {
             metrics_access: scrape::MetricsAccess::default(),
             blob_streams: None,
             redirect: None,
-            request_metrics: RequestMetricsCache::default(),
+            request_metrics: request_metrics::RequestMetricsCache::default(),
             real_ip: RealIp::peer_only(),
         })
     }
@@ -241,40 +205,6 @@ async fn status_json(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// A response body that counts its data bytes in `ocimirror_http_response_bytes_total` as they
-/// are handed to the connection (a streamed blob is counted chunk by chunk, so a client that
-/// goes away mid-blob is counted for what it was sent). Size hints pass through unchanged.
-struct CountedBody {
-    inner: Body,
-    bytes: metrics::Counter,
-}
-
-impl hyper::body::Body for CountedBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes.increment(data.len() as u64);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let id = request_id(&state, req.headers());
@@ -342,7 +272,7 @@ async fn distribution(State(state): State<Arc<AppState>>, req: Request) -> Respo
         ms: elapsed.as_millis() as u64,
     });
     resp.map(|inner| {
-        Body::new(CountedBody {
+        Body::new(request_metrics::CountedBody {
             inner,
             bytes: m.bytes,
         })
