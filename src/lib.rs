@@ -18,6 +18,7 @@ pub mod layout;
 pub mod metrics;
 pub mod oci;
 pub mod ops;
+pub mod percore;
 pub mod registry;
 pub mod server;
 pub mod status;

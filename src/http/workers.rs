@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 
+use crate::percore;
+
 struct Workers {
     handles: Vec<Handle>,
     next: AtomicUsize,
@@ -29,20 +31,15 @@ pub fn next() -> Option<&'static Handle> {
 }
 
 fn start() -> Workers {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let handles = if cores < 2 {
-        Vec::new()
-    } else {
-        (0..cores)
-            .filter_map(|i| match spawn(i) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a connection worker");
-                    None
-                }
-            })
-            .collect()
-    };
+    let handles = (0..percore::workers())
+        .filter_map(|i| match spawn(i) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a connection worker");
+                None
+            }
+        })
+        .collect();
     Workers {
         handles,
         next: AtomicUsize::new(0),
@@ -56,7 +53,10 @@ fn spawn(i: usize) -> std::io::Result<Handle> {
     let handle = rt.handle().clone();
     std::thread::Builder::new()
         .name(format!("ocimirror-conn-{i}"))
-        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        .spawn(move || {
+            percore::enter(i);
+            rt.block_on(std::future::pending::<()>())
+        })?;
     Ok(handle)
 }
 

@@ -236,12 +236,12 @@ impl ObjectStorage {
             root.trim_end_matches('/'),
             endpoint.unwrap_or("Google Cloud Storage")
         );
-        Ok(ObjectStorage::from_operator(
+        ObjectStorage::from_operator(
             op,
             (DEFAULT_PART_SIZE_MIB * 1024 * 1024) as usize,
             describe,
             None,
-        ))
+        )
     }
 
     /// An Azure Blob Storage container; sends nothing (see [`ObjectStorage::check`]).
@@ -292,13 +292,13 @@ impl ObjectStorage {
             "azblob://{container}{} at {endpoint}",
             root.trim_end_matches('/')
         );
-        Ok(ObjectStorage::from_operator(
+        ObjectStorage::from_operator(
             op,
             (DEFAULT_PART_SIZE_MIB * 1024 * 1024) as usize,
             describe,
             None,
         )
-        .with_presigner(presigner))
+        .map(|s| s.with_presigner(presigner))
     }
 }
 

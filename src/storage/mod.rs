@@ -13,6 +13,7 @@ mod memory;
 mod object;
 mod presign;
 mod s3;
+mod transport;
 
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};

@@ -64,21 +64,25 @@ impl ObjectStorage {
         part_size: usize,
         describe: String,
         uploads: Option<UploadSweeper>,
-    ) -> ObjectStorage {
+    ) -> Result<ObjectStorage, StorageError> {
+        let ctx = op
+            .context()
+            .with_http_transport(super::transport::per_core()?);
         let op = op
+            .with_context(ctx)
             .layer(
                 TimeoutLayer::new()
                     .with_timeout(OP_TIMEOUT)
                     .with_io_timeout(IO_TIMEOUT),
             )
             .layer(RetryLayer::new().with_jitter().with_max_times(3));
-        ObjectStorage {
+        Ok(ObjectStorage {
             op,
             part_size,
             describe,
             uploads,
             presigner: Presigner::Operator,
-        }
+        })
     }
 
     /// Presigned URLs made by `presigner` rather than OpenDAL.

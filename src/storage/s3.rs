@@ -351,12 +351,12 @@ impl ObjectStorage {
         .filter(|_| sweepable)
         .map(|url| uploads::UploadSweeper::new(url, &root, &region, keys))
         .transpose()?;
-        Ok(ObjectStorage::from_operator(
+        ObjectStorage::from_operator(
             op,
             (config.part_size_mib * 1024 * 1024) as usize,
             describe,
             uploads,
-        ))
+        )
     }
 }
 
