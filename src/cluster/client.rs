@@ -12,6 +12,7 @@ use url::Url;
 
 use super::{ClusterError, Secret};
 use crate::oci::{Digest, RepoName};
+use crate::percore::PerCore;
 use crate::registry::{PeerError, PeerStream, Peers};
 
 /// Header of a peer answer: the whole blob's size, when the holder knows it.
@@ -26,22 +27,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct PeerClient {
-    client: reqwest::Client,
+    /// One per connection worker, so a peer stream is driven on the thread serving its reader.
+    client: PerCore<reqwest::Client>,
     advertise: String,
     secret: Secret,
 }
 
 impl PeerClient {
     pub fn new(advertise: Url, secret: Secret) -> Result<Self, ClusterError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .tcp_nodelay(true)
-            // Peer traffic stays between the replicas, whatever proxy the environment names.
-            .no_proxy()
-            .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION"), " peer"))
-            .build()
-            .map_err(|e| ClusterError::Client(e.to_string()))?;
+        let client = PerCore::try_new(|| {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .tcp_nodelay(true)
+                // Peer traffic stays between the replicas, whatever proxy the environment names.
+                .no_proxy()
+                .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION"), " peer"))
+                .build()
+                .map_err(|e| ClusterError::Client(e.to_string()))
+        })?;
         Ok(PeerClient {
             client,
             advertise: advertise.as_str().trim_end_matches('/').to_owned(),
@@ -82,6 +86,7 @@ impl Peers for PeerClient {
         );
         let resp = self
             .client
+            .get()
             .get(&url)
             .bearer_auth(self.secret.as_str())
             .send()

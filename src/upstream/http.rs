@@ -26,6 +26,7 @@ use super::{
 };
 use crate::oci::manifest::{ACCEPT_ALL, MAX_MANIFEST_SIZE, OCI_INDEX};
 use crate::oci::{Digest, Reference, RepoName};
+use crate::percore::PerCore;
 
 #[derive(Clone)]
 pub struct UpstreamSettings {
@@ -82,7 +83,9 @@ enum Scheme {
 
 pub struct HttpUpstream {
     settings: UpstreamSettings,
-    client: reqwest::Client,
+    /// One per connection worker, so a fill's upstream connection is driven on the thread that
+    /// runs the fill.
+    client: PerCore<reqwest::Client>,
     scheme: Mutex<Scheme>,
     credentials: Arc<Credentials>,
     tokens: TokenCache,
@@ -116,13 +119,15 @@ fn unavailable(e: &reqwest::Error) -> UpstreamError {
 
 impl HttpUpstream {
     pub fn new(settings: UpstreamSettings) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = PerCore::try_new(|| {
+            reqwest::Client::builder()
+                .connect_timeout(settings.connect_timeout)
+                .read_timeout(settings.read_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .user_agent(concat!("ocimirror/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })?;
         let slots = Slots::new(
             &settings.name,
             settings.max_concurrent_requests,
@@ -228,7 +233,7 @@ impl HttpUpstream {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.client.get(url);
+        let mut req = self.client.get().get(url);
         // The generation before the password: a token is never filed under a newer password
         // than the one it was obtained with.
         let generation = self.credentials.generation();
@@ -324,7 +329,7 @@ impl HttpUpstream {
         let mut force = false;
         let mut reread = false;
         for attempt in 0..3 {
-            let mut req = self.client.request(method.clone(), url.clone());
+            let mut req = self.client.get().request(method.clone(), url.clone());
             if let Some((k, v)) = &header {
                 req = req.header(k, *v);
             }
