@@ -720,4 +720,101 @@ mod tests {
         }
         assert!(verify_at(&k, &w, &good, T0 + 600).is_ok());
     }
+
+    /// One trust, leaf, signature and log entry, made once for the properties below (key
+    /// generation is the slow part).
+    struct Signed1 {
+        k: Keyless,
+        leaf: Vec<u8>,
+        intermediate: Vec<u8>,
+        signature: Vec<u8>,
+        log: Vec<LogEntry>,
+    }
+
+    fn signed_once() -> &'static Signed1 {
+        static ONE: std::sync::OnceLock<Signed1> = std::sync::OnceLock::new();
+        ONE.get_or_init(|| {
+            let w = World::new();
+            let good = w.leaf(v2(GHA), uri(WORKFLOW));
+            let (signature, log) = signed(&w, &good, b"payload", T0 + 60);
+            Signed1 {
+                k: w.trust("https://github.com/myorg/**"),
+                leaf: good.der,
+                intermediate: w.intermediate.der.clone(),
+                signature,
+                log,
+            }
+        })
+    }
+
+    fn verify_parts(
+        one: &Signed1,
+        leaf: &[u8],
+        chain: &[Vec<u8>],
+        signature: &[u8],
+        message: &[u8],
+    ) -> Result<String, KeylessFailure> {
+        one.k.verify(&Evidence {
+            certificate: leaf,
+            chain,
+            signature,
+            signed: Signed::Message(message),
+            log: &one.log,
+        })
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// A signature's certificate, chain and signature are the signer's to send: any
+            /// changed byte, cut or appended junk is refused (never a panic), and only the
+            /// signature as made passes.
+            #[test]
+            fn any_change_to_what_a_signer_sends_is_refused(
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..,
+                cut in any::<prop::sample::Index>(),
+                junk in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let one = signed_once();
+                prop_assert!(verify_parts(one, &one.leaf, &[], &one.signature, b"payload").is_ok());
+
+                let mut leaf = one.leaf.clone();
+                let i = at.index(leaf.len());
+                leaf[i] ^= flip;
+                prop_assert!(verify_parts(one, &leaf, &[], &one.signature, b"payload").is_err());
+                let cut_leaf = &one.leaf[..cut.index(one.leaf.len())];
+                prop_assert!(verify_parts(one, cut_leaf, &[], &one.signature, b"payload").is_err());
+                let mut long = one.leaf.clone();
+                long.extend_from_slice(&junk);
+                if !junk.is_empty() {
+                    prop_assert!(verify_parts(one, &long, &[], &one.signature, b"payload").is_err());
+                }
+                prop_assert!(verify_parts(one, &junk, &[], &one.signature, b"payload").is_err());
+
+                let mut signature = one.signature.clone();
+                let i = at.index(signature.len());
+                signature[i] ^= flip;
+                prop_assert!(verify_parts(one, &one.leaf, &[], &signature, b"payload").is_err());
+                let mut message = b"payload".to_vec();
+                let i = at.index(message.len());
+                message[i] ^= flip;
+                prop_assert!(verify_parts(one, &one.leaf, &[], &one.signature, &message).is_err());
+
+                // Junk beside the real intermediate in the chain changes nothing; junk alone
+                // (or a damaged intermediate) is never a path to the root.
+                let mut intermediate = one.intermediate.clone();
+                let i = at.index(intermediate.len());
+                intermediate[i] ^= flip;
+                let chain = [junk.clone(), intermediate, one.intermediate.clone()];
+                prop_assert!(verify_parts(one, &one.leaf, &chain, &one.signature, b"payload").is_ok());
+                prop_assert!(verify_parts(one, &junk, &chain, &one.signature, b"payload").is_err());
+            }
+        }
+    }
 }

@@ -222,4 +222,37 @@ mod tests {
                 .is_err()
         );
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// A signing certificate's key is the signer's to choose: any bytes as a
+            /// SubjectPublicKeyInfo, PEM or not, are parsed or refused, never a panic, and a
+            /// key parsed from them never takes an arbitrary signature.
+            #[test]
+            fn any_key_bytes_parse_or_are_refused(
+                der in proptest::collection::vec(any::<u8>(), 0..200),
+                text in "[ -~\\n]{0,200}",
+                signature in proptest::collection::vec(any::<u8>(), 0..128),
+            ) {
+                let pem = format!("-----BEGIN PUBLIC KEY-----\n{text}\n-----END PUBLIC KEY-----\n");
+                for k in [
+                    TrustedKey::from_spki_der(&der),
+                    TrustedKey::from_pem(&der),
+                    TrustedKey::from_pem(pem.as_bytes()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    prop_assert!(!k.verifies(b"payload", &signature));
+                }
+                let pem = format!("-----BEGIN CERTIFICATE-----\n{text}\n-----END CERTIFICATE-----\n");
+                let certificates = crate::verify::keyless::parse_pem_certificates(pem.as_bytes());
+                prop_assert!(certificates.map(|c| c.len() <= 1).unwrap_or(true));
+            }
+        }
+    }
 }
