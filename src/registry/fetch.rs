@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use super::LINK_WRITE_TIMEOUT;
 use super::fill::{Fill, FillState, Origin, Progress, Spool};
-use super::lease::{Fleet, Next, REMOTE_POLL_MAX, REMOTE_POLL_MIN, Start};
+use super::lease::{Fleet, Next, PEER_RETRY_MIN, REMOTE_POLL_MAX, REMOTE_POLL_MIN, Start};
 use super::peer::PeerError;
 use crate::cache::lease::holder_peer;
 use crate::layout;
@@ -146,7 +146,7 @@ impl FillJob {
             Start::Upstream(lease) => Next::Upstream(lease),
             Start::Peer(held) => Next::Peer(held),
         };
-        let mut poll = REMOTE_POLL_MIN;
+        let mut poll = PEER_RETRY_MIN;
         let outcome = loop {
             let (held, why) = match next {
                 Next::Upstream(lease) => {
@@ -179,7 +179,7 @@ impl FillJob {
                         Err(Stop::Fail(state)) => break Err(state),
                         Err(Stop::Peer(why)) => {
                             if self.written > before {
-                                poll = REMOTE_POLL_MIN;
+                                poll = PEER_RETRY_MIN;
                             }
                             (held, why)
                         }
@@ -199,6 +199,8 @@ impl FillJob {
                     }
                     other => break other,
                 }
+                // Waiting on a commit (the holder cannot stream): poll storage gently.
+                poll = poll.max(REMOTE_POLL_MIN);
                 tokio::time::sleep(poll).await;
                 poll = (poll * 3 / 2).min(REMOTE_POLL_MAX);
             };

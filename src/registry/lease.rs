@@ -28,6 +28,10 @@ const RENEWALS_PER_TTL: u32 = 4;
 /// Polling of the shared storage (and of the lease) while another replica fills.
 pub const REMOTE_POLL_MIN: Duration = Duration::from_millis(100);
 pub const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
+/// The first retry of the lease's holder when it had no fill to stream: it is between taking
+/// the lease and starting its fill (a storage look-up apart), a window of milliseconds; waiting
+/// the storage poll's 100 ms there put a relay's first byte 0.1 s behind the holder's.
+pub const PEER_RETRY_MIN: Duration = Duration::from_millis(10);
 /// After this long waiting for another replica, fetch here as well.
 const MAX_REMOTE_WAIT: Duration = Duration::from_secs(600);
 
