@@ -897,6 +897,38 @@ mod tests {
         assert_eq!(find_line(t, &["e"]), Some(5));
         assert_eq!(find_line(t, &["a", "zz"]), Some(1));
         assert_eq!(find_line(t, &["q"]), None);
+        // List items, by index in either spelling, block and flow style.
+        let t = "verify:\n  - match: a\n    keys: [x.pub]\n  - match: b\n    keys:\n      - y.pub\n      - z.pub\nacl:\n- match: {account: a}\n  actions: [pull]\n";
+        assert_eq!(find_line(t, &["verify", "1", "keys", "1"]), Some(7));
+        assert_eq!(find_line(t, &["verify", "1", "match"]), Some(4));
+        assert_eq!(find_line(t, &["verify", "0", "keys", "0"]), Some(3));
+        assert_eq!(find_line(t, &["verify", "1"]), Some(4));
+        assert_eq!(find_line(t, &["acl[0]", "actions"]), Some(10));
+        assert_eq!(find_line(t, &["acl[0]", "match", "account"]), Some(9));
+        // An item that is not there: its list.
+        assert_eq!(find_line(t, &["verify", "5", "keys"]), Some(1));
+        // Text the parser gives up on is still located by its keys' indentation.
+        assert_eq!(find_line("a:\n  b: [\n", &["a", "b"]), Some(2));
+    }
+
+    #[test]
+    fn verify_rule_problems_point_at_their_item() {
+        let text = "verify:\n  - match: \"myorg/**\"\n    keys:\n      - /nonexistent/a.pub\n  - match: \"/[/\"\n    keys: [/nonexistent/b.pub]\n";
+        let err = load_str(text, &[]).unwrap_err();
+        let got: Vec<(String, Option<usize>)> = err
+            .problems
+            .iter()
+            .map(|p| (p.key.clone(), p.line))
+            .collect();
+        assert!(
+            got.contains(&("verify.0.keys.0".into(), Some(4))),
+            "{got:?}"
+        );
+        assert!(got.contains(&("verify.1.match".into(), Some(5))), "{got:?}");
+        assert!(
+            got.contains(&("verify.1.keys.0".into(), Some(6))),
+            "{got:?}"
+        );
     }
 
     /// README's configuration reference cannot drift from the config: every key (every section

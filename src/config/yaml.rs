@@ -122,8 +122,112 @@ pub(super) fn key_at_line(text: &str, line: usize) -> Option<String> {
     None
 }
 
-/// The 1-based line of a block-style YAML key path, or of its deepest ancestor present.
+/// The 1-based line of a YAML key path, or of its deepest ancestor present. A path segment may
+/// name list items (`acl[2]`, or `rules.1.keys.0` as the sections number them): an item is
+/// located at its start (its `-`), in block and flow style alike.
 pub fn find_line(text: &str, path: &[&str]) -> Option<usize> {
+    let want: Vec<&str> = path
+        .iter()
+        .flat_map(|p| p.split(['[', ']']).filter(|s| !s.is_empty()))
+        .collect();
+    match walk_nodes(text, &want) {
+        Some(found) => found,
+        // Not YAML a parser reads to the end (the problem itself, then): look at the keys line
+        // by line.
+        None => find_line_by_indent(text, path),
+    }
+}
+
+/// Where a node of a parsed YAML document sits: under the keys and item indices of its
+/// collections.
+enum Frame {
+    /// A mapping, with the key whose value is being read (`None`: a key comes next).
+    Map(Option<String>),
+    /// A sequence, with the index of the item being read.
+    Seq(usize),
+}
+
+/// [`find_line`] over the parser's events: `None` when the text does not parse to its end.
+fn walk_nodes(text: &str, want: &[&str]) -> Option<Option<usize>> {
+    use serde_saphyr::granit_parser::{Event, Parser};
+
+    let mut frames: Vec<Frame> = Vec::new();
+    // The path of the collection being read, one segment per frame but the root's.
+    let mut path: Vec<String> = Vec::new();
+    let mut best: Option<(usize, usize)> = None;
+    let mut record = |path: &[String], seg: &str, line: usize| {
+        let depth = path.len() + 1;
+        let matches = depth <= want.len()
+            && path.iter().zip(want).all(|(a, b)| a == b)
+            && want[depth - 1] == seg;
+        if matches && best.is_none_or(|(d, _)| depth > d) {
+            best = Some((depth, line));
+        }
+    };
+    // After a node: its mapping expects the next key (or, after a key that was a collection,
+    // its value); its sequence the next item.
+    let advance = |frames: &mut Vec<Frame>| match frames.last_mut() {
+        Some(Frame::Map(key @ Some(_))) => *key = None,
+        Some(Frame::Map(key @ None)) => *key = Some(String::new()),
+        Some(Frame::Seq(i)) => *i += 1,
+        None => {}
+    };
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.ok()?;
+        let line = span.start.line();
+        let collection = matches!(event, Event::SequenceStart(..) | Event::MappingStart(..));
+        match event {
+            Event::Scalar(..)
+            | Event::Alias(..)
+            | Event::SequenceStart(..)
+            | Event::MappingStart(..) => {
+                // What this node is to the collection it is in.
+                let seg = match frames.last_mut() {
+                    Some(Frame::Map(key @ None)) => {
+                        if let Event::Scalar(k, ..) = &event {
+                            record(&path, k, line);
+                            *key = Some(k.to_string());
+                            continue;
+                        }
+                        // A key that is itself a collection: nothing to locate under it.
+                        Some(String::new())
+                    }
+                    Some(Frame::Map(Some(k))) => Some(k.clone()),
+                    Some(Frame::Seq(i)) => {
+                        let seg = i.to_string();
+                        record(&path, &seg, line);
+                        Some(seg)
+                    }
+                    None => None,
+                };
+                if collection {
+                    path.extend(seg);
+                    frames.push(if matches!(event, Event::MappingStart(..)) {
+                        Frame::Map(None)
+                    } else {
+                        Frame::Seq(0)
+                    });
+                } else {
+                    advance(&mut frames);
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                frames.pop();
+                if !frames.is_empty() {
+                    path.pop();
+                }
+                advance(&mut frames);
+            }
+            Event::StreamEnd => return Some(best.map(|(_, l)| l)),
+            _ => {}
+        }
+    }
+    Some(best.map(|(_, l)| l))
+}
+
+/// The 1-based line of a block-style key path (list items are located at their list's key),
+/// or of its deepest ancestor present.
+fn find_line_by_indent(text: &str, path: &[&str]) -> Option<usize> {
     // List indices (`acl[2]`) are not located; their list's key is.
     let stripped: Vec<&str> = path
         .iter()
