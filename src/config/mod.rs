@@ -688,15 +688,21 @@ mod tests {
         assert_eq!(s.storage_root, PathBuf::from("ocimirror-data/storage"));
     }
 
-    #[test]
-    fn reports_every_semantic_problem_with_lines() {
-        let text = "listen: nowhere\nupstream:\n  url: ftp://x\n  tag_ttl: soon\n  read_timeout: 0s\ncache:\n  memory:\n    max_entries: 0\n";
+    /// The problems `text` has, and each one's key and line.
+    fn problems_with_lines(text: &str) -> (ConfigErrors, Vec<(String, Option<usize>)>) {
         let err = load_str(text, &[]).unwrap_err();
-        let got: Vec<(String, Option<usize>)> = err
+        let got = err
             .problems
             .iter()
             .map(|p| (p.key.clone(), p.line))
             .collect();
+        (err, got)
+    }
+
+    #[test]
+    fn reports_every_semantic_problem_with_lines() {
+        let text = "listen: nowhere\nupstream:\n  url: ftp://x\n  tag_ttl: soon\n  read_timeout: 0s\ncache:\n  memory:\n    max_entries: 0\n";
+        let (err, got) = problems_with_lines(text);
         assert!(got.contains(&("listen".into(), Some(1))), "{got:?}");
         assert!(got.contains(&("upstream.url".into(), Some(3))), "{got:?}");
         assert!(
@@ -914,12 +920,7 @@ mod tests {
     #[test]
     fn verify_rule_problems_point_at_their_item() {
         let text = "verify:\n  - match: \"myorg/**\"\n    keys:\n      - /nonexistent/a.pub\n  - match: \"/[/\"\n    keys: [/nonexistent/b.pub]\n";
-        let err = load_str(text, &[]).unwrap_err();
-        let got: Vec<(String, Option<usize>)> = err
-            .problems
-            .iter()
-            .map(|p| (p.key.clone(), p.line))
-            .collect();
+        let (err, got) = problems_with_lines(text);
         assert!(
             got.contains(&("verify.0.keys.0".into(), Some(4))),
             "{got:?}"
@@ -929,6 +930,7 @@ mod tests {
             got.contains(&("verify.1.keys.0".into(), Some(6))),
             "{got:?}"
         );
+        assert_eq!(err.problems.len(), 3, "{err}");
     }
 
     /// README's configuration reference cannot drift from the config: every key (every section
