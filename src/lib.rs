@@ -8,6 +8,7 @@
 pub mod assemble;
 pub mod auth;
 pub mod cache;
+pub mod client_tls;
 pub mod cluster;
 pub mod config;
 pub mod error;
