@@ -1,5 +1,6 @@
 //! HTTPS served by ocimirror itself: real clients (reqwest with HTTP/2, skopeo verifying the
-//! certificate) pull through it, and a replaced certificate is picked up without a restart.
+//! certificate) pull through it, and a replaced certificate is picked up without a restart. And
+//! HTTPS from an upstream (Distribution serving TLS), trusted through the platform's roots.
 
 mod common;
 
@@ -279,4 +280,47 @@ fn config_check_names_the_tls_problem() {
     let (ok, err) = config_check(&cfg);
     assert!(!ok);
     assert!(err.contains("missing.key"), "{err}");
+}
+
+/// An upstream served over HTTPS with a certificate of the operator's own CA: the mirror
+/// trusts it through the platform's roots (`SSL_CERT_FILE` here; read once for all of its
+/// per-worker clients, `client_tls`) and pulls through it; a mirror that does not trust that CA
+/// refuses the upstream's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_trusted_through_the_platforms_roots() {
+    let mut reg = Registry::start(RegistryOpts::default()).await;
+    let img = reg.pusher().push_oci_image("tls/up", "v1", 902).await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), &pair("upstream"));
+    let ca = dir.path().join("tls.crt");
+    reg.restart(RegistryOpts {
+        tls: Some((ca.clone(), dir.path().join("tls.key"))),
+        ..Default::default()
+    })
+    .await;
+    let upstream = format!("https://localhost:{}", reg.port);
+
+    let m =
+        Mirror::start(MirrorOpts::upstream(&upstream).env("SSL_CERT_FILE", ca.to_str().unwrap()))
+            .await;
+    pull_and_check_oci(&m.hostport(), &img, None).await;
+
+    let other = tempfile::tempdir().unwrap();
+    install(other.path(), &pair("another ca"));
+    let untrusting = Mirror::start(MirrorOpts::upstream(&upstream).env(
+        "SSL_CERT_FILE",
+        other.path().join("tls.crt").to_str().unwrap(),
+    ))
+    .await;
+    let r = untrusting
+        .get_manifest("tls/up", "v1")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_server_error(),
+        "{}: {}",
+        r.status(),
+        untrusting.log_text()
+    );
 }

@@ -232,6 +232,8 @@ pub struct RegistryOpts {
     /// Accept pushed manifests whose descriptors carry `urls` (foreign / non-distributable
     /// layers, as Docker Hub does for Windows images); Distribution refuses them by default.
     pub allow_urls: bool,
+    /// Serve HTTPS with this PEM certificate and key (Distribution's `http.tls`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Distribution's `auth.token` section.
@@ -317,6 +319,13 @@ impl Registry {
              http:\n  addr: 127.0.0.1:{port}\n  secret: ocimirror-test-secret\n",
             root = root.display()
         );
+        if let Some((cert, key)) = &opts.tls {
+            cfg += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                q(&cert.display().to_string()),
+                q(&key.display().to_string())
+            );
+        }
         if let Some((user, pass)) = &opts.auth {
             let out = Command::new("htpasswd")
                 .args(["-nbB", user, pass])
@@ -357,8 +366,9 @@ impl Registry {
             .stderr(logf)
             .spawn()
             .expect("spawn docker-registry");
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
         wait_http_ok(
-            &format!("http://127.0.0.1:{port}/v2/"),
+            &format!("{scheme}://127.0.0.1:{port}/v2/"),
             &[200, 401],
             &mut child,
             log,
