@@ -1283,9 +1283,9 @@ mod props {
         }
     }
 
-    /// A section replaced by a scalar in the environment, then a flag that sets a key inside it:
-    /// a problem to report, not a panic. `apply_overrides` indexes the scalar as a map, which
-    /// panics in serde_json (`OCIMIRROR_UPSTREAM=x ocimirror serve --upstream http://h`).
+    /// A section replaced by a scalar in the environment, then a flag that sets a key inside it
+    /// (`OCIMIRROR_UPSTREAM=x ocimirror serve --upstream http://h`): a problem to report, not a
+    /// panic.
     #[test]
     fn environment_scalar_section_then_flag() {
         for (var, o) in [
