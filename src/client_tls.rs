@@ -27,11 +27,12 @@ fn build() -> Result<ClientConfig, String> {
     Ok(config)
 }
 
-/// `builder` with the process's shared TLS settings. Clones of one config share its verifier
-/// (and so the roots) and its session cache. Should the roots not load, the builder is left
-/// as it is, and reqwest reports the problem when it builds the client.
-pub fn shared_roots(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+/// A client builder with the process's shared TLS settings. Clones of one config share its
+/// verifier (and so the roots) and its session cache. Should the roots not load, the builder
+/// is reqwest's own, and reqwest reports the problem when it builds the client.
+pub fn builder() -> reqwest::ClientBuilder {
     static SHARED: OnceLock<Result<ClientConfig, String>> = OnceLock::new();
+    let builder = reqwest::Client::builder();
     match SHARED.get_or_init(build) {
         Ok(config) => builder.use_preconfigured_tls(config.clone()),
         Err(e) => {
@@ -96,7 +97,7 @@ mod tests {
             }
         });
         for _ in 0..2 {
-            let client = shared_roots(reqwest::Client::builder()).build().unwrap();
+            let client = builder().build().unwrap();
             let err = client
                 .get(format!("https://localhost:{port}/"))
                 .send()

@@ -58,11 +58,6 @@ impl<T> PerCore<T> {
             .and_then(|i| self.each.get(i))
             .unwrap_or(&self.shared)
     }
-
-    /// Every value (the workers' and the shared one).
-    pub fn all(&self) -> impl Iterator<Item = &T> {
-        self.each.iter().chain(std::iter::once(&self.shared))
-    }
 }
 
 #[cfg(test)]
@@ -77,7 +72,7 @@ mod tests {
             Ok::<_, ()>(n)
         })
         .unwrap();
-        assert_eq!(values.all().count(), workers() + 1);
+        assert_eq!(n, workers() + 1, "one for each worker and the shared one");
         // Not a worker: the shared value, made last.
         assert_eq!(*values.get(), workers() + 1);
         let seen: Vec<usize> = (0..workers())

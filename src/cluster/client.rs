@@ -36,7 +36,7 @@ pub struct PeerClient {
 impl PeerClient {
     pub fn new(advertise: Url, secret: Secret) -> Result<Self, ClusterError> {
         let client = PerCore::try_new(|| {
-            crate::client_tls::shared_roots(reqwest::Client::builder())
+            crate::client_tls::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
                 .read_timeout(READ_TIMEOUT)
                 .tcp_nodelay(true)

@@ -27,7 +27,7 @@ impl HttpTransport for PerCoreTransport {
 /// A transport with a client of its own for each worker, configured as OpenDAL's default one.
 pub(super) fn per_core() -> Result<HttpTransporter, StorageError> {
     let clients = PerCore::try_new(|| {
-        crate::client_tls::shared_roots(reqwest::Client::builder())
+        crate::client_tls::builder()
             .build()
             .map(ReqwestTransport::new)
             .map_err(|e| StorageError::Io {

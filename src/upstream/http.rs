@@ -120,7 +120,7 @@ fn unavailable(e: &reqwest::Error) -> UpstreamError {
 impl HttpUpstream {
     pub fn new(settings: UpstreamSettings) -> Result<Self, reqwest::Error> {
         let client = PerCore::try_new(|| {
-            crate::client_tls::shared_roots(reqwest::Client::builder())
+            crate::client_tls::builder()
                 .connect_timeout(settings.connect_timeout)
                 .read_timeout(settings.read_timeout)
                 .pool_idle_timeout(Duration::from_secs(90))
