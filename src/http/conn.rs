@@ -66,6 +66,10 @@ pub trait Transport: Sized {
     fn worker(&self) -> Option<&'static Handle>;
     /// The connection registered with the runtime this is called on (its worker's).
     fn rehome(self) -> io::Result<Self>;
+    /// Send each write at once. With Nagle's algorithm on, the end of a response (the tail of
+    /// a `sendfile` piece, a manifest past one segment) waits for the client to acknowledge
+    /// what went before, and a client reading a blob stalls on every such wait.
+    fn no_delay(&self) {}
 }
 
 impl Transport for tokio::net::TcpStream {
@@ -75,6 +79,11 @@ impl Transport for tokio::net::TcpStream {
     }
     fn rehome(self) -> io::Result<Self> {
         tokio::net::TcpStream::from_std(self.into_std()?)
+    }
+    fn no_delay(&self) {
+        if let Err(e) = self.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
     }
 }
 
@@ -117,6 +126,7 @@ where
             c = listener.accept() => c,
             _ = &mut shutdown => break,
         };
+        io.no_delay();
         let app = app.clone();
         let stop = stop.clone();
         let header_read_timeout = bounds.header_read_timeout;
@@ -278,5 +288,66 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<I> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A listener handing out what a `TcpListener` accepts, keeping a handle on each socket.
+    struct Watched {
+        inner: tokio::net::TcpListener,
+        seen: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    }
+
+    impl Listener for Watched {
+        type Io = tokio::net::TcpStream;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            let (io, peer) = self.inner.accept().await.unwrap();
+            let same_socket = io.as_fd().try_clone_to_owned().unwrap();
+            self.seen.lock().unwrap().push(same_socket.into());
+            (io, peer)
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            self.inner.local_addr()
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_connections_send_without_waiting_for_acks() {
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = Watched {
+            inner,
+            seen: seen.clone(),
+        };
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let bounds = ConnBounds {
+            header_read_timeout: Duration::from_secs(5),
+            max_concurrent_streams: 10,
+        };
+        tokio::spawn(serve(listener, app, bounds, std::future::pending()));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nhost: mirror\r\nconnection: close\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].nodelay().unwrap(),
+            "the connection was served with Nagle's algorithm on"
+        );
     }
 }
