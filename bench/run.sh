@@ -518,7 +518,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
         rset "$kind.$key.upstream_blob_gets_rounds[]" "$n"
         if [[ $round == 1 ]]; then rset "$kind.$key.upstream_blob_gets" "$n"; fi
         rset "$kind.$key.upstream_rounds[]" "$("${M[@]}" logcount "$UP_LOG" "$off" --json)"
-        log "$kind: c. $image ${s}s, $n upstream blob GETs"
+        # The same image again, now cached: what serving alone costs the client, beside the fill.
+        w=""
+        if w=$(pull "$port" "$image" "$want" "$WORK/pull-$kind"); then rset "$kind.$key.warm_s[]" "$w"; fi
+        log "$kind: c. $image ${s}s, $n upstream blob GETs; cached ${w:-?}s"
       else
         err "$kind: cold pull of $image failed (round $round): $(tail -3 "$WORK/pull-$kind.log" | tr '\n' ' ')"
       fi
