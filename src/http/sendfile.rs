@@ -25,10 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use axum::body::{Body, Bytes};
-use futures_util::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, Interest, ReadBuf};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::io::ReaderStream;
 
 use crate::registry::{PieceStream, SpoolPiece, StoredFile};
 
@@ -36,8 +35,6 @@ use crate::registry::{PieceStream, SpoolPiece, StoredFile};
 /// never sent; only its address is looked at.
 static STAND_IN: [u8; PIECE] = [0; PIECE];
 const PIECE: usize = 512 * 1024;
-/// Read size when a stored file has to be streamed through the process after all.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// The pieces of files a connection's responses announced and its I/O has not sent yet, in
 /// order. Requests on a connection that can send files carry its queue as an extension.
@@ -74,7 +71,7 @@ fn stand_in_position(buf: &[u8]) -> Option<usize> {
 pub fn body(queue: Arc<FileQueue>, stored: StoredFile) -> Body {
     Body::new(FileBody {
         queue,
-        file: Arc::new(stored.file),
+        file: stored.file,
         offset: stored.offset,
         remaining: stored.len,
         _hold: stored.hold,
@@ -115,16 +112,13 @@ pub fn streamed(stored: StoredFile) -> Body {
         len,
         hold,
     } = stored;
-    let stream = futures_util::stream::once(async move {
-        let mut file = tokio::fs::File::from_std(file);
-        file.seek(io::SeekFrom::Start(offset)).await?;
-        Ok::<_, io::Error>(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
-    })
-    .try_flatten()
-    .map(move |chunk| {
-        let _ = &hold;
-        chunk
-    });
+    // Positional reads: the file may be shared with other responses (kept open).
+    let stream = crate::storage::file_stream(file, offset, Some(len), "stored blob".into()).map(
+        move |chunk| {
+            let _ = &hold;
+            chunk.map_err(io::Error::other)
+        },
+    );
     Body::from_stream(stream)
 }
 
@@ -310,13 +304,13 @@ impl AsyncWrite for FileSendIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn stored(bytes: &[u8], offset: u64, len: u64) -> StoredFile {
         let mut f = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut f, bytes).unwrap();
         StoredFile {
-            file: f,
+            file: Arc::new(f),
             offset,
             len,
             hold: None,

@@ -78,7 +78,17 @@ impl Registry {
         let started = Instant::now();
         let repo = self.upstream.canonical_name(name);
         let (link_key, data_key) = (layout::layer_link(&repo, digest), layout::blob_data(digest));
-        let (link, data) = tokio::join!(self.storage.stat(&link_key), self.storage.stat(&data_key));
+        // A blob kept open since it was last sent needs no look-up of its data (`open_blobs`).
+        let kept = (take.file && !head)
+            .then(|| self.open_blobs.get(digest))
+            .flatten();
+        let data = async {
+            match kept {
+                Some((_, meta)) => Ok(Some(meta)),
+                None => self.storage.stat(&data_key).await,
+            }
+        };
+        let (link, data) = tokio::join!(self.storage.stat(&link_key), data);
         let mut down = false;
         let link = miss_if_down(link.map_err(RegistryError::from), &mut down)?;
         let data = miss_if_down(data.map_err(RegistryError::from), &mut down)?;
@@ -292,12 +302,19 @@ impl Registry {
         if take.file
             && let Some(path) = self.storage.local_path(&key)
         {
-            let file = match tokio::fs::File::open(&path).await {
-                Ok(f) => f.into_std().await,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound(key).into());
+            let file = match self.open_blobs.get(digest) {
+                Some((file, _)) => file,
+                None => {
+                    let file = match tokio::fs::File::open(&path).await {
+                        Ok(f) => Arc::new(f.into_std().await),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            return Err(StorageError::NotFound(key).into());
+                        }
+                        Err(source) => return Err(StorageError::Io { key, source }.into()),
+                    };
+                    self.open_blobs.keep(digest, file.clone(), meta);
+                    file
                 }
-                Err(source) => return Err(StorageError::Io { key, source }.into()),
             };
             // The first byte leaves as soon as the connection takes the file.
             metrics::histogram!(crate::metrics::BLOB_FIRST_BYTE, "source" => "storage")

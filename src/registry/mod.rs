@@ -16,6 +16,7 @@ mod fill;
 mod lease;
 mod manifests;
 pub mod namespace;
+mod open_blobs;
 mod peer;
 mod referrers;
 mod signatures;
@@ -122,7 +123,8 @@ impl BlobReply {
 /// A stored blob's bytes as an open file: `len` bytes from `offset`, for a connection that can
 /// hand them to the kernel (`sendfile`) instead of reading them through the process.
 pub struct StoredFile {
-    pub file: std::fs::File,
+    /// Shared with the blobs kept open (`open_blobs.rs`): read at explicit offsets only.
+    pub file: Arc<std::fs::File>,
     pub offset: u64,
     pub len: u64,
     /// Kept until the bytes are sent (expiry's hold on the blob).
@@ -181,6 +183,8 @@ pub struct Registry {
     /// Identical tag list reads in flight share one upstream request.
     tag_lists: Coalescer<TagsKey, Result<crate::upstream::TagsResponse, UpstreamError>>,
     referrer_answers: referrers::Answers,
+    /// Stored blobs served from a local filesystem lately, still open.
+    open_blobs: open_blobs::OpenBlobs,
     bodies: ManifestBodies,
     /// Blob sizes declared by the manifests served, binding on their fills.
     declared: declared::DeclaredSizes,
@@ -244,6 +248,7 @@ impl Registry {
             referrer_fetches: Coalescer::default(),
             tag_lists: Coalescer::default(),
             referrer_answers: referrers::Answers::default(),
+            open_blobs: open_blobs::OpenBlobs::default(),
             bodies: ManifestBodies::new(MANIFEST_BODY_CACHE_BYTES),
             counts: CacheCounts::new(),
             declared: declared::DeclaredSizes::default(),

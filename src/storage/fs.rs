@@ -71,8 +71,12 @@ impl FsStorage {
 /// into the buffer it is sent in: `tokio::fs::File` reads into a buffer of its own and copies
 /// out of it, a copy of every byte served. A file shorter than asked ends the stream early, as a
 /// reader would.
-fn file_stream(file: std::fs::File, offset: u64, len: Option<u64>, key: String) -> ByteStream {
-    let file = std::sync::Arc::new(file);
+pub(crate) fn file_stream(
+    file: std::sync::Arc<std::fs::File>,
+    offset: u64,
+    len: Option<u64>,
+    key: String,
+) -> ByteStream {
     let end = len.map(|l| offset.saturating_add(l));
     futures_util::stream::try_unfold(offset, move |at| {
         let (file, key) = (file.clone(), key.clone());
@@ -166,7 +170,12 @@ impl Storage for FsStorage {
             .map_err(|e| io(key, e))?
             .into_std()
             .await;
-        Ok(file_stream(file, offset, len, key.to_owned()))
+        Ok(file_stream(
+            std::sync::Arc::new(file),
+            offset,
+            len,
+            key.to_owned(),
+        ))
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {

@@ -25,6 +25,7 @@ use futures_util::Stream;
 pub use cloud::{AzblobConfig, GcsConfig};
 pub use counted::Counted;
 pub use fs::FsStorage;
+pub(crate) use fs::file_stream;
 pub use memory::MemoryStorage;
 pub use object::ObjectStorage;
 pub use s3::S3Config;
