@@ -83,8 +83,8 @@ impl Registry {
             .then(|| self.open_blobs.get(digest))
             .flatten();
         let data = async {
-            match kept {
-                Some((_, meta)) => Ok(Some(meta)),
+            match &kept {
+                Some((_, meta)) => Ok(Some(*meta)),
                 None => self.storage.stat(&data_key).await,
             }
         };
@@ -100,10 +100,12 @@ impl Registry {
             true => Lookup {
                 linked: false,
                 data: None,
+                kept: None,
             },
             false => Lookup {
                 linked: link.is_some(),
                 data,
+                kept: kept.map(|(file, _)| file),
             },
         };
         let r = self
@@ -133,7 +135,11 @@ impl Registry {
         (link_key, started): (String, Instant),
         lookup: Lookup,
     ) -> Result<BlobReply, RegistryError> {
-        let Lookup { mut linked, data } = lookup;
+        let Lookup {
+            mut linked,
+            data,
+            kept,
+        } = lookup;
         if !linked {
             // Nothing has confirmed that this repository may read the blob, and a manifest
             // listing it is only a claim: only the upstream can say, under this name.
@@ -168,7 +174,7 @@ impl Registry {
         }
         if let Some(meta) = data {
             match self
-                .serve_stored(digest, meta, range, head, take, started)
+                .serve_stored(digest, (meta, kept), range, head, take, started)
                 .await
             {
                 // Expired and deleted since the look above, or the store failed meanwhile:
@@ -216,7 +222,7 @@ impl Registry {
                     self.confirm(&repo, digest).await?;
                 }
                 return self
-                    .serve_stored(digest, meta, range, head, take, started)
+                    .serve_stored(digest, (meta, None), range, head, take, started)
                     .await;
             }
         };
@@ -265,10 +271,11 @@ impl Registry {
         Ok(size)
     }
 
+    /// The stored blob: `meta` as looked up, with its file when it was kept open.
     async fn serve_stored(
         &self,
         digest: &Digest,
-        meta: ObjectMeta,
+        (meta, kept): (ObjectMeta, Option<Arc<std::fs::File>>),
         range: Option<ByteRange>,
         head: bool,
         take: Take,
@@ -302,8 +309,8 @@ impl Registry {
         if take.file
             && let Some(path) = self.storage.local_path(&key)
         {
-            let file = match self.open_blobs.get(digest) {
-                Some((file, _)) => file,
+            let file = match kept {
+                Some(file) => file,
                 None => {
                     let file = match tokio::fs::File::open(&path).await {
                         Ok(f) => Arc::new(f.into_std().await),
@@ -363,6 +370,8 @@ impl Registry {
 struct Lookup {
     linked: bool,
     data: Option<ObjectMeta>,
+    /// The blob's file, when it was kept open since it was last sent (`open_blobs`).
+    kept: Option<Arc<std::fs::File>>,
 }
 
 /// Whether `fill`'s upstream answer confirmed the blob under `repo` (see

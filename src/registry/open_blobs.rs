@@ -6,11 +6,14 @@
 //! A blob is immutable, so an open file holds its bytes for as long as it stays in the store.
 //! Each use asks the open file itself (`fstat`, no path walk) whether it still is: a blob that
 //! `gc` or expiry removed (or that was written anew) has no links left, and is looked up as if
-//! it had never been kept. Entries leave after [`KEEP`], and at most [`OPEN_MAX`] are open.
+//! it had never been kept. At most [`OPEN_MAX`] are open, each for [`KEEP`]; a sweep closes
+//! the old ones whether or not they are asked for again, so a removed blob's disk space is not
+//! held past that.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::oci::Digest;
@@ -27,52 +30,116 @@ struct Entry {
     at: Instant,
 }
 
-#[derive(Default)]
+type Entries = Mutex<HashMap<Digest, Entry>>;
+
 pub struct OpenBlobs {
-    entries: Mutex<HashMap<Digest, Entry>>,
+    entries: Arc<Entries>,
+    keep_for: Duration,
+    /// A sweep is scheduled: set while there are entries to close later.
+    sweeping: Arc<AtomicBool>,
+}
+
+impl Default for OpenBlobs {
+    fn default() -> Self {
+        Self::keeping_for(KEEP)
+    }
+}
+
+fn lock(entries: &Entries) -> std::sync::MutexGuard<'_, HashMap<Digest, Entry>> {
+    entries.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OpenBlobs {
+    fn keeping_for(keep_for: Duration) -> Self {
+        OpenBlobs {
+            entries: Arc::default(),
+            keep_for,
+            sweeping: Arc::default(),
+        }
+    }
+
     /// The blob's open file and what it was when opened, if kept and still in the store.
     pub fn get(&self, digest: &Digest) -> Option<(Arc<File>, ObjectMeta)> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.get(digest)?;
-        let fresh = entry.at.elapsed() < KEEP;
-        // Still linked where the store keeps it, at the size it was opened with.
-        let stored = fresh
-            && entry.file.metadata().is_ok_and(|m| {
+        let (file, meta, at) = {
+            let entries = lock(&self.entries);
+            let e = entries.get(digest)?;
+            (e.file.clone(), e.meta, e.at)
+        };
+        // Asked of the open file outside the lock: still linked where the store keeps it, at
+        // the size it was opened with.
+        let stored = at.elapsed() < self.keep_for
+            && file.metadata().is_ok_and(|m| {
                 use std::os::unix::fs::MetadataExt;
-                m.nlink() > 0 && m.len() == entry.meta.size
+                m.nlink() > 0 && m.len() == meta.size
             });
-        if !stored {
-            entries.remove(digest);
-            return None;
+        if stored {
+            return Some((file, meta));
         }
-        Some((entry.file.clone(), entry.meta))
+        let mut entries = lock(&self.entries);
+        if entries
+            .get(digest)
+            .is_some_and(|e| Arc::ptr_eq(&e.file, &file))
+        {
+            entries.remove(digest);
+        }
+        None
     }
 
     /// Keep `file`, just opened for `digest`, for the next requests.
     pub fn keep(&self, digest: &Digest, file: Arc<File>, meta: ObjectMeta) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= OPEN_MAX && !entries.contains_key(digest) {
-            entries.retain(|_, e| e.at.elapsed() < KEEP);
-            if entries.len() >= OPEN_MAX {
-                let oldest = entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.at)
-                    .map(|(d, _)| d.clone());
-                if let Some(d) = oldest {
-                    entries.remove(&d);
+        {
+            let mut entries = lock(&self.entries);
+            if entries.len() >= OPEN_MAX && !entries.contains_key(digest) {
+                let keep_for = self.keep_for;
+                entries.retain(|_, e| e.at.elapsed() < keep_for);
+                if entries.len() >= OPEN_MAX {
+                    let oldest = entries
+                        .iter()
+                        .min_by_key(|(_, e)| e.at)
+                        .map(|(d, _)| d.clone());
+                    if let Some(d) = oldest {
+                        entries.remove(&d);
+                    }
                 }
             }
+            let at = Instant::now();
+            entries.insert(digest.clone(), Entry { file, meta, at });
         }
-        let at = Instant::now();
-        entries.insert(digest.clone(), Entry { file, meta, at });
+        self.sweep_later();
+    }
+
+    /// Close the old entries every [`KEEP`] while there are any (on the runtime this is called
+    /// on; the sweep ends with the last entry, or with the registry).
+    fn sweep_later(&self) {
+        if self.sweeping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::SeqCst);
+            return;
+        };
+        let entries: Weak<Entries> = Arc::downgrade(&self.entries);
+        let (sweeping, keep_for) = (self.sweeping.clone(), self.keep_for);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(keep_for).await;
+                let Some(entries) = entries.upgrade() else {
+                    return;
+                };
+                let mut entries = lock(&entries);
+                entries.retain(|_, e| e.at.elapsed() < keep_for);
+                // Under the lock: a blob kept after this sees the flag down and sweeps anew.
+                if entries.is_empty() {
+                    sweeping.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        lock(&self.entries).len()
     }
 }
 
@@ -141,5 +208,33 @@ mod tests {
         assert_eq!(cache.len(), OPEN_MAX);
         // The oldest made room.
         assert!(cache.get(&first.unwrap()).is_none());
+    }
+
+    /// A removed blob nobody asks for again is closed all the same, so its disk space is freed.
+    #[tokio::test]
+    async fn old_entries_are_closed_without_being_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = OpenBlobs::keeping_for(Duration::from_millis(50));
+        let (d, path, meta) = blob(dir.path(), 1);
+        cache.keep(&d, open(&path), meta);
+        std::fs::remove_file(&path).unwrap();
+        for _ in 0..100 {
+            if cache.len() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cache.len(), 0, "a removed blob is still held open");
+        // And the sweep starts again for the next blob kept.
+        let (d, path, meta) = blob(dir.path(), 2);
+        cache.keep(&d, open(&path), meta);
+        assert_eq!(cache.len(), 1);
+        for _ in 0..100 {
+            if cache.len() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cache.len(), 0);
     }
 }
